@@ -1,0 +1,72 @@
+//! `probe`: pokes at the sandbox and misbehaves on request, so tests (and curious users) can see
+//! what a handler can and cannot do. Input is JSON `{"action": ..., ...}`:
+//!
+//! - `{"action":"read_file","path":"/etc/hostname"}`: tries to read a host file.
+//! - `{"action":"env","name":"HOME"}`: tries to read an environment variable.
+//! - `{"action":"connect","addr":"127.0.0.1:8080"}`: tries to open a TCP connection.
+//! - `{"action":"sleep","ms":200}`: sleeps, then answers (for concurrency and timeouts).
+//! - `{"action":"spin","ms":200}`: burns CPU without yielding (for epoch interruption).
+//! - `{"action":"panic"}`, `{"action":"print","text":"..."}`, `{"action":"fail","retryable":true}`.
+//!
+//! Each sandbox probe answers `{"ok": bool, "detail": "..."}` instead of failing, so the test sees
+//! the exact error the sandbox gave.
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use sluice_sdk::serde::Deserialize;
+use sluice_sdk::serde_json::json;
+use sluice_sdk::{Error, Event, Response, handler};
+
+#[derive(Deserialize)]
+#[serde(crate = "sluice_sdk::serde", tag = "action", rename_all = "snake_case")]
+enum Action {
+    ReadFile { path: String },
+    Env { name: String },
+    Connect { addr: String },
+    Sleep { ms: u64 },
+    Spin { ms: u64 },
+    Panic,
+    Print { text: String },
+    Fail { retryable: bool },
+}
+
+#[handler]
+fn handle(ev: Event) -> Result<Response, Error> {
+    let outcome = match ev.json::<Action>()? {
+        Action::ReadFile { path } => std::fs::File::open(&path)
+            .and_then(|mut f| {
+                let mut s = String::new();
+                f.read_to_string(&mut s).map(|_| s)
+            })
+            .map_err(|e| e.to_string()),
+        Action::Env { name } => std::env::var(&name).map_err(|e| e.to_string()),
+        Action::Connect { addr } => {
+            std::net::TcpStream::connect(&addr).map(|_| "connected".into()).map_err(|e| e.to_string())
+        }
+        Action::Sleep { ms } => {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(format!("slept {ms} ms"))
+        }
+        Action::Spin { ms } => {
+            let start = Instant::now();
+            let mut x: u64 = 0;
+            while start.elapsed() < Duration::from_millis(ms) {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            Ok(format!("spun {ms} ms ({x})"))
+        }
+        Action::Panic => panic!("probe was asked to panic"),
+        Action::Print { text } => {
+            print!("{text}");
+            eprintln!("to stderr");
+            Ok("printed".into())
+        }
+        Action::Fail { retryable: true } => return Err(Error::retryable("probe failed on purpose")),
+        Action::Fail { retryable: false } => return Err(Error::permanent("probe failed on purpose")),
+    };
+    let body = match outcome {
+        Ok(detail) => json!({ "ok": true, "detail": detail }),
+        Err(detail) => json!({ "ok": false, "detail": detail }),
+    };
+    Ok(body.into())
+}

@@ -1,0 +1,86 @@
+//! # sluice-sdk: write Sluice event handlers in Rust
+//!
+//! A handler is one function. The SDK turns it into a WASI 0.2 component that implements the
+//! Sluice handler world; WIT and bindgen stay out of sight.
+//!
+//! ```ignore
+//! use sluice_sdk::{handler, Event, Response, Error};
+//!
+//! #[handler]
+//! fn handle(ev: Event) -> Result<Response, Error> {
+//!     let order: serde_json::Value = ev.json()?;
+//!     Response::json(&order)
+//! }
+//! ```
+//!
+//! Build it with `cargo build --target wasm32-wasip2 --release` and deploy the `.wasm` file with
+//! `sluice deploy`.
+//!
+//! ## Layout
+//! - [`Event`]: what the handler receives (data plus CloudEvents attributes).
+//! - [`Response`]: what a successful handler returns (bytes plus content type).
+//! - [`Error`]: why a handler failed: [`Error::Retryable`] or [`Error::Permanent`].
+//! - [`log`]: lines for the job's captured log that never trap, whatever the volume.
+//! - [`handler`]: the attribute macro that exports your function.
+#![deny(missing_docs)]
+
+// The generated bindings name this crate by its public path, also from inside it.
+extern crate self as sluice_sdk;
+
+mod event;
+mod response;
+
+pub mod log;
+
+pub use event::Event;
+pub use response::{Error, Response};
+pub use sluice_sdk_macro::handler;
+
+/// Re-exported so handler crates can use serde without declaring it (`sluice_sdk::serde`).
+pub use serde;
+/// Re-exported so handler crates can use serde_json without declaring it.
+pub use serde_json;
+
+/// Implementation details used by the code `#[handler]` generates. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen::rt;
+
+    /// Bindings generated from `wit/`: the one place the guest side reads the WIT.
+    pub mod bindings {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "sluice:platform/handler",
+            pub_export_macro: true,
+            export_macro_name: "__export_sluice_handler",
+            default_bindings_module: "::sluice_sdk::__private::bindings",
+            runtime_path: "::sluice_sdk::__private::rt",
+        });
+    }
+
+    pub use bindings::__export_sluice_handler as export;
+    pub use bindings::Guest;
+    pub use bindings::sluice::platform::types::{
+        Event as RawEvent, HandlerError as RawError, Response as RawResponse,
+    };
+
+    use crate::{Error, Event, Response};
+
+    /// Calls the user's handler with the SDK's types and maps the result back to the WIT types.
+    pub fn run<R, E>(
+        event: RawEvent,
+        handler: impl FnOnce(Event) -> Result<R, E>,
+    ) -> Result<RawResponse, RawError>
+    where
+        R: Into<Response>,
+        E: Into<Error>,
+    {
+        let result = handler(Event::from_raw(event));
+        // Rust's stdout is line-buffered: without this, a trailing `print!` would be lost.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        match result {
+            Ok(response) => Ok(response.into().into_raw()),
+            Err(error) => Err(error.into().into_raw()),
+        }
+    }
+}
