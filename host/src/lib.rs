@@ -1,1 +1,28 @@
+//! # Sluice host
+//!
+//! Stores every message in redb and runs each event in a fresh, sandboxed WebAssembly component.
+//! Data flows one way: HTTP -> store (durable) -> scheduler -> runtime -> store -> callers.
+//!
+//! ## Layout
+//! - [`config`]: host settings, validated once at start-up.
+//! - [`manifest`]: a function's `sluice.toml`: name and limits.
+//! - [`job`]: the job, its id, statuses and attempt outcomes.
+//! - [`store`]: owns redb: atomic domain operations behind one group-committing writer.
+//! - [`runtime`]: owns wasmtime: compiles, caches and runs components in limited sandboxes.
+//! - [`scheduler`]: hands queued jobs to sandboxes, at most `max_concurrency` per function.
+//! - [`api`]: the HTTP API (axum).
+//! - [`host`]: wires them together: [`run`] serves a listener until a shutdown signal.
+//! - [`cli`]: the `sluice` command line (serve, deploy, invoke, job, functions, up, bench).
 
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod host;
+pub mod job;
+pub mod manifest;
+pub mod runtime;
+pub mod scheduler;
+pub mod store;
+
+pub use config::Config;
+pub use host::run;

@@ -1,0 +1,118 @@
+//! The API's one error shape and how domain errors map onto it.
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::manifest::ManifestError;
+use crate::runtime::ComponentError;
+use crate::store::{DeleteError, StoreError, SubmitError};
+
+/// An error answer: HTTP status, stable code, and a message saying what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with the given status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub(crate) fn function_not_found(name: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "function_not_found",
+            format!("function {name:?} is not deployed; deploy it with PUT /v1/functions/{name} or `sluice deploy`"),
+        )
+    }
+
+    pub(crate) fn job_not_found(id: &str) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "job_not_found", format!("no job with id {id:?}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::FunctionNotFound(name) => ApiError::function_not_found(&name),
+            SubmitError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<DeleteError> for ApiError {
+    fn from(e: DeleteError) -> Self {
+        match e {
+            DeleteError::NotFound(name) => ApiError::function_not_found(&name),
+            e @ DeleteError::Busy { .. } => ApiError::new(StatusCode::CONFLICT, "function_busy", e.to_string()),
+            DeleteError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<ManifestError> for ApiError {
+    fn from(e: ManifestError) -> Self {
+        let code = match e {
+            ManifestError::Name(_) => "invalid_name",
+            _ => "invalid_manifest",
+        };
+        ApiError::bad_request(code, e.to_string())
+    }
+}
+
+impl From<ComponentError> for ApiError {
+    fn from(e: ComponentError) -> Self {
+        ApiError::bad_request("invalid_component", e.to_string())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        body_error(e.status(), e.body_text())
+    }
+}
+
+/// Maps a failure to read the request body (most often: over the size limit).
+pub(crate) fn body_error(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            "payload_too_large",
+            "the request body is over the host's limit (--max-body-bytes); send less, or raise the limit",
+        )
+    } else {
+        ApiError::new(status, "bad_request", format!("cannot read the request body: {text}"))
+    }
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/api.md for the API")
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method; see docs/api.md")
+}

@@ -1,0 +1,182 @@
+//! Deploy, list, show and delete functions.
+//!
+//! A deploy is `PUT /v1/functions/{name}` with either
+//! - `Content-Type: application/wasm`: the component as the body, settings as query parameters
+//!   named like the manifest keys (`?max_concurrency=4&timeout_ms=2000`), or
+//! - `multipart/form-data`: a `component` part (the `.wasm`) and a `manifest` part (`sluice.toml`).
+//!
+//! It validates the manifest, compiles the component once (jobs never compile), stores component,
+//! artifact and settings in one commit, and only then answers.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+
+use super::error::body_error;
+use super::{ApiError, AppState};
+use crate::job::{now_ms, rfc3339};
+use crate::manifest::{Manifest, validate_name};
+use crate::store::FunctionRecord;
+
+/// `PUT /v1/functions/{name}`.
+pub(crate) async fn deploy(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+    request: Request,
+) -> Result<impl IntoResponse, ApiError> {
+    validate_name(&name)?;
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let (manifest, wasm) = if content_type.starts_with("multipart/form-data") {
+        read_multipart(Multipart::from_request(request, &state).await.map_err(|e| body_error(e.status(), e.body_text()))?).await?
+    } else if content_type.starts_with("application/wasm") || content_type.is_empty() {
+        let wasm = Bytes::from_request(request, &state).await?;
+        (manifest_from_query(&query)?, wasm)
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("deploy with Content-Type application/wasm (settings as query parameters) or multipart/form-data (parts `component` and `manifest`), not {content_type:?}"),
+        ));
+    };
+    let settings = manifest.validate(&name, &state.config.bounds())?;
+
+    let runtime = state.runtime.clone();
+    let bytes = wasm.clone();
+    let compiled = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+
+    let record = FunctionRecord {
+        name: name.clone(),
+        settings,
+        digest: compiled.digest.clone(),
+        size: wasm.len() as u64,
+        deployed_at: now_ms(),
+        version: 0,
+    };
+    // Runnable before the commit, so a job accepted right after it always finds its code.
+    let previous = state.runtime.function(&name);
+    state.runtime.install(record.clone(), &compiled);
+    let key = state.runtime.artifact_key(&compiled.digest);
+    let stored = match state.store.deploy(record, wasm, key, compiled.artifact.clone()).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            match previous {
+                Some(p) => drop(state.runtime.install_loaded_arc(p)),
+                None => state.runtime.remove(&name),
+            }
+            return Err(e.into());
+        }
+    };
+    state.runtime.install(stored.clone(), &compiled);
+    state.scheduler.function_updated(&name);
+    let status = if stored.version == 1 { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(function_json(&stored, None))))
+}
+
+async fn read_multipart(mut form: Multipart) -> Result<(Manifest, Bytes), ApiError> {
+    let mut manifest = None;
+    let mut component = None;
+    while let Some(field) = form.next_field().await.map_err(|e| body_error(e.status(), e.body_text()))? {
+        let part = field.name().unwrap_or("").to_string();
+        let bytes = field.bytes().await.map_err(|e| body_error(e.status(), e.body_text()))?;
+        match part.as_str() {
+            "manifest" => {
+                let text = std::str::from_utf8(&bytes)
+                    .map_err(|_| ApiError::bad_request("invalid_manifest", "the manifest part is not UTF-8 text"))?;
+                manifest = Some(Manifest::from_toml(text)?);
+            }
+            "component" => component = Some(bytes),
+            other => {
+                return Err(ApiError::bad_request(
+                    "bad_request",
+                    format!("unknown form part {other:?}: send `component` (the .wasm) and optionally `manifest` (sluice.toml)"),
+                ));
+            }
+        }
+    }
+    let component = component
+        .ok_or_else(|| ApiError::bad_request("bad_request", "the form has no `component` part: attach the .wasm file"))?;
+    Ok((manifest.unwrap_or_default(), component))
+}
+
+/// Settings given as query parameters, read with the manifest's own rules (unknown keys refused).
+fn manifest_from_query(query: &[(String, String)]) -> Result<Manifest, ApiError> {
+    let mut table = toml::Table::new();
+    for (key, value) in query {
+        let value = match value.parse::<i64>() {
+            Ok(n) if key != "name" => toml::Value::Integer(n),
+            _ => toml::Value::String(value.clone()),
+        };
+        table.insert(key.clone(), value);
+    }
+    toml::Value::Table(table)
+        .try_into::<Manifest>()
+        .map_err(|e| ApiError::bad_request("invalid_manifest", format!("invalid manifest: {}", e.message())))
+}
+
+/// `GET /v1/functions`.
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let pending = state.store.pending_counts()?;
+    let functions: Vec<Value> = state
+        .store
+        .functions()?
+        .iter()
+        .map(|f| function_json(f, Some(pending.get(&f.name).copied().unwrap_or(0))))
+        .collect();
+    Ok(Json(json!({ "functions": functions })))
+}
+
+/// `GET /v1/functions/{name}`.
+pub(crate) async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let record = state.store.function(&name)?.ok_or_else(|| ApiError::function_not_found(&name))?;
+    let pending = state.store.pending_counts()?.get(&name).copied().unwrap_or(0);
+    Ok(Json(function_json(&record, Some(pending))))
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `DELETE /v1/functions/{name}[?force=true]`.
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", format!("{e}: use ?force=true or ?force=false")))?;
+    let cancelled = state.store.delete_function(&name, query.force).await?;
+    state.runtime.remove(&name);
+    state.scheduler.function_removed(&name);
+    let cancelled: Vec<String> = cancelled.iter().map(|id| id.to_string()).collect();
+    Ok(Json(json!({ "deleted": name, "cancelled_jobs": cancelled })))
+}
+
+fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Value {
+    let mut v = json!({
+        "name": f.name,
+        "version": f.version,
+        "digest": format!("sha256:{}", f.digest),
+        "size": f.size,
+        "deployed_at": rfc3339(f.deployed_at),
+        "max_concurrency": f.settings.max_concurrency,
+        "timeout_ms": f.settings.timeout_ms,
+        "memory_mb": f.settings.memory_mb,
+        "jobs_url": format!("/v1/functions/{}/jobs", f.name),
+    });
+    if let Some(n) = pending_jobs {
+        v["pending_jobs"] = n.into();
+    }
+    v
+}

@@ -1,0 +1,167 @@
+//! Submit jobs, show them (with long-poll), fetch their output, list them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::job::{Job, JobId, JobStatus, rfc3339};
+use crate::store::{JobQuery, NewJob};
+
+/// Outputs up to this size, and valid UTF-8, are shown inline in the job's JSON.
+const INLINE_OUTPUT: usize = 64 * 1024;
+/// Longest accepted `Sluice-Correlation-Id`.
+const MAX_CORRELATION_ID: usize = 128;
+
+/// `POST /v1/functions/{name}/jobs`: answers 202 once the job is durable.
+pub(crate) async fn submit(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let input = body?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let correlation_id = correlation_id(&headers)?;
+    let id = state.store.submit(NewJob { function: name, content_type, input, correlation_id }).await?;
+    let location = format!("/v1/jobs/{id}");
+    let mut response = (StatusCode::ACCEPTED, Json(json!({ "id": id.to_string(), "status": "queued" }))).into_response();
+    let h = response.headers_mut();
+    h.insert(header::LOCATION, HeaderValue::from_str(&location).expect("job ids are ASCII"));
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    Ok(response)
+}
+
+fn correlation_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("sluice-correlation-id") else { return Ok(None) };
+    match value.to_str() {
+        Ok(s) if !s.is_empty() && s.len() <= MAX_CORRELATION_ID && s.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(s.to_string()))
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_header",
+            format!("Sluice-Correlation-Id must be 1 to {MAX_CORRELATION_ID} visible ASCII characters"),
+        )),
+    }
+}
+
+fn parse_id(id: &str) -> Result<JobId, ApiError> {
+    id.parse().map_err(|_| ApiError::job_not_found(id))
+}
+
+/// `GET /v1/jobs/{id}[?wait=SECONDS]`: with `wait`, answers as soon as the job is terminal or the
+/// wait (capped by the host) is over.
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let job_id = parse_id(&id)?;
+    let wait = match query.get("wait") {
+        None => Duration::ZERO,
+        Some(s) => s
+            .parse::<f64>()
+            .ok()
+            .filter(|w| w.is_finite() && *w >= 0.0)
+            .map(|w| Duration::from_secs_f64(w).min(state.config.max_wait))
+            .ok_or_else(|| ApiError::bad_request("invalid_query", "wait must be a number of seconds, e.g. ?wait=30"))?,
+    };
+    let job = if wait.is_zero() {
+        state.store.job(job_id)?
+    } else {
+        tokio::select! {
+            job = state.store.wait_terminal(job_id, wait) => job?,
+            _ = state.stopping.cancelled() => state.store.job(job_id)?,
+        }
+    };
+    let job = job.ok_or_else(|| ApiError::job_not_found(&id))?;
+    Ok(Json(job_json(job_id, &job, true)))
+}
+
+/// `GET /v1/jobs/{id}/output`: the raw output with the handler's content type, once succeeded.
+pub(crate) async fn output(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let job_id = parse_id(&id)?;
+    let job = state.store.job(job_id)?.ok_or_else(|| ApiError::job_not_found(&id))?;
+    let Some(output) = job.output.filter(|_| job.status == JobStatus::Succeeded) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "output_not_ready",
+            format!("job {id} is {}: output exists only once it has succeeded", job.status.as_str()),
+        ));
+    };
+    let content_type = job.output_content_type.unwrap_or_else(|| "application/octet-stream".into());
+    let content_type = HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    Ok(([(header::CONTENT_TYPE, content_type)], output).into_response())
+}
+
+/// `GET /v1/jobs?function=&status=&limit=&cursor=`: newest first.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let mut q = JobQuery { limit: 50, ..Default::default() };
+    for (key, value) in &query {
+        match key.as_str() {
+            "function" => q.function = Some(value.clone()),
+            "status" => q.status = Some(value.parse().map_err(|e: String| ApiError::bad_request("invalid_query", e))?),
+            "limit" => {
+                q.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| ApiError::bad_request("invalid_query", "limit must be 1 to 1000"))?
+            }
+            "cursor" => {
+                q.before = Some(value.parse().map_err(|_| {
+                    ApiError::bad_request("invalid_query", "cursor must be the next_cursor of a previous page")
+                })?)
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown parameter {other:?}: use function, status, limit, cursor"),
+                ));
+            }
+        }
+    }
+    let page = state.store.jobs(&q)?;
+    let jobs: Vec<Value> = page.jobs.iter().map(|(id, job)| job_json(*id, job, false)).collect();
+    Ok(Json(json!({ "jobs": jobs, "next_cursor": page.next_cursor.map(|c| c.to_string()) })))
+}
+
+/// A job as the API shows it; `full` adds the log and the inline output.
+fn job_json(id: JobId, job: &Job, full: bool) -> Value {
+    let succeeded = job.status == JobStatus::Succeeded;
+    let mut v = json!({
+        "id": id.to_string(),
+        "function": job.function,
+        "status": job.status,
+        "attempts": job.attempts,
+        "created_at": rfc3339(job.created_at),
+        "started_at": job.started_at.map(rfc3339),
+        "finished_at": job.finished_at.map(rfc3339),
+        "correlation_id": job.correlation_id,
+        "input_content_type": job.input_content_type,
+        "output_content_type": job.output_content_type,
+        "output_size": job.output.as_ref().map(|o| o.len()),
+        "output_url": succeeded.then(|| format!("/v1/jobs/{id}/output")),
+        "error": job.error,
+    });
+    if full {
+        let inline = job
+            .output
+            .as_deref()
+            .filter(|o| o.len() <= INLINE_OUTPUT)
+            .and_then(|o| std::str::from_utf8(o).ok());
+        v["output"] = inline.into();
+        v["log"] = job.log.as_str().into();
+    }
+    v
+}

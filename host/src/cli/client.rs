@@ -1,0 +1,274 @@
+//! Commands that talk to a running host over its HTTP API.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::Value;
+
+use crate::manifest::{Manifest, validate_name};
+
+/// Where the host is.
+#[derive(Args, Debug, Clone)]
+pub struct HostArgs {
+    /// The host's base URL.
+    #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+}
+
+/// `sluice deploy`.
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// The component file (`cargo build --target wasm32-wasip2 --release` output).
+    pub component: PathBuf,
+    /// Function name (default: the manifest's name, else the file name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The manifest (`sluice.toml`) with the function's settings.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Print the host's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sluice invoke`.
+#[derive(Args, Debug)]
+pub struct InvokeArgs {
+    /// The function to run.
+    pub name: String,
+    /// The input, inline.
+    #[arg(long, conflicts_with = "data_file")]
+    pub data: Option<String>,
+    /// The input, from a file (`-` for stdin).
+    #[arg(long)]
+    pub data_file: Option<PathBuf>,
+    /// Media type of the input.
+    #[arg(long, default_value = "application/json")]
+    pub content_type: String,
+    /// Wait for the job to finish and print its output.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sluice job`.
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    /// The job id.
+    pub id: String,
+    /// Wait up to this many seconds for the job to finish.
+    #[arg(long, default_value_t = 0)]
+    pub wait: u64,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sluice functions`.
+#[derive(Args, Debug)]
+pub struct FunctionsArgs {
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A small client for the host's API: every non-2xx answer becomes an error with the host's message.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    /// A client for the host at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str) -> Self {
+        Client { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_string() }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach the Sluice host at {}: is `sluice serve` running? (set --url or SLUICE_URL)", self.base)
+        })?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = body["error"]["message"].as_str().unwrap_or("no details");
+            bail!("{status}: {message}");
+        }
+        Ok(body)
+    }
+
+    /// Deploys a component with a manifest; returns the host's function JSON.
+    pub async fn deploy(&self, name: &str, wasm: Vec<u8>, manifest: &Manifest) -> anyhow::Result<Value> {
+        let form = reqwest::multipart::Form::new()
+            .part("component", reqwest::multipart::Part::bytes(wasm).mime_str("application/wasm")?)
+            .part("manifest", reqwest::multipart::Part::text(manifest.to_toml()).mime_str("application/toml")?);
+        self.send(self.http.put(format!("{}/v1/functions/{name}", self.base)).multipart(form)).await
+    }
+
+    /// Submits a job; returns `{"id", "status"}`.
+    pub async fn submit(&self, name: &str, data: Vec<u8>, content_type: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/v1/functions/{name}/jobs", self.base);
+        self.send(self.http.post(url).header("content-type", content_type).body(data)).await
+    }
+
+    /// Shows a job, waiting up to `wait` seconds for it to be terminal.
+    pub async fn job(&self, id: &str, wait: u64) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}/v1/jobs/{id}?wait={wait}", self.base))).await
+    }
+
+    /// Lists functions.
+    pub async fn functions(&self) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}/v1/functions", self.base))).await
+    }
+}
+
+/// Reads a manifest file and works out the function's name: `--name`, else the manifest's,
+/// else the file name (`order_total.wasm` -> `order-total`).
+pub fn resolve_manifest(component: &Path, name: Option<&str>, manifest: Option<&Path>) -> anyhow::Result<(String, Manifest)> {
+    let manifest = match manifest {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Manifest::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => Manifest::default(),
+    };
+    let name = match (name, &manifest.name) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(n)) => n.clone(),
+        (None, None) => component
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(|s| s.replace('_', "-"))
+            .context("cannot tell the function's name from the file name: pass --name")?,
+    };
+    validate_name(&name)?;
+    Ok((name, manifest))
+}
+
+pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let (name, manifest) = resolve_manifest(&args.component, args.name.as_deref(), args.manifest.as_deref())?;
+    let wasm = std::fs::read(&args.component).with_context(|| format!("cannot read {}", args.component.display()))?;
+    let body = Client::new(&args.host.url).deploy(&name, wasm, &manifest).await?;
+    if args.json {
+        println!("{body}");
+    } else {
+        println!(
+            "deployed {} version {} ({} bytes, max_concurrency {}, timeout {} ms, memory {} MiB)",
+            body["name"].as_str().unwrap_or(&name),
+            body["version"],
+            body["size"],
+            body["max_concurrency"],
+            body["timeout_ms"],
+            body["memory_mb"]
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
+    let data = match (&args.data, &args.data_file) {
+        (Some(d), _) => d.clone().into_bytes(),
+        (None, Some(p)) if p.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            buf
+        }
+        (None, Some(p)) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+        (None, None) => Vec::new(),
+    };
+    let client = Client::new(&args.host.url);
+    let accepted = client.submit(&args.name, data, &args.content_type).await?;
+    let id = accepted["id"].as_str().context("the host answered without a job id")?.to_string();
+    if !args.wait {
+        if args.json {
+            println!("{accepted}");
+        } else {
+            println!("accepted job {id} (see it with `sluice job {id}`)");
+        }
+        return Ok(());
+    }
+    let job = wait_terminal(&client, &id).await?;
+    print_job(&job, args.json);
+    Ok(())
+}
+
+/// Long-polls until the job is terminal.
+async fn wait_terminal(client: &Client, id: &str) -> anyhow::Result<Value> {
+    loop {
+        let job = client.job(id, 30).await?;
+        if matches!(job["status"].as_str(), Some("succeeded" | "failed" | "dead" | "cancelled")) {
+            return Ok(job);
+        }
+    }
+}
+
+pub(super) async fn job(args: JobArgs) -> anyhow::Result<()> {
+    let job = Client::new(&args.host.url).job(&args.id, args.wait).await?;
+    print_job(&job, args.json);
+    Ok(())
+}
+
+fn print_job(job: &Value, json: bool) {
+    if json {
+        println!("{job}");
+        return;
+    }
+    let field = |k: &str| job[k].as_str().unwrap_or("-").to_string();
+    println!("job       {}", field("id"));
+    println!("function  {}", field("function"));
+    println!("status    {}", field("status"));
+    println!("attempts  {}", job["attempts"]);
+    println!("created   {}", field("created_at"));
+    println!("finished  {}", field("finished_at"));
+    if let Some(e) = job["error"].as_str() {
+        println!("error     {e}");
+    }
+    match job["output"].as_str() {
+        Some(o) => println!("output    {o}"),
+        None if job["output_url"].is_string() => println!("output    (binary or large: GET {})", field("output_url")),
+        None => {}
+    }
+    if let Some(log) = job["log"].as_str().filter(|l| !l.is_empty()) {
+        println!("log:");
+        for line in log.lines() {
+            println!("  {line}");
+        }
+    }
+}
+
+pub(super) async fn functions(args: FunctionsArgs) -> anyhow::Result<()> {
+    let body = Client::new(&args.host.url).functions().await?;
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let list = body["functions"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no functions deployed (deploy one with `sluice deploy`)");
+        return Ok(());
+    }
+    println!("{:<24} {:>7} {:>11} {:>10} {:>9} {:>8}", "NAME", "VERSION", "CONCURRENCY", "TIMEOUT_MS", "MEMORY_MB", "PENDING");
+    for f in list {
+        println!(
+            "{:<24} {:>7} {:>11} {:>10} {:>9} {:>8}",
+            f["name"].as_str().unwrap_or("?"),
+            f["version"].to_string(),
+            f["max_concurrency"].to_string(),
+            f["timeout_ms"].to_string(),
+            f["memory_mb"].to_string(),
+            f["pending_jobs"].to_string()
+        );
+    }
+    Ok(())
+}

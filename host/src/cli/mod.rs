@@ -1,0 +1,147 @@
+//! The `sluice` command line: parses flags (also from `SLUICE_*` variables), then calls the
+//! library. Commands that talk to a host take `--url` / `SLUICE_URL`.
+//!
+//! ## Layout
+//! - `client`: commands that talk to a running host over HTTP (deploy, invoke, job, functions).
+//! - `examples`: building and finding the example functions in `functions/`.
+//! - `up`: the one-command demo: build the examples, start a host, deploy them.
+
+pub mod client;
+pub mod examples;
+mod up;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Sluice: durable async jobs and events, each run in a fresh WebAssembly sandbox.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start the host: HTTP API plus scheduler, all state in one redb file.
+    Serve(ServeArgs),
+    /// Build the example functions, start a host on the default data dir, deploy them.
+    Up(up::UpArgs),
+    /// Deploy a component (.wasm) with its manifest.
+    Deploy(client::DeployArgs),
+    /// Submit a job to a function (optionally wait for its result).
+    Invoke(client::InvokeArgs),
+    /// Show a job.
+    Job(client::JobArgs),
+    /// List deployed functions.
+    Functions(client::FunctionsArgs),
+}
+
+/// Flags of `sluice serve` (and `sluice up`).
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory of the data file (created if missing).
+    #[arg(long, env = "SLUICE_DATA", default_value = ".sluice")]
+    pub data: PathBuf,
+    /// Seconds a shutdown waits for running attempts.
+    #[arg(long, env = "SLUICE_GRACE_PERIOD", default_value_t = 30)]
+    pub grace_period: u64,
+    /// Largest request body, in bytes (submits and deploys).
+    #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+    /// Sandboxes that may run at once, host-wide.
+    #[arg(long, env = "SLUICE_MAX_INSTANCES", default_value_t = 256)]
+    pub max_instances: u32,
+    /// Largest memory_mb a function may ask for.
+    #[arg(long, env = "SLUICE_MAX_MEMORY_MB", default_value_t = 512)]
+    pub max_memory_mb: u32,
+    /// redb page cache, in MiB.
+    #[arg(long, env = "SLUICE_CACHE_MB", default_value_t = 256)]
+    pub cache_mb: usize,
+}
+
+impl ServeArgs {
+    /// The host configuration these flags describe.
+    pub fn config(&self) -> Config {
+        Config {
+            data_dir: self.data.clone(),
+            grace_period: Duration::from_secs(self.grace_period),
+            max_body_bytes: self.max_body_bytes,
+            max_instances: self.max_instances,
+            max_memory_mb: self.max_memory_mb,
+            cache_mb: self.cache_mb,
+            ..Config::default()
+        }
+    }
+}
+
+/// Runs the command line; the exit code says whether it worked.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "sluice=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Up(args) => up::run(args).await,
+            Command::Deploy(args) => client::deploy(args).await,
+            Command::Invoke(args) => client::invoke(args).await,
+            Command::Job(args) => client::job(args).await,
+            Command::Functions(args) => client::functions(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config();
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (pick another with --listen)", args.listen))?;
+    eprintln!("sluice listening on http://{} (data in {})", listener.local_addr()?, config.data_dir.display());
+    crate::run(listener, shutdown_signal(), config).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    eprintln!("sluice: shutting down");
+}

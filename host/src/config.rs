@@ -1,0 +1,88 @@
+//! Host configuration: one plain struct, validated once at start-up, then passed down.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::manifest::Bounds;
+
+/// Everything a host needs to know before it starts. Built by the CLI from flags and
+/// `SLUICE_*` variables, or by tests directly.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Directory holding the redb data file (`sluice.redb`); created if missing.
+    pub data_dir: PathBuf,
+    /// How long a shutdown waits for running attempts before leaving them to the next start.
+    pub grace_period: Duration,
+    /// Largest request body accepted (submits and deploys); larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Cap on `?wait=N` long-polls.
+    pub max_wait: Duration,
+    /// Sandboxes that may exist at once, host-wide (sizes the pooling allocator).
+    pub max_instances: u32,
+    /// Largest `memory_mb` a function may ask for (each pool slot reserves this much).
+    pub max_memory_mb: u32,
+    /// Largest `timeout_ms` a function may ask for.
+    pub max_timeout_ms: u64,
+    /// redb page cache, in MiB.
+    pub cache_mb: usize,
+    /// Bound on a job's captured log (stdout, stderr and log lines), in bytes.
+    pub max_log_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(".sluice"),
+            grace_period: Duration::from_secs(30),
+            max_body_bytes: 64 << 20,
+            max_wait: Duration::from_secs(60),
+            max_instances: 1000,
+            max_memory_mb: 512,
+            max_timeout_ms: 15 * 60 * 1000,
+            cache_mb: 256,
+            max_log_bytes: 64 << 10,
+        }
+    }
+}
+
+/// A setting that cannot work; the message says which and why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// The redb file inside `data_dir`.
+    pub fn data_file(&self) -> PathBuf {
+        self.data_dir.join("sluice.redb")
+    }
+
+    /// Limits every function manifest must fit in.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            max_concurrency: self.max_instances,
+            max_timeout_ms: self.max_timeout_ms,
+            max_memory_mb: self.max_memory_mb,
+        }
+    }
+
+    /// Checks the settings fit together; call once before building anything from them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: &str| Err(ConfigError(m.to_string()));
+        if self.max_instances == 0 || self.max_instances > 10_000 {
+            return fail("max_instances must be 1 to 10000");
+        }
+        if self.max_memory_mb == 0 || self.max_memory_mb > 4096 {
+            return fail("max_memory_mb must be 1 to 4096");
+        }
+        if self.max_timeout_ms == 0 {
+            return fail("max_timeout_ms must be at least 1");
+        }
+        if self.max_body_bytes == 0 {
+            return fail("max_body_bytes must be at least 1");
+        }
+        if self.max_log_bytes < 1024 {
+            return fail("max_log_bytes must be at least 1024");
+        }
+        Ok(())
+    }
+}

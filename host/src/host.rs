@@ -1,0 +1,81 @@
+//! Wires the host together and serves until shutdown: [`run`].
+//!
+//! Start-up: validate config, open the store (requeueing jobs a previous process left running),
+//! load every deployed function from its cached artifact (compiling only if the engine changed),
+//! start the scheduler, serve HTTP. Shutdown: stop accepting, let running attempts finish for the
+//! grace period, commit everything pending, close the data file.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::runtime::Runtime;
+use crate::scheduler::Scheduler;
+use crate::store::{Opened, Store};
+
+/// Serves the Sluice API on `listener` until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static, config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    let runtime = Arc::new(Runtime::new(&config).context("cannot set up the WebAssembly engine")?);
+    let Opened { store, feed, recovered } = Store::open(&config.data_file(), config.cache_mb << 20)?;
+    let store = Arc::new(store);
+    load_functions(&store, &runtime).await?;
+
+    let scheduler = Scheduler::new(store.clone(), runtime.clone(), config.max_instances);
+    if !recovered.is_empty() {
+        tracing::info!(jobs = recovered.len(), "requeued jobs left by the previous process");
+    }
+    scheduler.enqueue(recovered);
+    let feeder = tokio::spawn(scheduler.clone().consume(feed));
+
+    let stopping = CancellationToken::new();
+    let grace = config.grace_period;
+    let state = AppState::new(store.clone(), runtime.clone(), scheduler.clone(), config, stopping.clone());
+    let signal = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
+    };
+    tokio::spawn(signal);
+    tracing::info!(addr = %listener.local_addr()?, "serving");
+    let served = axum::serve(listener, api::router(state)).with_graceful_shutdown(stopping.cancelled_owned()).await;
+
+    tracing::info!("shutting down: waiting up to {:?} for running attempts", grace);
+    scheduler.shutdown(grace).await;
+    store.shutdown().await;
+    feeder.abort();
+    served.context("the HTTP server failed")
+}
+
+/// Makes every stored function runnable, from its cached artifact when this engine can use it.
+async fn load_functions(store: &Arc<Store>, runtime: &Arc<Runtime>) -> anyhow::Result<()> {
+    for record in store.functions()? {
+        let key = runtime.artifact_key(&record.digest);
+        if let Some(artifact) = store.artifact(&key)? {
+            match runtime.load(record.clone(), &artifact) {
+                Ok(loaded) => {
+                    runtime.install_loaded(loaded);
+                    continue;
+                }
+                Err(e) => tracing::warn!(function = %record.name, error = %e, "recompiling"),
+            }
+        }
+        let wasm = store
+            .component(&record.digest)?
+            .with_context(|| format!("the component of function {} is missing from the store", record.name))?;
+        let rt = runtime.clone();
+        let compiled = tokio::task::spawn_blocking(move || rt.compile(&wasm)).await??;
+        store.save_artifact(key, compiled.artifact.clone()).await?;
+        runtime.install(record, &compiled);
+    }
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! The job: the unit of work a function runs, its id, its statuses and what an attempt produced.
+//!
+//! These types are shared by the store (which persists them), the scheduler (which moves jobs
+//! between statuses) and the API (which shows them).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A job's id: a ULID (time-ordered, so newer jobs sort after older ones), shown as its
+/// 26-character Crockford base32 form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(pub u128);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&ulid::Ulid(self.0), f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = ulid::DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s).map(|u| JobId(u.0))
+    }
+}
+
+/// Where a job is in its life. The last four are terminal: a job never leaves them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Durable and waiting for a free slot of its function.
+    Queued,
+    /// Waiting for a not-before time or a retry.
+    Delayed,
+    /// An attempt is running in a sandbox.
+    Running,
+    /// The handler returned a response; the output is stored.
+    Succeeded,
+    /// The handler failed permanently (or trapped, timed out, or its error was not retryable).
+    Failed,
+    /// Every allowed attempt failed.
+    Dead,
+    /// Cancelled before it could finish (e.g. its function was force-deleted).
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Every status, in life-cycle order.
+    pub const ALL: [JobStatus; 7] = [
+        JobStatus::Queued,
+        JobStatus::Delayed,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Dead,
+        JobStatus::Cancelled,
+    ];
+
+    /// True for the statuses a job never leaves.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Dead | JobStatus::Cancelled
+        )
+    }
+
+    /// The status's name as the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Delayed => "delayed",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Dead => "dead",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobStatus::ALL.into_iter().find(|status| status.as_str() == s).ok_or_else(|| {
+            let names: Vec<_> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown job status {s:?}; use one of {}", names.join(", "))
+        })
+    }
+}
+
+/// Everything stored about a job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Job {
+    /// The function that runs it.
+    pub function: String,
+    /// Current status, as last committed.
+    pub status: JobStatus,
+    /// Attempts started so far (the attempt number of the latest one).
+    pub attempts: u32,
+    /// When the submit was accepted (ms since the Unix epoch).
+    pub created_at: u64,
+    /// When the latest attempt started.
+    pub started_at: Option<u64>,
+    /// When the job reached a terminal status.
+    pub finished_at: Option<u64>,
+    /// Media type the client submitted the input with.
+    pub input_content_type: Option<String>,
+    /// The input bytes, exactly as submitted.
+    #[serde(with = "serde_bytes")]
+    pub input: Vec<u8>,
+    /// Media type the handler gave its output.
+    pub output_content_type: Option<String>,
+    /// The handler's output, once succeeded.
+    #[serde(with = "serde_bytes")]
+    pub output: Option<Vec<u8>>,
+    /// Why the job failed, for a person to read.
+    pub error: Option<String>,
+    /// The handler's captured stdout, stderr and log lines (bounded).
+    pub log: String,
+    /// Id shared by everything one request caused.
+    pub correlation_id: String,
+}
+
+/// A job as the scheduler holds it between its durable submit and its attempt: what the
+/// sandbox needs, without reading the store again.
+#[derive(Clone, Debug)]
+pub struct QueuedJob {
+    /// The job's id.
+    pub id: JobId,
+    /// The function that runs it.
+    pub function: String,
+    /// Attempts already started (the next attempt is `attempts + 1`).
+    pub attempts: u32,
+    /// Media type of the input.
+    pub content_type: Option<String>,
+    /// The input bytes (shared, never copied per hand-off).
+    pub input: Bytes,
+    /// When the job was accepted (ms since the Unix epoch).
+    pub created_at: u64,
+    /// Id shared by everything one request caused.
+    pub correlation_id: String,
+}
+
+/// How an attempt ended, as the runtime reports it to the store.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The handler returned a response.
+    Succeeded {
+        /// The output bytes.
+        output: Vec<u8>,
+        /// Media type the handler gave.
+        content_type: Option<String>,
+    },
+    /// The attempt failed; `kind` says how, `message` says why.
+    Failed {
+        /// What kind of failure this was.
+        kind: FailureKind,
+        /// A message for a person.
+        message: String,
+    },
+}
+
+/// What kind of failure ended an attempt (retry policy builds on this).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The handler returned a retryable error.
+    Retryable,
+    /// The handler returned a permanent error.
+    Permanent,
+    /// The sandbox trapped (panic, `unreachable`, out of bounds, stack overflow, ...).
+    Trap,
+    /// The attempt ran past the function's `timeout_ms`.
+    Timeout,
+    /// The sandbox could not be set up (e.g. the memory limit is below the module's minimum).
+    Instantiate,
+}
+
+/// The record of one finished attempt.
+#[derive(Clone, Debug)]
+pub struct AttemptReport {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Captured stdout, stderr and log lines (already bounded).
+    pub log: String,
+    /// When it ended (ms since the Unix epoch).
+    pub finished_at: u64,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 (UTC, millisecond precision).
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}

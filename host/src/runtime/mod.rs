@@ -1,0 +1,279 @@
+//! The runtime owns wasmtime: one engine with a pooling allocator and epoch interruption,
+//! components compiled once at deploy (and cached as serialized artifacts so start-up never
+//! compiles), and one fresh, limited sandbox per attempt.
+//!
+//! ## Layout
+//! - `bindings`: the single `bindgen!` over `wit/` and the host imports.
+//! - `sandbox`: per-attempt store data and the bounded log capture.
+
+mod bindings;
+mod sandbox;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimitsBuilder};
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::config::Config;
+use crate::job::{AttemptReport, FailureKind, Outcome, QueuedJob, now_ms};
+use crate::store::FunctionRecord;
+use bindings::{Event, Handler, HandlerError, HandlerPre, Payload};
+use sandbox::{LogSink, Sandbox};
+
+/// How often the epoch advances: the granularity of timeouts and of yielding to other tasks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Why a component was refused at deploy. Each message says what to do instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ComponentError {
+    /// The bytes are not WebAssembly at all.
+    #[error("the body is not WebAssembly (no \\0asm header): send the .wasm file your build produced")]
+    NotWasm,
+    /// A core module, not a component.
+    #[error(
+        "this is a core WebAssembly module, not a component: build the handler with `cargo build --target wasm32-wasip2` (a WASI 0.2 component)"
+    )]
+    CoreModule,
+    /// Not a valid component.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// A valid component that does not implement the Sluice handler world.
+    #[error(
+        "the component does not implement the Sluice handler world (sluice:platform/handler): {0}; build it with sluice-sdk's #[handler]"
+    )]
+    WrongWorld(String),
+    /// The compiled artifact could not be used (engine settings changed): recompile.
+    #[error("cannot load the compiled artifact: {0}")]
+    Artifact(String),
+}
+
+/// A component validated and compiled at deploy.
+pub struct Compiled {
+    /// Lowercase hex SHA-256 of the component bytes.
+    pub digest: String,
+    /// The serialized artifact, to store so later starts skip compiling.
+    pub artifact: Vec<u8>,
+    /// Ready to instantiate.
+    pre: HandlerPre<Sandbox>,
+}
+
+/// A function ready to run: its record and its pre-linked component.
+pub struct LoadedFunction {
+    /// The function as stored (settings, digest, version).
+    pub record: FunctionRecord,
+    /// Linked once; each attempt only instantiates.
+    pre: HandlerPre<Sandbox>,
+}
+
+/// The wasmtime engine, the linker and the deployed functions.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Sandbox>,
+    /// Hex of the engine's precompile compatibility hash: part of every artifact key.
+    engine_hash: String,
+    /// Deployed functions by name.
+    functions: RwLock<HashMap<String, Arc<LoadedFunction>>>,
+    /// Bound on each attempt's captured log.
+    max_log_bytes: usize,
+    /// Compilations since start (start-up with cached artifacts should do none).
+    compilations: std::sync::atomic::AtomicU64,
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator sized by `max_instances`, epoch interruption), the
+    /// linker with WASI and the Sluice imports, and starts the epoch ticker.
+    pub fn new(config: &Config) -> anyhow::Result<Runtime> {
+        let n = config.max_instances;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(n)
+            .total_core_instances(n * 4)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .total_stacks(n)
+            .max_memory_size((config.max_memory_mb as usize) << 20);
+        let mut wasm = wasmtime::Config::new();
+        wasm.epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_hash = format!("{:016x}", hasher.finish());
+
+        let weak = engine.weak();
+        std::thread::Builder::new().name("sluice-epoch".into()).spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+        Ok(Runtime {
+            engine,
+            linker,
+            engine_hash,
+            functions: RwLock::new(HashMap::new()),
+            max_log_bytes: config.max_log_bytes,
+            compilations: Default::default(),
+        })
+    }
+
+    /// Key of a component's compiled artifact for this engine.
+    pub fn artifact_key(&self, digest: &str) -> String {
+        format!("{digest}-{}", self.engine_hash)
+    }
+
+    /// Compilations since start.
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Validates and compiles component bytes. CPU-heavy: call it from a blocking thread.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, ComponentError> {
+        match wasm.get(0..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(ComponentError::CoreModule),
+            Some([0, b'a', b's', b'm', ..]) => {}
+            _ => return Err(ComponentError::NotWasm),
+        }
+        let component = Component::new(&self.engine, wasm).map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+        self.compilations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pre = self.link(&component)?;
+        let artifact = component.serialize().map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+        Ok(Compiled { digest: hex::encode(Sha256::digest(wasm)), artifact, pre })
+    }
+
+    /// Loads a stored artifact produced by [`Runtime::compile`] with this engine's settings.
+    pub fn load(&self, record: FunctionRecord, artifact: &[u8]) -> Result<LoadedFunction, ComponentError> {
+        // SAFETY: artifacts are only ever written by `compile` into our own store, keyed by this
+        // engine's compatibility hash; user bytes never reach `deserialize`.
+        let component = unsafe { Component::deserialize(&self.engine, artifact) }
+            .map_err(|e| ComponentError::Artifact(format!("{e:#}")))?;
+        let pre = self.link(&component)?;
+        Ok(LoadedFunction { record, pre })
+    }
+
+    fn link(&self, component: &Component) -> Result<HandlerPre<Sandbox>, ComponentError> {
+        let pre = self.linker.instantiate_pre(component).map_err(|e| ComponentError::WrongWorld(format!("{e:#}")))?;
+        HandlerPre::new(pre).map_err(|e| ComponentError::WrongWorld(format!("{e:#}")))
+    }
+
+    /// Makes a compiled component the current code of `record.name`.
+    pub fn install(&self, record: FunctionRecord, compiled: &Compiled) -> Arc<LoadedFunction> {
+        self.install_loaded(LoadedFunction { record, pre: compiled.pre.clone() })
+    }
+
+    /// Makes a loaded function current.
+    pub fn install_loaded(&self, f: LoadedFunction) -> Arc<LoadedFunction> {
+        let f = Arc::new(f);
+        self.functions.write().insert(f.record.name.clone(), f.clone());
+        f
+    }
+
+    /// Makes an already shared loaded function current again (undoing a failed deploy).
+    pub fn install_loaded_arc(&self, f: Arc<LoadedFunction>) -> Arc<LoadedFunction> {
+        self.functions.write().insert(f.record.name.clone(), f.clone());
+        f
+    }
+
+    /// Forgets a function.
+    pub fn remove(&self, name: &str) {
+        self.functions.write().remove(name);
+    }
+
+    /// The current code of a function.
+    pub fn function(&self, name: &str) -> Option<Arc<LoadedFunction>> {
+        self.functions.read().get(name).cloned()
+    }
+
+    /// Runs one attempt of `job` in a fresh sandbox, within the function's time and memory limits.
+    /// Never fails: every problem becomes a failed [`Outcome`].
+    pub async fn run(&self, f: &LoadedFunction, job: &QueuedJob, attempt: u32) -> AttemptReport {
+        let settings = f.record.settings;
+        let log = LogSink::new(self.max_log_bytes);
+        let wasi = WasiCtxBuilder::new().stdout(log.clone()).stderr(log.clone()).build();
+        let limits = StoreLimitsBuilder::new().memory_size((settings.memory_mb as usize) << 20).build();
+        let mut store = wasmtime::Store::new(
+            &self.engine,
+            Sandbox { wasi, table: Default::default(), limits, log: log.clone() },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let event = Event {
+            id: job.id.to_string(),
+            source: format!("/v1/functions/{}/jobs", job.function),
+            type_: "sluice.job".into(),
+            subject: None,
+            time: Some(crate::job::rfc3339(job.created_at)),
+            content_type: job.content_type.clone(),
+            dataschema: None,
+            extensions: Vec::new(),
+            attempt,
+            correlation_id: job.correlation_id.clone(),
+            data: Payload::Inline(job.input.to_vec()),
+        };
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let call = async {
+            let handler = match f.pre.instantiate_async(&mut store).await {
+                Ok(h) => h,
+                Err(e) => return Err((FailureKind::Instantiate, format!("cannot start the sandbox: {e:#}"))),
+            };
+            handler.call_handle(&mut store, &event).await.map_err(|e| (FailureKind::Trap, describe_trap(&e)))
+        };
+        let outcome = match tokio::time::timeout(timeout, call).await {
+            Err(_) => Outcome::Failed {
+                kind: FailureKind::Timeout,
+                message: format!("timed out after {} ms", settings.timeout_ms),
+            },
+            Ok(Err((kind, message))) => Outcome::Failed { kind, message },
+            Ok(Ok(Ok(response))) => {
+                Outcome::Succeeded { output: response.data, content_type: response.content_type }
+            }
+            Ok(Ok(Err(HandlerError::Retryable(message)))) => {
+                Outcome::Failed { kind: FailureKind::Retryable, message }
+            }
+            Ok(Ok(Err(HandlerError::Permanent(message)))) => {
+                Outcome::Failed { kind: FailureKind::Permanent, message }
+            }
+        };
+        drop(store);
+        let log = log.text();
+        let outcome = match outcome {
+            Outcome::Failed { kind: FailureKind::Trap, message } => match panic_message(&log) {
+                Some(panic) => Outcome::Failed { kind: FailureKind::Trap, message: format!("{message}: {panic}") },
+                None => Outcome::Failed { kind: FailureKind::Trap, message },
+            },
+            other => other,
+        };
+        AttemptReport { outcome, log, finished_at: now_ms() }
+    }
+}
+
+/// A one-line description of why a call trapped: the trap kind when wasmtime names one.
+fn describe_trap(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("handler trapped: {trap}"),
+        None => format!("handler failed: {}", e.chain().last().map(|c| c.to_string()).unwrap_or_default()),
+    }
+}
+
+/// The guest's panic message, if its stderr holds one (Rust prints it before aborting).
+fn panic_message(log: &str) -> Option<String> {
+    let start = log.find("panicked at ")?;
+    let rest = &log[start..];
+    let mut lines = rest.lines();
+    let at = lines.next()?;
+    let message = lines.next().unwrap_or("").trim();
+    Some(format!("{} {}", at.trim_end_matches(':'), message).trim().to_string())
+}

@@ -1,0 +1,214 @@
+//! The scheduler moves durable, queued jobs into sandboxes: per function a FIFO of ready jobs and
+//! at most `max_concurrency` workers draining it, all sharing one host-wide pool of sandbox slots.
+//!
+//! It owns no durable state. It learns about jobs from the store's commit feed (and from recovery
+//! at start-up), tells the store when an attempt starts and how it ended, and relies on the
+//! store's fencing (attempt numbers and statuses) so a stale or cancelled attempt changes nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{QueuedJob, now_ms};
+use crate::runtime::Runtime;
+use crate::store::{CommitFeed, Store};
+
+/// Hands queued jobs to sandboxes. Cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    runtime: Arc<Runtime>,
+    /// Ready jobs and workers per function.
+    state: Mutex<State>,
+    /// Host-wide sandbox slots: the pooling allocator's size, never exceeded.
+    slots: Arc<Semaphore>,
+    /// Set at shutdown: workers finish their attempt and take no new job.
+    stopping: AtomicBool,
+    /// Cancels every running attempt (shutdown after the grace period).
+    abort_all: CancellationToken,
+    /// Signalled whenever a worker exits.
+    worker_exited: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    functions: HashMap<String, FunctionQueue>,
+    /// Workers alive across all functions.
+    workers: usize,
+}
+
+/// One function's ready jobs and workers.
+struct FunctionQueue {
+    /// Jobs ready to start, oldest first.
+    ready: VecDeque<QueuedJob>,
+    /// Workers draining `ready` now.
+    workers: usize,
+    /// The function's `max_concurrency`.
+    limit: usize,
+    /// Cancels this function's running attempts (force delete).
+    cancel: CancellationToken,
+}
+
+impl Scheduler {
+    /// A scheduler running at most `slots` sandboxes at once, host-wide.
+    pub fn new(store: Arc<Store>, runtime: Arc<Runtime>, slots: u32) -> Scheduler {
+        Scheduler {
+            inner: Arc::new(Inner {
+                store,
+                runtime,
+                state: Mutex::new(State::default()),
+                slots: Arc::new(Semaphore::new(slots as usize)),
+                stopping: AtomicBool::new(false),
+                abort_all: CancellationToken::new(),
+                worker_exited: Notify::new(),
+            }),
+        }
+    }
+
+    /// Feeds jobs from the store's commits until the store closes.
+    pub async fn consume(self, mut feed: CommitFeed) {
+        while let Some(jobs) = feed.recv().await {
+            self.enqueue(jobs);
+        }
+    }
+
+    /// Queues durable jobs and starts workers for them, up to each function's limit.
+    pub fn enqueue(&self, jobs: Vec<QueuedJob>) {
+        if jobs.is_empty() || self.inner.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut state = self.inner.state.lock();
+        let mut touched: Vec<String> = Vec::new();
+        for job in jobs {
+            let queue = match state.functions.get_mut(&job.function) {
+                Some(q) => q,
+                None => {
+                    let limit = self.limit_of(&job.function);
+                    state.functions.entry(job.function.clone()).or_insert_with(|| FunctionQueue::new(limit))
+                }
+            };
+            if touched.last() != Some(&job.function) {
+                touched.push(job.function.clone());
+            }
+            queue.ready.push_back(job);
+        }
+        for name in touched {
+            self.spawn_workers(&mut state, &name);
+        }
+    }
+
+    /// A function was deployed or its settings changed: apply its new concurrency limit.
+    pub fn function_updated(&self, name: &str) {
+        let limit = self.limit_of(name);
+        let mut state = self.inner.state.lock();
+        state.functions.entry(name.to_string()).or_insert_with(|| FunctionQueue::new(limit)).limit = limit;
+        self.spawn_workers(&mut state, name);
+    }
+
+    /// A function was deleted (its pending jobs are already cancelled in the store): drop its
+    /// queue and cancel its running attempts.
+    pub fn function_removed(&self, name: &str) {
+        let mut state = self.inner.state.lock();
+        if let Some(queue) = state.functions.get_mut(name) {
+            queue.ready.clear();
+            queue.cancel.cancel();
+            queue.cancel = CancellationToken::new();
+        }
+    }
+
+    /// Jobs waiting for a slot, per function (what this process holds in memory).
+    pub fn backlog(&self) -> HashMap<String, (usize, usize)> {
+        let state = self.inner.state.lock();
+        state.functions.iter().map(|(k, q)| (k.clone(), (q.ready.len(), q.workers))).collect()
+    }
+
+    /// Stops starting attempts, waits up to `grace` for running ones, then cancels the rest
+    /// (they stay durable as `running` and are queued again at the next start).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let exited = self.inner.worker_exited.notified();
+            if self.inner.state.lock().workers == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, exited).await.is_err() {
+                break;
+            }
+        }
+        tracing::warn!("grace period over: cancelling running attempts; they run again at the next start");
+        self.inner.abort_all.cancel();
+    }
+
+    fn limit_of(&self, name: &str) -> usize {
+        self.inner.runtime.function(name).map_or(1, |f| f.record.settings.max_concurrency as usize)
+    }
+
+    fn spawn_workers(&self, state: &mut State, name: &str) {
+        let Some(queue) = state.functions.get_mut(name) else { return };
+        let wanted = queue.limit.min(queue.workers + queue.ready.len());
+        let mut spawned = 0;
+        while queue.workers < wanted {
+            queue.workers += 1;
+            spawned += 1;
+            let inner = self.inner.clone();
+            let cancel = queue.cancel.clone();
+            let name = name.to_string();
+            tokio::spawn(async move { inner.work(name, cancel).await });
+        }
+        state.workers += spawned;
+    }
+}
+
+impl Inner {
+    /// One worker: runs the function's ready jobs one after another until none is left.
+    async fn work(self: Arc<Self>, function: String, mut cancel: CancellationToken) {
+        while let Some(job) = self.next_job(&function, &mut cancel) {
+            // A job whose function was deleted is already cancelled in the store: skip it.
+            let Some(code) = self.runtime.function(&function) else { continue };
+            let Ok(_slot) = self.slots.clone().acquire_owned().await else { break };
+            let attempt = job.attempts + 1;
+            self.store.start(job.id, attempt, now_ms());
+            tokio::select! {
+                report = self.runtime.run(&code, &job, attempt) => self.store.finish(job.id, attempt, report),
+                _ = cancel.cancelled() => {}
+                _ = self.abort_all.cancelled() => {}
+            }
+        }
+        let mut state = self.state.lock();
+        state.workers -= 1;
+        if let Some(q) = state.functions.get_mut(&function) {
+            q.workers -= 1;
+        }
+        drop(state);
+        self.worker_exited.notify_waiters();
+    }
+
+    fn next_job(&self, function: &str, cancel: &mut CancellationToken) -> Option<QueuedJob> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut state = self.state.lock();
+        let queue = state.functions.get_mut(function)?;
+        if queue.workers > queue.limit {
+            return None; // the limit was lowered: this worker retires
+        }
+        *cancel = queue.cancel.clone();
+        queue.ready.pop_front()
+    }
+}
+
+impl FunctionQueue {
+    fn new(limit: usize) -> Self {
+        FunctionQueue { ready: VecDeque::new(), workers: 0, limit, cancel: CancellationToken::new() }
+    }
+}

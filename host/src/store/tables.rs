@@ -1,0 +1,67 @@
+//! The redb tables, as constants, and the encoding of what they hold.
+//!
+//! Layout:
+//! - `functions`: name -> [`FunctionRecord`] (JSON: rare writes, easy to evolve).
+//! - `components`: digest -> the component's wasm bytes (kept to recompile after an upgrade).
+//! - `artifacts`: `{digest}-{engine hash}` -> the compiled artifact (so start-up never compiles).
+//! - `jobs`: job id -> [`Job`] (postcard, behind a version byte).
+//! - `pending`: (function, job id) -> (): every non-terminal job, so recovery and delete
+//!   read only live jobs, never the whole history.
+//! - `function_jobs`: (function, job id) -> (): the per-function listing index.
+
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+use crate::job::Job;
+use crate::manifest::Settings;
+
+pub(crate) const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
+pub(crate) const COMPONENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("components");
+pub(crate) const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
+pub(crate) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
+pub(crate) const PENDING: TableDefinition<(&str, u128), ()> = TableDefinition::new("pending");
+pub(crate) const FUNCTION_JOBS: TableDefinition<(&str, u128), ()> =
+    TableDefinition::new("function_jobs");
+
+/// A deployed function, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    /// The function's name.
+    pub name: String,
+    /// Its validated settings.
+    pub settings: Settings,
+    /// Lowercase hex SHA-256 of the component's bytes.
+    pub digest: String,
+    /// Size of the component, in bytes.
+    pub size: u64,
+    /// When this version was deployed (ms since the Unix epoch).
+    pub deployed_at: u64,
+    /// Deploys of this name so far, starting at 1.
+    pub version: u32,
+}
+
+/// First byte of every stored job: bump it when [`Job`]'s layout changes, and decode old ones.
+const JOB_FORMAT: u8 = 1;
+
+pub(crate) fn encode_job(job: &Job) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + job.input.len() + job.log.len());
+    out.push(JOB_FORMAT);
+    postcard::to_io(job, &mut out).expect("writing to a Vec cannot fail");
+    out
+}
+
+pub(crate) fn decode_job(bytes: &[u8]) -> Result<Job, String> {
+    match bytes.split_first() {
+        Some((&JOB_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("job stored in unknown format {v}: upgrade sluice")),
+        None => Err("empty job record".into()),
+    }
+}
+
+pub(crate) fn encode_function(record: &FunctionRecord) -> Vec<u8> {
+    serde_json::to_vec(record).expect("a function record always serialises")
+}
+
+pub(crate) fn decode_function(bytes: &[u8]) -> Result<FunctionRecord, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}

@@ -1,0 +1,406 @@
+//! The writer thread: the only code that opens redb write transactions.
+//!
+//! It takes every operation waiting in its queue, applies them in order inside one write
+//! transaction, commits with `Durability::Immediate` (one fsync for the whole batch), and only
+//! then answers the callers, feeds queued jobs to the scheduler and wakes long-polls. Under load,
+//! operations pile up during each fsync and the next batch takes them all: the fsync cost is
+//! shared, never paid per job.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::tables::*;
+use super::{DeleteError, NewJob, StoreError, SubmitError, Waiters, storage};
+use crate::job::{AttemptReport, Job, JobId, JobStatus, Outcome, QueuedJob, now_ms};
+
+/// Most operations in one commit; more wait for the next.
+const MAX_BATCH: usize = 8192;
+
+/// One atomic domain operation.
+pub(crate) enum Op {
+    Submit { job: NewJob, reply: oneshot::Sender<Result<JobId, SubmitError>> },
+    Start { id: JobId, attempt: u32, at: u64 },
+    Finish { id: JobId, attempt: u32, report: AttemptReport },
+    Deploy {
+        record: FunctionRecord,
+        wasm: Bytes,
+        artifact_key: String,
+        artifact: Vec<u8>,
+        reply: oneshot::Sender<Result<FunctionRecord, StoreError>>,
+    },
+    SaveArtifact { key: String, artifact: Vec<u8>, reply: oneshot::Sender<Result<(), StoreError>> },
+    DeleteFunction { name: String, force: bool, reply: oneshot::Sender<Result<Vec<JobId>, DeleteError>> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// A reply to send once the batch's fate is known.
+enum Reply {
+    Submit(oneshot::Sender<Result<JobId, SubmitError>>, Result<JobId, SubmitError>),
+    Deploy(oneshot::Sender<Result<FunctionRecord, StoreError>>, FunctionRecord),
+    Saved(oneshot::Sender<Result<(), StoreError>>),
+    Delete(oneshot::Sender<Result<Vec<JobId>, DeleteError>>, Result<Vec<JobId>, DeleteError>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl Reply {
+    /// Answers with the result computed in the transaction (the commit succeeded).
+    fn commit(self) {
+        let _ = match self {
+            Reply::Submit(tx, r) => tx.send(r).map_err(drop),
+            Reply::Deploy(tx, r) => tx.send(Ok(r)).map_err(drop),
+            Reply::Saved(tx) => tx.send(Ok(())).map_err(drop),
+            Reply::Delete(tx, r) => tx.send(r).map_err(drop),
+            Reply::Shutdown(tx) => tx.send(()).map_err(drop),
+        };
+    }
+
+    /// Answers with the storage error (the batch was not committed).
+    fn fail(self, e: &StoreError) {
+        let _ = match self {
+            Reply::Submit(tx, _) => tx.send(Err(e.clone().into())).map_err(drop),
+            Reply::Deploy(tx, _) => tx.send(Err(e.clone())).map_err(drop),
+            Reply::Saved(tx) => tx.send(Err(e.clone())).map_err(drop),
+            Reply::Delete(tx, _) => tx.send(Err(e.clone().into())).map_err(drop),
+            Reply::Shutdown(tx) => tx.send(()).map_err(drop),
+        };
+    }
+}
+
+/// What a batch did, delivered only after its commit.
+#[derive(Default)]
+struct Effects {
+    replies: Vec<Reply>,
+    queued: Vec<QueuedJob>,
+    terminal: Vec<JobId>,
+    shutdown: bool,
+}
+
+pub(crate) struct Writer {
+    db: Arc<Database>,
+    rx: mpsc::UnboundedReceiver<Op>,
+    feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
+    waiters: Arc<Waiters>,
+    /// Names of deployed functions, so a submit checks existence without a table read.
+    deployed: HashSet<String>,
+    /// Job ids: monotonic ULIDs, so ids sort in commit order.
+    ids: ulid::Generator,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        db: Arc<Database>,
+        rx: mpsc::UnboundedReceiver<Op>,
+        feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
+        waiters: Arc<Waiters>,
+    ) -> Result<Self, StoreError> {
+        let mut w = Writer { db, rx, feed, waiters, deployed: HashSet::new(), ids: ulid::Generator::new() };
+        w.load_deployed()?;
+        Ok(w)
+    }
+
+    fn load_deployed(&mut self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let table = txn.open_table(FUNCTIONS).map_err(storage)?;
+            self.deployed.clear();
+            for row in table.iter().map_err(storage)? {
+                self.deployed.insert(row.map_err(storage)?.0.value().to_string());
+            }
+        }
+        txn.abort().map_err(storage)?;
+        Ok(())
+    }
+
+    pub(crate) fn run(&mut self) {
+        let mut batch = Vec::with_capacity(1024);
+        while let Some(op) = self.rx.blocking_recv() {
+            batch.push(op);
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let shutdown = self.commit(&mut batch);
+            if shutdown {
+                return;
+            }
+        }
+    }
+
+    /// Applies and commits one batch; returns true when a shutdown was requested.
+    fn commit(&mut self, batch: &mut Vec<Op>) -> bool {
+        let mut fx = Effects::default();
+        let result = self.apply_all(batch, &mut fx);
+        match result {
+            Ok(()) => {
+                for reply in fx.replies {
+                    reply.commit();
+                }
+                if !fx.queued.is_empty() {
+                    let _ = self.feed.send(fx.queued);
+                }
+                self.waiters.wake(&fx.terminal);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a batch of {} operations was not committed", batch.len());
+                for reply in fx.replies {
+                    reply.fail(&e);
+                }
+                // The in-memory view of deployed functions may include the failed batch.
+                if let Err(e) = self.load_deployed() {
+                    tracing::error!(error = %e, "cannot reload the deployed functions");
+                }
+            }
+        }
+        batch.clear();
+        fx.shutdown
+    }
+
+    fn apply_all(&mut self, batch: &mut Vec<Op>, fx: &mut Effects) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let mut result = Ok(());
+        {
+            let mut t = Tables::open(&txn)?;
+            for op in batch.drain(..) {
+                if result.is_ok() {
+                    result = self.apply(op, &mut t, fx);
+                } else {
+                    // Keep collecting replies so every caller hears about the failure.
+                    self.reject(op, fx);
+                }
+            }
+        }
+        result?;
+        txn.commit().map_err(storage)
+    }
+
+    fn reject(&self, op: Op, fx: &mut Effects) {
+        match op {
+            Op::Submit { reply, .. } => fx.replies.push(Reply::Submit(reply, Err(StoreError::Closed.into()))),
+            Op::Deploy { reply, record, .. } => fx.replies.push(Reply::Deploy(reply, record)),
+            Op::SaveArtifact { reply, .. } => fx.replies.push(Reply::Saved(reply)),
+            Op::DeleteFunction { reply, .. } => fx.replies.push(Reply::Delete(reply, Ok(vec![]))),
+            Op::Shutdown { reply } => {
+                fx.shutdown = true;
+                fx.replies.push(Reply::Shutdown(reply))
+            }
+            Op::Start { .. } | Op::Finish { .. } => {}
+        }
+    }
+
+    fn apply(&mut self, op: Op, t: &mut Tables<'_>, fx: &mut Effects) -> Result<(), StoreError> {
+        match op {
+            Op::Submit { job, reply } => {
+                let result = self.submit(job, t, fx);
+                fx.replies.push(Reply::Submit(reply, result.map_err(|e| e)?));
+            }
+            Op::Start { id, attempt, at } => {
+                if let Some(mut job) = t.job(id)?
+                    && job.status == JobStatus::Queued
+                    && job.attempts + 1 == attempt
+                {
+                    job.status = JobStatus::Running;
+                    job.attempts = attempt;
+                    job.started_at = Some(at);
+                    t.put_job(id, &job)?;
+                }
+            }
+            Op::Finish { id, attempt, report } => {
+                if let Some(mut job) = t.job(id)?
+                    && job.status == JobStatus::Running
+                    && job.attempts == attempt
+                {
+                    match report.outcome {
+                        Outcome::Succeeded { output, content_type } => {
+                            job.status = JobStatus::Succeeded;
+                            job.output = Some(output);
+                            job.output_content_type = content_type;
+                        }
+                        Outcome::Failed { message, .. } => {
+                            job.status = JobStatus::Failed;
+                            job.error = Some(message);
+                        }
+                    }
+                    job.log = report.log;
+                    job.finished_at = Some(report.finished_at);
+                    t.put_job(id, &job)?;
+                    t.pending.remove((job.function.as_str(), id.0)).map_err(storage)?;
+                    fx.terminal.push(id);
+                }
+            }
+            Op::Deploy { mut record, wasm, artifact_key, artifact, reply } => {
+                let previous = t.functions.get(record.name.as_str()).map_err(storage)?.map(|v| v.value().to_vec());
+                record.version = match previous {
+                    Some(bytes) => decode_function(&bytes).map_err(StoreError::Storage)?.version + 1,
+                    None => 1,
+                };
+                if t.components.get(record.digest.as_str()).map_err(storage)?.is_none() {
+                    t.components.insert(record.digest.as_str(), wasm.as_ref()).map_err(storage)?;
+                }
+                t.artifacts.insert(artifact_key.as_str(), artifact.as_slice()).map_err(storage)?;
+                t.functions.insert(record.name.as_str(), encode_function(&record).as_slice()).map_err(storage)?;
+                self.deployed.insert(record.name.clone());
+                fx.replies.push(Reply::Deploy(reply, record));
+            }
+            Op::SaveArtifact { key, artifact, reply } => {
+                t.artifacts.insert(key.as_str(), artifact.as_slice()).map_err(storage)?;
+                fx.replies.push(Reply::Saved(reply));
+            }
+            Op::DeleteFunction { name, force, reply } => {
+                let result = self.delete_function(&name, force, t, fx)?;
+                fx.replies.push(Reply::Delete(reply, result));
+            }
+            Op::Shutdown { reply } => {
+                fx.shutdown = true;
+                fx.replies.push(Reply::Shutdown(reply));
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts a new job; a missing function is the caller's error, not a batch failure.
+    fn submit(&mut self, new: NewJob, t: &mut Tables<'_>, fx: &mut Effects) -> Result<Result<JobId, SubmitError>, StoreError> {
+        if !self.deployed.contains(&new.function) {
+            return Ok(Err(SubmitError::FunctionNotFound(new.function)));
+        }
+        let id = JobId(self.ids.generate().unwrap_or_else(|_| ulid::Ulid::new()).0);
+        let created_at = now_ms();
+        let correlation_id = new.correlation_id.unwrap_or_else(|| id.to_string());
+        let job = Job {
+            function: new.function,
+            status: JobStatus::Queued,
+            attempts: 0,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            input_content_type: new.content_type,
+            input: new.input.to_vec(),
+            output_content_type: None,
+            output: None,
+            error: None,
+            log: String::new(),
+            correlation_id,
+        };
+        t.put_job(id, &job)?;
+        t.pending.insert((job.function.as_str(), id.0), ()).map_err(storage)?;
+        t.function_jobs.insert((job.function.as_str(), id.0), ()).map_err(storage)?;
+        fx.queued.push(QueuedJob {
+            id,
+            function: job.function,
+            attempts: 0,
+            content_type: job.input_content_type,
+            input: new.input,
+            created_at,
+            correlation_id: job.correlation_id,
+        });
+        Ok(Ok(id))
+    }
+
+    fn delete_function(
+        &mut self,
+        name: &str,
+        force: bool,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<Result<Vec<JobId>, DeleteError>, StoreError> {
+        if !self.deployed.contains(name) {
+            return Ok(Err(DeleteError::NotFound(name.to_string())));
+        }
+        let mut pending = Vec::new();
+        for row in t.pending.range((name, 0u128)..=(name, u128::MAX)).map_err(storage)? {
+            pending.push(JobId(row.map_err(storage)?.0.value().1));
+        }
+        if !pending.is_empty() && !force {
+            return Ok(Err(DeleteError::Busy { name: name.to_string(), pending: pending.len() as u64 }));
+        }
+        let now = now_ms();
+        for &id in &pending {
+            if let Some(mut job) = t.job(id)? {
+                job.status = JobStatus::Cancelled;
+                job.finished_at = Some(now);
+                job.error = Some(format!("cancelled: function {name:?} was deleted with force=true"));
+                t.put_job(id, &job)?;
+            }
+            t.pending.remove((name, id.0)).map_err(storage)?;
+            fx.terminal.push(id);
+        }
+        t.functions.remove(name).map_err(storage)?;
+        self.deployed.remove(name);
+        Ok(Ok(pending))
+    }
+}
+
+/// The tables a batch writes, opened once per transaction.
+struct Tables<'txn> {
+    functions: Table<'txn, &'static str, &'static [u8]>,
+    components: Table<'txn, &'static str, &'static [u8]>,
+    artifacts: Table<'txn, &'static str, &'static [u8]>,
+    jobs: Table<'txn, u128, &'static [u8]>,
+    pending: Table<'txn, (&'static str, u128), ()>,
+    function_jobs: Table<'txn, (&'static str, u128), ()>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Tables {
+            functions: txn.open_table(FUNCTIONS).map_err(storage)?,
+            components: txn.open_table(COMPONENTS).map_err(storage)?,
+            artifacts: txn.open_table(ARTIFACTS).map_err(storage)?,
+            jobs: txn.open_table(JOBS).map_err(storage)?,
+            pending: txn.open_table(PENDING).map_err(storage)?,
+            function_jobs: txn.open_table(FUNCTION_JOBS).map_err(storage)?,
+        })
+    }
+
+    fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        match self.jobs.get(id.0).map_err(storage)? {
+            Some(row) => decode_job(row.value()).map(Some).map_err(StoreError::Storage),
+            None => Ok(None),
+        }
+    }
+
+    fn put_job(&mut self, id: JobId, job: &Job) -> Result<(), StoreError> {
+        self.jobs.insert(id.0, encode_job(job).as_slice()).map_err(storage)?;
+        Ok(())
+    }
+}
+
+/// Runs once at open, before the writer thread: every job the previous process left queued or
+/// running is queued again (its running attempt died with that process), read from the pending
+/// index only. Also creates the tables on a new file.
+pub(crate) fn recover(db: &Database) -> Result<Vec<QueuedJob>, StoreError> {
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_durability(Durability::Immediate).map_err(|e| StoreError::Storage(e.to_string()))?;
+    let mut recovered = Vec::new();
+    {
+        let mut t = Tables::open(&txn)?;
+        let mut ids = Vec::new();
+        for row in t.pending.iter().map_err(storage)? {
+            ids.push(JobId(row.map_err(storage)?.0.value().1));
+        }
+        for id in ids {
+            let Some(mut job) = t.job(id)? else { continue };
+            if job.status == JobStatus::Running {
+                job.status = JobStatus::Queued;
+                t.put_job(id, &job)?;
+            }
+            recovered.push(QueuedJob {
+                id,
+                function: job.function,
+                attempts: job.attempts,
+                content_type: job.input_content_type,
+                input: Bytes::from(job.input),
+                created_at: job.created_at,
+                correlation_id: job.correlation_id,
+            });
+        }
+    }
+    txn.commit().map_err(storage)?;
+    Ok(recovered)
+}
