@@ -1,1 +1,212 @@
+//! Shared helpers for Sluice's black-box tests: a real host on an ephemeral loopback port with
+//! a temporary data dir, real HTTP, and the real example components from `functions/`.
 
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Paths of the example components, built by `build.rs`.
+pub mod components {
+    /// `functions/echo`.
+    pub const ECHO: &str = env!("SLUICE_COMPONENT_ECHO");
+    /// `functions/counter`.
+    pub const COUNTER: &str = env!("SLUICE_COMPONENT_COUNTER");
+    /// `functions/order-total`.
+    pub const ORDER_TOTAL: &str = env!("SLUICE_COMPONENT_ORDER_TOTAL");
+    /// `functions/probe`.
+    pub const PROBE: &str = env!("SLUICE_COMPONENT_PROBE");
+    /// `functions/order-total/sluice.toml`.
+    pub const ORDER_TOTAL_MANIFEST: &str = env!("SLUICE_MANIFEST_ORDER_TOTAL");
+    /// `functions/echo/sluice.toml`.
+    pub const ECHO_MANIFEST: &str = env!("SLUICE_MANIFEST_ECHO");
+    /// `functions/counter/sluice.toml`.
+    pub const COUNTER_MANIFEST: &str = env!("SLUICE_MANIFEST_COUNTER");
+    /// `functions/probe/sluice.toml`.
+    pub const PROBE_MANIFEST: &str = env!("SLUICE_MANIFEST_PROBE");
+}
+
+/// A configuration for tests: a small sandbox pool and short grace period.
+pub fn test_config(data_dir: &Path) -> Config {
+    Config {
+        data_dir: data_dir.to_path_buf(),
+        grace_period: Duration::from_secs(5),
+        max_instances: 32,
+        max_memory_mb: 128,
+        cache_mb: 16,
+        ..Config::default()
+    }
+}
+
+/// A host running in this process on `127.0.0.1:0`.
+pub struct TestHost {
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    /// A keep-alive HTTP client.
+    pub http: reqwest::Client,
+    /// The data directory (kept for restarts).
+    pub data_dir: PathBuf,
+    /// Owns the temp dir when the host created it.
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts a host on a fresh temp data dir.
+pub async fn start_host() -> TestHost {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let config = test_config(tmp.path());
+    let mut host = start_host_with(config).await;
+    host._tmp = Some(tmp);
+    host
+}
+
+/// Starts a host with the given configuration (e.g. on an existing data dir, for restarts).
+pub async fn start_host_with(config: Config) -> TestHost {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let data_dir = config.data_dir.clone();
+    let task = tokio::spawn(sluice::run(
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        config,
+    ));
+    let host = TestHost { url, http: reqwest::Client::new(), data_dir, _tmp: None, stop: Some(stop), task: Some(task) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = host.http.get(host.url("/healthz")).send().await
+            && r.status() == 200
+        {
+            return host;
+        }
+        assert!(Instant::now() < deadline, "the host did not become healthy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl TestHost {
+    /// Absolute URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Shuts the host down gracefully and waits for it; returns the temp dir so a restart can
+    /// reuse the data.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("host task panicked").expect("host failed");
+        }
+        self._tmp.take()
+    }
+
+    /// Deploys a component with settings as query parameters (`"max_concurrency=2"`).
+    /// Panics unless the host answers 200 or 201.
+    pub async fn deploy(&self, name: &str, component: &str, settings: &str) -> Value {
+        let (status, body) = self.deploy_raw(name, std::fs::read(component).unwrap(), settings).await;
+        assert!(status == 200 || status == 201, "deploy {name}: {status} {body}");
+        body
+    }
+
+    /// Sends a deploy and returns status and JSON body, whatever they are.
+    pub async fn deploy_raw(&self, name: &str, wasm: Vec<u8>, settings: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .put(self.url(&format!("/v1/functions/{name}?{settings}")))
+            .header("content-type", "application/wasm")
+            .body(wasm)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Submits a job; panics unless 202. Returns the job id.
+    pub async fn submit(&self, function: &str, body: impl Into<reqwest::Body>, content_type: &str) -> String {
+        let r = self
+            .http
+            .post(self.url(&format!("/v1/functions/{function}/jobs")))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 202, "submit to {function}: {body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Submits JSON; returns the job id.
+    pub async fn submit_json(&self, function: &str, value: &Value) -> String {
+        self.submit(function, value.to_string(), "application/json").await
+    }
+
+    /// GETs a path, returning status and JSON body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The job as the host shows it now.
+    pub async fn job(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(status, 200, "job {id}: {body}");
+        body
+    }
+
+    /// Long-polls until the job is terminal (panics after 60 s).
+    pub async fn wait(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, job) = self.get(&format!("/v1/jobs/{id}?wait=10")).await;
+            assert_eq!(status, 200, "job {id}: {job}");
+            if is_terminal(&job) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not finish: {job}");
+        }
+    }
+
+    /// A metric's value from `/metrics` (first sample of that name).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("metric {name} missing from:\n{text}"))
+    }
+}
+
+/// True when a job JSON shows a terminal status.
+pub fn is_terminal(job: &Value) -> bool {
+    matches!(job["status"].as_str(), Some("succeeded" | "failed" | "dead" | "cancelled"))
+}
+
+/// Parses one of the API's RFC 3339 timestamps into ms since the epoch.
+pub fn millis(ts: &Value) -> u64 {
+    let t = humantime_parse(ts.as_str().unwrap_or_else(|| panic!("not a timestamp: {ts}")));
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn humantime_parse(s: &str) -> std::time::SystemTime {
+    humantime::parse_rfc3339(s).unwrap_or_else(|e| panic!("bad timestamp {s}: {e}"))
+}
+
+/// Asserts a JSON error body has the API's shape and the given code.
+pub fn assert_error(body: &Value, code: &str) {
+    assert_eq!(body["error"]["code"], code, "unexpected error body: {body}");
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error without a message: {body}"
+    );
+}
