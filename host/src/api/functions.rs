@@ -113,9 +113,13 @@ async fn read_multipart(mut form: Multipart) -> Result<(Manifest, Bytes), ApiErr
 fn manifest_from_query(query: &[(String, String)]) -> Result<Manifest, ApiError> {
     let mut table = toml::Table::new();
     for (key, value) in query {
-        let value = match value.parse::<i64>() {
-            Ok(n) if key != "name" => toml::Value::Integer(n),
-            _ => toml::Value::String(value.clone()),
+        let value = if key == "name" {
+            toml::Value::String(value.clone())
+        } else {
+            let n = value.parse::<i64>().map_err(|_| {
+                ApiError::bad_request("invalid_manifest", format!("{key} must be a whole number, not {value:?}"))
+            })?;
+            toml::Value::Integer(n)
         };
         table.insert(key.clone(), value);
     }

@@ -1,0 +1,113 @@
+//! The real `sluice` binary: flags from the environment, SIGTERM shuts down gracefully after
+//! letting the running attempt finish.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_tests::components;
+
+/// The `sluice` binary of this build: built here (a no-op when up to date), because a workspace
+/// test run builds the host's library and test harnesses, not its binary.
+fn sluice_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+            let target_dir = profile_dir.parent().unwrap();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.args(["build", "-p", "sluice", "--bin", "sluice", "--target-dir"]).arg(target_dir);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cannot run cargo");
+            assert!(status.success(), "building the sluice binary failed");
+            let bin = profile_dir.join("sluice");
+            assert!(bin.exists(), "{} is missing after the build", bin.display());
+            bin
+        })
+        .clone()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_healthy(http: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{url}/healthz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "sluice serve did not become healthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `SLUICE_LISTEN`/`SLUICE_DATA` configure `sluice serve`; `sluice deploy` and `sluice invoke`
+/// use `SLUICE_URL`; SIGTERM lets the running job finish, then the process exits 0 and the
+/// result is there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_deploy_invoke_and_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let serve = || {
+        Command::new(sluice_binary())
+            .arg("serve")
+            .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SLUICE_DATA", tmp.path())
+            .env("SLUICE_MAX_INSTANCES", "16")
+            .env("SLUICE_GRACE_PERIOD", "20")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = serve();
+    let http = reqwest::Client::new();
+    wait_healthy(&http, &url).await;
+
+    let out = Command::new(sluice_binary())
+        .args(["deploy", components::PROBE, "--manifest", components::PROBE_MANIFEST])
+        .env("SLUICE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deployed probe version 1"));
+
+    let out = Command::new(sluice_binary())
+        .args(["invoke", "probe", "--data", r#"{"action":"sleep","ms":1}"#, "--wait", "--json"])
+        .env("SLUICE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["status"], "succeeded");
+
+    let r = http.post(format!("{url}/v1/functions/probe/jobs")).body(json!({"action": "sleep", "ms": 1500}).to_string()).send().await.unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let job: Value = http.get(format!("{url}/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap();
+        if job["status"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never started: {job}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopped_at = Instant::now();
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success();
+    assert!(ok);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "sluice serve exited with {status}");
+    assert!(stopped_at.elapsed() >= Duration::from_millis(500), "it did not wait for the running attempt");
+
+    let mut child = serve();
+    wait_healthy(&http, &url).await;
+    let job: Value = http.get(format!("{url}/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(job["status"], "succeeded", "the attempt finished during the grace period: {job}");
+    assert_eq!(job["attempts"], 1);
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+}
