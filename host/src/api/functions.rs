@@ -28,7 +28,8 @@ pub(crate) async fn deploy(
     Query(query): Query<Vec<(String, String)>>,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
-    validate_name(&name)?;
+    // Read the whole body before judging anything: answering early while the client is still
+    // sending would make its connection fail instead of showing our error.
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -36,17 +37,20 @@ pub(crate) async fn deploy(
         .unwrap_or("")
         .to_ascii_lowercase();
     let (manifest, wasm) = if content_type.starts_with("multipart/form-data") {
-        read_multipart(Multipart::from_request(request, &state).await.map_err(|e| body_error(e.status(), e.body_text()))?).await?
-    } else if content_type.starts_with("application/wasm") || content_type.is_empty() {
-        let wasm = Bytes::from_request(request, &state).await?;
-        (manifest_from_query(&query)?, wasm)
+        let form = Multipart::from_request(request, &state).await.map_err(|e| body_error(e.status(), e.body_text()))?;
+        read_multipart(form).await?
     } else {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("deploy with Content-Type application/wasm (settings as query parameters) or multipart/form-data (parts `component` and `manifest`), not {content_type:?}"),
-        ));
+        let wasm = Bytes::from_request(request, &state).await?;
+        if !(content_type.starts_with("application/wasm") || content_type.is_empty()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("deploy with Content-Type application/wasm (settings as query parameters) or multipart/form-data (parts `component` and `manifest`), not {content_type:?}"),
+            ));
+        }
+        (manifest_from_query(&query)?, wasm)
     };
+    validate_name(&name)?;
     let settings = manifest.validate(&name, &state.config.bounds())?;
 
     let runtime = state.runtime.clone();
@@ -86,27 +90,34 @@ pub(crate) async fn deploy(
 async fn read_multipart(mut form: Multipart) -> Result<(Manifest, Bytes), ApiError> {
     let mut manifest = None;
     let mut component = None;
+    let mut unknown = None;
+    // Every part is read before anything is judged (see `deploy`).
     while let Some(field) = form.next_field().await.map_err(|e| body_error(e.status(), e.body_text()))? {
         let part = field.name().unwrap_or("").to_string();
         let bytes = field.bytes().await.map_err(|e| body_error(e.status(), e.body_text()))?;
         match part.as_str() {
-            "manifest" => {
-                let text = std::str::from_utf8(&bytes)
-                    .map_err(|_| ApiError::bad_request("invalid_manifest", "the manifest part is not UTF-8 text"))?;
-                manifest = Some(Manifest::from_toml(text)?);
-            }
+            "manifest" => manifest = Some(bytes),
             "component" => component = Some(bytes),
-            other => {
-                return Err(ApiError::bad_request(
-                    "bad_request",
-                    format!("unknown form part {other:?}: send `component` (the .wasm) and optionally `manifest` (sluice.toml)"),
-                ));
-            }
+            _ => unknown = Some(part),
         }
     }
+    if let Some(part) = unknown {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            format!("unknown form part {part:?}: send `component` (the .wasm) and optionally `manifest` (sluice.toml)"),
+        ));
+    }
+    let manifest = match manifest {
+        Some(bytes) => {
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| ApiError::bad_request("invalid_manifest", "the manifest part is not UTF-8 text"))?;
+            Manifest::from_toml(text)?
+        }
+        None => Manifest::default(),
+    };
     let component = component
         .ok_or_else(|| ApiError::bad_request("bad_request", "the form has no `component` part: attach the .wasm file"))?;
-    Ok((manifest.unwrap_or_default(), component))
+    Ok((manifest, component))
 }
 
 /// Settings given as query parameters, read with the manifest's own rules (unknown keys refused).
