@@ -7,13 +7,22 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Every function in `functions/` and the constant the tests read it from.
-const KNOWN: &[(&str, &str)] =
-    &[("echo", "ECHO"), ("counter", "COUNTER"), ("order-total", "ORDER_TOTAL"), ("probe", "PROBE")];
+const KNOWN: &[(&str, &str)] = &[
+    ("echo", "ECHO"),
+    ("counter", "COUNTER"),
+    ("order-total", "ORDER_TOTAL"),
+    ("probe", "PROBE"),
+];
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
     let functions = root.join("functions");
-    for watched in ["functions/Cargo.toml", "functions/Cargo.lock", "guest-sdk", "wit"] {
+    for watched in [
+        "functions/Cargo.toml",
+        "functions/Cargo.lock",
+        "guest-sdk",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let mut found = Vec::new();
@@ -30,14 +39,23 @@ fn main() {
         found.push((name, *constant));
     }
     for (name, _) in KNOWN {
-        assert!(found.iter().any(|(n, _)| n == name), "functions/{name} is missing");
+        assert!(
+            found.iter().any(|(n, _)| n == name),
+            "functions/{name} is missing"
+        );
     }
 
     ensure_target();
     let target_dir = functions.join("target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(functions.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
@@ -49,22 +67,43 @@ fn main() {
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .status()
         .expect("cannot run cargo");
-    assert!(status.success(), "building functions/ for wasm32-wasip2 failed");
+    assert!(
+        status.success(),
+        "building functions/ for wasm32-wasip2 failed"
+    );
     for (name, constant) in found {
-        let wasm = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+        let wasm = target_dir
+            .join("wasm32-wasip2/release")
+            .join(format!("{}.wasm", name.replace('-', "_")));
         assert!(wasm.exists(), "{} was not built", wasm.display());
-        println!("cargo:rustc-env=SLUICE_COMPONENT_{constant}={}", wasm.display());
+        println!(
+            "cargo:rustc-env=SLUICE_COMPONENT_{constant}={}",
+            wasm.display()
+        );
         let manifest = functions.join(&name).join("sluice.toml");
-        println!("cargo:rustc-env=SLUICE_MANIFEST_{constant}={}", manifest.display());
+        println!(
+            "cargo:rustc-env=SLUICE_MANIFEST_{constant}={}",
+            manifest.display()
+        );
     }
 }
 
 fn ensure_target() {
-    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     if let Ok(out) = out
-        && !String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == "wasm32-wasip2")
+        && !String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == "wasm32-wasip2")
     {
-        let ok = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status().is_ok_and(|s| s.success());
-        assert!(ok, "the wasm32-wasip2 target is missing and `rustup target add wasm32-wasip2` failed");
+        let ok = Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip2"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "the wasm32-wasip2 target is missing and `rustup target add wasm32-wasip2` failed"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The event a handler receives.
 
-use crate::Error;
 use crate::__private::bindings::sluice::platform::types::{Event as RawEvent, Payload};
+use crate::Error;
 
 /// One event handed to a handler: a job's input or a topic delivery.
 ///

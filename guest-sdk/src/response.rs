@@ -14,7 +14,10 @@ pub struct Response {
 impl Response {
     /// Raw bytes with an explicit media type.
     pub fn bytes(data: impl Into<Vec<u8>>, content_type: impl Into<String>) -> Self {
-        Response { data: data.into(), content_type: Some(content_type.into()) }
+        Response {
+            data: data.into(),
+            content_type: Some(content_type.into()),
+        }
     }
 
     /// UTF-8 text (`text/plain; charset=utf-8`).
@@ -31,11 +34,17 @@ impl Response {
 
     /// No output.
     pub fn empty() -> Self {
-        Response { data: Vec::new(), content_type: None }
+        Response {
+            data: Vec::new(),
+            content_type: None,
+        }
     }
 
     pub(crate) fn into_raw(self) -> RawResponse {
-        RawResponse { data: self.data, content_type: self.content_type }
+        RawResponse {
+            data: self.data,
+            content_type: self.content_type,
+        }
     }
 }
 

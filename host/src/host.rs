@@ -19,25 +19,46 @@ use crate::scheduler::Scheduler;
 use crate::store::{Opened, Store};
 
 /// Serves the Sluice API on `listener` until `shutdown` resolves, then shuts down gracefully.
-pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static, config: Config) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    config: Config,
+) -> anyhow::Result<()> {
     config.validate()?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let runtime = Arc::new(Runtime::new(&config).context("cannot set up the WebAssembly engine")?);
-    let Opened { store, feed, recovered } = Store::open(&config.data_file(), config.cache_mb << 20)?;
+    let Opened {
+        store,
+        feed,
+        recovered,
+    } = Store::open(&config.data_file(), config.cache_mb << 20)?;
     let store = Arc::new(store);
     load_functions(&store, &runtime).await?;
 
     let scheduler = Scheduler::new(store.clone(), runtime.clone(), config.max_instances);
     if !recovered.is_empty() {
-        tracing::info!(jobs = recovered.len(), "requeued jobs left by the previous process");
+        tracing::info!(
+            jobs = recovered.len(),
+            "requeued jobs left by the previous process"
+        );
     }
     scheduler.enqueue(recovered);
     let feeder = tokio::spawn(scheduler.clone().consume(feed));
 
     let stopping = CancellationToken::new();
     let grace = config.grace_period;
-    let state = AppState::new(store.clone(), runtime.clone(), scheduler.clone(), config, stopping.clone());
+    let state = AppState::new(
+        store.clone(),
+        runtime.clone(),
+        scheduler.clone(),
+        config,
+        stopping.clone(),
+    );
     let signal = {
         let stopping = stopping.clone();
         async move {
@@ -47,9 +68,14 @@ pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()> + Sen
     };
     tokio::spawn(signal);
     tracing::info!(addr = %listener.local_addr()?, "serving");
-    let served = axum::serve(listener, api::router(state)).with_graceful_shutdown(stopping.cancelled_owned()).await;
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(stopping.cancelled_owned())
+        .await;
 
-    tracing::info!("shutting down: waiting up to {:?} for running attempts", grace);
+    tracing::info!(
+        "shutting down: waiting up to {:?} for running attempts",
+        grace
+    );
     scheduler.shutdown(grace).await;
     store.shutdown().await;
     feeder.abort();
@@ -69,9 +95,12 @@ async fn load_functions(store: &Arc<Store>, runtime: &Arc<Runtime>) -> anyhow::R
                 Err(e) => tracing::warn!(function = %record.name, error = %e, "recompiling"),
             }
         }
-        let wasm = store
-            .component(&record.digest)?
-            .with_context(|| format!("the component of function {} is missing from the store", record.name))?;
+        let wasm = store.component(&record.digest)?.with_context(|| {
+            format!(
+                "the component of function {} is missing from the store",
+                record.name
+            )
+        })?;
         let rt = runtime.clone();
         let compiled = tokio::task::spawn_blocking(move || rt.compile(&wasm)).await??;
         store.save_artifact(key, compiled.artifact.clone()).await?;

@@ -85,10 +85,13 @@ impl JobStatus {
 impl FromStr for JobStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobStatus::ALL.into_iter().find(|status| status.as_str() == s).ok_or_else(|| {
-            let names: Vec<_> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
-            format!("unknown job status {s:?}; use one of {}", names.join(", "))
-        })
+        JobStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown job status {s:?}; use one of {}", names.join(", "))
+            })
     }
 }
 
@@ -186,13 +189,18 @@ pub struct AttemptReport {
     pub outcome: Outcome,
     /// Captured stdout, stderr and log lines (already bounded).
     pub log: String,
+    /// When it started (ms since the Unix epoch).
+    pub started_at: u64,
     /// When it ended (ms since the Unix epoch).
     pub finished_at: u64,
 }
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
 }
 
 /// Milliseconds since the Unix epoch as RFC 3339 (UTC, millisecond precision).

@@ -35,7 +35,11 @@ pub struct Settings {
 
 impl Settings {
     /// Defaults for keys a manifest leaves out.
-    pub const DEFAULT: Settings = Settings { max_concurrency: 8, timeout_ms: 30_000, memory_mb: 64 };
+    pub const DEFAULT: Settings = Settings {
+        max_concurrency: 8,
+        timeout_ms: 30_000,
+        memory_mb: 64,
+    };
 }
 
 /// Host-wide bounds a manifest must fit in.
@@ -62,7 +66,9 @@ pub enum ManifestError {
     )]
     Name(String),
     /// The manifest's name and the deploy's name differ.
-    #[error("the manifest names the function {manifest:?} but the deploy names it {deploy:?}: make them agree")]
+    #[error(
+        "the manifest names the function {manifest:?} but the deploy names it {deploy:?}: make them agree"
+    )]
     NameMismatch {
         /// Name in the manifest.
         manifest: String,
@@ -87,7 +93,11 @@ pub fn validate_name(name: &str) -> Result<(), ManifestError> {
     let ok = name.len() <= MAX_NAME_LEN
         && chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok { Ok(()) } else { Err(ManifestError::Name(name.to_string())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ManifestError::Name(name.to_string()))
+    }
 }
 
 impl Manifest {
@@ -114,13 +124,29 @@ impl Manifest {
         }
         let d = Settings::DEFAULT;
         let settings = Settings {
-            max_concurrency: self.max_concurrency.unwrap_or(d.max_concurrency.min(bounds.max_concurrency)),
-            timeout_ms: self.timeout_ms.unwrap_or(d.timeout_ms.min(bounds.max_timeout_ms)),
-            memory_mb: self.memory_mb.unwrap_or(d.memory_mb.min(bounds.max_memory_mb)),
+            max_concurrency: self
+                .max_concurrency
+                .unwrap_or(d.max_concurrency.min(bounds.max_concurrency)),
+            timeout_ms: self
+                .timeout_ms
+                .unwrap_or(d.timeout_ms.min(bounds.max_timeout_ms)),
+            memory_mb: self
+                .memory_mb
+                .unwrap_or(d.memory_mb.min(bounds.max_memory_mb)),
         };
-        check("max_concurrency", settings.max_concurrency.into(), 1, bounds.max_concurrency.into())?;
+        check(
+            "max_concurrency",
+            settings.max_concurrency.into(),
+            1,
+            bounds.max_concurrency.into(),
+        )?;
         check("timeout_ms", settings.timeout_ms, 1, bounds.max_timeout_ms)?;
-        check("memory_mb", settings.memory_mb.into(), 1, bounds.max_memory_mb.into())?;
+        check(
+            "memory_mb",
+            settings.memory_mb.into(),
+            1,
+            bounds.max_memory_mb.into(),
+        )?;
         Ok(settings)
     }
 }
@@ -129,7 +155,11 @@ fn check(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), Manife
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(ManifestError::Range { key, value, range: format!("{min} to {max} on this host") })
+        Err(ManifestError::Range {
+            key,
+            value,
+            range: format!("{min} to {max} on this host"),
+        })
     }
 }
 
@@ -137,7 +167,11 @@ fn check(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), Manife
 mod tests {
     use super::*;
 
-    const BOUNDS: Bounds = Bounds { max_concurrency: 100, max_timeout_ms: 60_000, max_memory_mb: 256 };
+    const BOUNDS: Bounds = Bounds {
+        max_concurrency: 100,
+        max_timeout_ms: 60_000,
+        max_memory_mb: 256,
+    };
 
     /// Names follow `^[a-z][a-z0-9-]{0,62}$` exactly.
     #[test]
@@ -156,9 +190,17 @@ mod tests {
         let err = Manifest::from_toml("name = \"x\"\nretries = 3").unwrap_err();
         assert!(err.to_string().contains("retries"), "{err}");
         let m = Manifest::from_toml("max_concurrency = 0").unwrap();
-        assert!(m.validate("x", &BOUNDS).unwrap_err().to_string().contains("max_concurrency"));
+        assert!(
+            m.validate("x", &BOUNDS)
+                .unwrap_err()
+                .to_string()
+                .contains("max_concurrency")
+        );
         let m = Manifest::from_toml("name = \"y\"").unwrap();
-        assert!(matches!(m.validate("x", &BOUNDS), Err(ManifestError::NameMismatch { .. })));
+        assert!(matches!(
+            m.validate("x", &BOUNDS),
+            Err(ManifestError::NameMismatch { .. })
+        ));
         let m = Manifest::from_toml("memory_mb = 16\ntimeout_ms = 100").unwrap();
         let s = m.validate("x", &BOUNDS).unwrap();
         assert_eq!((s.memory_mb, s.timeout_ms, s.max_concurrency), (16, 100, 8));

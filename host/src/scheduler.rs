@@ -18,6 +18,10 @@ use crate::job::{QueuedJob, now_ms};
 use crate::runtime::Runtime;
 use crate::store::{CommitFeed, Store};
 
+/// How long an attempt runs before its start is committed (and `running` shows). Shorter
+/// attempts skip that commit: their start is recorded with their end.
+const START_VISIBLE_AFTER: Duration = Duration::from_millis(20);
+
 /// Hands queued jobs to sandboxes. Cheap to clone.
 #[derive(Clone)]
 pub struct Scheduler {
@@ -93,7 +97,10 @@ impl Scheduler {
                 Some(q) => q,
                 None => {
                     let limit = self.limit_of(&job.function);
-                    state.functions.entry(job.function.clone()).or_insert_with(|| FunctionQueue::new(limit))
+                    state
+                        .functions
+                        .entry(job.function.clone())
+                        .or_insert_with(|| FunctionQueue::new(limit))
                 }
             };
             if touched.last() != Some(&job.function) {
@@ -110,7 +117,11 @@ impl Scheduler {
     pub fn function_updated(&self, name: &str) {
         let limit = self.limit_of(name);
         let mut state = self.inner.state.lock();
-        state.functions.entry(name.to_string()).or_insert_with(|| FunctionQueue::new(limit)).limit = limit;
+        state
+            .functions
+            .entry(name.to_string())
+            .or_insert_with(|| FunctionQueue::new(limit))
+            .limit = limit;
         self.spawn_workers(&mut state, name);
     }
 
@@ -128,7 +139,11 @@ impl Scheduler {
     /// Jobs waiting for a slot, per function (what this process holds in memory).
     pub fn backlog(&self) -> HashMap<String, (usize, usize)> {
         let state = self.inner.state.lock();
-        state.functions.iter().map(|(k, q)| (k.clone(), (q.ready.len(), q.workers))).collect()
+        state
+            .functions
+            .iter()
+            .map(|(k, q)| (k.clone(), (q.ready.len(), q.workers)))
+            .collect()
     }
 
     /// Stops starting attempts, waits up to `grace` for running ones, then cancels the rest
@@ -145,16 +160,23 @@ impl Scheduler {
                 break;
             }
         }
-        tracing::warn!("grace period over: cancelling running attempts; they run again at the next start");
+        tracing::warn!(
+            "grace period over: cancelling running attempts; they run again at the next start"
+        );
         self.inner.abort_all.cancel();
     }
 
     fn limit_of(&self, name: &str) -> usize {
-        self.inner.runtime.function(name).map_or(1, |f| f.record.settings.max_concurrency as usize)
+        self.inner
+            .runtime
+            .function(name)
+            .map_or(1, |f| f.record.settings.max_concurrency as usize)
     }
 
     fn spawn_workers(&self, state: &mut State, name: &str) {
-        let Some(queue) = state.functions.get_mut(name) else { return };
+        let Some(queue) = state.functions.get_mut(name) else {
+            return;
+        };
         let wanted = queue.limit.min(queue.workers + queue.ready.len());
         let mut spawned = 0;
         while queue.workers < wanted {
@@ -174,14 +196,35 @@ impl Inner {
     async fn work(self: Arc<Self>, function: String, mut cancel: CancellationToken) {
         while let Some(job) = self.next_job(&function, &mut cancel) {
             // A job whose function was deleted is already cancelled in the store: skip it.
-            let Some(code) = self.runtime.function(&function) else { continue };
-            let Ok(_slot) = self.slots.clone().acquire_owned().await else { break };
+            let Some(code) = self.runtime.function(&function) else {
+                continue;
+            };
+            let Ok(_slot) = self.slots.clone().acquire_owned().await else {
+                break;
+            };
             let attempt = job.attempts + 1;
-            self.store.start(job.id, attempt, now_ms());
-            tokio::select! {
-                report = self.runtime.run(&code, &job, attempt) => self.store.finish(job.id, attempt, report),
-                _ = cancel.cancelled() => {}
-                _ = self.abort_all.cancelled() => {}
+            let started_at = now_ms();
+            let run = self.runtime.run(&code, &job, attempt);
+            tokio::pin!(run);
+            // Short attempts go from queued to terminal in one commit; `running` is recorded
+            // (and visible) only for attempts still running after START_VISIBLE_AFTER.
+            let report = tokio::select! {
+                report = tokio::time::timeout(START_VISIBLE_AFTER, &mut run) => match report {
+                    Ok(report) => Some(report),
+                    Err(_) => {
+                        self.store.start(job.id, attempt, started_at);
+                        tokio::select! {
+                            report = &mut run => Some(report),
+                            _ = cancel.cancelled() => None,
+                            _ = self.abort_all.cancelled() => None,
+                        }
+                    }
+                },
+                _ = cancel.cancelled() => None,
+                _ = self.abort_all.cancelled() => None,
+            };
+            if let Some(report) = report {
+                self.store.finish(job.id, attempt, report);
             }
         }
         let mut state = self.state.lock();
@@ -209,6 +252,11 @@ impl Inner {
 
 impl FunctionQueue {
     fn new(limit: usize) -> Self {
-        FunctionQueue { ready: VecDeque::new(), workers: 0, limit, cancel: CancellationToken::new() }
+        FunctionQueue {
+            ready: VecDeque::new(),
+            workers: 0,
+            limit,
+            cancel: CancellationToken::new(),
+        }
     }
 }

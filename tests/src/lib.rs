@@ -66,7 +66,9 @@ pub async fn start_host() -> TestHost {
 
 /// Starts a host with the given configuration (e.g. on an existing data dir, for restarts).
 pub async fn start_host_with(config: Config) -> TestHost {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let data_dir = config.data_dir.clone();
@@ -77,7 +79,14 @@ pub async fn start_host_with(config: Config) -> TestHost {
         },
         config,
     ));
-    let host = TestHost { url, http: reqwest::Client::new(), data_dir, _tmp: None, stop: Some(stop), task: Some(task) };
+    let host = TestHost {
+        url,
+        http: reqwest::Client::new(),
+        data_dir,
+        _tmp: None,
+        stop: Some(stop),
+        task: Some(task),
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = host.http.get(host.url("/healthz")).send().await
@@ -103,7 +112,9 @@ impl TestHost {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("host task panicked").expect("host failed");
+            task.await
+                .expect("host task panicked")
+                .expect("host failed");
         }
         self._tmp.take()
     }
@@ -111,8 +122,13 @@ impl TestHost {
     /// Deploys a component with settings as query parameters (`"max_concurrency=2"`).
     /// Panics unless the host answers 200 or 201.
     pub async fn deploy(&self, name: &str, component: &str, settings: &str) -> Value {
-        let (status, body) = self.deploy_raw(name, std::fs::read(component).unwrap(), settings).await;
-        assert!(status == 200 || status == 201, "deploy {name}: {status} {body}");
+        let (status, body) = self
+            .deploy_raw(name, std::fs::read(component).unwrap(), settings)
+            .await;
+        assert!(
+            status == 200 || status == 201,
+            "deploy {name}: {status} {body}"
+        );
         body
     }
 
@@ -131,7 +147,12 @@ impl TestHost {
     }
 
     /// Submits a job; panics unless 202. Returns the job id.
-    pub async fn submit(&self, function: &str, body: impl Into<reqwest::Body>, content_type: &str) -> String {
+    pub async fn submit(
+        &self,
+        function: &str,
+        body: impl Into<reqwest::Body>,
+        content_type: &str,
+    ) -> String {
         let r = self
             .http
             .post(self.url(&format!("/v1/functions/{function}/jobs")))
@@ -148,7 +169,8 @@ impl TestHost {
 
     /// Submits JSON; returns the job id.
     pub async fn submit_json(&self, function: &str, value: &Value) -> String {
-        self.submit(function, value.to_string(), "application/json").await
+        self.submit(function, value.to_string(), "application/json")
+            .await
     }
 
     /// GETs a path, returning status and JSON body.
@@ -180,21 +202,38 @@ impl TestHost {
 
     /// A metric's value from `/metrics` (first sample of that name).
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or_else(|| panic!("metric {name} missing from:\n{text}"))
     }
 }
 
 /// True when a job JSON shows a terminal status.
 pub fn is_terminal(job: &Value) -> bool {
-    matches!(job["status"].as_str(), Some("succeeded" | "failed" | "dead" | "cancelled"))
+    matches!(
+        job["status"].as_str(),
+        Some("succeeded" | "failed" | "dead" | "cancelled")
+    )
 }
 
 /// Parses one of the API's RFC 3339 timestamps into ms since the epoch.
 pub fn millis(ts: &Value) -> u64 {
-    let t = humantime_parse(ts.as_str().unwrap_or_else(|| panic!("not a timestamp: {ts}")));
+    let t = humantime_parse(
+        ts.as_str()
+            .unwrap_or_else(|| panic!("not a timestamp: {ts}")),
+    );
     t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
@@ -206,7 +245,9 @@ fn humantime_parse(s: &str) -> std::time::SystemTime {
 pub fn assert_error(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "unexpected error body: {body}");
     assert!(
-        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
         "error without a message: {body}"
     );
 }

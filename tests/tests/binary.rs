@@ -19,7 +19,9 @@ fn sluice_binary() -> PathBuf {
             let target_dir = profile_dir.parent().unwrap();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = Command::new(cargo);
-            build.args(["build", "-p", "sluice", "--bin", "sluice", "--target-dir"]).arg(target_dir);
+            build
+                .args(["build", "-p", "sluice", "--bin", "sluice", "--target-dir"])
+                .arg(target_dir);
             if profile_dir.file_name().is_some_and(|n| n == "release") {
                 build.arg("--release");
             }
@@ -33,13 +35,26 @@ fn sluice_binary() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_healthy(http: &reqwest::Client, url: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{url}/healthz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
-        assert!(Instant::now() < deadline, "sluice serve did not become healthy");
+    while http
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "sluice serve did not become healthy"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -69,27 +84,62 @@ async fn serve_deploy_invoke_and_sigterm() {
     wait_healthy(&http, &url).await;
 
     let out = Command::new(sluice_binary())
-        .args(["deploy", components::PROBE, "--manifest", components::PROBE_MANIFEST])
+        .args([
+            "deploy",
+            components::PROBE,
+            "--manifest",
+            components::PROBE_MANIFEST,
+        ])
         .env("SLUICE_URL", &url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("deployed probe version 1"));
 
     let out = Command::new(sluice_binary())
-        .args(["invoke", "probe", "--data", r#"{"action":"sleep","ms":1}"#, "--wait", "--json"])
+        .args([
+            "invoke",
+            "probe",
+            "--data",
+            r#"{"action":"sleep","ms":1}"#,
+            "--wait",
+            "--json",
+        ])
         .env("SLUICE_URL", &url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let job: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(job["status"], "succeeded");
 
-    let r = http.post(format!("{url}/v1/functions/probe/jobs")).body(json!({"action": "sleep", "ms": 1500}).to_string()).send().await.unwrap();
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let r = http
+        .post(format!("{url}/v1/functions/probe/jobs"))
+        .body(json!({"action": "sleep", "ms": 1500}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let job: Value = http.get(format!("{url}/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap();
+        let job: Value = http
+            .get(format!("{url}/v1/jobs/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if job["status"] == "running" {
             break;
         }
@@ -97,17 +147,37 @@ async fn serve_deploy_invoke_and_sigterm() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let stopped_at = Instant::now();
-    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok);
     let status = child.wait().unwrap();
     assert!(status.success(), "sluice serve exited with {status}");
-    assert!(stopped_at.elapsed() >= Duration::from_millis(500), "it did not wait for the running attempt");
+    assert!(
+        stopped_at.elapsed() >= Duration::from_millis(500),
+        "it did not wait for the running attempt"
+    );
 
     let mut child = serve();
     wait_healthy(&http, &url).await;
-    let job: Value = http.get(format!("{url}/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(job["status"], "succeeded", "the attempt finished during the grace period: {job}");
+    let job: Value = http
+        .get(format!("{url}/v1/jobs/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        job["status"], "succeeded",
+        "the attempt finished during the grace period: {job}"
+    );
     assert_eq!(job["attempts"], 1);
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(child.wait().unwrap().success());
 }

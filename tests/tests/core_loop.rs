@@ -10,7 +10,9 @@ use sluice_tests::{components, millis, start_host};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_round_trip() {
     let host = start_host().await;
-    let f = host.deploy("echo", components::ECHO, "max_concurrency=4").await;
+    let f = host
+        .deploy("echo", components::ECHO, "max_concurrency=4")
+        .await;
     assert_eq!(f["name"], "echo");
     assert_eq!(f["version"], 1);
     assert_eq!(f["max_concurrency"], 4);
@@ -46,7 +48,12 @@ async fn echo_round_trip() {
     assert!(millis(&job["created_at"]) <= millis(&job["started_at"]));
     assert!(millis(&job["started_at"]) <= millis(&job["finished_at"]));
 
-    let raw = host.http.get(host.url(&format!("/v1/jobs/{id}/output"))).send().await.unwrap();
+    let raw = host
+        .http
+        .get(host.url(&format!("/v1/jobs/{id}/output")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(raw.status(), 200);
     assert_eq!(raw.headers()["content-type"], "text/plain");
     assert_eq!(raw.bytes().await.unwrap().as_ref(), b"hello, sluice");
@@ -59,12 +66,23 @@ async fn binary_output_is_served_raw() {
     let host = start_host().await;
     host.deploy("echo", components::ECHO, "").await;
     let input: Vec<u8> = (0..=255u8).rev().collect();
-    let id = host.submit("echo", input.clone(), "application/octet-stream").await;
+    let id = host
+        .submit("echo", input.clone(), "application/octet-stream")
+        .await;
     let job = host.wait(&id).await;
     assert_eq!(job["status"], "succeeded");
-    assert_eq!(job["output"], Value::Null, "binary output must not be inlined");
+    assert_eq!(
+        job["output"],
+        Value::Null,
+        "binary output must not be inlined"
+    );
     assert_eq!(job["output_size"], 256);
-    let raw = host.http.get(host.url(&format!("/v1/jobs/{id}/output"))).send().await.unwrap();
+    let raw = host
+        .http
+        .get(host.url(&format!("/v1/jobs/{id}/output")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(raw.headers()["content-type"], "application/octet-stream");
     assert_eq!(raw.bytes().await.unwrap().to_vec(), input);
     host.stop().await;
@@ -74,23 +92,53 @@ async fn binary_output_is_served_raw() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_total_json() {
     let host = start_host().await;
-    host.deploy("order-total", components::ORDER_TOTAL, "").await;
+    host.deploy("order-total", components::ORDER_TOTAL, "")
+        .await;
     let order = json!({"id": "o-7", "items": [
         {"sku": "tea", "quantity": 2, "unit_cents": 450},
         {"sku": "cake", "quantity": 1, "unit_cents": 1200}
     ], "discount_percent": 10});
-    let job = host.wait(&host.submit_json("order-total", &order).await).await;
+    let job = host
+        .wait(&host.submit_json("order-total", &order).await)
+        .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let total: Value = serde_json::from_str(job["output"].as_str().unwrap()).unwrap();
-    assert_eq!(total, json!({"id": "o-7", "items": 3, "subtotal_cents": 2100, "discount_cents": 210, "total_cents": 1890}));
+    assert_eq!(
+        total,
+        json!({"id": "o-7", "items": 3, "subtotal_cents": 2100, "discount_cents": 210, "total_cents": 1890})
+    );
     assert_eq!(job["output_content_type"], "application/json");
-    assert!(job["log"].as_str().unwrap().contains("[info] order o-7: 3 items"), "{job}");
+    assert!(
+        job["log"]
+            .as_str()
+            .unwrap()
+            .contains("[info] order o-7: 3 items"),
+        "{job}"
+    );
 
-    let job = host.wait(&host.submit("order-total", "not json", "application/json").await).await;
+    let job = host
+        .wait(
+            &host
+                .submit("order-total", "not json", "application/json")
+                .await,
+        )
+        .await;
     assert_eq!(job["status"], "failed");
-    assert!(job["error"].as_str().unwrap().contains("not the expected JSON"), "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("not the expected JSON"),
+        "{job}"
+    );
 
-    let job = host.wait(&host.submit_json("order-total", &json!({"id": "o-8", "items": []})).await).await;
+    let job = host
+        .wait(
+            &host
+                .submit_json("order-total", &json!({"id": "o-8", "items": []}))
+                .await,
+        )
+        .await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["error"], "order o-8 has no items");
     host.stop().await;
@@ -107,14 +155,29 @@ async fn deploy_with_manifest_and_redeploy() {
         let form = reqwest::multipart::Form::new()
             .part("component", reqwest::multipart::Part::bytes(wasm))
             .part("manifest", reqwest::multipart::Part::text(manifest));
-        host.http.put(host.url("/v1/functions/order-total")).multipart(form).send()
+        host.http
+            .put(host.url("/v1/functions/order-total"))
+            .multipart(form)
+            .send()
     };
     let r = deploy(wasm.clone(), manifest.clone()).await.unwrap();
     assert_eq!(r.status(), 201);
     let f: Value = r.json().await.unwrap();
-    assert_eq!((f["version"].as_u64(), f["timeout_ms"].as_u64(), f["memory_mb"].as_u64()), (Some(1), Some(2000), Some(32)));
+    assert_eq!(
+        (
+            f["version"].as_u64(),
+            f["timeout_ms"].as_u64(),
+            f["memory_mb"].as_u64()
+        ),
+        (Some(1), Some(2000), Some(32))
+    );
 
-    let r = deploy(wasm, manifest.replace("max_concurrency = 8", "max_concurrency = 3")).await.unwrap();
+    let r = deploy(
+        wasm,
+        manifest.replace("max_concurrency = 8", "max_concurrency = 3"),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     let (_, f) = host.get("/v1/functions/order-total").await;
     assert_eq!(f["version"], 2);
@@ -122,9 +185,19 @@ async fn deploy_with_manifest_and_redeploy() {
     assert_eq!(f["pending_jobs"], 0);
     assert!(f["digest"].as_str().unwrap().starts_with("sha256:"));
 
-    host.deploy("echo", components::ECHO, "").await;
+    // The same code with the same settings again changes nothing.
+    let again = host.deploy("echo", components::ECHO, "").await;
+    assert_eq!(
+        host.deploy("echo", components::ECHO, "").await["version"],
+        again["version"]
+    );
     let (_, list) = host.get("/v1/functions").await;
-    let names: Vec<_> = list["functions"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    let names: Vec<_> = list["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["echo", "order-total"]);
     host.stop().await;
 }
@@ -136,15 +209,26 @@ async fn long_poll_returns_when_terminal() {
     let host = start_host().await;
     host.deploy("probe", components::PROBE, "").await;
     let started = Instant::now();
-    let id = host.submit_json("probe", &json!({"action": "sleep", "ms": 400})).await;
+    let id = host
+        .submit_json("probe", &json!({"action": "sleep", "ms": 400}))
+        .await;
     let (_, now) = host.get(&format!("/v1/jobs/{id}")).await;
-    assert!(matches!(now["status"].as_str(), Some("queued" | "running")), "{now}");
+    assert!(
+        matches!(now["status"].as_str(), Some("queued" | "running")),
+        "{now}"
+    );
     let (status, job) = host.get(&format!("/v1/jobs/{id}?wait=20")).await;
     let waited = started.elapsed();
     assert_eq!(status, 200);
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert!(waited >= Duration::from_millis(400), "returned before the job could finish: {waited:?}");
-    assert!(waited < Duration::from_secs(20), "long-poll did not return at completion: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(400),
+        "returned before the job could finish: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(20),
+        "long-poll did not return at completion: {waited:?}"
+    );
     host.stop().await;
 }
 
@@ -153,7 +237,8 @@ async fn long_poll_returns_when_terminal() {
 async fn list_jobs_paginates_and_filters() {
     let host = start_host().await;
     host.deploy("echo", components::ECHO, "").await;
-    host.deploy("order-total", components::ORDER_TOTAL, "").await;
+    host.deploy("order-total", components::ORDER_TOTAL, "")
+        .await;
     let mut echo_ids = Vec::new();
     for i in 0..5 {
         let id = host.submit("echo", format!("{i}"), "text/plain").await;
@@ -164,15 +249,38 @@ async fn list_jobs_paginates_and_filters() {
     host.wait(&bad).await;
 
     let (_, page) = host.get("/v1/jobs?function=echo&limit=3").await;
-    let ids: Vec<_> = page["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
-    assert_eq!(ids, [echo_ids[4].clone(), echo_ids[3].clone(), echo_ids[2].clone()]);
+    let ids: Vec<_> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            echo_ids[4].clone(),
+            echo_ids[3].clone(),
+            echo_ids[2].clone()
+        ]
+    );
     let cursor = page["next_cursor"].as_str().unwrap();
-    let (_, page) = host.get(&format!("/v1/jobs?function=echo&limit=3&cursor={cursor}")).await;
-    let ids: Vec<_> = page["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    let (_, page) = host
+        .get(&format!("/v1/jobs?function=echo&limit=3&cursor={cursor}"))
+        .await;
+    let ids: Vec<_> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids, [echo_ids[1].clone(), echo_ids[0].clone()]);
 
     let (_, all) = host.get("/v1/jobs").await;
-    assert_eq!(all["jobs"][0]["id"], bad.as_str(), "newest first across functions");
+    assert_eq!(
+        all["jobs"][0]["id"],
+        bad.as_str(),
+        "newest first across functions"
+    );
     assert_eq!(all["jobs"].as_array().unwrap().len(), 6);
     let (_, failed) = host.get("/v1/jobs?status=failed").await;
     let failed = failed["jobs"].as_array().unwrap();
@@ -185,13 +293,21 @@ async fn list_jobs_paginates_and_filters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_is_bounded_per_function() {
     let host = start_host().await;
-    host.deploy("probe", components::PROBE, "max_concurrency=2").await;
+    host.deploy("probe", components::PROBE, "max_concurrency=2")
+        .await;
     let max_overlap = run_sleepers(&host, 6, 300).await;
-    assert_eq!(max_overlap, 2, "at most, and up to, max_concurrency=2 attempts at once");
+    assert_eq!(
+        max_overlap, 2,
+        "at most, and up to, max_concurrency=2 attempts at once"
+    );
 
-    host.deploy("probe", components::PROBE, "max_concurrency=6").await;
+    host.deploy("probe", components::PROBE, "max_concurrency=6")
+        .await;
     let max_overlap = run_sleepers(&host, 6, 300).await;
-    assert!(max_overlap >= 3, "raising max_concurrency must run more at once, saw {max_overlap}");
+    assert!(
+        max_overlap >= 3,
+        "raising max_concurrency must run more at once, saw {max_overlap}"
+    );
     host.stop().await;
 }
 
@@ -201,7 +317,10 @@ async fn run_sleepers(host: &sluice_tests::TestHost, n: usize, ms: u64) -> usize
     let started = Instant::now();
     let mut ids = Vec::new();
     for _ in 0..n {
-        ids.push(host.submit_json("probe", &json!({"action": "sleep", "ms": ms})).await);
+        ids.push(
+            host.submit_json("probe", &json!({"action": "sleep", "ms": ms}))
+                .await,
+        );
     }
     let mut edges = Vec::new();
     for id in &ids {

@@ -10,15 +10,30 @@ async fn deploy_refuses_what_is_not_a_sluice_component() {
     let host = start_host().await;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("not wasm", b"hello".to_vec(), "not WebAssembly"),
-        ("core module", b"\0asm\x01\0\0\0".to_vec(), "core WebAssembly module"),
-        ("broken component", b"\0asm\x0d\0\x01\0\xff\xff".to_vec(), "invalid component"),
-        ("empty component", b"\0asm\x0d\0\x01\0".to_vec(), "does not implement the Sluice handler world"),
+        (
+            "core module",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "core WebAssembly module",
+        ),
+        (
+            "broken component",
+            b"\0asm\x0d\0\x01\0\xff\xff".to_vec(),
+            "invalid component",
+        ),
+        (
+            "empty component",
+            b"\0asm\x0d\0\x01\0".to_vec(),
+            "does not implement the Sluice handler world",
+        ),
     ];
     for (what, bytes, message) in cases {
         let (status, body) = host.deploy_raw("thing", bytes, "").await;
         assert_eq!(status, 400, "{what}: {body}");
         assert_error(&body, "invalid_component");
-        assert!(body["error"]["message"].as_str().unwrap().contains(message), "{what}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(message),
+            "{what}: {body}"
+        );
     }
     let (status, body) = host.get("/v1/functions/thing").await;
     assert_eq!(status, 404);
@@ -26,11 +41,15 @@ async fn deploy_refuses_what_is_not_a_sluice_component() {
 
     // A bad redeploy leaves the current version serving.
     host.deploy("echo", components::ECHO, "").await;
-    let (status, _) = host.deploy_raw("echo", b"\0asm\x01\0\0\0".to_vec(), "").await;
+    let (status, _) = host
+        .deploy_raw("echo", b"\0asm\x01\0\0\0".to_vec(), "")
+        .await;
     assert_eq!(status, 400);
     let (_, f) = host.get("/v1/functions/echo").await;
     assert_eq!(f["version"], 1);
-    let job = host.wait(&host.submit("echo", "still here", "text/plain").await).await;
+    let job = host
+        .wait(&host.submit("echo", "still here", "text/plain").await)
+        .await;
     assert_eq!(job["output"], "still here");
     host.stop().await;
 }
@@ -44,7 +63,12 @@ async fn deploy_refuses_bad_names_and_settings() {
         ("Echo", "", "invalid_name", "invalid function name"),
         ("1echo", "", "invalid_name", "invalid function name"),
         ("echo", "retries=3", "invalid_manifest", "retries"),
-        ("echo", "max_concurrency=0", "invalid_manifest", "max_concurrency"),
+        (
+            "echo",
+            "max_concurrency=0",
+            "invalid_manifest",
+            "max_concurrency",
+        ),
         ("echo", "memory_mb=100000", "invalid_manifest", "memory_mb"),
         ("echo", "timeout_ms=abc", "invalid_manifest", "timeout_ms"),
         ("echo", "name=other", "invalid_manifest", "other"),
@@ -52,7 +76,10 @@ async fn deploy_refuses_bad_names_and_settings() {
         let (status, body) = host.deploy_raw(name, wasm.clone(), settings).await;
         assert_eq!(status, 400, "{name}?{settings}: {body}");
         assert_error(&body, code);
-        assert!(body["error"]["message"].as_str().unwrap().contains(needle), "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(needle),
+            "{body}"
+        );
     }
     let r = host
         .http
@@ -74,26 +101,51 @@ async fn deploy_refuses_bad_names_and_settings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_and_methods() {
     let host = start_host().await;
-    let r = host.http.post(host.url("/v1/functions/nope/jobs")).body("x").send().await.unwrap();
+    let r = host
+        .http
+        .post(host.url("/v1/functions/nope/jobs"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_error(&r.json().await.unwrap(), "function_not_found");
 
-    for path in ["/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV", "/v1/jobs/not-an-id", "/v1/jobs/not-an-id/output"] {
+    for path in [
+        "/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        "/v1/jobs/not-an-id",
+        "/v1/jobs/not-an-id/output",
+    ] {
         let (status, body) = host.get(path).await;
         assert_eq!(status, 404, "{path}");
         assert_error(&body, "job_not_found");
     }
 
     host.deploy("probe", components::PROBE, "").await;
-    let id = host.submit_json("probe", &json!({"action": "sleep", "ms": 300})).await;
+    let id = host
+        .submit_json("probe", &json!({"action": "sleep", "ms": 300}))
+        .await;
     let (status, body) = host.get(&format!("/v1/jobs/{id}/output")).await;
     assert_eq!(status, 409);
     assert_error(&body, "output_not_ready");
-    let failed = host.wait(&host.submit_json("probe", &json!({"action": "panic"})).await).await;
-    let (status, _) = host.get(&format!("/v1/jobs/{}/output", failed["id"].as_str().unwrap())).await;
+    let failed = host
+        .wait(&host.submit_json("probe", &json!({"action": "panic"})).await)
+        .await;
+    let (status, _) = host
+        .get(&format!(
+            "/v1/jobs/{}/output",
+            failed["id"].as_str().unwrap()
+        ))
+        .await;
     assert_eq!(status, 409, "a failed job has no output");
 
-    for query in ["status=bogus", "limit=0", "limit=5000", "cursor=xyz", "colour=red"] {
+    for query in [
+        "status=bogus",
+        "limit=0",
+        "limit=5000",
+        "cursor=xyz",
+        "colour=red",
+    ] {
         let (status, body) = host.get(&format!("/v1/jobs?{query}")).await;
         assert_eq!(status, 400, "{query}");
         assert_error(&body, "invalid_query");
@@ -105,13 +157,25 @@ async fn lookups_and_methods() {
     let r = host.http.delete(host.url("/v1/jobs")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert_error(&r.json().await.unwrap(), "method_not_allowed");
-    let r = host.http.get(host.url("/v1/functions/probe/jobs")).send().await.unwrap();
+    let r = host
+        .http
+        .get(host.url("/v1/functions/probe/jobs"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     let (status, body) = host.get("/v2/everything").await;
     assert_eq!(status, 404);
     assert_error(&body, "not_found");
 
-    let r = host.http.post(host.url("/v1/functions/probe/jobs")).header("sluice-correlation-id", "").body("{}").send().await.unwrap();
+    let r = host
+        .http
+        .post(host.url("/v1/functions/probe/jobs"))
+        .header("sluice-correlation-id", "")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     host.wait(&id).await;
     host.stop().await;
@@ -125,12 +189,20 @@ async fn oversized_bodies_are_refused() {
     config.max_body_bytes = 1024 * 1024;
     let host = start_host_with(config).await;
     host.deploy("echo", components::ECHO, "").await;
-    let r = host.http.post(host.url("/v1/functions/echo/jobs")).body(vec![b'x'; 1024 * 1024 + 1]).send().await.unwrap();
+    let r = host
+        .http
+        .post(host.url("/v1/functions/echo/jobs"))
+        .body(vec![b'x'; 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert_error(&r.json().await.unwrap(), "payload_too_large");
     let (_, jobs) = host.get("/v1/jobs").await;
     assert_eq!(jobs["jobs"], json!([]));
-    let id = host.submit("echo", vec![b'y'; 1024 * 1024], "text/plain").await;
+    let id = host
+        .submit("echo", vec![b'y'; 1024 * 1024], "text/plain")
+        .await;
     assert_eq!(host.wait(&id).await["output_size"], 1024 * 1024);
     host.stop().await;
 }
@@ -140,19 +212,39 @@ async fn oversized_bodies_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_never_loses_a_job_silently() {
     let host = start_host().await;
-    host.deploy("probe", components::PROBE, "max_concurrency=1").await;
-    let running = host.submit_json("probe", &json!({"action": "sleep", "ms": 5000})).await;
-    let queued = host.submit_json("probe", &json!({"action": "sleep", "ms": 1})).await;
+    host.deploy("probe", components::PROBE, "max_concurrency=1")
+        .await;
+    let running = host
+        .submit_json("probe", &json!({"action": "sleep", "ms": 5000}))
+        .await;
+    let queued = host
+        .submit_json("probe", &json!({"action": "sleep", "ms": 1}))
+        .await;
 
-    let r = host.http.delete(host.url("/v1/functions/probe")).send().await.unwrap();
+    let r = host
+        .http
+        .delete(host.url("/v1/functions/probe"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
     let body: Value = r.json().await.unwrap();
     assert_error(&body, "function_busy");
-    assert!(body["error"]["message"].as_str().unwrap().contains("force=true"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("force=true")
+    );
     let (_, f) = host.get("/v1/functions/probe").await;
     assert_eq!(f["pending_jobs"], 2);
 
-    let r = host.http.delete(host.url("/v1/functions/probe?force=true")).send().await.unwrap();
+    let r = host
+        .http
+        .delete(host.url("/v1/functions/probe?force=true"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["cancelled_jobs"].as_array().unwrap().len(), 2);
@@ -163,15 +255,32 @@ async fn delete_never_loses_a_job_silently() {
     }
     let (status, _) = host.get("/v1/functions/probe").await;
     assert_eq!(status, 404);
-    let r = host.http.post(host.url("/v1/functions/probe/jobs")).body("{}").send().await.unwrap();
+    let r = host
+        .http
+        .post(host.url("/v1/functions/probe/jobs"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // An idle function deletes without force.
     host.deploy("echo", components::ECHO, "").await;
-    host.wait(&host.submit("echo", "x", "text/plain").await).await;
-    let r = host.http.delete(host.url("/v1/functions/echo")).send().await.unwrap();
+    host.wait(&host.submit("echo", "x", "text/plain").await)
+        .await;
+    let r = host
+        .http
+        .delete(host.url("/v1/functions/echo"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = host.http.delete(host.url("/v1/functions/echo")).send().await.unwrap();
+    let r = host
+        .http
+        .delete(host.url("/v1/functions/echo"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     host.stop().await;
 }

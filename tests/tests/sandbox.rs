@@ -14,9 +14,12 @@ async fn probe(host: &TestHost, action: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attempt_gets_a_fresh_instance() {
     let host = start_host().await;
-    host.deploy("counter", components::COUNTER, "max_concurrency=1").await;
+    host.deploy("counter", components::COUNTER, "max_concurrency=1")
+        .await;
     for _ in 0..5 {
-        let job = host.wait(&host.submit("counter", "", "text/plain").await).await;
+        let job = host
+            .wait(&host.submit("counter", "", "text/plain").await)
+            .await;
         assert_eq!(job["output"], r#"{"calls":1}"#, "{job}");
     }
     host.stop().await;
@@ -31,11 +34,17 @@ async fn no_filesystem_environment_or_network() {
 
     let file = host.data_dir.join("secret.txt");
     std::fs::write(&file, "host secret").unwrap();
-    let r = probe(&host, json!({"action": "read_file", "path": file.to_str().unwrap()})).await;
+    let r = probe(
+        &host,
+        json!({"action": "read_file", "path": file.to_str().unwrap()}),
+    )
+    .await;
     assert_eq!(r["ok"], false, "the guest read a host file: {r}");
     assert!(!r["detail"].as_str().unwrap().contains("host secret"));
 
-    let (name, value) = std::env::vars().find(|(_, v)| !v.is_empty()).expect("the test process has environment variables");
+    let (name, value) = std::env::vars()
+        .find(|(_, v)| !v.is_empty())
+        .expect("the test process has environment variables");
     let r = probe(&host, json!({"action": "env", "name": name})).await;
     assert_eq!(r["ok"], false, "the guest read {name}: {r}");
     assert!(!r["detail"].as_str().unwrap().contains(&value));
@@ -45,7 +54,10 @@ async fn no_filesystem_environment_or_network() {
     let addr = listener.local_addr().unwrap().to_string();
     let r = probe(&host, json!({"action": "connect", "addr": addr})).await;
     assert_eq!(r["ok"], false, "the guest connected to {addr}: {r}");
-    assert!(listener.accept().is_err(), "a connection reached the listener");
+    assert!(
+        listener.accept().is_err(),
+        "a connection reached the listener"
+    );
     host.stop().await;
 }
 
@@ -55,18 +67,36 @@ async fn no_filesystem_environment_or_network() {
 async fn a_trap_fails_the_attempt_not_the_host() {
     let host = start_host().await;
     host.deploy("probe", components::PROBE, "").await;
-    let job = host.wait(&host.submit_json("probe", &json!({"action": "panic"})).await).await;
+    let job = host
+        .wait(&host.submit_json("probe", &json!({"action": "panic"})).await)
+        .await;
     assert_eq!(job["status"], "failed");
     let error = job["error"].as_str().unwrap();
     assert!(error.contains("trapped"), "{error}");
     assert!(error.contains("probe was asked to panic"), "{error}");
-    assert!(job["log"].as_str().unwrap().contains("panicked at"), "{job}");
+    assert!(
+        job["log"].as_str().unwrap().contains("panicked at"),
+        "{job}"
+    );
 
-    let r = probe(&host, json!({"action": "print", "text": "no newline at the end"})).await;
+    let r = probe(
+        &host,
+        json!({"action": "print", "text": "no newline at the end"}),
+    )
+    .await;
     assert_eq!(r["ok"], true);
-    let job = host.wait(&host.submit_json("probe", &json!({"action": "print", "text": "line one"})).await).await;
+    let job = host
+        .wait(
+            &host
+                .submit_json("probe", &json!({"action": "print", "text": "line one"}))
+                .await,
+        )
+        .await;
     let log = job["log"].as_str().unwrap();
-    assert!(log.contains("line one") && log.contains("to stderr"), "{log}");
+    assert!(
+        log.contains("line one") && log.contains("to stderr"),
+        "{log}"
+    );
     host.stop().await;
 }
 
@@ -74,14 +104,24 @@ async fn a_trap_fails_the_attempt_not_the_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_stop_spinning_and_sleeping_handlers() {
     let host = start_host().await;
-    host.deploy("probe", components::PROBE, "timeout_ms=300").await;
+    host.deploy("probe", components::PROBE, "timeout_ms=300")
+        .await;
     for action in ["spin", "sleep"] {
         let started = std::time::Instant::now();
-        let job = host.wait(&host.submit_json("probe", &json!({"action": action, "ms": 20_000})).await).await;
+        let job = host
+            .wait(
+                &host
+                    .submit_json("probe", &json!({"action": action, "ms": 20_000}))
+                    .await,
+            )
+            .await;
         assert_eq!(job["status"], "failed", "{job}");
         assert_eq!(job["error"], "timed out after 300 ms");
         assert!(started.elapsed() >= std::time::Duration::from_millis(300));
-        assert!(started.elapsed() < std::time::Duration::from_secs(15), "{action} was not stopped");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "{action} was not stopped"
+        );
     }
     let r = probe(&host, json!({"action": "sleep", "ms": 1})).await;
     assert_eq!(r["ok"], true, "the host still runs jobs after timeouts");
@@ -95,7 +135,13 @@ async fn handler_errors_are_recorded() {
     let host = start_host().await;
     host.deploy("probe", components::PROBE, "").await;
     for retryable in [true, false] {
-        let job = host.wait(&host.submit_json("probe", &json!({"action": "fail", "retryable": retryable})).await).await;
+        let job = host
+            .wait(
+                &host
+                    .submit_json("probe", &json!({"action": "fail", "retryable": retryable}))
+                    .await,
+            )
+            .await;
         assert_eq!(job["status"], "failed", "{job}");
         assert_eq!(job["error"], "probe failed on purpose");
     }

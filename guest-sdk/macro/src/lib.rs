@@ -55,7 +55,10 @@ fn check_signature(function: &ItemFn) -> syn::Result<()> {
         ));
     }
     if !sig.generics.params.is_empty() {
-        return Err(syn::Error::new(sig.generics.span(), "a Sluice handler cannot be generic"));
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "a Sluice handler cannot be generic",
+        ));
     }
     if sig.inputs.len() != 1 {
         return Err(syn::Error::new(

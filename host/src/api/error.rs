@@ -21,7 +21,11 @@ pub struct ApiError {
 impl ApiError {
     /// An error with the given status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -32,12 +36,18 @@ impl ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "function_not_found",
-            format!("function {name:?} is not deployed; deploy it with PUT /v1/functions/{name} or `sluice deploy`"),
+            format!(
+                "function {name:?} is not deployed; deploy it with PUT /v1/functions/{name} or `sluice deploy`"
+            ),
         )
     }
 
     pub(crate) fn job_not_found(id: &str) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "job_not_found", format!("no job with id {id:?}"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "job_not_found",
+            format!("no job with id {id:?}"),
+        )
     }
 }
 
@@ -51,7 +61,11 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store error");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            e.to_string(),
+        )
     }
 }
 
@@ -68,7 +82,9 @@ impl From<DeleteError> for ApiError {
     fn from(e: DeleteError) -> Self {
         match e {
             DeleteError::NotFound(name) => ApiError::function_not_found(&name),
-            e @ DeleteError::Busy { .. } => ApiError::new(StatusCode::CONFLICT, "function_busy", e.to_string()),
+            e @ DeleteError::Busy { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "function_busy", e.to_string())
+            }
             DeleteError::Store(e) => e.into(),
         }
     }
@@ -105,14 +121,26 @@ pub(crate) fn body_error(status: StatusCode, text: String) -> ApiError {
             "the request body is over the host's limit (--max-body-bytes); send less, or raise the limit",
         )
     } else {
-        ApiError::new(status, "bad_request", format!("cannot read the request body: {text}"))
+        ApiError::new(
+            status,
+            "bad_request",
+            format!("cannot read the request body: {text}"),
+        )
     }
 }
 
 pub(crate) async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/api.md for the API")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see docs/api.md for the API",
+    )
 }
 
 pub(crate) async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method; see docs/api.md")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method; see docs/api.md",
+    )
 }

@@ -37,7 +37,9 @@ pub(crate) async fn deploy(
         .unwrap_or("")
         .to_ascii_lowercase();
     let (manifest, wasm) = if content_type.starts_with("multipart/form-data") {
-        let form = Multipart::from_request(request, &state).await.map_err(|e| body_error(e.status(), e.body_text()))?;
+        let form = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| body_error(e.status(), e.body_text()))?;
         read_multipart(form).await?
     } else {
         let wasm = Bytes::from_request(request, &state).await?;
@@ -45,7 +47,9 @@ pub(crate) async fn deploy(
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                format!("deploy with Content-Type application/wasm (settings as query parameters) or multipart/form-data (parts `component` and `manifest`), not {content_type:?}"),
+                format!(
+                    "deploy with Content-Type application/wasm (settings as query parameters) or multipart/form-data (parts `component` and `manifest`), not {content_type:?}"
+                ),
             ));
         }
         (manifest_from_query(&query)?, wasm)
@@ -57,7 +61,9 @@ pub(crate) async fn deploy(
     let bytes = wasm.clone();
     let compiled = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
 
     let record = FunctionRecord {
         name: name.clone(),
@@ -71,7 +77,11 @@ pub(crate) async fn deploy(
     let previous = state.runtime.function(&name);
     state.runtime.install(record.clone(), &compiled);
     let key = state.runtime.artifact_key(&compiled.digest);
-    let stored = match state.store.deploy(record, wasm, key, compiled.artifact.clone()).await {
+    let stored = match state
+        .store
+        .deploy(record, wasm, key, compiled.artifact.clone())
+        .await
+    {
         Ok(stored) => stored,
         Err(e) => {
             match previous {
@@ -83,7 +93,11 @@ pub(crate) async fn deploy(
     };
     state.runtime.install(stored.clone(), &compiled);
     state.scheduler.function_updated(&name);
-    let status = if stored.version == 1 { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if stored.version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(function_json(&stored, None))))
 }
 
@@ -92,9 +106,16 @@ async fn read_multipart(mut form: Multipart) -> Result<(Manifest, Bytes), ApiErr
     let mut component = None;
     let mut unknown = None;
     // Every part is read before anything is judged (see `deploy`).
-    while let Some(field) = form.next_field().await.map_err(|e| body_error(e.status(), e.body_text()))? {
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| body_error(e.status(), e.body_text()))?
+    {
         let part = field.name().unwrap_or("").to_string();
-        let bytes = field.bytes().await.map_err(|e| body_error(e.status(), e.body_text()))?;
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| body_error(e.status(), e.body_text()))?;
         match part.as_str() {
             "manifest" => manifest = Some(bytes),
             "component" => component = Some(bytes),
@@ -104,19 +125,26 @@ async fn read_multipart(mut form: Multipart) -> Result<(Manifest, Bytes), ApiErr
     if let Some(part) = unknown {
         return Err(ApiError::bad_request(
             "bad_request",
-            format!("unknown form part {part:?}: send `component` (the .wasm) and optionally `manifest` (sluice.toml)"),
+            format!(
+                "unknown form part {part:?}: send `component` (the .wasm) and optionally `manifest` (sluice.toml)"
+            ),
         ));
     }
     let manifest = match manifest {
         Some(bytes) => {
-            let text = std::str::from_utf8(&bytes)
-                .map_err(|_| ApiError::bad_request("invalid_manifest", "the manifest part is not UTF-8 text"))?;
+            let text = std::str::from_utf8(&bytes).map_err(|_| {
+                ApiError::bad_request("invalid_manifest", "the manifest part is not UTF-8 text")
+            })?;
             Manifest::from_toml(text)?
         }
         None => Manifest::default(),
     };
-    let component = component
-        .ok_or_else(|| ApiError::bad_request("bad_request", "the form has no `component` part: attach the .wasm file"))?;
+    let component = component.ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_request",
+            "the form has no `component` part: attach the .wasm file",
+        )
+    })?;
     Ok((manifest, component))
 }
 
@@ -128,7 +156,10 @@ fn manifest_from_query(query: &[(String, String)]) -> Result<Manifest, ApiError>
             toml::Value::String(value.clone())
         } else {
             let n = value.parse::<i64>().map_err(|_| {
-                ApiError::bad_request("invalid_manifest", format!("{key} must be a whole number, not {value:?}"))
+                ApiError::bad_request(
+                    "invalid_manifest",
+                    format!("{key} must be a whole number, not {value:?}"),
+                )
             })?;
             toml::Value::Integer(n)
         };
@@ -136,7 +167,12 @@ fn manifest_from_query(query: &[(String, String)]) -> Result<Manifest, ApiError>
     }
     toml::Value::Table(table)
         .try_into::<Manifest>()
-        .map_err(|e| ApiError::bad_request("invalid_manifest", format!("invalid manifest: {}", e.message())))
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_manifest",
+                format!("invalid manifest: {}", e.message()),
+            )
+        })
 }
 
 /// `GET /v1/functions`.
@@ -152,9 +188,20 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
 }
 
 /// `GET /v1/functions/{name}`.
-pub(crate) async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    let record = state.store.function(&name)?.ok_or_else(|| ApiError::function_not_found(&name))?;
-    let pending = state.store.pending_counts()?.get(&name).copied().unwrap_or(0);
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = state
+        .store
+        .function(&name)?
+        .ok_or_else(|| ApiError::function_not_found(&name))?;
+    let pending = state
+        .store
+        .pending_counts()?
+        .get(&name)
+        .copied()
+        .unwrap_or(0);
     Ok(Json(function_json(&record, Some(pending))))
 }
 
@@ -170,12 +217,19 @@ pub(crate) async fn delete(
     Path(name): Path<String>,
     query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", format!("{e}: use ?force=true or ?force=false")))?;
+    let Query(query) = query.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("{e}: use ?force=true or ?force=false"),
+        )
+    })?;
     let cancelled = state.store.delete_function(&name, query.force).await?;
     state.runtime.remove(&name);
     state.scheduler.function_removed(&name);
     let cancelled: Vec<String> = cancelled.iter().map(|id| id.to_string()).collect();
-    Ok(Json(json!({ "deleted": name, "cancelled_jobs": cancelled })))
+    Ok(Json(
+        json!({ "deleted": name, "cancelled_jobs": cancelled }),
+    ))
 }
 
 fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Value {

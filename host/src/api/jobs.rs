@@ -28,26 +28,52 @@ pub(crate) async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let input = body?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let correlation_id = correlation_id(&headers)?;
-    let id = state.store.submit(NewJob { function: name, content_type, input, correlation_id }).await?;
+    let id = state
+        .store
+        .submit(NewJob {
+            function: name,
+            content_type,
+            input,
+            correlation_id,
+        })
+        .await?;
     let location = format!("/v1/jobs/{id}");
-    let mut response = (StatusCode::ACCEPTED, Json(json!({ "id": id.to_string(), "status": "queued" }))).into_response();
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id.to_string(), "status": "queued" })),
+    )
+        .into_response();
     let h = response.headers_mut();
-    h.insert(header::LOCATION, HeaderValue::from_str(&location).expect("job ids are ASCII"));
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("job ids are ASCII"),
+    );
     h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     Ok(response)
 }
 
 fn correlation_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("sluice-correlation-id") else { return Ok(None) };
+    let Some(value) = headers.get("sluice-correlation-id") else {
+        return Ok(None);
+    };
     match value.to_str() {
-        Ok(s) if !s.is_empty() && s.len() <= MAX_CORRELATION_ID && s.bytes().all(|b| b.is_ascii_graphic()) => {
+        Ok(s)
+            if !s.is_empty()
+                && s.len() <= MAX_CORRELATION_ID
+                && s.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
             Ok(Some(s.to_string()))
         }
         _ => Err(ApiError::bad_request(
             "invalid_header",
-            format!("Sluice-Correlation-Id must be 1 to {MAX_CORRELATION_ID} visible ASCII characters"),
+            format!(
+                "Sluice-Correlation-Id must be 1 to {MAX_CORRELATION_ID} visible ASCII characters"
+            ),
         )),
     }
 }
@@ -71,7 +97,12 @@ pub(crate) async fn show(
             .ok()
             .filter(|w| w.is_finite() && *w >= 0.0)
             .map(|w| Duration::from_secs_f64(w).min(state.config.max_wait))
-            .ok_or_else(|| ApiError::bad_request("invalid_query", "wait must be a number of seconds, e.g. ?wait=30"))?,
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    "wait must be a number of seconds, e.g. ?wait=30",
+                )
+            })?,
     };
     let job = if wait.is_zero() {
         state.store.job(job_id)?
@@ -86,18 +117,30 @@ pub(crate) async fn show(
 }
 
 /// `GET /v1/jobs/{id}/output`: the raw output with the handler's content type, once succeeded.
-pub(crate) async fn output(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn output(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let job_id = parse_id(&id)?;
-    let job = state.store.job(job_id)?.ok_or_else(|| ApiError::job_not_found(&id))?;
+    let job = state
+        .store
+        .job(job_id)?
+        .ok_or_else(|| ApiError::job_not_found(&id))?;
     let Some(output) = job.output.filter(|_| job.status == JobStatus::Succeeded) else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "output_not_ready",
-            format!("job {id} is {}: output exists only once it has succeeded", job.status.as_str()),
+            format!(
+                "job {id} is {}: output exists only once it has succeeded",
+                job.status.as_str()
+            ),
         ));
     };
-    let content_type = job.output_content_type.unwrap_or_else(|| "application/octet-stream".into());
-    let content_type = HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let content_type = job
+        .output_content_type
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let content_type = HeaderValue::from_str(&content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     Ok(([(header::CONTENT_TYPE, content_type)], output).into_response())
 }
 
@@ -106,21 +149,35 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut q = JobQuery { limit: 50, ..Default::default() };
+    let mut q = JobQuery {
+        limit: 50,
+        ..Default::default()
+    };
     for (key, value) in &query {
         match key.as_str() {
             "function" => q.function = Some(value.clone()),
-            "status" => q.status = Some(value.parse().map_err(|e: String| ApiError::bad_request("invalid_query", e))?),
+            "status" => {
+                q.status = Some(
+                    value
+                        .parse()
+                        .map_err(|e: String| ApiError::bad_request("invalid_query", e))?,
+                )
+            }
             "limit" => {
                 q.limit = value
                     .parse()
                     .ok()
                     .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| ApiError::bad_request("invalid_query", "limit must be 1 to 1000"))?
+                    .ok_or_else(|| {
+                        ApiError::bad_request("invalid_query", "limit must be 1 to 1000")
+                    })?
             }
             "cursor" => {
                 q.before = Some(value.parse().map_err(|_| {
-                    ApiError::bad_request("invalid_query", "cursor must be the next_cursor of a previous page")
+                    ApiError::bad_request(
+                        "invalid_query",
+                        "cursor must be the next_cursor of a previous page",
+                    )
                 })?)
             }
             other => {
@@ -132,8 +189,14 @@ pub(crate) async fn list(
         }
     }
     let page = state.store.jobs(&q)?;
-    let jobs: Vec<Value> = page.jobs.iter().map(|(id, job)| job_json(*id, job, false)).collect();
-    Ok(Json(json!({ "jobs": jobs, "next_cursor": page.next_cursor.map(|c| c.to_string()) })))
+    let jobs: Vec<Value> = page
+        .jobs
+        .iter()
+        .map(|(id, job)| job_json(*id, job, false))
+        .collect();
+    Ok(Json(
+        json!({ "jobs": jobs, "next_cursor": page.next_cursor.map(|c| c.to_string()) }),
+    ))
 }
 
 /// A job as the API shows it; `full` adds the log and the inline output.

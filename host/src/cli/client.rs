@@ -92,7 +92,10 @@ pub struct Client {
 impl Client {
     /// A client for the host at `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: &str) -> Self {
-        Client { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_string() }
+        Client {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_string(),
+        }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
@@ -109,36 +112,73 @@ impl Client {
     }
 
     /// Deploys a component with a manifest; returns the host's function JSON.
-    pub async fn deploy(&self, name: &str, wasm: Vec<u8>, manifest: &Manifest) -> anyhow::Result<Value> {
+    pub async fn deploy(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        manifest: &Manifest,
+    ) -> anyhow::Result<Value> {
         let form = reqwest::multipart::Form::new()
-            .part("component", reqwest::multipart::Part::bytes(wasm).mime_str("application/wasm")?)
-            .part("manifest", reqwest::multipart::Part::text(manifest.to_toml()).mime_str("application/toml")?);
-        self.send(self.http.put(format!("{}/v1/functions/{name}", self.base)).multipart(form)).await
+            .part(
+                "component",
+                reqwest::multipart::Part::bytes(wasm).mime_str("application/wasm")?,
+            )
+            .part(
+                "manifest",
+                reqwest::multipart::Part::text(manifest.to_toml()).mime_str("application/toml")?,
+            );
+        self.send(
+            self.http
+                .put(format!("{}/v1/functions/{name}", self.base))
+                .multipart(form),
+        )
+        .await
     }
 
     /// Submits a job; returns `{"id", "status"}`.
-    pub async fn submit(&self, name: &str, data: Vec<u8>, content_type: &str) -> anyhow::Result<Value> {
+    pub async fn submit(
+        &self,
+        name: &str,
+        data: Vec<u8>,
+        content_type: &str,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}/v1/functions/{name}/jobs", self.base);
-        self.send(self.http.post(url).header("content-type", content_type).body(data)).await
+        self.send(
+            self.http
+                .post(url)
+                .header("content-type", content_type)
+                .body(data),
+        )
+        .await
     }
 
     /// Shows a job, waiting up to `wait` seconds for it to be terminal.
     pub async fn job(&self, id: &str, wait: u64) -> anyhow::Result<Value> {
-        self.send(self.http.get(format!("{}/v1/jobs/{id}?wait={wait}", self.base))).await
+        self.send(
+            self.http
+                .get(format!("{}/v1/jobs/{id}?wait={wait}", self.base)),
+        )
+        .await
     }
 
     /// Lists functions.
     pub async fn functions(&self) -> anyhow::Result<Value> {
-        self.send(self.http.get(format!("{}/v1/functions", self.base))).await
+        self.send(self.http.get(format!("{}/v1/functions", self.base)))
+            .await
     }
 }
 
 /// Reads a manifest file and works out the function's name: `--name`, else the manifest's,
 /// else the file name (`order_total.wasm` -> `order-total`).
-pub fn resolve_manifest(component: &Path, name: Option<&str>, manifest: Option<&Path>) -> anyhow::Result<(String, Manifest)> {
+pub fn resolve_manifest(
+    component: &Path,
+    name: Option<&str>,
+    manifest: Option<&Path>,
+) -> anyhow::Result<(String, Manifest)> {
     let manifest = match manifest {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
             Manifest::from_toml(&text).with_context(|| format!("in {}", path.display()))?
         }
         None => Manifest::default(),
@@ -157,9 +197,16 @@ pub fn resolve_manifest(component: &Path, name: Option<&str>, manifest: Option<&
 }
 
 pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
-    let (name, manifest) = resolve_manifest(&args.component, args.name.as_deref(), args.manifest.as_deref())?;
-    let wasm = std::fs::read(&args.component).with_context(|| format!("cannot read {}", args.component.display()))?;
-    let body = Client::new(&args.host.url).deploy(&name, wasm, &manifest).await?;
+    let (name, manifest) = resolve_manifest(
+        &args.component,
+        args.name.as_deref(),
+        args.manifest.as_deref(),
+    )?;
+    let wasm = std::fs::read(&args.component)
+        .with_context(|| format!("cannot read {}", args.component.display()))?;
+    let body = Client::new(&args.host.url)
+        .deploy(&name, wasm, &manifest)
+        .await?;
     if args.json {
         println!("{body}");
     } else {
@@ -184,12 +231,17 @@ pub(super) async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
             buf
         }
-        (None, Some(p)) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+        (None, Some(p)) => {
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?
+        }
         (None, None) => Vec::new(),
     };
     let client = Client::new(&args.host.url);
     let accepted = client.submit(&args.name, data, &args.content_type).await?;
-    let id = accepted["id"].as_str().context("the host answered without a job id")?.to_string();
+    let id = accepted["id"]
+        .as_str()
+        .context("the host answered without a job id")?
+        .to_string();
     if !args.wait {
         if args.json {
             println!("{accepted}");
@@ -207,7 +259,10 @@ pub(super) async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
 async fn wait_terminal(client: &Client, id: &str) -> anyhow::Result<Value> {
     loop {
         let job = client.job(id, 30).await?;
-        if matches!(job["status"].as_str(), Some("succeeded" | "failed" | "dead" | "cancelled")) {
+        if matches!(
+            job["status"].as_str(),
+            Some("succeeded" | "failed" | "dead" | "cancelled")
+        ) {
             return Ok(job);
         }
     }
@@ -236,7 +291,9 @@ fn print_job(job: &Value, json: bool) {
     }
     match job["output"].as_str() {
         Some(o) => println!("output    {o}"),
-        None if job["output_url"].is_string() => println!("output    (binary or large: GET {})", field("output_url")),
+        None if job["output_url"].is_string() => {
+            println!("output    (binary or large: GET {})", field("output_url"))
+        }
         None => {}
     }
     if let Some(log) = job["log"].as_str().filter(|l| !l.is_empty()) {
@@ -258,7 +315,10 @@ pub(super) async fn functions(args: FunctionsArgs) -> anyhow::Result<()> {
         println!("no functions deployed (deploy one with `sluice deploy`)");
         return Ok(());
     }
-    println!("{:<24} {:>7} {:>11} {:>10} {:>9} {:>8}", "NAME", "VERSION", "CONCURRENCY", "TIMEOUT_MS", "MEMORY_MB", "PENDING");
+    println!(
+        "{:<24} {:>7} {:>11} {:>10} {:>9} {:>8}",
+        "NAME", "VERSION", "CONCURRENCY", "TIMEOUT_MS", "MEMORY_MB", "PENDING"
+    );
     for f in list {
         println!(
             "{:<24} {:>7} {:>11} {:>10} {:>9} {:>8}",

@@ -23,12 +23,24 @@ pub struct Example {
 pub fn build(functions: &Path) -> anyhow::Result<Vec<Example>> {
     let cargo_toml = functions.join("Cargo.toml");
     if !cargo_toml.exists() {
-        bail!("no {} here: run this from the root of a Sluice checkout, or pass --functions DIR", cargo_toml.display());
+        bail!(
+            "no {} here: run this from the root of a Sluice checkout, or pass --functions DIR",
+            cargo_toml.display()
+        );
     }
     ensure_wasm_target()?;
-    eprintln!("building the functions in {} for wasm32-wasip2 ...", functions.display());
+    eprintln!(
+        "building the functions in {} for wasm32-wasip2 ...",
+        functions.display()
+    );
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(&cargo_toml)
         .arg("--target-dir")
         .arg(functions.join("target"))
@@ -52,21 +64,45 @@ pub fn discover(functions: &Path) -> anyhow::Result<Vec<Example>> {
     dirs.sort();
     for dir in dirs {
         let text = std::fs::read_to_string(dir.join("sluice.toml"))?;
-        let manifest = Manifest::from_toml(&text).with_context(|| format!("in {}", dir.join("sluice.toml").display()))?;
-        let crate_name = dir.file_name().and_then(|s| s.to_str()).unwrap_or_default().replace('-', "_");
-        let name = manifest.name.clone().unwrap_or_else(|| crate_name.replace('_', "-"));
-        examples.push(Example { name, manifest, wasm: out.join(format!("{crate_name}.wasm")) });
+        let manifest = Manifest::from_toml(&text)
+            .with_context(|| format!("in {}", dir.join("sluice.toml").display()))?;
+        let crate_name = dir
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .replace('-', "_");
+        let name = manifest
+            .name
+            .clone()
+            .unwrap_or_else(|| crate_name.replace('_', "-"));
+        examples.push(Example {
+            name,
+            manifest,
+            wasm: out.join(format!("{crate_name}.wasm")),
+        });
     }
     Ok(examples)
 }
 
 fn ensure_wasm_target() -> anyhow::Result<()> {
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     match installed {
-        Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") => Ok(()),
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == "wasm32-wasip2") =>
+        {
+            Ok(())
+        }
         Ok(_) => {
-            eprintln!("the wasm32-wasip2 target is missing: installing it with `rustup target add wasm32-wasip2` ...");
-            let status = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status()?;
+            eprintln!(
+                "the wasm32-wasip2 target is missing: installing it with `rustup target add wasm32-wasip2` ..."
+            );
+            let status = Command::new("rustup")
+                .args(["target", "add", "wasm32-wasip2"])
+                .status()?;
             if !status.success() {
                 bail!("`rustup target add wasm32-wasip2` failed; run it by hand and retry");
             }

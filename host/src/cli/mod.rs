@@ -89,11 +89,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "sluice=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| "sluice=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -124,8 +128,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (pick another with --listen)", args.listen))?;
-    eprintln!("sluice listening on http://{} (data in {})", listener.local_addr()?, config.data_dir.display());
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e} (pick another with --listen)",
+                args.listen
+            )
+        })?;
+    eprintln!(
+        "sluice listening on http://{} (data in {})",
+        listener.local_addr()?,
+        config.data_dir.display()
+    );
     crate::run(listener, shutdown_signal(), config).await
 }
 

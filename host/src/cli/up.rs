@@ -27,16 +27,27 @@ pub(super) async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(args.serve.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (pick another with --listen)", args.serve.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (pick another with --listen)",
+                args.serve.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     let host = tokio::spawn(crate::run(listener, shutdown_signal(), config.clone()));
 
     let client = Client::new(&url);
     for example in &examples {
-        let wasm = std::fs::read(&example.wasm).with_context(|| format!("cannot read {}", example.wasm.display()))?;
-        let f = client.deploy(&example.name, wasm, &example.manifest).await?;
-        eprintln!("deployed {:<12} version {} ({} bytes)", example.name, f["version"], f["size"]);
+        let wasm = std::fs::read(&example.wasm)
+            .with_context(|| format!("cannot read {}", example.wasm.display()))?;
+        let f = client
+            .deploy(&example.name, wasm, &example.manifest)
+            .await?;
+        eprintln!(
+            "deployed {:<12} version {} ({} bytes)",
+            example.name, f["version"], f["size"]
+        );
     }
     println!(
         r#"

@@ -34,7 +34,9 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 #[non_exhaustive]
 pub enum ComponentError {
     /// The bytes are not WebAssembly at all.
-    #[error("the body is not WebAssembly (no \\0asm header): send the .wasm file your build produced")]
+    #[error(
+        "the body is not WebAssembly (no \\0asm header): send the .wasm file your build produced"
+    )]
     NotWasm,
     /// A core module, not a component.
     #[error(
@@ -111,13 +113,15 @@ impl Runtime {
         let engine_hash = format!("{:016x}", hasher.finish());
 
         let weak = engine.weak();
-        std::thread::Builder::new().name("sluice-epoch".into()).spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
         Ok(Runtime {
             engine,
             linker,
@@ -145,15 +149,27 @@ impl Runtime {
             Some([0, b'a', b's', b'm', ..]) => {}
             _ => return Err(ComponentError::NotWasm),
         }
-        let component = Component::new(&self.engine, wasm).map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
-        self.compilations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+        self.compilations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pre = self.link(&component)?;
-        let artifact = component.serialize().map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
-        Ok(Compiled { digest: hex::encode(Sha256::digest(wasm)), artifact, pre })
+        let artifact = component
+            .serialize()
+            .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+        Ok(Compiled {
+            digest: hex::encode(Sha256::digest(wasm)),
+            artifact,
+            pre,
+        })
     }
 
     /// Loads a stored artifact produced by [`Runtime::compile`] with this engine's settings.
-    pub fn load(&self, record: FunctionRecord, artifact: &[u8]) -> Result<LoadedFunction, ComponentError> {
+    pub fn load(
+        &self,
+        record: FunctionRecord,
+        artifact: &[u8],
+    ) -> Result<LoadedFunction, ComponentError> {
         // SAFETY: artifacts are only ever written by `compile` into our own store, keyed by this
         // engine's compatibility hash; user bytes never reach `deserialize`.
         let component = unsafe { Component::deserialize(&self.engine, artifact) }
@@ -163,25 +179,35 @@ impl Runtime {
     }
 
     fn link(&self, component: &Component) -> Result<HandlerPre<Sandbox>, ComponentError> {
-        let pre = self.linker.instantiate_pre(component).map_err(|e| ComponentError::WrongWorld(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| ComponentError::WrongWorld(format!("{e:#}")))?;
         HandlerPre::new(pre).map_err(|e| ComponentError::WrongWorld(format!("{e:#}")))
     }
 
     /// Makes a compiled component the current code of `record.name`.
     pub fn install(&self, record: FunctionRecord, compiled: &Compiled) -> Arc<LoadedFunction> {
-        self.install_loaded(LoadedFunction { record, pre: compiled.pre.clone() })
+        self.install_loaded(LoadedFunction {
+            record,
+            pre: compiled.pre.clone(),
+        })
     }
 
     /// Makes a loaded function current.
     pub fn install_loaded(&self, f: LoadedFunction) -> Arc<LoadedFunction> {
         let f = Arc::new(f);
-        self.functions.write().insert(f.record.name.clone(), f.clone());
+        self.functions
+            .write()
+            .insert(f.record.name.clone(), f.clone());
         f
     }
 
     /// Makes an already shared loaded function current again (undoing a failed deploy).
     pub fn install_loaded_arc(&self, f: Arc<LoadedFunction>) -> Arc<LoadedFunction> {
-        self.functions.write().insert(f.record.name.clone(), f.clone());
+        self.functions
+            .write()
+            .insert(f.record.name.clone(), f.clone());
         f
     }
 
@@ -198,13 +224,24 @@ impl Runtime {
     /// Runs one attempt of `job` in a fresh sandbox, within the function's time and memory limits.
     /// Never fails: every problem becomes a failed [`Outcome`].
     pub async fn run(&self, f: &LoadedFunction, job: &QueuedJob, attempt: u32) -> AttemptReport {
+        let started_at = now_ms();
         let settings = f.record.settings;
         let log = LogSink::new(self.max_log_bytes);
-        let wasi = WasiCtxBuilder::new().stdout(log.clone()).stderr(log.clone()).build();
-        let limits = StoreLimitsBuilder::new().memory_size((settings.memory_mb as usize) << 20).build();
+        let wasi = WasiCtxBuilder::new()
+            .stdout(log.clone())
+            .stderr(log.clone())
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size((settings.memory_mb as usize) << 20)
+            .build();
         let mut store = wasmtime::Store::new(
             &self.engine,
-            Sandbox { wasi, table: Default::default(), limits, log: log.clone() },
+            Sandbox {
+                wasi,
+                table: Default::default(),
+                limits,
+                log: log.clone(),
+            },
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
@@ -227,9 +264,17 @@ impl Runtime {
         let call = async {
             let handler = match f.pre.instantiate_async(&mut store).await {
                 Ok(h) => h,
-                Err(e) => return Err((FailureKind::Instantiate, format!("cannot start the sandbox: {e:#}"))),
+                Err(e) => {
+                    return Err((
+                        FailureKind::Instantiate,
+                        format!("cannot start the sandbox: {e:#}"),
+                    ));
+                }
             };
-            handler.call_handle(&mut store, &event).await.map_err(|e| (FailureKind::Trap, describe_trap(&e)))
+            handler
+                .call_handle(&mut store, &event)
+                .await
+                .map_err(|e| (FailureKind::Trap, describe_trap(&e)))
         };
         let outcome = match tokio::time::timeout(timeout, call).await {
             Err(_) => Outcome::Failed {
@@ -237,26 +282,43 @@ impl Runtime {
                 message: format!("timed out after {} ms", settings.timeout_ms),
             },
             Ok(Err((kind, message))) => Outcome::Failed { kind, message },
-            Ok(Ok(Ok(response))) => {
-                Outcome::Succeeded { output: response.data, content_type: response.content_type }
-            }
-            Ok(Ok(Err(HandlerError::Retryable(message)))) => {
-                Outcome::Failed { kind: FailureKind::Retryable, message }
-            }
-            Ok(Ok(Err(HandlerError::Permanent(message)))) => {
-                Outcome::Failed { kind: FailureKind::Permanent, message }
-            }
+            Ok(Ok(Ok(response))) => Outcome::Succeeded {
+                output: response.data,
+                content_type: response.content_type,
+            },
+            Ok(Ok(Err(HandlerError::Retryable(message)))) => Outcome::Failed {
+                kind: FailureKind::Retryable,
+                message,
+            },
+            Ok(Ok(Err(HandlerError::Permanent(message)))) => Outcome::Failed {
+                kind: FailureKind::Permanent,
+                message,
+            },
         };
         drop(store);
         let log = log.text();
         let outcome = match outcome {
-            Outcome::Failed { kind: FailureKind::Trap, message } => match panic_message(&log) {
-                Some(panic) => Outcome::Failed { kind: FailureKind::Trap, message: format!("{message}: {panic}") },
-                None => Outcome::Failed { kind: FailureKind::Trap, message },
+            Outcome::Failed {
+                kind: FailureKind::Trap,
+                message,
+            } => match panic_message(&log) {
+                Some(panic) => Outcome::Failed {
+                    kind: FailureKind::Trap,
+                    message: format!("{message}: {panic}"),
+                },
+                None => Outcome::Failed {
+                    kind: FailureKind::Trap,
+                    message,
+                },
             },
             other => other,
         };
-        AttemptReport { outcome, log, finished_at: now_ms() }
+        AttemptReport {
+            outcome,
+            log,
+            started_at,
+            finished_at: now_ms(),
+        }
     }
 }
 
@@ -264,7 +326,10 @@ impl Runtime {
 fn describe_trap(e: &wasmtime::Error) -> String {
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => format!("handler trapped: {trap}"),
-        None => format!("handler failed: {}", e.chain().last().map(|c| c.to_string()).unwrap_or_default()),
+        None => format!(
+            "handler failed: {}",
+            e.chain().last().map(|c| c.to_string()).unwrap_or_default()
+        ),
     }
 }
 
@@ -275,5 +340,9 @@ fn panic_message(log: &str) -> Option<String> {
     let mut lines = rest.lines();
     let at = lines.next()?;
     let message = lines.next().unwrap_or("").trim();
-    Some(format!("{} {}", at.trim_end_matches(':'), message).trim().to_string())
+    Some(
+        format!("{} {}", at.trim_end_matches(':'), message)
+            .trim()
+            .to_string(),
+    )
 }

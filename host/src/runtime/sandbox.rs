@@ -27,7 +27,10 @@ pub(crate) struct Sandbox {
 
 impl WasiView for Sandbox {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -46,7 +49,13 @@ struct LogBuffer {
 
 impl LogSink {
     pub(crate) fn new(cap: usize) -> Self {
-        LogSink { inner: Arc::new(Mutex::new(LogBuffer { bytes: Vec::new(), cap, dropped: 0 })) }
+        LogSink {
+            inner: Arc::new(Mutex::new(LogBuffer {
+                bytes: Vec::new(),
+                cap,
+                dropped: 0,
+            })),
+        }
     }
 
     fn append(&self, data: &[u8]) {
@@ -117,7 +126,11 @@ impl Pollable for LogSink {
 }
 
 impl tokio::io::AsyncWrite for LogSink {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.append(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -20,6 +20,7 @@ mod writer;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -123,6 +124,23 @@ pub struct JobQuery {
 /// Rows a single listing request examines at most; it returns a cursor to continue.
 const MAX_SCAN: usize = 10_000;
 
+/// Counters of the writer's work, for `/metrics` and the benchmark.
+#[derive(Default, Debug)]
+pub struct StoreStats {
+    /// Jobs accepted (committed submits).
+    pub accepted: AtomicU64,
+    /// Jobs that reached a terminal status (committed).
+    pub finished: AtomicU64,
+    /// Write transactions committed.
+    pub commits: AtomicU64,
+    /// Operations in those commits.
+    pub ops: AtomicU64,
+    /// Time spent applying operations (building the transaction), in microseconds.
+    pub apply_us: AtomicU64,
+    /// Time spent in `commit` (writing pages and fsync), in microseconds.
+    pub commit_us: AtomicU64,
+}
+
 /// Handle to the durable state. Cheap to share (`Arc`); reads run on the caller's thread,
 /// writes go through the writer thread.
 pub struct Store {
@@ -132,6 +150,8 @@ pub struct Store {
     ops: mpsc::UnboundedSender<Op>,
     /// Long-polls waiting for a job to become terminal.
     waiters: Arc<Waiters>,
+    /// What the writer has done so far.
+    stats: Arc<StoreStats>,
     /// The writer thread, joined at shutdown so the file is closed before `run` returns.
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -150,21 +170,33 @@ impl Store {
     /// Opens (or creates) the data file, requeues jobs the previous process left running, and
     /// starts the writer thread.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Opened, StoreError> {
-        let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| {
-            StoreError::Storage(format!("cannot open {}: {e}", path.display()))
-        })?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
         let recovered = writer::recover(&db)?;
         let (ops, rx) = mpsc::unbounded_channel();
         let (feed_tx, feed) = mpsc::unbounded_channel();
         let waiters = Arc::new(Waiters::default());
-        let mut w = Writer::new(db.clone(), rx, feed_tx, waiters.clone())?;
+        let stats = Arc::new(StoreStats::default());
+        let mut w = Writer::new(db.clone(), rx, feed_tx, waiters.clone(), stats.clone())?;
         let writer = std::thread::Builder::new()
             .name("sluice-writer".into())
             .spawn(move || w.run())
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
-        let store = Store { db, ops, waiters, writer: Mutex::new(Some(writer)) };
-        Ok(Opened { store, feed, recovered })
+        let store = Store {
+            db,
+            ops,
+            waiters,
+            stats,
+            writer: Mutex::new(Some(writer)),
+        };
+        Ok(Opened {
+            store,
+            feed,
+            recovered,
+        })
     }
 
     async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, StoreError> {
@@ -186,7 +218,11 @@ impl Store {
 
     /// Records how `attempt` ended (fenced: ignored unless the job is running that attempt).
     pub fn finish(&self, id: JobId, attempt: u32, report: AttemptReport) {
-        let _ = self.ops.send(Op::Finish { id, attempt, report });
+        let _ = self.ops.send(Op::Finish {
+            id,
+            attempt,
+            report,
+        });
     }
 
     /// Stores a deployed function with its component and compiled artifact, in one commit.
@@ -197,19 +233,36 @@ impl Store {
         artifact_key: String,
         artifact: Vec<u8>,
     ) -> Result<FunctionRecord, StoreError> {
-        self.call(|reply| Op::Deploy { record, wasm, artifact_key, artifact, reply }).await?
+        self.call(|reply| Op::Deploy {
+            record,
+            wasm,
+            artifact_key,
+            artifact,
+            reply,
+        })
+        .await?
     }
 
     /// Stores a compiled artifact (after an engine upgrade made the old one unusable).
     pub async fn save_artifact(&self, key: String, artifact: Vec<u8>) -> Result<(), StoreError> {
-        self.call(|reply| Op::SaveArtifact { key, artifact, reply }).await?
+        self.call(|reply| Op::SaveArtifact {
+            key,
+            artifact,
+            reply,
+        })
+        .await?
     }
 
     /// Removes a function. Refused while it has queued or running jobs unless `force`, which
     /// cancels them in the same commit. Returns the cancelled jobs.
-    pub async fn delete_function(&self, name: &str, force: bool) -> Result<Vec<JobId>, DeleteError> {
+    pub async fn delete_function(
+        &self,
+        name: &str,
+        force: bool,
+    ) -> Result<Vec<JobId>, DeleteError> {
         let name = name.to_string();
-        self.call(|reply| Op::DeleteFunction { name, force, reply }).await?
+        self.call(|reply| Op::DeleteFunction { name, force, reply })
+            .await?
     }
 
     /// Waits until everything sent so far is committed, then stops the writer and closes the
@@ -222,16 +275,29 @@ impl Store {
         }
     }
 
+    /// What the writer has done since the store opened.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
     /// One job, as last committed.
     pub fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(JOBS).map_err(storage)?;
-        let Some(row) = table.get(id.0).map_err(storage)? else { return Ok(None) };
-        decode_job(row.value()).map(Some).map_err(StoreError::Storage)
+        let Some(row) = table.get(id.0).map_err(storage)? else {
+            return Ok(None);
+        };
+        decode_job(row.value())
+            .map(Some)
+            .map_err(StoreError::Storage)
     }
 
     /// Waits up to `timeout` for a job to be terminal; returns it as last committed.
-    pub async fn wait_terminal(&self, id: JobId, timeout: Duration) -> Result<Option<Job>, StoreError> {
+    pub async fn wait_terminal(
+        &self,
+        id: JobId,
+        timeout: Duration,
+    ) -> Result<Option<Job>, StoreError> {
         let rx = self.waiters.register(id);
         let job = self.job(id)?;
         match &job {
@@ -248,7 +314,10 @@ impl Store {
         let txn = self.db.begin_read().map_err(storage)?;
         let jobs = txn.open_table(JOBS).map_err(storage)?;
         let before = query.before.map_or(u128::MAX, |id| id.0);
-        let mut page = JobPage { jobs: Vec::new(), next_cursor: None };
+        let mut page = JobPage {
+            jobs: Vec::new(),
+            next_cursor: None,
+        };
         let mut scanned = 0;
         let mut visit = |id: u128, bytes: &[u8], page: &mut JobPage| -> Result<bool, StoreError> {
             scanned += 1;
@@ -264,9 +333,15 @@ impl Store {
         };
         if let Some(function) = &query.function {
             let index = txn.open_table(FUNCTION_JOBS).map_err(storage)?;
-            for row in index.range((function.as_str(), 0u128)..(function.as_str(), before)).map_err(storage)?.rev() {
+            for row in index
+                .range((function.as_str(), 0u128)..(function.as_str(), before))
+                .map_err(storage)?
+                .rev()
+            {
                 let id = row.map_err(storage)?.0.value().1;
-                let Some(job) = jobs.get(id).map_err(storage)? else { continue };
+                let Some(job) = jobs.get(id).map_err(storage)? else {
+                    continue;
+                };
                 if !visit(id, job.value(), &mut page)? {
                     break;
                 }
@@ -286,8 +361,12 @@ impl Store {
     pub fn function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(FUNCTIONS).map_err(storage)?;
-        let Some(row) = table.get(name).map_err(storage)? else { return Ok(None) };
-        decode_function(row.value()).map(Some).map_err(StoreError::Storage)
+        let Some(row) = table.get(name).map_err(storage)? else {
+            return Ok(None);
+        };
+        decode_function(row.value())
+            .map(Some)
+            .map_err(StoreError::Storage)
     }
 
     /// Every deployed function, by name.
@@ -324,7 +403,11 @@ impl Store {
         self.blob(ARTIFACTS, key)
     }
 
-    fn blob(&self, table: redb::TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn blob(
+        &self,
+        table: redb::TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(table).map_err(storage)?;
         Ok(table.get(key).map_err(storage)?.map(|v| v.value().to_vec()))

@@ -8,13 +8,15 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use bytes::Bytes;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::tables::*;
-use super::{DeleteError, NewJob, StoreError, SubmitError, Waiters, storage};
+use super::{DeleteError, NewJob, StoreError, StoreStats, SubmitError, Waiters, storage};
 use crate::job::{AttemptReport, Job, JobId, JobStatus, Outcome, QueuedJob, now_ms};
 
 /// Most operations in one commit; more wait for the next.
@@ -22,9 +24,20 @@ const MAX_BATCH: usize = 8192;
 
 /// One atomic domain operation.
 pub(crate) enum Op {
-    Submit { job: NewJob, reply: oneshot::Sender<Result<JobId, SubmitError>> },
-    Start { id: JobId, attempt: u32, at: u64 },
-    Finish { id: JobId, attempt: u32, report: AttemptReport },
+    Submit {
+        job: NewJob,
+        reply: oneshot::Sender<Result<JobId, SubmitError>>,
+    },
+    Start {
+        id: JobId,
+        attempt: u32,
+        at: u64,
+    },
+    Finish {
+        id: JobId,
+        attempt: u32,
+        report: AttemptReport,
+    },
     Deploy {
         record: FunctionRecord,
         wasm: Bytes,
@@ -32,17 +45,36 @@ pub(crate) enum Op {
         artifact: Vec<u8>,
         reply: oneshot::Sender<Result<FunctionRecord, StoreError>>,
     },
-    SaveArtifact { key: String, artifact: Vec<u8>, reply: oneshot::Sender<Result<(), StoreError>> },
-    DeleteFunction { name: String, force: bool, reply: oneshot::Sender<Result<Vec<JobId>, DeleteError>> },
-    Shutdown { reply: oneshot::Sender<()> },
+    SaveArtifact {
+        key: String,
+        artifact: Vec<u8>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    DeleteFunction {
+        name: String,
+        force: bool,
+        reply: oneshot::Sender<Result<Vec<JobId>, DeleteError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A reply to send once the batch's fate is known.
 enum Reply {
-    Submit(oneshot::Sender<Result<JobId, SubmitError>>, Result<JobId, SubmitError>),
-    Deploy(oneshot::Sender<Result<FunctionRecord, StoreError>>, FunctionRecord),
+    Submit(
+        oneshot::Sender<Result<JobId, SubmitError>>,
+        Result<JobId, SubmitError>,
+    ),
+    Deploy(
+        oneshot::Sender<Result<FunctionRecord, StoreError>>,
+        FunctionRecord,
+    ),
     Saved(oneshot::Sender<Result<(), StoreError>>),
-    Delete(oneshot::Sender<Result<Vec<JobId>, DeleteError>>, Result<Vec<JobId>, DeleteError>),
+    Delete(
+        oneshot::Sender<Result<Vec<JobId>, DeleteError>>,
+        Result<Vec<JobId>, DeleteError>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -84,6 +116,7 @@ pub(crate) struct Writer {
     rx: mpsc::UnboundedReceiver<Op>,
     feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
     waiters: Arc<Waiters>,
+    stats: Arc<StoreStats>,
     /// Names of deployed functions, so a submit checks existence without a table read.
     deployed: HashSet<String>,
     /// Job ids: monotonic ULIDs, so ids sort in commit order.
@@ -96,8 +129,17 @@ impl Writer {
         rx: mpsc::UnboundedReceiver<Op>,
         feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
         waiters: Arc<Waiters>,
+        stats: Arc<StoreStats>,
     ) -> Result<Self, StoreError> {
-        let mut w = Writer { db, rx, feed, waiters, deployed: HashSet::new(), ids: ulid::Generator::new() };
+        let mut w = Writer {
+            db,
+            rx,
+            feed,
+            waiters,
+            stats,
+            deployed: HashSet::new(),
+            ids: ulid::Generator::new(),
+        };
         w.load_deployed()?;
         Ok(w)
     }
@@ -108,7 +150,8 @@ impl Writer {
             let table = txn.open_table(FUNCTIONS).map_err(storage)?;
             self.deployed.clear();
             for row in table.iter().map_err(storage)? {
-                self.deployed.insert(row.map_err(storage)?.0.value().to_string());
+                self.deployed
+                    .insert(row.map_err(storage)?.0.value().to_string());
             }
         }
         txn.abort().map_err(storage)?;
@@ -135,9 +178,15 @@ impl Writer {
     /// Applies and commits one batch; returns true when a shutdown was requested.
     fn commit(&mut self, batch: &mut Vec<Op>) -> bool {
         let mut fx = Effects::default();
+        let ops = batch.len() as u64;
         let result = self.apply_all(batch, &mut fx);
         match result {
             Ok(()) => {
+                let s = &self.stats;
+                s.commits.fetch_add(1, Relaxed);
+                s.ops.fetch_add(ops, Relaxed);
+                s.accepted.fetch_add(fx.queued.len() as u64, Relaxed);
+                s.finished.fetch_add(fx.terminal.len() as u64, Relaxed);
                 for reply in fx.replies {
                     reply.commit();
                 }
@@ -163,8 +212,10 @@ impl Writer {
 
     fn apply_all(&mut self, batch: &mut Vec<Op>, fx: &mut Effects) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::Immediate).map_err(|e| StoreError::Storage(e.to_string()))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
         let mut result = Ok(());
+        let started = Instant::now();
         {
             let mut t = Tables::open(&txn)?;
             for op in batch.drain(..) {
@@ -177,12 +228,22 @@ impl Writer {
             }
         }
         result?;
-        txn.commit().map_err(storage)
+        let applied = Instant::now();
+        txn.commit().map_err(storage)?;
+        self.stats
+            .apply_us
+            .fetch_add((applied - started).as_micros() as u64, Relaxed);
+        self.stats
+            .commit_us
+            .fetch_add(applied.elapsed().as_micros() as u64, Relaxed);
+        Ok(())
     }
 
     fn reject(&self, op: Op, fx: &mut Effects) {
         match op {
-            Op::Submit { reply, .. } => fx.replies.push(Reply::Submit(reply, Err(StoreError::Closed.into()))),
+            Op::Submit { reply, .. } => fx
+                .replies
+                .push(Reply::Submit(reply, Err(StoreError::Closed.into()))),
             Op::Deploy { reply, record, .. } => fx.replies.push(Reply::Deploy(reply, record)),
             Op::SaveArtifact { reply, .. } => fx.replies.push(Reply::Saved(reply)),
             Op::DeleteFunction { reply, .. } => fx.replies.push(Reply::Delete(reply, Ok(vec![]))),
@@ -198,7 +259,8 @@ impl Writer {
         match op {
             Op::Submit { job, reply } => {
                 let result = self.submit(job, t, fx);
-                fx.replies.push(Reply::Submit(reply, result.map_err(|e| e)?));
+                fx.replies
+                    .push(Reply::Submit(reply, result.map_err(|e| e)?));
             }
             Op::Start { id, attempt, at } => {
                 if let Some(mut job) = t.job(id)?
@@ -211,13 +273,24 @@ impl Writer {
                     t.put_job(id, &job)?;
                 }
             }
-            Op::Finish { id, attempt, report } => {
+            Op::Finish {
+                id,
+                attempt,
+                report,
+            } => {
+                // Fenced: only the job's current attempt may finish it. A short attempt may
+                // finish before its start was recorded: then it is still queued, one attempt behind.
                 if let Some(mut job) = t.job(id)?
-                    && job.status == JobStatus::Running
-                    && job.attempts == attempt
+                    && ((job.status == JobStatus::Running && job.attempts == attempt)
+                        || (job.status == JobStatus::Queued && job.attempts + 1 == attempt))
                 {
+                    job.attempts = attempt;
+                    job.started_at = Some(report.started_at);
                     match report.outcome {
-                        Outcome::Succeeded { output, content_type } => {
+                        Outcome::Succeeded {
+                            output,
+                            content_type,
+                        } => {
                             job.status = JobStatus::Succeeded;
                             job.output = Some(output);
                             job.output_content_type = content_type;
@@ -230,26 +303,61 @@ impl Writer {
                     job.log = report.log;
                     job.finished_at = Some(report.finished_at);
                     t.put_job(id, &job)?;
-                    t.pending.remove((job.function.as_str(), id.0)).map_err(storage)?;
+                    t.pending
+                        .remove((job.function.as_str(), id.0))
+                        .map_err(storage)?;
                     fx.terminal.push(id);
                 }
             }
-            Op::Deploy { mut record, wasm, artifact_key, artifact, reply } => {
-                let previous = t.functions.get(record.name.as_str()).map_err(storage)?.map(|v| v.value().to_vec());
-                record.version = match previous {
-                    Some(bytes) => decode_function(&bytes).map_err(StoreError::Storage)?.version + 1,
-                    None => 1,
-                };
-                if t.components.get(record.digest.as_str()).map_err(storage)?.is_none() {
-                    t.components.insert(record.digest.as_str(), wasm.as_ref()).map_err(storage)?;
+            Op::Deploy {
+                mut record,
+                wasm,
+                artifact_key,
+                artifact,
+                reply,
+            } => {
+                let previous = t
+                    .functions
+                    .get(record.name.as_str())
+                    .map_err(storage)?
+                    .map(|v| v.value().to_vec());
+                if let Some(bytes) = previous {
+                    let previous = decode_function(&bytes).map_err(StoreError::Storage)?;
+                    if previous.digest == record.digest && previous.settings == record.settings {
+                        // The same code with the same settings: nothing to change.
+                        fx.replies.push(Reply::Deploy(reply, previous));
+                        return Ok(());
+                    }
+                    record.version = previous.version + 1;
+                } else {
+                    record.version = 1;
                 }
-                t.artifacts.insert(artifact_key.as_str(), artifact.as_slice()).map_err(storage)?;
-                t.functions.insert(record.name.as_str(), encode_function(&record).as_slice()).map_err(storage)?;
+                if t.components
+                    .get(record.digest.as_str())
+                    .map_err(storage)?
+                    .is_none()
+                {
+                    t.components
+                        .insert(record.digest.as_str(), wasm.as_ref())
+                        .map_err(storage)?;
+                }
+                t.artifacts
+                    .insert(artifact_key.as_str(), artifact.as_slice())
+                    .map_err(storage)?;
+                t.functions
+                    .insert(record.name.as_str(), encode_function(&record).as_slice())
+                    .map_err(storage)?;
                 self.deployed.insert(record.name.clone());
                 fx.replies.push(Reply::Deploy(reply, record));
             }
-            Op::SaveArtifact { key, artifact, reply } => {
-                t.artifacts.insert(key.as_str(), artifact.as_slice()).map_err(storage)?;
+            Op::SaveArtifact {
+                key,
+                artifact,
+                reply,
+            } => {
+                t.artifacts
+                    .insert(key.as_str(), artifact.as_slice())
+                    .map_err(storage)?;
                 fx.replies.push(Reply::Saved(reply));
             }
             Op::DeleteFunction { name, force, reply } => {
@@ -265,7 +373,12 @@ impl Writer {
     }
 
     /// Inserts a new job; a missing function is the caller's error, not a batch failure.
-    fn submit(&mut self, new: NewJob, t: &mut Tables<'_>, fx: &mut Effects) -> Result<Result<JobId, SubmitError>, StoreError> {
+    fn submit(
+        &mut self,
+        new: NewJob,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<Result<JobId, SubmitError>, StoreError> {
         if !self.deployed.contains(&new.function) {
             return Ok(Err(SubmitError::FunctionNotFound(new.function)));
         }
@@ -288,8 +401,12 @@ impl Writer {
             correlation_id,
         };
         t.put_job(id, &job)?;
-        t.pending.insert((job.function.as_str(), id.0), ()).map_err(storage)?;
-        t.function_jobs.insert((job.function.as_str(), id.0), ()).map_err(storage)?;
+        t.pending
+            .insert((job.function.as_str(), id.0), ())
+            .map_err(storage)?;
+        t.function_jobs
+            .insert((job.function.as_str(), id.0), ())
+            .map_err(storage)?;
         fx.queued.push(QueuedJob {
             id,
             function: job.function,
@@ -313,18 +430,27 @@ impl Writer {
             return Ok(Err(DeleteError::NotFound(name.to_string())));
         }
         let mut pending = Vec::new();
-        for row in t.pending.range((name, 0u128)..=(name, u128::MAX)).map_err(storage)? {
+        for row in t
+            .pending
+            .range((name, 0u128)..=(name, u128::MAX))
+            .map_err(storage)?
+        {
             pending.push(JobId(row.map_err(storage)?.0.value().1));
         }
         if !pending.is_empty() && !force {
-            return Ok(Err(DeleteError::Busy { name: name.to_string(), pending: pending.len() as u64 }));
+            return Ok(Err(DeleteError::Busy {
+                name: name.to_string(),
+                pending: pending.len() as u64,
+            }));
         }
         let now = now_ms();
         for &id in &pending {
             if let Some(mut job) = t.job(id)? {
                 job.status = JobStatus::Cancelled;
                 job.finished_at = Some(now);
-                job.error = Some(format!("cancelled: function {name:?} was deleted with force=true"));
+                job.error = Some(format!(
+                    "cancelled: function {name:?} was deleted with force=true"
+                ));
                 t.put_job(id, &job)?;
             }
             t.pending.remove((name, id.0)).map_err(storage)?;
@@ -360,13 +486,17 @@ impl<'txn> Tables<'txn> {
 
     fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         match self.jobs.get(id.0).map_err(storage)? {
-            Some(row) => decode_job(row.value()).map(Some).map_err(StoreError::Storage),
+            Some(row) => decode_job(row.value())
+                .map(Some)
+                .map_err(StoreError::Storage),
             None => Ok(None),
         }
     }
 
     fn put_job(&mut self, id: JobId, job: &Job) -> Result<(), StoreError> {
-        self.jobs.insert(id.0, encode_job(job).as_slice()).map_err(storage)?;
+        self.jobs
+            .insert(id.0, encode_job(job).as_slice())
+            .map_err(storage)?;
         Ok(())
     }
 }
@@ -376,7 +506,8 @@ impl<'txn> Tables<'txn> {
 /// index only. Also creates the tables on a new file.
 pub(crate) fn recover(db: &Database) -> Result<Vec<QueuedJob>, StoreError> {
     let mut txn = db.begin_write().map_err(storage)?;
-    txn.set_durability(Durability::Immediate).map_err(|e| StoreError::Storage(e.to_string()))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| StoreError::Storage(e.to_string()))?;
     let mut recovered = Vec::new();
     {
         let mut t = Tables::open(&txn)?;
