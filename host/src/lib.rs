@@ -12,9 +12,11 @@
 //! - [`scheduler`]: hands queued jobs to sandboxes, at most `max_concurrency` per function.
 //! - [`api`]: the HTTP API (axum).
 //! - [`host`]: wires them together: [`run`] serves a listener until a shutdown signal.
+//! - [`bench`]: `sluice bench`: the performance scenarios and the peer comparison.
 //! - [`cli`]: the `sluice` command line (serve, deploy, invoke, job, functions, up, bench).
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod host;

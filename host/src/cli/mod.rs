@@ -41,6 +41,8 @@ enum Command {
     Job(client::JobArgs),
     /// List deployed functions.
     Functions(client::FunctionsArgs),
+    /// Measure throughput, latency, sandbox cost and start-up (optionally against BullMQ).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Flags of `sluice serve` (and `sluice up`).
@@ -112,6 +114,7 @@ pub fn main() -> ExitCode {
             Command::Invoke(args) => client::invoke(args).await,
             Command::Job(args) => client::job(args).await,
             Command::Functions(args) => client::functions(args).await,
+            Command::Bench(args) => crate::bench::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,474 @@
+//! `sluice bench`: starts a real host on loopback with a temp data dir, deploys `functions/echo`
+//! and measures the performance goals, printing a table and one JSON line per scenario.
+//!
+//! Scenarios:
+//! - `throughput`: N jobs, each its own HTTP submit from C keep-alive clients, timed from the
+//!   first submit until every job is terminal (durably committed, pollable).
+//! - `sandbox`: per-event cost of Sluice's attempt path against bare wasmtime (same component).
+//! - `latency`: submit latency at half the measured throughput; submit-to-completion on an idle host.
+//! - `startup`: a restart with 10 deployed functions: time to listen, compilations.
+//! - `--peer bullmq`: runs the BullMQ + Redis script (persistence off, then `FSYNC=always`) and
+//!   prints the throughput ratios.
+//!
+//! ## Layout
+//! - `load`: the lean hyper client the scenarios drive the host with.
+
+pub mod load;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::cli::client::Client;
+use crate::cli::examples;
+use crate::config::Config;
+use load::Connection;
+
+/// Flags of `sluice bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Jobs in the throughput scenario.
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+    /// Concurrent keep-alive HTTP clients.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Scenarios to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub scenarios: Vec<Scenario>,
+    /// Also run a peer system's benchmark in the same run and print the ratios.
+    #[arg(long, value_enum)]
+    pub peer: Option<Peer>,
+    /// The BullMQ peer script.
+    #[arg(long, default_value = "../shared/bench/peers/run_bullmq.sh")]
+    pub peer_script: PathBuf,
+    /// The functions workspace (for `echo`).
+    #[arg(long, default_value = "functions")]
+    pub functions: PathBuf,
+    /// Where the temporary data directories go (a real disk: fsync cost is part of the result).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// A benchmark scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// End-to-end jobs/s.
+    Throughput,
+    /// Per-event sandbox cost against bare wasmtime.
+    Sandbox,
+    /// Submit and completion latency.
+    Latency,
+    /// Restart time with 10 functions.
+    Startup,
+}
+
+/// A peer system to compare with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Peer {
+    /// BullMQ on Redis.
+    Bullmq,
+}
+
+/// Runs the benchmark.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let functions = args.functions.clone();
+    let echo = tokio::task::spawn_blocking(move || examples::build(&functions))
+        .await??
+        .into_iter()
+        .find(|e| e.name == "echo")
+        .context("functions/echo is missing")?;
+    let wasm = std::fs::read(&echo.wasm)?;
+    let all = args.scenarios.is_empty();
+    let wants = |s: Scenario| all || args.scenarios.contains(&s);
+    let mut report = Report::default();
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    eprintln!("machine: {} CPUs; data dirs under {}", std::thread::available_parallelism().map_or(0, |n| n.get()), base.display());
+
+    let mut throughput = None;
+    if wants(Scenario::Throughput) || wants(Scenario::Latency) {
+        let host = BenchHost::start(&base).await?;
+        host.deploy_echo("echo", &wasm, &echo.manifest).await?;
+        // Warm up connections, caches and the pool; not measured.
+        drive(host.addr, 2_000, args.clients).await?;
+        host.wait_finished(2_000).await?;
+        if wants(Scenario::Throughput) {
+            let r = throughput_scenario(&host, args.jobs, args.clients).await?;
+            throughput = r["jobs_per_s"].as_f64();
+            report.add("throughput", r);
+        }
+        if wants(Scenario::Latency) {
+            let rate = match throughput {
+                Some(t) => t,
+                None => throughput_scenario(&host, args.jobs, args.clients).await?["jobs_per_s"].as_f64().unwrap_or(1000.0),
+            };
+            report.add("submit_latency", submit_latency(&host, rate * 0.5, args.clients).await?);
+            report.add("completion_latency", completion_latency(&host, 500).await?);
+        }
+        host.stop().await?;
+    }
+    if wants(Scenario::Sandbox) {
+        let config = Config { data_dir: base.clone(), max_instances: 16, ..Config::default() };
+        let payload = br#"{"i":1,"s":"payload-1"}"#;
+        let cost = crate::runtime::baseline::measure(&config, &wasm, payload, 20_000).await?;
+        report.add(
+            "sandbox",
+            json!({
+                "bare_wasmtime_us": round2(cost.bare_us),
+                "sluice_us": round2(cost.sluice_us),
+                "ratio": round2(cost.sluice_us / cost.bare_us),
+                "goal": "ratio <= 2",
+            }),
+        );
+    }
+    if wants(Scenario::Startup) {
+        report.add("startup", startup_scenario(&base, &wasm, &echo.manifest).await?);
+    }
+    if let Some(Peer::Bullmq) = args.peer {
+        let off = run_peer(&args.peer_script, args.jobs, args.clients, false)?;
+        let always = run_peer(&args.peer_script, args.jobs, args.clients, true)?;
+        let mut r = json!({ "bullmq_jobs_per_s": off, "bullmq_fsync_always_jobs_per_s": always });
+        if let Some(t) = throughput {
+            r["sluice_jobs_per_s"] = t.round().into();
+            r["ratio_vs_bullmq"] = round2(t / off).into();
+            r["ratio_vs_bullmq_fsync_always"] = round2(t / always).into();
+            r["goal"] = "ratio_vs_bullmq >= 2".into();
+        }
+        report.add("peer_bullmq", r);
+    }
+    report.print();
+    Ok(())
+}
+
+/// The throughput scenario: `jobs` submits from `clients` connections, until all are terminal.
+async fn throughput_scenario(host: &BenchHost, jobs: usize, clients: usize) -> anyhow::Result<Value> {
+    let before = host.counters().await?;
+    let started = Instant::now();
+    let ids = drive(host.addr, jobs, clients).await?;
+    let submitted = started.elapsed();
+    host.wait_finished(before.finished + jobs as u64).await?;
+    let elapsed = started.elapsed();
+    let after = host.counters().await?;
+
+    // Every job must be pollable with the right output; check a sample over HTTP.
+    let mut conn = Connection::open(host.addr).await?;
+    for (i, id) in ids.iter().enumerate().step_by((jobs / 200).max(1)) {
+        let (status, body) = conn.get(&format!("/v1/jobs/{id}/output")).await?;
+        let expected = payload(i);
+        if status != 200 || body != expected {
+            bail!("job {id} is not pollable with its output ({status}: {})", String::from_utf8_lossy(&body));
+        }
+    }
+    let commits = (after.commits - before.commits).max(1) as f64;
+    Ok(json!({
+        "jobs": jobs,
+        "clients": clients,
+        "seconds": round3(elapsed.as_secs_f64()),
+        "jobs_per_s": (jobs as f64 / elapsed.as_secs_f64()).round(),
+        "submit_seconds": round3(submitted.as_secs_f64()),
+        "commits": commits,
+        "ops_per_commit": round2((after.ops - before.ops) as f64 / commits),
+        "writer_apply_ms_per_commit": round3((after.apply_s - before.apply_s) * 1e3 / commits),
+        "writer_commit_ms_per_commit": round3((after.commit_s - before.commit_s) * 1e3 / commits),
+    }))
+}
+
+/// Submits `jobs` echo jobs from `clients` keep-alive connections as fast as they are answered;
+/// returns the ids in submit order.
+async fn drive(addr: SocketAddr, jobs: usize, clients: usize) -> anyhow::Result<Vec<String>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await?;
+            let mut ids = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= jobs {
+                    return anyhow::Ok(ids);
+                }
+                ids.push((i, conn.submit("echo", payload(i)).await?));
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(jobs);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort();
+    Ok(all.into_iter().map(|(_, id)| id).collect())
+}
+
+/// Submit latency with submits paced at `rate` per second in total, for 4 seconds.
+async fn submit_latency(host: &BenchHost, rate: f64, clients: usize) -> anyhow::Result<Value> {
+    let before = host.counters().await?;
+    let duration = Duration::from_secs(4);
+    let interval = Duration::from_secs_f64(clients as f64 / rate);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let addr = host.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await?;
+            let mut latencies = Vec::new();
+            let mut due = start + interval.mul_f64(c as f64 / clients as f64);
+            while due < start + duration {
+                tokio::time::sleep_until(due).await;
+                let t = Instant::now();
+                conn.submit("echo", payload(c)).await?;
+                latencies.push(t.elapsed());
+                due += interval;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let n = all.len() as u64;
+    host.wait_finished(before.finished + n).await?;
+    all.sort();
+    Ok(json!({
+        "rate_per_s": rate.round(),
+        "submits": n,
+        "p50_ms": ms(percentile(&all, 0.50)),
+        "p99_ms": ms(percentile(&all, 0.99)),
+        "max_ms": ms(*all.last().unwrap_or(&Duration::ZERO)),
+        "goal": "p99_ms < 5",
+    }))
+}
+
+/// Submit-to-completion on an idle host: submit, then long-poll until terminal, one at a time.
+async fn completion_latency(host: &BenchHost, n: usize) -> anyhow::Result<Value> {
+    let mut conn = Connection::open(host.addr).await?;
+    let mut all = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let id = conn.submit("echo", payload(i)).await?;
+        let (status, body) = conn.get(&format!("/v1/jobs/{id}?wait=5")).await?;
+        let elapsed = t.elapsed();
+        if status != 200 || !String::from_utf8_lossy(&body).contains("\"status\":\"succeeded\"") {
+            bail!("job {id} did not succeed: {}", String::from_utf8_lossy(&body));
+        }
+        all.push(elapsed);
+    }
+    all.sort();
+    Ok(json!({
+        "jobs": n,
+        "p50_ms": ms(percentile(&all, 0.50)),
+        "p99_ms": ms(percentile(&all, 0.99)),
+        "goal": "p50_ms < 2",
+    }))
+}
+
+/// A restart with 10 deployed functions: time until the API answers, and compilations.
+async fn startup_scenario(base: &Path, wasm: &[u8], manifest: &crate::manifest::Manifest) -> anyhow::Result<Value> {
+    let dir = tempfile::Builder::new().prefix("sluice-bench-startup").tempdir_in(base)?;
+    let host = BenchHost::start_in(dir.path()).await?;
+    for i in 0..10 {
+        host.deploy_echo(&format!("echo-{i}"), wasm, manifest).await?;
+    }
+    host.stop().await?;
+    let started = Instant::now();
+    let host = BenchHost::start_in(dir.path()).await?;
+    let listening = started.elapsed();
+    let compilations = host.metric("sluice_component_compilations_total").await?;
+    let functions = host.metric("sluice_functions").await?;
+    host.stop().await?;
+    Ok(json!({
+        "functions": functions,
+        "listen_ms": ms(listening),
+        "compilations": compilations,
+        "goal": "listen_ms < 300 and compilations == 0",
+    }))
+}
+
+fn run_peer(script: &Path, jobs: usize, clients: usize, fsync_always: bool) -> anyhow::Result<f64> {
+    eprintln!("running the BullMQ peer ({}) ...", if fsync_always { "FSYNC=always" } else { "Redis persistence off" });
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(script).env("JOBS", jobs.to_string()).env("CLIENTS", clients.to_string());
+    if fsync_always {
+        cmd.env("FSYNC", "always");
+    }
+    let out = cmd.output().with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        bail!("the peer script failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.starts_with('{')).context("the peer printed no JSON line")?;
+    let v: Value = serde_json::from_str(line)?;
+    v["jobs_per_s"].as_f64().context("the peer's JSON has no jobs_per_s")
+}
+
+/// The small payload every benchmark job carries (the same shape as the BullMQ peer's).
+fn payload(i: usize) -> Bytes {
+    Bytes::from(format!(r#"{{"i":{i},"s":"payload-{i}"}}"#))
+}
+
+/// A host running in this process for the benchmark.
+struct BenchHost {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Writer counters read from `/metrics`.
+struct Counters {
+    finished: u64,
+    commits: u64,
+    ops: u64,
+    apply_s: f64,
+    commit_s: f64,
+}
+
+impl BenchHost {
+    async fn start(base: &Path) -> anyhow::Result<BenchHost> {
+        let dir = tempfile::Builder::new().prefix("sluice-bench").tempdir_in(base)?;
+        let mut host = BenchHost::start_in(dir.path()).await?;
+        host._dir = Some(dir);
+        Ok(host)
+    }
+
+    async fn start_in(dir: &Path) -> anyhow::Result<BenchHost> {
+        let config = Config { data_dir: dir.to_path_buf(), ..Config::default() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::run(
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            config,
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut c) = Connection::open(addr).await
+                && let Ok((status, _)) = c.get("/healthz").await
+                && status == 200
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the benchmark host did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(BenchHost { addr, stop, task, _dir: None })
+    }
+
+    async fn deploy_echo(&self, name: &str, wasm: &[u8], manifest: &crate::manifest::Manifest) -> anyhow::Result<()> {
+        let mut manifest = manifest.clone();
+        manifest.name = Some(name.to_string());
+        Client::new(&format!("http://{}", self.addr)).deploy(name, wasm.to_vec(), &manifest).await?;
+        Ok(())
+    }
+
+    async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let mut conn = Connection::open(self.addr).await?;
+        let (_, body) = conn.get("/metrics").await?;
+        let text = String::from_utf8_lossy(&body);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).filter(|r| r.starts_with(' ')).and_then(|r| r.trim().parse().ok()))
+            .with_context(|| format!("metric {name} missing"))
+    }
+
+    async fn counters(&self) -> anyhow::Result<Counters> {
+        Ok(Counters {
+            finished: self.metric("sluice_jobs_finished_total").await? as u64,
+            commits: self.metric("sluice_store_commits_total").await? as u64,
+            ops: self.metric("sluice_store_operations_total").await? as u64,
+            apply_s: self.metric("sluice_store_apply_seconds_total").await?,
+            commit_s: self.metric("sluice_store_commit_seconds_total").await?,
+        })
+    }
+
+    /// Waits until the host has committed `total` terminal jobs since it started.
+    async fn wait_finished(&self, total: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut conn = Connection::open(self.addr).await?;
+        loop {
+            let (_, body) = conn.get("/metrics").await?;
+            let text = String::from_utf8_lossy(&body);
+            let finished = text
+                .lines()
+                .find_map(|l| l.strip_prefix("sluice_jobs_finished_total ").and_then(|r| r.trim().parse::<f64>().ok()))
+                .unwrap_or(0.0) as u64;
+            if finished >= total {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("only {finished} of {total} jobs finished in time");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
+}
+
+/// Scenario results, printed as a table and as JSON lines.
+#[derive(Default)]
+struct Report {
+    rows: Vec<(String, Value)>,
+}
+
+impl Report {
+    fn add(&mut self, scenario: &str, mut result: Value) {
+        eprintln!("{scenario}: {result}");
+        result["scenario"] = scenario.into();
+        self.rows.push((scenario.to_string(), result));
+    }
+
+    fn print(&self) {
+        println!("\n{:<20} {:<34} {:>14}", "SCENARIO", "METRIC", "VALUE");
+        for (scenario, result) in &self.rows {
+            if let Some(map) = result.as_object() {
+                for (k, v) in map {
+                    if k != "scenario" {
+                        let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                        println!("{scenario:<20} {k:<34} {v:>14}");
+                    }
+                }
+            }
+        }
+        println!();
+        for (_, result) in &self.rows {
+            println!("{result}");
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    round3(d.as_secs_f64() * 1e3)
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

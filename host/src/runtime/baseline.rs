@@ -1,0 +1,113 @@
+//! The benchmark's yardstick for per-event sandbox cost: a bare wasmtime pooling-allocator
+//! instantiate + call of a component with nothing of Sluice around it, measured against the same
+//! component run through Sluice's real per-attempt path ([`Runtime::run`]).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{Event, Handler, HandlerPre, Payload, sluice};
+use super::{Runtime, engine_config};
+use crate::config::Config;
+use crate::job::{JobId, Outcome, QueuedJob};
+use crate::manifest::Settings;
+use crate::store::FunctionRecord;
+
+/// Mean cost of one event, in microseconds, each way.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxCost {
+    /// Bare wasmtime: new store with an empty WASI context, instantiate, call, drop.
+    pub bare_us: f64,
+    /// Sluice's per-attempt path: limits, log capture, event record, timeout, instantiate, call,
+    /// teardown, outcome.
+    pub sluice_us: f64,
+}
+
+/// Store data of the bare baseline: only what WASI needs.
+struct Bare {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for Bare {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl sluice::platform::types::Host for Bare {}
+
+impl sluice::platform::log::Host for Bare {
+    fn write(&mut self, _: sluice::platform::log::Level, _: String) {}
+}
+
+/// Runs `iterations` events of `payload` through both paths, interleaved in rounds so drift
+/// hits both alike; reports the best round of each.
+pub async fn measure(config: &Config, wasm: &[u8], payload: &[u8], iterations: usize) -> anyhow::Result<SandboxCost> {
+    let runtime = Runtime::new(config)?;
+    let compiled = runtime.compile(wasm)?;
+    let record = FunctionRecord {
+        name: "baseline".into(),
+        settings: Settings { max_concurrency: 1, timeout_ms: 60_000, memory_mb: 64 },
+        digest: compiled.digest.clone(),
+        size: wasm.len() as u64,
+        deployed_at: 0,
+        version: 1,
+    };
+    let function = runtime.install(record, &compiled);
+    let job = QueuedJob {
+        id: JobId(1),
+        function: "baseline".into(),
+        attempts: 0,
+        content_type: Some("application/json".into()),
+        input: Bytes::copy_from_slice(payload),
+        created_at: 0,
+        correlation_id: "bench".into(),
+    };
+
+    let engine = Engine::new(&engine_config(config))?;
+    let mut linker: Linker<Bare> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    let component = wasmtime::component::Component::new(&engine, wasm)?;
+    let pre = HandlerPre::new(linker.instantiate_pre(&component)?)?;
+    let event = Event {
+        id: "1".into(),
+        source: "bench".into(),
+        type_: "sluice.job".into(),
+        subject: None,
+        time: None,
+        content_type: Some("application/json".into()),
+        dataschema: None,
+        extensions: Vec::new(),
+        attempt: 1,
+        correlation_id: "bench".into(),
+        data: Payload::Inline(payload.to_vec()),
+    };
+
+    let rounds = 5;
+    let per_round = (iterations / rounds).max(1);
+    let (mut bare_best, mut sluice_best) = (f64::MAX, f64::MAX);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        for _ in 0..per_round {
+            let mut store = Store::new(&engine, Bare { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
+            store.set_epoch_deadline(u64::MAX / 2);
+            let handler = pre.instantiate_async(&mut store).await?;
+            let out = handler.call_handle(&mut store, &event).await?;
+            anyhow::ensure!(out.is_ok(), "the baseline call failed");
+        }
+        bare_best = bare_best.min(start.elapsed().as_secs_f64() * 1e6 / per_round as f64);
+
+        let start = Instant::now();
+        for _ in 0..per_round {
+            let report = runtime.run(&function, &job, 1).await;
+            anyhow::ensure!(matches!(report.outcome, Outcome::Succeeded { .. }), "a Sluice attempt failed: {:?}", report.outcome);
+        }
+        sluice_best = sluice_best.min(start.elapsed().as_secs_f64() * 1e6 / per_round as f64);
+    }
+    Ok(SandboxCost { bare_us: bare_best, sluice_us: sluice_best })
+}
