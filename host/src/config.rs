@@ -25,6 +25,9 @@ pub struct Config {
     pub max_timeout_ms: u64,
     /// redb page cache, in MiB.
     pub cache_mb: usize,
+    /// How long a busy writer waits to gather more operations into one commit (group commit);
+    /// an idle one commits at once.
+    pub commit_delay: Duration,
     /// Bound on a job's captured log (stdout, stderr and log lines), in bytes.
     pub max_log_bytes: usize,
 }
@@ -41,6 +44,7 @@ impl Default for Config {
             max_timeout_ms: 15 * 60 * 1000,
             cache_mb: 256,
             max_log_bytes: 64 << 10,
+            commit_delay: Duration::from_micros(100),
         }
     }
 }

@@ -36,7 +36,7 @@ pub async fn run(
         store,
         feed,
         recovered,
-    } = Store::open(&config.data_file(), config.cache_mb << 20)?;
+    } = Store::open(&config.data_file(), config.cache_mb << 20, config.commit_delay)?;
     let store = Arc::new(store);
     load_functions(&store, &runtime).await?;
 

@@ -341,7 +341,10 @@ impl BenchHost {
     }
 
     async fn start_in(dir: &Path) -> anyhow::Result<BenchHost> {
-        let config = Config { data_dir: dir.to_path_buf(), ..Config::default() };
+        let mut config = Config { data_dir: dir.to_path_buf(), ..Config::default() };
+        if let Ok(us) = std::env::var("SLUICE_COMMIT_DELAY_US") {
+            config.commit_delay = Duration::from_micros(us.parse()?);
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();

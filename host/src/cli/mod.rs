@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// redb page cache, in MiB.
     #[arg(long, env = "SLUICE_CACHE_MB", default_value_t = 256)]
     pub cache_mb: usize,
+    /// Microseconds a busy writer waits to gather more operations into one commit.
+    #[arg(long, env = "SLUICE_COMMIT_DELAY_US", default_value_t = 100)]
+    pub commit_delay_us: u64,
 }
 
 impl ServeArgs {
@@ -81,6 +84,7 @@ impl ServeArgs {
             max_instances: self.max_instances,
             max_memory_mb: self.max_memory_mb,
             cache_mb: self.cache_mb,
+            commit_delay: Duration::from_micros(self.commit_delay_us),
             ..Config::default()
         }
     }

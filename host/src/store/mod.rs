@@ -147,7 +147,7 @@ pub struct Store {
     /// The database, for read transactions (the writer thread holds the same one).
     db: Arc<Database>,
     /// The writer thread's queue of operations.
-    ops: mpsc::UnboundedSender<Op>,
+    ops: crossbeam_channel::Sender<Op>,
     /// Long-polls waiting for a job to become terminal.
     waiters: Arc<Waiters>,
     /// What the writer has done so far.
@@ -169,18 +169,18 @@ pub struct Opened {
 impl Store {
     /// Opens (or creates) the data file, requeues jobs the previous process left running, and
     /// starts the writer thread.
-    pub fn open(path: &Path, cache_bytes: usize) -> Result<Opened, StoreError> {
+    pub fn open(path: &Path, cache_bytes: usize, commit_delay: Duration) -> Result<Opened, StoreError> {
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)
             .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
         let recovered = writer::recover(&db)?;
-        let (ops, rx) = mpsc::unbounded_channel();
+        let (ops, rx) = crossbeam_channel::unbounded();
         let (feed_tx, feed) = mpsc::unbounded_channel();
         let waiters = Arc::new(Waiters::default());
         let stats = Arc::new(StoreStats::default());
-        let mut w = Writer::new(db.clone(), rx, feed_tx, waiters.clone(), stats.clone())?;
+        let mut w = Writer::new(db.clone(), rx, commit_delay, feed_tx, waiters.clone(), stats.clone())?;
         let writer = std::thread::Builder::new()
             .name("sluice-writer".into())
             .spawn(move || w.run())

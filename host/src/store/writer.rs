@@ -21,6 +21,8 @@ use crate::job::{AttemptReport, Job, JobId, JobStatus, Outcome, QueuedJob, now_m
 
 /// Most operations in one commit; more wait for the next.
 const MAX_BATCH: usize = 8192;
+/// A batch at least this large means the host is busy: the next commit waits `commit_delay`.
+const BUSY_BATCH: usize = 4;
 
 /// One atomic domain operation.
 pub(crate) enum Op {
@@ -113,7 +115,9 @@ struct Effects {
 
 pub(crate) struct Writer {
     db: Arc<Database>,
-    rx: mpsc::UnboundedReceiver<Op>,
+    rx: crossbeam_channel::Receiver<Op>,
+    /// How long a busy writer waits for more operations before committing.
+    commit_delay: std::time::Duration,
     feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
     waiters: Arc<Waiters>,
     stats: Arc<StoreStats>,
@@ -126,7 +130,8 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) fn new(
         db: Arc<Database>,
-        rx: mpsc::UnboundedReceiver<Op>,
+        rx: crossbeam_channel::Receiver<Op>,
+        commit_delay: std::time::Duration,
         feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
         waiters: Arc<Waiters>,
         stats: Arc<StoreStats>,
@@ -134,6 +139,7 @@ impl Writer {
         let mut w = Writer {
             db,
             rx,
+            commit_delay,
             feed,
             waiters,
             stats,
@@ -160,14 +166,17 @@ impl Writer {
 
     pub(crate) fn run(&mut self) {
         let mut batch = Vec::with_capacity(1024);
-        while let Some(op) = self.rx.blocking_recv() {
+        let mut busy = false;
+        while let Ok(op) = self.rx.recv() {
             batch.push(op);
-            while batch.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
+            // Under load (the last batch was not a lone operation), wait a moment for more:
+            // answers of the last commit are on their way back and their next submits with them.
+            // One fsync then covers them all. An idle host commits at once.
+            if busy && !self.commit_delay.is_zero() {
+                std::thread::sleep(self.commit_delay);
             }
+            batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
+            busy = batch.len() >= BUSY_BATCH;
             let shutdown = self.commit(&mut batch);
             if shutdown {
                 return;
