@@ -44,7 +44,7 @@ impl Default for Config {
             max_timeout_ms: 15 * 60 * 1000,
             cache_mb: 256,
             max_log_bytes: 64 << 10,
-            commit_delay: Duration::from_micros(100),
+            commit_delay: Duration::ZERO,
         }
     }
 }

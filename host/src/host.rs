@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -36,11 +37,21 @@ pub async fn run(
         store,
         feed,
         recovered,
-    } = Store::open(&config.data_file(), config.cache_mb << 20, config.commit_delay)?;
+    } = Store::open(
+        &config.data_file(),
+        config.cache_mb << 20,
+        config.commit_delay,
+    )?;
     let store = Arc::new(store);
     load_functions(&store, &runtime).await?;
 
-    let scheduler = Scheduler::new(store.clone(), runtime.clone(), config.max_instances);
+    let sandboxes = sandbox_threads()?;
+    let scheduler = Scheduler::new(
+        store.clone(),
+        runtime.clone(),
+        config.max_instances,
+        sandboxes.handle().clone(),
+    );
     if !recovered.is_empty() {
         tracing::info!(
             jobs = recovered.len(),
@@ -68,6 +79,10 @@ pub async fn run(
     };
     tokio::spawn(signal);
     tracing::info!(addr = %listener.local_addr()?, "serving");
+    // Answers are small and latency-bound: send them at once (no Nagle).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(stopping.cancelled_owned())
         .await;
@@ -79,7 +94,29 @@ pub async fn run(
     scheduler.shutdown(grace).await;
     store.shutdown().await;
     feeder.abort();
+    sandboxes.shutdown_background();
     served.context("the HTTP server failed")
+}
+
+/// Niceness of the sandbox threads, relative to the rest of the host (Linux: per thread).
+const SANDBOX_NICE: i32 = 19;
+
+/// The threads attempts run on: one per CPU, at a lower OS priority than the API threads and the
+/// writer. Running guests then take the CPU the request path leaves, and a burst of events never
+/// delays accepting requests or answering them after their commit.
+fn sandbox_threads() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name("sluice-sandbox")
+        .enable_all()
+        .on_thread_start(|| {
+            #[cfg(target_os = "linux")]
+            // SAFETY: setpriority on the calling thread (who = 0) only lowers its own priority.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, SANDBOX_NICE);
+            }
+        })
+        .build()
+        .context("cannot start the sandbox threads")
 }
 
 /// Makes every stored function runnable, from its cached artifact when this engine can use it.

@@ -29,6 +29,9 @@ pub struct Scheduler {
 }
 
 struct Inner {
+    /// Where attempts run: threads of lower OS priority than the API and the writer, so a burst
+    /// of events never delays accepting (and answering) requests.
+    sandboxes: tokio::runtime::Handle,
     store: Arc<Store>,
     runtime: Arc<Runtime>,
     /// Ready jobs and workers per function.
@@ -64,9 +67,15 @@ struct FunctionQueue {
 
 impl Scheduler {
     /// A scheduler running at most `slots` sandboxes at once, host-wide.
-    pub fn new(store: Arc<Store>, runtime: Arc<Runtime>, slots: u32) -> Scheduler {
+    pub fn new(
+        store: Arc<Store>,
+        runtime: Arc<Runtime>,
+        slots: u32,
+        sandboxes: tokio::runtime::Handle,
+    ) -> Scheduler {
         Scheduler {
             inner: Arc::new(Inner {
+                sandboxes,
                 store,
                 runtime,
                 state: Mutex::new(State::default()),
@@ -185,7 +194,9 @@ impl Scheduler {
             let inner = self.inner.clone();
             let cancel = queue.cancel.clone();
             let name = name.to_string();
-            tokio::spawn(async move { inner.work(name, cancel).await });
+            self.inner
+                .sandboxes
+                .spawn(async move { inner.work(name, cancel).await });
         }
         state.workers += spawned;
     }

@@ -42,13 +42,16 @@ pub(crate) async fn submit(
             correlation_id,
         })
         .await?;
+    // Built by hand: this answer is on every submit's path.
+    let id = id.to_string();
     let location = format!("/v1/jobs/{id}");
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(json!({ "id": id.to_string(), "status": "queued" })),
-    )
-        .into_response();
+    let body = format!(r#"{{"id":"{id}","status":"queued"}}"#);
+    let mut response = (StatusCode::ACCEPTED, body).into_response();
     let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(
         header::LOCATION,
         HeaderValue::from_str(&location).expect("job ids are ASCII"),

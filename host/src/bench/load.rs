@@ -24,11 +24,19 @@ impl Connection {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Connection { sender, host: addr.to_string() })
+        Ok(Connection {
+            sender,
+            host: addr.to_string(),
+        })
     }
 
     /// Sends one request and reads the whole answer.
-    pub async fn call(&mut self, method: Method, path: &str, body: Bytes) -> anyhow::Result<(StatusCode, Bytes)> {
+    pub async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
         self.sender.ready().await?;
         let request = Request::builder()
             .method(method)
@@ -44,11 +52,24 @@ impl Connection {
 
     /// Submits a job; returns its id.
     pub async fn submit(&mut self, function: &str, body: Bytes) -> anyhow::Result<String> {
-        let (status, answer) = self.call(Method::POST, &format!("/v1/functions/{function}/jobs"), body).await?;
-        anyhow::ensure!(status == StatusCode::ACCEPTED, "submit answered {status}: {}", String::from_utf8_lossy(&answer));
+        let (status, answer) = self
+            .call(
+                Method::POST,
+                &format!("/v1/functions/{function}/jobs"),
+                body,
+            )
+            .await?;
+        anyhow::ensure!(
+            status == StatusCode::ACCEPTED,
+            "submit answered {status}: {}",
+            String::from_utf8_lossy(&answer)
+        );
         // {"id":"<26 chars>","status":"queued"}
         let text = std::str::from_utf8(&answer)?;
-        let start = text.find("\"id\":\"").map(|i| i + 6).ok_or_else(|| anyhow::anyhow!("no id in {text}"))?;
+        let start = text
+            .find("\"id\":\"")
+            .map(|i| i + 6)
+            .ok_or_else(|| anyhow::anyhow!("no id in {text}"))?;
         Ok(text[start..start + 26].to_string())
     }
 

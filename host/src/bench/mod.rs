@@ -91,7 +91,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let wants = |s: Scenario| all || args.scenarios.contains(&s);
     let mut report = Report::default();
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    eprintln!("machine: {} CPUs; data dirs under {}", std::thread::available_parallelism().map_or(0, |n| n.get()), base.display());
+    eprintln!(
+        "machine: {} CPUs; data dirs under {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        base.display()
+    );
 
     let mut throughput = None;
     if wants(Scenario::Throughput) || wants(Scenario::Latency) {
@@ -108,15 +112,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if wants(Scenario::Latency) {
             let rate = match throughput {
                 Some(t) => t,
-                None => throughput_scenario(&host, args.jobs, args.clients).await?["jobs_per_s"].as_f64().unwrap_or(1000.0),
+                None => throughput_scenario(&host, args.jobs, args.clients).await?["jobs_per_s"]
+                    .as_f64()
+                    .unwrap_or(1000.0),
             };
-            report.add("submit_latency", submit_latency(&host, rate * 0.5, args.clients).await?);
+            report.add(
+                "submit_latency",
+                submit_latency(&host, rate * 0.5, args.clients).await?,
+            );
             report.add("completion_latency", completion_latency(&host, 500).await?);
         }
         host.stop().await?;
     }
     if wants(Scenario::Sandbox) {
-        let config = Config { data_dir: base.clone(), max_instances: 16, ..Config::default() };
+        let config = Config {
+            data_dir: base.clone(),
+            max_instances: 16,
+            ..Config::default()
+        };
         let payload = br#"{"i":1,"s":"payload-1"}"#;
         let cost = crate::runtime::baseline::measure(&config, &wasm, payload, 20_000).await?;
         report.add(
@@ -130,7 +143,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     if wants(Scenario::Startup) {
-        report.add("startup", startup_scenario(&base, &wasm, &echo.manifest).await?);
+        report.add(
+            "startup",
+            startup_scenario(&base, &wasm, &echo.manifest).await?,
+        );
     }
     if let Some(Peer::Bullmq) = args.peer {
         let off = run_peer(&args.peer_script, args.jobs, args.clients, false)?;
@@ -149,7 +165,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// The throughput scenario: `jobs` submits from `clients` connections, until all are terminal.
-async fn throughput_scenario(host: &BenchHost, jobs: usize, clients: usize) -> anyhow::Result<Value> {
+async fn throughput_scenario(
+    host: &BenchHost,
+    jobs: usize,
+    clients: usize,
+) -> anyhow::Result<Value> {
     let before = host.counters().await?;
     let started = Instant::now();
     let ids = drive(host.addr, jobs, clients).await?;
@@ -164,7 +184,10 @@ async fn throughput_scenario(host: &BenchHost, jobs: usize, clients: usize) -> a
         let (status, body) = conn.get(&format!("/v1/jobs/{id}/output")).await?;
         let expected = payload(i);
         if status != 200 || body != expected {
-            bail!("job {id} is not pollable with its output ({status}: {})", String::from_utf8_lossy(&body));
+            bail!(
+                "job {id} is not pollable with its output ({status}: {})",
+                String::from_utf8_lossy(&body)
+            );
         }
     }
     let commits = (after.commits - before.commits).max(1) as f64;
@@ -258,7 +281,10 @@ async fn completion_latency(host: &BenchHost, n: usize) -> anyhow::Result<Value>
         let (status, body) = conn.get(&format!("/v1/jobs/{id}?wait=5")).await?;
         let elapsed = t.elapsed();
         if status != 200 || !String::from_utf8_lossy(&body).contains("\"status\":\"succeeded\"") {
-            bail!("job {id} did not succeed: {}", String::from_utf8_lossy(&body));
+            bail!(
+                "job {id} did not succeed: {}",
+                String::from_utf8_lossy(&body)
+            );
         }
         all.push(elapsed);
     }
@@ -272,11 +298,18 @@ async fn completion_latency(host: &BenchHost, n: usize) -> anyhow::Result<Value>
 }
 
 /// A restart with 10 deployed functions: time until the API answers, and compilations.
-async fn startup_scenario(base: &Path, wasm: &[u8], manifest: &crate::manifest::Manifest) -> anyhow::Result<Value> {
-    let dir = tempfile::Builder::new().prefix("sluice-bench-startup").tempdir_in(base)?;
+async fn startup_scenario(
+    base: &Path,
+    wasm: &[u8],
+    manifest: &crate::manifest::Manifest,
+) -> anyhow::Result<Value> {
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-bench-startup")
+        .tempdir_in(base)?;
     let host = BenchHost::start_in(dir.path()).await?;
     for i in 0..10 {
-        host.deploy_echo(&format!("echo-{i}"), wasm, manifest).await?;
+        host.deploy_echo(&format!("echo-{i}"), wasm, manifest)
+            .await?;
     }
     host.stop().await?;
     let started = Instant::now();
@@ -294,20 +327,40 @@ async fn startup_scenario(base: &Path, wasm: &[u8], manifest: &crate::manifest::
 }
 
 fn run_peer(script: &Path, jobs: usize, clients: usize, fsync_always: bool) -> anyhow::Result<f64> {
-    eprintln!("running the BullMQ peer ({}) ...", if fsync_always { "FSYNC=always" } else { "Redis persistence off" });
+    eprintln!(
+        "running the BullMQ peer ({}) ...",
+        if fsync_always {
+            "FSYNC=always"
+        } else {
+            "Redis persistence off"
+        }
+    );
     let mut cmd = std::process::Command::new("bash");
-    cmd.arg(script).env("JOBS", jobs.to_string()).env("CLIENTS", clients.to_string());
+    cmd.arg(script)
+        .env("JOBS", jobs.to_string())
+        .env("CLIENTS", clients.to_string());
     if fsync_always {
         cmd.env("FSYNC", "always");
     }
-    let out = cmd.output().with_context(|| format!("cannot run {}", script.display()))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
     if !out.status.success() {
-        bail!("the peer script failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the peer script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rev().find(|l| l.starts_with('{')).context("the peer printed no JSON line")?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("the peer printed no JSON line")?;
     let v: Value = serde_json::from_str(line)?;
-    v["jobs_per_s"].as_f64().context("the peer's JSON has no jobs_per_s")
+    v["jobs_per_s"]
+        .as_f64()
+        .context("the peer's JSON has no jobs_per_s")
 }
 
 /// The small payload every benchmark job carries (the same shape as the BullMQ peer's).
@@ -334,14 +387,19 @@ struct Counters {
 
 impl BenchHost {
     async fn start(base: &Path) -> anyhow::Result<BenchHost> {
-        let dir = tempfile::Builder::new().prefix("sluice-bench").tempdir_in(base)?;
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-bench")
+            .tempdir_in(base)?;
         let mut host = BenchHost::start_in(dir.path()).await?;
         host._dir = Some(dir);
         Ok(host)
     }
 
     async fn start_in(dir: &Path) -> anyhow::Result<BenchHost> {
-        let mut config = Config { data_dir: dir.to_path_buf(), ..Config::default() };
+        let mut config = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
         if let Ok(us) = std::env::var("SLUICE_COMMIT_DELAY_US") {
             config.commit_delay = Duration::from_micros(us.parse()?);
         }
@@ -368,13 +426,25 @@ impl BenchHost {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok(BenchHost { addr, stop, task, _dir: None })
+        Ok(BenchHost {
+            addr,
+            stop,
+            task,
+            _dir: None,
+        })
     }
 
-    async fn deploy_echo(&self, name: &str, wasm: &[u8], manifest: &crate::manifest::Manifest) -> anyhow::Result<()> {
+    async fn deploy_echo(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        manifest: &crate::manifest::Manifest,
+    ) -> anyhow::Result<()> {
         let mut manifest = manifest.clone();
         manifest.name = Some(name.to_string());
-        Client::new(&format!("http://{}", self.addr)).deploy(name, wasm.to_vec(), &manifest).await?;
+        Client::new(&format!("http://{}", self.addr))
+            .deploy(name, wasm.to_vec(), &manifest)
+            .await?;
         Ok(())
     }
 
@@ -383,7 +453,11 @@ impl BenchHost {
         let (_, body) = conn.get("/metrics").await?;
         let text = String::from_utf8_lossy(&body);
         text.lines()
-            .find_map(|l| l.strip_prefix(name).filter(|r| r.starts_with(' ')).and_then(|r| r.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .filter(|r| r.starts_with(' '))
+                    .and_then(|r| r.trim().parse().ok())
+            })
             .with_context(|| format!("metric {name} missing"))
     }
 
@@ -406,7 +480,10 @@ impl BenchHost {
             let text = String::from_utf8_lossy(&body);
             let finished = text
                 .lines()
-                .find_map(|l| l.strip_prefix("sluice_jobs_finished_total ").and_then(|r| r.trim().parse::<f64>().ok()))
+                .find_map(|l| {
+                    l.strip_prefix("sluice_jobs_finished_total ")
+                        .and_then(|r| r.trim().parse::<f64>().ok())
+                })
                 .unwrap_or(0.0) as u64;
             if finished >= total {
                 return Ok(());
@@ -444,7 +521,10 @@ impl Report {
             if let Some(map) = result.as_object() {
                 for (k, v) in map {
                     if k != "scenario" {
-                        let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                        let v = v
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string());
                         println!("{scenario:<20} {k:<34} {v:>14}");
                     }
                 }

@@ -70,7 +70,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_CACHE_MB", default_value_t = 256)]
     pub cache_mb: usize,
     /// Microseconds a busy writer waits to gather more operations into one commit.
-    #[arg(long, env = "SLUICE_COMMIT_DELAY_US", default_value_t = 100)]
+    #[arg(long, env = "SLUICE_COMMIT_DELAY_US", default_value_t = 0)]
     pub commit_delay_us: u64,
 }
 

@@ -34,7 +34,10 @@ struct Bare {
 
 impl WasiView for Bare {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -46,12 +49,21 @@ impl sluice::platform::log::Host for Bare {
 
 /// Runs `iterations` events of `payload` through both paths, interleaved in rounds so drift
 /// hits both alike; reports the best round of each.
-pub async fn measure(config: &Config, wasm: &[u8], payload: &[u8], iterations: usize) -> anyhow::Result<SandboxCost> {
+pub async fn measure(
+    config: &Config,
+    wasm: &[u8],
+    payload: &[u8],
+    iterations: usize,
+) -> anyhow::Result<SandboxCost> {
     let runtime = Runtime::new(config)?;
     let compiled = runtime.compile(wasm)?;
     let record = FunctionRecord {
         name: "baseline".into(),
-        settings: Settings { max_concurrency: 1, timeout_ms: 60_000, memory_mb: 64 },
+        settings: Settings {
+            max_concurrency: 1,
+            timeout_ms: 60_000,
+            memory_mb: 64,
+        },
         digest: compiled.digest.clone(),
         size: wasm.len() as u64,
         deployed_at: 0,
@@ -94,7 +106,13 @@ pub async fn measure(config: &Config, wasm: &[u8], payload: &[u8], iterations: u
     for _ in 0..rounds {
         let start = Instant::now();
         for _ in 0..per_round {
-            let mut store = Store::new(&engine, Bare { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
+            let mut store = Store::new(
+                &engine,
+                Bare {
+                    wasi: WasiCtx::builder().build(),
+                    table: ResourceTable::new(),
+                },
+            );
             store.set_epoch_deadline(u64::MAX / 2);
             let handler = pre.instantiate_async(&mut store).await?;
             let out = handler.call_handle(&mut store, &event).await?;
@@ -105,9 +123,16 @@ pub async fn measure(config: &Config, wasm: &[u8], payload: &[u8], iterations: u
         let start = Instant::now();
         for _ in 0..per_round {
             let report = runtime.run(&function, &job, 1).await;
-            anyhow::ensure!(matches!(report.outcome, Outcome::Succeeded { .. }), "a Sluice attempt failed: {:?}", report.outcome);
+            anyhow::ensure!(
+                matches!(report.outcome, Outcome::Succeeded { .. }),
+                "a Sluice attempt failed: {:?}",
+                report.outcome
+            );
         }
         sluice_best = sluice_best.min(start.elapsed().as_secs_f64() * 1e6 / per_round as f64);
     }
-    Ok(SandboxCost { bare_us: bare_best, sluice_us: sluice_best })
+    Ok(SandboxCost {
+        bare_us: bare_best,
+        sluice_us: sluice_best,
+    })
 }

@@ -19,7 +19,9 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimitsBuilder};
+use wasmtime::{
+    Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimitsBuilder,
+};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::config::Config;
@@ -333,7 +335,8 @@ fn engine_config(config: &Config) -> wasmtime::Config {
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT);
     let mut wasm = wasmtime::Config::new();
-    wasm.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    wasm.epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     wasm
 }
 

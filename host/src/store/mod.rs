@@ -169,7 +169,11 @@ pub struct Opened {
 impl Store {
     /// Opens (or creates) the data file, requeues jobs the previous process left running, and
     /// starts the writer thread.
-    pub fn open(path: &Path, cache_bytes: usize, commit_delay: Duration) -> Result<Opened, StoreError> {
+    pub fn open(
+        path: &Path,
+        cache_bytes: usize,
+        commit_delay: Duration,
+    ) -> Result<Opened, StoreError> {
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)
@@ -180,7 +184,14 @@ impl Store {
         let (feed_tx, feed) = mpsc::unbounded_channel();
         let waiters = Arc::new(Waiters::default());
         let stats = Arc::new(StoreStats::default());
-        let mut w = Writer::new(db.clone(), rx, commit_delay, feed_tx, waiters.clone(), stats.clone())?;
+        let mut w = Writer::new(
+            db.clone(),
+            rx,
+            commit_delay,
+            feed_tx,
+            waiters.clone(),
+            stats.clone(),
+        )?;
         let writer = std::thread::Builder::new()
             .name("sluice-writer".into())
             .spawn(move || w.run())
