@@ -59,7 +59,8 @@ pub async fn run(
         );
     }
     scheduler.enqueue(recovered);
-    let feeder = tokio::spawn(scheduler.clone().consume(feed));
+    // The feed is consumed where attempts run, off the request path's threads.
+    let feeder = sandboxes.spawn(scheduler.clone().consume(feed));
 
     let stopping = CancellationToken::new();
     let grace = config.grace_period;
@@ -94,7 +95,13 @@ pub async fn run(
     scheduler.shutdown(grace).await;
     store.shutdown().await;
     feeder.abort();
-    sandboxes.shutdown_background();
+    // Every task holding the store must be gone before `run` returns, so the data file is closed
+    // (a restart in the same process reopens it).
+    tokio::task::spawn_blocking(move || {
+        sandboxes.shutdown_timeout(std::time::Duration::from_secs(10))
+    })
+    .await
+    .context("cannot stop the sandbox threads")?;
     served.context("the HTTP server failed")
 }
 

@@ -173,6 +173,14 @@ impl Scheduler {
             "grace period over: cancelling running attempts; they run again at the next start"
         );
         self.inner.abort_all.cancel();
+        // Cancelled workers exit at once; wait for them so nothing runs past shutdown.
+        loop {
+            let exited = self.inner.worker_exited.notified();
+            if self.inner.state.lock().workers == 0 {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), exited).await;
+        }
     }
 
     fn limit_of(&self, name: &str) -> usize {

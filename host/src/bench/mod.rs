@@ -41,6 +41,9 @@ pub struct BenchArgs {
     /// Concurrent keep-alive HTTP clients.
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
+    /// Rounds of the throughput scenario (and of each peer run); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Scenarios to run (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub scenarios: Vec<Scenario>,
@@ -105,7 +108,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         drive(host.addr, 2_000, args.clients).await?;
         host.wait_finished(2_000).await?;
         if wants(Scenario::Throughput) {
-            let r = throughput_scenario(&host, args.jobs, args.clients).await?;
+            let mut rounds = Vec::new();
+            for _ in 0..args.rounds.max(1) {
+                rounds.push(throughput_scenario(&host, args.jobs, args.clients).await?);
+            }
+            let per_round: Vec<f64> = rounds
+                .iter()
+                .map(|r| r["jobs_per_s"].as_f64().unwrap_or(0.0))
+                .collect();
+            let median = median_by(&mut rounds, |r| r["jobs_per_s"].as_f64().unwrap_or(0.0));
+            let mut r = median.clone();
+            r["rounds_jobs_per_s"] = per_round.into();
             throughput = r["jobs_per_s"].as_f64();
             report.add("throughput", r);
         }
@@ -149,9 +162,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(Peer::Bullmq) = args.peer {
-        let off = run_peer(&args.peer_script, args.jobs, args.clients, false)?;
-        let always = run_peer(&args.peer_script, args.jobs, args.clients, true)?;
-        let mut r = json!({ "bullmq_jobs_per_s": off, "bullmq_fsync_always_jobs_per_s": always });
+        let mut off: Vec<f64> = Vec::new();
+        let mut always: Vec<f64> = Vec::new();
+        for _ in 0..args.rounds.max(1) {
+            off.push(run_peer(&args.peer_script, args.jobs, args.clients, false)?);
+            always.push(run_peer(&args.peer_script, args.jobs, args.clients, true)?);
+        }
+        let (off_rounds, always_rounds) = (off.clone(), always.clone());
+        let off = *median_by(&mut off, |x| *x);
+        let always = *median_by(&mut always, |x| *x);
+        let mut r = json!({
+            "bullmq_jobs_per_s": off,
+            "bullmq_fsync_always_jobs_per_s": always,
+            "bullmq_rounds_jobs_per_s": off_rounds,
+            "bullmq_fsync_always_rounds_jobs_per_s": always_rounds,
+        });
         if let Some(t) = throughput {
             r["sluice_jobs_per_s"] = t.round().into();
             r["ratio_vs_bullmq"] = round2(t / off).into();
@@ -535,6 +560,12 @@ impl Report {
             println!("{result}");
         }
     }
+}
+
+/// The median element (by `key`) of a non-empty list.
+fn median_by<T>(items: &mut [T], key: impl Fn(&T) -> f64) -> &T {
+    items.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    &items[items.len() / 2]
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

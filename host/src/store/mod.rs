@@ -11,8 +11,9 @@
 //! Reads open their own read transaction and see only committed state, so a status is never shown
 //! before the commit that made it.
 //!
-//! Durable points: submit (job + pending index), start (status `running`, attempt number),
-//! finish (terminal status, output, log), deploy (component, artifact, function), delete.
+//! Durable points: submit (job + pending index), start (status `running`, attempt number; only
+//! for attempts that run longer than a moment), finish (terminal status, output, log, and the
+//! start when it was not recorded), deploy (component, artifact, function), delete.
 
 mod tables;
 mod writer;
