@@ -181,3 +181,55 @@ async fn serve_deploy_invoke_and_sigterm() {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// `sluice bench` runs its scenarios end to end against a real host and prints one JSON line per
+/// scenario (figures are checked by people reading BENCHMARKS.md, not by this test).
+#[test]
+fn bench_prints_a_json_line_per_scenario() {
+    let functions = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(sluice_binary())
+        .args([
+            "bench",
+            "--scenarios",
+            "throughput,sandbox,startup",
+            "--jobs",
+            "300",
+            "--clients",
+            "4",
+            "--rounds",
+            "1",
+        ])
+        .arg("--functions")
+        .arg(&functions)
+        .arg("--dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let scenario = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l["scenario"] == name)
+            .unwrap_or_else(|| panic!("no {name} line in:\n{stdout}"))
+    };
+    assert_eq!(scenario("throughput")["jobs"], 300);
+    assert!(scenario("throughput")["jobs_per_s"].as_f64().unwrap() > 0.0);
+    assert!(scenario("sandbox")["bare_wasmtime_us"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        scenario("startup")["compilations"],
+        0.0,
+        "a restart must not compile"
+    );
+    assert_eq!(scenario("startup")["functions"], 10.0);
+}
