@@ -7,10 +7,12 @@
 //! - `error`: [`ApiError`] and the mapping from domain errors.
 //! - `functions`: deploy, list, show, delete functions.
 //! - `jobs`: submit, show (long-poll), output, list jobs.
+//! - `metrics`: `GET /metrics` in the Prometheus text format.
 
 mod error;
 mod functions;
 mod jobs;
+mod metrics;
 
 use std::sync::Arc;
 
@@ -64,7 +66,7 @@ pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
         .route("/healthz", get(health))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::render))
         .route("/v1/functions", get(functions::list))
         .route(
             "/v1/functions/{name}",
@@ -84,95 +86,4 @@ pub fn router(state: AppState) -> Router {
 
 async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok" }))
-}
-
-/// `GET /metrics`: Prometheus text format.
-async fn metrics(
-    axum::extract::State(state): axum::extract::State<AppState>,
-) -> impl axum::response::IntoResponse {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let functions = state.store.functions().map(|f| f.len()).unwrap_or(0);
-    let _ = writeln!(
-        out,
-        "# HELP sluice_component_compilations_total Components compiled since start (deploys and artifact-cache misses)."
-    );
-    let _ = writeln!(out, "# TYPE sluice_component_compilations_total counter");
-    let _ = writeln!(
-        out,
-        "sluice_component_compilations_total {}",
-        state.runtime.compilations()
-    );
-    let _ = writeln!(out, "# HELP sluice_functions Deployed functions.");
-    let _ = writeln!(out, "# TYPE sluice_functions gauge");
-    let _ = writeln!(out, "sluice_functions {functions}");
-    let s = state.store.stats();
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    for (name, help, kind, value) in [
-        (
-            "sluice_jobs_accepted_total",
-            "Jobs accepted (durably committed submits).",
-            "counter",
-            load(&s.accepted) as f64,
-        ),
-        (
-            "sluice_jobs_finished_total",
-            "Jobs that reached a terminal status (committed).",
-            "counter",
-            load(&s.finished) as f64,
-        ),
-        (
-            "sluice_store_commits_total",
-            "Durable write transactions (group commits).",
-            "counter",
-            load(&s.commits) as f64,
-        ),
-        (
-            "sluice_store_operations_total",
-            "Domain operations applied in those commits.",
-            "counter",
-            load(&s.ops) as f64,
-        ),
-        (
-            "sluice_store_apply_seconds_total",
-            "Writer time spent building transactions.",
-            "counter",
-            load(&s.apply_us) as f64 / 1e6,
-        ),
-        (
-            "sluice_store_commit_seconds_total",
-            "Writer time spent committing (page writes and fsync).",
-            "counter",
-            load(&s.commit_us) as f64 / 1e6,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
-    }
-    let mut backlog: Vec<_> = state.scheduler.backlog().into_iter().collect();
-    backlog.sort();
-    let _ = writeln!(
-        out,
-        "# HELP sluice_jobs_ready Jobs waiting for a slot, per function."
-    );
-    let _ = writeln!(out, "# TYPE sluice_jobs_ready gauge");
-    for (name, (ready, _)) in &backlog {
-        let _ = writeln!(out, "sluice_jobs_ready{{function=\"{name}\"}} {ready}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP sluice_workers Workers running attempts, per function."
-    );
-    let _ = writeln!(out, "# TYPE sluice_workers gauge");
-    for (name, (_, workers)) in &backlog {
-        let _ = writeln!(out, "sluice_workers{{function=\"{name}\"}} {workers}");
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        out,
-    )
 }

@@ -268,8 +268,7 @@ impl Writer {
         match op {
             Op::Submit { job, reply } => {
                 let result = self.submit(job, t, fx);
-                fx.replies
-                    .push(Reply::Submit(reply, result.map_err(|e| e)?));
+                fx.replies.push(Reply::Submit(reply, result?));
             }
             Op::Start { id, attempt, at } => {
                 if let Some(mut job) = t.job(id)?

@@ -1,0 +1,115 @@
+//! `GET /metrics`: the host's counters in the Prometheus text exposition format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::AppState;
+
+/// Renders every metric.
+pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
+    let mut out = Exposition::default();
+    let s = state.store.stats();
+    let count = |c: &AtomicU64| c.load(Relaxed) as f64;
+    let seconds = |c: &AtomicU64| c.load(Relaxed) as f64 / 1e6;
+    let counters = [
+        (
+            "sluice_component_compilations_total",
+            "Components compiled since start (deploys and artifact-cache misses).",
+            state.runtime.compilations() as f64,
+        ),
+        (
+            "sluice_jobs_accepted_total",
+            "Jobs accepted (durably committed submits).",
+            count(&s.accepted),
+        ),
+        (
+            "sluice_jobs_finished_total",
+            "Jobs that reached a terminal status (committed).",
+            count(&s.finished),
+        ),
+        (
+            "sluice_store_commits_total",
+            "Durable write transactions (group commits).",
+            count(&s.commits),
+        ),
+        (
+            "sluice_store_operations_total",
+            "Domain operations applied in those commits.",
+            count(&s.ops),
+        ),
+        (
+            "sluice_store_apply_seconds_total",
+            "Writer time spent building transactions.",
+            seconds(&s.apply_us),
+        ),
+        (
+            "sluice_store_commit_seconds_total",
+            "Writer time spent committing (page writes and fsync).",
+            seconds(&s.commit_us),
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.metric(name, help, "counter", [(None, value)]);
+    }
+    let functions = state.store.functions().map(|f| f.len()).unwrap_or(0);
+    out.metric(
+        "sluice_functions",
+        "Deployed functions.",
+        "gauge",
+        [(None, functions as f64)],
+    );
+    let mut backlog: Vec<_> = state.scheduler.backlog().into_iter().collect();
+    backlog.sort();
+    let ready = backlog
+        .iter()
+        .map(|(name, (ready, _))| (Some(name.as_str()), *ready as f64));
+    out.metric(
+        "sluice_jobs_ready",
+        "Jobs waiting for a slot, per function.",
+        "gauge",
+        ready,
+    );
+    let workers = backlog
+        .iter()
+        .map(|(name, (_, workers))| (Some(name.as_str()), *workers as f64));
+    out.metric(
+        "sluice_workers",
+        "Workers running attempts, per function.",
+        "gauge",
+        workers,
+    );
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out.text,
+    )
+}
+
+/// Text being built in the exposition format.
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    /// One metric: its help and type lines, then a sample per (function label, value).
+    fn metric<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: &str,
+        samples: impl IntoIterator<Item = (Option<&'a str>, f64)>,
+    ) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (function, value) in samples {
+            match function {
+                Some(f) => writeln!(self.text, "{name}{{function=\"{f}\"}} {value}"),
+                None => writeln!(self.text, "{name} {value}"),
+            }
+            .expect("writing to a String cannot fail");
+        }
+    }
+}
