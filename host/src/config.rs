@@ -28,6 +28,8 @@ pub struct Config {
     /// How long a busy writer waits to gather more operations into one commit (group commit);
     /// an idle one commits at once.
     pub commit_delay: Duration,
+    /// Threads running attempts (at a lower OS priority than the API and the writer).
+    pub sandbox_threads: usize,
     /// Bound on a job's captured log (stdout, stderr and log lines), in bytes.
     pub max_log_bytes: usize,
 }
@@ -45,6 +47,7 @@ impl Default for Config {
             cache_mb: 256,
             max_log_bytes: 64 << 10,
             commit_delay: Duration::ZERO,
+            sandbox_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -83,6 +86,9 @@ impl Config {
         }
         if self.max_body_bytes == 0 {
             return fail("max_body_bytes must be at least 1");
+        }
+        if self.sandbox_threads == 0 || self.sandbox_threads > 1024 {
+            return fail("sandbox_threads must be 1 to 1024");
         }
         if self.max_log_bytes < 1024 {
             return fail("max_log_bytes must be at least 1024");

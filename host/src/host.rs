@@ -45,7 +45,7 @@ pub async fn run(
     let store = Arc::new(store);
     load_functions(&store, &runtime).await?;
 
-    let sandboxes = sandbox_threads()?;
+    let sandboxes = sandbox_threads(config.sandbox_threads)?;
     let scheduler = Scheduler::new(
         store.clone(),
         runtime.clone(),
@@ -108,12 +108,13 @@ pub async fn run(
 /// Niceness of the sandbox threads, relative to the rest of the host (Linux: per thread).
 const SANDBOX_NICE: i32 = 19;
 
-/// The threads attempts run on: one per CPU, at a lower OS priority than the API threads and the
+/// The threads attempts run on (default one per CPU), at a lower OS priority than the API threads and the
 /// writer. Running guests then take the CPU the request path leaves, and a burst of events never
 /// delays accepting requests or answering them after their commit.
-fn sandbox_threads() -> anyhow::Result<tokio::runtime::Runtime> {
+fn sandbox_threads(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .thread_name("sluice-sandbox")
+        .worker_threads(threads)
         .enable_all()
         .on_thread_start(|| {
             #[cfg(target_os = "linux")]

@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// Microseconds a busy writer waits to gather more operations into one commit.
     #[arg(long, env = "SLUICE_COMMIT_DELAY_US", default_value_t = 0)]
     pub commit_delay_us: u64,
+    /// Threads running attempts (default: one per CPU).
+    #[arg(long, env = "SLUICE_SANDBOX_THREADS")]
+    pub sandbox_threads: Option<usize>,
 }
 
 impl ServeArgs {
@@ -85,6 +88,9 @@ impl ServeArgs {
             max_memory_mb: self.max_memory_mb,
             cache_mb: self.cache_mb,
             commit_delay: Duration::from_micros(self.commit_delay_us),
+            sandbox_threads: self
+                .sandbox_threads
+                .unwrap_or(Config::default().sandbox_threads),
             ..Config::default()
         }
     }
