@@ -425,8 +425,12 @@ impl BenchHost {
             data_dir: dir.to_path_buf(),
             ..Config::default()
         };
+        // The host's tuning variables apply to the benchmark's host too.
         if let Ok(us) = std::env::var("SLUICE_COMMIT_DELAY_US") {
             config.commit_delay = Duration::from_micros(us.parse()?);
+        }
+        if let Ok(n) = std::env::var("SLUICE_SANDBOX_THREADS") {
+            config.sandbox_threads = n.parse()?;
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
