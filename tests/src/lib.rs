@@ -180,6 +180,26 @@ impl TestHost {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// DELETEs a path, returning status and JSON body.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self.http.delete(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POSTs a body to a path, returning status and JSON body.
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// The job as the host shows it now.
     pub async fn job(&self, id: &str) -> Value {
         let (status, body) = self.get(&format!("/v1/jobs/{id}")).await;

@@ -1,6 +1,6 @@
 //! Bad input gets a clear error in the one JSON shape, and changes nothing.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice_tests::{assert_error, components, start_host, start_host_with, test_config};
 
 /// Not wasm, a core module, a broken component, and a component of another world: each is a
@@ -101,15 +101,9 @@ async fn deploy_refuses_bad_names_and_settings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_and_methods() {
     let host = start_host().await;
-    let r = host
-        .http
-        .post(host.url("/v1/functions/nope/jobs"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    assert_error(&r.json().await.unwrap(), "function_not_found");
+    let (status, body) = host.post("/v1/functions/nope/jobs", "x").await;
+    assert_eq!(status, 404);
+    assert_error(&body, "function_not_found");
 
     for path in [
         "/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV",
@@ -154,16 +148,10 @@ async fn lookups_and_methods() {
     assert_eq!(status, 400);
     assert_error(&body, "invalid_query");
 
-    let r = host.http.delete(host.url("/v1/jobs")).send().await.unwrap();
-    assert_eq!(r.status(), 405);
-    assert_error(&r.json().await.unwrap(), "method_not_allowed");
-    let r = host
-        .http
-        .get(host.url("/v1/functions/probe/jobs"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 405);
+    let (status, body) = host.delete("/v1/jobs").await;
+    assert_eq!(status, 405);
+    assert_error(&body, "method_not_allowed");
+    assert_eq!(host.get("/v1/functions/probe/jobs").await.0, 405);
     let (status, body) = host.get("/v2/everything").await;
     assert_eq!(status, 404);
     assert_error(&body, "not_found");
@@ -189,15 +177,11 @@ async fn oversized_bodies_are_refused() {
     config.max_body_bytes = 1024 * 1024;
     let host = start_host_with(config).await;
     host.deploy("echo", components::ECHO, "").await;
-    let r = host
-        .http
-        .post(host.url("/v1/functions/echo/jobs"))
-        .body(vec![b'x'; 1024 * 1024 + 1])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    assert_error(&r.json().await.unwrap(), "payload_too_large");
+    let (status, body) = host
+        .post("/v1/functions/echo/jobs", vec![b'x'; 1024 * 1024 + 1])
+        .await;
+    assert_eq!(status, 413);
+    assert_error(&body, "payload_too_large");
     let (_, jobs) = host.get("/v1/jobs").await;
     assert_eq!(jobs["jobs"], json!([]));
     let id = host
@@ -221,14 +205,8 @@ async fn delete_never_loses_a_job_silently() {
         .submit_json("probe", &json!({"action": "sleep", "ms": 1}))
         .await;
 
-    let r = host
-        .http
-        .delete(host.url("/v1/functions/probe"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = host.delete("/v1/functions/probe").await;
+    assert_eq!(status, 409);
     assert_error(&body, "function_busy");
     assert!(
         body["error"]["message"]
@@ -239,14 +217,8 @@ async fn delete_never_loses_a_job_silently() {
     let (_, f) = host.get("/v1/functions/probe").await;
     assert_eq!(f["pending_jobs"], 2);
 
-    let r = host
-        .http
-        .delete(host.url("/v1/functions/probe?force=true"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = host.delete("/v1/functions/probe?force=true").await;
+    assert_eq!(status, 200);
     assert_eq!(body["cancelled_jobs"].as_array().unwrap().len(), 2);
     for id in [&running, &queued] {
         let job = host.job(id).await;
@@ -255,32 +227,17 @@ async fn delete_never_loses_a_job_silently() {
     }
     let (status, _) = host.get("/v1/functions/probe").await;
     assert_eq!(status, 404);
-    let r = host
-        .http
-        .post(host.url("/v1/functions/probe/jobs"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    let (status, body) = host.post("/v1/functions/probe/jobs", "{}").await;
+    assert_eq!(status, 404);
+    assert_error(&body, "function_not_found");
 
-    // An idle function deletes without force.
+    // An idle function deletes without force; a second delete finds nothing.
     host.deploy("echo", components::ECHO, "").await;
     host.wait(&host.submit("echo", "x", "text/plain").await)
         .await;
-    let r = host
-        .http
-        .delete(host.url("/v1/functions/echo"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = host
-        .http
-        .delete(host.url("/v1/functions/echo"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(host.delete("/v1/functions/echo").await.0, 200);
+    let (status, body) = host.delete("/v1/functions/echo").await;
+    assert_eq!(status, 404);
+    assert_error(&body, "function_not_found");
     host.stop().await;
 }
