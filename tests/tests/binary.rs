@@ -19,8 +19,10 @@ fn sluice_binary() -> PathBuf {
             let target_dir = profile_dir.parent().unwrap();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = Command::new(cargo);
+            // `--workspace` unifies features exactly as the test build did, so this only links
+            // the binary instead of rebuilding dependencies with another feature set.
             build
-                .args(["build", "-p", "sluice", "--bin", "sluice", "--target-dir"])
+                .args(["build", "--workspace", "--bins", "--target-dir"])
                 .arg(target_dir);
             if profile_dir.file_name().is_some_and(|n| n == "release") {
                 build.arg("--release");
