@@ -34,6 +34,15 @@ async fn restart_keeps_functions_and_jobs() {
         .wait(&host.submit("counter", "", "text/plain").await)
         .await;
     assert_eq!(job["output"], r#"{"calls":1}"#);
+    // Redeploying known code with new settings reuses its compiled artifact.
+    let f = host
+        .deploy("echo", components::ECHO, "max_concurrency=3")
+        .await;
+    assert_eq!(f["version"], 2);
+    assert_eq!(
+        host.metric("sluice_component_compilations_total").await,
+        0.0
+    );
     host.stop().await;
     drop(tmp);
 }

@@ -57,9 +57,13 @@ pub(crate) async fn deploy(
     validate_name(&name)?;
     let settings = manifest.validate(&name, &state.config.bounds())?;
 
+    // Known code (same digest, this engine) is loaded from its stored artifact, not recompiled.
+    let cached = state
+        .store
+        .artifact(&state.runtime.artifact_key(&crate::runtime::digest(&wasm)))?;
     let runtime = state.runtime.clone();
     let bytes = wasm.clone();
-    let compiled = tokio::task::spawn_blocking(move || runtime.compile(&bytes))
+    let compiled = tokio::task::spawn_blocking(move || runtime.prepare(&bytes, cached))
         .await
         .map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())

@@ -140,10 +140,32 @@ impl Runtime {
 
     /// Validates and compiles component bytes. CPU-heavy: call it from a blocking thread.
     pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, ComponentError> {
+        self.prepare(wasm, None)
+    }
+
+    /// Like [`Runtime::compile`], but uses `cached`, the stored artifact of the same digest for
+    /// this engine (a redeploy of known code), instead of compiling again.
+    pub fn prepare(
+        &self,
+        wasm: &[u8],
+        cached: Option<Vec<u8>>,
+    ) -> Result<Compiled, ComponentError> {
         match wasm.get(0..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(ComponentError::CoreModule),
             Some([0, b'a', b's', b'm', ..]) => {}
             _ => return Err(ComponentError::NotWasm),
+        }
+        let digest = digest(wasm);
+        if let Some(artifact) = cached {
+            // SAFETY: as in `load`: our own artifact, keyed by digest and engine hash.
+            if let Ok(component) = unsafe { Component::deserialize(&self.engine, &artifact) } {
+                let pre = self.link(&component)?;
+                return Ok(Compiled {
+                    digest,
+                    artifact,
+                    pre,
+                });
+            }
         }
         let component = Component::new(&self.engine, wasm)
             .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
@@ -154,7 +176,7 @@ impl Runtime {
             .serialize()
             .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
         Ok(Compiled {
-            digest: hex::encode(Sha256::digest(wasm)),
+            digest,
             artifact,
             pre,
         })
@@ -316,6 +338,11 @@ impl Runtime {
             finished_at: now_ms(),
         }
     }
+}
+
+/// A component's digest: lowercase hex SHA-256 of its bytes.
+pub fn digest(wasm: &[u8]) -> String {
+    hex::encode(Sha256::digest(wasm))
 }
 
 /// The engine settings: a pooling allocator sized for `max_instances` sandboxes (a component
