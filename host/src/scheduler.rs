@@ -218,9 +218,12 @@ impl Inner {
             let Some(code) = self.runtime.function(&function) else {
                 continue;
             };
-            let Ok(_slot) = self.slots.clone().acquire_owned().await else {
-                break;
-            };
+            let _slot = self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the slot semaphore is never closed");
             let attempt = job.attempts + 1;
             let started_at = now_ms();
             let run = self.runtime.run(&code, &job, attempt);
@@ -246,26 +249,27 @@ impl Inner {
                 self.store.finish(job.id, attempt, report);
             }
         }
-        let mut state = self.state.lock();
-        state.workers -= 1;
-        if let Some(q) = state.functions.get_mut(&function) {
-            q.workers -= 1;
-        }
-        drop(state);
         self.worker_exited.notify_waiters();
     }
 
+    /// The worker's next job. When there is none (or the worker must stop), the worker is
+    /// retired under the same lock, so an `enqueue` racing with it never counts a worker that is
+    /// about to leave and always starts a new one for its job.
     fn next_job(&self, function: &str, cancel: &mut CancellationToken) -> Option<QueuedJob> {
-        if self.stopping.load(Ordering::Relaxed) {
-            return None;
-        }
         let mut state = self.state.lock();
-        let queue = state.functions.get_mut(function)?;
-        if queue.workers > queue.limit {
-            return None; // the limit was lowered: this worker retires
+        let stopping = self.stopping.load(Ordering::Relaxed);
+        if let Some(queue) = state.functions.get_mut(function) {
+            // A lowered limit retires the surplus workers.
+            if !stopping && queue.workers <= queue.limit {
+                if let Some(job) = queue.ready.pop_front() {
+                    *cancel = queue.cancel.clone();
+                    return Some(job);
+                }
+            }
+            queue.workers -= 1;
         }
-        *cancel = queue.cancel.clone();
-        queue.ready.pop_front()
+        state.workers -= 1;
+        None
     }
 }
 
