@@ -260,11 +260,12 @@ impl Inner {
         let stopping = self.stopping.load(Ordering::Relaxed);
         if let Some(queue) = state.functions.get_mut(function) {
             // A lowered limit retires the surplus workers.
-            if !stopping && queue.workers <= queue.limit {
-                if let Some(job) = queue.ready.pop_front() {
-                    *cancel = queue.cancel.clone();
-                    return Some(job);
-                }
+            if !stopping
+                && queue.workers <= queue.limit
+                && let Some(job) = queue.ready.pop_front()
+            {
+                *cancel = queue.cancel.clone();
+                return Some(job);
             }
             queue.workers -= 1;
         }
