@@ -8,7 +8,7 @@
 //!
 //! #[handler]
 //! fn handle(ev: Event) -> Result<Response, Error> {
-//!     let order: serde_json::Value = ev.json()?;
+//!     let order: sluice_sdk::serde_json::Value = ev.json()?;
 //!     Response::json(&order)
 //! }
 //! ```
