@@ -41,7 +41,7 @@ impl Default for Config {
             grace_period: Duration::from_secs(30),
             max_body_bytes: 64 << 20,
             max_wait: Duration::from_secs(60),
-            max_instances: 1000,
+            max_instances: 256,
             max_memory_mb: 512,
             max_timeout_ms: 15 * 60 * 1000,
             cache_mb: 256,
