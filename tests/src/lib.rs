@@ -180,6 +180,17 @@ impl TestHost {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// GETs a path, returning status, content type and the raw body.
+    pub async fn get_raw(&self, path: &str) -> (u16, String, Vec<u8>) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .map_or(String::new(), |v| v.to_str().unwrap().to_string());
+        (status, content_type, r.bytes().await.unwrap().to_vec())
+    }
+
     /// DELETEs a path, returning status and JSON body.
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         let r = self.http.delete(self.url(path)).send().await.unwrap();

@@ -36,6 +36,10 @@ fn sluice_binary() -> PathBuf {
         .clone()
 }
 
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -134,14 +138,7 @@ async fn serve_deploy_invoke_and_sigterm() {
         .to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let job: Value = http
-            .get(format!("{url}/v1/jobs/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job = get_json(&http, &format!("{url}/v1/jobs/{id}")).await;
         if job["status"] == "running" {
             break;
         }
@@ -164,14 +161,7 @@ async fn serve_deploy_invoke_and_sigterm() {
 
     let mut child = serve();
     wait_healthy(&http, &url).await;
-    let job: Value = http
-        .get(format!("{url}/v1/jobs/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = get_json(&http, &format!("{url}/v1/jobs/{id}")).await;
     assert_eq!(
         job["status"], "succeeded",
         "the attempt finished during the grace period: {job}"

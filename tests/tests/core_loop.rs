@@ -48,15 +48,10 @@ async fn echo_round_trip() {
     assert!(millis(&job["created_at"]) <= millis(&job["started_at"]));
     assert!(millis(&job["started_at"]) <= millis(&job["finished_at"]));
 
-    let raw = host
-        .http
-        .get(host.url(&format!("/v1/jobs/{id}/output")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(raw.status(), 200);
-    assert_eq!(raw.headers()["content-type"], "text/plain");
-    assert_eq!(raw.bytes().await.unwrap().as_ref(), b"hello, sluice");
+    let (status, content_type, body) = host.get_raw(&format!("/v1/jobs/{id}/output")).await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/plain");
+    assert_eq!(body, b"hello, sluice");
     host.stop().await;
 }
 
@@ -77,14 +72,10 @@ async fn binary_output_is_served_raw() {
         "binary output must not be inlined"
     );
     assert_eq!(job["output_size"], 256);
-    let raw = host
-        .http
-        .get(host.url(&format!("/v1/jobs/{id}/output")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(raw.headers()["content-type"], "application/octet-stream");
-    assert_eq!(raw.bytes().await.unwrap().to_vec(), input);
+    let (status, content_type, body) = host.get_raw(&format!("/v1/jobs/{id}/output")).await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "application/octet-stream");
+    assert_eq!(body, input);
     host.stop().await;
 }
 

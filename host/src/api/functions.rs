@@ -200,12 +200,7 @@ pub(crate) async fn show(
         .store
         .function(&name)?
         .ok_or_else(|| ApiError::function_not_found(&name))?;
-    let pending = state
-        .store
-        .pending_counts()?
-        .get(&name)
-        .copied()
-        .unwrap_or(0);
+    let pending = state.store.pending_count(&name)?;
     Ok(Json(function_json(&record, Some(pending))))
 }
 

@@ -405,6 +405,21 @@ impl Store {
         Ok(counts)
     }
 
+    /// Non-terminal jobs of one function, from its range of the pending index.
+    pub fn pending_count(&self, function: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(PENDING).map_err(storage)?;
+        let range = table
+            .range((function, 0u128)..=(function, u128::MAX))
+            .map_err(storage)?;
+        let mut n = 0;
+        for row in range {
+            row.map_err(storage)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// A component's wasm bytes, by digest.
     pub fn component(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.blob(COMPONENTS, digest)
