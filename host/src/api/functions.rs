@@ -89,7 +89,7 @@ pub(crate) async fn deploy(
         Ok(stored) => stored,
         Err(e) => {
             match previous {
-                Some(p) => drop(state.runtime.install_loaded_arc(p)),
+                Some(p) => state.runtime.reinstate(p),
                 None => state.runtime.remove(&name),
             }
             return Err(e.into());

@@ -215,18 +215,13 @@ impl Runtime {
     /// Makes a loaded function current.
     pub fn install_loaded(&self, f: LoadedFunction) -> Arc<LoadedFunction> {
         let f = Arc::new(f);
-        self.functions
-            .write()
-            .insert(f.record.name.clone(), f.clone());
+        self.reinstate(f.clone());
         f
     }
 
-    /// Makes an already shared loaded function current again (undoing a failed deploy).
-    pub fn install_loaded_arc(&self, f: Arc<LoadedFunction>) -> Arc<LoadedFunction> {
-        self.functions
-            .write()
-            .insert(f.record.name.clone(), f.clone());
-        f
+    /// Makes a function current again, e.g. the previous code after a failed deploy.
+    pub fn reinstate(&self, f: Arc<LoadedFunction>) {
+        self.functions.write().insert(f.record.name.clone(), f);
     }
 
     /// Forgets a function.
