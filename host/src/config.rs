@@ -4,12 +4,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::manifest::Bounds;
+use crate::store::StoreOptions;
 
 /// Everything a host needs to know before it starts. Built by the CLI from flags and
 /// `SLUICE_*` variables, or by tests directly.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Directory holding the redb data file (`sluice.redb`); created if missing.
+    /// Directory holding the redb files (`catalog.redb`, `jobs-N.redb`); created if missing.
     pub data_dir: PathBuf,
     /// How long a shutdown waits for running attempts before leaving them to the next start.
     pub grace_period: Duration,
@@ -28,6 +29,9 @@ pub struct Config {
     /// How long a busy writer waits to gather more operations into one commit (group commit);
     /// an idle one commits at once.
     pub commit_delay: Duration,
+    /// Job shards: redb files that commit in parallel. Fixed once a data directory has them
+    /// (a larger number adds shards; a smaller one keeps the existing ones).
+    pub store_shards: usize,
     /// Threads running attempts (at a lower OS priority than the API and the writer).
     pub sandbox_threads: usize,
     /// Bound on a job's captured log (stdout, stderr and log lines), in bytes.
@@ -47,6 +51,7 @@ impl Default for Config {
             cache_mb: 256,
             max_log_bytes: 64 << 10,
             commit_delay: Duration::ZERO,
+            store_shards: 1,
             sandbox_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
@@ -58,9 +63,13 @@ impl Default for Config {
 pub struct ConfigError(String);
 
 impl Config {
-    /// The redb file inside `data_dir`.
-    pub fn data_file(&self) -> PathBuf {
-        self.data_dir.join("sluice.redb")
+    /// How the store opens its files.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            cache_bytes: self.cache_mb << 20,
+            commit_delay: self.commit_delay,
+            shards: self.store_shards,
+        }
     }
 
     /// Limits every function manifest must fit in.
@@ -89,6 +98,9 @@ impl Config {
         }
         if self.sandbox_threads == 0 || self.sandbox_threads > 1024 {
             return fail("sandbox_threads must be 1 to 1024");
+        }
+        if self.store_shards == 0 || self.store_shards > 64 {
+            return fail("store_shards must be 1 to 64");
         }
         if self.max_log_bytes < 1024 {
             return fail("max_log_bytes must be at least 1024");

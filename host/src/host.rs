@@ -37,11 +37,7 @@ pub async fn run(
         store,
         feed,
         recovered,
-    } = Store::open(
-        &config.data_file(),
-        config.cache_mb << 20,
-        config.commit_delay,
-    )?;
+    } = Store::open(&config.data_dir, &config.store_options())?;
     let store = Arc::new(store);
     load_functions(&store, &runtime).await?;
 

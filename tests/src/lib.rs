@@ -29,7 +29,8 @@ pub mod components {
     pub const PROBE_MANIFEST: &str = env!("SLUICE_MANIFEST_PROBE");
 }
 
-/// A configuration for tests: a small sandbox pool and short grace period.
+/// A configuration for tests: a small sandbox pool, a short grace period, and two job shards
+/// (so every test also crosses shard boundaries: routing, merged listings, recovery).
 pub fn test_config(data_dir: &Path) -> Config {
     Config {
         data_dir: data_dir.to_path_buf(),
@@ -37,6 +38,7 @@ pub fn test_config(data_dir: &Path) -> Config {
         max_instances: 32,
         max_memory_mb: 128,
         cache_mb: 16,
+        store_shards: 2,
         ..Config::default()
     }
 }

@@ -432,6 +432,9 @@ impl BenchHost {
         if let Ok(n) = std::env::var("SLUICE_SANDBOX_THREADS") {
             config.sandbox_threads = n.parse()?;
         }
+        if let Ok(n) = std::env::var("SLUICE_STORE_SHARDS") {
+            config.store_shards = n.parse()?;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();

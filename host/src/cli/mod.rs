@@ -29,7 +29,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Start the host: HTTP API plus scheduler, all state in one redb file.
+    /// Start the host: HTTP API plus scheduler, all state in redb files in the data directory.
     Serve(ServeArgs),
     /// Build the example functions, start a host on the default data dir, deploy them.
     Up(up::UpArgs),
@@ -75,6 +75,9 @@ pub struct ServeArgs {
     /// Threads running attempts (default: one per CPU).
     #[arg(long, env = "SLUICE_SANDBOX_THREADS")]
     pub sandbox_threads: Option<usize>,
+    /// Job shards: redb files committing in parallel (a data directory keeps the ones it has).
+    #[arg(long, env = "SLUICE_STORE_SHARDS", default_value_t = 1)]
+    pub store_shards: usize,
 }
 
 impl ServeArgs {
@@ -88,6 +91,7 @@ impl ServeArgs {
             max_memory_mb: self.max_memory_mb,
             cache_mb: self.cache_mb,
             commit_delay: Duration::from_micros(self.commit_delay_us),
+            store_shards: self.store_shards,
             sandbox_threads: self
                 .sandbox_threads
                 .unwrap_or(Config::default().sandbox_threads),

@@ -1,38 +1,48 @@
-//! The store owns redb: every durable fact (functions, compiled artifacts, jobs) and the only
-//! writer. Nothing else in the host imports redb.
+//! The store owns redb: every durable fact (functions, compiled artifacts, jobs) and every
+//! write. Nothing else in the host imports redb.
 //!
-//! Writes are a small set of atomic domain operations (submit, start, finish, deploy,
-//! delete-function), applied by one writer thread that batches whatever is waiting into one
-//! `Durability::Immediate` commit (group commit). An awaited operation is answered only after
-//! the commit that holds it: a `202 Accepted` always means durable. After each commit the writer
-//! hands newly queued jobs to the scheduler (the [`CommitFeed`]) and wakes long-polls waiting on
-//! jobs that became terminal.
+//! Files: `catalog.redb` holds what is deployed; jobs live in shard files (`jobs-N.redb`), each
+//! with its own writer thread, so shards commit (and fsync) in parallel. A job's id names its
+//! shard; a submit goes to the least busy shard.
+//!
+//! Writes are a small set of atomic domain operations (submit, start, finish, cancel-function
+//! on a shard; deploy, save-artifact, remove-function on the catalog). A shard's writer batches
+//! whatever is waiting into one `Durability::Immediate` commit (group commit). An awaited
+//! operation is answered only after the commit that holds it: a `202 Accepted` always means
+//! durable. After each commit the writer hands newly queued jobs to the scheduler (the
+//! [`CommitFeed`]) and wakes long-polls waiting on jobs that became terminal.
 //!
 //! Reads open their own read transaction and see only committed state, so a status is never shown
 //! before the commit that made it.
 //!
 //! Durable points: submit (job + pending index), start (status `running`, attempt number; only
 //! for attempts that run longer than a moment), finish (terminal status, output, log, and the
-//! start when it was not recorded), deploy (component, artifact, function), delete.
+//! start when it was not recorded), deploy (component, artifact, function), delete (function
+//! removed, then its remaining jobs cancelled shard by shard).
 
+mod catalog;
+mod ids;
+mod shard;
 mod tables;
 mod writer;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::job::{AttemptReport, Job, JobId, JobStatus, QueuedJob};
 pub use tables::FunctionRecord;
+use catalog::Catalog;
+use ids::{MAX_SHARDS, shard_of};
+use shard::Shard;
 use tables::*;
-use writer::{Op, Writer};
+use writer::{Op, Shared};
 
 /// A storage failure: the database could not be read or written.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -142,19 +152,32 @@ pub struct StoreStats {
     pub commit_us: AtomicU64,
 }
 
+/// How to open the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// redb page cache, in bytes, shared out between the files.
+    pub cache_bytes: usize,
+    /// How long a busy writer waits to gather more operations into one commit.
+    pub commit_delay: Duration,
+    /// Job shards (files committing in parallel). A data directory keeps the shards it has:
+    /// asking for fewer than exist opens them all.
+    pub shards: usize,
+}
+
 /// Handle to the durable state. Cheap to share (`Arc`); reads run on the caller's thread,
-/// writes go through the writer thread.
+/// writes go through the shards' writer threads (the catalog's rare writes run on a blocking
+/// thread).
 pub struct Store {
-    /// The database, for read transactions (the writer thread holds the same one).
-    db: Arc<Database>,
-    /// The writer thread's queue of operations.
-    ops: crossbeam_channel::Sender<Op>,
+    /// What is deployed.
+    catalog: Arc<Catalog>,
+    /// The job files; a job's id names its shard.
+    shards: Vec<Shard>,
+    /// Where the next submit starts looking for the least busy shard.
+    next_shard: AtomicUsize,
     /// Long-polls waiting for a job to become terminal.
     waiters: Arc<Waiters>,
-    /// What the writer has done so far.
+    /// What the writers have done so far.
     stats: Arc<StoreStats>,
-    /// The writer thread, joined at shutdown so the file is closed before `run` returns.
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// What opening the store found.
@@ -168,41 +191,43 @@ pub struct Opened {
 }
 
 impl Store {
-    /// Opens (or creates) the data file, requeues jobs the previous process left running, and
-    /// starts the writer thread.
-    pub fn open(
-        path: &Path,
-        cache_bytes: usize,
-        commit_delay: Duration,
-    ) -> Result<Opened, StoreError> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
-        let db = Arc::new(db);
-        let recovered = writer::recover(&db)?;
-        let (ops, rx) = crossbeam_channel::unbounded();
+    /// Opens (or creates) the catalog and the job shards in `data_dir`, requeues jobs the
+    /// previous process left running, and starts one writer thread per shard.
+    pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Opened, StoreError> {
+        let existing = (0..MAX_SHARDS)
+            .take_while(|n| shard_path(data_dir, *n).exists())
+            .count();
+        let count = options.shards.clamp(1, MAX_SHARDS).max(existing);
+        let cache = options.cache_bytes / (count + 1);
+        let catalog = Arc::new(Catalog::open(&data_dir.join("catalog.redb"), cache)?);
         let (feed_tx, feed) = mpsc::unbounded_channel();
-        let waiters = Arc::new(Waiters::default());
-        let stats = Arc::new(StoreStats::default());
-        let mut w = Writer::new(
-            db.clone(),
-            rx,
-            commit_delay,
-            feed_tx,
-            waiters.clone(),
-            stats.clone(),
-        )?;
-        let writer = std::thread::Builder::new()
-            .name("sluice-writer".into())
-            .spawn(move || w.run())
-            .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
+        let shared = Shared {
+            waiters: Arc::new(Waiters::default()),
+            stats: Arc::new(StoreStats::default()),
+            deployed: catalog.deployed().clone(),
+        };
+        let mut shards = Vec::with_capacity(count);
+        let mut recovered = Vec::new();
+        for n in 0..count {
+            let (shard, mut jobs) = Shard::open(
+                n,
+                &shard_path(data_dir, n),
+                cache,
+                options.commit_delay,
+                feed_tx.clone(),
+                shared.clone(),
+            )?;
+            shards.push(shard);
+            recovered.append(&mut jobs);
+        }
+        // Oldest first, as they were accepted.
+        recovered.sort_by_key(|j| j.id);
         let store = Store {
-            db,
-            ops,
-            waiters,
-            stats,
-            writer: Mutex::new(Some(writer)),
+            catalog,
+            shards,
+            next_shard: AtomicUsize::new(0),
+            waiters: shared.waiters,
+            stats: shared.stats,
         };
         Ok(Opened {
             store,
@@ -211,30 +236,45 @@ impl Store {
         })
     }
 
-    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.ops.send(op(tx)).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)
+    /// The shard holding a job, if the id names one of ours.
+    fn shard(&self, id: JobId) -> Option<&Shard> {
+        self.shards.get(shard_of(id))
     }
 
-    /// Accepts a job: answers once it is durable, with the job as the scheduler will see it.
+    /// The shard a new job goes to: the one with the fewest operations waiting for a commit.
+    fn least_busy(&self) -> &Shard {
+        let start = self.next_shard.fetch_add(1, Relaxed);
+        let n = self.shards.len();
+        (0..n)
+            .map(|i| &self.shards[(start + i) % n])
+            .min_by_key(|s| s.load())
+            .expect("the store has at least one shard")
+    }
+
+    /// Accepts a job: answers once it is durable.
     pub async fn submit(&self, job: NewJob) -> Result<JobId, SubmitError> {
-        self.call(|reply| Op::Submit { job, reply }).await?
+        self.least_busy()
+            .call(|reply| Op::Submit { job, reply })
+            .await?
     }
 
     /// Records that `attempt` of a queued job started (fenced: ignored unless the job is queued
     /// with `attempt - 1` attempts). Not awaited: the attempt runs while the commit happens.
     pub fn start(&self, id: JobId, attempt: u32, at: u64) {
-        let _ = self.ops.send(Op::Start { id, attempt, at });
+        if let Some(shard) = self.shard(id) {
+            shard.send(Op::Start { id, attempt, at });
+        }
     }
 
     /// Records how `attempt` ended (fenced: ignored unless the job is running that attempt).
     pub fn finish(&self, id: JobId, attempt: u32, report: AttemptReport) {
-        let _ = self.ops.send(Op::Finish {
-            id,
-            attempt,
-            report,
-        });
+        if let Some(shard) = self.shard(id) {
+            shard.send(Op::Finish {
+                id,
+                attempt,
+                report,
+            });
+        }
     }
 
     /// Stores a deployed function with its component and compiled artifact, in one commit.
@@ -245,63 +285,83 @@ impl Store {
         artifact_key: String,
         artifact: Vec<u8>,
     ) -> Result<FunctionRecord, StoreError> {
-        self.call(|reply| Op::Deploy {
-            record,
-            wasm,
-            artifact_key,
-            artifact,
-            reply,
-        })
-        .await?
+        let catalog = self.catalog.clone();
+        blocking(move || catalog.deploy(record, &wasm, &artifact_key, &artifact)).await
     }
 
     /// Stores a compiled artifact (after an engine upgrade made the old one unusable).
     pub async fn save_artifact(&self, key: String, artifact: Vec<u8>) -> Result<(), StoreError> {
-        self.call(|reply| Op::SaveArtifact {
-            key,
-            artifact,
-            reply,
-        })
-        .await?
+        let catalog = self.catalog.clone();
+        blocking(move || catalog.save_artifact(&key, &artifact)).await
     }
 
     /// Removes a function. Refused while it has queued or running jobs unless `force`, which
-    /// cancels them in the same commit. Returns the cancelled jobs.
+    /// cancels them. Returns the cancelled jobs.
+    ///
+    /// Submits are refused from the moment the function leaves the catalog; any job accepted
+    /// just before that moment is cancelled with the rest, so none is left without a function.
     pub async fn delete_function(
         &self,
         name: &str,
         force: bool,
     ) -> Result<Vec<JobId>, DeleteError> {
-        let name = name.to_string();
-        self.call(|reply| Op::DeleteFunction { name, force, reply })
-            .await?
+        if !self.catalog.deployed().contains(name) {
+            return Err(DeleteError::NotFound(name.to_string()));
+        }
+        if !force {
+            let pending = self.pending_count(name)?;
+            if pending > 0 {
+                return Err(DeleteError::Busy {
+                    name: name.to_string(),
+                    pending,
+                });
+            }
+        }
+        let catalog = self.catalog.clone();
+        let owned = name.to_string();
+        if !blocking(move || catalog.remove_function(&owned)).await? {
+            return Err(DeleteError::NotFound(name.to_string()));
+        }
+        let reason = if force {
+            format!("cancelled: function {name:?} was deleted with force=true")
+        } else {
+            format!("cancelled: function {name:?} was deleted as this job was accepted")
+        };
+        let mut cancelled = Vec::new();
+        for shard in &self.shards {
+            let (name, reason) = (name.to_string(), reason.clone());
+            cancelled.extend(
+                shard
+                    .call(|reply| Op::CancelFunction {
+                        name,
+                        reason,
+                        reply,
+                    })
+                    .await??,
+            );
+        }
+        Ok(cancelled)
     }
 
-    /// Waits until everything sent so far is committed, then stops the writer and closes the
-    /// file. Later writes fail with [`StoreError::Closed`].
+    /// Waits until everything sent so far is committed, then stops the writers and closes the
+    /// files. Later writes fail with [`StoreError::Closed`].
     pub async fn shutdown(&self) {
-        let _ = self.call(|reply| Op::Shutdown { reply }).await;
-        let handle = self.writer.lock().take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        for shard in &self.shards {
+            shard.shutdown().await;
         }
     }
 
-    /// What the writer has done since the store opened.
+    /// What the writers have done since the store opened.
     pub fn stats(&self) -> &StoreStats {
         &self.stats
     }
 
     /// One job, as last committed.
     pub fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(JOBS).map_err(storage)?;
-        let Some(row) = table.get(id.0).map_err(storage)? else {
-            return Ok(None);
-        };
-        decode_job(row.value())
-            .map(Some)
-            .map_err(StoreError::Storage)
+        match self.shard(id) {
+            Some(shard) => shard.job(id),
+            None => Ok(None),
+        }
     }
 
     /// Waits up to `timeout` for a job to be terminal; returns it as last committed.
@@ -321,124 +381,85 @@ impl Store {
         }
     }
 
-    /// Jobs, newest first, filtered and paginated.
+    /// Jobs, newest first, filtered and paginated: each shard's page, merged.
     pub fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let jobs = txn.open_table(JOBS).map_err(storage)?;
-        let before = query.before.map_or(u128::MAX, |id| id.0);
-        let mut page = JobPage {
-            jobs: Vec::new(),
-            next_cursor: None,
-        };
-        let mut scanned = 0;
-        let mut visit = |id: u128, bytes: &[u8], page: &mut JobPage| -> Result<bool, StoreError> {
-            scanned += 1;
-            let job = decode_job(bytes).map_err(StoreError::Storage)?;
-            if query.status.is_none_or(|s| s == job.status) {
-                page.jobs.push((JobId(id), job));
-            }
-            if page.jobs.len() >= query.limit || scanned >= MAX_SCAN {
-                page.next_cursor = Some(JobId(id));
-                return Ok(false);
-            }
-            Ok(true)
-        };
-        if let Some(function) = &query.function {
-            let index = txn.open_table(FUNCTION_JOBS).map_err(storage)?;
-            for row in index
-                .range((function.as_str(), 0u128)..(function.as_str(), before))
-                .map_err(storage)?
-                .rev()
-            {
-                let id = row.map_err(storage)?.0.value().1;
-                let Some(job) = jobs.get(id).map_err(storage)? else {
-                    continue;
-                };
-                if !visit(id, job.value(), &mut page)? {
-                    break;
-                }
-            }
-        } else {
-            for row in jobs.range(..before).map_err(storage)?.rev() {
-                let (id, job) = row.map_err(storage)?;
-                if !visit(id.value(), job.value(), &mut page)? {
-                    break;
-                }
-            }
+        let mut merged = Vec::new();
+        // Below the highest point where a shard stopped early, that shard has unexamined rows:
+        // this page ends there and the next continues from it.
+        let mut floor: Option<JobId> = None;
+        for shard in &self.shards {
+            let page = shard.jobs(query)?;
+            merged.extend(page.jobs);
+            floor = floor.max(page.next_cursor);
         }
-        Ok(page)
+        merged.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        if let Some(floor) = floor {
+            merged.retain(|(id, _)| *id >= floor);
+        }
+        let mut next_cursor = floor;
+        if merged.len() > query.limit {
+            merged.truncate(query.limit);
+        }
+        if merged.len() == query.limit {
+            next_cursor = merged.last().map(|(id, _)| *id).max(next_cursor);
+        }
+        Ok(JobPage {
+            jobs: merged,
+            next_cursor,
+        })
     }
 
     /// One deployed function.
     pub fn function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(FUNCTIONS).map_err(storage)?;
-        let Some(row) = table.get(name).map_err(storage)? else {
-            return Ok(None);
-        };
-        decode_function(row.value())
-            .map(Some)
-            .map_err(StoreError::Storage)
+        self.catalog.function(name)
     }
 
     /// Every deployed function, by name.
     pub fn functions(&self) -> Result<Vec<FunctionRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(FUNCTIONS).map_err(storage)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(storage)? {
-            let (_, v) = row.map_err(storage)?;
-            out.push(decode_function(v.value()).map_err(StoreError::Storage)?);
-        }
-        Ok(out)
+        self.catalog.functions()
     }
 
     /// Non-terminal jobs of each function (queued, delayed or running), from the pending index.
     pub fn pending_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(PENDING).map_err(storage)?;
         let mut counts = HashMap::new();
-        for row in table.iter().map_err(storage)? {
-            let (k, _) = row.map_err(storage)?;
-            *counts.entry(k.value().0.to_string()).or_insert(0) += 1;
+        for shard in &self.shards {
+            shard.add_pending_counts(&mut counts)?;
         }
         Ok(counts)
     }
 
     /// Non-terminal jobs of one function, from its range of the pending index.
     pub fn pending_count(&self, function: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(PENDING).map_err(storage)?;
-        let range = table
-            .range((function, 0u128)..=(function, u128::MAX))
-            .map_err(storage)?;
         let mut n = 0;
-        for row in range {
-            row.map_err(storage)?;
-            n += 1;
+        for shard in &self.shards {
+            n += shard.pending_count(function)?;
         }
         Ok(n)
     }
 
     /// A component's wasm bytes, by digest.
     pub fn component(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.blob(COMPONENTS, digest)
+        self.catalog.blob(COMPONENTS, digest)
     }
 
     /// A compiled artifact, by key.
     pub fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.blob(ARTIFACTS, key)
+        self.catalog.blob(ARTIFACTS, key)
     }
+}
 
-    fn blob(
-        &self,
-        table: redb::TableDefinition<&str, &[u8]>,
-        key: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(table).map_err(storage)?;
-        Ok(table.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
-    }
+/// The file of job shard `n`.
+fn shard_path(data_dir: &Path, n: usize) -> std::path::PathBuf {
+    data_dir.join(format!("jobs-{n}.redb"))
+}
+
+/// Runs a catalog write on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Storage(format!("a catalog write did not finish: {e}")))?
 }
 
 /// Long-polls waiting for jobs to become terminal, woken by the writer after each commit.

@@ -1,9 +1,11 @@
 //! The redb tables, as constants, and the encoding of what they hold.
 //!
-//! Layout:
+//! The catalog file (`catalog.redb`) holds what is deployed:
 //! - `functions`: name -> [`FunctionRecord`] (JSON: rare writes, easy to evolve).
 //! - `components`: digest -> the component's wasm bytes (kept to recompile after an upgrade).
 //! - `artifacts`: `{digest}-{engine hash}` -> the compiled artifact (so start-up never compiles).
+//!
+//! Each shard file (`jobs-N.redb`) holds the jobs whose id carries its number:
 //! - `jobs`: job id -> [`Job`] (postcard, behind a version byte).
 //! - `pending`: (function, job id) -> (): every non-terminal job, so recovery and delete
 //!   read only live jobs, never the whole history.

@@ -1,4 +1,4 @@
-//! The writer thread: the only code that opens redb write transactions.
+//! A shard's writer thread: the only code that opens write transactions on its shard file.
 //!
 //! It takes every operation waiting in its queue, applies them in order inside one write
 //! transaction, commits with `Durability::Immediate` (one fsync for the whole batch), and only
@@ -6,23 +6,24 @@
 //! operations pile up during each fsync and the next batch takes them all: the fsync cost is
 //! shared, never paid per job.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::tables::*;
-use super::{DeleteError, NewJob, StoreError, StoreStats, SubmitError, Waiters, storage};
+use super::catalog::Deployed;
+use super::ids::IdGenerator;
+use super::{NewJob, StoreError, StoreStats, SubmitError, Waiters, storage};
 use crate::job::{AttemptReport, Job, JobId, JobStatus, Outcome, QueuedJob, now_ms};
 
 /// Most operations in one commit; more wait for the next.
 const MAX_BATCH: usize = 8192;
-/// A batch at least this large means the host is busy: the next commit waits `commit_delay`.
-const BUSY_BATCH: usize = 4;
+/// A commit that starts this soon after the previous one ended is part of a busy stretch.
+const BUSY_GAP: Duration = Duration::from_millis(1);
 
 /// One atomic domain operation.
 pub(crate) enum Op {
@@ -40,22 +41,11 @@ pub(crate) enum Op {
         attempt: u32,
         report: AttemptReport,
     },
-    Deploy {
-        record: FunctionRecord,
-        wasm: Bytes,
-        artifact_key: String,
-        artifact: Vec<u8>,
-        reply: oneshot::Sender<Result<FunctionRecord, StoreError>>,
-    },
-    SaveArtifact {
-        key: String,
-        artifact: Vec<u8>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    DeleteFunction {
+    /// Cancels every non-terminal job of a function (it was deleted).
+    CancelFunction {
         name: String,
-        force: bool,
-        reply: oneshot::Sender<Result<Vec<JobId>, DeleteError>>,
+        reason: String,
+        reply: oneshot::Sender<Result<Vec<JobId>, StoreError>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -68,15 +58,7 @@ enum Reply {
         oneshot::Sender<Result<JobId, SubmitError>>,
         Result<JobId, SubmitError>,
     ),
-    Deploy(
-        oneshot::Sender<Result<FunctionRecord, StoreError>>,
-        FunctionRecord,
-    ),
-    Saved(oneshot::Sender<Result<(), StoreError>>),
-    Delete(
-        oneshot::Sender<Result<Vec<JobId>, DeleteError>>,
-        Result<Vec<JobId>, DeleteError>,
-    ),
+    Cancelled(oneshot::Sender<Result<Vec<JobId>, StoreError>>, Vec<JobId>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -85,9 +67,7 @@ impl Reply {
     fn commit(self) {
         let _ = match self {
             Reply::Submit(tx, r) => tx.send(r).map_err(drop),
-            Reply::Deploy(tx, r) => tx.send(Ok(r)).map_err(drop),
-            Reply::Saved(tx) => tx.send(Ok(())).map_err(drop),
-            Reply::Delete(tx, r) => tx.send(r).map_err(drop),
+            Reply::Cancelled(tx, r) => tx.send(Ok(r)).map_err(drop),
             Reply::Shutdown(tx) => tx.send(()).map_err(drop),
         };
     }
@@ -96,9 +76,7 @@ impl Reply {
     fn fail(self, e: &StoreError) {
         let _ = match self {
             Reply::Submit(tx, _) => tx.send(Err(e.clone().into())).map_err(drop),
-            Reply::Deploy(tx, _) => tx.send(Err(e.clone())).map_err(drop),
-            Reply::Saved(tx) => tx.send(Err(e.clone())).map_err(drop),
-            Reply::Delete(tx, _) => tx.send(Err(e.clone().into())).map_err(drop),
+            Reply::Cancelled(tx, _) => tx.send(Err(e.clone())).map_err(drop),
             Reply::Shutdown(tx) => tx.send(()).map_err(drop),
         };
     }
@@ -113,73 +91,95 @@ struct Effects {
     shutdown: bool,
 }
 
+/// What every shard writer shares with the store.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) waiters: Arc<Waiters>,
+    pub(crate) stats: Arc<StoreStats>,
+    pub(crate) deployed: Arc<Deployed>,
+}
+
 pub(crate) struct Writer {
     db: Arc<Database>,
     rx: crossbeam_channel::Receiver<Op>,
-    /// How long a busy writer waits for more operations before committing.
-    commit_delay: std::time::Duration,
+    /// Longest a busy writer waits for the submits it expects before committing.
+    commit_delay: Duration,
     feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
     waiters: Arc<Waiters>,
     stats: Arc<StoreStats>,
     /// Names of deployed functions, so a submit checks existence without a table read.
-    deployed: HashSet<String>,
-    /// Job ids: monotonic ULIDs, so ids sort in commit order.
-    ids: ulid::Generator,
+    deployed: Arc<Deployed>,
+    /// This shard's job ids.
+    ids: IdGenerator,
 }
 
 impl Writer {
     pub(crate) fn new(
+        shard: usize,
         db: Arc<Database>,
         rx: crossbeam_channel::Receiver<Op>,
-        commit_delay: std::time::Duration,
+        commit_delay: Duration,
         feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
-        waiters: Arc<Waiters>,
-        stats: Arc<StoreStats>,
-    ) -> Result<Self, StoreError> {
-        let mut w = Writer {
+        shared: Shared,
+    ) -> Self {
+        Writer {
             db,
             rx,
             commit_delay,
             feed,
-            waiters,
-            stats,
-            deployed: HashSet::new(),
-            ids: ulid::Generator::new(),
-        };
-        w.load_deployed()?;
-        Ok(w)
-    }
-
-    fn load_deployed(&mut self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        {
-            let table = txn.open_table(FUNCTIONS).map_err(storage)?;
-            self.deployed.clear();
-            for row in table.iter().map_err(storage)? {
-                self.deployed
-                    .insert(row.map_err(storage)?.0.value().to_string());
-            }
+            waiters: shared.waiters,
+            stats: shared.stats,
+            deployed: shared.deployed,
+            ids: IdGenerator::new(shard),
         }
-        txn.abort().map_err(storage)?;
-        Ok(())
     }
 
     pub(crate) fn run(&mut self) {
         let mut batch = Vec::with_capacity(1024);
-        let mut busy = false;
+        // Submits answered by the last commit, and when it ended.
+        let mut answered = 0;
+        let mut last_commit = Instant::now();
         while let Ok(op) = self.rx.recv() {
             batch.push(op);
-            // Under load (the last batch was not a lone operation), wait a moment for more:
-            // answers of the last commit are on their way back and their next submits with them.
-            // One fsync then covers them all. An idle host commits at once.
-            if busy && !self.commit_delay.is_zero() {
-                std::thread::sleep(self.commit_delay);
-            }
             batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
-            busy = batch.len() >= BUSY_BATCH;
+            // Clients answered by the last commit usually submit again at once, a moment after
+            // the next commit would start without them. On a busy stretch, wait (briefly) until
+            // as many submits are in the batch as the last commit answered: one fsync then covers
+            // them all instead of each group of clients missing every other commit. An idle host
+            // commits at once.
+            if answered >= 2 && !self.commit_delay.is_zero() && last_commit.elapsed() < BUSY_GAP {
+                self.gather(&mut batch, answered);
+            }
+            answered = batch
+                .iter()
+                .filter(|op| matches!(op, Op::Submit { .. }))
+                .count();
             let shutdown = self.commit(&mut batch);
+            last_commit = Instant::now();
             if shutdown {
                 return;
+            }
+        }
+    }
+
+    /// Adds operations to `batch` until it holds `submits` submits, or `commit_delay` passed.
+    fn gather(&self, batch: &mut Vec<Op>, submits: usize) {
+        let deadline = Instant::now() + self.commit_delay;
+        let mut have = batch
+            .iter()
+            .filter(|op| matches!(op, Op::Submit { .. }))
+            .count();
+        while have < submits && batch.len() < MAX_BATCH {
+            match self.rx.recv_deadline(deadline) {
+                Ok(op) => {
+                    have += matches!(op, Op::Submit { .. }) as usize;
+                    let stop = matches!(op, Op::Shutdown { .. });
+                    batch.push(op);
+                    if stop {
+                        return;
+                    }
+                }
+                Err(_) => return,
             }
         }
     }
@@ -208,10 +208,6 @@ impl Writer {
                 tracing::error!(error = %e, "a batch of {} operations was not committed", batch.len());
                 for reply in fx.replies {
                     reply.fail(&e);
-                }
-                // The in-memory view of deployed functions may include the failed batch.
-                if let Err(e) = self.load_deployed() {
-                    tracing::error!(error = %e, "cannot reload the deployed functions");
                 }
             }
         }
@@ -253,9 +249,7 @@ impl Writer {
             Op::Submit { reply, .. } => fx
                 .replies
                 .push(Reply::Submit(reply, Err(StoreError::Closed.into()))),
-            Op::Deploy { reply, record, .. } => fx.replies.push(Reply::Deploy(reply, record)),
-            Op::SaveArtifact { reply, .. } => fx.replies.push(Reply::Saved(reply)),
-            Op::DeleteFunction { reply, .. } => fx.replies.push(Reply::Delete(reply, Ok(vec![]))),
+            Op::CancelFunction { reply, .. } => fx.replies.push(Reply::Cancelled(reply, vec![])),
             Op::Shutdown { reply } => {
                 fx.shutdown = true;
                 fx.replies.push(Reply::Shutdown(reply))
@@ -317,60 +311,13 @@ impl Writer {
                     fx.terminal.push(id);
                 }
             }
-            Op::Deploy {
-                mut record,
-                wasm,
-                artifact_key,
-                artifact,
+            Op::CancelFunction {
+                name,
+                reason,
                 reply,
             } => {
-                let previous = t
-                    .functions
-                    .get(record.name.as_str())
-                    .map_err(storage)?
-                    .map(|v| v.value().to_vec());
-                if let Some(bytes) = previous {
-                    let previous = decode_function(&bytes).map_err(StoreError::Storage)?;
-                    if previous.digest == record.digest && previous.settings == record.settings {
-                        // The same code with the same settings: nothing to change.
-                        fx.replies.push(Reply::Deploy(reply, previous));
-                        return Ok(());
-                    }
-                    record.version = previous.version + 1;
-                } else {
-                    record.version = 1;
-                }
-                if t.components
-                    .get(record.digest.as_str())
-                    .map_err(storage)?
-                    .is_none()
-                {
-                    t.components
-                        .insert(record.digest.as_str(), wasm.as_ref())
-                        .map_err(storage)?;
-                }
-                t.artifacts
-                    .insert(artifact_key.as_str(), artifact.as_slice())
-                    .map_err(storage)?;
-                t.functions
-                    .insert(record.name.as_str(), encode_function(&record).as_slice())
-                    .map_err(storage)?;
-                self.deployed.insert(record.name.clone());
-                fx.replies.push(Reply::Deploy(reply, record));
-            }
-            Op::SaveArtifact {
-                key,
-                artifact,
-                reply,
-            } => {
-                t.artifacts
-                    .insert(key.as_str(), artifact.as_slice())
-                    .map_err(storage)?;
-                fx.replies.push(Reply::Saved(reply));
-            }
-            Op::DeleteFunction { name, force, reply } => {
-                let result = self.delete_function(&name, force, t, fx)?;
-                fx.replies.push(Reply::Delete(reply, result));
+                let cancelled = self.cancel_function(&name, &reason, t, fx)?;
+                fx.replies.push(Reply::Cancelled(reply, cancelled));
             }
             Op::Shutdown { reply } => {
                 fx.shutdown = true;
@@ -390,7 +337,7 @@ impl Writer {
         if !self.deployed.contains(&new.function) {
             return Ok(Err(SubmitError::FunctionNotFound(new.function)));
         }
-        let id = JobId(self.ids.generate().unwrap_or_else(|_| ulid::Ulid::new()).0);
+        let id = self.ids.generate();
         let created_at = now_ms();
         let correlation_id = new.correlation_id.unwrap_or_else(|| id.to_string());
         let job = Job {
@@ -427,16 +374,14 @@ impl Writer {
         Ok(Ok(id))
     }
 
-    fn delete_function(
+    /// Cancels the function's non-terminal jobs, read from its range of the pending index.
+    fn cancel_function(
         &mut self,
         name: &str,
-        force: bool,
+        reason: &str,
         t: &mut Tables<'_>,
         fx: &mut Effects,
-    ) -> Result<Result<Vec<JobId>, DeleteError>, StoreError> {
-        if !self.deployed.contains(name) {
-            return Ok(Err(DeleteError::NotFound(name.to_string())));
-        }
+    ) -> Result<Vec<JobId>, StoreError> {
         let mut pending = Vec::new();
         for row in t
             .pending
@@ -445,36 +390,23 @@ impl Writer {
         {
             pending.push(JobId(row.map_err(storage)?.0.value().1));
         }
-        if !pending.is_empty() && !force {
-            return Ok(Err(DeleteError::Busy {
-                name: name.to_string(),
-                pending: pending.len() as u64,
-            }));
-        }
         let now = now_ms();
         for &id in &pending {
             if let Some(mut job) = t.job(id)? {
                 job.status = JobStatus::Cancelled;
                 job.finished_at = Some(now);
-                job.error = Some(format!(
-                    "cancelled: function {name:?} was deleted with force=true"
-                ));
+                job.error = Some(reason.to_string());
                 t.put_job(id, &job)?;
             }
             t.pending.remove((name, id.0)).map_err(storage)?;
             fx.terminal.push(id);
         }
-        t.functions.remove(name).map_err(storage)?;
-        self.deployed.remove(name);
-        Ok(Ok(pending))
+        Ok(pending)
     }
 }
 
 /// The tables a batch writes, opened once per transaction.
 struct Tables<'txn> {
-    functions: Table<'txn, &'static str, &'static [u8]>,
-    components: Table<'txn, &'static str, &'static [u8]>,
-    artifacts: Table<'txn, &'static str, &'static [u8]>,
     jobs: Table<'txn, u128, &'static [u8]>,
     pending: Table<'txn, (&'static str, u128), ()>,
     function_jobs: Table<'txn, (&'static str, u128), ()>,
@@ -483,9 +415,6 @@ struct Tables<'txn> {
 impl<'txn> Tables<'txn> {
     fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
         Ok(Tables {
-            functions: txn.open_table(FUNCTIONS).map_err(storage)?,
-            components: txn.open_table(COMPONENTS).map_err(storage)?,
-            artifacts: txn.open_table(ARTIFACTS).map_err(storage)?,
             jobs: txn.open_table(JOBS).map_err(storage)?,
             pending: txn.open_table(PENDING).map_err(storage)?,
             function_jobs: txn.open_table(FUNCTION_JOBS).map_err(storage)?,

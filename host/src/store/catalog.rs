@@ -1,0 +1,186 @@
+//! The catalog: what is deployed (functions, their components, compiled artifacts), in its own
+//! redb file. Catalog writes are rare (deploys, deletes); each is its own
+//! `Durability::Immediate` transaction, run on a blocking thread. The shard writers check
+//! submits against the in-memory set of deployed names kept here.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::tables::*;
+use super::{StoreError, storage};
+
+/// Names of the deployed functions, shared with every shard writer so a submit checks existence
+/// without a read transaction.
+#[derive(Default)]
+pub(crate) struct Deployed(RwLock<HashSet<String>>);
+
+impl Deployed {
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.0.read().contains(name)
+    }
+}
+
+/// The catalog file and the deployed names it holds.
+pub(crate) struct Catalog {
+    db: Database,
+    deployed: Arc<Deployed>,
+}
+
+impl Catalog {
+    /// Opens (or creates) the catalog file and loads the deployed names.
+    pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
+        let catalog = Catalog {
+            db,
+            deployed: Arc::default(),
+        };
+        let txn = catalog.write()?;
+        let mut names = HashSet::new();
+        {
+            let functions = txn.open_table(FUNCTIONS).map_err(storage)?;
+            txn.open_table(COMPONENTS).map_err(storage)?;
+            txn.open_table(ARTIFACTS).map_err(storage)?;
+            for row in functions.iter().map_err(storage)? {
+                names.insert(row.map_err(storage)?.0.value().to_string());
+            }
+        }
+        txn.commit().map_err(storage)?;
+        *catalog.deployed.0.write() = names;
+        Ok(catalog)
+    }
+
+    pub(crate) fn deployed(&self) -> &Arc<Deployed> {
+        &self.deployed
+    }
+
+    fn write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        Ok(txn)
+    }
+
+    /// Stores a function with its component and artifact in one commit. The same code with the
+    /// same settings changes nothing and returns the stored record; otherwise the version grows.
+    pub(crate) fn deploy(
+        &self,
+        mut record: FunctionRecord,
+        wasm: &[u8],
+        artifact_key: &str,
+        artifact: &[u8],
+    ) -> Result<FunctionRecord, StoreError> {
+        let txn = self.write()?;
+        {
+            let mut functions = txn.open_table(FUNCTIONS).map_err(storage)?;
+            let previous = functions
+                .get(record.name.as_str())
+                .map_err(storage)?
+                .map(|v| decode_function(v.value()))
+                .transpose()
+                .map_err(StoreError::Storage)?;
+            if let Some(previous) = previous {
+                if previous.digest == record.digest && previous.settings == record.settings {
+                    drop(functions);
+                    txn.abort().map_err(storage)?;
+                    self.deployed.0.write().insert(previous.name.clone());
+                    return Ok(previous);
+                }
+                record.version = previous.version + 1;
+            } else {
+                record.version = 1;
+            }
+            let mut components = txn.open_table(COMPONENTS).map_err(storage)?;
+            if components
+                .get(record.digest.as_str())
+                .map_err(storage)?
+                .is_none()
+            {
+                components
+                    .insert(record.digest.as_str(), wasm)
+                    .map_err(storage)?;
+            }
+            txn.open_table(ARTIFACTS)
+                .map_err(storage)?
+                .insert(artifact_key, artifact)
+                .map_err(storage)?;
+            functions
+                .insert(record.name.as_str(), encode_function(&record).as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        // Submits are accepted only once the function is durable.
+        self.deployed.0.write().insert(record.name.clone());
+        Ok(record)
+    }
+
+    /// Stores a compiled artifact (after an engine upgrade made the old one unusable).
+    pub(crate) fn save_artifact(&self, key: &str, artifact: &[u8]) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        txn.open_table(ARTIFACTS)
+            .map_err(storage)?
+            .insert(key, artifact)
+            .map_err(storage)?;
+        txn.commit().map_err(storage)
+    }
+
+    /// Removes a function; false when it was not deployed. Submits are refused from the moment
+    /// this starts; if the commit fails, the function is deployed again.
+    pub(crate) fn remove_function(&self, name: &str) -> Result<bool, StoreError> {
+        if !self.deployed.0.write().remove(name) {
+            return Ok(false);
+        }
+        let result = self.write().and_then(|txn| {
+            txn.open_table(FUNCTIONS)
+                .map_err(storage)?
+                .remove(name)
+                .map_err(storage)?;
+            txn.commit().map_err(storage)
+        });
+        if result.is_err() {
+            self.deployed.0.write().insert(name.to_string());
+        }
+        result.map(|()| true)
+    }
+
+    /// One deployed function.
+    pub(crate) fn function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(FUNCTIONS).map_err(storage)?;
+        let Some(row) = table.get(name).map_err(storage)? else {
+            return Ok(None);
+        };
+        decode_function(row.value())
+            .map(Some)
+            .map_err(StoreError::Storage)
+    }
+
+    /// Every deployed function, by name.
+    pub(crate) fn functions(&self) -> Result<Vec<FunctionRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(FUNCTIONS).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(storage)? {
+            let (_, v) = row.map_err(storage)?;
+            out.push(decode_function(v.value()).map_err(StoreError::Storage)?);
+        }
+        Ok(out)
+    }
+
+    /// Bytes stored under `key` in a blob table (components, artifacts).
+    pub(crate) fn blob(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(table).map_err(storage)?;
+        Ok(table.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
+    }
+}

@@ -1,0 +1,191 @@
+//! One shard: a redb file of jobs with its own writer thread.
+//!
+//! Shards commit in parallel (each fsync covers its own file), which is what lets the store take
+//! more durable jobs per second than one file's fsync rate allows. A job lives in one shard for
+//! its whole life; its id names the shard.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use parking_lot::Mutex;
+use redb::{Database, ReadableDatabase, ReadableTable};
+use tokio::sync::{mpsc, oneshot};
+
+use super::tables::*;
+use super::writer::{self, Op, Shared, Writer};
+use super::{JobPage, JobQuery, MAX_SCAN, StoreError, storage};
+use crate::job::{Job, JobId, QueuedJob};
+
+pub(crate) struct Shard {
+    /// The shard's file, for read transactions (the writer thread holds the same one).
+    db: Arc<Database>,
+    /// The writer thread's queue of operations.
+    ops: crossbeam_channel::Sender<Op>,
+    /// Awaited operations sent and not yet answered: how busy the writer is.
+    inflight: AtomicUsize,
+    /// The writer thread, joined at shutdown so the file is closed before the host stops.
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Shard {
+    /// Opens (or creates) shard `number`, requeues the jobs the previous process left running
+    /// (returned), and starts its writer.
+    pub(crate) fn open(
+        number: usize,
+        path: &Path,
+        cache_bytes: usize,
+        commit_delay: std::time::Duration,
+        feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
+        shared: Shared,
+    ) -> Result<(Shard, Vec<QueuedJob>), StoreError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
+        let db = Arc::new(db);
+        let recovered = writer::recover(&db)?;
+        let (ops, rx) = crossbeam_channel::unbounded();
+        let mut w = Writer::new(number, db.clone(), rx, commit_delay, feed, shared);
+        let writer = std::thread::Builder::new()
+            .name(format!("sluice-writer-{number}"))
+            .spawn(move || w.run())
+            .map_err(|e| StoreError::Storage(format!("cannot start a writer thread: {e}")))?;
+        let shard = Shard {
+            db,
+            ops,
+            inflight: AtomicUsize::new(0),
+            writer: Mutex::new(Some(writer)),
+        };
+        Ok((shard, recovered))
+    }
+
+    /// Awaited operations waiting for this shard's commits.
+    pub(crate) fn load(&self) -> usize {
+        self.inflight.load(Relaxed)
+    }
+
+    /// Sends an operation and waits for the commit that holds it.
+    pub(crate) async fn call<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<T>) -> Op,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inflight.fetch_add(1, Relaxed);
+        let _done = Decrement(&self.inflight);
+        self.ops.send(op(tx)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Sends an operation nobody waits for.
+    pub(crate) fn send(&self, op: Op) {
+        let _ = self.ops.send(op);
+    }
+
+    /// Stops the writer after everything sent so far is committed, and waits for it.
+    pub(crate) async fn shutdown(&self) {
+        let _ = self.call(|reply| Op::Shutdown { reply }).await;
+        let handle = self.writer.lock().take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    /// One job, as last committed.
+    pub(crate) fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(JOBS).map_err(storage)?;
+        let Some(row) = table.get(id.0).map_err(storage)? else {
+            return Ok(None);
+        };
+        decode_job(row.value())
+            .map(Some)
+            .map_err(StoreError::Storage)
+    }
+
+    /// This shard's part of a listing: newest first, at most `query.limit` matches and
+    /// [`MAX_SCAN`] rows; the cursor is the last row examined when it stopped early.
+    pub(crate) fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let jobs = txn.open_table(JOBS).map_err(storage)?;
+        let before = query.before.map_or(u128::MAX, |id| id.0);
+        let mut page = JobPage {
+            jobs: Vec::new(),
+            next_cursor: None,
+        };
+        let mut scanned = 0;
+        let mut visit = |id: u128, bytes: &[u8], page: &mut JobPage| -> Result<bool, StoreError> {
+            scanned += 1;
+            let job = decode_job(bytes).map_err(StoreError::Storage)?;
+            if query.status.is_none_or(|s| s == job.status) {
+                page.jobs.push((JobId(id), job));
+            }
+            if page.jobs.len() >= query.limit || scanned >= MAX_SCAN {
+                page.next_cursor = Some(JobId(id));
+                return Ok(false);
+            }
+            Ok(true)
+        };
+        if let Some(function) = &query.function {
+            let index = txn.open_table(FUNCTION_JOBS).map_err(storage)?;
+            for row in index
+                .range((function.as_str(), 0u128)..(function.as_str(), before))
+                .map_err(storage)?
+                .rev()
+            {
+                let id = row.map_err(storage)?.0.value().1;
+                let Some(job) = jobs.get(id).map_err(storage)? else {
+                    continue;
+                };
+                if !visit(id, job.value(), &mut page)? {
+                    break;
+                }
+            }
+        } else {
+            for row in jobs.range(..before).map_err(storage)?.rev() {
+                let (id, job) = row.map_err(storage)?;
+                if !visit(id.value(), job.value(), &mut page)? {
+                    break;
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// Non-terminal jobs of each function in this shard, added to `counts`.
+    pub(crate) fn add_pending_counts(
+        &self,
+        counts: &mut std::collections::HashMap<String, u64>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(PENDING).map_err(storage)?;
+        for row in table.iter().map_err(storage)? {
+            let (k, _) = row.map_err(storage)?;
+            *counts.entry(k.value().0.to_string()).or_insert(0) += 1;
+        }
+        Ok(())
+    }
+
+    /// Non-terminal jobs of one function in this shard.
+    pub(crate) fn pending_count(&self, function: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(PENDING).map_err(storage)?;
+        let range = table
+            .range((function, 0u128)..=(function, u128::MAX))
+            .map_err(storage)?;
+        let mut n = 0;
+        for row in range {
+            row.map_err(storage)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
