@@ -392,7 +392,7 @@ impl Store {
             merged.extend(page.jobs);
             floor = floor.max(page.next_cursor);
         }
-        merged.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        merged.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
         if let Some(floor) = floor {
             merged.retain(|(id, _)| *id >= floor);
         }
