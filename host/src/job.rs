@@ -126,6 +126,43 @@ pub struct Job {
     pub log: String,
     /// Id shared by everything one request caused.
     pub correlation_id: String,
+    /// While `delayed`: when it may run again (ms since the Unix epoch).
+    pub not_before: Option<u64>,
+    /// The latest attempts, oldest first (at most [`MAX_HISTORY`]).
+    pub history: Vec<AttemptRecord>,
+}
+
+/// Attempts kept on a job; older ones are dropped first.
+pub const MAX_HISTORY: usize = 25;
+
+/// Longest error message kept for one attempt, in bytes.
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+/// What one finished attempt left on its job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The attempt's number (1 for the first; counting restarts after a redrive).
+    pub attempt: u32,
+    /// When it started (ms since the Unix epoch).
+    pub started_at: u64,
+    /// When it ended.
+    pub finished_at: u64,
+    /// Why it failed (bounded), or `None` when it succeeded.
+    pub error: Option<String>,
+    /// When the next attempt may start, if this one was retried.
+    pub retry_at: Option<u64>,
+}
+
+/// `message`, cut at a character boundary to at most [`MAX_ERROR_BYTES`].
+pub fn bounded_error(message: &str) -> String {
+    if message.len() <= MAX_ERROR_BYTES {
+        return message.to_string();
+    }
+    let mut end = MAX_ERROR_BYTES - 3;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &message[..end])
 }
 
 /// A job as the scheduler holds it between its durable submit and its attempt: what the
@@ -167,7 +204,8 @@ pub enum Outcome {
     },
 }
 
-/// What kind of failure ended an attempt (retry policy builds on this).
+/// What kind of failure ended an attempt. Only [`FailureKind::Permanent`] ends a job at once;
+/// every other kind is retried while attempts are left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {
     /// The handler returned a retryable error.

@@ -20,6 +20,12 @@ pub struct Manifest {
     pub timeout_ms: Option<u64>,
     /// Limit on the sandbox's linear memory and tables, in MiB.
     pub memory_mb: Option<u32>,
+    /// Attempts a job gets before it is dead (1 means no retries).
+    pub max_attempts: Option<u32>,
+    /// Upper bound of the first retry's delay, in milliseconds; it doubles per retry.
+    pub backoff_base_ms: Option<u64>,
+    /// Cap on a retry's delay, in milliseconds.
+    pub backoff_max_ms: Option<u64>,
 }
 
 /// A function's validated settings, as stored and enforced.
@@ -31,6 +37,9 @@ pub struct Settings {
     pub timeout_ms: u64,
     /// Limit on the sandbox's linear memory and tables, in MiB.
     pub memory_mb: u32,
+    /// How failed attempts are retried.
+    #[serde(flatten)]
+    pub retry: RetryPolicy,
 }
 
 impl Settings {
@@ -39,7 +48,51 @@ impl Settings {
         max_concurrency: 8,
         timeout_ms: 30_000,
         memory_mb: 64,
+        retry: RetryPolicy::DEFAULT,
     };
+}
+
+/// When a failed attempt is tried again: exponential backoff with full jitter, up to
+/// `max_attempts` attempts in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetryPolicy {
+    /// Attempts a job gets before it is dead (1 means no retries).
+    pub max_attempts: u32,
+    /// Upper bound of the first retry's delay, in milliseconds; it doubles per retry.
+    pub backoff_base_ms: u64,
+    /// Cap on a retry's delay, in milliseconds.
+    pub backoff_max_ms: u64,
+}
+
+impl RetryPolicy {
+    /// Five attempts; retries after up to 1 s, 2 s, 4 s, 8 s; never more than 5 minutes.
+    pub const DEFAULT: RetryPolicy = RetryPolicy {
+        max_attempts: 5,
+        backoff_base_ms: 1_000,
+        backoff_max_ms: 300_000,
+    };
+
+    /// Largest delay before retry number `retry` (0 for the first retry):
+    /// `min(backoff_max_ms, backoff_base_ms * 2^retry)`.
+    pub fn ceiling_ms(&self, retry: u32) -> u64 {
+        let factor = 1u64.checked_shl(retry).unwrap_or(u64::MAX);
+        self.backoff_base_ms
+            .saturating_mul(factor)
+            .min(self.backoff_max_ms)
+    }
+
+    /// The delay before retry number `retry`: uniform in `[0, ceiling_ms(retry)]` ("full
+    /// jitter", so clients failing together do not retry together).
+    pub fn delay_ms(&self, retry: u32, rng: &mut fastrand::Rng) -> u64 {
+        rng.u64(0..=self.ceiling_ms(retry))
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::DEFAULT
+    }
 }
 
 /// Host-wide bounds a manifest must fit in.
@@ -133,6 +186,11 @@ impl Manifest {
             memory_mb: self
                 .memory_mb
                 .unwrap_or(d.memory_mb.min(bounds.max_memory_mb)),
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts.unwrap_or(d.retry.max_attempts),
+                backoff_base_ms: self.backoff_base_ms.unwrap_or(d.retry.backoff_base_ms),
+                backoff_max_ms: self.backoff_max_ms.unwrap_or(d.retry.backoff_max_ms),
+            },
         };
         check(
             "max_concurrency",
@@ -147,6 +205,15 @@ impl Manifest {
             1,
             bounds.max_memory_mb.into(),
         )?;
+        let retry = settings.retry;
+        check("max_attempts", retry.max_attempts.into(), 1, 100)?;
+        check("backoff_base_ms", retry.backoff_base_ms, 1, 86_400_000)?;
+        check(
+            "backoff_max_ms",
+            retry.backoff_max_ms,
+            retry.backoff_base_ms,
+            86_400_000,
+        )?;
         Ok(settings)
     }
 }
@@ -158,7 +225,7 @@ fn check(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), Manife
         Err(ManifestError::Range {
             key,
             value,
-            range: format!("{min} to {max} on this host"),
+            range: format!("{min} to {max}"),
         })
     }
 }
@@ -204,5 +271,31 @@ mod tests {
         let m = Manifest::from_toml("memory_mb = 16\ntimeout_ms = 100").unwrap();
         let s = m.validate("x", &BOUNDS).unwrap();
         assert_eq!((s.memory_mb, s.timeout_ms, s.max_concurrency), (16, 100, 8));
+        assert_eq!(s.retry, RetryPolicy::DEFAULT);
+        let m = Manifest::from_toml("backoff_base_ms = 500\nbackoff_max_ms = 100").unwrap();
+        let err = m.validate("x", &BOUNDS).unwrap_err().to_string();
+        assert!(err.contains("backoff_max_ms"), "{err}");
+    }
+
+    /// Every delay lies in `[0, min(max, base * 2^n)]`, and the draws spread over that range.
+    #[test]
+    fn backoff_draws_stay_within_their_ceiling() {
+        let policy = RetryPolicy {
+            max_attempts: 30,
+            backoff_base_ms: 100,
+            backoff_max_ms: 60_000,
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        for retry in 0..30 {
+            let ceiling = (100u64 << retry.min(40)).min(60_000);
+            assert_eq!(policy.ceiling_ms(retry), ceiling);
+            let draws: Vec<u64> = (0..1000).map(|_| policy.delay_ms(retry, &mut rng)).collect();
+            assert!(draws.iter().all(|&d| d <= ceiling), "retry {retry}");
+            // Full jitter: both halves of the range are used.
+            assert!(draws.iter().any(|&d| d < ceiling / 2), "retry {retry}");
+            assert!(draws.iter().any(|&d| d > ceiling / 2), "retry {retry}");
+        }
+        // Huge retry numbers saturate at the cap instead of overflowing.
+        assert_eq!(policy.ceiling_ms(200), 60_000);
     }
 }

@@ -5,7 +5,7 @@
 //! at start-up), tells the store when an attempt starts and how it ended, and relies on the
 //! store's fencing (attempt numbers and statuses) so a stale or cancelled attempt changes nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{QueuedJob, now_ms};
+use crate::job::{JobId, QueuedJob, now_ms};
 use crate::runtime::Runtime;
 use crate::store::{CommitFeed, Store};
 
@@ -51,6 +51,8 @@ struct State {
     functions: HashMap<String, FunctionQueue>,
     /// Workers alive across all functions.
     workers: usize,
+    /// Jobs taken by a worker and not yet finished.
+    running: HashSet<JobId>,
 }
 
 /// One function's ready jobs and workers.
@@ -145,6 +147,19 @@ impl Scheduler {
         }
     }
 
+    /// True while a worker holds the job (its attempt is starting or running).
+    pub fn is_running(&self, id: JobId) -> bool {
+        self.inner.state.lock().running.contains(&id)
+    }
+
+    /// A queued job was cancelled in the store: drop it from its function's ready queue.
+    pub fn forget(&self, function: &str, id: JobId) {
+        let mut state = self.inner.state.lock();
+        if let Some(queue) = state.functions.get_mut(function) {
+            queue.ready.retain(|job| job.id != id);
+        }
+    }
+
     /// Jobs waiting for a slot, per function (what this process holds in memory).
     pub fn backlog(&self) -> HashMap<String, (usize, usize)> {
         let state = self.inner.state.lock();
@@ -216,6 +231,7 @@ impl Inner {
         while let Some(job) = self.next_job(&function, &mut cancel) {
             // A job whose function was deleted is already cancelled in the store: skip it.
             let Some(code) = self.runtime.function(&function) else {
+                self.state.lock().running.remove(&job.id);
                 continue;
             };
             let _slot = self
@@ -246,8 +262,10 @@ impl Inner {
                 _ = self.abort_all.cancelled() => None,
             };
             if let Some(report) = report {
-                self.store.finish(job.id, attempt, report);
+                self.store
+                    .finish(job.id, attempt, report, code.record.settings.retry);
             }
+            self.state.lock().running.remove(&job.id);
         }
         self.worker_exited.notify_waiters();
     }
@@ -265,6 +283,7 @@ impl Inner {
                 && let Some(job) = queue.ready.pop_front()
             {
                 *cancel = queue.cancel.clone();
+                state.running.insert(job.id);
                 return Some(job);
             }
             queue.workers -= 1;

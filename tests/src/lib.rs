@@ -233,6 +233,35 @@ impl TestHost {
         }
     }
 
+    /// Polls until the job shows `status` (panics after 30 s, or if it ends in another status).
+    pub async fn wait_status(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let job = self.job(id).await;
+            if job["status"] == status {
+                return job;
+            }
+            assert!(
+                !is_terminal(&job) && Instant::now() < deadline,
+                "job {id} never became {status}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// POSTs JSON to a path, returning status and JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// A metric's value from `/metrics` (first sample of that name).
     pub async fn metric(&self, name: &str) -> f64 {
         let text = self

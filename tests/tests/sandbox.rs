@@ -66,11 +66,11 @@ async fn no_filesystem_environment_or_network() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_fails_the_attempt_not_the_host() {
     let host = start_host().await;
-    host.deploy("probe", components::PROBE, "").await;
+    host.deploy("probe", components::PROBE, "max_attempts=1").await;
     let job = host
         .wait(&host.submit_json("probe", &json!({"action": "panic"})).await)
         .await;
-    assert_eq!(job["status"], "failed");
+    assert_eq!(job["status"], "dead");
     let error = job["error"].as_str().unwrap();
     assert!(error.contains("trapped"), "{error}");
     assert!(error.contains("probe was asked to panic"), "{error}");
@@ -104,7 +104,7 @@ async fn a_trap_fails_the_attempt_not_the_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_stop_spinning_and_sleeping_handlers() {
     let host = start_host().await;
-    host.deploy("probe", components::PROBE, "timeout_ms=300")
+    host.deploy("probe", components::PROBE, "timeout_ms=300&max_attempts=1")
         .await;
     for action in ["spin", "sleep"] {
         let started = std::time::Instant::now();
@@ -115,8 +115,11 @@ async fn timeouts_stop_spinning_and_sleeping_handlers() {
                     .await,
             )
             .await;
-        assert_eq!(job["status"], "failed", "{job}");
-        assert_eq!(job["error"], "timed out after 300 ms");
+        assert_eq!(job["status"], "dead", "{job}");
+        assert_eq!(
+            job["attempt_history"][0]["error"],
+            "timed out after 300 ms"
+        );
         assert!(started.elapsed() >= std::time::Duration::from_millis(300));
         assert!(
             started.elapsed() < std::time::Duration::from_secs(15),
@@ -128,13 +131,14 @@ async fn timeouts_stop_spinning_and_sleeping_handlers() {
     host.stop().await;
 }
 
-/// Handler errors are recorded with their message (retryable and permanent alike, until retries
-/// arrive with the failure-handling work).
+/// Handler errors are recorded with their message: a retryable one is retried until attempts
+/// run out (`dead`), a permanent one ends the job at once (`failed`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_errors_are_recorded() {
     let host = start_host().await;
-    host.deploy("probe", components::PROBE, "").await;
-    for retryable in [true, false] {
+    host.deploy("probe", components::PROBE, "max_attempts=2&backoff_base_ms=10")
+        .await;
+    for (retryable, status, attempts) in [(true, "dead", 2), (false, "failed", 1)] {
         let job = host
             .wait(
                 &host
@@ -142,8 +146,11 @@ async fn handler_errors_are_recorded() {
                     .await,
             )
             .await;
-        assert_eq!(job["status"], "failed", "{job}");
-        assert_eq!(job["error"], "probe failed on purpose");
+        assert_eq!(job["status"], status, "{job}");
+        assert_eq!(job["attempts"], attempts, "{job}");
+        for attempt in job["attempt_history"].as_array().unwrap() {
+            assert_eq!(attempt["error"], "probe failed on purpose", "{job}");
+        }
     }
     host.stop().await;
 }

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::manifest::ManifestError;
 use crate::runtime::ComponentError;
-use crate::store::{DeleteError, StoreError, SubmitError};
+use crate::store::{CancelError, DeleteError, StoreError, SubmitError};
 
 /// An error answer: HTTP status, stable code, and a message saying what to do.
 #[derive(Debug)]
@@ -86,6 +86,18 @@ impl From<DeleteError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "function_busy", e.to_string())
             }
             DeleteError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<CancelError> for ApiError {
+    fn from(e: CancelError) -> Self {
+        match e {
+            CancelError::NotFound(id) => ApiError::job_not_found(&id.to_string()),
+            e @ CancelError::NotCancellable { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "job_not_cancellable", e.to_string())
+            }
+            CancelError::Store(e) => e.into(),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Submit jobs, show them (with long-poll), fetch their output, list them.
+//! Submit jobs, show them (with long-poll), fetch their output, list them, cancel them.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::job::{Job, JobId, JobStatus, rfc3339};
-use crate::store::{JobQuery, NewJob};
+use crate::store::{CancelError, JobPage, JobQuery, NewJob};
 
 /// Outputs up to this size, and valid UTF-8, are shown inline in the job's JSON.
 const INLINE_OUTPUT: usize = 64 * 1024;
@@ -166,23 +166,8 @@ pub(crate) async fn list(
                         .map_err(|e: String| ApiError::bad_request("invalid_query", e))?,
                 )
             }
-            "limit" => {
-                q.limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request("invalid_query", "limit must be 1 to 1000")
-                    })?
-            }
-            "cursor" => {
-                q.before = Some(value.parse().map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_query",
-                        "cursor must be the next_cursor of a previous page",
-                    )
-                })?)
-            }
+            "limit" => q.limit = parse_limit(value)?,
+            "cursor" => q.before = Some(parse_cursor(value)?),
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_query",
@@ -192,18 +177,59 @@ pub(crate) async fn list(
         }
     }
     let page = state.store.jobs(&q)?;
+    Ok(Json(page_json("jobs", page)))
+}
+
+/// A page of jobs as `{"<key>": [...], "next_cursor": ...}`.
+pub(crate) fn page_json(key: &str, page: JobPage) -> Value {
     let jobs: Vec<Value> = page
         .jobs
         .iter()
         .map(|(id, job)| job_json(*id, job, false))
         .collect();
-    Ok(Json(
-        json!({ "jobs": jobs, "next_cursor": page.next_cursor.map(|c| c.to_string()) }),
-    ))
+    json!({ key: jobs, "next_cursor": page.next_cursor.map(|c| c.to_string()) })
+}
+
+/// A listing's `limit`: 1 to 1000.
+pub(crate) fn parse_limit(value: &str) -> Result<usize, ApiError> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| ApiError::bad_request("invalid_query", "limit must be 1 to 1000"))
+}
+
+/// A listing's `cursor`: the `next_cursor` of the previous page.
+pub(crate) fn parse_cursor(value: &str) -> Result<JobId, ApiError> {
+    value.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_query",
+            "cursor must be the next_cursor of a previous page",
+        )
+    })
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a queued or delayed job (409 for any other status).
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job_id = parse_id(&id)?;
+    // A job a worker already holds is running, even before `running` is committed.
+    if state.scheduler.is_running(job_id) {
+        return Err(CancelError::NotCancellable {
+            id: job_id,
+            status: JobStatus::Running,
+        }
+        .into());
+    }
+    let job = state.store.cancel(job_id).await?;
+    state.scheduler.forget(&job.function, job_id);
+    Ok(Json(job_json(job_id, &job, true)))
 }
 
 /// A job as the API shows it; `full` adds the log and the inline output.
-fn job_json(id: JobId, job: &Job, full: bool) -> Value {
+pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
     let succeeded = job.status == JobStatus::Succeeded;
     let mut v = json!({
         "id": id.to_string(),
@@ -219,6 +245,14 @@ fn job_json(id: JobId, job: &Job, full: bool) -> Value {
         "output_size": job.output.as_ref().map(|o| o.len()),
         "output_url": succeeded.then(|| format!("/v1/jobs/{id}/output")),
         "error": job.error,
+        "not_before": job.not_before.map(rfc3339),
+        "attempt_history": job.history.iter().map(|a| json!({
+            "attempt": a.attempt,
+            "started_at": rfc3339(a.started_at),
+            "finished_at": rfc3339(a.finished_at),
+            "error": a.error,
+            "retry_at": a.retry_at.map(rfc3339),
+        })).collect::<Vec<_>>(),
     });
     if full {
         let inline = job

@@ -6,9 +6,11 @@
 //! ## Layout
 //! - `error`: [`ApiError`] and the mapping from domain errors.
 //! - `functions`: deploy, list, show, delete functions.
-//! - `jobs`: submit, show (long-poll), output, list jobs.
+//! - `jobs`: submit, show (long-poll), output, list, cancel jobs.
+//! - `dead_letters`: a function's dead-letter queue: list, redrive, purge.
 //! - `metrics`: `GET /metrics` in the Prometheus text format.
 
+mod dead_letters;
 mod error;
 mod functions;
 mod jobs;
@@ -76,7 +78,19 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/functions/{name}/jobs", post(jobs::submit))
         .route("/v1/jobs", get(jobs::list))
-        .route("/v1/jobs/{id}", get(jobs::show))
+        .route(
+            "/v1/functions/{name}/dead-letters",
+            get(dead_letters::list),
+        )
+        .route(
+            "/v1/functions/{name}/dead-letters/redrive",
+            post(dead_letters::redrive),
+        )
+        .route(
+            "/v1/functions/{name}/dead-letters/purge",
+            post(dead_letters::purge),
+        )
+        .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/v1/jobs/{id}/output", get(jobs::output))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

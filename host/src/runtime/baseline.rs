@@ -63,6 +63,7 @@ pub async fn measure(
             max_concurrency: 1,
             timeout_ms: 60_000,
             memory_mb: 64,
+            ..Settings::DEFAULT
         },
         digest: compiled.digest.clone(),
         size: wasm.len() as u64,

@@ -37,6 +37,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::job::{AttemptReport, Job, JobId, JobStatus, QueuedJob};
+use crate::manifest::RetryPolicy;
 pub use tables::FunctionRecord;
 use catalog::Catalog;
 use ids::{MAX_SHARDS, shard_of};
@@ -94,6 +95,38 @@ pub enum DeleteError {
     Store(#[from] StoreError),
 }
 
+/// Why a job could not be cancelled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CancelError {
+    /// No such job.
+    #[error("job {0} does not exist")]
+    NotFound(JobId),
+    /// Only `queued` and `delayed` jobs can be cancelled.
+    #[error(
+        "job {id} is {} and cannot be cancelled: only queued or delayed jobs can",
+        status.as_str()
+    )]
+    NotCancellable {
+        /// The job.
+        id: JobId,
+        /// Its status.
+        status: JobStatus,
+    },
+    /// Storage failed; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Which dead letters an operation applies to.
+#[derive(Debug, Clone)]
+pub enum DeadLetterSelection {
+    /// These jobs (ids that are not dead letters of the function are skipped).
+    Ids(Vec<JobId>),
+    /// Every dead letter of the function.
+    All,
+}
+
 /// A submit, as the API hands it to the store.
 #[derive(Debug)]
 pub struct NewJob {
@@ -130,7 +163,13 @@ pub struct JobQuery {
     pub limit: usize,
     /// Only jobs older than this one (the previous page's `next_cursor`).
     pub before: Option<JobId>,
+    /// Only the function's dead letters (`failed` and `dead` jobs not yet redriven or purged);
+    /// needs `function`.
+    pub dead_letters: bool,
 }
+
+/// Dead letters redriven or purged per commit.
+const DEAD_LETTER_BATCH: usize = 1000;
 
 /// Rows a single listing request examines at most; it returns a cursor to continue.
 const MAX_SCAN: usize = 10_000;
@@ -266,15 +305,108 @@ impl Store {
         }
     }
 
-    /// Records how `attempt` ended (fenced: ignored unless the job is running that attempt).
-    pub fn finish(&self, id: JobId, attempt: u32, report: AttemptReport) {
+    /// Records how `attempt` ended (fenced: ignored unless the job is running that attempt); a
+    /// failure is retried under `retry`.
+    pub fn finish(&self, id: JobId, attempt: u32, report: AttemptReport, retry: RetryPolicy) {
         if let Some(shard) = self.shard(id) {
             shard.send(Op::Finish {
                 id,
                 attempt,
                 report,
+                retry,
             });
         }
+    }
+
+    /// Cancels a `queued` or `delayed` job; returns it as committed.
+    pub async fn cancel(&self, id: JobId) -> Result<Job, CancelError> {
+        let shard = self.shard(id).ok_or(CancelError::NotFound(id))?;
+        shard.call(|reply| Op::Cancel { id, reply }).await?
+    }
+
+    /// Moves dead letters of `function` back to `queued` (same ids, attempts counted from zero);
+    /// returns the jobs redriven.
+    pub async fn redrive(
+        &self,
+        function: &str,
+        which: DeadLetterSelection,
+    ) -> Result<Vec<JobId>, StoreError> {
+        self.each_dead_letter_batch(function, which, |function, ids, limit, reply| Op::Redrive {
+            function,
+            ids,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes dead letters of `function` for good; returns the jobs purged.
+    pub async fn purge(
+        &self,
+        function: &str,
+        which: DeadLetterSelection,
+    ) -> Result<Vec<JobId>, StoreError> {
+        self.each_dead_letter_batch(function, which, |function, ids, limit, reply| Op::Purge {
+            function,
+            ids,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Runs a dead-letter operation on every shard involved, in commits of at most
+    /// [`DEAD_LETTER_BATCH`] jobs, so "all" never builds one huge transaction.
+    async fn each_dead_letter_batch(
+        &self,
+        function: &str,
+        which: DeadLetterSelection,
+        op: impl Fn(
+            String,
+            Option<Vec<JobId>>,
+            usize,
+            oneshot::Sender<Result<Vec<JobId>, StoreError>>,
+        ) -> Op,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let mut done = Vec::new();
+        match which {
+            DeadLetterSelection::Ids(ids) => {
+                let mut by_shard: HashMap<usize, Vec<JobId>> = HashMap::new();
+                for id in ids {
+                    if shard_of(id) < self.shards.len() {
+                        by_shard.entry(shard_of(id)).or_default().push(id);
+                    }
+                }
+                for (n, ids) in by_shard {
+                    for chunk in ids.chunks(DEAD_LETTER_BATCH) {
+                        let chunk = Some(chunk.to_vec());
+                        let f = function.to_string();
+                        done.extend(
+                            self.shards[n]
+                                .call(|reply| op(f, chunk, DEAD_LETTER_BATCH, reply))
+                                .await??,
+                        );
+                    }
+                }
+            }
+            DeadLetterSelection::All => {
+                for shard in &self.shards {
+                    loop {
+                        let f = function.to_string();
+                        let batch = shard
+                            .call(|reply| op(f, None, DEAD_LETTER_BATCH, reply))
+                            .await??;
+                        let last = batch.len() < DEAD_LETTER_BATCH;
+                        done.extend(batch);
+                        if last {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        done.sort_unstable();
+        Ok(done)
     }
 
     /// Stores a deployed function with its component and compiled artifact, in one commit.

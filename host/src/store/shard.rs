@@ -44,9 +44,9 @@ impl Shard {
             .create(path)
             .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
-        let recovered = writer::recover(&db)?;
+        let (recovered, next_due) = writer::recover(&db)?;
         let (ops, rx) = crossbeam_channel::unbounded();
-        let mut w = Writer::new(number, db.clone(), rx, commit_delay, feed, shared);
+        let mut w = Writer::new(number, db.clone(), rx, commit_delay, feed, shared, next_due);
         let writer = std::thread::Builder::new()
             .name(format!("sluice-writer-{number}"))
             .spawn(move || w.run())
@@ -127,7 +127,11 @@ impl Shard {
             Ok(true)
         };
         if let Some(function) = &query.function {
-            let index = txn.open_table(FUNCTION_JOBS).map_err(storage)?;
+            let index = if query.dead_letters {
+                txn.open_table(DEAD_LETTERS).map_err(storage)?
+            } else {
+                txn.open_table(FUNCTION_JOBS).map_err(storage)?
+            };
             for row in index
                 .range((function.as_str(), 0u128)..(function.as_str(), before))
                 .map_err(storage)?

@@ -10,6 +10,9 @@
 //! - `pending`: (function, job id) -> (): every non-terminal job, so recovery and delete
 //!   read only live jobs, never the whole history.
 //! - `function_jobs`: (function, job id) -> (): the per-function listing index.
+//! - `delayed`: (not-before ms, job id) -> (): the timer index of `delayed` jobs, earliest first.
+//! - `dead_letters`: (function, job id) -> (): each function's dead-letter queue (`failed` and
+//!   `dead` jobs), kept until redriven or purged.
 
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
@@ -24,6 +27,9 @@ pub(crate) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs
 pub(crate) const PENDING: TableDefinition<(&str, u128), ()> = TableDefinition::new("pending");
 pub(crate) const FUNCTION_JOBS: TableDefinition<(&str, u128), ()> =
     TableDefinition::new("function_jobs");
+pub(crate) const DELAYED: TableDefinition<(u64, u128), ()> = TableDefinition::new("delayed");
+pub(crate) const DEAD_LETTERS: TableDefinition<(&str, u128), ()> =
+    TableDefinition::new("dead_letters");
 
 /// A deployed function, as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,7 +49,7 @@ pub struct FunctionRecord {
 }
 
 /// First byte of every stored job: bump it when [`Job`]'s layout changes, and decode old ones.
-const JOB_FORMAT: u8 = 1;
+const JOB_FORMAT: u8 = 2;
 
 pub(crate) fn encode_job(job: &Job) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + job.input.len() + job.log.len());

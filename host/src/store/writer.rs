@@ -17,8 +17,12 @@ use tokio::sync::{mpsc, oneshot};
 use super::tables::*;
 use super::catalog::Deployed;
 use super::ids::IdGenerator;
-use super::{NewJob, StoreError, StoreStats, SubmitError, Waiters, storage};
-use crate::job::{AttemptReport, Job, JobId, JobStatus, Outcome, QueuedJob, now_ms};
+use super::{CancelError, NewJob, StoreError, StoreStats, SubmitError, Waiters, storage};
+use crate::job::{
+    AttemptRecord, AttemptReport, FailureKind, Job, JobId, JobStatus, MAX_HISTORY, Outcome,
+    QueuedJob, bounded_error, now_ms,
+};
+use crate::manifest::RetryPolicy;
 
 /// Most operations in one commit; more wait for the next.
 const MAX_BATCH: usize = 8192;
@@ -40,6 +44,26 @@ pub(crate) enum Op {
         id: JobId,
         attempt: u32,
         report: AttemptReport,
+        retry: RetryPolicy,
+    },
+    /// Cancels one queued or delayed job.
+    Cancel {
+        id: JobId,
+        reply: oneshot::Sender<Result<Job, CancelError>>,
+    },
+    /// Moves dead letters of a function back to `queued` (the given ones, or up to `limit`).
+    Redrive {
+        function: String,
+        ids: Option<Vec<JobId>>,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<JobId>, StoreError>>,
+    },
+    /// Deletes dead letters of a function (the given ones, or up to `limit`).
+    Purge {
+        function: String,
+        ids: Option<Vec<JobId>>,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<JobId>, StoreError>>,
     },
     /// Cancels every non-terminal job of a function (it was deleted).
     CancelFunction {
@@ -58,8 +82,23 @@ enum Reply {
         oneshot::Sender<Result<JobId, SubmitError>>,
         Result<JobId, SubmitError>,
     ),
-    Cancelled(oneshot::Sender<Result<Vec<JobId>, StoreError>>, Vec<JobId>),
+    /// A rare operation's answer, given the commit's outcome.
+    Other(Box<dyn FnOnce(Option<&StoreError>) + Send>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// The answer `value` to send on `tx` once the commit succeeded (or the storage error if not).
+fn answer<T, E>(tx: oneshot::Sender<Result<T, E>>, value: Result<T, E>) -> Reply
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    Reply::Other(Box::new(move |failed| {
+        let _ = tx.send(match failed {
+            None => value,
+            Some(e) => Err(e.clone().into()),
+        });
+    }))
 }
 
 impl Reply {
@@ -67,7 +106,10 @@ impl Reply {
     fn commit(self) {
         let _ = match self {
             Reply::Submit(tx, r) => tx.send(r).map_err(drop),
-            Reply::Cancelled(tx, r) => tx.send(Ok(r)).map_err(drop),
+            Reply::Other(f) => {
+                f(None);
+                Ok(())
+            }
             Reply::Shutdown(tx) => tx.send(()).map_err(drop),
         };
     }
@@ -76,7 +118,10 @@ impl Reply {
     fn fail(self, e: &StoreError) {
         let _ = match self {
             Reply::Submit(tx, _) => tx.send(Err(e.clone().into())).map_err(drop),
-            Reply::Cancelled(tx, _) => tx.send(Err(e.clone())).map_err(drop),
+            Reply::Other(f) => {
+                f(Some(e));
+                Ok(())
+            }
             Reply::Shutdown(tx) => tx.send(()).map_err(drop),
         };
     }
@@ -111,6 +156,10 @@ pub(crate) struct Writer {
     deployed: Arc<Deployed>,
     /// This shard's job ids.
     ids: IdGenerator,
+    /// When the earliest delayed job is due (ms since the Unix epoch).
+    next_due: Option<u64>,
+    /// Draws retry delays.
+    rng: fastrand::Rng,
 }
 
 impl Writer {
@@ -121,6 +170,7 @@ impl Writer {
         commit_delay: Duration,
         feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
         shared: Shared,
+        next_due: Option<u64>,
     ) -> Self {
         Writer {
             db,
@@ -131,6 +181,8 @@ impl Writer {
             stats: shared.stats,
             deployed: shared.deployed,
             ids: IdGenerator::new(shard),
+            next_due,
+            rng: fastrand::Rng::new(),
         }
     }
 
@@ -139,8 +191,24 @@ impl Writer {
         // Submits answered by the last commit, and when it ended.
         let mut answered = 0;
         let mut last_commit = Instant::now();
-        while let Ok(op) = self.rx.recv() {
-            batch.push(op);
+        loop {
+            // Wait for work, or until the earliest delayed job is due.
+            let op = match self.next_due {
+                None => self.rx.recv().ok(),
+                Some(due) => {
+                    let wait = Duration::from_millis(due.saturating_sub(now_ms()));
+                    match self.rx.recv_timeout(wait) {
+                        Ok(op) => Some(op),
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            };
+            match op {
+                Some(op) => batch.push(op),
+                None if self.next_due.is_none() => return,
+                None => {}
+            }
             batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
             // Clients answered by the last commit usually submit again at once, a moment after
             // the next commit would start without them. On a busy stretch, wait (briefly) until
@@ -206,6 +274,8 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "a batch of {} operations was not committed", batch.len());
+                // Delayed jobs noted in the failed batch are not durable; look again next time.
+                self.next_due = Some(0);
                 for reply in fx.replies {
                     reply.fail(&e);
                 }
@@ -223,6 +293,11 @@ impl Writer {
         let started = Instant::now();
         {
             let mut t = Tables::open(&txn)?;
+            if self.next_due.is_some_and(|due| due <= now_ms()) {
+                if let Err(e) = self.promote_due(&mut t, fx) {
+                    result = Err(e);
+                }
+            }
             for op in batch.drain(..) {
                 if result.is_ok() {
                     result = self.apply(op, &mut t, fx);
@@ -249,7 +324,10 @@ impl Writer {
             Op::Submit { reply, .. } => fx
                 .replies
                 .push(Reply::Submit(reply, Err(StoreError::Closed.into()))),
-            Op::CancelFunction { reply, .. } => fx.replies.push(Reply::Cancelled(reply, vec![])),
+            Op::CancelFunction { reply, .. }
+            | Op::Redrive { reply, .. }
+            | Op::Purge { reply, .. } => fx.replies.push(answer(reply, Ok(vec![]))),
+            Op::Cancel { reply, .. } => fx.replies.push(answer(reply, Err(StoreError::Closed.into()))),
             Op::Shutdown { reply } => {
                 fx.shutdown = true;
                 fx.replies.push(Reply::Shutdown(reply))
@@ -279,45 +357,45 @@ impl Writer {
                 id,
                 attempt,
                 report,
-            } => {
-                // Fenced: only the job's current attempt may finish it. A short attempt may
-                // finish before its start was recorded: then it is still queued, one attempt behind.
-                if let Some(mut job) = t.job(id)?
-                    && ((job.status == JobStatus::Running && job.attempts == attempt)
-                        || (job.status == JobStatus::Queued && job.attempts + 1 == attempt))
-                {
-                    job.attempts = attempt;
-                    job.started_at = Some(report.started_at);
-                    match report.outcome {
-                        Outcome::Succeeded {
-                            output,
-                            content_type,
-                        } => {
-                            job.status = JobStatus::Succeeded;
-                            job.output = Some(output);
-                            job.output_content_type = content_type;
-                        }
-                        Outcome::Failed { message, .. } => {
-                            job.status = JobStatus::Failed;
-                            job.error = Some(message);
-                        }
-                    }
-                    job.log = report.log;
-                    job.finished_at = Some(report.finished_at);
-                    t.put_job(id, &job)?;
-                    t.pending
-                        .remove((job.function.as_str(), id.0))
-                        .map_err(storage)?;
-                    fx.terminal.push(id);
-                }
-            }
+                retry,
+            } => self.finish(id, attempt, report, retry, t, fx)?,
             Op::CancelFunction {
                 name,
                 reason,
                 reply,
             } => {
                 let cancelled = self.cancel_function(&name, &reason, t, fx)?;
-                fx.replies.push(Reply::Cancelled(reply, cancelled));
+                fx.replies.push(answer(reply, Ok(cancelled)));
+            }
+            Op::Cancel { id, reply } => {
+                let result = self.cancel(id, t, fx)?;
+                fx.replies.push(answer(reply, result));
+            }
+            Op::Redrive {
+                function,
+                ids,
+                limit,
+                reply,
+            } => {
+                let ids = t.dead_letters_of(&function, ids, limit)?;
+                for &id in &ids {
+                    self.redrive(&function, id, t, fx)?;
+                }
+                fx.replies.push(answer(reply, Ok(ids)));
+            }
+            Op::Purge {
+                function,
+                ids,
+                limit,
+                reply,
+            } => {
+                let ids = t.dead_letters_of(&function, ids, limit)?;
+                for &id in &ids {
+                    t.dead_letters.remove((function.as_str(), id.0)).map_err(storage)?;
+                    t.function_jobs.remove((function.as_str(), id.0)).map_err(storage)?;
+                    t.jobs.remove(id.0).map_err(storage)?;
+                }
+                fx.replies.push(answer(reply, Ok(ids)));
             }
             Op::Shutdown { reply } => {
                 fx.shutdown = true;
@@ -354,6 +432,8 @@ impl Writer {
             error: None,
             log: String::new(),
             correlation_id,
+            not_before: None,
+            history: Vec::new(),
         };
         t.put_job(id, &job)?;
         t.pending
@@ -372,6 +452,193 @@ impl Writer {
             correlation_id: job.correlation_id,
         });
         Ok(Ok(id))
+    }
+
+    /// Records how an attempt ended. Fenced: only the job's current attempt may finish it. A
+    /// short attempt may finish before its start was recorded: then the job is still queued,
+    /// one attempt behind. A failed attempt is retried (`delayed`) while attempts are left,
+    /// unless its error was permanent; a job that ends `failed` or `dead` becomes a dead letter.
+    fn finish(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        report: AttemptReport,
+        retry: RetryPolicy,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let Some(mut job) = t.job(id)? else {
+            return Ok(());
+        };
+        let current = (job.status == JobStatus::Running && job.attempts == attempt)
+            || (job.status == JobStatus::Queued && job.attempts + 1 == attempt);
+        if !current {
+            return Ok(());
+        }
+        job.attempts = attempt;
+        job.started_at = Some(report.started_at);
+        job.log = report.log;
+        let mut record = AttemptRecord {
+            attempt,
+            started_at: report.started_at,
+            finished_at: report.finished_at,
+            error: None,
+            retry_at: None,
+        };
+        match report.outcome {
+            Outcome::Succeeded {
+                output,
+                content_type,
+            } => {
+                job.status = JobStatus::Succeeded;
+                job.output = Some(output);
+                job.output_content_type = content_type;
+                job.error = None;
+            }
+            Outcome::Failed { kind, message } => {
+                let message = bounded_error(&message);
+                record.error = Some(message.clone());
+                if kind == FailureKind::Permanent {
+                    job.status = JobStatus::Failed;
+                    job.error = Some(message);
+                } else if attempt >= retry.max_attempts {
+                    job.status = JobStatus::Dead;
+                    job.error = Some(format!(
+                        "gave up after {attempt} attempt(s); the last failed with: {message}"
+                    ));
+                } else {
+                    let delay = retry.delay_ms(attempt - 1, &mut self.rng);
+                    let at = report.finished_at.max(now_ms()) + delay;
+                    record.retry_at = Some(at);
+                    job.status = JobStatus::Delayed;
+                    job.not_before = Some(at);
+                    job.error = Some(message);
+                    t.delayed.insert((at, id.0), ()).map_err(storage)?;
+                    self.next_due = Some(self.next_due.map_or(at, |d| d.min(at)));
+                }
+            }
+        }
+        job.history.push(record);
+        if job.history.len() > MAX_HISTORY {
+            let excess = job.history.len() - MAX_HISTORY;
+            job.history.drain(..excess);
+        }
+        if job.status.is_terminal() {
+            job.finished_at = Some(report.finished_at);
+            t.pending
+                .remove((job.function.as_str(), id.0))
+                .map_err(storage)?;
+            if matches!(job.status, JobStatus::Failed | JobStatus::Dead) {
+                t.dead_letters
+                    .insert((job.function.as_str(), id.0), ())
+                    .map_err(storage)?;
+            }
+            fx.terminal.push(id);
+        }
+        t.put_job(id, &job)?;
+        Ok(())
+    }
+
+    /// Cancels a queued or delayed job; anything else is refused with its status.
+    fn cancel(
+        &mut self,
+        id: JobId,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<Result<Job, CancelError>, StoreError> {
+        let Some(mut job) = t.job(id)? else {
+            return Ok(Err(CancelError::NotFound(id)));
+        };
+        match job.status {
+            JobStatus::Queued => {}
+            JobStatus::Delayed => {
+                if let Some(at) = job.not_before {
+                    t.delayed.remove((at, id.0)).map_err(storage)?;
+                }
+            }
+            status => return Ok(Err(CancelError::NotCancellable { id, status })),
+        }
+        job.status = JobStatus::Cancelled;
+        job.not_before = None;
+        job.finished_at = Some(now_ms());
+        job.error = Some("cancelled by request".into());
+        t.pending
+            .remove((job.function.as_str(), id.0))
+            .map_err(storage)?;
+        t.put_job(id, &job)?;
+        fx.terminal.push(id);
+        Ok(Ok(job))
+    }
+
+    /// Puts a dead letter back in its function's queue: same id, attempts counted from zero.
+    fn redrive(
+        &mut self,
+        function: &str,
+        id: JobId,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        t.dead_letters.remove((function, id.0)).map_err(storage)?;
+        let Some(mut job) = t.job(id)? else {
+            return Ok(());
+        };
+        job.status = JobStatus::Queued;
+        job.attempts = 0;
+        job.started_at = None;
+        job.finished_at = None;
+        job.error = None;
+        job.output = None;
+        job.output_content_type = None;
+        t.pending.insert((function, id.0), ()).map_err(storage)?;
+        t.put_job(id, &job)?;
+        fx.queued.push(QueuedJob {
+            id,
+            function: job.function,
+            attempts: 0,
+            content_type: job.input_content_type,
+            input: Bytes::from(job.input),
+            created_at: job.created_at,
+            correlation_id: job.correlation_id,
+        });
+        Ok(())
+    }
+
+    /// Moves every delayed job whose time has come back to `queued` (up to a bound per commit),
+    /// and notes when the next one is due.
+    fn promote_due(&mut self, t: &mut Tables<'_>, fx: &mut Effects) -> Result<(), StoreError> {
+        const MAX_PROMOTE: usize = 10_000;
+        let now = now_ms();
+        let mut due = Vec::new();
+        for row in t
+            .delayed
+            .range(..=(now, u128::MAX))
+            .map_err(storage)?
+            .take(MAX_PROMOTE)
+        {
+            due.push(row.map_err(storage)?.0.value());
+        }
+        for &(at, id) in &due {
+            t.delayed.remove((at, id)).map_err(storage)?;
+            let id = JobId(id);
+            let Some(mut job) = t.job(id)? else { continue };
+            if job.status != JobStatus::Delayed {
+                continue;
+            }
+            job.status = JobStatus::Queued;
+            job.not_before = None;
+            t.put_job(id, &job)?;
+            fx.queued.push(QueuedJob {
+                id,
+                function: job.function,
+                attempts: job.attempts,
+                content_type: job.input_content_type,
+                input: Bytes::from(job.input),
+                created_at: job.created_at,
+                correlation_id: job.correlation_id,
+            });
+        }
+        self.next_due = t.first_delayed()?;
+        Ok(())
     }
 
     /// Cancels the function's non-terminal jobs, read from its range of the pending index.
@@ -393,6 +660,9 @@ impl Writer {
         let now = now_ms();
         for &id in &pending {
             if let Some(mut job) = t.job(id)? {
+                if let Some(at) = job.not_before.take() {
+                    t.delayed.remove((at, id.0)).map_err(storage)?;
+                }
                 job.status = JobStatus::Cancelled;
                 job.finished_at = Some(now);
                 job.error = Some(reason.to_string());
@@ -410,6 +680,8 @@ struct Tables<'txn> {
     jobs: Table<'txn, u128, &'static [u8]>,
     pending: Table<'txn, (&'static str, u128), ()>,
     function_jobs: Table<'txn, (&'static str, u128), ()>,
+    delayed: Table<'txn, (u64, u128), ()>,
+    dead_letters: Table<'txn, (&'static str, u128), ()>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -418,7 +690,54 @@ impl<'txn> Tables<'txn> {
             jobs: txn.open_table(JOBS).map_err(storage)?,
             pending: txn.open_table(PENDING).map_err(storage)?,
             function_jobs: txn.open_table(FUNCTION_JOBS).map_err(storage)?,
+            delayed: txn.open_table(DELAYED).map_err(storage)?,
+            dead_letters: txn.open_table(DEAD_LETTERS).map_err(storage)?,
         })
+    }
+
+    /// When the earliest delayed job is due.
+    fn first_delayed(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .delayed
+            .first()
+            .map_err(storage)?
+            .map(|(k, _)| k.value().0))
+    }
+
+    /// The given ids that are dead letters of `function`, or (no ids) up to `limit` of its
+    /// dead letters, oldest first.
+    fn dead_letters_of(
+        &self,
+        function: &str,
+        ids: Option<Vec<JobId>>,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let mut out = Vec::new();
+        match ids {
+            Some(ids) => {
+                for id in ids {
+                    if self
+                        .dead_letters
+                        .get((function, id.0))
+                        .map_err(storage)?
+                        .is_some()
+                    {
+                        out.push(id);
+                    }
+                }
+            }
+            None => {
+                for row in self
+                    .dead_letters
+                    .range((function, 0u128)..=(function, u128::MAX))
+                    .map_err(storage)?
+                    .take(limit)
+                {
+                    out.push(JobId(row.map_err(storage)?.0.value().1));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -440,12 +759,14 @@ impl<'txn> Tables<'txn> {
 
 /// Runs once at open, before the writer thread: every job the previous process left queued or
 /// running is queued again (its running attempt died with that process), read from the pending
-/// index only. Also creates the tables on a new file.
-pub(crate) fn recover(db: &Database) -> Result<Vec<QueuedJob>, StoreError> {
+/// index only (`delayed` jobs stay delayed). Also creates the tables on a new file. Returns the
+/// requeued jobs and when the earliest delayed job is due.
+pub(crate) fn recover(db: &Database) -> Result<(Vec<QueuedJob>, Option<u64>), StoreError> {
     let mut txn = db.begin_write().map_err(storage)?;
     txn.set_durability(Durability::Immediate)
         .map_err(|e| StoreError::Storage(e.to_string()))?;
     let mut recovered = Vec::new();
+    let next_due;
     {
         let mut t = Tables::open(&txn)?;
         let mut ids = Vec::new();
@@ -454,6 +775,10 @@ pub(crate) fn recover(db: &Database) -> Result<Vec<QueuedJob>, StoreError> {
         }
         for id in ids {
             let Some(mut job) = t.job(id)? else { continue };
+            if job.status == JobStatus::Delayed {
+                // Its timer is in the delayed index; the writer promotes it when due.
+                continue;
+            }
             if job.status == JobStatus::Running {
                 job.status = JobStatus::Queued;
                 t.put_job(id, &job)?;
@@ -468,7 +793,8 @@ pub(crate) fn recover(db: &Database) -> Result<Vec<QueuedJob>, StoreError> {
                 correlation_id: job.correlation_id,
             });
         }
+        next_due = t.first_delayed()?;
     }
     txn.commit().map_err(storage)?;
-    Ok(recovered)
+    Ok((recovered, next_due))
 }
