@@ -83,9 +83,12 @@ enum Reply {
         Result<JobId, SubmitError>,
     ),
     /// A rare operation's answer, given the commit's outcome.
-    Other(Box<dyn FnOnce(Option<&StoreError>) + Send>),
+    Other(Answer),
     Shutdown(oneshot::Sender<()>),
 }
+
+/// Sends a rare operation's answer: the computed one, or the error that stopped the commit.
+type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
 /// The answer `value` to send on `tx` once the commit succeeded (or the storage error if not).
 fn answer<T, E>(tx: oneshot::Sender<Result<T, E>>, value: Result<T, E>) -> Reply
@@ -293,10 +296,10 @@ impl Writer {
         let started = Instant::now();
         {
             let mut t = Tables::open(&txn)?;
-            if self.next_due.is_some_and(|due| due <= now_ms()) {
-                if let Err(e) = self.promote_due(&mut t, fx) {
-                    result = Err(e);
-                }
+            if self.next_due.is_some_and(|due| due <= now_ms())
+                && let Err(e) = self.promote_due(&mut t, fx)
+            {
+                result = Err(e);
             }
             for op in batch.drain(..) {
                 if result.is_ok() {
