@@ -241,6 +241,9 @@ fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Value {
         "max_concurrency": f.settings.max_concurrency,
         "timeout_ms": f.settings.timeout_ms,
         "memory_mb": f.settings.memory_mb,
+        "max_attempts": f.settings.retry.max_attempts,
+        "backoff_base_ms": f.settings.retry.backoff_base_ms,
+        "backoff_max_ms": f.settings.retry.backoff_max_ms,
         "jobs_url": format!("/v1/functions/{}/jobs", f.name),
     });
     if let Some(n) = pending_jobs {
