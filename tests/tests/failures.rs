@@ -51,6 +51,9 @@ async fn retries_back_off_then_the_job_is_dead() {
         assert!(pair[0]["error"].as_str().unwrap().contains("on purpose"));
     }
     assert!(history[3]["retry_at"].is_null());
+    assert_eq!(host.metric("sluice_job_retries_total").await, 3.0);
+    assert_eq!(host.metric("sluice_dead_letters_total").await, 1.0);
+    assert_eq!(host.metric("sluice_jobs_accepted_total").await, 1.0);
     let (_, dlq) = host.get("/v1/functions/probe/dead-letters").await;
     let ids: Vec<&str> = dlq["dead_letters"]
         .as_array()

@@ -32,6 +32,16 @@ pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
             count(&s.finished),
         ),
         (
+            "sluice_job_retries_total",
+            "Failed attempts scheduled to run again after a backoff.",
+            count(&s.retried),
+        ),
+        (
+            "sluice_dead_letters_total",
+            "Jobs that ended failed or dead and entered their function's dead-letter queue.",
+            count(&s.dead_lettered),
+        ),
+        (
             "sluice_store_commits_total",
             "Durable write transactions (group commits).",
             count(&s.commits),

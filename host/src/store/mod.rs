@@ -181,6 +181,10 @@ pub struct StoreStats {
     pub accepted: AtomicU64,
     /// Jobs that reached a terminal status (committed).
     pub finished: AtomicU64,
+    /// Failed attempts whose job was delayed for a retry.
+    pub retried: AtomicU64,
+    /// Jobs that ended `failed` or `dead` (entered a dead-letter queue).
+    pub dead_lettered: AtomicU64,
     /// Write transactions committed.
     pub commits: AtomicU64,
     /// Operations in those commits.

@@ -134,6 +134,12 @@ impl Reply {
 #[derive(Default)]
 struct Effects {
     replies: Vec<Reply>,
+    /// Jobs submitted in this batch.
+    accepted: u64,
+    /// Failed attempts that will be retried.
+    retried: u64,
+    /// Jobs that became dead letters (`failed` or `dead`).
+    dead_lettered: u64,
     queued: Vec<QueuedJob>,
     terminal: Vec<JobId>,
     shutdown: bool,
@@ -265,7 +271,9 @@ impl Writer {
                 let s = &self.stats;
                 s.commits.fetch_add(1, Relaxed);
                 s.ops.fetch_add(ops, Relaxed);
-                s.accepted.fetch_add(fx.queued.len() as u64, Relaxed);
+                s.accepted.fetch_add(fx.accepted, Relaxed);
+                s.retried.fetch_add(fx.retried, Relaxed);
+                s.dead_lettered.fetch_add(fx.dead_lettered, Relaxed);
                 s.finished.fetch_add(fx.terminal.len() as u64, Relaxed);
                 for reply in fx.replies {
                     reply.commit();
@@ -445,6 +453,7 @@ impl Writer {
         t.function_jobs
             .insert((job.function.as_str(), id.0), ())
             .map_err(storage)?;
+        fx.accepted += 1;
         fx.queued.push(QueuedJob {
             id,
             function: job.function,
@@ -517,6 +526,7 @@ impl Writer {
                     job.not_before = Some(at);
                     job.error = Some(message);
                     t.delayed.insert((at, id.0), ()).map_err(storage)?;
+                    fx.retried += 1;
                     self.next_due = Some(self.next_due.map_or(at, |d| d.min(at)));
                 }
             }
@@ -535,6 +545,7 @@ impl Writer {
                 t.dead_letters
                     .insert((job.function.as_str(), id.0), ())
                     .map_err(storage)?;
+                fx.dead_lettered += 1;
             }
             fx.terminal.push(id);
         }
