@@ -32,6 +32,11 @@ pub struct Config {
     /// Job shards: redb files that commit in parallel. Fixed once a data directory has them
     /// (a larger number adds shards; a smaller one keeps the existing ones).
     pub store_shards: usize,
+    /// How long finished jobs (`succeeded`, `cancelled`) are kept, with their outputs, logs and
+    /// attempt histories; dead letters stay until redriven or purged.
+    pub job_retention: Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_window: Duration,
     /// Threads running attempts (at a lower OS priority than the API and the writer).
     pub sandbox_threads: usize,
     /// Bound on a job's captured log (stdout, stderr and log lines), in bytes.
@@ -52,6 +57,8 @@ impl Default for Config {
             max_log_bytes: 64 << 10,
             commit_delay: Duration::ZERO,
             store_shards: 1,
+            job_retention: Duration::from_secs(7 * 24 * 3600),
+            idempotency_window: Duration::from_secs(24 * 3600),
             sandbox_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
@@ -69,6 +76,8 @@ impl Config {
             cache_bytes: self.cache_mb << 20,
             commit_delay: self.commit_delay,
             shards: self.store_shards,
+            job_retention: self.job_retention,
+            idempotency_window: self.idempotency_window,
         }
     }
 
@@ -98,6 +107,9 @@ impl Config {
         }
         if self.sandbox_threads == 0 || self.sandbox_threads > 1024 {
             return fail("sandbox_threads must be 1 to 1024");
+        }
+        if self.job_retention.is_zero() || self.idempotency_window.is_zero() {
+            return fail("job_retention and idempotency_window must be longer than zero");
         }
         if self.store_shards == 0 || self.store_shards > 64 {
             return fail("store_shards must be 1 to 64");

@@ -128,6 +128,9 @@ pub struct Job {
     pub correlation_id: String,
     /// While `delayed`: when it may run again (ms since the Unix epoch).
     pub not_before: Option<u64>,
+    /// While `running`: when the attempt's lease ends. A worker still running it then cancels
+    /// it and the job is handed out again (as a failed attempt).
+    pub lease_until: Option<u64>,
     /// The latest attempts, oldest first (at most [`MAX_HISTORY`]).
     pub history: Vec<AttemptRecord>,
 }

@@ -14,13 +14,16 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{JobId, QueuedJob, now_ms};
+use crate::job::{AttemptReport, FailureKind, JobId, Outcome, QueuedJob, now_ms};
 use crate::runtime::Runtime;
 use crate::store::{CommitFeed, Store};
 
 /// How long an attempt runs before its start is committed (and `running` shows). Shorter
 /// attempts skip that commit: their start is recorded with their end.
 const START_VISIBLE_AFTER: Duration = Duration::from_millis(20);
+
+/// How far past its `timeout_ms` an attempt's lease reaches.
+const LEASE_GRACE: Duration = Duration::from_secs(2);
 
 /// Hands queued jobs to sandboxes. Cheap to clone.
 #[derive(Clone)]
@@ -242,15 +245,33 @@ impl Inner {
                 .expect("the slot semaphore is never closed");
             let attempt = job.attempts + 1;
             let started_at = now_ms();
-            let run = self.runtime.run(&code, &job, attempt);
+            let timeout = Duration::from_millis(code.record.settings.timeout_ms);
+            // The runtime stops the attempt at its timeout; the lease is the backstop should
+            // it not (a host call that never returns): the attempt is dropped, its slot freed,
+            // and the job handed out again as a failed attempt.
+            let lease = timeout + LEASE_GRACE;
+            let lease_until = started_at + lease.as_millis() as u64;
+            let run = tokio::time::timeout(lease, self.runtime.run(&code, &job, attempt));
             tokio::pin!(run);
+            let expired = |at: u64| AttemptReport {
+                outcome: Outcome::Failed {
+                    kind: FailureKind::Timeout,
+                    message: format!(
+                        "lease expired after {} ms: the attempt was cancelled and the job handed out again",
+                        lease.as_millis()
+                    ),
+                },
+                log: String::new(),
+                started_at,
+                finished_at: at,
+            };
             // Short attempts go from queued to terminal in one commit; `running` is recorded
             // (and visible) only for attempts still running after START_VISIBLE_AFTER.
             let report = tokio::select! {
                 report = tokio::time::timeout(START_VISIBLE_AFTER, &mut run) => match report {
                     Ok(report) => Some(report),
                     Err(_) => {
-                        self.store.start(job.id, attempt, started_at);
+                        self.store.start(job.id, attempt, started_at, lease_until);
                         tokio::select! {
                             report = &mut run => Some(report),
                             _ = cancel.cancelled() => None,
@@ -261,6 +282,7 @@ impl Inner {
                 _ = cancel.cancelled() => None,
                 _ = self.abort_all.cancelled() => None,
             };
+            let report = report.map(|r| r.unwrap_or_else(|_| expired(now_ms())));
             if let Some(report) = report {
                 self.store
                     .finish(job.id, attempt, report, code.record.settings.retry);

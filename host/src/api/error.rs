@@ -73,6 +73,9 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
             SubmitError::FunctionNotFound(name) => ApiError::function_not_found(&name),
+            e @ SubmitError::IdempotencyConflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", e.to_string())
+            }
             SubmitError::Store(e) => e.into(),
         }
     }

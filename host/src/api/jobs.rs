@@ -13,14 +13,18 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::job::{Job, JobId, JobStatus, rfc3339};
-use crate::store::{CancelError, JobPage, JobQuery, NewJob};
+use crate::store::{CancelError, IdempotencyKey, JobPage, JobQuery, NewJob, Submitted};
 
 /// Outputs up to this size, and valid UTF-8, are shown inline in the job's JSON.
 const INLINE_OUTPUT: usize = 64 * 1024;
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Longest accepted `Sluice-Correlation-Id`.
 const MAX_CORRELATION_ID: usize = 128;
 
-/// `POST /v1/functions/{name}/jobs`: answers 202 once the job is durable.
+/// `POST /v1/functions/{name}/jobs`: answers 202 once the job is durable (200 with the original
+/// answer when an `Idempotency-Key` repeats a request within its window, 409 when it comes with
+/// a different request).
 pub(crate) async fn submit(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -33,20 +37,27 @@ pub(crate) async fn submit(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let correlation_id = correlation_id(&headers)?;
-    let id = state
+    let idempotency = idempotency_key(&headers, content_type.as_deref(), &input)?;
+    let submitted = state
         .store
         .submit(NewJob {
             function: name,
             content_type,
             input,
             correlation_id,
+            idempotency,
         })
         .await?;
+    // A repeated request with the same idempotency key gets the original answer, as 200.
+    let status = match submitted {
+        Submitted::New(_) => StatusCode::ACCEPTED,
+        Submitted::Existing(_) => StatusCode::OK,
+    };
     // Built by hand: this answer is on every submit's path.
-    let id = id.to_string();
+    let id = submitted.id().to_string();
     let location = format!("/v1/jobs/{id}");
     let body = format!(r#"{{"id":"{id}","status":"queued"}}"#);
-    let mut response = (StatusCode::ACCEPTED, body).into_response();
+    let mut response = (status, body).into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -58,6 +69,39 @@ pub(crate) async fn submit(
     );
     h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     Ok(response)
+}
+
+/// The `Idempotency-Key` header (1-255 visible ASCII characters) with the request's
+/// fingerprint: SHA-256 of the content type and the body.
+fn idempotency_key(
+    headers: &HeaderMap,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_header",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID works well)",
+            )
+        })?;
+    use sha2::Digest;
+    let request_hash = sha2::Sha256::new()
+        .chain_update(content_type.unwrap_or("").as_bytes())
+        .chain_update([0])
+        .chain_update(body)
+        .finalize()
+        .into();
+    Ok(Some(IdempotencyKey {
+        key: key.to_string(),
+        request_hash,
+    }))
 }
 
 fn correlation_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -246,6 +290,7 @@ pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
         "output_url": succeeded.then(|| format!("/v1/jobs/{id}/output")),
         "error": job.error,
         "not_before": job.not_before.map(rfc3339),
+        "lease_until": job.lease_until.map(rfc3339),
         "attempt_history": job.history.iter().map(|a| json!({
             "attempt": a.attempt,
             "started_at": rfc3339(a.started_at),

@@ -42,6 +42,11 @@ pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
             count(&s.dead_lettered),
         ),
         (
+            "sluice_retention_deleted_total",
+            "Finished jobs and idempotency keys deleted by the retention sweeper.",
+            count(&s.swept),
+        ),
+        (
             "sluice_store_commits_total",
             "Durable write transactions (group commits).",
             count(&s.commits),

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::tables::*;
 use super::writer::{self, Op, Shared, Writer};
-use super::{JobPage, JobQuery, MAX_SCAN, StoreError, storage};
+use super::{JobPage, JobQuery, MAX_SCAN, StoreError, StoreOptions, storage};
 use crate::job::{Job, JobId, QueuedJob};
 
 pub(crate) struct Shard {
@@ -35,7 +35,7 @@ impl Shard {
         number: usize,
         path: &Path,
         cache_bytes: usize,
-        commit_delay: std::time::Duration,
+        options: &StoreOptions,
         feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
         shared: Shared,
     ) -> Result<(Shard, Vec<QueuedJob>), StoreError> {
@@ -46,7 +46,7 @@ impl Shard {
         let db = Arc::new(db);
         let (recovered, next_due) = writer::recover(&db)?;
         let (ops, rx) = crossbeam_channel::unbounded();
-        let mut w = Writer::new(number, db.clone(), rx, commit_delay, feed, shared, next_due);
+        let mut w = Writer::new(number, db.clone(), rx, options, feed, shared, next_due);
         let writer = std::thread::Builder::new()
             .name(format!("sluice-writer-{number}"))
             .spawn(move || w.run())

@@ -13,6 +13,10 @@
 //! - `delayed`: (not-before ms, job id) -> (): the timer index of `delayed` jobs, earliest first.
 //! - `dead_letters`: (function, job id) -> (): each function's dead-letter queue (`failed` and
 //!   `dead` jobs), kept until redriven or purged.
+//! - `finished`: (finished ms, job id) -> (): `succeeded` and `cancelled` jobs by age, for the
+//!   retention sweeper (dead letters are not in it: they stay until redriven or purged).
+//! - `idempotency`: (function, key) -> [`KeyRecord`]: the job a key created and its request's hash.
+//! - `idempotency_times`: (created ms, function, key) -> (): keys by age, for the sweeper.
 
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
@@ -28,6 +32,11 @@ pub(crate) const PENDING: TableDefinition<(&str, u128), ()> = TableDefinition::n
 pub(crate) const FUNCTION_JOBS: TableDefinition<(&str, u128), ()> =
     TableDefinition::new("function_jobs");
 pub(crate) const DELAYED: TableDefinition<(u64, u128), ()> = TableDefinition::new("delayed");
+pub(crate) const FINISHED: TableDefinition<(u64, u128), ()> = TableDefinition::new("finished");
+pub(crate) const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("idempotency");
+pub(crate) const IDEMPOTENCY_TIMES: TableDefinition<(u64, &str, &str), ()> =
+    TableDefinition::new("idempotency_times");
 pub(crate) const DEAD_LETTERS: TableDefinition<(&str, u128), ()> =
     TableDefinition::new("dead_letters");
 
@@ -72,4 +81,36 @@ pub(crate) fn encode_function(record: &FunctionRecord) -> Vec<u8> {
 
 pub(crate) fn decode_function(bytes: &[u8]) -> Result<FunctionRecord, String> {
     serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+/// What an idempotency key remembers: the request it was first used with and the job it made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KeyRecord {
+    /// SHA-256 of the request's content type and body.
+    pub(crate) request_hash: [u8; 32],
+    /// The job the first request created.
+    pub(crate) job: u128,
+    /// When the key was first used (ms since the Unix epoch).
+    pub(crate) created_at: u64,
+}
+
+impl KeyRecord {
+    pub(crate) fn encode(&self) -> [u8; 56] {
+        let mut out = [0; 56];
+        out[..32].copy_from_slice(&self.request_hash);
+        out[32..48].copy_from_slice(&self.job.to_be_bytes());
+        out[48..].copy_from_slice(&self.created_at.to_be_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() != 56 {
+            return Err(format!("idempotency record of {} bytes", bytes.len()));
+        }
+        Ok(KeyRecord {
+            request_hash: bytes[..32].try_into().expect("32 bytes"),
+            job: u128::from_be_bytes(bytes[32..48].try_into().expect("16 bytes")),
+            created_at: u64::from_be_bytes(bytes[48..].try_into().expect("8 bytes")),
+        })
+    }
 }

@@ -17,7 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::tables::*;
 use super::catalog::Deployed;
 use super::ids::IdGenerator;
-use super::{CancelError, NewJob, StoreError, StoreStats, SubmitError, Waiters, storage};
+use super::{
+    CancelError, NewJob, StoreError, StoreOptions, StoreStats, SubmitError, Submitted, Waiters,
+    storage,
+};
 use crate::job::{
     AttemptRecord, AttemptReport, FailureKind, Job, JobId, JobStatus, MAX_HISTORY, Outcome,
     QueuedJob, bounded_error, now_ms,
@@ -26,6 +29,8 @@ use crate::manifest::RetryPolicy;
 
 /// Most operations in one commit; more wait for the next.
 const MAX_BATCH: usize = 8192;
+/// Expired jobs (and, separately, expired keys) the sweeper deletes per commit.
+const SWEEP_BATCH: usize = 1000;
 /// A commit that starts this soon after the previous one ended is part of a busy stretch.
 const BUSY_GAP: Duration = Duration::from_millis(1);
 
@@ -33,12 +38,13 @@ const BUSY_GAP: Duration = Duration::from_millis(1);
 pub(crate) enum Op {
     Submit {
         job: NewJob,
-        reply: oneshot::Sender<Result<JobId, SubmitError>>,
+        reply: oneshot::Sender<Result<Submitted, SubmitError>>,
     },
     Start {
         id: JobId,
         attempt: u32,
         at: u64,
+        lease_until: u64,
     },
     Finish {
         id: JobId,
@@ -79,8 +85,8 @@ pub(crate) enum Op {
 /// A reply to send once the batch's fate is known.
 enum Reply {
     Submit(
-        oneshot::Sender<Result<JobId, SubmitError>>,
-        Result<JobId, SubmitError>,
+        oneshot::Sender<Result<Submitted, SubmitError>>,
+        Result<Submitted, SubmitError>,
     ),
     /// A rare operation's answer, given the commit's outcome.
     Other(Answer),
@@ -140,6 +146,8 @@ struct Effects {
     retried: u64,
     /// Jobs that became dead letters (`failed` or `dead`).
     dead_lettered: u64,
+    /// Expired jobs and keys deleted.
+    swept: u64,
     queued: Vec<QueuedJob>,
     terminal: Vec<JobId>,
     shutdown: bool,
@@ -169,6 +177,14 @@ pub(crate) struct Writer {
     next_due: Option<u64>,
     /// Draws retry delays.
     rng: fastrand::Rng,
+    /// How long finished jobs are kept, in ms.
+    retention_ms: u64,
+    /// How long idempotency keys are remembered, in ms.
+    key_window_ms: u64,
+    /// How often the sweeper looks for expired jobs and keys.
+    sweep_every: Duration,
+    /// When it looks next.
+    next_sweep: Instant,
 }
 
 impl Writer {
@@ -176,15 +192,22 @@ impl Writer {
         shard: usize,
         db: Arc<Database>,
         rx: crossbeam_channel::Receiver<Op>,
-        commit_delay: Duration,
+        options: &StoreOptions,
         feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
         shared: Shared,
         next_due: Option<u64>,
     ) -> Self {
+        // Often enough that nothing outlives its period by more than a quarter of it.
+        let sweep_every = (options.job_retention.min(options.idempotency_window) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(30));
         Writer {
             db,
             rx,
-            commit_delay,
+            commit_delay: options.commit_delay,
+            retention_ms: options.job_retention.as_millis() as u64,
+            key_window_ms: options.idempotency_window.as_millis() as u64,
+            sweep_every,
+            next_sweep: Instant::now() + sweep_every,
             feed,
             waiters: shared.waiters,
             stats: shared.stats,
@@ -201,22 +224,15 @@ impl Writer {
         let mut answered = 0;
         let mut last_commit = Instant::now();
         loop {
-            // Wait for work, or until the earliest delayed job is due.
-            let op = match self.next_due {
-                None => self.rx.recv().ok(),
-                Some(due) => {
-                    let wait = Duration::from_millis(due.saturating_sub(now_ms()));
-                    match self.rx.recv_timeout(wait) {
-                        Ok(op) => Some(op),
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-                    }
-                }
-            };
-            match op {
-                Some(op) => batch.push(op),
-                None if self.next_due.is_none() => return,
-                None => {}
+            // Wait for work, until the earliest delayed job is due, or until the next sweep.
+            let mut wait = self.next_sweep.saturating_duration_since(Instant::now());
+            if let Some(due) = self.next_due {
+                wait = wait.min(Duration::from_millis(due.saturating_sub(now_ms())));
+            }
+            match self.rx.recv_timeout(wait) {
+                Ok(op) => batch.push(op),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             }
             batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
             // Clients answered by the last commit usually submit again at once, a moment after
@@ -274,6 +290,7 @@ impl Writer {
                 s.accepted.fetch_add(fx.accepted, Relaxed);
                 s.retried.fetch_add(fx.retried, Relaxed);
                 s.dead_lettered.fetch_add(fx.dead_lettered, Relaxed);
+                s.swept.fetch_add(fx.swept, Relaxed);
                 s.finished.fetch_add(fx.terminal.len() as u64, Relaxed);
                 for reply in fx.replies {
                     reply.commit();
@@ -302,12 +319,23 @@ impl Writer {
             .map_err(|e| StoreError::Storage(e.to_string()))?;
         let mut result = Ok(());
         let started = Instant::now();
+        let mut changed = !batch.is_empty();
         {
             let mut t = Tables::open(&txn)?;
-            if self.next_due.is_some_and(|due| due <= now_ms())
-                && let Err(e) = self.promote_due(&mut t, fx)
-            {
-                result = Err(e);
+            if self.next_due.is_some_and(|due| due <= now_ms()) {
+                changed = true;
+                if let Err(e) = self.promote_due(&mut t, fx) {
+                    result = Err(e);
+                }
+            }
+            if result.is_ok() && Instant::now() >= self.next_sweep {
+                match self.sweep(&mut t) {
+                    Ok(swept) => {
+                        changed |= swept > 0;
+                        fx.swept += swept;
+                    }
+                    Err(e) => result = Err(e),
+                }
             }
             for op in batch.drain(..) {
                 if result.is_ok() {
@@ -319,6 +347,11 @@ impl Writer {
             }
         }
         result?;
+        if !changed {
+            // Only a timer fired and there was nothing to do: no commit, no fsync.
+            txn.abort().map_err(storage)?;
+            return Ok(());
+        }
         let applied = Instant::now();
         txn.commit().map_err(storage)?;
         self.stats
@@ -353,7 +386,12 @@ impl Writer {
                 let result = self.submit(job, t, fx);
                 fx.replies.push(Reply::Submit(reply, result?));
             }
-            Op::Start { id, attempt, at } => {
+            Op::Start {
+                id,
+                attempt,
+                at,
+                lease_until,
+            } => {
                 if let Some(mut job) = t.job(id)?
                     && job.status == JobStatus::Queued
                     && job.attempts + 1 == attempt
@@ -361,6 +399,7 @@ impl Writer {
                     job.status = JobStatus::Running;
                     job.attempts = attempt;
                     job.started_at = Some(at);
+                    job.lease_until = Some(lease_until);
                     t.put_job(id, &job)?;
                 }
             }
@@ -422,12 +461,46 @@ impl Writer {
         new: NewJob,
         t: &mut Tables<'_>,
         fx: &mut Effects,
-    ) -> Result<Result<JobId, SubmitError>, StoreError> {
+    ) -> Result<Result<Submitted, SubmitError>, StoreError> {
         if !self.deployed.contains(&new.function) {
             return Ok(Err(SubmitError::FunctionNotFound(new.function)));
         }
-        let id = self.ids.generate();
         let created_at = now_ms();
+        if let Some(key) = &new.idempotency {
+            let known = t
+                .idempotency
+                .get((new.function.as_str(), key.key.as_str()))
+                .map_err(storage)?
+                .map(|v| KeyRecord::decode(v.value()))
+                .transpose()
+                .map_err(StoreError::Storage)?;
+            // A key past its window is forgotten even before the sweeper deletes it.
+            if let Some(known) = known.filter(|k| k.created_at + self.key_window_ms > created_at)
+            {
+                return Ok(if known.request_hash == key.request_hash {
+                    Ok(Submitted::Existing(JobId(known.job)))
+                } else {
+                    Err(SubmitError::IdempotencyConflict(key.key.clone()))
+                });
+            }
+        }
+        let id = self.ids.generate();
+        if let Some(key) = &new.idempotency {
+            let record = KeyRecord {
+                request_hash: key.request_hash,
+                job: id.0,
+                created_at,
+            };
+            t.idempotency
+                .insert(
+                    (new.function.as_str(), key.key.as_str()),
+                    record.encode().as_slice(),
+                )
+                .map_err(storage)?;
+            t.idempotency_times
+                .insert((created_at, new.function.as_str(), key.key.as_str()), ())
+                .map_err(storage)?;
+        }
         let correlation_id = new.correlation_id.unwrap_or_else(|| id.to_string());
         let job = Job {
             function: new.function,
@@ -444,6 +517,7 @@ impl Writer {
             log: String::new(),
             correlation_id,
             not_before: None,
+            lease_until: None,
             history: Vec::new(),
         };
         t.put_job(id, &job)?;
@@ -463,7 +537,7 @@ impl Writer {
             created_at,
             correlation_id: job.correlation_id,
         });
-        Ok(Ok(id))
+        Ok(Ok(Submitted::New(id)))
     }
 
     /// Records how an attempt ended. Fenced: only the job's current attempt may finish it. A
@@ -489,6 +563,7 @@ impl Writer {
         }
         job.attempts = attempt;
         job.started_at = Some(report.started_at);
+        job.lease_until = None;
         job.log = report.log;
         let mut record = AttemptRecord {
             attempt,
@@ -546,6 +621,10 @@ impl Writer {
                     .insert((job.function.as_str(), id.0), ())
                     .map_err(storage)?;
                 fx.dead_lettered += 1;
+            } else {
+                t.finished
+                    .insert((report.finished_at, id.0), ())
+                    .map_err(storage)?;
             }
             fx.terminal.push(id);
         }
@@ -572,10 +651,12 @@ impl Writer {
             }
             status => return Ok(Err(CancelError::NotCancellable { id, status })),
         }
+        let now = now_ms();
         job.status = JobStatus::Cancelled;
         job.not_before = None;
-        job.finished_at = Some(now_ms());
+        job.finished_at = Some(now);
         job.error = Some("cancelled by request".into());
+        t.finished.insert((now, id.0), ()).map_err(storage)?;
         t.pending
             .remove((job.function.as_str(), id.0))
             .map_err(storage)?;
@@ -655,6 +736,68 @@ impl Writer {
         Ok(())
     }
 
+    /// Deletes finished jobs older than the retention period and idempotency keys older than
+    /// their window, at most [`SWEEP_BATCH`] of each per commit; returns how many rows went.
+    /// A full batch brings the next sweep forward, so a backlog drains in small steps.
+    fn sweep(&mut self, t: &mut Tables<'_>) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let mut expired = Vec::new();
+        for row in t
+            .finished
+            .range(..(now.saturating_sub(self.retention_ms), 0u128))
+            .map_err(storage)?
+            .take(SWEEP_BATCH)
+        {
+            expired.push(row.map_err(storage)?.0.value());
+        }
+        for &(at, id) in &expired {
+            t.finished.remove((at, id)).map_err(storage)?;
+            if let Some(job) = t.job(JobId(id))? {
+                t.function_jobs
+                    .remove((job.function.as_str(), id))
+                    .map_err(storage)?;
+                t.jobs.remove(id).map_err(storage)?;
+            }
+        }
+        let mut keys = Vec::new();
+        for row in t
+            .idempotency_times
+            .range(..(now.saturating_sub(self.key_window_ms), "", ""))
+            .map_err(storage)?
+            .take(SWEEP_BATCH)
+        {
+            let (k, _) = row.map_err(storage)?;
+            let (at, function, key) = k.value();
+            keys.push((at, function.to_string(), key.to_string()));
+        }
+        for (at, function, key) in &keys {
+            t.idempotency_times
+                .remove((*at, function.as_str(), key.as_str()))
+                .map_err(storage)?;
+            // The key may have been used again since (a new record): keep that one.
+            let current = t
+                .idempotency
+                .get((function.as_str(), key.as_str()))
+                .map_err(storage)?
+                .map(|v| KeyRecord::decode(v.value()))
+                .transpose()
+                .map_err(StoreError::Storage)?;
+            if current.is_some_and(|r| r.created_at == *at) {
+                t.idempotency
+                    .remove((function.as_str(), key.as_str()))
+                    .map_err(storage)?;
+            }
+        }
+        let full = expired.len() == SWEEP_BATCH || keys.len() == SWEEP_BATCH;
+        self.next_sweep = Instant::now()
+            + if full {
+                Duration::ZERO
+            } else {
+                self.sweep_every
+            };
+        Ok((expired.len() + keys.len()) as u64)
+    }
+
     /// Cancels the function's non-terminal jobs, read from its range of the pending index.
     fn cancel_function(
         &mut self,
@@ -680,6 +823,7 @@ impl Writer {
                 job.status = JobStatus::Cancelled;
                 job.finished_at = Some(now);
                 job.error = Some(reason.to_string());
+                t.finished.insert((now, id.0), ()).map_err(storage)?;
                 t.put_job(id, &job)?;
             }
             t.pending.remove((name, id.0)).map_err(storage)?;
@@ -696,6 +840,9 @@ struct Tables<'txn> {
     function_jobs: Table<'txn, (&'static str, u128), ()>,
     delayed: Table<'txn, (u64, u128), ()>,
     dead_letters: Table<'txn, (&'static str, u128), ()>,
+    finished: Table<'txn, (u64, u128), ()>,
+    idempotency: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    idempotency_times: Table<'txn, (u64, &'static str, &'static str), ()>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -706,6 +853,9 @@ impl<'txn> Tables<'txn> {
             function_jobs: txn.open_table(FUNCTION_JOBS).map_err(storage)?,
             delayed: txn.open_table(DELAYED).map_err(storage)?,
             dead_letters: txn.open_table(DEAD_LETTERS).map_err(storage)?,
+            finished: txn.open_table(FINISHED).map_err(storage)?,
+            idempotency: txn.open_table(IDEMPOTENCY).map_err(storage)?,
+            idempotency_times: txn.open_table(IDEMPOTENCY_TIMES).map_err(storage)?,
         })
     }
 
@@ -795,6 +945,7 @@ pub(crate) fn recover(db: &Database) -> Result<(Vec<QueuedJob>, Option<u64>), St
             }
             if job.status == JobStatus::Running {
                 job.status = JobStatus::Queued;
+                job.lease_until = None;
                 t.put_job(id, &job)?;
             }
             recovered.push(QueuedJob {

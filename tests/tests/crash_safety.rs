@@ -1,0 +1,252 @@
+//! Crash safety in one process: idempotency keys (repeat, conflict, restart, window), retention
+//! sweeping, start-up requeue, and fencing of stale attempts.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_tests::{TestHost, assert_error, components, start_host, start_host_with, test_config};
+
+async fn submit_keyed(
+    host: &TestHost,
+    function: &str,
+    key: &str,
+    body: &str,
+    content_type: &str,
+) -> (u16, Value) {
+    let r = host
+        .http
+        .post(host.url(&format!("/v1/functions/{function}/jobs")))
+        .header("idempotency-key", key)
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// The same key with the same request answers 200 with the original job and creates nothing;
+/// with a different request, 409; keys are per function and survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_repeat_conflict_and_survive_restart() {
+    let host = start_host().await;
+    host.deploy("echo", components::ECHO, "").await;
+    host.deploy("echo-two", components::ECHO, "").await;
+    let (status, first) = submit_keyed(&host, "echo", "order-1", "hello", "text/plain").await;
+    assert_eq!(status, 202, "{first}");
+    let id = first["id"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        let (status, again) = submit_keyed(&host, "echo", "order-1", "hello", "text/plain").await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again, first);
+    }
+    for (body, content_type) in [("other", "text/plain"), ("hello", "application/json")] {
+        let (status, err) = submit_keyed(&host, "echo", "order-1", body, content_type).await;
+        assert_eq!(status, 409, "{err}");
+        assert_error(&err, "idempotency_conflict");
+        assert!(err["error"]["message"].as_str().unwrap().contains("order-1"));
+    }
+    // Another function has its own keys.
+    let (status, other) = submit_keyed(&host, "echo-two", "order-1", "hello", "text/plain").await;
+    assert_eq!(status, 202);
+    assert_ne!(other["id"], first["id"]);
+    assert_eq!(host.wait(&id).await["output"], "hello");
+    let (_, list) = host.get("/v1/jobs?function=echo").await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(host.metric("sluice_jobs_accepted_total").await, 2.0);
+    for bad in ["", &"k".repeat(256), "with space"] {
+        let (status, err) = submit_keyed(&host, "echo", bad, "hello", "text/plain").await;
+        assert_eq!(status, 400, "{bad:?}: {err}");
+        assert_error(&err, "invalid_header");
+    }
+
+    let data = host.data_dir.clone();
+    let _tmp = host.stop().await;
+    let host = start_host_with(test_config(&data)).await;
+    let (status, again) = submit_keyed(&host, "echo", "order-1", "hello", "text/plain").await;
+    assert_eq!(status, 200, "after restart: {again}");
+    assert_eq!(again, first);
+    let (status, _) = submit_keyed(&host, "echo", "order-1", "changed", "text/plain").await;
+    assert_eq!(status, 409);
+}
+
+/// Past the retention period finished jobs are swept (dead letters stay); past the window a
+/// key is forgotten and makes a new job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_sweeps_finished_jobs_and_old_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.job_retention = Duration::from_millis(400);
+    config.idempotency_window = Duration::from_millis(400);
+    let host = start_host_with(config).await;
+    host.deploy("echo", components::ECHO, "").await;
+    host.deploy("probe", components::PROBE, "max_attempts=1").await;
+    let (_, first) = submit_keyed(&host, "echo", "k", "hello", "text/plain").await;
+    let done = first["id"].as_str().unwrap().to_string();
+    let dead = host
+        .submit_json("probe", &json!({"action": "fail", "retryable": false}))
+        .await;
+    let started = Instant::now();
+    assert_eq!(host.wait(&done).await["status"], "succeeded");
+    assert_eq!(host.wait(&dead).await["status"], "failed");
+    // Still there right after finishing.
+    assert_eq!(host.get(&format!("/v1/jobs/{done}")).await.0, 200);
+    loop {
+        let (status, _) = host.get(&format!("/v1/jobs/{done}")).await;
+        if status == 404 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the finished job was never swept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert!(host.metric("sluice_retention_deleted_total").await >= 2.0);
+    let (_, list) = host.get("/v1/jobs?function=echo").await;
+    assert_eq!(list["jobs"], json!([]));
+    // The dead letter is kept until redriven or purged.
+    assert_eq!(host.job(&dead).await["status"], "failed");
+    let (_, dlq) = host.get("/v1/functions/probe/dead-letters").await;
+    assert_eq!(dlq["dead_letters"].as_array().unwrap().len(), 1);
+    // The key's window is over: the same request makes a new job.
+    let (status, again) = submit_keyed(&host, "echo", "k", "hello", "text/plain").await;
+    assert_eq!(status, 202, "{again}");
+    assert_ne!(again["id"], first["id"]);
+}
+
+/// A job whose attempt was running when the host stopped (past the grace period) is queued
+/// again at the next start and runs to completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_jobs_are_requeued_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.grace_period = Duration::from_millis(50);
+    let host = start_host_with(config.clone()).await;
+    host.deploy("probe", components::PROBE, "").await;
+    let id = host
+        .submit_json("probe", &json!({"action": "sleep", "ms": 1500}))
+        .await;
+    let job = host.wait_status(&id, "running").await;
+    assert_eq!(job["attempts"], 1);
+    assert!(job["lease_until"].is_string(), "{job}");
+    host.stop().await;
+    let host = start_host_with(config).await;
+    let job = host.wait(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "the interrupted attempt counts: {job}");
+    assert_eq!(job["output"], r#"{"detail":"slept 1500 ms","ok":true}"#);
+    assert!(job["lease_until"].is_null());
+}
+
+/// At the store's level: an attempt that is no longer the job's current one changes nothing,
+/// whatever it reports (the job moved on: retried, finished, or cancelled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_attempts_are_fenced() {
+    use sluice::job::{AttemptReport, FailureKind, JobId, JobStatus, Outcome, now_ms};
+    use sluice::manifest::{RetryPolicy, Settings};
+    use sluice::store::{FunctionRecord, NewJob, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    // One shard: the barrier below relies on one writer applying everything in order.
+    let mut config = test_config(dir.path());
+    config.store_shards = 1;
+    let opened = Store::open(dir.path(), &config.store_options()).unwrap();
+    let store = opened.store;
+    let _feed = opened.feed;
+    let record = FunctionRecord {
+        name: "f".into(),
+        settings: Settings::DEFAULT,
+        digest: "00".into(),
+        size: 1,
+        deployed_at: 0,
+        version: 0,
+    };
+    store
+        .deploy(record, b"wasm".to_vec().into(), "00-x".into(), vec![1])
+        .await
+        .unwrap();
+    let submit = || NewJob {
+        function: "f".into(),
+        content_type: None,
+        input: bytes::Bytes::from_static(b"in"),
+        correlation_id: None,
+        idempotency: None,
+    };
+    let report = |outcome: Outcome| AttemptReport {
+        outcome,
+        log: String::new(),
+        started_at: now_ms(),
+        finished_at: now_ms(),
+    };
+    let success = || {
+        report(Outcome::Succeeded {
+            output: b"stale".to_vec(),
+            content_type: None,
+        })
+    };
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        backoff_base_ms: 60_000,
+        backoff_max_ms: 60_000,
+    };
+    // Writes are applied in order: an awaited operation after fire-and-forget ones means they
+    // are committed.
+    let barrier = async || {
+        store.submit(submit()).await.unwrap();
+    };
+
+    let id = store.submit(submit()).await.unwrap().id();
+    store.start(id, 1, now_ms(), now_ms() + 10_000);
+    // Attempt 1 fails; its lease is over and the job waits for attempt 2.
+    store.finish(
+        id,
+        1,
+        report(Outcome::Failed {
+            kind: FailureKind::Timeout,
+            message: "lease expired".into(),
+        }),
+        retry,
+    );
+    barrier().await;
+    let job = store.job(id).unwrap().unwrap();
+    assert_eq!((job.status, job.attempts), (JobStatus::Delayed, 1));
+    // The stale attempt 1 reports success late; an attempt 2 that never started reports too.
+    store.finish(id, 1, success(), retry);
+    store.finish(id, 2, success(), retry);
+    store.start(id, 1, now_ms(), now_ms());
+    barrier().await;
+    let job = store.job(id).unwrap().unwrap();
+    assert_eq!((job.status, job.attempts), (JobStatus::Delayed, 1));
+    assert_eq!(job.output, None);
+    assert_eq!(job.history.len(), 1);
+
+    // A cancelled job ignores the attempt that was under way.
+    let id = store.submit(submit()).await.unwrap().id();
+    store.cancel(id).await.unwrap();
+    store.finish(id, 1, success(), retry);
+    barrier().await;
+    let job = store.job(id).unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert_eq!(job.output, None);
+
+    // A finished job ignores a duplicate report of its own attempt.
+    let id = store.submit(submit()).await.unwrap().id();
+    store.finish(id, 1, success(), retry);
+    store.finish(
+        id,
+        1,
+        report(Outcome::Failed {
+            kind: FailureKind::Trap,
+            message: "duplicate".into(),
+        }),
+        retry,
+    );
+    barrier().await;
+    let job = store.job(id).unwrap().unwrap();
+    assert_eq!((job.status, job.attempts), (JobStatus::Succeeded, 1));
+    assert!(store.job(JobId(u128::MAX)).unwrap().is_none());
+    store.shutdown().await;
+}
