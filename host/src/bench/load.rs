@@ -40,11 +40,22 @@ impl Connection {
         path: &str,
         body: &[u8],
     ) -> anyhow::Result<(u16, Bytes)> {
+        self.call_with(method, path, "", body).await
+    }
+
+    /// Sends one request with extra header lines (each ending in `\r\n`) and reads the answer.
+    pub async fn call_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        extra_headers: &str,
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Bytes)> {
         self.out.clear();
         use std::io::Write;
         write!(
             self.out,
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n{extra_headers}content-length: {}\r\n\r\n",
             self.host,
             body.len()
         )?;

@@ -7,6 +7,7 @@
 //! - `sandbox`: per-event cost of Sluice's attempt path against bare wasmtime (same component).
 //! - `latency`: submit latency at half the measured throughput; submit-to-completion on an idle host.
 //! - `startup`: a restart with 10 deployed functions: time to listen, compilations.
+//! - `retention` (only when named): data-file size under a steady load with 5 s retention.
 //! - `--peer bullmq`: runs the BullMQ + Redis script (persistence off, then `FSYNC=always`) and
 //!   prints the throughput ratios.
 //!
@@ -59,6 +60,12 @@ pub struct BenchArgs {
     /// Where the temporary data directories go (a real disk: fsync cost is part of the result).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Seconds of steady load in the retention scenario.
+    #[arg(long, default_value_t = 40)]
+    pub retention_seconds: u64,
+    /// Submits per second in the retention scenario.
+    #[arg(long, default_value_t = 4000)]
+    pub retention_rate: u64,
 }
 
 /// A benchmark scenario.
@@ -72,6 +79,8 @@ pub enum Scenario {
     Latency,
     /// Restart time with 10 functions.
     Startup,
+    /// Data-file size under a steady load with short retention (not in the default set).
+    Retention,
 }
 
 /// A peer system to compare with.
@@ -91,7 +100,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .context("functions/echo is missing")?;
     let wasm = std::fs::read(&echo.wasm)?;
     let all = args.scenarios.is_empty();
-    let wants = |s: Scenario| all || args.scenarios.contains(&s);
+    // The retention scenario takes a while: only when asked for.
+    let wants = |s: Scenario| (all && s != Scenario::Retention) || args.scenarios.contains(&s);
     let mut report = Report::default();
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     eprintln!(
@@ -159,6 +169,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.add(
             "startup",
             startup_scenario(&base, &wasm, &echo.manifest).await?,
+        );
+    }
+    if wants(Scenario::Retention) {
+        report.add(
+            "retention",
+            retention_scenario(
+                &base,
+                &wasm,
+                &echo.manifest,
+                args.retention_seconds,
+                args.retention_rate,
+            )
+            .await?,
         );
     }
     if let Some(Peer::Bullmq) = args.peer {
@@ -322,6 +345,96 @@ async fn completion_latency(host: &BenchHost, n: usize) -> anyhow::Result<Value>
     }))
 }
 
+/// A steady load (half the submits with a fresh idempotency key) against a host that keeps
+/// finished jobs and keys for 5 s: the data files' size, sampled every 2 s, must level off once
+/// the sweeper deletes as fast as the load adds.
+async fn retention_scenario(
+    base: &Path,
+    wasm: &[u8],
+    manifest: &crate::manifest::Manifest,
+    seconds: u64,
+    rate: u64,
+) -> anyhow::Result<Value> {
+    const RETENTION: Duration = Duration::from_secs(5);
+    const CLIENTS: usize = 16;
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-bench")
+        .tempdir_in(base)?;
+    let host = BenchHost::start_with(dir.path(), |c| {
+        c.job_retention = RETENTION;
+        c.idempotency_window = RETENTION;
+    })
+    .await?;
+    host.deploy_echo("echo", wasm, manifest).await?;
+    let duration = Duration::from_secs(seconds);
+    let interval = Duration::from_secs_f64(CLIENTS as f64 / rate.max(1) as f64);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let addr = host.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await?;
+            let mut due = start + interval.mul_f64(c as f64 / CLIENTS as f64);
+            let mut n = 0u64;
+            while due < start + duration {
+                tokio::time::sleep_until(due).await;
+                let key = if n % 2 == 0 {
+                    format!("idempotency-key: c{c}-{n}\r\n")
+                } else {
+                    String::new()
+                };
+                let (status, body) = conn
+                    .call_with("POST", "/v1/functions/echo/jobs", &key, &payload(c))
+                    .await?;
+                anyhow::ensure!(status == 202, "{}", String::from_utf8_lossy(&body));
+                n += 1;
+                due += interval;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut sizes = Vec::new();
+    let sample = Duration::from_secs(2);
+    let mut next = start + sample;
+    while next <= start + duration {
+        tokio::time::sleep_until(next).await;
+        sizes.push(round2(dir_size(dir.path())? as f64 / (1 << 20) as f64));
+        next += sample;
+    }
+    let mut submitted = 0;
+    for t in tasks {
+        submitted += t.await??;
+    }
+    let swept = host.metric("sluice_retention_deleted_total").await?;
+    host.stop().await?;
+    // Growth over the second half of the run, when the sweeper has long been deleting.
+    let half = sizes.len() / 2;
+    let (mid, last) = (sizes.get(half).copied(), sizes.last().copied());
+    let growth = match (mid, last) {
+        (Some(m), Some(l)) if m > 0.0 => round2((l - m) / m * 100.0),
+        _ => 0.0,
+    };
+    Ok(json!({
+        "retention_s": RETENTION.as_secs(),
+        "seconds": seconds,
+        "rate_per_s": rate,
+        "submitted": submitted,
+        "swept_rows": swept,
+        "data_mb_every_2s": sizes,
+        "growth_second_half_pct": growth,
+        "goal": "the data files level off (small growth over the second half)",
+    }))
+}
+
+/// Total size of the files in `dir`.
+fn dir_size(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        total += entry?.metadata()?.len();
+    }
+    Ok(total)
+}
+
 /// A restart with 10 deployed functions: time until the API answers, and compilations.
 async fn startup_scenario(
     base: &Path,
@@ -421,10 +534,15 @@ impl BenchHost {
     }
 
     async fn start_in(dir: &Path) -> anyhow::Result<BenchHost> {
+        Self::start_with(dir, |_| {}).await
+    }
+
+    async fn start_with(dir: &Path, tweak: impl FnOnce(&mut Config)) -> anyhow::Result<BenchHost> {
         let mut config = Config {
             data_dir: dir.to_path_buf(),
             ..Config::default()
         };
+        tweak(&mut config);
         // The host's tuning variables apply to the benchmark's host too.
         if let Ok(us) = std::env::var("SLUICE_COMMIT_DELAY_US") {
             config.commit_delay = Duration::from_micros(us.parse()?);
