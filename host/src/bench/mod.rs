@@ -378,7 +378,7 @@ async fn retention_scenario(
             let mut n = 0u64;
             while due < start + duration {
                 tokio::time::sleep_until(due).await;
-                let key = if n % 2 == 0 {
+                let key = if n.is_multiple_of(2) {
                     format!("idempotency-key: c{c}-{n}\r\n")
                 } else {
                     String::new()
