@@ -155,6 +155,11 @@ impl Scheduler {
         self.inner.state.lock().running.contains(&id)
     }
 
+    /// Attempts held by workers right now, host-wide.
+    pub fn running_count(&self) -> usize {
+        self.inner.state.lock().running.len()
+    }
+
     /// A queued job was cancelled in the store: drop it from its function's ready queue.
     pub fn forget(&self, function: &str, id: JobId) {
         let mut state = self.inner.state.lock();

@@ -1,69 +1,11 @@
 //! The real `sluice` binary: flags from the environment, SIGTERM shuts down gracefully after
 //! letting the running attempt finish.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_tests::components;
-
-/// The `sluice` binary of this build: built here (a no-op when up to date), because a workspace
-/// test run builds the host's library and test harnesses, not its binary.
-fn sluice_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-            let target_dir = profile_dir.parent().unwrap();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut build = Command::new(cargo);
-            // `--workspace` unifies features exactly as the test build did, so this only links
-            // the binary instead of rebuilding dependencies with another feature set.
-            build
-                .args(["build", "--workspace", "--bins", "--target-dir"])
-                .arg(target_dir);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("cannot run cargo");
-            assert!(status.success(), "building the sluice binary failed");
-            let bin = profile_dir.join("sluice");
-            assert!(bin.exists(), "{} is missing after the build", bin.display());
-            bin
-        })
-        .clone()
-}
-
-async fn get_json(http: &reqwest::Client, url: &str) -> Value {
-    http.get(url).send().await.unwrap().json().await.unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_healthy(http: &reqwest::Client, url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("{url}/healthz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "sluice serve did not become healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use sluice_tests::{components, free_port, get_json, sluice_binary, wait_healthy};
 
 /// `SLUICE_LISTEN`/`SLUICE_DATA` configure `sluice serve`; `sluice deploy` and `sluice invoke`
 /// use `SLUICE_URL`; SIGTERM lets the running job finish, then the process exits 0 and the

@@ -77,6 +77,12 @@ pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
         "gauge",
         [(None, functions as f64)],
     );
+    out.metric(
+        "sluice_attempts_running",
+        "Attempts running now (held by a worker), host-wide.",
+        "gauge",
+        [(None, state.scheduler.running_count() as f64)],
+    );
     let mut backlog: Vec<_> = state.scheduler.backlog().into_iter().collect();
     backlog.sort();
     let ready = backlog

@@ -1,0 +1,171 @@
+//! `kill -9` under load: the real binary is killed while submits are in flight and 100+ attempts
+//! run, three times at different points, then restarted on the same data directory. Every job
+//! that got a `202` must end `succeeded` with its own output; none is lost or listed twice.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+
+use serde_json::{Value, json};
+use sluice_tests::{components, free_port, get_json, sluice_binary, wait_healthy};
+
+const CLIENTS: usize = 8;
+
+fn serve(data: &std::path::Path, port: u16) -> Child {
+    Command::new(sluice_binary())
+        .arg("serve")
+        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SLUICE_DATA", data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start sluice serve")
+}
+
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let Ok(r) = http.get(format!("{url}/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The output probe gives for a sleep of `ms`: each job's is its own.
+fn expected_output(ms: u64) -> String {
+    json!({"detail": format!("slept {ms} ms"), "ok": true}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_load_loses_no_accepted_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // Job id -> the sleep it asked for, for every submit that got its 202.
+    let accepted: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let mut serial = 0u64;
+
+    // Kill points: as soon as 100 attempts run, a little later, later still.
+    for (round, extra_delay_ms) in [0u64, 150, 400].into_iter().enumerate() {
+        let mut host = serve(tmp.path(), port);
+        wait_healthy(&http, &url).await;
+        if round == 0 {
+            let wasm = std::fs::read(components::PROBE).unwrap();
+            let r = http
+                .put(format!(
+                    "{url}/v1/functions/probe?max_concurrency=200&timeout_ms=20000"
+                ))
+                .header("content-type", "application/wasm")
+                .body(wasm)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "deploy: {}", r.status());
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut clients = Vec::new();
+        for c in 0..CLIENTS {
+            let (http, url, accepted, stop) =
+                (http.clone(), url.clone(), accepted.clone(), stop.clone());
+            let base = serial + c as u64 * 10_000;
+            clients.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && n < 600 {
+                    let ms = 100 + (base + n) % 200;
+                    n += 1;
+                    let sent = http
+                        .post(format!("{url}/v1/functions/probe/jobs"))
+                        .header("content-type", "application/json")
+                        .body(json!({"action": "sleep", "ms": ms}).to_string())
+                        .send()
+                        .await;
+                    // After the kill, submits fail: whatever got no 202 was never promised.
+                    let Ok(r) = sent else { break };
+                    if r.status() != 202 {
+                        break;
+                    }
+                    let Ok(body) = r.json::<Value>().await else {
+                        break;
+                    };
+                    let id = body["id"].as_str().unwrap().to_string();
+                    accepted.lock().unwrap().insert(id, ms);
+                }
+            }));
+        }
+        serial += CLIENTS as u64 * 10_000;
+        // Wait until at least 100 attempts run (submits are still in flight), then kill.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metric(&http, &url, "sluice_attempts_running").await < 100.0 {
+            assert!(Instant::now() < deadline, "never reached 100 running attempts");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(extra_delay_ms)).await;
+        let running = metric(&http, &url, "sluice_attempts_running").await;
+        host.kill().expect("kill -9");
+        host.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.await.unwrap();
+        }
+        eprintln!(
+            "round {round}: killed with about {running} attempts running; {} jobs accepted so far",
+            accepted.lock().unwrap().len()
+        );
+    }
+
+    // Restart for good; every accepted job must finish with its own output.
+    let mut host = serve(tmp.path(), port);
+    wait_healthy(&http, &url).await;
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(accepted.len() >= 300, "only {} jobs accepted", accepted.len());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (id, ms) in &accepted {
+        loop {
+            let job = get_json(&http, &format!("{url}/v1/jobs/{id}?wait=10")).await;
+            match job["status"].as_str() {
+                Some("succeeded") => {
+                    assert_eq!(job["output"], expected_output(*ms), "{job}");
+                    break;
+                }
+                Some("queued" | "running" | "delayed") => {}
+                _ => panic!("job {id} did not succeed: {job}"),
+            }
+            assert!(Instant::now() < deadline, "job {id} never finished: {job}");
+        }
+    }
+    // The listing shows every job exactly once (including any accepted whose answer was lost).
+    let mut listed: HashMap<String, usize> = HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = get_json(
+            &http,
+            &format!(
+                "{url}/v1/jobs?function=probe&limit=1000{}",
+                cursor.as_ref().map_or(String::new(), |c| format!("&cursor={c}"))
+            ),
+        )
+        .await;
+        for job in page["jobs"].as_array().unwrap() {
+            *listed.entry(job["id"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert!(listed.values().all(|&n| n == 1), "a job is listed twice");
+    for id in accepted.keys() {
+        assert!(listed.contains_key(id), "accepted job {id} is not listed");
+    }
+    host.kill().unwrap();
+    host.wait().unwrap();
+}
