@@ -78,6 +78,12 @@ pub struct ServeArgs {
     /// Job shards: redb files committing in parallel (a data directory keeps the ones it has).
     #[arg(long, env = "SLUICE_STORE_SHARDS", default_value_t = 1)]
     pub store_shards: usize,
+    /// Seconds finished jobs (succeeded, cancelled) are kept; dead letters stay until handled.
+    #[arg(long, env = "SLUICE_JOB_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub job_retention_secs: u64,
+    /// Seconds an Idempotency-Key is remembered.
+    #[arg(long, env = "SLUICE_IDEMPOTENCY_WINDOW_SECS", default_value_t = 24 * 3600)]
+    pub idempotency_window_secs: u64,
 }
 
 impl ServeArgs {
@@ -92,6 +98,8 @@ impl ServeArgs {
             cache_mb: self.cache_mb,
             commit_delay: Duration::from_micros(self.commit_delay_us),
             store_shards: self.store_shards,
+            job_retention: Duration::from_secs(self.job_retention_secs),
+            idempotency_window: Duration::from_secs(self.idempotency_window_secs),
             sandbox_threads: self
                 .sandbox_threads
                 .unwrap_or(Config::default().sandbox_threads),
