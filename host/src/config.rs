@@ -37,6 +37,8 @@ pub struct Config {
     pub job_retention: Duration,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_window: Duration,
+    /// Host-wide budget of unfinished jobs' input bytes; submits beyond it get 429.
+    pub max_queued_bytes: u64,
     /// Threads running attempts (at a lower OS priority than the API and the writer).
     pub sandbox_threads: usize,
     /// Bound on a job's captured log (stdout, stderr and log lines), in bytes.
@@ -59,6 +61,7 @@ impl Default for Config {
             store_shards: 1,
             job_retention: Duration::from_secs(7 * 24 * 3600),
             idempotency_window: Duration::from_secs(24 * 3600),
+            max_queued_bytes: 1 << 30,
             sandbox_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
@@ -78,6 +81,7 @@ impl Config {
             shards: self.store_shards,
             job_retention: self.job_retention,
             idempotency_window: self.idempotency_window,
+            max_queued_bytes: self.max_queued_bytes,
         }
     }
 

@@ -36,7 +36,6 @@ pub async fn run(
     let Opened {
         store,
         feed,
-        recovered,
     } = Store::open(&config.data_dir, &config.store_options())?;
     let store = Arc::new(store);
     load_functions(&store, &runtime).await?;
@@ -48,13 +47,11 @@ pub async fn run(
         config.max_instances,
         sandboxes.handle().clone(),
     );
-    if !recovered.is_empty() {
-        tracing::info!(
-            jobs = recovered.len(),
-            "requeued jobs left by the previous process"
-        );
+    // Each function gets its window of the ready queue (including jobs left by the previous
+    // process); the feed delivers them.
+    for record in store.functions()? {
+        scheduler.function_updated(&record.name);
     }
-    scheduler.enqueue(recovered);
     // The feed is consumed where attempts run, off the request path's threads.
     let feeder = sandboxes.spawn(scheduler.clone().consume(feed));
 

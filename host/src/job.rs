@@ -128,6 +128,10 @@ pub struct Job {
     pub correlation_id: String,
     /// While `delayed`: when it may run again (ms since the Unix epoch).
     pub not_before: Option<u64>,
+    /// 0-9, higher first; equal priorities run in the order they became ready.
+    pub priority: u8,
+    /// When it last became ready to run (accepted, due after a delay, or redriven).
+    pub ready_at: u64,
     /// While `running`: when the attempt's lease ends. A worker still running it then cancels
     /// it and the job is handed out again (as a failed attempt).
     pub lease_until: Option<u64>,
@@ -168,12 +172,30 @@ pub fn bounded_error(message: &str) -> String {
     format!("{}...", &message[..end])
 }
 
+/// Priority of a job that does not ask for one.
+pub const DEFAULT_PRIORITY: u8 = 5;
+/// Highest priority.
+pub const MAX_PRIORITY: u8 = 9;
+
+/// A job's place in its function's ready queue: higher priority first, then the time it became
+/// ready, then its id.
+pub type ReadyKey = (u8, u64, JobId);
+
+/// The ready-queue place of a job with `priority` that became ready at `ready_at`.
+pub fn ready_key(priority: u8, ready_at: u64, id: JobId) -> ReadyKey {
+    (MAX_PRIORITY - priority.min(MAX_PRIORITY), ready_at, id)
+}
+
 /// A job as the scheduler holds it between its durable submit and its attempt: what the
 /// sandbox needs, without reading the store again.
 #[derive(Clone, Debug)]
 pub struct QueuedJob {
     /// The job's id.
     pub id: JobId,
+    /// 0-9, higher first.
+    pub priority: u8,
+    /// When it became ready.
+    pub ready_at: u64,
     /// The function that runs it.
     pub function: String,
     /// Attempts already started (the next attempt is `attempts + 1`).
@@ -186,6 +208,28 @@ pub struct QueuedJob {
     pub created_at: u64,
     /// Id shared by everything one request caused.
     pub correlation_id: String,
+}
+
+impl QueuedJob {
+    /// The job as the scheduler needs it, from its stored record.
+    pub fn from_job(id: JobId, job: Job) -> QueuedJob {
+        QueuedJob {
+            id,
+            priority: job.priority,
+            ready_at: job.ready_at,
+            function: job.function,
+            attempts: job.attempts,
+            content_type: job.input_content_type,
+            input: Bytes::from(job.input),
+            created_at: job.created_at,
+            correlation_id: job.correlation_id,
+        }
+    }
+
+    /// Its place in the ready queue.
+    pub fn ready_key(&self) -> ReadyKey {
+        ready_key(self.priority, self.ready_at, self.id)
+    }
 }
 
 /// How an attempt ended, as the runtime reports it to the store.

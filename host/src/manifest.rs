@@ -26,6 +26,10 @@ pub struct Manifest {
     pub backoff_base_ms: Option<u64>,
     /// Cap on a retry's delay, in milliseconds.
     pub backoff_max_ms: Option<u64>,
+    /// Most unfinished jobs (queued, delayed, running); submits beyond it get 429.
+    pub max_queued: Option<u64>,
+    /// Most attempts started per second (smoothed); unset means unlimited.
+    pub rate_per_second: Option<u32>,
 }
 
 /// A function's validated settings, as stored and enforced.
@@ -40,6 +44,16 @@ pub struct Settings {
     /// How failed attempts are retried.
     #[serde(flatten)]
     pub retry: RetryPolicy,
+    /// Most unfinished jobs (queued, delayed, running); submits beyond it get 429.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: u64,
+    /// Most attempts started per second, evenly spaced; `None` means unlimited.
+    #[serde(default)]
+    pub rate_per_second: Option<u32>,
+}
+
+fn default_max_queued() -> u64 {
+    Settings::DEFAULT.max_queued
 }
 
 impl Settings {
@@ -49,6 +63,8 @@ impl Settings {
         timeout_ms: 30_000,
         memory_mb: 64,
         retry: RetryPolicy::DEFAULT,
+        max_queued: 1_000_000,
+        rate_per_second: None,
     };
 }
 
@@ -191,6 +207,8 @@ impl Manifest {
                 backoff_base_ms: self.backoff_base_ms.unwrap_or(d.retry.backoff_base_ms),
                 backoff_max_ms: self.backoff_max_ms.unwrap_or(d.retry.backoff_max_ms),
             },
+            max_queued: self.max_queued.unwrap_or(d.max_queued),
+            rate_per_second: self.rate_per_second,
         };
         check(
             "max_concurrency",
@@ -205,6 +223,10 @@ impl Manifest {
             1,
             bounds.max_memory_mb.into(),
         )?;
+        check("max_queued", settings.max_queued, 1, 100_000_000)?;
+        if let Some(rate) = settings.rate_per_second {
+            check("rate_per_second", rate.into(), 1, 1_000_000)?;
+        }
         let retry = settings.retry;
         check("max_attempts", retry.max_attempts.into(), 1, 100)?;
         check("backoff_base_ms", retry.backoff_base_ms, 1, 86_400_000)?;

@@ -1,11 +1,14 @@
-//! The scheduler moves durable, queued jobs into sandboxes: per function a FIFO of ready jobs and
-//! at most `max_concurrency` workers draining it, all sharing one host-wide pool of sandbox slots.
+//! The scheduler moves durable, ready jobs into sandboxes: per function a window of its ready
+//! queue (highest priority first, then oldest) and at most `max_concurrency` workers draining it,
+//! started no faster than `rate_per_second`, all sharing one host-wide pool of sandbox slots.
 //!
-//! It owns no durable state. It learns about jobs from the store's commit feed (and from recovery
-//! at start-up), tells the store when an attempt starts and how it ended, and relies on the
-//! store's fencing (attempt numbers and statuses) so a stale or cancelled attempt changes nothing.
+//! It owns no durable state. The ready queue lives in the store; the scheduler holds at most
+//! [`HOLD`] jobs of each function (waiting or running) and tells the store, through its
+//! [`Demand`], when it has room for more: host memory does not grow with the queue. It tells the
+//! store when an attempt starts and how it ended, and relies on the store's fencing (attempt
+//! numbers and statuses) so a stale or cancelled attempt changes nothing.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,9 +17,13 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{AttemptReport, FailureKind, JobId, Outcome, QueuedJob, now_ms};
+use crate::job::{AttemptReport, FailureKind, JobId, Outcome, QueuedJob, ReadyKey, now_ms};
 use crate::runtime::Runtime;
-use crate::store::{CommitFeed, Store};
+use crate::store::{CommitFeed, Demand, Store};
+
+/// Jobs of one function the scheduler holds at most (waiting for a worker, or running); the
+/// rest of its queue waits in the store.
+pub const HOLD: usize = 1024;
 
 /// How long an attempt runs before its start is committed (and `running` shows). Shorter
 /// attempts skip that commit: their start is recorded with their end.
@@ -58,16 +65,24 @@ struct State {
     running: HashSet<JobId>,
 }
 
-/// One function's ready jobs and workers.
+/// One function's window of ready jobs, its workers and its pace.
 struct FunctionQueue {
-    /// Jobs ready to start, oldest first.
-    ready: VecDeque<QueuedJob>,
+    /// Jobs ready to start, in dispatch order.
+    ready: BTreeMap<ReadyKey, QueuedJob>,
     /// Workers draining `ready` now.
     workers: usize,
+    /// Attempts running now.
+    running: usize,
     /// The function's `max_concurrency`.
     limit: usize,
+    /// Time between two attempt starts (`rate_per_second`), if limited.
+    interval: Option<Duration>,
+    /// When the next attempt may start under that rate.
+    next_start: tokio::time::Instant,
     /// Cancels this function's running attempts (force delete).
     cancel: CancellationToken,
+    /// False once deleted (kept so its exiting workers find their counts).
+    deployed: bool,
 }
 
 impl Scheduler {
@@ -107,47 +122,71 @@ impl Scheduler {
         let mut state = self.inner.state.lock();
         let mut touched: Vec<String> = Vec::new();
         for job in jobs {
-            let queue = match state.functions.get_mut(&job.function) {
-                Some(q) => q,
-                None => {
-                    let limit = self.limit_of(&job.function);
-                    state
-                        .functions
-                        .entry(job.function.clone())
-                        .or_insert_with(|| FunctionQueue::new(limit))
-                }
+            // A job of a function deleted meanwhile is cancelled in the store: drop it.
+            let Some(queue) = state
+                .functions
+                .get_mut(&job.function)
+                .filter(|q| q.deployed)
+            else {
+                continue;
             };
             if touched.last() != Some(&job.function) {
                 touched.push(job.function.clone());
             }
-            queue.ready.push_back(job);
+            queue.ready.insert(job.ready_key(), job);
         }
         for name in touched {
             self.spawn_workers(&mut state, &name);
         }
     }
 
-    /// A function was deployed or its settings changed: apply its new concurrency limit.
+    /// A function was deployed (or loaded at start-up) or its settings changed: apply its
+    /// concurrency limit and rate; a new function gets its window of the ready queue.
     pub fn function_updated(&self, name: &str) {
-        let limit = self.limit_of(name);
+        let Some(code) = self.inner.runtime.function(name) else {
+            return;
+        };
+        let settings = code.record.settings;
         let mut state = self.inner.state.lock();
-        state
+        let queue = state
             .functions
             .entry(name.to_string())
-            .or_insert_with(|| FunctionQueue::new(limit))
-            .limit = limit;
+            .or_insert_with(FunctionQueue::new);
+        let new = !queue.deployed;
+        queue.deployed = true;
+        queue.limit = settings.max_concurrency as usize;
+        queue.interval = settings
+            .rate_per_second
+            .map(|r| Duration::from_secs_f64(1.0 / r as f64));
         self.spawn_workers(&mut state, name);
+        drop(state);
+        if new {
+            self.inner.demand().grant(name, HOLD);
+            self.inner.store.refill();
+        }
     }
 
-    /// A function was deleted (its pending jobs are already cancelled in the store): drop its
-    /// queue and cancel its running attempts.
+    /// A function was deleted (its unfinished jobs are already cancelled in the store): drop its
+    /// window and cancel its running attempts.
     pub fn function_removed(&self, name: &str) {
         let mut state = self.inner.state.lock();
         if let Some(queue) = state.functions.get_mut(name) {
+            queue.deployed = false;
             queue.ready.clear();
             queue.cancel.cancel();
             queue.cancel = CancellationToken::new();
         }
+        self.inner.demand().remove(name);
+    }
+
+    /// Attempts of `function` running now.
+    pub fn running_in(&self, function: &str) -> usize {
+        self.inner
+            .state
+            .lock()
+            .functions
+            .get(function)
+            .map_or(0, |q| q.running)
     }
 
     /// True while a worker holds the job (its attempt is starting or running).
@@ -160,11 +199,17 @@ impl Scheduler {
         self.inner.state.lock().running.len()
     }
 
-    /// A queued job was cancelled in the store: drop it from its function's ready queue.
+    /// A queued job was cancelled in the store: drop it from its function's window.
     pub fn forget(&self, function: &str, id: JobId) {
         let mut state = self.inner.state.lock();
-        if let Some(queue) = state.functions.get_mut(function) {
-            queue.ready.retain(|job| job.id != id);
+        let Some(queue) = state.functions.get_mut(function) else {
+            return;
+        };
+        let key = queue.ready.iter().find(|(_, j)| j.id == id).map(|(k, _)| *k);
+        if let Some(key) = key {
+            queue.ready.remove(&key);
+            drop(state);
+            self.inner.release(function);
         }
     }
 
@@ -206,13 +251,6 @@ impl Scheduler {
         }
     }
 
-    fn limit_of(&self, name: &str) -> usize {
-        self.inner
-            .runtime
-            .function(name)
-            .map_or(1, |f| f.record.settings.max_concurrency as usize)
-    }
-
     fn spawn_workers(&self, state: &mut State, name: &str) {
         let Some(queue) = state.functions.get_mut(name) else {
             return;
@@ -236,12 +274,20 @@ impl Scheduler {
 impl Inner {
     /// One worker: runs the function's ready jobs one after another until none is left.
     async fn work(self: Arc<Self>, function: String, mut cancel: CancellationToken) {
-        while let Some(job) = self.next_job(&function, &mut cancel) {
+        while let Some((job, start_at)) = self.next_job(&function, &mut cancel) {
             // A job whose function was deleted is already cancelled in the store: skip it.
             let Some(code) = self.runtime.function(&function) else {
-                self.state.lock().running.remove(&job.id);
+                self.done(&function, job.id);
                 continue;
             };
+            // Paced by the function's rate limit (the start time was reserved under the lock).
+            if let Some(at) = start_at {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = cancel.cancelled() => { self.done(&function, job.id); continue; }
+                    _ = self.abort_all.cancelled() => { self.done(&function, job.id); continue; }
+                }
+            }
             let _slot = self
                 .slots
                 .clone()
@@ -292,26 +338,69 @@ impl Inner {
                 self.store
                     .finish(job.id, attempt, report, code.record.settings.retry);
             }
-            self.state.lock().running.remove(&job.id);
+            self.done(&function, job.id);
         }
         self.worker_exited.notify_waiters();
+    }
+
+    fn demand(&self) -> &Demand {
+        self.store.demand()
+    }
+
+    /// A job left the scheduler (its finish is on its way to the store): its room in the
+    /// function's window goes back to the store.
+    fn done(&self, function: &str, id: JobId) {
+        let deployed = {
+            let mut state = self.state.lock();
+            state.running.remove(&id);
+            match state.functions.get_mut(function) {
+                Some(queue) => {
+                    queue.running = queue.running.saturating_sub(1);
+                    queue.deployed
+                }
+                None => false,
+            }
+        };
+        if deployed {
+            self.release(function);
+        }
+    }
+
+    /// One more job of `function` fits in the scheduler; if the store had stopped handing them
+    /// out, ask for more.
+    fn release(&self, function: &str) {
+        if self.demand().grant(function, 1) == 0 {
+            self.store.refill();
+        }
     }
 
     /// The worker's next job. When there is none (or the worker must stop), the worker is
     /// retired under the same lock, so an `enqueue` racing with it never counts a worker that is
     /// about to leave and always starts a new one for its job.
-    fn next_job(&self, function: &str, cancel: &mut CancellationToken) -> Option<QueuedJob> {
+    ///
+    /// Also returns when the attempt may start under the function's rate limit, if later than now.
+    fn next_job(
+        &self,
+        function: &str,
+        cancel: &mut CancellationToken,
+    ) -> Option<(QueuedJob, Option<tokio::time::Instant>)> {
         let mut state = self.state.lock();
         let stopping = self.stopping.load(Ordering::Relaxed);
         if let Some(queue) = state.functions.get_mut(function) {
             // A lowered limit retires the surplus workers.
             if !stopping
                 && queue.workers <= queue.limit
-                && let Some(job) = queue.ready.pop_front()
+                && let Some((_, job)) = queue.ready.pop_first()
             {
                 *cancel = queue.cancel.clone();
+                queue.running += 1;
+                let start_at = queue.interval.map(|interval| {
+                    let at = queue.next_start.max(tokio::time::Instant::now());
+                    queue.next_start = at + interval;
+                    at
+                });
                 state.running.insert(job.id);
-                return Some(job);
+                return Some((job, start_at));
             }
             queue.workers -= 1;
         }
@@ -321,12 +410,16 @@ impl Inner {
 }
 
 impl FunctionQueue {
-    fn new(limit: usize) -> Self {
+    fn new() -> Self {
         FunctionQueue {
-            ready: VecDeque::new(),
+            ready: BTreeMap::new(),
             workers: 0,
-            limit,
+            running: 0,
+            limit: 1,
+            interval: None,
+            next_start: tokio::time::Instant::now(),
             cancel: CancellationToken::new(),
+            deployed: false,
         }
     }
 }

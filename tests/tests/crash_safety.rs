@@ -174,6 +174,8 @@ async fn stale_attempts_are_fenced() {
         input: bytes::Bytes::from_static(b"in"),
         correlation_id: None,
         idempotency: None,
+        priority: sluice::job::DEFAULT_PRIORITY,
+        not_before: None,
     };
     let report = |outcome: Outcome| AttemptReport {
         outcome,

@@ -16,7 +16,12 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header (429 and 503 answers).
+    retry_after: Option<u64>,
 }
+
+/// `Retry-After` of a submit refused because a queue or the host's budget is full.
+const RETRY_AFTER_FULL_SECS: u64 = 1;
 
 impl ApiError {
     /// An error with the given status, code and message.
@@ -25,7 +30,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Adds a `Retry-After: secs` header.
+    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -54,7 +66,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -73,6 +91,14 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
             SubmitError::FunctionNotFound(name) => ApiError::function_not_found(&name),
+            e @ (SubmitError::QueueFull { .. } | SubmitError::BudgetExhausted { .. }) => {
+                let code = match e {
+                    SubmitError::QueueFull { .. } => "queue_full",
+                    _ => "host_budget_exhausted",
+                };
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, e.to_string())
+                    .retry_after(RETRY_AFTER_FULL_SECS)
+            }
             e @ SubmitError::IdempotencyConflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", e.to_string())
             }

@@ -181,13 +181,11 @@ fn manifest_from_query(query: &[(String, String)]) -> Result<Manifest, ApiError>
 
 /// `GET /v1/functions`.
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let pending = state.store.pending_counts()?;
-    let functions: Vec<Value> = state
-        .store
-        .functions()?
-        .iter()
-        .map(|f| function_json(f, Some(pending.get(&f.name).copied().unwrap_or(0))))
-        .collect();
+    let mut functions = Vec::new();
+    for f in state.store.functions()? {
+        let pending = state.store.pending_count(&f.name)?;
+        functions.push(function_json(&f, Some(pending)));
+    }
     Ok(Json(json!({ "functions": functions })))
 }
 
@@ -244,6 +242,8 @@ fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Value {
         "max_attempts": f.settings.retry.max_attempts,
         "backoff_base_ms": f.settings.retry.backoff_base_ms,
         "backoff_max_ms": f.settings.retry.backoff_max_ms,
+        "max_queued": f.settings.max_queued,
+        "rate_per_second": f.settings.rate_per_second,
         "jobs_url": format!("/v1/functions/{}/jobs", f.name),
     });
     if let Some(n) = pending_jobs {

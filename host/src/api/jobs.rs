@@ -12,11 +12,15 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::job::{Job, JobId, JobStatus, rfc3339};
+use crate::job::{DEFAULT_PRIORITY, Job, JobId, JobStatus, MAX_PRIORITY, now_ms, rfc3339};
 use crate::store::{CancelError, IdempotencyKey, JobPage, JobQuery, NewJob, Submitted};
 
 /// Outputs up to this size, and valid UTF-8, are shown inline in the job's JSON.
 const INLINE_OUTPUT: usize = 64 * 1024;
+/// Longest delay a submit may ask for, in seconds (a year).
+const MAX_DELAY_SECS: f64 = 365.0 * 24.0 * 3600.0;
+/// Most items in one batch submit.
+const MAX_BATCH_ITEMS: usize = 1000;
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Longest accepted `Sluice-Correlation-Id`.
@@ -38,6 +42,8 @@ pub(crate) async fn submit(
         .map(str::to_string);
     let correlation_id = correlation_id(&headers)?;
     let idempotency = idempotency_key(&headers, content_type.as_deref(), &input)?;
+    let priority = priority(&headers)?;
+    let not_before = not_before(&headers)?;
     let submitted = state
         .store
         .submit(NewJob {
@@ -46,6 +52,8 @@ pub(crate) async fn submit(
             input,
             correlation_id,
             idempotency,
+            priority,
+            not_before,
         })
         .await?;
     // A repeated request with the same idempotency key gets the original answer, as 200.
@@ -56,7 +64,12 @@ pub(crate) async fn submit(
     // Built by hand: this answer is on every submit's path.
     let id = submitted.id().to_string();
     let location = format!("/v1/jobs/{id}");
-    let body = format!(r#"{{"id":"{id}","status":"queued"}}"#);
+    let queued = if not_before.is_some_and(|at| at > now_ms()) {
+        "delayed"
+    } else {
+        "queued"
+    };
+    let body = format!(r#"{{"id":"{id}","status":"{queued}"}}"#);
     let mut response = (status, body).into_response();
     let h = response.headers_mut();
     h.insert(
@@ -69,6 +82,65 @@ pub(crate) async fn submit(
     );
     h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     Ok(response)
+}
+
+/// `Sluice-Priority: 0-9` (default 5).
+fn priority(headers: &HeaderMap) -> Result<u8, ApiError> {
+    let Some(value) = headers.get("sluice-priority") else {
+        return Ok(DEFAULT_PRIORITY);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u8>().ok())
+        .filter(|p| *p <= MAX_PRIORITY)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_header",
+                "Sluice-Priority must be a whole number from 0 (lowest) to 9 (highest)",
+            )
+        })
+}
+
+/// `Sluice-Delay: SECONDS` or `Sluice-Not-Before: RFC3339`: when the job may run first.
+fn not_before(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let delay = headers.get("sluice-delay");
+    let at = headers.get("sluice-not-before");
+    let bad = |m: &str| ApiError::bad_request("invalid_header", m);
+    match (delay, at) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(bad(
+            "send Sluice-Delay or Sluice-Not-Before, not both",
+        )),
+        (Some(d), None) => {
+            let secs = d
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && (0.0..=MAX_DELAY_SECS).contains(s))
+                .ok_or_else(|| {
+                    bad("Sluice-Delay must be a number of seconds from 0 to 31536000 (a year)")
+                })?;
+            Ok(Some(now_ms() + (secs * 1000.0) as u64))
+        }
+        (None, Some(t)) => {
+            let time = t
+                .to_str()
+                .ok()
+                .and_then(|v| humantime::parse_rfc3339_weak(v.trim()).ok())
+                .ok_or_else(|| {
+                    bad("Sluice-Not-Before must be an RFC 3339 time, e.g. 2026-11-25T08:00:00Z")
+                })?;
+            let ms = time
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            if ms > now_ms() + (MAX_DELAY_SECS * 1000.0) as u64 {
+                return Err(bad("Sluice-Not-Before must be within a year from now"));
+            }
+            Ok(Some(ms))
+        }
+    }
 }
 
 /// The `Idempotency-Key` header (1-255 visible ASCII characters) with the request's
@@ -222,6 +294,130 @@ pub(crate) async fn list(
     }
     let page = state.store.jobs(&q)?;
     Ok(Json(page_json("jobs", page)))
+}
+
+/// `POST /v1/functions/{name}/jobs:batch`: a JSON array of up to 1000 items, each a JSON value
+/// (the job's input) or `{"data": ..., "content_type": ..., "priority": ..., "delay": ...}`.
+/// Answers 202 with every job, in order, after one durable commit; all or nothing.
+pub(crate) async fn submit_batch(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let bad = |m: String| ApiError::bad_request("invalid_body", m);
+    let items: Vec<Value> = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "{e}: send a JSON array of inputs, or of {{\"data\": ..., \"content_type\": ..., \"priority\": 0-9, \"delay\": seconds}}"
+        ))
+    })?;
+    if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
+        return Err(bad(format!(
+            "a batch holds 1 to {MAX_BATCH_ITEMS} items, not {}",
+            items.len()
+        )));
+    }
+    let correlation_id = correlation_id(&headers)?;
+    let default_priority = priority(&headers)?;
+    let default_not_before = not_before(&headers)?;
+    let now = now_ms();
+    let mut jobs = Vec::with_capacity(items.len());
+    let mut statuses = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let item = BatchItem::parse(item, default_priority, default_not_before, now)
+            .map_err(|m| bad(format!("item {i}: {m}")))?;
+        statuses.push(if item.not_before.is_some() { "delayed" } else { "queued" });
+        jobs.push(NewJob {
+            function: name.clone(),
+            content_type: Some(item.content_type),
+            input: item.input,
+            correlation_id: correlation_id.clone(),
+            idempotency: None,
+            priority: item.priority,
+            not_before: item.not_before,
+        });
+    }
+    let ids = state.store.submit_batch(jobs).await?;
+    let jobs: Vec<Value> = ids
+        .iter()
+        .zip(statuses)
+        .map(|(id, status)| json!({ "id": id.to_string(), "status": status }))
+        .collect();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "jobs": jobs }))).into_response())
+}
+
+/// One item of a batch submit.
+struct BatchItem {
+    input: Bytes,
+    content_type: String,
+    priority: u8,
+    not_before: Option<u64>,
+}
+
+impl BatchItem {
+    /// An envelope is an object with `data` and only the envelope's keys; anything else is the
+    /// input itself, as JSON.
+    fn parse(
+        item: Value,
+        priority: u8,
+        not_before: Option<u64>,
+        now: u64,
+    ) -> Result<BatchItem, String> {
+        const KEYS: [&str; 4] = ["data", "content_type", "priority", "delay"];
+        let envelope = item.as_object().is_some_and(|o| {
+            o.contains_key("data") && o.keys().all(|k| KEYS.contains(&k.as_str()))
+        });
+        if !envelope {
+            return Ok(BatchItem {
+                input: Bytes::from(item.to_string()),
+                content_type: "application/json".into(),
+                priority,
+                not_before,
+            });
+        }
+        let mut o = match item {
+            Value::Object(o) => o,
+            _ => unreachable!("an envelope is an object"),
+        };
+        let data = o.remove("data").unwrap_or(Value::Null);
+        let content_type = match o.remove("content_type") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => return Err("content_type must be a string".into()),
+        };
+        // A string with a content type other than JSON is sent as its text; everything else as JSON.
+        let (input, content_type) = match (data, content_type) {
+            (Value::String(text), Some(ct)) if !ct.contains("json") => (Bytes::from(text), ct),
+            (data, ct) => (
+                Bytes::from(data.to_string()),
+                ct.unwrap_or_else(|| "application/json".into()),
+            ),
+        };
+        let priority = match o.remove("priority") {
+            None | Some(Value::Null) => priority,
+            Some(p) => p
+                .as_u64()
+                .filter(|p| *p <= MAX_PRIORITY as u64)
+                .ok_or("priority must be a whole number from 0 to 9")? as u8,
+        };
+        let not_before = match o.remove("delay") {
+            None | Some(Value::Null) => not_before,
+            Some(d) => {
+                let secs = d
+                    .as_f64()
+                    .filter(|s| (0.0..=MAX_DELAY_SECS).contains(s))
+                    .ok_or("delay must be a number of seconds from 0 to 31536000")?;
+                Some(now + (secs * 1000.0) as u64).filter(|&at| at > now)
+            }
+        };
+        Ok(BatchItem {
+            input,
+            content_type,
+            priority,
+            not_before,
+        })
+    }
 }
 
 /// A page of jobs as `{"<key>": [...], "next_cursor": ...}`.

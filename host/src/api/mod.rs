@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(functions::delete),
         )
         .route("/v1/functions/{name}/jobs", post(jobs::submit))
+        .route("/v1/functions/{name}/jobs:batch", post(jobs::submit_batch))
         .route("/v1/jobs", get(jobs::list))
         .route(
             "/v1/functions/{name}/dead-letters",

@@ -72,6 +72,8 @@ pub async fn measure(
     };
     let function = runtime.install(record, &compiled);
     let job = QueuedJob {
+        priority: crate::job::DEFAULT_PRIORITY,
+        ready_at: 0,
         id: JobId(1),
         function: "baseline".into(),
         attempts: 0,

@@ -3,7 +3,7 @@
 //! `Durability::Immediate` transaction, run on a blocking thread. The shard writers check
 //! submits against the in-memory set of deployed names kept here.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,14 +13,29 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use super::tables::*;
 use super::{StoreError, storage};
 
-/// Names of the deployed functions, shared with every shard writer so a submit checks existence
-/// without a read transaction.
+/// The deployed functions with their `max_queued`, shared with every shard writer so a submit
+/// checks existence and admission without a read transaction.
 #[derive(Default)]
-pub(crate) struct Deployed(RwLock<HashSet<String>>);
+pub(crate) struct Deployed(RwLock<HashMap<String, u64>>);
 
 impl Deployed {
     pub(crate) fn contains(&self, name: &str) -> bool {
-        self.0.read().contains(name)
+        self.0.read().contains_key(name)
+    }
+
+    /// The function's `max_queued`, if it is deployed.
+    pub(crate) fn max_queued(&self, name: &str) -> Option<u64> {
+        self.0.read().get(name).copied()
+    }
+
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.0.read().keys().cloned().collect()
+    }
+
+    fn set(&self, record: &FunctionRecord) {
+        self.0
+            .write()
+            .insert(record.name.clone(), record.settings.max_queued);
     }
 }
 
@@ -42,17 +57,15 @@ impl Catalog {
             deployed: Arc::default(),
         };
         let txn = catalog.write()?;
-        let mut names = HashSet::new();
         {
-            let functions = txn.open_table(FUNCTIONS).map_err(storage)?;
+            txn.open_table(FUNCTIONS).map_err(storage)?;
             txn.open_table(COMPONENTS).map_err(storage)?;
             txn.open_table(ARTIFACTS).map_err(storage)?;
-            for row in functions.iter().map_err(storage)? {
-                names.insert(row.map_err(storage)?.0.value().to_string());
-            }
         }
         txn.commit().map_err(storage)?;
-        *catalog.deployed.0.write() = names;
+        for record in catalog.functions()? {
+            catalog.deployed.set(&record);
+        }
         Ok(catalog)
     }
 
@@ -89,7 +102,7 @@ impl Catalog {
                 if previous.digest == record.digest && previous.settings == record.settings {
                     drop(functions);
                     txn.abort().map_err(storage)?;
-                    self.deployed.0.write().insert(previous.name.clone());
+                    self.deployed.set(&previous);
                     return Ok(previous);
                 }
                 record.version = previous.version + 1;
@@ -116,7 +129,7 @@ impl Catalog {
         }
         txn.commit().map_err(storage)?;
         // Submits are accepted only once the function is durable.
-        self.deployed.0.write().insert(record.name.clone());
+        self.deployed.set(&record);
         Ok(record)
     }
 
@@ -133,7 +146,7 @@ impl Catalog {
     /// Removes a function; false when it was not deployed. Submits are refused from the moment
     /// this starts; if the commit fails, the function is deployed again.
     pub(crate) fn remove_function(&self, name: &str) -> Result<bool, StoreError> {
-        if !self.deployed.0.write().remove(name) {
+        if self.deployed.0.write().remove(name).is_none() {
             return Ok(false);
         }
         let result = self.write().and_then(|txn| {
@@ -143,8 +156,10 @@ impl Catalog {
                 .map_err(storage)?;
             txn.commit().map_err(storage)
         });
-        if result.is_err() {
-            self.deployed.0.write().insert(name.to_string());
+        if result.is_err()
+            && let Ok(Some(record)) = self.function(name)
+        {
+            self.deployed.set(&record);
         }
         result.map(|()| true)
     }

@@ -21,9 +21,12 @@
 //! removed, then its remaining jobs cancelled shard by shard).
 
 mod catalog;
+mod counts;
+mod demand;
 mod ids;
 mod shard;
 mod tables;
+mod transitions;
 mod writer;
 
 use std::collections::HashMap;
@@ -40,6 +43,8 @@ use crate::job::{AttemptReport, Job, JobId, JobStatus, QueuedJob};
 use crate::manifest::RetryPolicy;
 pub use tables::FunctionRecord;
 use catalog::Catalog;
+pub use counts::Counts;
+pub use demand::Demand;
 use ids::{MAX_SHARDS, shard_of};
 use shard::Shard;
 use tables::*;
@@ -68,6 +73,24 @@ pub enum SubmitError {
     /// No function of that name is deployed.
     #[error("function {0:?} is not deployed; deploy it first (PUT /v1/functions/{0})")]
     FunctionNotFound(String),
+    /// The function has `max_queued` unfinished jobs already.
+    #[error(
+        "function {function:?} has {max_queued} unfinished jobs, its max_queued: retry after some finish"
+    )]
+    QueueFull {
+        /// The function.
+        function: String,
+        /// Its limit.
+        max_queued: u64,
+    },
+    /// The host holds its budget of unfinished input bytes.
+    #[error(
+        "the host holds its budget of {budget} bytes of unfinished jobs: retry after some finish"
+    )]
+    BudgetExhausted {
+        /// The budget, in bytes.
+        budget: u64,
+    },
     /// The idempotency key was used before with a different request.
     #[error(
         "idempotency key {0:?} was already used with a different request (another body or content type); use a new key for a new request"
@@ -173,6 +196,10 @@ pub struct NewJob {
     pub correlation_id: Option<String>,
     /// The client's idempotency key, if any.
     pub idempotency: Option<IdempotencyKey>,
+    /// 0-9, higher first ([`crate::job::DEFAULT_PRIORITY`] when not asked for).
+    pub priority: u8,
+    /// Not to run before this time (ms since the Unix epoch): the job starts `delayed`.
+    pub not_before: Option<u64>,
 }
 
 /// Jobs that became queued in a commit, in commit order, for the scheduler.
@@ -246,6 +273,8 @@ pub struct StoreOptions {
     pub job_retention: Duration,
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
+    /// Host-wide budget of unfinished jobs' input bytes; submits beyond it get 429.
+    pub max_queued_bytes: u64,
 }
 
 /// Handle to the durable state. Cheap to share (`Arc`); reads run on the caller's thread,
@@ -262,16 +291,19 @@ pub struct Store {
     waiters: Arc<Waiters>,
     /// What the writers have done so far.
     stats: Arc<StoreStats>,
+    /// How many more ready jobs the scheduler takes, per function.
+    demand: Arc<Demand>,
+    /// Unfinished input bytes, all shards together.
+    queued_bytes: Arc<AtomicU64>,
 }
 
 /// What opening the store found.
 pub struct Opened {
     /// The store.
     pub store: Store,
-    /// Jobs queued by each commit from now on.
+    /// Ready jobs handed to the scheduler after each commit (within its [`Demand`]); at start-up
+    /// this includes the jobs the previous process left queued or running.
     pub feed: CommitFeed,
-    /// Jobs that were queued or running when the previous process stopped, now queued again.
-    pub recovered: Vec<QueuedJob>,
 }
 
 impl Store {
@@ -289,35 +321,47 @@ impl Store {
             waiters: Arc::new(Waiters::default()),
             stats: Arc::new(StoreStats::default()),
             deployed: catalog.deployed().clone(),
+            demand: Arc::new(Demand::default()),
+            queued_bytes: Arc::new(AtomicU64::new(0)),
         };
         let mut shards = Vec::with_capacity(count);
-        let mut recovered = Vec::new();
         for n in 0..count {
-            let (shard, mut jobs) = Shard::open(
+            shards.push(Shard::open(
                 n,
                 &shard_path(data_dir, n),
                 cache,
                 options,
                 feed_tx.clone(),
                 shared.clone(),
-            )?;
-            shards.push(shard);
-            recovered.append(&mut jobs);
+            )?);
         }
-        // Oldest first, as they were accepted.
-        recovered.sort_by_key(|j| j.id);
         let store = Store {
             catalog,
             shards,
             next_shard: AtomicUsize::new(0),
             waiters: shared.waiters,
             stats: shared.stats,
+            demand: shared.demand,
+            queued_bytes: shared.queued_bytes,
         };
-        Ok(Opened {
-            store,
-            feed,
-            recovered,
-        })
+        Ok(Opened { store, feed })
+    }
+
+    /// The scheduler's credit table: grant credit there, then call [`Store::refill`].
+    pub fn demand(&self) -> &Arc<Demand> {
+        &self.demand
+    }
+
+    /// Asks every shard to hand out ready jobs it kept back while the scheduler had no room.
+    pub fn refill(&self) {
+        for shard in &self.shards {
+            shard.send(Op::Refill);
+        }
+    }
+
+    /// Input bytes of unfinished jobs, host-wide.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes.load(Relaxed)
     }
 
     /// The shard holding a job, if the id names one of ours.
@@ -333,6 +377,13 @@ impl Store {
             .map(|i| &self.shards[(start + i) % n])
             .min_by_key(|s| s.load())
             .expect("the store has at least one shard")
+    }
+
+    /// Accepts jobs of one function together (one commit), or none of them.
+    pub async fn submit_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>, SubmitError> {
+        self.least_busy()
+            .call(|reply| Op::SubmitBatch { jobs, reply })
+            .await?
     }
 
     /// Accepts a job: answers once it is durable. A job with an idempotency key goes to the
@@ -605,22 +656,29 @@ impl Store {
         self.catalog.functions()
     }
 
-    /// Non-terminal jobs of each function (queued, delayed or running), from the pending index.
-    pub fn pending_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
-        let mut counts = HashMap::new();
+    /// A function's counters (jobs per status, unfinished bytes), all shards together.
+    pub fn counts(&self, function: &str) -> Result<Counts, StoreError> {
+        let mut total = Counts::default();
         for shard in &self.shards {
-            shard.add_pending_counts(&mut counts)?;
+            total.add(&shard.counts(function)?);
         }
-        Ok(counts)
+        Ok(total)
     }
 
-    /// Non-terminal jobs of one function, from its range of the pending index.
+    /// Unfinished jobs of one function (queued, delayed or running), from its counters.
     pub fn pending_count(&self, function: &str) -> Result<u64, StoreError> {
-        let mut n = 0;
+        Ok(self.counts(function)?.unfinished())
+    }
+
+    /// When the function's oldest ready job became ready (ms since the Unix epoch), if any.
+    pub fn oldest_ready(&self, function: &str) -> Result<Option<u64>, StoreError> {
+        let mut oldest: Option<u64> = None;
         for shard in &self.shards {
-            n += shard.pending_count(function)?;
+            if let Some(at) = shard.oldest_ready(function)? {
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            }
         }
-        Ok(n)
+        Ok(oldest)
     }
 
     /// A component's wasm bytes, by digest.

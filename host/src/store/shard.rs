@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use parking_lot::Mutex;
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot};
 
 use super::tables::*;
 use super::writer::{self, Op, Shared, Writer};
 use super::{JobPage, JobQuery, MAX_SCAN, StoreError, StoreOptions, storage};
-use crate::job::{Job, JobId, QueuedJob};
+use super::counts::{self, Counts};
+use crate::job::{Job, JobId, MAX_PRIORITY, QueuedJob};
 
 pub(crate) struct Shard {
     /// The shard's file, for read transactions (the writer thread holds the same one).
@@ -29,8 +30,8 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    /// Opens (or creates) shard `number`, requeues the jobs the previous process left running
-    /// (returned), and starts its writer.
+    /// Opens (or creates) shard `number`, requeues the jobs the previous process left running,
+    /// and starts its writer (which hands ready jobs out as the scheduler grants credit).
     pub(crate) fn open(
         number: usize,
         path: &Path,
@@ -38,13 +39,16 @@ impl Shard {
         options: &StoreOptions,
         feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
         shared: Shared,
-    ) -> Result<(Shard, Vec<QueuedJob>), StoreError> {
+    ) -> Result<Shard, StoreError> {
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)
             .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
-        let (recovered, next_due) = writer::recover(&db)?;
+        let (next_due, bytes) = writer::recover(&db)?;
+        shared
+            .queued_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         let (ops, rx) = crossbeam_channel::unbounded();
         let mut w = Writer::new(number, db.clone(), rx, options, feed, shared, next_due);
         let writer = std::thread::Builder::new()
@@ -57,7 +61,7 @@ impl Shard {
             inflight: AtomicUsize::new(0),
             writer: Mutex::new(Some(writer)),
         };
-        Ok((shard, recovered))
+        Ok(shard)
     }
 
     /// Awaited operations waiting for this shard's commits.
@@ -156,33 +160,30 @@ impl Shard {
         Ok(page)
     }
 
-    /// Non-terminal jobs of each function in this shard, added to `counts`.
-    pub(crate) fn add_pending_counts(
-        &self,
-        counts: &mut std::collections::HashMap<String, u64>,
-    ) -> Result<(), StoreError> {
+    /// A function's counters in this shard.
+    pub(crate) fn counts(&self, function: &str) -> Result<Counts, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(PENDING).map_err(storage)?;
-        for row in table.iter().map_err(storage)? {
-            let (k, _) = row.map_err(storage)?;
-            *counts.entry(k.value().0.to_string()).or_insert(0) += 1;
-        }
-        Ok(())
+        let table = txn.open_table(COUNTS).map_err(storage)?;
+        counts::read(&table, function)
     }
 
-    /// Non-terminal jobs of one function in this shard.
-    pub(crate) fn pending_count(&self, function: &str) -> Result<u64, StoreError> {
+    /// When the function's oldest ready job in this shard became ready: the first entry of
+    /// each priority's range of the ready table.
+    pub(crate) fn oldest_ready(&self, function: &str) -> Result<Option<u64>, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(PENDING).map_err(storage)?;
-        let range = table
-            .range((function, 0u128)..=(function, u128::MAX))
-            .map_err(storage)?;
-        let mut n = 0;
-        for row in range {
-            row.map_err(storage)?;
-            n += 1;
+        let table = txn.open_table(READY).map_err(storage)?;
+        let mut oldest: Option<u64> = None;
+        for rank in 0..=MAX_PRIORITY {
+            let first = table
+                .range((function, rank, 0u64, 0u128)..=(function, rank, u64::MAX, u128::MAX))
+                .map_err(storage)?
+                .next();
+            if let Some(row) = first {
+                let at = row.map_err(storage)?.0.value().2;
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+            }
         }
-        Ok(n)
+        Ok(oldest)
     }
 }
 

@@ -7,8 +7,13 @@
 //!
 //! Each shard file (`jobs-N.redb`) holds the jobs whose id carries its number:
 //! - `jobs`: job id -> [`Job`] (postcard, behind a version byte).
-//! - `pending`: (function, job id) -> (): every non-terminal job, so recovery and delete
-//!   read only live jobs, never the whole history.
+//! - `ready`: (function, 9 - priority, ready ms, job id) -> (): each function's ready queue
+//!   (`queued` jobs, and `running` ones until they finish), in dispatch order. Taking the next
+//!   jobs is a range read from the function's start; recovery and delete read only this and
+//!   `delayed`, never the whole history.
+//! - `counts`: (function, slot) -> u64: jobs per status (slots in [`JobStatus::ALL`] order) and,
+//!   in slot [`BYTES_SLOT`], the input bytes of its unfinished jobs. Updated in the same
+//!   transaction as every status change; stats never scan jobs.
 //! - `function_jobs`: (function, job id) -> (): the per-function listing index.
 //! - `delayed`: (not-before ms, job id) -> (): the timer index of `delayed` jobs, earliest first.
 //! - `dead_letters`: (function, job id) -> (): each function's dead-letter queue (`failed` and
@@ -22,13 +27,16 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use crate::job::Job;
+#[allow(unused_imports)] // named in the docs above
+use crate::job::JobStatus;
 use crate::manifest::Settings;
 
 pub(crate) const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 pub(crate) const COMPONENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("components");
 pub(crate) const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
 pub(crate) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
-pub(crate) const PENDING: TableDefinition<(&str, u128), ()> = TableDefinition::new("pending");
+pub(crate) const READY: TableDefinition<(&str, u8, u64, u128), ()> = TableDefinition::new("ready");
+pub(crate) const COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("counts");
 pub(crate) const FUNCTION_JOBS: TableDefinition<(&str, u128), ()> =
     TableDefinition::new("function_jobs");
 pub(crate) const DELAYED: TableDefinition<(u64, u128), ()> = TableDefinition::new("delayed");
@@ -57,8 +65,11 @@ pub struct FunctionRecord {
     pub version: u32,
 }
 
+/// The `counts` slot holding a function's unfinished input bytes.
+pub(crate) const BYTES_SLOT: u8 = 7;
+
 /// First byte of every stored job: bump it when [`Job`]'s layout changes, and decode old ones.
-const JOB_FORMAT: u8 = 2;
+const JOB_FORMAT: u8 = 3;
 
 pub(crate) fn encode_job(job: &Job) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + job.input.len() + job.log.len());

@@ -1,0 +1,146 @@
+//! Per-function counters (jobs per status, unfinished input bytes), kept in the `counts` table
+//! and changed in the same transaction as the status changes they count.
+//!
+//! A batch collects its changes here and writes each touched row once, at the end of the batch.
+
+use redb::{ReadableTable, Table};
+
+use super::tables::BYTES_SLOT;
+use super::{StoreError, storage};
+use crate::job::JobStatus;
+
+/// Slots of one function's row: one per status, then the bytes.
+pub(crate) const SLOTS: usize = 8;
+
+/// The slot counting `status`.
+pub(crate) fn slot(status: JobStatus) -> usize {
+    JobStatus::ALL
+        .iter()
+        .position(|s| *s == status)
+        .expect("every status has a slot")
+}
+
+/// One function's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts(pub [u64; SLOTS]);
+
+impl Counts {
+    /// Jobs in `status`.
+    pub fn status(&self, status: JobStatus) -> u64 {
+        self.0[slot(status)]
+    }
+
+    /// Jobs not yet finished: queued, delayed or running.
+    pub fn unfinished(&self) -> u64 {
+        self.status(JobStatus::Queued)
+            + self.status(JobStatus::Delayed)
+            + self.status(JobStatus::Running)
+    }
+
+    /// Input bytes of the unfinished jobs.
+    pub fn bytes(&self) -> u64 {
+        self.0[BYTES_SLOT as usize]
+    }
+
+    /// Adds another shard's counters.
+    pub fn add(&mut self, other: &Counts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+}
+
+/// A batch's changes to the counters, by function.
+#[derive(Default)]
+pub(crate) struct CountDeltas {
+    rows: Vec<(String, [i64; SLOTS])>,
+}
+
+impl CountDeltas {
+    fn row(&mut self, function: &str) -> &mut [i64; SLOTS] {
+        let i = match self.rows.iter().position(|(f, _)| f == function) {
+            Some(i) => i,
+            None => {
+                self.rows.push((function.to_string(), [0; SLOTS]));
+                self.rows.len() - 1
+            }
+        };
+        &mut self.rows[i].1
+    }
+
+    /// A job of `function` moved from `from` (None: it is new) to `to` (None: it is gone).
+    pub(crate) fn moved(&mut self, function: &str, from: Option<JobStatus>, to: Option<JobStatus>) {
+        let row = self.row(function);
+        if let Some(from) = from {
+            row[slot(from)] -= 1;
+        }
+        if let Some(to) = to {
+            row[slot(to)] += 1;
+        }
+    }
+
+    /// Unfinished input bytes of `function` changed by `delta`.
+    pub(crate) fn bytes(&mut self, function: &str, delta: i64) {
+        self.row(function)[BYTES_SLOT as usize] += delta;
+    }
+
+    /// This batch's change to `function`'s unfinished jobs and bytes so far.
+    pub(crate) fn pending_change(&self, function: &str) -> (i64, i64) {
+        self.rows
+            .iter()
+            .find(|(f, _)| f == function)
+            .map_or((0, 0), |(_, row)| {
+                let unfinished = row[slot(JobStatus::Queued)]
+                    + row[slot(JobStatus::Delayed)]
+                    + row[slot(JobStatus::Running)];
+                (unfinished, row[BYTES_SLOT as usize])
+            })
+    }
+
+    /// Change of the unfinished bytes of every function together.
+    pub(crate) fn total_bytes(&self) -> i64 {
+        self.rows.iter().map(|(_, r)| r[BYTES_SLOT as usize]).sum()
+    }
+
+    /// Writes every changed row.
+    pub(crate) fn write(
+        &mut self,
+        table: &mut Table<'_, (&'static str, u8), u64>,
+    ) -> Result<(), StoreError> {
+        for (function, row) in self.rows.drain(..) {
+            for (i, delta) in row.into_iter().enumerate() {
+                if delta == 0 {
+                    continue;
+                }
+                let key = (function.as_str(), i as u8);
+                let current = table.get(key).map_err(storage)?.map_or(0, |v| v.value());
+                let next = (current as i64 + delta).max(0) as u64;
+                if next == 0 {
+                    table.remove(key).map_err(storage)?;
+                } else {
+                    table.insert(key, next).map_err(storage)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A function's counters as stored in `table`.
+pub(crate) fn read<T>(table: &T, function: &str) -> Result<Counts, StoreError>
+where
+    T: ReadableTable<(&'static str, u8), u64>,
+{
+    let mut counts = Counts::default();
+    for row in table
+        .range((function, 0u8)..=(function, u8::MAX))
+        .map_err(storage)?
+    {
+        let (k, v) = row.map_err(storage)?;
+        let slot = k.value().1 as usize;
+        if slot < SLOTS {
+            counts.0[slot] = v.value();
+        }
+    }
+    Ok(counts)
+}

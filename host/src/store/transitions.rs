@@ -1,0 +1,779 @@
+//! Every change of a job's state, as the writer applies it inside its batch's transaction.
+//!
+//! Each transition keeps the indexes and counters in step with the job record in the same
+//! transaction: `ready` (queued and running jobs, in dispatch order), `delayed` (by due time),
+//! `dead_letters`, `finished` (by age, for retention), `function_jobs` (listing) and `counts`.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::counts::{self, CountDeltas};
+use super::tables::*;
+use super::writer::{Effects, Writer};
+use super::{CancelError, NewJob, StoreError, SubmitError, Submitted, storage};
+use crate::job::{
+    AttemptRecord, AttemptReport, FailureKind, Job, JobId, JobStatus, MAX_HISTORY, Outcome,
+    QueuedJob, bounded_error, now_ms, ready_key,
+};
+use crate::manifest::RetryPolicy;
+
+/// Expired jobs (and, separately, expired keys) the sweeper deletes per commit.
+const SWEEP_BATCH: usize = 1000;
+/// Delayed jobs moved to the ready queue per commit.
+const MAX_PROMOTE: usize = 10_000;
+
+/// The tables a batch writes, opened once per transaction.
+pub(crate) struct Tables<'txn> {
+    pub(crate) jobs: Table<'txn, u128, &'static [u8]>,
+    ready: Table<'txn, (&'static str, u8, u64, u128), ()>,
+    function_jobs: Table<'txn, (&'static str, u128), ()>,
+    delayed: Table<'txn, (u64, u128), ()>,
+    dead_letters: Table<'txn, (&'static str, u128), ()>,
+    finished: Table<'txn, (u64, u128), ()>,
+    idempotency: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    idempotency_times: Table<'txn, (u64, &'static str, &'static str), ()>,
+    pub(crate) counts: Table<'txn, (&'static str, u8), u64>,
+}
+
+impl<'txn> Tables<'txn> {
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Tables {
+            jobs: txn.open_table(JOBS).map_err(storage)?,
+            ready: txn.open_table(READY).map_err(storage)?,
+            function_jobs: txn.open_table(FUNCTION_JOBS).map_err(storage)?,
+            delayed: txn.open_table(DELAYED).map_err(storage)?,
+            dead_letters: txn.open_table(DEAD_LETTERS).map_err(storage)?,
+            finished: txn.open_table(FINISHED).map_err(storage)?,
+            idempotency: txn.open_table(IDEMPOTENCY).map_err(storage)?,
+            idempotency_times: txn.open_table(IDEMPOTENCY_TIMES).map_err(storage)?,
+            counts: txn.open_table(COUNTS).map_err(storage)?,
+        })
+    }
+
+    pub(crate) fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        match self.jobs.get(id.0).map_err(storage)? {
+            Some(row) => decode_job(row.value())
+                .map(Some)
+                .map_err(StoreError::Storage),
+            None => Ok(None),
+        }
+    }
+
+    fn put_job(&mut self, id: JobId, job: &Job) -> Result<(), StoreError> {
+        self.jobs
+            .insert(id.0, encode_job(job).as_slice())
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    fn ready_insert(&mut self, id: JobId, job: &Job) -> Result<(), StoreError> {
+        let (rank, at, _) = ready_key(job.priority, job.ready_at, id);
+        self.ready
+            .insert((job.function.as_str(), rank, at, id.0), ())
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    fn ready_remove(&mut self, id: JobId, job: &Job) -> Result<(), StoreError> {
+        let (rank, at, _) = ready_key(job.priority, job.ready_at, id);
+        self.ready
+            .remove((job.function.as_str(), rank, at, id.0))
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// When the earliest delayed job is due.
+    pub(crate) fn first_delayed(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .delayed
+            .first()
+            .map_err(storage)?
+            .map(|(k, _)| k.value().0))
+    }
+
+    /// Input bytes of this shard's unfinished jobs, every function together.
+    pub(crate) fn total_bytes(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for row in self.counts.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            if k.value().1 == BYTES_SLOT {
+                total += v.value();
+            }
+        }
+        Ok(total)
+    }
+
+    /// Start-up: every `running` job goes back to `queued` (its attempt died with the process).
+    pub(crate) fn requeue_running(&mut self, counts: &mut CountDeltas) -> Result<(), StoreError> {
+        let mut ids = Vec::new();
+        for row in self.ready.iter().map_err(storage)? {
+            ids.push(JobId(row.map_err(storage)?.0.value().3));
+        }
+        for id in ids {
+            let Some(mut job) = self.job(id)? else { continue };
+            if job.status == JobStatus::Running {
+                job.status = JobStatus::Queued;
+                job.lease_until = None;
+                self.put_job(id, &job)?;
+                counts.moved(&job.function, Some(JobStatus::Running), Some(JobStatus::Queued));
+            }
+        }
+        Ok(())
+    }
+
+    /// The given ids that are dead letters of `function`, or (no ids) up to `limit` of its
+    /// dead letters, oldest first.
+    pub(crate) fn dead_letters_of(
+        &self,
+        function: &str,
+        ids: Option<Vec<JobId>>,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let mut out = Vec::new();
+        match ids {
+            Some(ids) => {
+                for id in ids {
+                    if self
+                        .dead_letters
+                        .get((function, id.0))
+                        .map_err(storage)?
+                        .is_some()
+                    {
+                        out.push(id);
+                    }
+                }
+            }
+            None => {
+                for row in self
+                    .dead_letters
+                    .range((function, 0u128)..=(function, u128::MAX))
+                    .map_err(storage)?
+                    .take(limit)
+                {
+                    out.push(JobId(row.map_err(storage)?.0.value().1));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Writer {
+    /// Accepts one job (or finds the job its idempotency key made).
+    pub(crate) fn submit(
+        &mut self,
+        new: NewJob,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<Result<Submitted, SubmitError>, StoreError> {
+        let Some(max_queued) = self.shared.deployed.max_queued(&new.function) else {
+            return Ok(Err(SubmitError::FunctionNotFound(new.function)));
+        };
+        let now = now_ms();
+        if let Some(key) = &new.idempotency {
+            let known = t
+                .idempotency
+                .get((new.function.as_str(), key.key.as_str()))
+                .map_err(storage)?
+                .map(|v| KeyRecord::decode(v.value()))
+                .transpose()
+                .map_err(StoreError::Storage)?;
+            // A key past its window is forgotten even before the sweeper deletes it.
+            if let Some(known) = known.filter(|k| k.created_at + self.key_window_ms > now) {
+                return Ok(if known.request_hash == key.request_hash {
+                    Ok(Submitted::Existing(JobId(known.job)))
+                } else {
+                    Err(SubmitError::IdempotencyConflict(key.key.clone()))
+                });
+            }
+        }
+        if let Err(e) = self.admit(&new.function, max_queued, 1, new.input.len() as u64, t, fx)? {
+            return Ok(Err(e));
+        }
+        let id = self.ids.generate();
+        if let Some(key) = &new.idempotency {
+            let record = KeyRecord {
+                request_hash: key.request_hash,
+                job: id.0,
+                created_at: now,
+            };
+            t.idempotency
+                .insert(
+                    (new.function.as_str(), key.key.as_str()),
+                    record.encode().as_slice(),
+                )
+                .map_err(storage)?;
+            t.idempotency_times
+                .insert((now, new.function.as_str(), key.key.as_str()), ())
+                .map_err(storage)?;
+        }
+        self.insert_job(id, new, now, t, fx)?;
+        Ok(Ok(Submitted::New(id)))
+    }
+
+    /// Accepts jobs of one function together, or none of them.
+    pub(crate) fn submit_batch(
+        &mut self,
+        jobs: Vec<NewJob>,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<Result<Vec<JobId>, SubmitError>, StoreError> {
+        let Some(first) = jobs.first() else {
+            return Ok(Ok(Vec::new()));
+        };
+        let function = first.function.clone();
+        let Some(max_queued) = self.shared.deployed.max_queued(&function) else {
+            return Ok(Err(SubmitError::FunctionNotFound(function)));
+        };
+        let bytes = jobs.iter().map(|j| j.input.len() as u64).sum();
+        if let Err(e) = self.admit(&function, max_queued, jobs.len() as u64, bytes, t, fx)? {
+            return Ok(Err(e));
+        }
+        let now = now_ms();
+        let mut ids = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let id = self.ids.generate();
+            self.insert_job(id, job, now, t, fx)?;
+            ids.push(id);
+        }
+        Ok(Ok(ids))
+    }
+
+    /// Refuses `n` more jobs (`bytes` of input) beyond the function's `max_queued` unfinished
+    /// jobs or the host-wide budget of unfinished bytes.
+    fn admit(
+        &mut self,
+        function: &str,
+        max_queued: u64,
+        n: u64,
+        bytes: u64,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<Result<(), SubmitError>, StoreError> {
+        let stored = match fx.counts_read.iter().find(|(f, _)| f == function) {
+            Some((_, n)) => *n,
+            None => {
+                let n = counts::read(&t.counts, function)?.unfinished();
+                fx.counts_read.push((function.to_string(), n));
+                n
+            }
+        };
+        let (change, _) = fx.counts.pending_change(function);
+        let unfinished = (stored as i64 + change).max(0) as u64;
+        if unfinished + n > max_queued {
+            return Ok(Err(SubmitError::QueueFull {
+                function: function.to_string(),
+                max_queued,
+            }));
+        }
+        let host_bytes = self.shared.queued_bytes.load(std::sync::atomic::Ordering::Relaxed)
+            as i64
+            + fx.counts.total_bytes();
+        if host_bytes.max(0) as u64 + bytes > self.max_queued_bytes {
+            return Ok(Err(SubmitError::BudgetExhausted {
+                budget: self.max_queued_bytes,
+            }));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Stores a new job: `queued` in the ready table, or `delayed` until its not-before time.
+    fn insert_job(
+        &mut self,
+        id: JobId,
+        new: NewJob,
+        now: u64,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let delayed = new.not_before.filter(|&at| at > now);
+        let correlation_id = new.correlation_id.unwrap_or_else(|| id.to_string());
+        let job = Job {
+            function: new.function,
+            status: if delayed.is_some() {
+                JobStatus::Delayed
+            } else {
+                JobStatus::Queued
+            },
+            attempts: 0,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            input_content_type: new.content_type,
+            input: new.input.to_vec(),
+            output_content_type: None,
+            output: None,
+            error: None,
+            log: String::new(),
+            correlation_id,
+            not_before: delayed,
+            priority: new.priority,
+            ready_at: now,
+            lease_until: None,
+            history: Vec::new(),
+        };
+        t.put_job(id, &job)?;
+        t.function_jobs
+            .insert((job.function.as_str(), id.0), ())
+            .map_err(storage)?;
+        fx.counts.moved(&job.function, None, Some(job.status));
+        fx.counts.bytes(&job.function, job.input.len() as i64);
+        fx.accepted += 1;
+        match delayed {
+            Some(at) => self.delay(id, at, t)?,
+            None => {
+                t.ready_insert(id, &job)?;
+                self.note_ready(&job.function, id, &job);
+                fx.ready.push(QueuedJob {
+                    id,
+                    priority: job.priority,
+                    ready_at: job.ready_at,
+                    function: job.function,
+                    attempts: 0,
+                    content_type: job.input_content_type,
+                    input: new.input,
+                    created_at: now,
+                    correlation_id: job.correlation_id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a job in the timer index and wakes the writer in time for it.
+    fn delay(&mut self, id: JobId, at: u64, t: &mut Tables<'_>) -> Result<(), StoreError> {
+        t.delayed.insert((at, id.0), ()).map_err(storage)?;
+        self.next_due = Some(self.next_due.map_or(at, |d| d.min(at)));
+        Ok(())
+    }
+
+    /// A job entered the ready table ahead of where refills had read to: read from the start.
+    fn note_ready(&mut self, function: &str, id: JobId, job: &Job) {
+        if let Some(cursor) = self.refill_cursor.get(function)
+            && ready_key(job.priority, job.ready_at, id) < *cursor
+        {
+            self.refill_cursor.remove(function);
+        }
+    }
+
+    /// Records that `attempt` of a queued job started (fenced).
+    pub(crate) fn start(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        at: u64,
+        lease_until: u64,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        if let Some(mut job) = t.job(id)?
+            && job.status == JobStatus::Queued
+            && job.attempts + 1 == attempt
+        {
+            job.status = JobStatus::Running;
+            job.attempts = attempt;
+            job.started_at = Some(at);
+            job.lease_until = Some(lease_until);
+            t.put_job(id, &job)?;
+            fx.counts.moved(
+                &job.function,
+                Some(JobStatus::Queued),
+                Some(JobStatus::Running),
+            );
+        }
+        Ok(())
+    }
+
+    /// Records how an attempt ended. Fenced: only the job's current attempt may finish it. A
+    /// short attempt may finish before its start was recorded: then the job is still queued,
+    /// one attempt behind. A failed attempt is retried (`delayed`) while attempts are left,
+    /// unless its error was permanent; a job that ends `failed` or `dead` becomes a dead letter.
+    pub(crate) fn finish(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        report: AttemptReport,
+        retry: RetryPolicy,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        // Whatever happens, the scheduler no longer holds this job.
+        fx.released.push(id);
+        let Some(mut job) = t.job(id)? else {
+            return Ok(());
+        };
+        let current = (job.status == JobStatus::Running && job.attempts == attempt)
+            || (job.status == JobStatus::Queued && job.attempts + 1 == attempt);
+        if !current {
+            return Ok(());
+        }
+        let from = job.status;
+        t.ready_remove(id, &job)?;
+        job.attempts = attempt;
+        job.started_at = Some(report.started_at);
+        job.lease_until = None;
+        job.log = report.log;
+        let mut record = AttemptRecord {
+            attempt,
+            started_at: report.started_at,
+            finished_at: report.finished_at,
+            error: None,
+            retry_at: None,
+        };
+        match report.outcome {
+            Outcome::Succeeded {
+                output,
+                content_type,
+            } => {
+                job.status = JobStatus::Succeeded;
+                job.output = Some(output);
+                job.output_content_type = content_type;
+                job.error = None;
+            }
+            Outcome::Failed { kind, message } => {
+                let message = bounded_error(&message);
+                record.error = Some(message.clone());
+                if kind == FailureKind::Permanent {
+                    job.status = JobStatus::Failed;
+                    job.error = Some(message);
+                } else if attempt >= retry.max_attempts {
+                    job.status = JobStatus::Dead;
+                    job.error = Some(format!(
+                        "gave up after {attempt} attempt(s); the last failed with: {message}"
+                    ));
+                } else {
+                    let delay = retry.delay_ms(attempt - 1, &mut self.rng);
+                    let at = report.finished_at.max(now_ms()) + delay;
+                    record.retry_at = Some(at);
+                    job.status = JobStatus::Delayed;
+                    job.not_before = Some(at);
+                    job.error = Some(message);
+                    self.delay(id, at, t)?;
+                    fx.retried += 1;
+                }
+            }
+        }
+        job.history.push(record);
+        if job.history.len() > MAX_HISTORY {
+            let excess = job.history.len() - MAX_HISTORY;
+            job.history.drain(..excess);
+        }
+        fx.counts.moved(&job.function, Some(from), Some(job.status));
+        if job.status.is_terminal() {
+            job.finished_at = Some(report.finished_at);
+            fx.counts.bytes(&job.function, -(job.input.len() as i64));
+            if matches!(job.status, JobStatus::Failed | JobStatus::Dead) {
+                t.dead_letters
+                    .insert((job.function.as_str(), id.0), ())
+                    .map_err(storage)?;
+                fx.dead_lettered += 1;
+            } else {
+                t.finished
+                    .insert((report.finished_at, id.0), ())
+                    .map_err(storage)?;
+            }
+            fx.terminal.push(id);
+        }
+        t.put_job(id, &job)?;
+        Ok(())
+    }
+
+    /// Cancels a queued or delayed job; anything else is refused with its status.
+    pub(crate) fn cancel(
+        &mut self,
+        id: JobId,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<Result<Job, CancelError>, StoreError> {
+        let Some(mut job) = t.job(id)? else {
+            return Ok(Err(CancelError::NotFound(id)));
+        };
+        if !matches!(job.status, JobStatus::Queued | JobStatus::Delayed) {
+            return Ok(Err(CancelError::NotCancellable {
+                id,
+                status: job.status,
+            }));
+        }
+        self.cancel_job(id, &mut job, "cancelled by request", t, fx)?;
+        Ok(Ok(job))
+    }
+
+    /// Ends a queued, delayed or running job as `cancelled`.
+    fn cancel_job(
+        &mut self,
+        id: JobId,
+        job: &mut Job,
+        reason: &str,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        match job.status {
+            JobStatus::Queued | JobStatus::Running => t.ready_remove(id, job)?,
+            JobStatus::Delayed => {
+                if let Some(at) = job.not_before {
+                    t.delayed.remove((at, id.0)).map_err(storage)?;
+                }
+            }
+            _ => return Ok(()),
+        }
+        let now = now_ms();
+        fx.counts
+            .moved(&job.function, Some(job.status), Some(JobStatus::Cancelled));
+        fx.counts.bytes(&job.function, -(job.input.len() as i64));
+        job.status = JobStatus::Cancelled;
+        job.not_before = None;
+        job.lease_until = None;
+        job.finished_at = Some(now);
+        job.error = Some(reason.to_string());
+        t.finished.insert((now, id.0), ()).map_err(storage)?;
+        t.put_job(id, job)?;
+        fx.terminal.push(id);
+        fx.released.push(id);
+        Ok(())
+    }
+
+    /// Puts a dead letter back in its function's queue: same id, attempts counted from zero.
+    pub(crate) fn redrive(
+        &mut self,
+        function: &str,
+        id: JobId,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        t.dead_letters.remove((function, id.0)).map_err(storage)?;
+        let Some(mut job) = t.job(id)? else {
+            return Ok(());
+        };
+        fx.counts
+            .moved(function, Some(job.status), Some(JobStatus::Queued));
+        fx.counts.bytes(function, job.input.len() as i64);
+        job.status = JobStatus::Queued;
+        job.attempts = 0;
+        job.started_at = None;
+        job.finished_at = None;
+        job.error = None;
+        job.output = None;
+        job.output_content_type = None;
+        job.ready_at = now_ms();
+        t.ready_insert(id, &job)?;
+        t.put_job(id, &job)?;
+        self.note_ready(function, id, &job);
+        fx.ready.push(QueuedJob::from_job(id, job));
+        Ok(())
+    }
+
+    /// Deletes a dead letter for good.
+    pub(crate) fn purge(
+        &mut self,
+        function: &str,
+        id: JobId,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        t.dead_letters.remove((function, id.0)).map_err(storage)?;
+        t.function_jobs.remove((function, id.0)).map_err(storage)?;
+        if let Some(job) = t.job(id)? {
+            fx.counts.moved(function, Some(job.status), None);
+            t.jobs.remove(id.0).map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Moves every delayed job whose time has come to the ready queue (up to a bound per
+    /// commit), and notes when the next one is due.
+    pub(crate) fn promote_due(
+        &mut self,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut due = Vec::new();
+        for row in t
+            .delayed
+            .range(..=(now, u128::MAX))
+            .map_err(storage)?
+            .take(MAX_PROMOTE)
+        {
+            due.push(row.map_err(storage)?.0.value());
+        }
+        for &(at, id) in &due {
+            t.delayed.remove((at, id)).map_err(storage)?;
+            let id = JobId(id);
+            let Some(mut job) = t.job(id)? else { continue };
+            if job.status != JobStatus::Delayed {
+                continue;
+            }
+            job.status = JobStatus::Queued;
+            job.not_before = None;
+            job.ready_at = now;
+            t.ready_insert(id, &job)?;
+            t.put_job(id, &job)?;
+            fx.counts.moved(
+                &job.function,
+                Some(JobStatus::Delayed),
+                Some(JobStatus::Queued),
+            );
+            self.note_ready(&job.function.clone(), id, &job);
+            fx.ready.push(QueuedJob::from_job(id, job));
+        }
+        self.next_due = t.first_delayed()?;
+        Ok(())
+    }
+
+    /// Deletes finished jobs older than the retention period and idempotency keys older than
+    /// their window, at most [`SWEEP_BATCH`] of each per commit; returns how many rows went.
+    /// A full batch brings the next sweep forward, so a backlog drains in small steps.
+    pub(crate) fn sweep(&mut self, t: &mut Tables<'_>, fx: &mut Effects) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let mut expired = Vec::new();
+        for row in t
+            .finished
+            .range(..(now.saturating_sub(self.retention_ms), 0u128))
+            .map_err(storage)?
+            .take(SWEEP_BATCH)
+        {
+            expired.push(row.map_err(storage)?.0.value());
+        }
+        for &(at, id) in &expired {
+            t.finished.remove((at, id)).map_err(storage)?;
+            if let Some(job) = t.job(JobId(id))? {
+                t.function_jobs
+                    .remove((job.function.as_str(), id))
+                    .map_err(storage)?;
+                t.jobs.remove(id).map_err(storage)?;
+                fx.counts.moved(&job.function, Some(job.status), None);
+            }
+        }
+        let mut keys = Vec::new();
+        for row in t
+            .idempotency_times
+            .range(..(now.saturating_sub(self.key_window_ms), "", ""))
+            .map_err(storage)?
+            .take(SWEEP_BATCH)
+        {
+            let (k, _) = row.map_err(storage)?;
+            let (at, function, key) = k.value();
+            keys.push((at, function.to_string(), key.to_string()));
+        }
+        for (at, function, key) in &keys {
+            t.idempotency_times
+                .remove((*at, function.as_str(), key.as_str()))
+                .map_err(storage)?;
+            // The key may have been used again since (a new record): keep that one.
+            let current = t
+                .idempotency
+                .get((function.as_str(), key.as_str()))
+                .map_err(storage)?
+                .map(|v| KeyRecord::decode(v.value()))
+                .transpose()
+                .map_err(StoreError::Storage)?;
+            if current.is_some_and(|r| r.created_at == *at) {
+                t.idempotency
+                    .remove((function.as_str(), key.as_str()))
+                    .map_err(storage)?;
+            }
+        }
+        let full = expired.len() == SWEEP_BATCH || keys.len() == SWEEP_BATCH;
+        self.next_sweep = Instant::now()
+            + if full {
+                Duration::ZERO
+            } else {
+                self.sweep_every
+            };
+        Ok((expired.len() + keys.len()) as u64)
+    }
+
+    /// Cancels every unfinished job of a deleted function: its range of the ready table, and
+    /// its delayed jobs (the timer index is by time, so this reads all delayed jobs: deleting
+    /// a function is rare).
+    pub(crate) fn cancel_function(
+        &mut self,
+        name: &str,
+        reason: &str,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let mut ids = Vec::new();
+        for row in t
+            .ready
+            .range((name, 0u8, 0u64, 0u128)..=(name, u8::MAX, u64::MAX, u128::MAX))
+            .map_err(storage)?
+        {
+            ids.push(JobId(row.map_err(storage)?.0.value().3));
+        }
+        let mut delayed = Vec::new();
+        for row in t.delayed.iter().map_err(storage)? {
+            delayed.push(JobId(row.map_err(storage)?.0.value().1));
+        }
+        for id in delayed {
+            if t.job(id)?.is_some_and(|j| j.function == name) {
+                ids.push(id);
+            }
+        }
+        for &id in &ids {
+            if let Some(mut job) = t.job(id)? {
+                self.cancel_job(id, &mut job, reason, t, fx)?;
+            }
+        }
+        self.overflow.remove(name);
+        self.refill_cursor.remove(name);
+        Ok(ids)
+    }
+
+    /// Reads ready jobs left in the table for every function the scheduler has room for, in
+    /// dispatch order, from where the last refill stopped. They are handed out after the commit.
+    pub(crate) fn refill(&mut self, t: &mut Tables<'_>, fx: &mut Effects) -> Result<(), StoreError> {
+        if self.overflow.is_empty() {
+            return Ok(());
+        }
+        let functions: Vec<String> = self.overflow.iter().cloned().collect();
+        let mut in_batch: Option<HashSet<JobId>> = None;
+        for function in functions {
+            let pending = fx.ready.iter().filter(|j| j.function == function).count();
+            let want = self.shared.demand.available(&function).saturating_sub(pending);
+            if want == 0 {
+                continue;
+            }
+            let in_batch = in_batch.get_or_insert_with(|| fx.ready.iter().map(|j| j.id).collect());
+            let f = function.as_str();
+            let start = match self.refill_cursor.get(f) {
+                Some(&(rank, at, id)) => std::ops::Bound::Excluded((f, rank, at, id.0)),
+                None => std::ops::Bound::Included((f, 0u8, 0u64, 0u128)),
+            };
+            let end = std::ops::Bound::Included((f, u8::MAX, u64::MAX, u128::MAX));
+            let mut found = Vec::new();
+            let mut exhausted = true;
+            let mut last = None;
+            for row in t.ready.range::<(&str, u8, u64, u128)>((start, end)).map_err(storage)? {
+                let (rank, at, id) = {
+                    let k = row.map_err(storage)?.0;
+                    let (_, rank, at, id) = k.value();
+                    (rank, at, JobId(id))
+                };
+                last = Some((rank, at, id));
+                if self.claimed.contains(&id) || in_batch.contains(&id) {
+                    continue;
+                }
+                found.push(id);
+                if found.len() == want {
+                    exhausted = false;
+                    break;
+                }
+            }
+            if let Some(last) = last {
+                self.refill_cursor.insert(function.clone(), last);
+            }
+            for id in found {
+                if let Some(job) = t.job(id)? {
+                    fx.ready.push(QueuedJob::from_job(id, job));
+                }
+            }
+            if exhausted {
+                fx.drained.push(function);
+            }
+        }
+        Ok(())
+    }
+}
