@@ -33,10 +33,7 @@ pub async fn run(
         )
     })?;
     let runtime = Arc::new(Runtime::new(&config).context("cannot set up the WebAssembly engine")?);
-    let Opened {
-        store,
-        feed,
-    } = Store::open(&config.data_dir, &config.store_options())?;
+    let Opened { store, feed } = Store::open(&config.data_dir, &config.store_options())?;
     let store = Arc::new(store);
     load_functions(&store, &runtime).await?;
 

@@ -175,6 +175,21 @@ impl Manifest {
         toml::from_str(text).map_err(|e| ManifestError::Parse(e.message().to_string()))
     }
 
+    /// The manifest that gives exactly `settings` (to change some of them).
+    pub fn from_settings(settings: &Settings) -> Manifest {
+        Manifest {
+            name: None,
+            max_concurrency: Some(settings.max_concurrency),
+            timeout_ms: Some(settings.timeout_ms),
+            memory_mb: Some(settings.memory_mb),
+            max_attempts: Some(settings.retry.max_attempts),
+            backoff_base_ms: Some(settings.retry.backoff_base_ms),
+            backoff_max_ms: Some(settings.retry.backoff_max_ms),
+            max_queued: Some(settings.max_queued),
+            rate_per_second: settings.rate_per_second,
+        }
+    }
+
     /// Renders the manifest as TOML (what `sluice deploy` sends).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a manifest always serialises")
@@ -311,7 +326,9 @@ mod tests {
         for retry in 0..30 {
             let ceiling = (100u64 << retry.min(40)).min(60_000);
             assert_eq!(policy.ceiling_ms(retry), ceiling);
-            let draws: Vec<u64> = (0..1000).map(|_| policy.delay_ms(retry, &mut rng)).collect();
+            let draws: Vec<u64> = (0..1000)
+                .map(|_| policy.delay_ms(retry, &mut rng))
+                .collect();
             assert!(draws.iter().all(|&d| d <= ceiling), "retry {retry}");
             // Full jitter: both halves of the range are used.
             assert!(draws.iter().any(|&d| d < ceiling / 2), "retry {retry}");

@@ -205,7 +205,11 @@ impl Scheduler {
         let Some(queue) = state.functions.get_mut(function) else {
             return;
         };
-        let key = queue.ready.iter().find(|(_, j)| j.id == id).map(|(k, _)| *k);
+        let key = queue
+            .ready
+            .iter()
+            .find(|(_, j)| j.id == id)
+            .map(|(k, _)| *k);
         if let Some(key) = key {
             queue.ready.remove(&key);
             drop(state);

@@ -374,4 +374,3 @@ pub async fn wait_healthy(http: &reqwest::Client, url: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
-

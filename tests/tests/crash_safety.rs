@@ -45,7 +45,12 @@ async fn idempotency_keys_repeat_conflict_and_survive_restart() {
         let (status, err) = submit_keyed(&host, "echo", "order-1", body, content_type).await;
         assert_eq!(status, 409, "{err}");
         assert_error(&err, "idempotency_conflict");
-        assert!(err["error"]["message"].as_str().unwrap().contains("order-1"));
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("order-1")
+        );
     }
     // Another function has its own keys.
     let (status, other) = submit_keyed(&host, "echo-two", "order-1", "hello", "text/plain").await;
@@ -81,7 +86,8 @@ async fn retention_sweeps_finished_jobs_and_old_keys() {
     config.idempotency_window = Duration::from_millis(400);
     let host = start_host_with(config).await;
     host.deploy("echo", components::ECHO, "").await;
-    host.deploy("probe", components::PROBE, "max_attempts=1").await;
+    host.deploy("probe", components::PROBE, "max_attempts=1")
+        .await;
     let (_, first) = submit_keyed(&host, "echo", "k", "hello", "text/plain").await;
     let done = first["id"].as_str().unwrap().to_string();
     let dead = host

@@ -68,9 +68,15 @@ async fn retries_back_off_then_the_job_is_dead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_errors_fail_at_once() {
     let host = start_host().await;
-    host.deploy("probe", components::PROBE, "max_attempts=5&backoff_base_ms=10")
+    host.deploy(
+        "probe",
+        components::PROBE,
+        "max_attempts=5&backoff_base_ms=10",
+    )
+    .await;
+    let job = host
+        .wait(&host.submit_json("probe", &fail(false)).await)
         .await;
-    let job = host.wait(&host.submit_json("probe", &fail(false)).await).await;
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["attempts"], 1);
     assert_eq!(job["attempt_history"].as_array().unwrap().len(), 1);
@@ -83,7 +89,8 @@ async fn permanent_errors_fail_at_once() {
 async fn dead_letters_list_redrive_and_purge() {
     let host = start_host().await;
     // A buggy version of "orders": every job fails for good.
-    host.deploy("orders", components::PROBE, "max_attempts=1").await;
+    host.deploy("orders", components::PROBE, "max_attempts=1")
+        .await;
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(host.submit_json("orders", &fail(false)).await);
@@ -119,7 +126,8 @@ async fn dead_letters_list_redrive_and_purge() {
     assert_eq!(listed, expected);
 
     // The fix: the same name now runs echo. Redrive one, then the rest.
-    host.deploy("orders", components::ECHO, "max_attempts=1").await;
+    host.deploy("orders", components::ECHO, "max_attempts=1")
+        .await;
     let (status, body) = host
         .post_json(
             "/v1/functions/orders/dead-letters/redrive",
@@ -152,7 +160,10 @@ async fn dead_letters_list_redrive_and_purge() {
         .await;
     assert_eq!(body["redriven"].as_array().unwrap().len(), 2);
     let (status, body) = host
-        .post_json("/v1/functions/orders/dead-letters/purge", &json!({ "all": true }))
+        .post_json(
+            "/v1/functions/orders/dead-letters/purge",
+            &json!({ "all": true }),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let mut purged: Vec<&str> = body["purged"]
@@ -174,14 +185,21 @@ async fn dead_letters_list_redrive_and_purge() {
     let (_, page) = host.get("/v1/functions/orders/dead-letters").await;
     assert_eq!(page["dead_letters"], json!([]));
     // Bad requests are refused with a clear error.
-    for bad in [json!({}), json!({ "ids": [] }), json!({ "ids": ["x"], "all": true })] {
+    for bad in [
+        json!({}),
+        json!({ "ids": [] }),
+        json!({ "ids": ["x"], "all": true }),
+    ] {
         let (status, body) = host
             .post_json("/v1/functions/orders/dead-letters/redrive", &bad)
             .await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
     let (status, body) = host
-        .post_json("/v1/functions/nope/dead-letters/redrive", &json!({ "all": true }))
+        .post_json(
+            "/v1/functions/nope/dead-letters/redrive",
+            &json!({ "all": true }),
+        )
         .await;
     assert_eq!(status, 404);
     assert_error(&body, "function_not_found");
@@ -200,7 +218,9 @@ async fn cancellation_rules() {
     let running = host
         .submit_json("probe", &json!({ "action": "sleep", "ms": 600 }))
         .await;
-    let queued = host.submit_json("probe", &json!({ "action": "print", "text": "x" })).await;
+    let queued = host
+        .submit_json("probe", &json!({ "action": "print", "text": "x" }))
+        .await;
     host.wait_status(&running, "running").await;
 
     let (status, job) = host.delete(&format!("/v1/jobs/{queued}")).await;
@@ -228,7 +248,11 @@ async fn cancellation_rules() {
     assert_eq!(status, 200, "{job}");
     assert_eq!(job["status"], "cancelled");
     let (_, dlq) = host.get("/v1/functions/probe/dead-letters").await;
-    assert_eq!(dlq["dead_letters"], json!([]), "cancelled jobs are not dead letters");
+    assert_eq!(
+        dlq["dead_letters"],
+        json!([]),
+        "cancelled jobs are not dead letters"
+    );
 }
 
 /// With every slot of a function stuck in endless handlers, another function's jobs still run,
@@ -261,7 +285,10 @@ async fn stuck_handlers_do_not_hold_up_other_functions() {
         let job = host.wait(id).await;
         assert_eq!(job["status"], "dead", "{job}");
         assert!(
-            job["error"].as_str().unwrap().contains("timed out after 3000 ms"),
+            job["error"]
+                .as_str()
+                .unwrap()
+                .contains("timed out after 3000 ms"),
             "{job}"
         );
         assert!(

@@ -4,10 +4,9 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
 
 use serde_json::{Value, json};
 use sluice_tests::{components, free_port, get_json, sluice_binary, wait_healthy};
@@ -105,7 +104,10 @@ async fn kill_9_under_load_loses_no_accepted_job() {
         // Wait until at least 100 attempts run (submits are still in flight), then kill.
         let deadline = Instant::now() + Duration::from_secs(60);
         while metric(&http, &url, "sluice_attempts_running").await < 100.0 {
-            assert!(Instant::now() < deadline, "never reached 100 running attempts");
+            assert!(
+                Instant::now() < deadline,
+                "never reached 100 running attempts"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(extra_delay_ms)).await;
@@ -126,7 +128,11 @@ async fn kill_9_under_load_loses_no_accepted_job() {
     let mut host = serve(tmp.path(), port);
     wait_healthy(&http, &url).await;
     let accepted = accepted.lock().unwrap().clone();
-    assert!(accepted.len() >= 300, "only {} jobs accepted", accepted.len());
+    assert!(
+        accepted.len() >= 300,
+        "only {} jobs accepted",
+        accepted.len()
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     for (id, ms) in &accepted {
         loop {
@@ -150,12 +156,16 @@ async fn kill_9_under_load_loses_no_accepted_job() {
             &http,
             &format!(
                 "{url}/v1/jobs?function=probe&limit=1000{}",
-                cursor.as_ref().map_or(String::new(), |c| format!("&cursor={c}"))
+                cursor
+                    .as_ref()
+                    .map_or(String::new(), |c| format!("&cursor={c}"))
             ),
         )
         .await;
         for job in page["jobs"].as_array().unwrap() {
-            *listed.entry(job["id"].as_str().unwrap().to_string()).or_default() += 1;
+            *listed
+                .entry(job["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
         }
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),

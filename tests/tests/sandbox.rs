@@ -66,7 +66,8 @@ async fn no_filesystem_environment_or_network() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_fails_the_attempt_not_the_host() {
     let host = start_host().await;
-    host.deploy("probe", components::PROBE, "max_attempts=1").await;
+    host.deploy("probe", components::PROBE, "max_attempts=1")
+        .await;
     let job = host
         .wait(&host.submit_json("probe", &json!({"action": "panic"})).await)
         .await;
@@ -116,10 +117,7 @@ async fn timeouts_stop_spinning_and_sleeping_handlers() {
             )
             .await;
         assert_eq!(job["status"], "dead", "{job}");
-        assert_eq!(
-            job["attempt_history"][0]["error"],
-            "timed out after 300 ms"
-        );
+        assert_eq!(job["attempt_history"][0]["error"], "timed out after 300 ms");
         assert!(started.elapsed() >= std::time::Duration::from_millis(300));
         assert!(
             started.elapsed() < std::time::Duration::from_secs(15),
@@ -136,8 +134,12 @@ async fn timeouts_stop_spinning_and_sleeping_handlers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_errors_are_recorded() {
     let host = start_host().await;
-    host.deploy("probe", components::PROBE, "max_attempts=2&backoff_base_ms=10")
-        .await;
+    host.deploy(
+        "probe",
+        components::PROBE,
+        "max_attempts=2&backoff_base_ms=10",
+    )
+    .await;
     for (retryable, status, attempts) in [(true, "dead", 2), (false, "failed", 1)] {
         let job = host
             .wait(

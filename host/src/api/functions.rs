@@ -1,4 +1,4 @@
-//! Deploy, list, show and delete functions.
+//! Deploy, configure, list, show, delete functions, and their stats.
 //!
 //! A deploy is `PUT /v1/functions/{name}` with either
 //! - `Content-Type: application/wasm`: the component as the body, settings as query parameters
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::error::body_error;
 use super::{ApiError, AppState};
-use crate::job::{now_ms, rfc3339};
+use crate::job::{JobStatus, now_ms, rfc3339};
 use crate::manifest::{Manifest, validate_name};
 use crate::store::FunctionRecord;
 
@@ -200,6 +200,126 @@ pub(crate) async fn show(
         .ok_or_else(|| ApiError::function_not_found(&name))?;
     let pending = state.store.pending_count(&name)?;
     Ok(Json(function_json(&record, Some(pending))))
+}
+
+/// `PATCH /v1/functions/{name}`: changes settings without redeploying the code. Body: a JSON
+/// object of manifest keys (`{"max_concurrency": 2, "rate_per_second": null}`; `null` unsets
+/// `rate_per_second`), or the same keys as query parameters. Makes a new version.
+pub(crate) async fn configure(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body?;
+    let current = state
+        .store
+        .function(&name)?
+        .ok_or_else(|| ApiError::function_not_found(&name))?;
+    let mut table = toml::Table::try_from(Manifest::from_settings(&current.settings))
+        .expect("a manifest is a table");
+    let usage =
+        r#"send a JSON object of settings, e.g. {"max_concurrency": 4, "rate_per_second": 10}"#;
+    let changes: Vec<(String, Value)> = if body.is_empty() {
+        query
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    v.parse::<i64>()
+                        .map(Value::from)
+                        .unwrap_or(Value::String(v)),
+                )
+            })
+            .collect()
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(o)) => o.into_iter().collect(),
+            _ => return Err(ApiError::bad_request("invalid_body", usage)),
+        }
+    };
+    if changes.is_empty() {
+        return Err(ApiError::bad_request("invalid_body", usage));
+    }
+    for (key, value) in changes {
+        if key == "name" {
+            return Err(ApiError::bad_request(
+                "invalid_manifest",
+                "a function's name cannot change: deploy it under the new name",
+            ));
+        }
+        match value {
+            Value::Null => {
+                table.remove(&key);
+            }
+            Value::Number(n) if n.is_i64() => {
+                table.insert(key, toml::Value::Integer(n.as_i64().unwrap_or(0)));
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_manifest",
+                    format!("{key} must be a whole number (or null to unset), not {other}"),
+                ));
+            }
+        }
+    }
+    let manifest: Manifest =
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                ApiError::bad_request(
+                    "invalid_manifest",
+                    format!("invalid settings: {}", e.message()),
+                )
+            })?;
+    let settings = manifest.validate(&name, &state.config.bounds())?;
+    let record = state
+        .store
+        .configure(&name, settings)
+        .await?
+        .ok_or_else(|| ApiError::function_not_found(&name))?;
+    // New attempts use the new settings; the code stays loaded, nothing is compiled.
+    state.runtime.reconfigure(record.clone());
+    state.scheduler.function_updated(&name);
+    let pending = state.store.pending_count(&name)?;
+    Ok(Json(function_json(&record, Some(pending))))
+}
+
+/// `GET /v1/functions/{name}/stats`: jobs per status from counters kept with every status
+/// change (never a scan), attempts running now, and the age of the oldest queued job.
+pub(crate) async fn stats(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = state
+        .store
+        .function(&name)?
+        .ok_or_else(|| ApiError::function_not_found(&name))?;
+    let counts = state.store.counts(&name)?;
+    // `running` is what runs now; jobs whose start is not committed yet count as queued in the
+    // store.
+    let running = state.scheduler.running_in(&name) as u64;
+    let waiting = counts.status(JobStatus::Queued) + counts.status(JobStatus::Running);
+    let oldest = state
+        .store
+        .oldest_ready(&name)?
+        .map(|at| now_ms().saturating_sub(at));
+    Ok(Json(json!({
+        "function": name,
+        "version": record.version,
+        "queued": waiting.saturating_sub(running),
+        "delayed": counts.status(JobStatus::Delayed),
+        "running": running,
+        "succeeded": counts.status(JobStatus::Succeeded),
+        "failed": counts.status(JobStatus::Failed),
+        "dead": counts.status(JobStatus::Dead),
+        "cancelled": counts.status(JobStatus::Cancelled),
+        "oldest_queued_age_ms": oldest,
+        "queued_bytes": counts.bytes(),
+        "max_queued": record.settings.max_queued,
+        "max_concurrency": record.settings.max_concurrency,
+        "rate_per_second": record.settings.rate_per_second,
+    })))
 }
 
 #[derive(serde::Deserialize)]

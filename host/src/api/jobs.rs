@@ -109,9 +109,7 @@ fn not_before(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let bad = |m: &str| ApiError::bad_request("invalid_header", m);
     match (delay, at) {
         (None, None) => Ok(None),
-        (Some(_), Some(_)) => Err(bad(
-            "send Sluice-Delay or Sluice-Not-Before, not both",
-        )),
+        (Some(_), Some(_)) => Err(bad("send Sluice-Delay or Sluice-Not-Before, not both")),
         (Some(d), None) => {
             let secs = d
                 .to_str()
@@ -156,7 +154,11 @@ fn idempotency_key(
     let key = value
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_header",
@@ -327,7 +329,11 @@ pub(crate) async fn submit_batch(
     for (i, item) in items.into_iter().enumerate() {
         let item = BatchItem::parse(item, default_priority, default_not_before, now)
             .map_err(|m| bad(format!("item {i}: {m}")))?;
-        statuses.push(if item.not_before.is_some() { "delayed" } else { "queued" });
+        statuses.push(if item.not_before.is_some() {
+            "delayed"
+        } else {
+            "queued"
+        });
         jobs.push(NewJob {
             function: name.clone(),
             content_type: Some(item.content_type),

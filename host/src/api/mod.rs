@@ -5,7 +5,7 @@
 //!
 //! ## Layout
 //! - `error`: [`ApiError`] and the mapping from domain errors.
-//! - `functions`: deploy, list, show, delete functions.
+//! - `functions`: deploy, configure, list, show, delete functions; their stats.
 //! - `jobs`: submit, show (long-poll), output, list, cancel jobs.
 //! - `dead_letters`: a function's dead-letter queue: list, redrive, purge.
 //! - `metrics`: `GET /metrics` in the Prometheus text format.
@@ -74,15 +74,14 @@ pub fn router(state: AppState) -> Router {
             "/v1/functions/{name}",
             put(functions::deploy)
                 .get(functions::show)
+                .patch(functions::configure)
                 .delete(functions::delete),
         )
+        .route("/v1/functions/{name}/stats", get(functions::stats))
         .route("/v1/functions/{name}/jobs", post(jobs::submit))
         .route("/v1/functions/{name}/jobs:batch", post(jobs::submit_batch))
         .route("/v1/jobs", get(jobs::list))
-        .route(
-            "/v1/functions/{name}/dead-letters",
-            get(dead_letters::list),
-        )
+        .route("/v1/functions/{name}/dead-letters", get(dead_letters::list))
         .route(
             "/v1/functions/{name}/dead-letters/redrive",
             post(dead_letters::redrive),

@@ -219,6 +219,16 @@ impl Runtime {
         f
     }
 
+    /// Makes `record` (new settings, same code) current for its function, without compiling;
+    /// `None` when the function is not loaded.
+    pub fn reconfigure(&self, record: FunctionRecord) -> Option<Arc<LoadedFunction>> {
+        let current = self.function(&record.name)?;
+        Some(self.install_loaded(LoadedFunction {
+            record,
+            pre: current.pre.clone(),
+        }))
+    }
+
     /// Makes a function current again, e.g. the previous code after a failed deploy.
     pub fn reinstate(&self, f: Arc<LoadedFunction>) {
         self.functions.write().insert(f.record.name.clone(), f);

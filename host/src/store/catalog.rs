@@ -133,6 +133,40 @@ impl Catalog {
         Ok(record)
     }
 
+    /// Gives a deployed function new settings (same code) as a new version; `None` when it is
+    /// not deployed. The same settings change nothing.
+    pub(crate) fn configure(
+        &self,
+        name: &str,
+        settings: crate::manifest::Settings,
+    ) -> Result<Option<FunctionRecord>, StoreError> {
+        let txn = self.write()?;
+        let record = {
+            let mut functions = txn.open_table(FUNCTIONS).map_err(storage)?;
+            let current = functions
+                .get(name)
+                .map_err(storage)?
+                .map(|v| decode_function(v.value()))
+                .transpose()
+                .map_err(StoreError::Storage)?;
+            let Some(mut record) = current else {
+                return Ok(None);
+            };
+            if record.settings == settings {
+                return Ok(Some(record));
+            }
+            record.settings = settings;
+            record.version += 1;
+            functions
+                .insert(name, encode_function(&record).as_slice())
+                .map_err(storage)?;
+            record
+        };
+        txn.commit().map_err(storage)?;
+        self.deployed.set(&record);
+        Ok(Some(record))
+    }
+
     /// Stores a compiled artifact (after an engine upgrade made the old one unusable).
     pub(crate) fn save_artifact(&self, key: &str, artifact: &[u8]) -> Result<(), StoreError> {
         let txn = self.write()?;

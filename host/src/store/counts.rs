@@ -97,18 +97,30 @@ impl CountDeltas {
             })
     }
 
+    /// Every function's change of unfinished jobs in this batch.
+    pub(crate) fn unfinished_changes(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.rows.iter().map(|(f, row)| {
+            (
+                f.as_str(),
+                row[slot(JobStatus::Queued)]
+                    + row[slot(JobStatus::Delayed)]
+                    + row[slot(JobStatus::Running)],
+            )
+        })
+    }
+
     /// Change of the unfinished bytes of every function together.
     pub(crate) fn total_bytes(&self) -> i64 {
         self.rows.iter().map(|(_, r)| r[BYTES_SLOT as usize]).sum()
     }
 
-    /// Writes every changed row.
+    /// Writes every changed row (the changes stay here, for after the commit).
     pub(crate) fn write(
-        &mut self,
+        &self,
         table: &mut Table<'_, (&'static str, u8), u64>,
     ) -> Result<(), StoreError> {
-        for (function, row) in self.rows.drain(..) {
-            for (i, delta) in row.into_iter().enumerate() {
+        for (function, row) in &self.rows {
+            for (i, &delta) in row.iter().enumerate() {
                 if delta == 0 {
                     continue;
                 }
@@ -143,4 +155,47 @@ where
         }
     }
     Ok(counts)
+}
+
+/// Unfinished jobs per function in every shard together, kept in memory for admission
+/// (`max_queued`): loaded from the counters at start-up, changed after each commit.
+#[derive(Default)]
+pub(crate) struct Unfinished(parking_lot::Mutex<std::collections::HashMap<String, u64>>);
+
+impl Unfinished {
+    pub(crate) fn get(&self, function: &str) -> u64 {
+        self.0.lock().get(function).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn apply(&self, deltas: &CountDeltas) {
+        let mut map = self.0.lock();
+        for (function, change) in deltas.unfinished_changes() {
+            if change == 0 {
+                continue;
+            }
+            let n = map.entry(function.to_string()).or_insert(0);
+            *n = (*n as i64 + change).max(0) as u64;
+        }
+    }
+
+    /// Adds a shard's stored counters.
+    pub(crate) fn load<T>(&self, table: &T) -> Result<(), StoreError>
+    where
+        T: ReadableTable<(&'static str, u8), u64>,
+    {
+        let mut map = self.0.lock();
+        let unfinished = [
+            slot(JobStatus::Queued),
+            slot(JobStatus::Delayed),
+            slot(JobStatus::Running),
+        ];
+        for row in table.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            let (function, s) = k.value();
+            if unfinished.contains(&(s as usize)) {
+                *map.entry(function.to_string()).or_insert(0) += v.value();
+            }
+        }
+        Ok(())
+    }
 }

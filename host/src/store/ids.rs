@@ -28,7 +28,10 @@ const SEQ_MASK: u128 = (1 << SEQ_BITS) - 1;
 
 impl IdGenerator {
     pub(crate) fn new(shard: usize) -> Self {
-        assert!(shard < MAX_SHARDS, "shard number {shard} does not fit a job id");
+        assert!(
+            shard < MAX_SHARDS,
+            "shard number {shard} does not fit a job id"
+        );
         IdGenerator {
             shard: shard as u8,
             last_ms: 0,

@@ -41,12 +41,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::job::{AttemptReport, Job, JobId, JobStatus, QueuedJob};
 use crate::manifest::RetryPolicy;
-pub use tables::FunctionRecord;
 use catalog::Catalog;
 pub use counts::Counts;
 pub use demand::Demand;
 use ids::{MAX_SHARDS, shard_of};
 use shard::Shard;
+pub use tables::FunctionRecord;
 use tables::*;
 use writer::{Op, Shared};
 
@@ -323,6 +323,7 @@ impl Store {
             deployed: catalog.deployed().clone(),
             demand: Arc::new(Demand::default()),
             queued_bytes: Arc::new(AtomicU64::new(0)),
+            unfinished: Arc::default(),
         };
         let mut shards = Vec::with_capacity(count);
         for n in 0..count {
@@ -524,6 +525,18 @@ impl Store {
     ) -> Result<FunctionRecord, StoreError> {
         let catalog = self.catalog.clone();
         blocking(move || catalog.deploy(record, &wasm, &artifact_key, &artifact)).await
+    }
+
+    /// Gives a deployed function new settings, keeping its code, as a new version; `None` when
+    /// it is not deployed.
+    pub async fn configure(
+        &self,
+        name: &str,
+        settings: crate::manifest::Settings,
+    ) -> Result<Option<FunctionRecord>, StoreError> {
+        let catalog = self.catalog.clone();
+        let name = name.to_string();
+        blocking(move || catalog.configure(&name, settings)).await
     }
 
     /// Stores a compiled artifact (after an engine upgrade made the old one unusable).

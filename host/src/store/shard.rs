@@ -12,10 +12,10 @@ use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot};
 
+use super::counts::{self, Counts};
 use super::tables::*;
 use super::writer::{self, Op, Shared, Writer};
 use super::{JobPage, JobQuery, MAX_SCAN, StoreError, StoreOptions, storage};
-use super::counts::{self, Counts};
 use crate::job::{Job, JobId, MAX_PRIORITY, QueuedJob};
 
 pub(crate) struct Shard {
@@ -45,7 +45,7 @@ impl Shard {
             .create(path)
             .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
-        let (next_due, bytes) = writer::recover(&db)?;
+        let (next_due, bytes) = writer::recover(&db, &shared.unfinished)?;
         shared
             .queued_bytes
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use super::counts::{self, CountDeltas};
+use super::counts::CountDeltas;
 use super::tables::*;
 use super::writer::{Effects, Writer};
 use super::{CancelError, NewJob, StoreError, SubmitError, Submitted, storage};
@@ -112,12 +112,18 @@ impl<'txn> Tables<'txn> {
             ids.push(JobId(row.map_err(storage)?.0.value().3));
         }
         for id in ids {
-            let Some(mut job) = self.job(id)? else { continue };
+            let Some(mut job) = self.job(id)? else {
+                continue;
+            };
             if job.status == JobStatus::Running {
                 job.status = JobStatus::Queued;
                 job.lease_until = None;
                 self.put_job(id, &job)?;
-                counts.moved(&job.function, Some(JobStatus::Running), Some(JobStatus::Queued));
+                counts.moved(
+                    &job.function,
+                    Some(JobStatus::Running),
+                    Some(JobStatus::Queued),
+                );
             }
         }
         Ok(())
@@ -189,7 +195,7 @@ impl Writer {
                 });
             }
         }
-        if let Err(e) = self.admit(&new.function, max_queued, 1, new.input.len() as u64, t, fx)? {
+        if let Err(e) = self.admit(&new.function, max_queued, 1, new.input.len() as u64, fx)? {
             return Ok(Err(e));
         }
         let id = self.ids.generate();
@@ -228,7 +234,7 @@ impl Writer {
             return Ok(Err(SubmitError::FunctionNotFound(function)));
         };
         let bytes = jobs.iter().map(|j| j.input.len() as u64).sum();
-        if let Err(e) = self.admit(&function, max_queued, jobs.len() as u64, bytes, t, fx)? {
+        if let Err(e) = self.admit(&function, max_queued, jobs.len() as u64, bytes, fx)? {
             return Ok(Err(e));
         }
         let now = now_ms();
@@ -249,17 +255,12 @@ impl Writer {
         max_queued: u64,
         n: u64,
         bytes: u64,
-        t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<Result<(), SubmitError>, StoreError> {
-        let stored = match fx.counts_read.iter().find(|(f, _)| f == function) {
-            Some((_, n)) => *n,
-            None => {
-                let n = counts::read(&t.counts, function)?.unfinished();
-                fx.counts_read.push((function.to_string(), n));
-                n
-            }
-        };
+        // All shards' committed count, plus this batch's change so far. (Another shard's
+        // batch in flight is not seen: with several shards a limit can be passed by at most
+        // that batch.)
+        let stored = self.shared.unfinished.get(function);
         let (change, _) = fx.counts.pending_change(function);
         let unfinished = (stored as i64 + change).max(0) as u64;
         if unfinished + n > max_queued {
@@ -268,8 +269,10 @@ impl Writer {
                 max_queued,
             }));
         }
-        let host_bytes = self.shared.queued_bytes.load(std::sync::atomic::Ordering::Relaxed)
-            as i64
+        let host_bytes = self
+            .shared
+            .queued_bytes
+            .load(std::sync::atomic::Ordering::Relaxed) as i64
             + fx.counts.total_bytes();
         if host_bytes.max(0) as u64 + bytes > self.max_queued_bytes {
             return Ok(Err(SubmitError::BudgetExhausted {
@@ -625,7 +628,11 @@ impl Writer {
     /// Deletes finished jobs older than the retention period and idempotency keys older than
     /// their window, at most [`SWEEP_BATCH`] of each per commit; returns how many rows went.
     /// A full batch brings the next sweep forward, so a backlog drains in small steps.
-    pub(crate) fn sweep(&mut self, t: &mut Tables<'_>, fx: &mut Effects) -> Result<u64, StoreError> {
+    pub(crate) fn sweep(
+        &mut self,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<u64, StoreError> {
         let now = now_ms();
         let mut expired = Vec::new();
         for row in t
@@ -724,7 +731,11 @@ impl Writer {
 
     /// Reads ready jobs left in the table for every function the scheduler has room for, in
     /// dispatch order, from where the last refill stopped. They are handed out after the commit.
-    pub(crate) fn refill(&mut self, t: &mut Tables<'_>, fx: &mut Effects) -> Result<(), StoreError> {
+    pub(crate) fn refill(
+        &mut self,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
         if self.overflow.is_empty() {
             return Ok(());
         }
@@ -732,7 +743,11 @@ impl Writer {
         let mut in_batch: Option<HashSet<JobId>> = None;
         for function in functions {
             let pending = fx.ready.iter().filter(|j| j.function == function).count();
-            let want = self.shared.demand.available(&function).saturating_sub(pending);
+            let want = self
+                .shared
+                .demand
+                .available(&function)
+                .saturating_sub(pending);
             if want == 0 {
                 continue;
             }
@@ -746,7 +761,11 @@ impl Writer {
             let mut found = Vec::new();
             let mut exhausted = true;
             let mut last = None;
-            for row in t.ready.range::<(&str, u8, u64, u128)>((start, end)).map_err(storage)? {
+            for row in t
+                .ready
+                .range::<(&str, u8, u64, u128)>((start, end))
+                .map_err(storage)?
+            {
                 let (rank, at, id) = {
                     let k = row.map_err(storage)?.0;
                     let (_, rank, at, id) = k.value();

@@ -19,7 +19,7 @@ use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot};
 
 use super::catalog::Deployed;
-use super::counts::CountDeltas;
+use super::counts::{CountDeltas, Unfinished};
 use super::demand::Demand;
 use super::ids::IdGenerator;
 use super::transitions::Tables;
@@ -173,8 +173,6 @@ pub(crate) struct Effects {
     pub(crate) terminal: Vec<JobId>,
     /// Changes to the per-function counters.
     pub(crate) counts: CountDeltas,
-    /// Counters read from the table in this batch (for the `max_queued` check).
-    pub(crate) counts_read: Vec<(String, u64)>,
     pub(crate) shutdown: bool,
 }
 
@@ -187,6 +185,8 @@ pub(crate) struct Shared {
     pub(crate) demand: Arc<Demand>,
     /// Input bytes of unfinished jobs, all shards together (for the host-wide budget).
     pub(crate) queued_bytes: Arc<AtomicU64>,
+    /// Unfinished jobs per function, all shards together (for `max_queued`).
+    pub(crate) unfinished: Arc<Unfinished>,
 }
 
 pub(crate) struct Writer {
@@ -334,8 +334,11 @@ impl Writer {
                 if bytes >= 0 {
                     self.shared.queued_bytes.fetch_add(bytes as u64, Relaxed);
                 } else {
-                    self.shared.queued_bytes.fetch_sub(bytes.unsigned_abs(), Relaxed);
+                    self.shared
+                        .queued_bytes
+                        .fetch_sub(bytes.unsigned_abs(), Relaxed);
                 }
+                self.shared.unfinished.apply(&fx.counts);
                 for reply in fx.replies {
                     reply.commit();
                 }
@@ -523,9 +526,9 @@ fn reject(op: Op, fx: &mut Effects) {
         Op::Submit { reply, .. } => fx
             .replies
             .push(Reply::Submit(reply, Err(StoreError::Closed.into()))),
-        Op::SubmitBatch { reply, .. } => {
-            fx.replies.push(answer(reply, Err(StoreError::Closed.into())))
-        }
+        Op::SubmitBatch { reply, .. } => fx
+            .replies
+            .push(answer(reply, Err(StoreError::Closed.into()))),
         Op::CancelFunction { reply, .. } | Op::Redrive { reply, .. } | Op::Purge { reply, .. } => {
             fx.replies.push(answer(reply, Ok(vec![])))
         }
@@ -544,7 +547,10 @@ fn reject(op: Op, fx: &mut Effects) {
 /// queued again (its attempt died with that process), read from the ready table only; `delayed`
 /// jobs stay delayed. Also creates the tables on a new file. Returns when the earliest delayed
 /// job is due and the shard's unfinished input bytes.
-pub(crate) fn recover(db: &Database) -> Result<(Option<u64>, u64), StoreError> {
+pub(crate) fn recover(
+    db: &Database,
+    unfinished: &Unfinished,
+) -> Result<(Option<u64>, u64), StoreError> {
     let mut txn = db.begin_write().map_err(storage)?;
     txn.set_durability(Durability::Immediate)
         .map_err(|e| StoreError::Storage(e.to_string()))?;
@@ -554,6 +560,7 @@ pub(crate) fn recover(db: &Database) -> Result<(Option<u64>, u64), StoreError> {
         let mut counts = CountDeltas::default();
         t.requeue_running(&mut counts)?;
         counts.write(&mut t.counts)?;
+        unfinished.load(&t.counts)?;
         next_due = t.first_delayed()?;
         bytes = t.total_bytes()?;
     }
