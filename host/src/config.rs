@@ -55,7 +55,7 @@ impl Default for Config {
             max_instances: 256,
             max_memory_mb: 512,
             max_timeout_ms: 15 * 60 * 1000,
-            cache_mb: 256,
+            cache_mb: 64,
             max_log_bytes: 64 << 10,
             commit_delay: Duration::ZERO,
             store_shards: 1,

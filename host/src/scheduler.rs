@@ -52,6 +52,9 @@ struct Inner {
     stopping: AtomicBool,
     /// Cancels every running attempt (shutdown after the grace period).
     abort_all: CancellationToken,
+    /// Cancelled when shutdown starts: attempts not yet started (waiting for their rate) are
+    /// left queued.
+    stop_starting: CancellationToken,
     /// Signalled whenever a worker exits.
     worker_exited: Notify,
 }
@@ -102,6 +105,7 @@ impl Scheduler {
                 slots: Arc::new(Semaphore::new(slots as usize)),
                 stopping: AtomicBool::new(false),
                 abort_all: CancellationToken::new(),
+                stop_starting: CancellationToken::new(),
                 worker_exited: Notify::new(),
             }),
         }
@@ -231,6 +235,7 @@ impl Scheduler {
     /// (they stay durable as `running` and are queued again at the next start).
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.stop_starting.cancel();
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let exited = self.inner.worker_exited.notified();
@@ -289,7 +294,7 @@ impl Inner {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
                     _ = cancel.cancelled() => { self.done(&function, job.id); continue; }
-                    _ = self.abort_all.cancelled() => { self.done(&function, job.id); continue; }
+                    _ = self.stop_starting.cancelled() => { self.done(&function, job.id); continue; }
                 }
             }
             let _slot = self

@@ -8,6 +8,8 @@
 //! - `latency`: submit latency at half the measured throughput; submit-to-completion on an idle host.
 //! - `startup`: a restart with 10 deployed functions: time to listen, compilations.
 //! - `retention` (only when named): data-file size under a steady load with 5 s retention.
+//! - `backlog` (only when named): batch submits into a 1,000,000-job queue, dispatch with that
+//!   deep queue against a shallow one, host memory.
 //! - `--peer bullmq`: runs the BullMQ + Redis script (persistence off, then `FSYNC=always`) and
 //!   prints the throughput ratios.
 //!
@@ -66,6 +68,9 @@ pub struct BenchArgs {
     /// Submits per second in the retention scenario.
     #[arg(long, default_value_t = 4000)]
     pub retention_rate: u64,
+    /// Jobs queued in the backlog scenario's deep queue.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub backlog_jobs: usize,
 }
 
 /// A benchmark scenario.
@@ -81,6 +86,9 @@ pub enum Scenario {
     Startup,
     /// Data-file size under a steady load with short retention (not in the default set).
     Retention,
+    /// Batch submits of 100, dispatch with a deep queue against a shallow one, host memory
+    /// (not in the default set).
+    Backlog,
 }
 
 /// A peer system to compare with.
@@ -101,7 +109,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let wasm = std::fs::read(&echo.wasm)?;
     let all = args.scenarios.is_empty();
     // The retention scenario takes a while: only when asked for.
-    let wants = |s: Scenario| (all && s != Scenario::Retention) || args.scenarios.contains(&s);
+    let slow = [Scenario::Retention, Scenario::Backlog];
+    let wants = |s: Scenario| (all && !slow.contains(&s)) || args.scenarios.contains(&s);
     let mut report = Report::default();
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     eprintln!(
@@ -182,6 +191,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 args.retention_rate,
             )
             .await?,
+        );
+    }
+    if wants(Scenario::Backlog) {
+        report.add(
+            "backlog",
+            backlog_scenario(&base, &wasm, &echo.manifest, args.backlog_jobs).await?,
         );
     }
     if let Some(Peer::Bullmq) = args.peer {
@@ -426,6 +441,122 @@ async fn retention_scenario(
     }))
 }
 
+/// The queue lives in redb: enqueue `deep` jobs with batch submits of 100 (jobs/s accepted
+/// durably), then compare the dispatch rate of the first 100,000 jobs of that deep queue with
+/// the rate while producers keep about 1,000 queued; host RSS after each.
+async fn backlog_scenario(
+    base: &Path,
+    wasm: &[u8],
+    manifest: &crate::manifest::Manifest,
+    deep: usize,
+) -> anyhow::Result<Value> {
+    const BATCH: usize = 100;
+    const CLIENTS: usize = 16;
+    const MEASURED: u64 = 100_000;
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-bench")
+        .tempdir_in(base)?;
+    let host = BenchHost::start_with(dir.path(), |_| {}).await?;
+    // Held back while the queue fills: one attempt per second.
+    let mut gated = manifest.clone();
+    gated.max_queued = Some(deep as u64 * 2);
+    gated.rate_per_second = Some(1);
+    host.deploy_echo("deep", wasm, &gated).await?;
+    let mut open = manifest.clone();
+    open.max_queued = Some(deep as u64 * 2);
+    host.deploy_echo("shallow", wasm, &open).await?;
+
+    // Enqueue the deep queue: batches of 100 from 16 clients.
+    let batch: Bytes = {
+        let items: Vec<Value> = (0..BATCH).map(|i| json!({"i": i, "s": "payload"})).collect();
+        Bytes::from(serde_json::to_vec(&items)?)
+    };
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (addr, next, batch) = (host.addr, next.clone(), batch.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await?;
+            while next.fetch_add(BATCH, Ordering::Relaxed) < deep {
+                let (status, body) = conn
+                    .call("POST", "/v1/functions/deep/jobs:batch", &batch)
+                    .await?;
+                anyhow::ensure!(status == 202, "{}", String::from_utf8_lossy(&body));
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let enqueue_s = started.elapsed().as_secs_f64();
+    let rss_full = rss_mb();
+
+    // Open the gate and time the first 100,000 of the deep queue.
+    let before = host.counters().await?;
+    let started = Instant::now();
+    Client::new(&format!("http://{}", host.addr))
+        .configure("deep", &json!({"rate_per_second": null}))
+        .await?;
+    host.wait_finished(before.finished + MEASURED).await?;
+    let deep_rate = MEASURED as f64 / started.elapsed().as_secs_f64();
+    let rss_deep = rss_mb();
+    let deep_left = host.stats("deep").await?["queued"].as_u64().unwrap_or(0);
+    // Hold the rest of the deep queue back again so it does not compete.
+    Client::new(&format!("http://{}", host.addr))
+        .configure("deep", &json!({"rate_per_second": 1}))
+        .await?;
+
+    // A shallow queue: producers keep about 1,000 jobs queued.
+    let before = host.counters().await?;
+    let started = Instant::now();
+    let mut conn = Connection::open(host.addr).await?;
+    let mut submitted = 0u64;
+    while submitted < MEASURED {
+        let queued = host.stats("shallow").await?["queued"].as_u64().unwrap_or(0);
+        if queued < 1_000 {
+            for _ in 0..5 {
+                let (status, body) = conn
+                    .call("POST", "/v1/functions/shallow/jobs:batch", &batch)
+                    .await?;
+                anyhow::ensure!(status == 202, "{}", String::from_utf8_lossy(&body));
+                submitted += BATCH as u64;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    host.wait_finished(before.finished + submitted).await?;
+    let shallow_rate = submitted as f64 / started.elapsed().as_secs_f64();
+    let rss_shallow = rss_mb();
+    host.stop().await?;
+    Ok(json!({
+        "deep_queue_jobs": deep,
+        "enqueue_seconds": round2(enqueue_s),
+        "batch_submit_jobs_per_s": (deep as f64 / enqueue_s).round(),
+        "dispatch_jobs_per_s_deep": deep_rate.round(),
+        "deep_queue_left_while_measuring": deep_left,
+        "dispatch_jobs_per_s_shallow": shallow_rate.round(),
+        "dispatch_ratio_deep_vs_shallow": round2(deep_rate / shallow_rate),
+        "rss_mb_after_enqueue": rss_full,
+        "rss_mb_deep": rss_deep,
+        "rss_mb_shallow": rss_shallow,
+        "goal": "batch >= 100000 jobs/s; ratio >= 0.8; rss < 150 MB",
+    }))
+}
+
+/// Resident memory of this process (host and load generator), in MiB.
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    round2(kb / 1024.0)
+}
+
 /// Total size of the files in `dir`.
 fn dir_size(dir: &Path) -> anyhow::Result<u64> {
     let mut total = 0;
@@ -619,6 +750,13 @@ impl BenchHost {
             apply_s: self.metric("sluice_store_apply_seconds_total").await?,
             commit_s: self.metric("sluice_store_commit_seconds_total").await?,
         })
+    }
+
+    /// A function's stats.
+    async fn stats(&self, function: &str) -> anyhow::Result<Value> {
+        let mut conn = Connection::open(self.addr).await?;
+        let (_, body) = conn.get(&format!("/v1/functions/{function}/stats")).await?;
+        Ok(serde_json::from_slice(&body)?)
     }
 
     /// Waits until the host has committed `total` terminal jobs since it started.

@@ -166,6 +166,25 @@ impl Client {
         self.send(self.http.get(format!("{}/v1/functions", self.base)))
             .await
     }
+
+    /// `PATCH /v1/functions/{name}` with settings as JSON (`null` unsets `rate_per_second`).
+    pub async fn configure(&self, name: &str, settings: &Value) -> anyhow::Result<Value> {
+        self.send(
+            self.http
+                .patch(format!("{}/v1/functions/{name}", self.base))
+                .json(settings),
+        )
+        .await
+    }
+
+    /// `GET /v1/functions/{name}/stats`.
+    pub async fn stats(&self, name: &str) -> anyhow::Result<Value> {
+        self.send(
+            self.http
+                .get(format!("{}/v1/functions/{name}/stats", self.base)),
+        )
+        .await
+    }
 }
 
 /// Reads a manifest file and works out the function's name: `--name`, else the manifest's,

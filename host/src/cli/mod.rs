@@ -67,7 +67,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_MAX_MEMORY_MB", default_value_t = 512)]
     pub max_memory_mb: u32,
     /// redb page cache, in MiB.
-    #[arg(long, env = "SLUICE_CACHE_MB", default_value_t = 256)]
+    #[arg(long, env = "SLUICE_CACHE_MB", default_value_t = 64)]
     pub cache_mb: usize,
     /// Microseconds a busy writer waits to gather more operations into one commit.
     #[arg(long, env = "SLUICE_COMMIT_DELAY_US", default_value_t = 0)]
