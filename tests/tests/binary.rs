@@ -167,3 +167,95 @@ fn bench_prints_a_json_line_per_scenario() {
     );
     assert_eq!(scenario("startup")["functions"], 10.0);
 }
+
+/// Runs `sluice ARGS` against `url`; returns stdout, panicking on failure.
+fn cli(url: &str, args: &[&str]) -> String {
+    let out = Command::new(sluice_binary())
+        .args(args)
+        .env("SLUICE_URL", url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sluice {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `sluice stats`, `config`, `cancel` and `dlq` drive the API and print what it answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operating_commands() {
+    let host = sluice_tests::start_host().await;
+    host.deploy("probe", components::PROBE, "max_attempts=1")
+        .await;
+    let url = host.url.clone();
+    let failed = host
+        .submit_json("probe", &json!({"action": "fail", "retryable": false}))
+        .await;
+    host.wait(&failed).await;
+
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            cli(
+                &url,
+                &[
+                    "config",
+                    "probe",
+                    "max_concurrency=1",
+                    "rate_per_second=none",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.contains("version 2") && out.contains("max_concurrency 1"),
+        "{out}"
+    );
+
+    let blocker = host
+        .submit_json("probe", &json!({"action": "sleep", "ms": 500}))
+        .await;
+    host.wait_status(&blocker, "running").await;
+    let queued = host
+        .submit_json("probe", &json!({"action": "sleep", "ms": 1}))
+        .await;
+    let (out, stats) = tokio::task::spawn_blocking({
+        let (url, queued) = (url.clone(), queued.clone());
+        move || {
+            (
+                cli(&url, &["cancel", &queued]),
+                cli(&url, &["stats", "probe", "--json"]),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("cancelled"), "{out}");
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["failed"], 1, "{stats}");
+    assert_eq!(stats["cancelled"], 1, "{stats}");
+
+    let (list, redrive) = tokio::task::spawn_blocking({
+        let (url, failed) = (url.clone(), failed.clone());
+        move || {
+            (
+                cli(&url, &["dlq", "list", "probe"]),
+                cli(&url, &["dlq", "redrive", "probe", "--id", &failed]),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(list.contains(&failed) && list.contains("failed"), "{list}");
+    assert!(redrive.contains("redriven 1"), "{redrive}");
+    assert_eq!(host.wait(&failed).await["status"], "failed");
+    let purge = tokio::task::spawn_blocking(move || cli(&url, &["dlq", "purge", "probe", "--all"]))
+        .await
+        .unwrap();
+    assert!(purge.contains("purged 1"), "{purge}");
+    assert_eq!(host.get(&format!("/v1/jobs/{failed}")).await.0, 404);
+}

@@ -468,7 +468,9 @@ async fn backlog_scenario(
 
     // Enqueue the deep queue: batches of 100 from 16 clients.
     let batch: Bytes = {
-        let items: Vec<Value> = (0..BATCH).map(|i| json!({"i": i, "s": "payload"})).collect();
+        let items: Vec<Value> = (0..BATCH)
+            .map(|i| json!({"i": i, "s": "payload"}))
+            .collect();
         Bytes::from(serde_json::to_vec(&items)?)
     };
     let started = Instant::now();

@@ -167,6 +167,20 @@ impl Client {
             .await
     }
 
+    /// Any API call: `method` on `path` (from `/v1/...`) with an optional JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.send(request).await
+    }
+
     /// `PATCH /v1/functions/{name}` with settings as JSON (`null` unsets `rate_per_second`).
     pub async fn configure(&self, name: &str, settings: &Value) -> anyhow::Result<Value> {
         self.send(

@@ -4,10 +4,12 @@
 //! ## Layout
 //! - `client`: commands that talk to a running host over HTTP (deploy, invoke, job, functions).
 //! - `examples`: building and finding the example functions in `functions/`.
+//! - `ops`: operating functions and jobs (stats, config, dead letters, cancel).
 //! - `up`: the one-command demo: build the examples, start a host, deploy them.
 
 pub mod client;
 pub mod examples;
+mod ops;
 mod up;
 
 use std::net::SocketAddr;
@@ -41,6 +43,14 @@ enum Command {
     Job(client::JobArgs),
     /// List deployed functions.
     Functions(client::FunctionsArgs),
+    /// Show a function's job counts by status.
+    Stats(ops::StatsArgs),
+    /// Change a function's settings without redeploying it (`max_concurrency=4`).
+    Config(ops::ConfigArgs),
+    /// Cancel a queued or delayed job.
+    Cancel(ops::CancelArgs),
+    /// A function's dead-letter queue: list, redrive, purge.
+    Dlq(ops::DlqArgs),
     /// Measure throughput, latency, sandbox cost and start-up (optionally against BullMQ).
     Bench(crate::bench::BenchArgs),
 }
@@ -57,6 +67,9 @@ pub struct ServeArgs {
     /// Seconds a shutdown waits for running attempts.
     #[arg(long, env = "SLUICE_GRACE_PERIOD", default_value_t = 30)]
     pub grace_period: u64,
+    /// Host-wide budget of unfinished jobs' input bytes; submits beyond it get 429.
+    #[arg(long, env = "SLUICE_MAX_QUEUED_BYTES", default_value_t = 1 << 30)]
+    pub max_queued_bytes: u64,
     /// Largest request body, in bytes (submits and deploys).
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
@@ -100,6 +113,7 @@ impl ServeArgs {
             store_shards: self.store_shards,
             job_retention: Duration::from_secs(self.job_retention_secs),
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
+            max_queued_bytes: self.max_queued_bytes,
             sandbox_threads: self
                 .sandbox_threads
                 .unwrap_or(Config::default().sandbox_threads),
@@ -136,6 +150,10 @@ pub fn main() -> ExitCode {
             Command::Invoke(args) => client::invoke(args).await,
             Command::Job(args) => client::job(args).await,
             Command::Functions(args) => client::functions(args).await,
+            Command::Stats(args) => ops::stats(args).await,
+            Command::Config(args) => ops::config(args).await,
+            Command::Cancel(args) => ops::cancel(args).await,
+            Command::Dlq(args) => ops::dlq(args).await,
             Command::Bench(args) => crate::bench::run(args).await,
         }
     });
