@@ -302,7 +302,7 @@ async fn futures_join(host: &sluice_tests::TestHost, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..n {
         ids.push(
-            host.submit_json("stuck", &json!({ "action": "spin", "ms": 600_000 }))
+            host.submit_json("stuck", &json!({ "action": "loop" }))
                 .await,
         );
     }

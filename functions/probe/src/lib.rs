@@ -8,6 +8,12 @@
 //! - `{"action":"spin","ms":200}`: burns CPU without yielding (for epoch interruption).
 //! - `{"action":"panic"}`, `{"action":"print","text":"..."}`, `{"action":"fail","retryable":true}`.
 //!
+//! Hostile handlers, to show no handler can hurt the host or other functions:
+//! - `{"action":"loop"}`: an endless loop that never calls the host (stopped by epochs).
+//! - `{"action":"alloc","mb":1000}`: a memory bomb, 1 MiB at a time, every page touched.
+//! - `{"action":"recurse","depth":1000000}`: recursion deep enough to exhaust the stack.
+//! - `{"action":"flood","mb":8}`: that much text to stdout and stderr.
+//!
 //! Each sandbox probe answers `{"ok": bool, "detail": "..."}` instead of failing, so the test sees
 //! the exact error the sandbox gave.
 use std::io::Read;
@@ -28,6 +34,19 @@ enum Action {
     Panic,
     Print { text: String },
     Fail { retryable: bool },
+    Loop,
+    Alloc { mb: Option<u64> },
+    Recurse { depth: u64 },
+    Flood { mb: u64 },
+}
+
+/// Counts down through `depth` real stack frames (`black_box` keeps it from becoming a loop).
+fn recurse(depth: u64) -> u64 {
+    if depth == 0 {
+        return 0;
+    }
+    let frame = std::hint::black_box([depth; 4]);
+    1 + recurse(std::hint::black_box(depth - 1)) + frame[3] % 2
 }
 
 #[handler]
@@ -60,6 +79,29 @@ fn handle(ev: Event) -> Result<Response, Error> {
             print!("{text}");
             eprintln!("to stderr");
             Ok("printed".into())
+        }
+        Action::Loop => {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        Action::Alloc { mb } => {
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            for i in 0..mb.unwrap_or(u64::MAX) {
+                held.push(vec![(i % 251) as u8; 1 << 20]);
+            }
+            Ok(format!("allocated {} MiB", held.len()))
+        }
+        Action::Recurse { depth } => Ok(format!("recursed {}", recurse(depth))),
+        Action::Flood { mb } => {
+            let line = "flood ".repeat(170) + "\n";
+            let lines = (mb << 20) / line.len() as u64;
+            for _ in 0..lines {
+                print!("{line}");
+                eprint!("{line}");
+            }
+            Ok(format!("flooded {mb} MiB"))
         }
         Action::Fail { retryable: true } => return Err(Error::retryable("probe failed on purpose")),
         Action::Fail { retryable: false } => return Err(Error::permanent("probe failed on purpose")),

@@ -19,16 +19,14 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{
-    Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimitsBuilder,
-};
+use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::config::Config;
 use crate::job::{AttemptReport, FailureKind, Outcome, QueuedJob, now_ms};
 use crate::store::FunctionRecord;
 use bindings::{Event, Handler, HandlerError, HandlerPre, Payload};
-use sandbox::{LogSink, Sandbox};
+use sandbox::{LogSink, MemoryLimit, Sandbox};
 
 /// How often the epoch advances: the granularity of timeouts and of yielding to other tasks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -254,9 +252,7 @@ impl Runtime {
             .stdout(log.clone())
             .stderr(log.clone())
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size((settings.memory_mb as usize) << 20)
-            .build();
+        let limits = MemoryLimit::new(settings.memory_mb);
         let mut store = wasmtime::Store::new(
             &self.engine,
             Sandbox {
@@ -318,8 +314,23 @@ impl Runtime {
                 message,
             },
         };
+        let refused = store.data().limits.refused;
         drop(store);
         let log = log.text();
+        let outcome = match (outcome, refused) {
+            // Whatever the guest did after its memory could not grow, that is why it failed.
+            (Outcome::Failed { kind, .. }, Some(desired)) if kind != FailureKind::Timeout => {
+                Outcome::Failed {
+                    kind: FailureKind::Trap,
+                    message: format!(
+                        "memory limit of {} MiB exceeded: the handler tried to grow its memory to {:.1} MiB (raise memory_mb in the manifest, or use less memory)",
+                        settings.memory_mb,
+                        desired as f64 / (1 << 20) as f64
+                    ),
+                }
+            }
+            (outcome, _) => outcome,
+        };
         let outcome = match outcome {
             Outcome::Failed {
                 kind: FailureKind::Trap,
@@ -375,6 +386,9 @@ fn engine_config(config: &Config) -> wasmtime::Config {
 /// A one-line description of why a call trapped: the trap kind when wasmtime names one.
 fn describe_trap(e: &wasmtime::Error) -> String {
     match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::StackOverflow) => {
+            "handler trapped: stack overflow (call stack exhausted; too deep a recursion?)".into()
+        }
         Some(trap) => format!("handler trapped: {trap}"),
         None => format!(
             "handler failed: {}",

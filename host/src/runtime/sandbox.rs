@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
@@ -20,7 +19,7 @@ pub(crate) struct Sandbox {
     /// Handles to WASI resources the guest holds.
     pub(crate) table: ResourceTable,
     /// Memory and table limits from the function's `memory_mb`.
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: MemoryLimit,
     /// Where stdout, stderr and log lines go.
     pub(crate) log: LogSink,
 }
@@ -31,6 +30,55 @@ impl WasiView for Sandbox {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+/// The function's `memory_mb`, enforced on every linear memory and table of the sandbox. It
+/// remembers a refused growth, so the failed attempt names the limit whatever the guest does
+/// next (a Rust guest aborts on allocation failure: the host only sees `unreachable`).
+pub(crate) struct MemoryLimit {
+    /// Bytes one memory (or table) may reach.
+    bytes: usize,
+    /// The size a refused growth asked for, in bytes.
+    pub(crate) refused: Option<usize>,
+}
+
+impl MemoryLimit {
+    pub(crate) fn new(memory_mb: u32) -> Self {
+        MemoryLimit {
+            bytes: (memory_mb as usize) << 20,
+            refused: None,
+        }
+    }
+
+    fn check(&mut self, desired_bytes: usize) -> bool {
+        if desired_bytes > self.bytes {
+            self.refused = Some(self.refused.unwrap_or(0).max(desired_bytes));
+            false
+        } else {
+            true
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(self.check(desired))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Each table element takes a pointer's worth of host memory.
+        Ok(self.check(desired.saturating_mul(size_of::<usize>())))
     }
 }
 
