@@ -80,8 +80,10 @@ struct FunctionQueue {
     limit: usize,
     /// Time between two attempt starts (`rate_per_second`), if limited.
     interval: Option<Duration>,
-    /// When the next attempt may start under that rate.
+    /// When the next attempt may start under that rate (reserved when a worker takes a job).
     next_start: tokio::time::Instant,
+    /// When the last attempt actually started under that rate.
+    last_start: Option<tokio::time::Instant>,
     /// Cancels this function's running attempts (force delete).
     cancel: CancellationToken,
     /// False once deleted (kept so its exiting workers find their counts).
@@ -303,6 +305,15 @@ impl Inner {
                 .acquire_owned()
                 .await
                 .expect("the slot semaphore is never closed");
+            // The reservation above paces without holding a slot; this makes the actual starts
+            // at least one interval apart even when a worker was slow to get its slot.
+            if let Some(at) = self.pace(&function) {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = cancel.cancelled() => { self.done(&function, job.id); continue; }
+                    _ = self.stop_starting.cancelled() => { self.done(&function, job.id); continue; }
+                }
+            }
             let attempt = job.attempts + 1;
             let started_at = now_ms();
             let timeout = Duration::from_millis(code.record.settings.timeout_ms);
@@ -350,6 +361,18 @@ impl Inner {
             self.done(&function, job.id);
         }
         self.worker_exited.notify_waiters();
+    }
+
+    /// Under a rate limit: when this attempt may actually start (at least one interval after the
+    /// function's previous start), if that is later than now.
+    fn pace(&self, function: &str) -> Option<tokio::time::Instant> {
+        let mut state = self.state.lock();
+        let queue = state.functions.get_mut(function)?;
+        let interval = queue.interval?;
+        let now = tokio::time::Instant::now();
+        let at = queue.last_start.map_or(now, |last| (last + interval).max(now));
+        queue.last_start = Some(at);
+        (at > now).then_some(at)
     }
 
     fn demand(&self) -> &Demand {
@@ -427,6 +450,7 @@ impl FunctionQueue {
             limit: 1,
             interval: None,
             next_start: tokio::time::Instant::now(),
+            last_start: None,
             cancel: CancellationToken::new(),
             deployed: false,
         }
