@@ -137,6 +137,13 @@ pub struct Job {
     pub lease_until: Option<u64>,
     /// The latest attempts, oldest first (at most [`MAX_HISTORY`]).
     pub history: Vec<AttemptRecord>,
+    /// The ordering key it was submitted with: jobs of one function with the same key run one
+    /// at a time, in submission order.
+    pub ordering_key: Option<String>,
+    /// Its place in its key's queue (0 without a key); a redrive puts it at the end again.
+    pub ordering_seq: u128,
+    /// The function version that ran (or runs) the latest attempt.
+    pub version: Option<u32>,
 }
 
 /// Attempts kept on a job; older ones are dropped first.
@@ -158,6 +165,8 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     /// When the next attempt may start, if this one was retried.
     pub retry_at: Option<u64>,
+    /// The function version that ran it.
+    pub version: u32,
 }
 
 /// `message`, cut at a character boundary to at most [`MAX_ERROR_BYTES`].
@@ -278,6 +287,8 @@ pub struct AttemptReport {
     pub started_at: u64,
     /// When it ended (ms since the Unix epoch).
     pub finished_at: u64,
+    /// The function version that ran it.
+    pub version: u32,
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -78,6 +78,8 @@ struct FunctionQueue {
     running: usize,
     /// The function's `max_concurrency`.
     limit: usize,
+    /// Paused: it starts nothing (its running attempts finish).
+    paused: bool,
     /// Time between two attempt starts (`rate_per_second`), if limited.
     interval: Option<Duration>,
     /// When the next attempt may start under that rate (reserved when a worker takes a job).
@@ -146,8 +148,9 @@ impl Scheduler {
         }
     }
 
-    /// A function was deployed (or loaded at start-up) or its settings changed: apply its
-    /// concurrency limit and rate; a new function gets its window of the ready queue.
+    /// A function was deployed (or loaded at start-up), its settings changed, or it was paused
+    /// or resumed: apply its concurrency limit, rate and pause; a new function gets its window
+    /// of the ready queue.
     pub fn function_updated(&self, name: &str) {
         let Some(code) = self.inner.runtime.function(name) else {
             return;
@@ -161,6 +164,7 @@ impl Scheduler {
         let new = !queue.deployed;
         queue.deployed = true;
         queue.limit = settings.max_concurrency as usize;
+        queue.paused = code.record.paused;
         queue.interval = settings
             .rate_per_second
             .map(|r| Duration::from_secs_f64(1.0 / r as f64));
@@ -266,6 +270,9 @@ impl Scheduler {
         let Some(queue) = state.functions.get_mut(name) else {
             return;
         };
+        if queue.paused {
+            return;
+        }
         let wanted = queue.limit.min(queue.workers + queue.ready.len());
         let mut spawned = 0;
         while queue.workers < wanted {
@@ -335,6 +342,7 @@ impl Inner {
                 log: String::new(),
                 started_at,
                 finished_at: at,
+                version: code.record.version,
             };
             // Short attempts go from queued to terminal in one commit; `running` is recorded
             // (and visible) only for attempts still running after START_VISIBLE_AFTER.
@@ -342,7 +350,13 @@ impl Inner {
                 report = tokio::time::timeout(START_VISIBLE_AFTER, &mut run) => match report {
                     Ok(report) => Some(report),
                     Err(_) => {
-                        self.store.start(job.id, attempt, started_at, lease_until);
+                        self.store.start(
+                            job.id,
+                            attempt,
+                            started_at,
+                            lease_until,
+                            code.record.version,
+                        );
                         tokio::select! {
                             report = &mut run => Some(report),
                             _ = cancel.cancelled() => None,
@@ -355,6 +369,9 @@ impl Inner {
             };
             let report = report.map(|r| r.unwrap_or_else(|_| expired(now_ms())));
             if let Some(report) = report {
+                // The attempt is over: from here a cancel may win (the finish is then fenced
+                // out), but a job whose finish is committed is never shown as held.
+                self.state.lock().running.remove(&job.id);
                 self.store
                     .finish(job.id, attempt, report, code.record.settings.retry);
             }
@@ -370,7 +387,9 @@ impl Inner {
         let queue = state.functions.get_mut(function)?;
         let interval = queue.interval?;
         let now = tokio::time::Instant::now();
-        let at = queue.last_start.map_or(now, |last| (last + interval).max(now));
+        let at = queue
+            .last_start
+            .map_or(now, |last| (last + interval).max(now));
         queue.last_start = Some(at);
         (at > now).then_some(at)
     }
@@ -421,6 +440,7 @@ impl Inner {
         if let Some(queue) = state.functions.get_mut(function) {
             // A lowered limit retires the surplus workers.
             if !stopping
+                && !queue.paused
                 && queue.workers <= queue.limit
                 && let Some((_, job)) = queue.ready.pop_first()
             {
@@ -448,6 +468,7 @@ impl FunctionQueue {
             workers: 0,
             running: 0,
             limit: 1,
+            paused: false,
             interval: None,
             next_start: tokio::time::Instant::now(),
             last_start: None,

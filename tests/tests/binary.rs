@@ -258,4 +258,31 @@ async fn operating_commands() {
         .unwrap();
     assert!(purge.contains("purged 1"), "{purge}");
     assert_eq!(host.get(&format!("/v1/jobs/{failed}")).await.0, 404);
+
+    // The lifecycle: pause, versions, rollback to the first settings, resume.
+    let url = host.url.clone();
+    let (paused, versions, rollback) = tokio::task::spawn_blocking(move || {
+        (
+            cli(&url, &["pause", "probe"]),
+            cli(&url, &["versions", "probe"]),
+            cli(&url, &["rollback", "probe", "--to", "1"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(paused.contains("paused"), "{paused}");
+    assert!(
+        versions.contains("configure") && versions.contains("*    2"),
+        "{versions}"
+    );
+    assert!(rollback.contains("version 3 (rollback to 1)"), "{rollback}");
+    let (_, f) = host.get("/v1/functions/probe").await;
+    assert_eq!(f["paused"], true);
+    assert_eq!(f["max_concurrency"], 8, "version 1's settings are back");
+    let url = host.url.clone();
+    let resumed = tokio::task::spawn_blocking(move || cli(&url, &["resume", "probe"]))
+        .await
+        .unwrap();
+    assert!(resumed.contains("running again"), "{resumed}");
+    assert_eq!(host.get("/v1/functions/probe").await.1["paused"], false);
 }

@@ -169,6 +169,8 @@ async fn stale_attempts_are_fenced() {
         size: 1,
         deployed_at: 0,
         version: 0,
+        change: String::new(),
+        paused: false,
     };
     store
         .deploy(record, b"wasm".to_vec().into(), "00-x".into(), vec![1])
@@ -182,12 +184,14 @@ async fn stale_attempts_are_fenced() {
         idempotency: None,
         priority: sluice::job::DEFAULT_PRIORITY,
         not_before: None,
+        ordering_key: None,
     };
     let report = |outcome: Outcome| AttemptReport {
         outcome,
         log: String::new(),
         started_at: now_ms(),
         finished_at: now_ms(),
+        version: 1,
     };
     let success = || {
         report(Outcome::Succeeded {
@@ -207,7 +211,7 @@ async fn stale_attempts_are_fenced() {
     };
 
     let id = store.submit(submit()).await.unwrap().id();
-    store.start(id, 1, now_ms(), now_ms() + 10_000);
+    store.start(id, 1, now_ms(), now_ms() + 10_000, 1);
     // Attempt 1 fails; its lease is over and the job waits for attempt 2.
     store.finish(
         id,
@@ -224,7 +228,7 @@ async fn stale_attempts_are_fenced() {
     // The stale attempt 1 reports success late; an attempt 2 that never started reports too.
     store.finish(id, 1, success(), retry);
     store.finish(id, 2, success(), retry);
-    store.start(id, 1, now_ms(), now_ms());
+    store.start(id, 1, now_ms(), now_ms(), 1);
     barrier().await;
     let job = store.job(id).unwrap().unwrap();
     assert_eq!((job.status, job.attempts), (JobStatus::Delayed, 1));

@@ -163,7 +163,10 @@ async fn delayed_jobs_wait_for_their_time() {
     assert_eq!(job["status"], "succeeded");
     assert!(millis(&job["started_at"]) >= not_before, "{job}");
     // The delay counts from when the request arrived, a moment before the job's creation.
-    assert!(not_before + 100 >= millis(&job["created_at"]) + 1200, "{job}");
+    assert!(
+        not_before + 100 >= millis(&job["created_at"]) + 1200,
+        "{job}"
+    );
 
     let at =
         humantime::format_rfc3339_millis(std::time::SystemTime::now() + Duration::from_millis(800))

@@ -13,6 +13,8 @@
 //! - `{"action":"alloc","mb":1000}`: a memory bomb, 1 MiB at a time, every page touched.
 //! - `{"action":"recurse","depth":1000000}`: recursion deep enough to exhaust the stack.
 //! - `{"action":"flood","mb":8}`: that much text to stdout and stderr.
+//! - `{"action":"step","key":"a","seq":3,"ms":20}`: logs and answers `a 3 START END` (ms since
+//!   the epoch), sleeping `ms` in between: for ordering tests.
 //!
 //! Each sandbox probe answers `{"ok": bool, "detail": "..."}` instead of failing, so the test sees
 //! the exact error the sandbox gave.
@@ -38,6 +40,15 @@ enum Action {
     Alloc { mb: Option<u64> },
     Recurse { depth: u64 },
     Flood { mb: u64 },
+    Step { key: String, seq: u64, ms: u64 },
+}
+
+/// Wall-clock ms since the Unix epoch, as the guest sees it.
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }
 
 /// Counts down through `depth` real stack frames (`black_box` keeps it from becoming a loop).
@@ -102,6 +113,13 @@ fn handle(ev: Event) -> Result<Response, Error> {
                 eprint!("{line}");
             }
             Ok(format!("flooded {mb} MiB"))
+        }
+        Action::Step { key, seq, ms } => {
+            let start = now_ms();
+            std::thread::sleep(Duration::from_millis(ms));
+            let line = format!("{key} {seq} {start} {}", now_ms());
+            println!("step {line}");
+            Ok(line)
         }
         Action::Fail { retryable: true } => return Err(Error::retryable("probe failed on purpose")),
         Action::Fail { retryable: false } => return Err(Error::permanent("probe failed on purpose")),

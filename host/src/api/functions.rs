@@ -76,6 +76,8 @@ pub(crate) async fn deploy(
         size: wasm.len() as u64,
         deployed_at: now_ms(),
         version: 0,
+        change: String::new(),
+        paused: false,
     };
     // Runnable before the commit, so a job accepted right after it always finds its code.
     let previous = state.runtime.function(&name);
@@ -307,6 +309,7 @@ pub(crate) async fn stats(
     Ok(Json(json!({
         "function": name,
         "version": record.version,
+        "paused": record.paused,
         "queued": waiting.saturating_sub(running),
         "delayed": counts.status(JobStatus::Delayed),
         "running": running,
@@ -349,10 +352,13 @@ pub(crate) async fn delete(
     ))
 }
 
-fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Value {
+/// A function as the API shows it (`pending_jobs` when counted).
+pub(crate) fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Value {
     let mut v = json!({
         "name": f.name,
         "version": f.version,
+        "change": f.change,
+        "paused": f.paused,
         "digest": format!("sha256:{}", f.digest),
         "size": f.size,
         "deployed_at": rfc3339(f.deployed_at),

@@ -26,6 +26,9 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Longest accepted `Sluice-Correlation-Id`.
 const MAX_CORRELATION_ID: usize = 128;
 
+/// Longest accepted `Sluice-Ordering-Key`, in bytes.
+const MAX_ORDERING_KEY: usize = 256;
+
 /// `POST /v1/functions/{name}/jobs`: answers 202 once the job is durable (200 with the original
 /// answer when an `Idempotency-Key` repeats a request within its window, 409 when it comes with
 /// a different request).
@@ -44,6 +47,7 @@ pub(crate) async fn submit(
     let idempotency = idempotency_key(&headers, content_type.as_deref(), &input)?;
     let priority = priority(&headers)?;
     let not_before = not_before(&headers)?;
+    let ordering_key = ordering_key(&headers)?;
     let submitted = state
         .store
         .submit(NewJob {
@@ -54,6 +58,7 @@ pub(crate) async fn submit(
             idempotency,
             priority,
             not_before,
+            ordering_key,
         })
         .await?;
     // A repeated request with the same idempotency key gets the original answer, as 200.
@@ -176,6 +181,22 @@ fn idempotency_key(
         key: key.to_string(),
         request_hash,
     }))
+}
+
+/// `Sluice-Ordering-Key`: jobs of a function with the same key run one at a time, in order.
+fn ordering_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("sluice-ordering-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(s) if !s.is_empty() && s.len() <= MAX_ORDERING_KEY && !s.contains('\0') => {
+            Ok(Some(s.to_string()))
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_header",
+            format!("Sluice-Ordering-Key must be 1 to {MAX_ORDERING_KEY} visible characters"),
+        )),
+    }
 }
 
 fn correlation_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -323,6 +344,8 @@ pub(crate) async fn submit_batch(
     let correlation_id = correlation_id(&headers)?;
     let default_priority = priority(&headers)?;
     let default_not_before = not_before(&headers)?;
+    // One key for the whole batch: its jobs keep their order within the key.
+    let ordering_key = ordering_key(&headers)?;
     let now = now_ms();
     let mut jobs = Vec::with_capacity(items.len());
     let mut statuses = Vec::with_capacity(items.len());
@@ -342,6 +365,7 @@ pub(crate) async fn submit_batch(
             idempotency: None,
             priority: item.priority,
             not_before: item.not_before,
+            ordering_key: ordering_key.clone(),
         });
     }
     let ids = state.store.submit_batch(jobs).await?;
@@ -493,8 +517,12 @@ pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
         "error": job.error,
         "not_before": job.not_before.map(rfc3339),
         "lease_until": job.lease_until.map(rfc3339),
+        "priority": job.priority,
+        "ordering_key": job.ordering_key,
+        "version": job.version,
         "attempt_history": job.history.iter().map(|a| json!({
             "attempt": a.attempt,
+            "version": a.version,
             "started_at": rfc3339(a.started_at),
             "finished_at": rfc3339(a.finished_at),
             "error": a.error,

@@ -6,6 +6,7 @@
 //! ## Layout
 //! - `error`: [`ApiError`] and the mapping from domain errors.
 //! - `functions`: deploy, configure, list, show, delete functions; their stats.
+//! - `lifecycle`: a function's versions, rollback, pause and resume.
 //! - `jobs`: submit, show (long-poll), output, list, cancel jobs.
 //! - `dead_letters`: a function's dead-letter queue: list, redrive, purge.
 //! - `metrics`: `GET /metrics` in the Prometheus text format.
@@ -14,6 +15,7 @@ mod dead_letters;
 mod error;
 mod functions;
 mod jobs;
+mod lifecycle;
 mod metrics;
 
 use std::sync::Arc;
@@ -78,6 +80,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(functions::delete),
         )
         .route("/v1/functions/{name}/stats", get(functions::stats))
+        .route("/v1/functions/{name}/versions", get(lifecycle::versions))
+        .route("/v1/functions/{name}/rollback", post(lifecycle::rollback))
+        .route("/v1/functions/{name}/pause", post(lifecycle::pause))
+        .route("/v1/functions/{name}/resume", post(lifecycle::resume))
         .route("/v1/functions/{name}/jobs", post(jobs::submit))
         .route("/v1/functions/{name}/jobs:batch", post(jobs::submit_batch))
         .route("/v1/jobs", get(jobs::list))

@@ -4,11 +4,13 @@
 //! ## Layout
 //! - `client`: commands that talk to a running host over HTTP (deploy, invoke, job, functions).
 //! - `examples`: building and finding the example functions in `functions/`.
+//! - `lifecycle`: versions, rollback, pause, resume.
 //! - `ops`: operating functions and jobs (stats, config, dead letters, cancel).
 //! - `up`: the one-command demo: build the examples, start a host, deploy them.
 
 pub mod client;
 pub mod examples;
+mod lifecycle;
 mod ops;
 mod up;
 
@@ -51,6 +53,14 @@ enum Command {
     Cancel(ops::CancelArgs),
     /// A function's dead-letter queue: list, redrive, purge.
     Dlq(ops::DlqArgs),
+    /// List a function's versions (every deploy, settings change and rollback).
+    Versions(lifecycle::FunctionArgs),
+    /// Make an earlier version current again, code and settings together.
+    Rollback(lifecycle::RollbackArgs),
+    /// Pause a function: jobs are accepted and wait; none starts.
+    Pause(lifecycle::FunctionArgs),
+    /// Resume a paused function.
+    Resume(lifecycle::FunctionArgs),
     /// Measure throughput, latency, sandbox cost and start-up (optionally against BullMQ).
     Bench(crate::bench::BenchArgs),
 }
@@ -154,6 +164,10 @@ pub fn main() -> ExitCode {
             Command::Config(args) => ops::config(args).await,
             Command::Cancel(args) => ops::cancel(args).await,
             Command::Dlq(args) => ops::dlq(args).await,
+            Command::Versions(args) => lifecycle::versions(args).await,
+            Command::Rollback(args) => lifecycle::rollback(args).await,
+            Command::Pause(args) => lifecycle::set_paused(args, true).await,
+            Command::Resume(args) => lifecycle::set_paused(args, false).await,
             Command::Bench(args) => crate::bench::run(args).await,
         }
     });

@@ -104,7 +104,8 @@ pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
         println!("{s}");
         return Ok(());
     }
-    println!("{} (version {})", args.name, s["version"]);
+    let paused = if s["paused"] == true { ", paused" } else { "" };
+    println!("{} (version {}{paused})", args.name, s["version"]);
     for key in [
         "queued",
         "delayed",

@@ -69,6 +69,8 @@ pub async fn measure(
         size: wasm.len() as u64,
         deployed_at: 0,
         version: 1,
+        change: "deploy".into(),
+        paused: false,
     };
     let function = runtime.install(record, &compiled);
     let job = QueuedJob {

@@ -202,6 +202,14 @@ impl Runtime {
         HandlerPre::new(pre).map_err(|e| ComponentError::WrongWorld(format!("{e:#}")))
     }
 
+    /// A compiled component as `record`'s code, not yet current.
+    pub fn loaded(&self, record: FunctionRecord, compiled: &Compiled) -> LoadedFunction {
+        LoadedFunction {
+            record,
+            pre: compiled.pre.clone(),
+        }
+    }
+
     /// Makes a compiled component the current code of `record.name`.
     pub fn install(&self, record: FunctionRecord, compiled: &Compiled) -> Arc<LoadedFunction> {
         self.install_loaded(LoadedFunction {
@@ -352,6 +360,7 @@ impl Runtime {
             log,
             started_at,
             finished_at: now_ms(),
+            version: f.record.version,
         }
     }
 }

@@ -11,7 +11,7 @@ use parking_lot::RwLock;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::tables::*;
-use super::{StoreError, storage};
+use super::{RollbackError, StoreError, storage};
 
 /// The deployed functions with their `max_queued`, shared with every shard writer so a submit
 /// checks existence and admission without a read transaction.
@@ -39,6 +39,22 @@ impl Deployed {
     }
 }
 
+/// Records `record` as its version in the history (paused state aside).
+fn put_version(txn: &redb::WriteTransaction, record: &FunctionRecord) -> Result<(), StoreError> {
+    let snapshot = FunctionRecord {
+        paused: false,
+        ..record.clone()
+    };
+    txn.open_table(VERSIONS)
+        .map_err(storage)?
+        .insert(
+            (record.name.as_str(), record.version),
+            encode_function(&snapshot).as_slice(),
+        )
+        .map_err(storage)?;
+    Ok(())
+}
+
 /// The catalog file and the deployed names it holds.
 pub(crate) struct Catalog {
     db: Database,
@@ -61,10 +77,17 @@ impl Catalog {
             txn.open_table(FUNCTIONS).map_err(storage)?;
             txn.open_table(COMPONENTS).map_err(storage)?;
             txn.open_table(ARTIFACTS).map_err(storage)?;
+            txn.open_table(VERSIONS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         for record in catalog.functions()? {
             catalog.deployed.set(&record);
+            // Functions deployed before versions were kept start their history now.
+            if catalog.versions(&record.name)?.is_empty() {
+                let txn = catalog.write()?;
+                put_version(&txn, &record)?;
+                txn.commit().map_err(storage)?;
+            }
         }
         Ok(catalog)
     }
@@ -106,9 +129,11 @@ impl Catalog {
                     return Ok(previous);
                 }
                 record.version = previous.version + 1;
+                record.paused = previous.paused;
             } else {
                 record.version = 1;
             }
+            record.change = "deploy".into();
             let mut components = txn.open_table(COMPONENTS).map_err(storage)?;
             if components
                 .get(record.digest.as_str())
@@ -126,6 +151,7 @@ impl Catalog {
             functions
                 .insert(record.name.as_str(), encode_function(&record).as_slice())
                 .map_err(storage)?;
+            put_version(&txn, &record)?;
         }
         txn.commit().map_err(storage)?;
         // Submits are accepted only once the function is durable.
@@ -157,14 +183,129 @@ impl Catalog {
             }
             record.settings = settings;
             record.version += 1;
+            record.change = "configure".into();
+            record.deployed_at = crate::job::now_ms();
+            functions
+                .insert(name, encode_function(&record).as_slice())
+                .map_err(storage)?;
+            put_version(&txn, &record)?;
+            record
+        };
+        txn.commit().map_err(storage)?;
+        self.deployed.set(&record);
+        Ok(Some(record))
+    }
+
+    /// Makes an earlier version current again, code and settings together, as a new version
+    /// (`to`: that version; `None`: the one before the current). The paused state is kept.
+    pub(crate) fn rollback(
+        &self,
+        name: &str,
+        to: Option<u32>,
+    ) -> Result<Result<FunctionRecord, RollbackError>, StoreError> {
+        let txn = self.write()?;
+        let record = {
+            let mut functions = txn.open_table(FUNCTIONS).map_err(storage)?;
+            let current = functions
+                .get(name)
+                .map_err(storage)?
+                .map(|v| decode_function(v.value()))
+                .transpose()
+                .map_err(StoreError::Storage)?;
+            let Some(current) = current else {
+                return Ok(Err(RollbackError::NotFound(name.to_string())));
+            };
+            let to = match to {
+                Some(v) => v,
+                None if current.version > 1 => current.version - 1,
+                None => return Ok(Err(RollbackError::NoEarlierVersion(name.to_string()))),
+            };
+            if to >= current.version {
+                return Ok(Err(RollbackError::NotEarlier {
+                    name: name.to_string(),
+                    to,
+                    current: current.version,
+                }));
+            }
+            let versions = txn.open_table(VERSIONS).map_err(storage)?;
+            let target = versions
+                .get((name, to))
+                .map_err(storage)?
+                .map(|v| decode_function(v.value()))
+                .transpose()
+                .map_err(StoreError::Storage)?;
+            drop(versions);
+            let Some(target) = target else {
+                return Ok(Err(RollbackError::UnknownVersion {
+                    name: name.to_string(),
+                    to,
+                }));
+            };
+            let record = FunctionRecord {
+                name: name.to_string(),
+                settings: target.settings,
+                digest: target.digest,
+                size: target.size,
+                deployed_at: crate::job::now_ms(),
+                version: current.version + 1,
+                change: format!("rollback to {to}"),
+                paused: current.paused,
+            };
+            functions
+                .insert(name, encode_function(&record).as_slice())
+                .map_err(storage)?;
+            put_version(&txn, &record)?;
+            record
+        };
+        txn.commit().map_err(storage)?;
+        self.deployed.set(&record);
+        Ok(Ok(record))
+    }
+
+    /// Pauses or resumes a function (no new version); `None` when it is not deployed.
+    pub(crate) fn set_paused(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> Result<Option<FunctionRecord>, StoreError> {
+        let txn = self.write()?;
+        let record = {
+            let mut functions = txn.open_table(FUNCTIONS).map_err(storage)?;
+            let current = functions
+                .get(name)
+                .map_err(storage)?
+                .map(|v| decode_function(v.value()))
+                .transpose()
+                .map_err(StoreError::Storage)?;
+            let Some(mut record) = current else {
+                return Ok(None);
+            };
+            if record.paused == paused {
+                return Ok(Some(record));
+            }
+            record.paused = paused;
             functions
                 .insert(name, encode_function(&record).as_slice())
                 .map_err(storage)?;
             record
         };
         txn.commit().map_err(storage)?;
-        self.deployed.set(&record);
         Ok(Some(record))
+    }
+
+    /// A function's versions, oldest first; empty when it is not deployed.
+    pub(crate) fn versions(&self, name: &str) -> Result<Vec<FunctionRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(VERSIONS).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in table
+            .range((name, 0u32)..=(name, u32::MAX))
+            .map_err(storage)?
+        {
+            let (_, v) = row.map_err(storage)?;
+            out.push(decode_function(v.value()).map_err(StoreError::Storage)?);
+        }
+        Ok(out)
     }
 
     /// Stores a compiled artifact (after an engine upgrade made the old one unusable).
@@ -187,6 +328,11 @@ impl Catalog {
             txn.open_table(FUNCTIONS)
                 .map_err(storage)?
                 .remove(name)
+                .map_err(storage)?;
+            // A later deploy of the name starts a new history at version 1.
+            txn.open_table(VERSIONS)
+                .map_err(storage)?
+                .retain_in((name, 0u32)..=(name, u32::MAX), |_, _| false)
                 .map_err(storage)?;
             txn.commit().map_err(storage)
         });

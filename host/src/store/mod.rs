@@ -24,6 +24,7 @@ mod catalog;
 mod counts;
 mod demand;
 mod ids;
+mod legacy;
 mod shard;
 mod tables;
 mod transitions;
@@ -123,6 +124,43 @@ pub enum DeleteError {
     Store(#[from] StoreError),
 }
 
+/// Why a rollback was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RollbackError {
+    /// No function of that name is deployed.
+    #[error("function {0:?} is not deployed")]
+    NotFound(String),
+    /// The function has only its first version.
+    #[error(
+        "function {0:?} has no earlier version to roll back to; see GET /v1/functions/{0}/versions"
+    )]
+    NoEarlierVersion(String),
+    /// The version asked for is the current one or later.
+    #[error(
+        "version {to} of {name:?} is not earlier than the current version {current}: name an earlier one (GET /v1/functions/{name}/versions)"
+    )]
+    NotEarlier {
+        /// The function.
+        name: String,
+        /// The version asked for.
+        to: u32,
+        /// The current version.
+        current: u32,
+    },
+    /// The function never had that version.
+    #[error("function {name:?} has no version {to}; see GET /v1/functions/{name}/versions")]
+    UnknownVersion {
+        /// The function.
+        name: String,
+        /// The version asked for.
+        to: u32,
+    },
+    /// Storage failed; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Why a job could not be cancelled.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -200,6 +238,21 @@ pub struct NewJob {
     pub priority: u8,
     /// Not to run before this time (ms since the Unix epoch): the job starts `delayed`.
     pub not_before: Option<u64>,
+    /// Jobs of the function with the same key run one at a time, in submission order.
+    pub ordering_key: Option<String>,
+}
+
+/// An attempt's start, as recorded on its job.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttemptStart {
+    /// The attempt's number.
+    pub(crate) attempt: u32,
+    /// When it started (ms since the Unix epoch).
+    pub(crate) at: u64,
+    /// When its lease ends.
+    pub(crate) lease_until: u64,
+    /// The function version running it.
+    pub(crate) version: u32,
 }
 
 /// Jobs that became queued in a commit, in commit order, for the scheduler.
@@ -382,31 +435,43 @@ impl Store {
 
     /// Accepts jobs of one function together (one commit), or none of them.
     pub async fn submit_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>, SubmitError> {
-        self.least_busy()
-            .call(|reply| Op::SubmitBatch { jobs, reply })
-            .await?
+        // Jobs with ordering keys go to their key's shard (a batch carries at most one key).
+        let keyed = jobs
+            .iter()
+            .find_map(|j| j.ordering_key.as_deref().map(|k| (j.function.as_str(), k)));
+        let shard = match keyed {
+            Some((function, key)) => &self.shards[ordering_shard(function, key, self.shards.len())],
+            None => self.least_busy(),
+        };
+        shard.call(|reply| Op::SubmitBatch { jobs, reply }).await?
     }
 
-    /// Accepts a job: answers once it is durable. A job with an idempotency key goes to the
-    /// shard the key names, where the key's record lives.
+    /// Accepts a job: answers once it is durable. A job with an ordering key goes to the shard
+    /// the key names (its key's queue lives there); else one with an idempotency key goes to
+    /// the shard that key names, where the key's record lives.
     pub async fn submit(&self, job: NewJob) -> Result<Submitted, SubmitError> {
-        let shard = match &job.idempotency {
-            Some(key) => &self.shards[key_shard(&job.function, &key.key, self.shards.len())],
-            None => self.least_busy(),
+        let n = self.shards.len();
+        let shard = match (&job.ordering_key, &job.idempotency) {
+            (Some(key), _) => &self.shards[ordering_shard(&job.function, key, n)],
+            (None, Some(key)) => &self.shards[key_shard(&job.function, &key.key, n)],
+            (None, None) => self.least_busy(),
         };
         shard.call(|reply| Op::Submit { job, reply }).await?
     }
 
-    /// Records that `attempt` of a queued job started at `at` and holds its lease until
-    /// `lease_until` (fenced: ignored unless the job is queued with `attempt - 1` attempts). Not
-    /// awaited: the attempt runs while the commit happens.
-    pub fn start(&self, id: JobId, attempt: u32, at: u64, lease_until: u64) {
+    /// Records that `attempt` of a queued job started at `at` on function `version` and holds
+    /// its lease until `lease_until` (fenced: ignored unless the job is queued with
+    /// `attempt - 1` attempts). Not awaited: the attempt runs while the commit happens.
+    pub fn start(&self, id: JobId, attempt: u32, at: u64, lease_until: u64, version: u32) {
         if let Some(shard) = self.shard(id) {
             shard.send(Op::Start {
                 id,
-                attempt,
-                at,
-                lease_until,
+                start: AttemptStart {
+                    attempt,
+                    at,
+                    lease_until,
+                    version,
+                },
             });
         }
     }
@@ -537,6 +602,34 @@ impl Store {
         let catalog = self.catalog.clone();
         let name = name.to_string();
         blocking(move || catalog.configure(&name, settings)).await
+    }
+
+    /// Makes an earlier version current again (code and settings) as a new version: `to`, or
+    /// the one before the current.
+    pub async fn rollback(
+        &self,
+        name: &str,
+        to: Option<u32>,
+    ) -> Result<FunctionRecord, RollbackError> {
+        let catalog = self.catalog.clone();
+        let name = name.to_string();
+        blocking(move || catalog.rollback(&name, to)).await?
+    }
+
+    /// Pauses (accepts jobs, starts none) or resumes a function; `None` when not deployed.
+    pub async fn set_paused(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> Result<Option<FunctionRecord>, StoreError> {
+        let catalog = self.catalog.clone();
+        let name = name.to_string();
+        blocking(move || catalog.set_paused(&name, paused)).await
+    }
+
+    /// A function's versions, oldest first (empty when it is not deployed).
+    pub fn versions(&self, name: &str) -> Result<Vec<FunctionRecord>, StoreError> {
+        self.catalog.versions(name)
     }
 
     /// Stores a compiled artifact (after an engine upgrade made the old one unusable).
@@ -714,6 +807,11 @@ fn key_shard(function: &str, key: &str, shards: usize) -> usize {
         .chain_update(key.as_bytes())
         .finalize();
     (u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % shards as u64) as usize
+}
+
+/// The shard holding a function's ordering key's queue: stable across restarts.
+fn ordering_shard(function: &str, key: &str, shards: usize) -> usize {
+    key_shard(function, &format!("\0ordering\0{key}"), shards)
 }
 
 /// The file of job shard `n`.

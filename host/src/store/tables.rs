@@ -22,6 +22,12 @@
 //!   retention sweeper (dead letters are not in it: they stay until redriven or purged).
 //! - `idempotency`: (function, key) -> [`KeyRecord`]: the job a key created and its request's hash.
 //! - `idempotency_times`: (created ms, function, key) -> (): keys by age, for the sweeper.
+//! - `ordering`: (function, ordering key, seq) -> job id: each key's unfinished jobs in
+//!   submission order. Only the first (the key's head) is ever in `ready`; when it ends, the
+//!   next one enters `ready`.
+//!
+//! The catalog also keeps `versions`: (function, version) -> [`FunctionRecord`] as of that
+//! version (JSON), every deploy, settings change and rollback.
 
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
@@ -45,6 +51,9 @@ pub(crate) const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("idempotency");
 pub(crate) const IDEMPOTENCY_TIMES: TableDefinition<(u64, &str, &str), ()> =
     TableDefinition::new("idempotency_times");
+pub(crate) const ORDERING: TableDefinition<(&str, &str, u128), u128> =
+    TableDefinition::new("ordering");
+pub(crate) const VERSIONS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("versions");
 pub(crate) const DEAD_LETTERS: TableDefinition<(&str, u128), ()> =
     TableDefinition::new("dead_letters");
 
@@ -61,15 +70,23 @@ pub struct FunctionRecord {
     pub size: u64,
     /// When this version was deployed (ms since the Unix epoch).
     pub deployed_at: u64,
-    /// Deploys of this name so far, starting at 1.
+    /// This version's number: every deploy, settings change and rollback makes the next one,
+    /// starting at 1.
     pub version: u32,
+    /// What made this version: `deploy`, `configure`, or `rollback to N`.
+    #[serde(default)]
+    pub change: String,
+    /// A paused function accepts jobs but starts none (not part of a version: pausing is
+    /// operation, not configuration).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// The `counts` slot holding a function's unfinished input bytes.
 pub(crate) const BYTES_SLOT: u8 = 7;
 
 /// First byte of every stored job: bump it when [`Job`]'s layout changes, and decode old ones.
-const JOB_FORMAT: u8 = 3;
+const JOB_FORMAT: u8 = 4;
 
 pub(crate) fn encode_job(job: &Job) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + job.input.len() + job.log.len());
@@ -81,6 +98,7 @@ pub(crate) fn encode_job(job: &Job) -> Vec<u8> {
 pub(crate) fn decode_job(bytes: &[u8]) -> Result<Job, String> {
     match bytes.split_first() {
         Some((&JOB_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((3, rest)) => super::legacy::decode_v3(rest),
         Some((v, _)) => Err(format!("job stored in unknown format {v}: upgrade sluice")),
         None => Err("empty job record".into()),
     }

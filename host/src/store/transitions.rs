@@ -12,7 +12,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::counts::CountDeltas;
 use super::tables::*;
 use super::writer::{Effects, Writer};
-use super::{CancelError, NewJob, StoreError, SubmitError, Submitted, storage};
+use super::{AttemptStart, CancelError, NewJob, StoreError, SubmitError, Submitted, storage};
 use crate::job::{
     AttemptRecord, AttemptReport, FailureKind, Job, JobId, JobStatus, MAX_HISTORY, Outcome,
     QueuedJob, bounded_error, now_ms, ready_key,
@@ -34,6 +34,7 @@ pub(crate) struct Tables<'txn> {
     finished: Table<'txn, (u64, u128), ()>,
     idempotency: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     idempotency_times: Table<'txn, (u64, &'static str, &'static str), ()>,
+    ordering: Table<'txn, (&'static str, &'static str, u128), u128>,
     pub(crate) counts: Table<'txn, (&'static str, u8), u64>,
 }
 
@@ -48,6 +49,7 @@ impl<'txn> Tables<'txn> {
             finished: txn.open_table(FINISHED).map_err(storage)?,
             idempotency: txn.open_table(IDEMPOTENCY).map_err(storage)?,
             idempotency_times: txn.open_table(IDEMPOTENCY_TIMES).map_err(storage)?,
+            ordering: txn.open_table(ORDERING).map_err(storage)?,
             counts: txn.open_table(COUNTS).map_err(storage)?,
         })
     }
@@ -82,6 +84,61 @@ impl<'txn> Tables<'txn> {
             .remove((job.function.as_str(), rank, at, id.0))
             .map_err(storage)?;
         Ok(())
+    }
+
+    /// The first unfinished job of an ordering key (its head), if any.
+    fn key_head(&self, function: &str, key: &str) -> Result<Option<JobId>, StoreError> {
+        Ok(self
+            .ordering
+            .range((function, key, 0u128)..=(function, key, u128::MAX))
+            .map_err(storage)?
+            .next()
+            .transpose()
+            .map_err(storage)?
+            .map(|(_, v)| JobId(v.value())))
+    }
+
+    /// True when the job may enter the ready queue: it has no ordering key, or it is its key's
+    /// head.
+    fn may_run(&self, id: JobId, job: &Job) -> Result<bool, StoreError> {
+        match &job.ordering_key {
+            None => Ok(true),
+            Some(key) => Ok(self.key_head(&job.function, key)? == Some(id)),
+        }
+    }
+
+    /// Puts a job at the end of its ordering key's queue (a new place in it).
+    fn join_key(&mut self, id: JobId, job: &mut Job, seq: u128) -> Result<(), StoreError> {
+        if let Some(key) = &job.ordering_key {
+            job.ordering_seq = seq;
+            self.ordering
+                .insert((job.function.as_str(), key.as_str(), seq), id.0)
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Every unfinished job of `function` that has an ordering key, removed from the key queues.
+    fn take_keyed(&mut self, function: &str) -> Result<Vec<JobId>, StoreError> {
+        let mut rows = Vec::new();
+        for row in self
+            .ordering
+            .range((function, "", 0u128)..)
+            .map_err(storage)?
+        {
+            let (k, v) = row.map_err(storage)?;
+            let (f, key, seq) = k.value();
+            if f != function {
+                break;
+            }
+            rows.push((key.to_string(), seq, JobId(v.value())));
+        }
+        for (key, seq, _) in &rows {
+            self.ordering
+                .remove((function, key.as_str(), *seq))
+                .map_err(storage)?;
+        }
+        Ok(rows.into_iter().map(|(_, _, id)| id).collect())
     }
 
     /// When the earliest delayed job is due.
@@ -293,7 +350,7 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let delayed = new.not_before.filter(|&at| at > now);
         let correlation_id = new.correlation_id.unwrap_or_else(|| id.to_string());
-        let job = Job {
+        let mut job = Job {
             function: new.function,
             status: if delayed.is_some() {
                 JobStatus::Delayed
@@ -316,7 +373,12 @@ impl Writer {
             ready_at: now,
             lease_until: None,
             history: Vec::new(),
+            ordering_key: new.ordering_key,
+            ordering_seq: 0,
+            version: None,
         };
+        // A job id is a fresh, increasing number: it is also the job's place in its key's queue.
+        t.join_key(id, &mut job, id.0)?;
         t.put_job(id, &job)?;
         t.function_jobs
             .insert((job.function.as_str(), id.0), ())
@@ -326,6 +388,8 @@ impl Writer {
         fx.accepted += 1;
         match delayed {
             Some(at) => self.delay(id, at, t)?,
+            // Behind its key's head: it enters the ready queue when the jobs before it end.
+            None if !t.may_run(id, &job)? => {}
             None => {
                 t.ready_insert(id, &job)?;
                 self.note_ready(&job.function, id, &job);
@@ -361,24 +425,23 @@ impl Writer {
         }
     }
 
-    /// Records that `attempt` of a queued job started (fenced).
+    /// Records that an attempt of a queued job started (fenced: only the next attempt).
     pub(crate) fn start(
         &mut self,
         id: JobId,
-        attempt: u32,
-        at: u64,
-        lease_until: u64,
+        start: AttemptStart,
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
         if let Some(mut job) = t.job(id)?
             && job.status == JobStatus::Queued
-            && job.attempts + 1 == attempt
+            && job.attempts + 1 == start.attempt
         {
             job.status = JobStatus::Running;
-            job.attempts = attempt;
-            job.started_at = Some(at);
-            job.lease_until = Some(lease_until);
+            job.attempts = start.attempt;
+            job.started_at = Some(start.at);
+            job.lease_until = Some(start.lease_until);
+            job.version = Some(start.version);
             t.put_job(id, &job)?;
             fx.counts.moved(
                 &job.function,
@@ -417,6 +480,7 @@ impl Writer {
         job.attempts = attempt;
         job.started_at = Some(report.started_at);
         job.lease_until = None;
+        job.version = Some(report.version);
         job.log = report.log;
         let mut record = AttemptRecord {
             attempt,
@@ -424,6 +488,7 @@ impl Writer {
             finished_at: report.finished_at,
             error: None,
             retry_at: None,
+            version: report.version,
         };
         match report.outcome {
             Outcome::Succeeded {
@@ -478,8 +543,40 @@ impl Writer {
                     .map_err(storage)?;
             }
             fx.terminal.push(id);
+            t.put_job(id, &job)?;
+            return self.release_key(&job, t, fx);
         }
         t.put_job(id, &job)?;
+        Ok(())
+    }
+
+    /// A job with an ordering key ended: it leaves its key's queue, and the next job of the key
+    /// (if queued) enters the ready queue. A delayed next job enters it when it is due.
+    fn release_key(
+        &mut self,
+        job: &Job,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let Some(key) = &job.ordering_key else {
+            return Ok(());
+        };
+        t.ordering
+            .remove((job.function.as_str(), key.as_str(), job.ordering_seq))
+            .map_err(storage)?;
+        let Some(next) = t.key_head(&job.function, key)? else {
+            return Ok(());
+        };
+        let Some(mut waiting) = t.job(next)? else {
+            return Ok(());
+        };
+        if waiting.status == JobStatus::Queued {
+            waiting.ready_at = now_ms();
+            t.ready_insert(next, &waiting)?;
+            t.put_job(next, &waiting)?;
+            self.note_ready(&waiting.function, next, &waiting);
+            fx.ready.push(QueuedJob::from_job(next, waiting));
+        }
         Ok(())
     }
 
@@ -534,7 +631,7 @@ impl Writer {
         t.put_job(id, job)?;
         fx.terminal.push(id);
         fx.released.push(id);
-        Ok(())
+        self.release_key(job, t, fx)
     }
 
     /// Puts a dead letter back in its function's queue: same id, attempts counted from zero.
@@ -560,10 +657,15 @@ impl Writer {
         job.output = None;
         job.output_content_type = None;
         job.ready_at = now_ms();
-        t.ready_insert(id, &job)?;
+        // Back at the end of its key's queue, behind the jobs submitted since.
+        let seq = self.ids.generate().0;
+        t.join_key(id, &mut job, seq)?;
         t.put_job(id, &job)?;
-        self.note_ready(function, id, &job);
-        fx.ready.push(QueuedJob::from_job(id, job));
+        if t.may_run(id, &job)? {
+            t.ready_insert(id, &job)?;
+            self.note_ready(function, id, &job);
+            fx.ready.push(QueuedJob::from_job(id, job));
+        }
         Ok(())
     }
 
@@ -611,15 +713,18 @@ impl Writer {
             job.status = JobStatus::Queued;
             job.not_before = None;
             job.ready_at = now;
-            t.ready_insert(id, &job)?;
             t.put_job(id, &job)?;
             fx.counts.moved(
                 &job.function,
                 Some(JobStatus::Delayed),
                 Some(JobStatus::Queued),
             );
-            self.note_ready(&job.function.clone(), id, &job);
-            fx.ready.push(QueuedJob::from_job(id, job));
+            // Behind its key's head, it waits (queued) for the jobs before it.
+            if t.may_run(id, &job)? {
+                t.ready_insert(id, &job)?;
+                self.note_ready(&job.function.clone(), id, &job);
+                fx.ready.push(QueuedJob::from_job(id, job));
+            }
         }
         self.next_due = t.first_delayed()?;
         Ok(())
@@ -716,6 +821,14 @@ impl Writer {
         }
         for id in delayed {
             if t.job(id)?.is_some_and(|j| j.function == name) {
+                ids.push(id);
+            }
+        }
+        // Jobs waiting behind their key's head are in neither index; emptying the key queues
+        // first also keeps each cancel from handing the next job of its key out.
+        let mut seen: HashSet<JobId> = ids.iter().copied().collect();
+        for id in t.take_keyed(name)? {
+            if seen.insert(id) {
                 ids.push(id);
             }
         }

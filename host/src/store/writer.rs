@@ -24,8 +24,8 @@ use super::demand::Demand;
 use super::ids::IdGenerator;
 use super::transitions::Tables;
 use super::{
-    CancelError, NewJob, StoreError, StoreOptions, StoreStats, SubmitError, Submitted, Waiters,
-    storage,
+    AttemptStart, CancelError, NewJob, StoreError, StoreOptions, StoreStats, SubmitError,
+    Submitted, Waiters, storage,
 };
 use crate::job::{AttemptReport, Job, JobId, QueuedJob, ReadyKey, now_ms};
 use crate::manifest::RetryPolicy;
@@ -48,9 +48,7 @@ pub(crate) enum Op {
     },
     Start {
         id: JobId,
-        attempt: u32,
-        at: u64,
-        lease_until: u64,
+        start: AttemptStart,
     },
     Finish {
         id: JobId,
@@ -462,12 +460,7 @@ impl Writer {
                 let result = self.submit_batch(jobs, t, fx)?;
                 fx.replies.push(answer(reply, result));
             }
-            Op::Start {
-                id,
-                attempt,
-                at,
-                lease_until,
-            } => self.start(id, attempt, at, lease_until, t, fx)?,
+            Op::Start { id, start } => self.start(id, start, t, fx)?,
             Op::Finish {
                 id,
                 attempt,
