@@ -12,6 +12,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("counter", "COUNTER"),
     ("order-total", "ORDER_TOTAL"),
     ("probe", "PROBE"),
+    ("inspect", "INSPECT"),
 ];
 
 fn main() {

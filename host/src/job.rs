@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::event::EventAttributes;
+
 /// A job's id: a ULID (time-ordered, so newer jobs sort after older ones), shown as its
 /// 26-character Crockford base32 form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -144,6 +146,30 @@ pub struct Job {
     pub ordering_seq: u128,
     /// The function version that ran (or runs) the latest attempt.
     pub version: Option<u32>,
+    /// For a topic delivery: the event's CloudEvents attributes, as the handler sees them.
+    pub event: Option<EventAttributes>,
+    /// What caused this job: an event (a topic delivery) or a job; `None`: a request.
+    pub parent: Option<Parent>,
+}
+
+/// What caused a job or an event (the other is a request from outside).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Parent {
+    /// A published event (its Sluice id).
+    Event(u128),
+    /// A job.
+    Job(u128),
+}
+
+impl Parent {
+    /// `{"kind": "event"|"job", "id": ...}`, as the API shows it.
+    pub fn to_json(self) -> serde_json::Value {
+        let (kind, id) = match self {
+            Parent::Event(id) => ("event", id),
+            Parent::Job(id) => ("job", id),
+        };
+        serde_json::json!({ "kind": kind, "id": JobId(id).to_string() })
+    }
 }
 
 /// Attempts kept on a job; older ones are dropped first.
@@ -217,6 +243,8 @@ pub struct QueuedJob {
     pub created_at: u64,
     /// Id shared by everything one request caused.
     pub correlation_id: String,
+    /// For a topic delivery: the event's attributes.
+    pub event: Option<Box<EventAttributes>>,
 }
 
 impl QueuedJob {
@@ -232,6 +260,7 @@ impl QueuedJob {
             input: Bytes::from(job.input),
             created_at: job.created_at,
             correlation_id: job.correlation_id,
+            event: job.event.map(Box::new),
         }
     }
 

@@ -6,6 +6,7 @@
 //! ## Layout
 //! - [`config`]: host settings, validated once at start-up.
 //! - [`manifest`]: a function's `sluice.toml`: name and limits.
+//! - [`event`]: CloudEvents published to topics: parsing and what a delivery keeps.
 //! - [`job`]: the job, its id, statuses and attempt outcomes.
 //! - [`store`]: owns redb: atomic domain operations behind one group-committing writer.
 //! - [`runtime`]: owns wasmtime: compiles, caches and runs components in limited sandboxes.
@@ -19,6 +20,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod event;
 pub mod host;
 pub mod job;
 pub mod manifest;

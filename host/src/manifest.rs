@@ -30,6 +30,37 @@ pub struct Manifest {
     pub max_queued: Option<u64>,
     /// Most attempts started per second (smoothed); unset means unlimited.
     pub rate_per_second: Option<u32>,
+    /// Topics whose events this function receives: `[[subscribe]] topic = "orders"`, with an
+    /// optional `types = ["order.placed", "order.*"]` filter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribe: Vec<Subscription>,
+}
+
+/// Most subscriptions one function declares.
+pub const MAX_SUBSCRIPTIONS: usize = 32;
+
+/// A function's subscription to a topic: every matching event published there becomes a job of
+/// the function (its own durable copy).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// The topic.
+    pub topic: String,
+    /// Event types delivered: exact (`order.placed`) or a prefix ending in `*` (`order.*`);
+    /// empty means every type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+}
+
+impl Subscription {
+    /// True when an event of `event_type` is delivered under this subscription.
+    pub fn matches(&self, event_type: &str) -> bool {
+        self.types.is_empty()
+            || self.types.iter().any(|t| match t.strip_suffix('*') {
+                Some(prefix) => event_type.starts_with(prefix),
+                None => t == event_type,
+            })
+    }
 }
 
 /// A function's validated settings, as stored and enforced.
@@ -144,6 +175,9 @@ pub enum ManifestError {
         /// Name the deploy used.
         deploy: String,
     },
+    /// A `[[subscribe]]` entry is invalid.
+    #[error("invalid subscription: {0}")]
+    Subscription(String),
     /// A value is out of range.
     #[error("{key} = {value} is out of range: use {range}")]
     Range {
@@ -187,7 +221,38 @@ impl Manifest {
             backoff_max_ms: Some(settings.retry.backoff_max_ms),
             max_queued: Some(settings.max_queued),
             rate_per_second: settings.rate_per_second,
+            subscribe: Vec::new(),
         }
+    }
+
+    /// Validates the `[[subscribe]]` entries and returns them.
+    pub fn subscriptions(&self) -> Result<Vec<Subscription>, ManifestError> {
+        if self.subscribe.len() > MAX_SUBSCRIPTIONS {
+            return Err(ManifestError::Subscription(format!(
+                "{} subscriptions: a function may have at most {MAX_SUBSCRIPTIONS}",
+                self.subscribe.len()
+            )));
+        }
+        let mut topics = std::collections::HashSet::new();
+        for sub in &self.subscribe {
+            crate::event::validate_topic(&sub.topic).map_err(ManifestError::Subscription)?;
+            if !topics.insert(sub.topic.as_str()) {
+                return Err(ManifestError::Subscription(format!(
+                    "topic {:?} is subscribed twice: list all its types in one [[subscribe]]",
+                    sub.topic
+                )));
+            }
+            for t in &sub.types {
+                let star = t.find('*');
+                if t.is_empty() || t.len() > 256 || star.is_some_and(|i| i != t.len() - 1) {
+                    return Err(ManifestError::Subscription(format!(
+                        "type filter {t:?} of topic {:?}: use an exact type (order.placed) or a prefix ending in * (order.*)",
+                        sub.topic
+                    )));
+                }
+            }
+        }
+        Ok(self.subscribe.clone())
     }
 
     /// Renders the manifest as TOML (what `sluice deploy` sends).

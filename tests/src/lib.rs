@@ -20,6 +20,8 @@ pub mod components {
     pub const ORDER_TOTAL: &str = env!("SLUICE_COMPONENT_ORDER_TOTAL");
     /// `functions/probe`.
     pub const PROBE: &str = env!("SLUICE_COMPONENT_PROBE");
+    /// `functions/inspect`: answers with the event attributes it saw.
+    pub const INSPECT: &str = env!("SLUICE_COMPONENT_INSPECT");
     /// `functions/order-total/sluice.toml`.
     pub const ORDER_TOTAL_MANIFEST: &str = env!("SLUICE_MANIFEST_ORDER_TOTAL");
     /// `functions/echo/sluice.toml`.
@@ -128,6 +130,34 @@ impl TestHost {
         let (status, body) = self
             .deploy_raw(name, std::fs::read(component).unwrap(), settings)
             .await;
+        assert!(
+            status == 200 || status == 201,
+            "deploy {name}: {status} {body}"
+        );
+        body
+    }
+
+    /// Deploys a component with a `sluice.toml` manifest (multipart, as `sluice deploy` does).
+    /// Panics unless the host answers 200 or 201.
+    pub async fn deploy_manifest(&self, name: &str, component: &str, manifest: &str) -> Value {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "component",
+                reqwest::multipart::Part::bytes(std::fs::read(component).unwrap()),
+            )
+            .part(
+                "manifest",
+                reqwest::multipart::Part::text(manifest.to_string()),
+            );
+        let r = self
+            .http
+            .put(self.url(&format!("/v1/functions/{name}")))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
         assert!(
             status == 200 || status == 201,
             "deploy {name}: {status} {body}"

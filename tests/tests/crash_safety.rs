@@ -171,6 +171,7 @@ async fn stale_attempts_are_fenced() {
         version: 0,
         change: String::new(),
         paused: false,
+        subscriptions: Vec::new(),
     };
     store
         .deploy(record, b"wasm".to_vec().into(), "00-x".into(), vec![1])
@@ -185,6 +186,8 @@ async fn stale_attempts_are_fenced() {
         priority: sluice::job::DEFAULT_PRIORITY,
         not_before: None,
         ordering_key: None,
+        event: None,
+        parent: None,
     };
     let report = |outcome: Outcome| AttemptReport {
         outcome,

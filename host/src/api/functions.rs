@@ -56,6 +56,7 @@ pub(crate) async fn deploy(
     };
     validate_name(&name)?;
     let settings = manifest.validate(&name, &state.config.bounds())?;
+    let subscriptions = manifest.subscriptions()?;
 
     // Known code (same digest, this engine) is loaded from its stored artifact, not recompiled.
     let cached = state
@@ -72,6 +73,7 @@ pub(crate) async fn deploy(
     let record = FunctionRecord {
         name: name.clone(),
         settings,
+        subscriptions,
         digest: compiled.digest.clone(),
         size: wasm.len() as u64,
         deployed_at: now_ms(),
@@ -370,6 +372,7 @@ pub(crate) fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Va
         "backoff_max_ms": f.settings.retry.backoff_max_ms,
         "max_queued": f.settings.max_queued,
         "rate_per_second": f.settings.rate_per_second,
+        "subscriptions": f.subscriptions,
         "jobs_url": format!("/v1/functions/{}/jobs", f.name),
     });
     if let Some(n) = pending_jobs {

@@ -59,6 +59,8 @@ pub(crate) async fn submit(
             priority,
             not_before,
             ordering_key,
+            event: None,
+            parent: None,
         })
         .await?;
     // A repeated request with the same idempotency key gets the original answer, as 200.
@@ -183,6 +185,36 @@ fn idempotency_key(
     }))
 }
 
+/// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn traceparent(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("traceparent") else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("");
+    let parts: Vec<&str> = text.trim().split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    match parts.as_slice() {
+        [version, trace, parent, flags, ..]
+            if hex(version, 2)
+                && *version != "ff"
+                && hex(trace, 32)
+                && trace.bytes().any(|b| b != b'0')
+                && hex(parent, 16)
+                && hex(flags, 2) =>
+        {
+            Ok(Some(trace.to_string()))
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_header",
+            "traceparent must be a W3C trace context: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>",
+        )),
+    }
+}
+
 /// `Sluice-Ordering-Key`: jobs of a function with the same key run one at a time, in order.
 fn ordering_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("sluice-ordering-key") else {
@@ -199,9 +231,12 @@ fn ordering_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
-fn correlation_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// The request's correlation id: `Sluice-Correlation-Id`, else the trace id of a W3C
+/// `traceparent` (so a traced caller finds everything its request caused under its trace id),
+/// else none (the store uses the new job's or event's own id).
+pub(crate) fn correlation_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("sluice-correlation-id") else {
-        return Ok(None);
+        return traceparent(headers);
     };
     match value.to_str() {
         Ok(s)
@@ -307,16 +342,43 @@ pub(crate) async fn list(
             }
             "limit" => q.limit = parse_limit(value)?,
             "cursor" => q.before = Some(parse_cursor(value)?),
+            "correlation_id" => {}
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_query",
-                    format!("unknown parameter {other:?}: use function, status, limit, cursor"),
+                    format!(
+                        "unknown parameter {other:?}: use function, status, limit, cursor or correlation_id"
+                    ),
                 ));
             }
         }
     }
+    if let Some(correlation) = query.get("correlation_id") {
+        return correlated(&state, correlation);
+    }
     let page = state.store.jobs(&q)?;
     Ok(Json(page_json("jobs", page)))
+}
+
+/// `GET /v1/jobs?correlation_id=ID`: every job and event the id names, oldest first, each with
+/// its parent (the event or job that caused it; none: a request).
+fn correlated(state: &AppState, correlation: &str) -> Result<Json<Value>, ApiError> {
+    let found = state.store.correlated(correlation)?;
+    let jobs: Vec<Value> = found
+        .jobs
+        .iter()
+        .map(|(id, job)| job_json(*id, job, false))
+        .collect();
+    let events: Vec<Value> = found
+        .events
+        .iter()
+        .map(|(id, e)| super::topics::event_json(*id, e))
+        .collect();
+    Ok(Json(json!({
+        "correlation_id": correlation,
+        "jobs": jobs,
+        "events": events,
+    })))
 }
 
 /// `POST /v1/functions/{name}/jobs:batch`: a JSON array of up to 1000 items, each a JSON value
@@ -366,6 +428,8 @@ pub(crate) async fn submit_batch(
             priority: item.priority,
             not_before: item.not_before,
             ordering_key: ordering_key.clone(),
+            event: None,
+            parent: None,
         });
     }
     let ids = state.store.submit_batch(jobs).await?;
@@ -520,6 +584,14 @@ pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
         "priority": job.priority,
         "ordering_key": job.ordering_key,
         "version": job.version,
+        "parent": job.parent.map(|p| p.to_json()),
+        "event": job.event.as_ref().map(|e| json!({
+            "topic": e.topic,
+            "id": e.id,
+            "source": e.source,
+            "type": e.event_type,
+            "subject": e.subject,
+        })),
         "attempt_history": job.history.iter().map(|a| json!({
             "attempt": a.attempt,
             "version": a.version,

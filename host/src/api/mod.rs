@@ -9,6 +9,7 @@
 //! - `lifecycle`: a function's versions, rollback, pause and resume.
 //! - `jobs`: submit, show (long-poll), output, list, cancel jobs.
 //! - `dead_letters`: a function's dead-letter queue: list, redrive, purge.
+//! - `topics`: publish CloudEvents to topics; list topics; show a published event.
 //! - `metrics`: `GET /metrics` in the Prometheus text format.
 
 mod dead_letters;
@@ -17,6 +18,7 @@ mod functions;
 mod jobs;
 mod lifecycle;
 mod metrics;
+mod topics;
 
 use std::sync::Arc;
 
@@ -98,6 +100,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/v1/jobs/{id}/output", get(jobs::output))
+        .route("/v1/topics", get(topics::list))
+        .route("/v1/topics/{topic}", get(topics::show))
+        .route("/v1/topics/{topic}/events", post(topics::publish))
+        .route("/v1/events/{id}", get(topics::show_event))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

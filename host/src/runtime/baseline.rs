@@ -65,6 +65,7 @@ pub async fn measure(
             memory_mb: 64,
             ..Settings::DEFAULT
         },
+        subscriptions: Vec::new(),
         digest: compiled.digest.clone(),
         size: wasm.len() as u64,
         deployed_at: 0,
@@ -83,6 +84,7 @@ pub async fn measure(
         input: Bytes::copy_from_slice(payload),
         created_at: 0,
         correlation_id: "bench".into(),
+        event: None,
     };
 
     let engine = Engine::new(&engine_config(config))?;

@@ -274,18 +274,34 @@ impl Runtime {
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
 
-        let event = Event {
-            id: job.id.to_string(),
-            source: format!("/v1/functions/{}/jobs", job.function),
-            type_: "sluice.job".into(),
-            subject: None,
-            time: Some(crate::job::rfc3339(job.created_at)),
-            content_type: job.content_type.clone(),
-            dataschema: None,
-            extensions: Vec::new(),
-            attempt,
-            correlation_id: job.correlation_id.clone(),
-            data: Payload::Inline(job.input.to_vec()),
+        let event = match &job.event {
+            // A topic delivery: the handler sees the event as published.
+            Some(e) => Event {
+                id: e.id.clone(),
+                source: e.source.clone(),
+                type_: e.event_type.clone(),
+                subject: e.subject.clone(),
+                time: e.time.clone(),
+                content_type: job.content_type.clone(),
+                dataschema: e.dataschema.clone(),
+                extensions: e.extensions.clone(),
+                attempt,
+                correlation_id: job.correlation_id.clone(),
+                data: Payload::Inline(job.input.to_vec()),
+            },
+            None => Event {
+                id: job.id.to_string(),
+                source: format!("/v1/functions/{}/jobs", job.function),
+                type_: "sluice.job".into(),
+                subject: None,
+                time: Some(crate::job::rfc3339(job.created_at)),
+                content_type: job.content_type.clone(),
+                dataschema: None,
+                extensions: Vec::new(),
+                attempt,
+                correlation_id: job.correlation_id.clone(),
+                data: Payload::Inline(job.input.to_vec()),
+            },
         };
         let timeout = Duration::from_millis(settings.timeout_ms);
         let call = async {

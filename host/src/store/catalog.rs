@@ -12,11 +12,19 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 use super::tables::*;
 use super::{RollbackError, StoreError, storage};
+use crate::manifest::Subscription;
 
-/// The deployed functions with their `max_queued`, shared with every shard writer so a submit
-/// checks existence and admission without a read transaction.
+/// The deployed functions with their `max_queued` and subscriptions, shared with every shard
+/// writer so a submit checks existence and admission, and a publish finds its subscribers,
+/// without a read transaction.
 #[derive(Default)]
-pub(crate) struct Deployed(RwLock<HashMap<String, u64>>);
+pub(crate) struct Deployed(RwLock<HashMap<String, Entry>>);
+
+/// What a writer needs to know of one deployed function.
+struct Entry {
+    max_queued: u64,
+    subscriptions: Vec<Subscription>,
+}
 
 impl Deployed {
     pub(crate) fn contains(&self, name: &str) -> bool {
@@ -25,17 +33,38 @@ impl Deployed {
 
     /// The function's `max_queued`, if it is deployed.
     pub(crate) fn max_queued(&self, name: &str) -> Option<u64> {
-        self.0.read().get(name).copied()
+        self.0.read().get(name).map(|e| e.max_queued)
     }
 
     pub(crate) fn names(&self) -> Vec<String> {
         self.0.read().keys().cloned().collect()
     }
 
+    /// The functions subscribed to `topic` for events of `event_type`, by name.
+    pub(crate) fn subscribers(&self, topic: &str, event_type: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .0
+            .read()
+            .iter()
+            .filter(|(_, e)| {
+                e.subscriptions
+                    .iter()
+                    .any(|s| s.topic == topic && s.matches(event_type))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     fn set(&self, record: &FunctionRecord) {
-        self.0
-            .write()
-            .insert(record.name.clone(), record.settings.max_queued);
+        self.0.write().insert(
+            record.name.clone(),
+            Entry {
+                max_queued: record.settings.max_queued,
+                subscriptions: record.subscriptions.clone(),
+            },
+        );
     }
 }
 
@@ -122,7 +151,10 @@ impl Catalog {
                 .transpose()
                 .map_err(StoreError::Storage)?;
             if let Some(previous) = previous {
-                if previous.digest == record.digest && previous.settings == record.settings {
+                if previous.digest == record.digest
+                    && previous.settings == record.settings
+                    && previous.subscriptions == record.subscriptions
+                {
                     drop(functions);
                     txn.abort().map_err(storage)?;
                     self.deployed.set(&previous);
@@ -244,6 +276,7 @@ impl Catalog {
             let record = FunctionRecord {
                 name: name.to_string(),
                 settings: target.settings,
+                subscriptions: target.subscriptions,
                 digest: target.digest,
                 size: target.size,
                 deployed_at: crate::job::now_ms(),

@@ -76,5 +76,7 @@ pub(crate) fn decode_v3(bytes: &[u8]) -> Result<Job, String> {
         ordering_key: None,
         ordering_seq: 0,
         version: None,
+        event: None,
+        parent: None,
     })
 }

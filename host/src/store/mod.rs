@@ -47,8 +47,8 @@ pub use counts::Counts;
 pub use demand::Demand;
 use ids::{MAX_SHARDS, shard_of};
 use shard::Shard;
-pub use tables::FunctionRecord;
 use tables::*;
+pub use tables::{EventRecord, FunctionRecord};
 use writer::{Op, Shared};
 
 /// A storage failure: the database could not be read or written.
@@ -240,6 +240,41 @@ pub struct NewJob {
     pub not_before: Option<u64>,
     /// Jobs of the function with the same key run one at a time, in submission order.
     pub ordering_key: Option<String>,
+    /// For a topic delivery: the event's attributes (filled in by the store).
+    pub event: Option<Box<crate::event::EventAttributes>>,
+    /// What caused it, if not a request.
+    pub parent: Option<crate::job::Parent>,
+}
+
+/// A publish of one event to a topic, as the API hands it to the store.
+#[derive(Debug)]
+pub struct NewEvent {
+    /// The event, its topic set.
+    pub event: crate::event::CloudEvent,
+    /// Correlation id from the request, if it had one (else the event's Sluice id).
+    pub correlation_id: Option<String>,
+    /// Priority of its delivery jobs.
+    pub priority: u8,
+    /// The job that emitted it, if a handler did.
+    pub parent: Option<crate::job::Parent>,
+}
+
+/// What a publish did with one event.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The event's Sluice id (its record: `GET /v1/events/{id}`).
+    pub event_id: JobId,
+    /// One delivery job per matching subscriber: (function, job).
+    pub deliveries: Vec<(String, JobId)>,
+}
+
+/// Everything one correlation id names: jobs and events, oldest first.
+#[derive(Debug, Default)]
+pub struct Correlated {
+    /// The jobs.
+    pub jobs: Vec<(JobId, Job)>,
+    /// The events.
+    pub events: Vec<(JobId, EventRecord)>,
 }
 
 /// An attempt's start, as recorded on its job.
@@ -296,6 +331,8 @@ pub struct StoreStats {
     pub accepted: AtomicU64,
     /// Jobs that reached a terminal status (committed).
     pub finished: AtomicU64,
+    /// Events published to topics (committed).
+    pub published: AtomicU64,
     /// Failed attempts whose job was delayed for a retry.
     pub retried: AtomicU64,
     /// Jobs that ended `failed` or `dead` (entered a dead-letter queue).
@@ -444,6 +481,51 @@ impl Store {
             None => self.least_busy(),
         };
         shard.call(|reply| Op::SubmitBatch { jobs, reply }).await?
+    }
+
+    /// Publishes events to their topics: each event and one delivery job per matching
+    /// subscriber, all in one durable commit (on one shard), or nothing (429 when the host's
+    /// budget cannot take every delivery). Deliveries do not count against a subscriber's
+    /// `max_queued`.
+    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Published>, SubmitError> {
+        self.least_busy()
+            .call(|reply| Op::Publish { events, reply })
+            .await?
+    }
+
+    /// Everything carrying `correlation_id` (and the job or event whose id it is), every shard.
+    pub fn correlated(&self, correlation_id: &str) -> Result<Correlated, StoreError> {
+        let mut all = Correlated::default();
+        for shard in &self.shards {
+            let found = shard.correlated(correlation_id)?;
+            all.jobs.extend(found.jobs);
+            all.events.extend(found.events);
+        }
+        if let Ok(id) = correlation_id.parse::<JobId>()
+            && let Some(shard) = self.shard(id)
+        {
+            if !all.jobs.iter().any(|(j, _)| *j == id)
+                && let Some(job) = shard.job(id)?
+            {
+                all.jobs.push((id, job));
+            }
+            if !all.events.iter().any(|(e, _)| *e == id)
+                && let Some(event) = shard.event(id)?
+            {
+                all.events.push((id, event));
+            }
+        }
+        all.jobs.sort_unstable_by_key(|(id, _)| *id);
+        all.events.sort_unstable_by_key(|(id, _)| *id);
+        Ok(all)
+    }
+
+    /// One published event.
+    pub fn event(&self, id: JobId) -> Result<Option<EventRecord>, StoreError> {
+        match self.shard(id) {
+            Some(shard) => shard.event(id),
+            None => Ok(None),
+        }
     }
 
     /// Accepts a job: answers once it is durable. A job with an ordering key goes to the shard

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::counts::{self, Counts};
 use super::tables::*;
 use super::writer::{self, Op, Shared, Writer};
-use super::{JobPage, JobQuery, MAX_SCAN, StoreError, StoreOptions, storage};
+use super::{Correlated, JobPage, JobQuery, MAX_SCAN, StoreError, StoreOptions, storage};
 use crate::job::{Job, JobId, MAX_PRIORITY, QueuedJob};
 
 pub(crate) struct Shard {
@@ -105,6 +105,49 @@ impl Shard {
         decode_job(row.value())
             .map(Some)
             .map_err(StoreError::Storage)
+    }
+
+    /// One published event, as committed.
+    pub(crate) fn event(&self, id: JobId) -> Result<Option<EventRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(EVENTS).map_err(storage)?;
+        let Some(row) = table.get(id.0).map_err(storage)? else {
+            return Ok(None);
+        };
+        decode_event(row.value())
+            .map(Some)
+            .map_err(StoreError::Storage)
+    }
+
+    /// This shard's jobs and events carrying `correlation_id` (at most [`MAX_SCAN`]).
+    pub(crate) fn correlated(&self, correlation_id: &str) -> Result<Correlated, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let index = txn.open_table(CORRELATED).map_err(storage)?;
+        let jobs = txn.open_table(JOBS).map_err(storage)?;
+        let events = txn.open_table(EVENTS).map_err(storage)?;
+        let mut out = Correlated::default();
+        for row in index
+            .range((correlation_id, 0u128)..=(correlation_id, u128::MAX))
+            .map_err(storage)?
+            .take(MAX_SCAN)
+        {
+            let (k, kind) = row.map_err(storage)?;
+            let id = k.value().1;
+            if kind.value() == KIND_EVENT {
+                if let Some(v) = events.get(id).map_err(storage)? {
+                    out.events.push((
+                        JobId(id),
+                        decode_event(v.value()).map_err(StoreError::Storage)?,
+                    ));
+                }
+            } else if let Some(v) = jobs.get(id).map_err(storage)? {
+                out.jobs.push((
+                    JobId(id),
+                    decode_job(v.value()).map_err(StoreError::Storage)?,
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// This shard's part of a listing: newest first, at most `query.limit` matches and

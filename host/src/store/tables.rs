@@ -25,6 +25,12 @@
 //! - `ordering`: (function, ordering key, seq) -> job id: each key's unfinished jobs in
 //!   submission order. Only the first (the key's head) is ever in `ready`; when it ends, the
 //!   next one enters `ready`.
+//! - `events`: Sluice event id -> [`EventRecord`]: each published event (attributes, not data)
+//!   and the delivery jobs it made; in `finished` from the moment it is published, so the
+//!   sweeper deletes it after the job retention period.
+//! - `correlated`: (correlation id, job or event id) -> kind: everything that carries a
+//!   correlation id it did not get from itself (a client's id, an event's), for
+//!   `GET /v1/jobs?correlation_id=`.
 //!
 //! The catalog also keeps `versions`: (function, version) -> [`FunctionRecord`] as of that
 //! version (JSON), every deploy, settings change and rollback.
@@ -54,6 +60,11 @@ pub(crate) const IDEMPOTENCY_TIMES: TableDefinition<(u64, &str, &str), ()> =
 pub(crate) const ORDERING: TableDefinition<(&str, &str, u128), u128> =
     TableDefinition::new("ordering");
 pub(crate) const VERSIONS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("versions");
+pub(crate) const EVENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("events");
+pub(crate) const CORRELATED: TableDefinition<(&str, u128), u8> = TableDefinition::new("correlated");
+/// `correlated` kinds.
+pub(crate) const KIND_JOB: u8 = 0;
+pub(crate) const KIND_EVENT: u8 = 1;
 pub(crate) const DEAD_LETTERS: TableDefinition<(&str, u128), ()> =
     TableDefinition::new("dead_letters");
 
@@ -76,6 +87,9 @@ pub struct FunctionRecord {
     /// What made this version: `deploy`, `configure`, or `rollback to N`.
     #[serde(default)]
     pub change: String,
+    /// Topics it receives events from (part of a version, like the settings).
+    #[serde(default)]
+    pub subscriptions: Vec<crate::manifest::Subscription>,
     /// A paused function accepts jobs but starts none (not part of a version: pausing is
     /// operation, not configuration).
     #[serde(default)]
@@ -110,6 +124,44 @@ pub(crate) fn encode_function(record: &FunctionRecord) -> Vec<u8> {
 
 pub(crate) fn decode_function(bytes: &[u8]) -> Result<FunctionRecord, String> {
     serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+/// A published event as stored: its attributes (the data lives on in its delivery jobs) and
+/// what it caused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// CloudEvents attributes, with the topic.
+    pub attributes: crate::event::EventAttributes,
+    /// `datacontenttype`.
+    pub content_type: Option<String>,
+    /// Size of the data, in bytes.
+    pub size: u64,
+    /// Id shared by everything the publishing request caused.
+    pub correlation_id: String,
+    /// The job that emitted it, if a handler did.
+    pub parent: Option<crate::job::Parent>,
+    /// When it was accepted (ms since the Unix epoch).
+    pub published_at: u64,
+    /// The delivery jobs it made: (function, job id).
+    pub deliveries: Vec<(String, u128)>,
+}
+
+const EVENT_FORMAT: u8 = 1;
+
+pub(crate) fn encode_event(event: &EventRecord) -> Vec<u8> {
+    let mut out = vec![EVENT_FORMAT];
+    postcard::to_io(event, &mut out).expect("writing to a Vec cannot fail");
+    out
+}
+
+pub(crate) fn decode_event(bytes: &[u8]) -> Result<EventRecord, String> {
+    match bytes.split_first() {
+        Some((&EVENT_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!(
+            "event stored in unknown format {v}: upgrade sluice"
+        )),
+        None => Err("empty event record".into()),
+    }
 }
 
 /// What an idempotency key remembers: the request it was first used with and the job it made.

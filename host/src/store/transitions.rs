@@ -12,9 +12,12 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::counts::CountDeltas;
 use super::tables::*;
 use super::writer::{Effects, Writer};
-use super::{AttemptStart, CancelError, NewJob, StoreError, SubmitError, Submitted, storage};
+use super::{
+    AttemptStart, CancelError, NewEvent, NewJob, Published, StoreError, SubmitError, Submitted,
+    storage,
+};
 use crate::job::{
-    AttemptRecord, AttemptReport, FailureKind, Job, JobId, JobStatus, MAX_HISTORY, Outcome,
+    AttemptRecord, AttemptReport, FailureKind, Job, JobId, JobStatus, MAX_HISTORY, Outcome, Parent,
     QueuedJob, bounded_error, now_ms, ready_key,
 };
 use crate::manifest::RetryPolicy;
@@ -35,6 +38,8 @@ pub(crate) struct Tables<'txn> {
     idempotency: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     idempotency_times: Table<'txn, (u64, &'static str, &'static str), ()>,
     ordering: Table<'txn, (&'static str, &'static str, u128), u128>,
+    events: Table<'txn, u128, &'static [u8]>,
+    correlated: Table<'txn, (&'static str, u128), u8>,
     pub(crate) counts: Table<'txn, (&'static str, u8), u64>,
 }
 
@@ -50,6 +55,8 @@ impl<'txn> Tables<'txn> {
             idempotency: txn.open_table(IDEMPOTENCY).map_err(storage)?,
             idempotency_times: txn.open_table(IDEMPOTENCY_TIMES).map_err(storage)?,
             ordering: txn.open_table(ORDERING).map_err(storage)?,
+            events: txn.open_table(EVENTS).map_err(storage)?,
+            correlated: txn.open_table(CORRELATED).map_err(storage)?,
             counts: txn.open_table(COUNTS).map_err(storage)?,
         })
     }
@@ -252,7 +259,13 @@ impl Writer {
                 });
             }
         }
-        if let Err(e) = self.admit(&new.function, max_queued, 1, new.input.len() as u64, fx)? {
+        if let Err(e) = self.admit(
+            &new.function,
+            Some(max_queued),
+            1,
+            new.input.len() as u64,
+            fx,
+        )? {
             return Ok(Err(e));
         }
         let id = self.ids.generate();
@@ -291,7 +304,7 @@ impl Writer {
             return Ok(Err(SubmitError::FunctionNotFound(function)));
         };
         let bytes = jobs.iter().map(|j| j.input.len() as u64).sum();
-        if let Err(e) = self.admit(&function, max_queued, jobs.len() as u64, bytes, fx)? {
+        if let Err(e) = self.admit(&function, Some(max_queued), jobs.len() as u64, bytes, fx)? {
             return Ok(Err(e));
         }
         let now = now_ms();
@@ -304,12 +317,95 @@ impl Writer {
         Ok(Ok(ids))
     }
 
+    /// Accepts events: each event's record and one delivery job per matching subscriber, or
+    /// (when the host's budget cannot take them all) nothing.
+    pub(crate) fn publish(
+        &mut self,
+        events: Vec<NewEvent>,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<Result<Vec<Published>, SubmitError>, StoreError> {
+        let subscribers: Vec<Vec<String>> = events
+            .iter()
+            .map(|e| {
+                let a = &e.event.attributes;
+                self.shared.deployed.subscribers(&a.topic, &a.event_type)
+            })
+            .collect();
+        let bytes = events
+            .iter()
+            .zip(&subscribers)
+            .map(|(e, s)| e.event.data.len() as u64 * s.len() as u64)
+            .sum();
+        if let Err(e) = self.admit("", None, 0, bytes, fx)? {
+            return Ok(Err(e));
+        }
+        let now = now_ms();
+        let mut out = Vec::with_capacity(events.len());
+        for (new, subscribers) in events.into_iter().zip(subscribers) {
+            let event_id = self.ids.generate();
+            let correlation_id = new
+                .correlation_id
+                .clone()
+                .unwrap_or_else(|| event_id.to_string());
+            if new.correlation_id.is_some() {
+                t.correlated
+                    .insert((correlation_id.as_str(), event_id.0), KIND_EVENT)
+                    .map_err(storage)?;
+            }
+            let mut deliveries = Vec::with_capacity(subscribers.len());
+            for function in subscribers {
+                let id = self.ids.generate();
+                self.insert_job(
+                    id,
+                    NewJob {
+                        function: function.clone(),
+                        content_type: new.event.content_type.clone(),
+                        input: new.event.data.clone(),
+                        correlation_id: Some(correlation_id.clone()),
+                        idempotency: None,
+                        priority: new.priority,
+                        not_before: None,
+                        ordering_key: None,
+                        event: Some(Box::new(new.event.attributes.clone())),
+                        parent: Some(Parent::Event(event_id.0)),
+                    },
+                    now,
+                    t,
+                    fx,
+                )?;
+                deliveries.push((function, id));
+            }
+            let record = EventRecord {
+                attributes: new.event.attributes,
+                content_type: new.event.content_type,
+                size: new.event.data.len() as u64,
+                correlation_id,
+                parent: new.parent,
+                published_at: now,
+                deliveries: deliveries.iter().map(|(f, id)| (f.clone(), id.0)).collect(),
+            };
+            t.events
+                .insert(event_id.0, encode_event(&record).as_slice())
+                .map_err(storage)?;
+            // Kept as long as a finished job.
+            t.finished.insert((now, event_id.0), ()).map_err(storage)?;
+            fx.published += 1;
+            out.push(Published {
+                event_id,
+                deliveries,
+            });
+        }
+        Ok(Ok(out))
+    }
+
     /// Refuses `n` more jobs (`bytes` of input) beyond the function's `max_queued` unfinished
-    /// jobs or the host-wide budget of unfinished bytes.
+    /// jobs (when given: topic deliveries do not count against it) or the host-wide budget of
+    /// unfinished bytes.
     fn admit(
         &mut self,
         function: &str,
-        max_queued: u64,
+        max_queued: Option<u64>,
         n: u64,
         bytes: u64,
         fx: &mut Effects,
@@ -317,14 +413,16 @@ impl Writer {
         // All shards' committed count, plus this batch's change so far. (Another shard's
         // batch in flight is not seen: with several shards a limit can be passed by at most
         // that batch.)
-        let stored = self.shared.unfinished.get(function);
-        let (change, _) = fx.counts.pending_change(function);
-        let unfinished = (stored as i64 + change).max(0) as u64;
-        if unfinished + n > max_queued {
-            return Ok(Err(SubmitError::QueueFull {
-                function: function.to_string(),
-                max_queued,
-            }));
+        if let Some(max_queued) = max_queued {
+            let stored = self.shared.unfinished.get(function);
+            let (change, _) = fx.counts.pending_change(function);
+            let unfinished = (stored as i64 + change).max(0) as u64;
+            if unfinished + n > max_queued {
+                return Ok(Err(SubmitError::QueueFull {
+                    function: function.to_string(),
+                    max_queued,
+                }));
+            }
         }
         let host_bytes = self
             .shared
@@ -349,6 +447,12 @@ impl Writer {
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
         let delayed = new.not_before.filter(|&at| at > now);
+        // A correlation id the job got from elsewhere is indexed; its own id needs no index.
+        if let Some(correlation) = &new.correlation_id {
+            t.correlated
+                .insert((correlation.as_str(), id.0), KIND_JOB)
+                .map_err(storage)?;
+        }
         let correlation_id = new.correlation_id.unwrap_or_else(|| id.to_string());
         let mut job = Job {
             function: new.function,
@@ -376,6 +480,8 @@ impl Writer {
             ordering_key: new.ordering_key,
             ordering_seq: 0,
             version: None,
+            event: new.event.map(|e| *e),
+            parent: new.parent,
         };
         // A job id is a fresh, increasing number: it is also the job's place in its key's queue.
         t.join_key(id, &mut job, id.0)?;
@@ -403,6 +509,7 @@ impl Writer {
                     input: new.input,
                     created_at: now,
                     correlation_id: job.correlation_id,
+                    event: job.event.map(Box::new),
                 });
             }
         }
@@ -681,6 +788,9 @@ impl Writer {
         t.function_jobs.remove((function, id.0)).map_err(storage)?;
         if let Some(job) = t.job(id)? {
             fx.counts.moved(function, Some(job.status), None);
+            t.correlated
+                .remove((job.correlation_id.as_str(), id.0))
+                .map_err(storage)?;
             t.jobs.remove(id.0).map_err(storage)?;
         }
         Ok(())
@@ -754,8 +864,20 @@ impl Writer {
                 t.function_jobs
                     .remove((job.function.as_str(), id))
                     .map_err(storage)?;
+                t.correlated
+                    .remove((job.correlation_id.as_str(), id))
+                    .map_err(storage)?;
                 t.jobs.remove(id).map_err(storage)?;
                 fx.counts.moved(&job.function, Some(job.status), None);
+            } else if let Some(event) = t
+                .events
+                .remove(id)
+                .map_err(storage)?
+                .and_then(|row| decode_event(row.value()).ok())
+            {
+                t.correlated
+                    .remove((event.correlation_id.as_str(), id))
+                    .map_err(storage)?;
             }
         }
         let mut keys = Vec::new();

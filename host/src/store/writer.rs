@@ -24,8 +24,8 @@ use super::demand::Demand;
 use super::ids::IdGenerator;
 use super::transitions::Tables;
 use super::{
-    AttemptStart, CancelError, NewJob, StoreError, StoreOptions, StoreStats, SubmitError,
-    Submitted, Waiters, storage,
+    AttemptStart, CancelError, NewEvent, NewJob, Published, StoreError, StoreOptions, StoreStats,
+    SubmitError, Submitted, Waiters, storage,
 };
 use crate::job::{AttemptReport, Job, JobId, QueuedJob, ReadyKey, now_ms};
 use crate::manifest::RetryPolicy;
@@ -45,6 +45,11 @@ pub(crate) enum Op {
     SubmitBatch {
         jobs: Vec<NewJob>,
         reply: oneshot::Sender<Result<Vec<JobId>, SubmitError>>,
+    },
+    /// Events and their deliveries, together or not at all.
+    Publish {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Vec<Published>, SubmitError>>,
     },
     Start {
         id: JobId,
@@ -155,6 +160,8 @@ pub(crate) struct Effects {
     pub(crate) replies: Vec<Reply>,
     /// Jobs submitted in this batch.
     pub(crate) accepted: u64,
+    /// Events published in this batch.
+    pub(crate) published: u64,
     /// Failed attempts that will be retried.
     pub(crate) retried: u64,
     /// Jobs that became dead letters (`failed` or `dead`).
@@ -324,6 +331,7 @@ impl Writer {
                 s.commits.fetch_add(1, Relaxed);
                 s.ops.fetch_add(ops, Relaxed);
                 s.accepted.fetch_add(fx.accepted, Relaxed);
+                s.published.fetch_add(fx.published, Relaxed);
                 s.retried.fetch_add(fx.retried, Relaxed);
                 s.dead_lettered.fetch_add(fx.dead_lettered, Relaxed);
                 s.swept.fetch_add(fx.swept, Relaxed);
@@ -460,6 +468,10 @@ impl Writer {
                 let result = self.submit_batch(jobs, t, fx)?;
                 fx.replies.push(answer(reply, result));
             }
+            Op::Publish { events, reply } => {
+                let result = self.publish(events, t, fx)?;
+                fx.replies.push(answer(reply, result));
+            }
             Op::Start { id, start } => self.start(id, start, t, fx)?,
             Op::Finish {
                 id,
@@ -520,6 +532,9 @@ fn reject(op: Op, fx: &mut Effects) {
             .replies
             .push(Reply::Submit(reply, Err(StoreError::Closed.into()))),
         Op::SubmitBatch { reply, .. } => fx
+            .replies
+            .push(answer(reply, Err(StoreError::Closed.into()))),
+        Op::Publish { reply, .. } => fx
             .replies
             .push(answer(reply, Err(StoreError::Closed.into()))),
         Op::CancelFunction { reply, .. } | Op::Redrive { reply, .. } | Op::Purge { reply, .. } => {
