@@ -28,6 +28,8 @@ pub mod components {
     pub const ECHO_MANIFEST: &str = env!("SLUICE_MANIFEST_ECHO");
     /// `functions/counter/sluice.toml`.
     pub const COUNTER_MANIFEST: &str = env!("SLUICE_MANIFEST_COUNTER");
+    /// `functions/inspect/sluice.toml`.
+    pub const INSPECT_MANIFEST: &str = env!("SLUICE_MANIFEST_INSPECT");
     /// `functions/probe/sluice.toml`.
     pub const PROBE_MANIFEST: &str = env!("SLUICE_MANIFEST_PROBE");
 }

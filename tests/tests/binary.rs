@@ -285,4 +285,41 @@ async fn operating_commands() {
         .unwrap();
     assert!(resumed.contains("running again"), "{resumed}");
     assert_eq!(host.get("/v1/functions/probe").await.1["paused"], false);
+
+    // Topics: the example manifest subscribes `inspect` to `audit`.
+    host.deploy_manifest(
+        "inspect",
+        components::INSPECT,
+        &std::fs::read_to_string(components::INSPECT_MANIFEST).unwrap(),
+    )
+    .await;
+    let url = host.url.clone();
+    let (published, topics) = tokio::task::spawn_blocking(move || {
+        (
+            cli(
+                &url,
+                &[
+                    "publish",
+                    "audit",
+                    "--type",
+                    "user.login",
+                    r#"{"user":"ada"}"#,
+                ],
+            ),
+            cli(&url, &["topics"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(published.contains("-> inspect"), "{published}");
+    assert!(
+        topics.contains("audit") && topics.contains("inspect"),
+        "{topics}"
+    );
+    let job = published.split_whitespace().last().unwrap().to_string();
+    let saw = host.wait(&job).await;
+    assert!(
+        saw["output"].as_str().unwrap().contains("user.login"),
+        "{saw}"
+    );
 }

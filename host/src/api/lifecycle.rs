@@ -39,6 +39,7 @@ pub(crate) async fn versions(
                 "created_at": rfc3339(v.deployed_at),
                 "current": v.version == current.version,
                 "settings": crate::manifest::Manifest::from_settings(&v.settings),
+                "subscriptions": v.subscriptions,
             })
         })
         .collect();

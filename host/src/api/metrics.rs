@@ -27,6 +27,11 @@ pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
             count(&s.accepted),
         ),
         (
+            "sluice_events_published_total",
+            "Events published to topics (durably committed).",
+            count(&s.published),
+        ),
+        (
             "sluice_jobs_finished_total",
             "Jobs that reached a terminal status (committed).",
             count(&s.finished),

@@ -191,6 +191,24 @@ impl Client {
         .await
     }
 
+    /// Publishes one CloudEvent (structured mode) to a topic.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        event: &Value,
+        correlation_id: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/topics/{topic}/events", self.base))
+            .header("content-type", crate::event::STRUCTURED)
+            .body(event.to_string());
+        if let Some(c) = correlation_id {
+            request = request.header("sluice-correlation-id", c);
+        }
+        self.send(request).await
+    }
+
     /// `GET /v1/functions/{name}/stats`.
     pub async fn stats(&self, name: &str) -> anyhow::Result<Value> {
         self.send(

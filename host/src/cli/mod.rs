@@ -5,6 +5,7 @@
 //! - `client`: commands that talk to a running host over HTTP (deploy, invoke, job, functions).
 //! - `examples`: building and finding the example functions in `functions/`.
 //! - `lifecycle`: versions, rollback, pause, resume.
+//! - `topics`: list topics, publish events.
 //! - `ops`: operating functions and jobs (stats, config, dead letters, cancel).
 //! - `up`: the one-command demo: build the examples, start a host, deploy them.
 
@@ -12,6 +13,7 @@ pub mod client;
 pub mod examples;
 mod lifecycle;
 mod ops;
+mod topics;
 mod up;
 
 use std::net::SocketAddr;
@@ -61,6 +63,10 @@ enum Command {
     Pause(lifecycle::FunctionArgs),
     /// Resume a paused function.
     Resume(lifecycle::FunctionArgs),
+    /// List topics and their subscriptions, or show one topic's subscribers and backlog.
+    Topics(topics::TopicsArgs),
+    /// Publish a CloudEvent to a topic.
+    Publish(topics::PublishArgs),
     /// Measure throughput, latency, sandbox cost and start-up (optionally against BullMQ).
     Bench(crate::bench::BenchArgs),
 }
@@ -168,6 +174,8 @@ pub fn main() -> ExitCode {
             Command::Rollback(args) => lifecycle::rollback(args).await,
             Command::Pause(args) => lifecycle::set_paused(args, true).await,
             Command::Resume(args) => lifecycle::set_paused(args, false).await,
+            Command::Topics(args) => topics::topics(args).await,
+            Command::Publish(args) => topics::publish(args).await,
             Command::Bench(args) => crate::bench::run(args).await,
         }
     });
