@@ -13,6 +13,10 @@ const KNOWN: &[(&str, &str)] = &[
     ("order-total", "ORDER_TOTAL"),
     ("probe", "PROBE"),
     ("inspect", "INSPECT"),
+    ("payment", "PAYMENT"),
+    ("inventory", "INVENTORY"),
+    ("shipping", "SHIPPING"),
+    ("compensation", "COMPENSATION"),
 ];
 
 fn main() {

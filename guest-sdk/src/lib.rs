@@ -20,6 +20,7 @@
 //! - [`Event`]: what the handler receives (data plus CloudEvents attributes).
 //! - [`Response`]: what a successful handler returns (bytes plus content type).
 //! - [`Error`]: why a handler failed: [`Error::Retryable`] or [`Error::Permanent`].
+//! - [`publish`], [`enqueue`]: emit events and jobs, committed with the handler's success.
 //! - [`log`]: lines for the job's captured log that never trap, whatever the volume.
 //! - [`handler`]: the attribute macro that exports your function.
 #![deny(missing_docs)]
@@ -27,11 +28,13 @@
 // The generated bindings name this crate by its public path, also from inside it.
 extern crate self as sluice_sdk;
 
+mod emit;
 mod event;
 mod response;
 
 pub mod log;
 
+pub use emit::{Enqueue, enqueue, enqueue_json, publish, publish_json};
 pub use event::Event;
 pub use response::{Error, Response};
 pub use sluice_sdk_macro::handler;

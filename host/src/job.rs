@@ -150,6 +150,79 @@ pub struct Job {
     pub event: Option<EventAttributes>,
     /// What caused this job: an event (a topic delivery) or a job; `None`: a request.
     pub parent: Option<Parent>,
+    /// Its place in a pipeline (`then` in the manifest), if it is part of one.
+    pub pipeline: Option<Pipeline>,
+}
+
+impl Job {
+    /// The status the API shows: a pipeline's head stands for the whole chain, `running` until
+    /// its last stage ends, then that stage's terminal status (or the failing stage's).
+    pub fn visible_status(&self) -> JobStatus {
+        match &self.pipeline {
+            Some(Pipeline::Head { ended: None, .. }) => JobStatus::Running,
+            Some(Pipeline::Head {
+                ended: Some(status),
+                ..
+            }) => *status,
+            _ => self.status,
+        }
+    }
+}
+
+/// A job's place in a pipeline: the job a client submitted to the first function (the head)
+/// stands for the whole chain; each later stage is a job of the next function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pipeline {
+    /// The first stage, standing for the chain.
+    Head {
+        /// Every stage's job, in order, starting with the head itself.
+        stages: Vec<u128>,
+        /// How the chain ended, once its last stage did.
+        ended: Option<JobStatus>,
+    },
+    /// A later stage.
+    Stage {
+        /// The chain's head.
+        head: u128,
+    },
+}
+
+/// Work an attempt emitted, committed only with its success.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Emission {
+    /// An event for a topic's subscribers.
+    Publish {
+        /// The topic.
+        topic: String,
+        /// The event's `type`.
+        event_type: String,
+        /// Its data.
+        data: Vec<u8>,
+        /// Media type of the data.
+        content_type: Option<String>,
+    },
+    /// A job of a function.
+    Enqueue {
+        /// The function.
+        function: String,
+        /// Its input.
+        data: Vec<u8>,
+        /// Media type of the input.
+        content_type: Option<String>,
+        /// 0-9.
+        priority: u8,
+        /// Milliseconds before it may run.
+        delay_ms: Option<u64>,
+    },
+}
+
+impl Emission {
+    /// Bytes of data it carries.
+    pub fn size(&self) -> usize {
+        match self {
+            Emission::Publish { data, .. } | Emission::Enqueue { data, .. } => data.len(),
+        }
+    }
 }
 
 /// What caused a job or an event (the other is a request from outside).
@@ -318,6 +391,10 @@ pub struct AttemptReport {
     pub finished_at: u64,
     /// The function version that ran it.
     pub version: u32,
+    /// What it emitted (only a successful attempt's is ever committed).
+    pub emitted: Vec<Emission>,
+    /// The pipeline's next function in the version that ran it (`then`), if any.
+    pub then: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -34,6 +34,9 @@ pub struct Manifest {
     /// optional `types = ["order.placed", "order.*"]` filter.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscribe: Vec<Subscription>,
+    /// The next stage of a pipeline: on success, the output becomes a job of this function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<String>,
 }
 
 /// Most subscriptions one function declares.
@@ -175,6 +178,9 @@ pub enum ManifestError {
         /// Name the deploy used.
         deploy: String,
     },
+    /// `then` is invalid.
+    #[error("invalid then: {0}")]
+    Then(String),
     /// A `[[subscribe]]` entry is invalid.
     #[error("invalid subscription: {0}")]
     Subscription(String),
@@ -222,6 +228,21 @@ impl Manifest {
             max_queued: Some(settings.max_queued),
             rate_per_second: settings.rate_per_second,
             subscribe: Vec::new(),
+            then: None,
+        }
+    }
+
+    /// Validates `then` (the pipeline's next function) for a function named `name`.
+    pub fn then(&self, name: &str) -> Result<Option<String>, ManifestError> {
+        match &self.then {
+            None => Ok(None),
+            Some(next) if next == name => Err(ManifestError::Then(format!(
+                "then = {next:?} names the function itself: a pipeline stage cannot loop"
+            ))),
+            Some(next) => {
+                validate_name(next).map_err(|e| ManifestError::Then(e.to_string()))?;
+                Ok(Some(next.clone()))
+            }
         }
     }
 

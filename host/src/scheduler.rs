@@ -343,6 +343,8 @@ impl Inner {
                 started_at,
                 finished_at: at,
                 version: code.record.version,
+                emitted: Vec::new(),
+                then: None,
             };
             // Short attempts go from queued to terminal in one commit; `running` is recorded
             // (and visible) only for attempts still running after START_VISIBLE_AFTER.

@@ -28,6 +28,22 @@ pub mod components {
     pub const ECHO_MANIFEST: &str = env!("SLUICE_MANIFEST_ECHO");
     /// `functions/counter/sluice.toml`.
     pub const COUNTER_MANIFEST: &str = env!("SLUICE_MANIFEST_COUNTER");
+    /// `functions/payment`: the choreography's first step.
+    pub const PAYMENT: &str = env!("SLUICE_COMPONENT_PAYMENT");
+    /// `functions/inventory`.
+    pub const INVENTORY: &str = env!("SLUICE_COMPONENT_INVENTORY");
+    /// `functions/shipping`.
+    pub const SHIPPING: &str = env!("SLUICE_COMPONENT_SHIPPING");
+    /// `functions/compensation`: the unhappy path.
+    pub const COMPENSATION: &str = env!("SLUICE_COMPONENT_COMPENSATION");
+    /// `functions/payment/sluice.toml` (and the others': same directory layout).
+    pub const PAYMENT_MANIFEST: &str = env!("SLUICE_MANIFEST_PAYMENT");
+    /// `functions/inventory/sluice.toml`.
+    pub const INVENTORY_MANIFEST: &str = env!("SLUICE_MANIFEST_INVENTORY");
+    /// `functions/shipping/sluice.toml`.
+    pub const SHIPPING_MANIFEST: &str = env!("SLUICE_MANIFEST_SHIPPING");
+    /// `functions/compensation/sluice.toml`.
+    pub const COMPENSATION_MANIFEST: &str = env!("SLUICE_MANIFEST_COMPENSATION");
     /// `functions/inspect/sluice.toml`.
     pub const INSPECT_MANIFEST: &str = env!("SLUICE_MANIFEST_INSPECT");
     /// `functions/probe/sluice.toml`.

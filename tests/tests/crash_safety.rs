@@ -172,6 +172,7 @@ async fn stale_attempts_are_fenced() {
         change: String::new(),
         paused: false,
         subscriptions: Vec::new(),
+        then: None,
     };
     store
         .deploy(record, b"wasm".to_vec().into(), "00-x".into(), vec![1])
@@ -188,6 +189,7 @@ async fn stale_attempts_are_fenced() {
         ordering_key: None,
         event: None,
         parent: None,
+        pipeline: None,
     };
     let report = |outcome: Outcome| AttemptReport {
         outcome,
@@ -195,6 +197,8 @@ async fn stale_attempts_are_fenced() {
         started_at: now_ms(),
         finished_at: now_ms(),
         version: 1,
+        emitted: Vec::new(),
+        then: None,
     };
     let success = || {
         report(Outcome::Succeeded {

@@ -179,3 +179,126 @@ async fn kill_9_under_load_loses_no_accepted_job() {
     host.kill().unwrap();
     host.wait().unwrap();
 }
+
+/// `kill -9` while handlers emit: every emitter job that succeeded (before or after the
+/// restart) has exactly one emitted event, its delivery and its enqueued job; none is lost
+/// between the success and the delivery, none is doubled by a retry after the crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_while_handlers_emit_loses_and_doubles_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut host = serve(tmp.path(), port);
+    wait_healthy(&http, &url).await;
+    let deploy = |name: &str, component: &str, manifest: String| {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "component",
+                reqwest::multipart::Part::bytes(std::fs::read(component).unwrap()),
+            )
+            .part("manifest", reqwest::multipart::Part::text(manifest));
+        http.put(format!("{url}/v1/functions/{name}"))
+            .multipart(form)
+            .send()
+    };
+    let r = deploy(
+        "probe",
+        components::PROBE,
+        "name = \"probe\"\nmax_concurrency = 64\n".into(),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success());
+    let r = deploy(
+        "inspect",
+        components::INSPECT,
+        "name = \"inspect\"\nmax_concurrency = 64\n[[subscribe]]\ntopic = \"t\"\n".into(),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success());
+
+    // Each emitter job has its own correlation id, so its listing shows what it caused.
+    let accepted: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (http, url, accepted, stop) =
+            (http.clone(), url.clone(), accepted.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            for n in 0..400 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let correlation = format!("emit-{c}-{n}");
+                let sent = http
+                    .post(format!("{url}/v1/functions/probe/jobs"))
+                    .header("content-type", "application/json")
+                    .header("sluice-correlation-id", &correlation)
+                    .body(json!({"action": "emit", "topic": "t", "fail_until": 0}).to_string())
+                    .send()
+                    .await;
+                let Ok(r) = sent else { break };
+                if r.status() != 202 {
+                    break;
+                }
+                let Ok(body) = r.json::<Value>().await else {
+                    break;
+                };
+                let id = body["id"].as_str().unwrap().to_string();
+                accepted.lock().unwrap().push((id, correlation));
+            }
+        }));
+    }
+    // Kill once emitters have been finishing for a while, mid-stream.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&http, &url, "sluice_events_published_total").await < 300.0 {
+        assert!(Instant::now() < deadline, "emitters never got going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    host.kill().expect("kill -9");
+    host.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    let mut host = serve(tmp.path(), port);
+    wait_healthy(&http, &url).await;
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(accepted.len() >= 300, "only {} accepted", accepted.len());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (id, correlation) in &accepted {
+        let job = get_json(&http, &format!("{url}/v1/jobs/{id}?wait=30")).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        loop {
+            let listing = get_json(
+                &http,
+                &format!("{url}/v1/jobs?correlation_id={correlation}"),
+            )
+            .await;
+            let events = listing["events"].as_array().unwrap();
+            let jobs = listing["jobs"].as_array().unwrap();
+            assert_eq!(events.len(), 1, "{listing}");
+            assert_eq!(jobs.len(), 3, "emitter, delivery, enqueued job: {listing}");
+            if jobs.iter().all(|j| j["status"] == "succeeded") {
+                break;
+            }
+            assert!(
+                jobs.iter().all(|j| matches!(
+                    j["status"].as_str(),
+                    Some("queued" | "running" | "succeeded")
+                )),
+                "{listing}"
+            );
+            assert!(Instant::now() < deadline, "{listing}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    host.kill().unwrap();
+    host.wait().unwrap();
+}

@@ -48,13 +48,21 @@ fn handle(ev: Event) -> Result<Response, Error> {
     let mut count: u64 = 0;
     for item in &order.items {
         if item.quantity == 0 {
-            return Err(Error::permanent(format!("item {} has quantity 0", item.sku)));
+            return Err(Error::permanent(format!(
+                "item {} has quantity 0",
+                item.sku
+            )));
         }
         subtotal += item.unit_cents * u64::from(item.quantity);
         count += u64::from(item.quantity);
     }
     let discount = subtotal * u64::from(order.discount_percent) / 100;
-    log::info(format!("order {}: {} items, total {} cents", order.id, count, subtotal - discount));
+    log::info(format!(
+        "order {}: {} items, total {} cents",
+        order.id,
+        count,
+        subtotal - discount
+    ));
     Response::json(&Total {
         id: order.id,
         items: count,

@@ -13,6 +13,8 @@
 //! - `{"action":"alloc","mb":1000}`: a memory bomb, 1 MiB at a time, every page touched.
 //! - `{"action":"recurse","depth":1000000}`: recursion deep enough to exhaust the stack.
 //! - `{"action":"flood","mb":8}`: that much text to stdout and stderr.
+//! - `{"action":"emit","topic":"t","fail_until":3}`: publishes `probe.emitted` to the topic and
+//!   enqueues an `inspect` job, then fails (retryable) until attempt 3.
 //! - `{"action":"step","key":"a","seq":3,"ms":20}`: logs and answers `a 3 START END` (ms since
 //!   the epoch), sleeping `ms` in between: for ordering tests.
 //!
@@ -41,6 +43,7 @@ enum Action {
     Recurse { depth: u64 },
     Flood { mb: u64 },
     Step { key: String, seq: u64, ms: u64 },
+    Emit { topic: String, fail_until: u32 },
 }
 
 /// Wall-clock ms since the Unix epoch, as the guest sees it.
@@ -70,9 +73,9 @@ fn handle(ev: Event) -> Result<Response, Error> {
             })
             .map_err(|e| e.to_string()),
         Action::Env { name } => std::env::var(&name).map_err(|e| e.to_string()),
-        Action::Connect { addr } => {
-            std::net::TcpStream::connect(&addr).map(|_| "connected".into()).map_err(|e| e.to_string())
-        }
+        Action::Connect { addr } => std::net::TcpStream::connect(&addr)
+            .map(|_| "connected".into())
+            .map_err(|e| e.to_string()),
         Action::Sleep { ms } => {
             std::thread::sleep(Duration::from_millis(ms));
             Ok(format!("slept {ms} ms"))
@@ -121,8 +124,24 @@ fn handle(ev: Event) -> Result<Response, Error> {
             println!("step {line}");
             Ok(line)
         }
-        Action::Fail { retryable: true } => return Err(Error::retryable("probe failed on purpose")),
-        Action::Fail { retryable: false } => return Err(Error::permanent("probe failed on purpose")),
+        Action::Emit { topic, fail_until } => {
+            // Emits first, then fails until the given attempt: only the success's emit counts.
+            let attempt = ev.attempt();
+            sluice_sdk::publish_json(&topic, "probe.emitted", &json!({ "attempt": attempt }))?;
+            sluice_sdk::enqueue_json("inspect", &json!({ "from_attempt": attempt }))?;
+            if attempt < fail_until {
+                return Err(Error::retryable(format!(
+                    "attempt {attempt} fails after emitting"
+                )));
+            }
+            Ok(format!("emitted on attempt {attempt}"))
+        }
+        Action::Fail { retryable: true } => {
+            return Err(Error::retryable("probe failed on purpose"));
+        }
+        Action::Fail { retryable: false } => {
+            return Err(Error::permanent("probe failed on purpose"));
+        }
     };
     let body = match outcome {
         Ok(detail) => json!({ "ok": true, "detail": detail }),

@@ -57,6 +57,7 @@ pub(crate) async fn deploy(
     validate_name(&name)?;
     let settings = manifest.validate(&name, &state.config.bounds())?;
     let subscriptions = manifest.subscriptions()?;
+    let then = manifest.then(&name)?;
 
     // Known code (same digest, this engine) is loaded from its stored artifact, not recompiled.
     let cached = state
@@ -74,6 +75,7 @@ pub(crate) async fn deploy(
         name: name.clone(),
         settings,
         subscriptions,
+        then,
         digest: compiled.digest.clone(),
         size: wasm.len() as u64,
         deployed_at: now_ms(),
@@ -373,6 +375,7 @@ pub(crate) fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Va
         "max_queued": f.settings.max_queued,
         "rate_per_second": f.settings.rate_per_second,
         "subscriptions": f.subscriptions,
+        "then": f.then,
         "jobs_url": format!("/v1/functions/{}/jobs", f.name),
     });
     if let Some(n) = pending_jobs {

@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::job::{DEFAULT_PRIORITY, Job, JobId, JobStatus, MAX_PRIORITY, now_ms, rfc3339};
+use crate::job::{
+    DEFAULT_PRIORITY, Job, JobId, JobStatus, MAX_PRIORITY, Pipeline, now_ms, rfc3339,
+};
 use crate::store::{CancelError, IdempotencyKey, JobPage, JobQuery, NewJob, Submitted};
 
 /// Outputs up to this size, and valid UTF-8, are shown inline in the job's JSON.
@@ -61,6 +63,7 @@ pub(crate) async fn submit(
             ordering_key,
             event: None,
             parent: None,
+            pipeline: None,
         })
         .await?;
     // A repeated request with the same idempotency key gets the original answer, as 200.
@@ -290,7 +293,35 @@ pub(crate) async fn show(
         }
     };
     let job = job.ok_or_else(|| ApiError::job_not_found(&id))?;
-    Ok(Json(job_json(job_id, &job, true)))
+    let mut v = job_json(job_id, &job, true);
+    // A pipeline's head lists every stage's job.
+    match &job.pipeline {
+        Some(Pipeline::Head { stages, .. }) => {
+            let mut list = Vec::new();
+            for &stage in stages {
+                let stage = JobId(stage);
+                let (function, status) = if stage == job_id {
+                    (Some(job.function.clone()), Some(job.status))
+                } else {
+                    match state.store.job(stage)? {
+                        Some(j) => (Some(j.function), Some(j.status)),
+                        None => (None, None),
+                    }
+                };
+                list.push(json!({
+                    "job_id": stage.to_string(),
+                    "function": function,
+                    "status": status,
+                }));
+            }
+            v["pipeline"] = json!({ "stages": list });
+        }
+        Some(Pipeline::Stage { head }) => {
+            v["pipeline"] = json!({ "head": JobId(*head).to_string() });
+        }
+        None => {}
+    }
+    Ok(Json(v))
 }
 
 /// `GET /v1/jobs/{id}/output`: the raw output with the handler's content type, once succeeded.
@@ -303,13 +334,14 @@ pub(crate) async fn output(
         .store
         .job(job_id)?
         .ok_or_else(|| ApiError::job_not_found(&id))?;
-    let Some(output) = job.output.filter(|_| job.status == JobStatus::Succeeded) else {
+    let status = job.visible_status();
+    let Some(output) = job.output.filter(|_| status == JobStatus::Succeeded) else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "output_not_ready",
             format!(
                 "job {id} is {}: output exists only once it has succeeded",
-                job.status.as_str()
+                status.as_str()
             ),
         ));
     };
@@ -430,6 +462,7 @@ pub(crate) async fn submit_batch(
             ordering_key: ordering_key.clone(),
             event: None,
             parent: None,
+            pipeline: None,
         });
     }
     let ids = state.store.submit_batch(jobs).await?;
@@ -564,11 +597,12 @@ pub(crate) async fn cancel(
 
 /// A job as the API shows it; `full` adds the log and the inline output.
 pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
-    let succeeded = job.status == JobStatus::Succeeded;
+    let status = job.visible_status();
+    let succeeded = status == JobStatus::Succeeded;
     let mut v = json!({
         "id": id.to_string(),
         "function": job.function,
-        "status": job.status,
+        "status": status,
         "attempts": job.attempts,
         "created_at": rfc3339(job.created_at),
         "started_at": job.started_at.map(rfc3339),

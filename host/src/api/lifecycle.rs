@@ -40,6 +40,7 @@ pub(crate) async fn versions(
                 "current": v.version == current.version,
                 "settings": crate::manifest::Manifest::from_settings(&v.settings),
                 "subscriptions": v.subscriptions,
+                "then": v.then,
             })
         })
         .collect();

@@ -47,6 +47,27 @@ impl sluice::platform::log::Host for Bare {
     fn write(&mut self, _: sluice::platform::log::Level, _: String) {}
 }
 
+impl sluice::platform::emit::Host for Bare {
+    fn publish(
+        &mut self,
+        _: String,
+        _: String,
+        _: Vec<u8>,
+        _: Option<String>,
+    ) -> Result<(), String> {
+        Err("the baseline does not emit".into())
+    }
+    fn enqueue(
+        &mut self,
+        _: String,
+        _: Vec<u8>,
+        _: Option<String>,
+        _: sluice::platform::emit::EnqueueOptions,
+    ) -> Result<(), String> {
+        Err("the baseline does not emit".into())
+    }
+}
+
 /// Runs `iterations` events of `payload` through both paths, interleaved in rounds so drift
 /// hits both alike; reports the best round of each.
 pub async fn measure(
@@ -66,6 +87,7 @@ pub async fn measure(
             ..Settings::DEFAULT
         },
         subscriptions: Vec::new(),
+        then: None,
         digest: compiled.digest.clone(),
         size: wasm.len() as u64,
         deployed_at: 0,

@@ -11,6 +11,11 @@ pub use sluice::platform::log::Level;
 pub use sluice::platform::types::Payload;
 
 use super::sandbox::Sandbox;
+use crate::job::{DEFAULT_PRIORITY, Emission, MAX_PRIORITY};
+use sluice::platform::emit::EnqueueOptions;
+
+/// Longest event type a handler may publish.
+const MAX_TYPE_LEN: usize = 256;
 
 impl sluice::platform::types::Host for Sandbox {}
 
@@ -24,5 +29,52 @@ impl sluice::platform::log::Host for Sandbox {
             Level::Error => "error",
         };
         self.log.line(level, &message);
+    }
+}
+
+impl sluice::platform::emit::Host for Sandbox {
+    fn publish(
+        &mut self,
+        topic: String,
+        event_type: String,
+        data: Vec<u8>,
+        content_type: Option<String>,
+    ) -> Result<(), String> {
+        crate::event::validate_topic(&topic)?;
+        if event_type.is_empty() || event_type.len() > MAX_TYPE_LEN {
+            return Err(format!(
+                "an event type is 1 to {MAX_TYPE_LEN} bytes, e.g. \"order.placed\""
+            ));
+        }
+        self.emitted.push(Emission::Publish {
+            topic,
+            event_type,
+            data,
+            content_type,
+        })
+    }
+
+    fn enqueue(
+        &mut self,
+        function: String,
+        data: Vec<u8>,
+        content_type: Option<String>,
+        options: EnqueueOptions,
+    ) -> Result<(), String> {
+        crate::manifest::validate_name(&function).map_err(|e| e.to_string())?;
+        let priority = options.priority.unwrap_or(DEFAULT_PRIORITY);
+        if priority > MAX_PRIORITY {
+            return Err(format!("priority is 0 to {MAX_PRIORITY}, not {priority}"));
+        }
+        if options.delay_ms.is_some_and(|d| d > 365 * 24 * 3_600_000) {
+            return Err("a delay is at most a year".into());
+        }
+        self.emitted.push(Emission::Enqueue {
+            function,
+            data,
+            content_type,
+            priority,
+            delay_ms: options.delay_ms,
+        })
     }
 }

@@ -268,6 +268,7 @@ impl Runtime {
                 table: Default::default(),
                 limits,
                 log: log.clone(),
+                emitted: Default::default(),
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -339,6 +340,7 @@ impl Runtime {
             },
         };
         let refused = store.data().limits.refused;
+        let emitted = std::mem::take(&mut store.data_mut().emitted.items);
         drop(store);
         let log = log.text();
         let outcome = match (outcome, refused) {
@@ -371,12 +373,19 @@ impl Runtime {
             },
             other => other,
         };
+        // Only a success emits anything.
+        let emitted = match outcome {
+            Outcome::Succeeded { .. } => emitted,
+            Outcome::Failed { .. } => Vec::new(),
+        };
         AttemptReport {
             outcome,
             log,
             started_at,
             finished_at: now_ms(),
             version: f.record.version,
+            emitted,
+            then: f.record.then.clone(),
         }
     }
 }

@@ -22,6 +22,41 @@ pub(crate) struct Sandbox {
     pub(crate) limits: MemoryLimit,
     /// Where stdout, stderr and log lines go.
     pub(crate) log: LogSink,
+    /// Events and jobs the handler emitted, staged until the attempt's outcome is known.
+    pub(crate) emitted: Staged,
+}
+
+/// Most emissions one attempt may stage.
+pub(crate) const MAX_EMISSIONS: usize = 1000;
+/// Most bytes of data one attempt may emit.
+pub(crate) const MAX_EMITTED_BYTES: usize = 16 << 20;
+
+/// What an attempt emitted so far. Kept in the sandbox only: it reaches the store with the
+/// attempt's success, or never.
+#[derive(Default)]
+pub(crate) struct Staged {
+    pub(crate) items: Vec<crate::job::Emission>,
+    bytes: usize,
+}
+
+impl Staged {
+    /// Stages one emission, or says which limit it would pass.
+    pub(crate) fn push(&mut self, e: crate::job::Emission) -> Result<(), String> {
+        if self.items.len() >= MAX_EMISSIONS {
+            return Err(format!(
+                "an attempt may emit at most {MAX_EMISSIONS} events and jobs"
+            ));
+        }
+        if self.bytes + e.size() > MAX_EMITTED_BYTES {
+            return Err(format!(
+                "an attempt may emit at most {} MiB of data",
+                MAX_EMITTED_BYTES >> 20
+            ));
+        }
+        self.bytes += e.size();
+        self.items.push(e);
+        Ok(())
+    }
 }
 
 impl WasiView for Sandbox {

@@ -154,6 +154,7 @@ impl Catalog {
                 if previous.digest == record.digest
                     && previous.settings == record.settings
                     && previous.subscriptions == record.subscriptions
+                    && previous.then == record.then
                 {
                     drop(functions);
                     txn.abort().map_err(storage)?;
@@ -277,6 +278,7 @@ impl Catalog {
                 name: name.to_string(),
                 settings: target.settings,
                 subscriptions: target.subscriptions,
+                then: target.then,
                 digest: target.digest,
                 size: target.size,
                 deployed_at: crate::job::now_ms(),

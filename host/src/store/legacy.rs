@@ -78,5 +78,6 @@ pub(crate) fn decode_v3(bytes: &[u8]) -> Result<Job, String> {
         version: None,
         event: None,
         parent: None,
+        pipeline: None,
     })
 }

@@ -25,6 +25,7 @@ mod counts;
 mod demand;
 mod ids;
 mod legacy;
+mod outbox;
 mod shard;
 mod tables;
 mod transitions;
@@ -244,6 +245,8 @@ pub struct NewJob {
     pub event: Option<Box<crate::event::EventAttributes>>,
     /// What caused it, if not a request.
     pub parent: Option<crate::job::Parent>,
+    /// Its place in a pipeline (set by the store for later stages).
+    pub pipeline: Option<crate::job::Pipeline>,
 }
 
 /// A publish of one event to a topic, as the API hands it to the store.
@@ -798,7 +801,7 @@ impl Store {
         let rx = self.waiters.register(id);
         let job = self.job(id)?;
         match &job {
-            Some(j) if !j.status.is_terminal() && !timeout.is_zero() => {
+            Some(j) if !j.visible_status().is_terminal() && !timeout.is_zero() => {
                 let _ = tokio::time::timeout(timeout, rx).await;
                 self.job(id)
             }

@@ -90,6 +90,9 @@ pub struct FunctionRecord {
     /// Topics it receives events from (part of a version, like the settings).
     #[serde(default)]
     pub subscriptions: Vec<crate::manifest::Subscription>,
+    /// The next stage of its pipeline: on success, its output becomes a job of this function.
+    #[serde(default)]
+    pub then: Option<String>,
     /// A paused function accepts jobs but starts none (not part of a version: pausing is
     /// operation, not configuration).
     #[serde(default)]

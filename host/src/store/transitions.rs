@@ -70,7 +70,7 @@ impl<'txn> Tables<'txn> {
         }
     }
 
-    fn put_job(&mut self, id: JobId, job: &Job) -> Result<(), StoreError> {
+    pub(crate) fn put_job(&mut self, id: JobId, job: &Job) -> Result<(), StoreError> {
         self.jobs
             .insert(id.0, encode_job(job).as_slice())
             .map_err(storage)?;
@@ -369,6 +369,7 @@ impl Writer {
                         ordering_key: None,
                         event: Some(Box::new(new.event.attributes.clone())),
                         parent: Some(Parent::Event(event_id.0)),
+                        pipeline: None,
                     },
                     now,
                     t,
@@ -402,7 +403,7 @@ impl Writer {
     /// Refuses `n` more jobs (`bytes` of input) beyond the function's `max_queued` unfinished
     /// jobs (when given: topic deliveries do not count against it) or the host-wide budget of
     /// unfinished bytes.
-    fn admit(
+    pub(crate) fn admit(
         &mut self,
         function: &str,
         max_queued: Option<u64>,
@@ -438,7 +439,7 @@ impl Writer {
     }
 
     /// Stores a new job: `queued` in the ready table, or `delayed` until its not-before time.
-    fn insert_job(
+    pub(crate) fn insert_job(
         &mut self,
         id: JobId,
         new: NewJob,
@@ -482,6 +483,7 @@ impl Writer {
             version: None,
             event: new.event.map(|e| *e),
             parent: new.parent,
+            pipeline: new.pipeline,
         };
         // A job id is a fresh, increasing number: it is also the job's place in its key's queue.
         t.join_key(id, &mut job, id.0)?;
@@ -582,6 +584,24 @@ impl Writer {
         if !current {
             return Ok(());
         }
+        let mut report = report;
+        // What a success emits must fit the host's budget of unfinished bytes, or the success
+        // is not recorded: the attempt fails (retryable) and emits nothing.
+        if let Outcome::Succeeded { output, .. } = &report.outcome {
+            let next = report.then.as_ref().map(|_| output.len());
+            let bytes = self.emitted_bytes(&report.emitted, next);
+            if bytes > 0
+                && let Err(e) = self.admit("", None, 0, bytes, fx)?
+            {
+                report.outcome = Outcome::Failed {
+                    kind: FailureKind::Retryable,
+                    message: format!(
+                        "the handler succeeded, but what it emitted ({bytes} bytes) does not fit: {e}; the attempt runs again later"
+                    ),
+                };
+                report.emitted.clear();
+            }
+        }
         let from = job.status;
         t.ready_remove(id, &job)?;
         job.attempts = attempt;
@@ -649,7 +669,14 @@ impl Writer {
                     .insert((report.finished_at, id.0), ())
                     .map_err(storage)?;
             }
-            fx.terminal.push(id);
+            if job.status == JobStatus::Succeeded {
+                self.commit_emitted(id, &job, std::mem::take(&mut report.emitted), t, fx)?;
+            }
+            self.advance_pipeline(id, &mut job, report.then.take(), t, fx)?;
+            // A pipeline's head stays `running` while later stages run.
+            if job.visible_status().is_terminal() {
+                fx.terminal.push(id);
+            }
             t.put_job(id, &job)?;
             return self.release_key(&job, t, fx);
         }
@@ -708,7 +735,7 @@ impl Writer {
     }
 
     /// Ends a queued, delayed or running job as `cancelled`.
-    fn cancel_job(
+    pub(crate) fn cancel_job(
         &mut self,
         id: JobId,
         job: &mut Job,

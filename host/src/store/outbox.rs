@@ -1,0 +1,213 @@
+//! The transactional outbox: what a successful attempt emitted (events, jobs) and the next stage
+//! of its pipeline are written in the same transaction that records its success, fenced by the
+//! attempt number like the success itself. A failed, timed-out or superseded attempt emits
+//! nothing; a committed success has emitted everything, whatever happens to the process next.
+
+use super::transitions::Tables;
+use super::writer::{Effects, Writer};
+use super::{NewEvent, NewJob, StoreError};
+use crate::event::{CloudEvent, EventAttributes};
+use crate::job::{Emission, Job, JobId, JobStatus, Parent, Pipeline, now_ms, rfc3339};
+
+impl Writer {
+    /// Input bytes the emitted work (and a pipeline's next stage) would add to the host's
+    /// unfinished bytes: each published event counts once per subscriber.
+    pub(crate) fn emitted_bytes(&self, emitted: &[Emission], next_stage: Option<usize>) -> u64 {
+        let mut bytes = next_stage.unwrap_or(0) as u64;
+        for e in emitted {
+            bytes += match e {
+                Emission::Publish {
+                    topic,
+                    event_type,
+                    data,
+                    ..
+                } => {
+                    data.len() as u64
+                        * self.shared.deployed.subscribers(topic, event_type).len() as u64
+                }
+                Emission::Enqueue { data, .. } => data.len() as u64,
+            };
+        }
+        bytes
+    }
+
+    /// Commits what job `id` emitted with its success: each event published (with one delivery
+    /// per subscriber) and each job enqueued, all carrying the job's correlation id and the job
+    /// as their parent. An emitted event's CloudEvents `id` is `{job id}-{n}`: stable, so a
+    /// consumer can tell copies apart from repeats.
+    pub(crate) fn commit_emitted(
+        &mut self,
+        id: JobId,
+        job: &Job,
+        emitted: Vec<Emission>,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut events = Vec::new();
+        for (n, e) in emitted.into_iter().enumerate() {
+            match e {
+                Emission::Publish {
+                    topic,
+                    event_type,
+                    data,
+                    content_type,
+                } => events.push(NewEvent {
+                    event: CloudEvent {
+                        attributes: EventAttributes {
+                            topic,
+                            id: format!("{id}-{n}"),
+                            source: format!("/v1/functions/{}", job.function),
+                            event_type,
+                            subject: None,
+                            time: Some(rfc3339(now)),
+                            dataschema: None,
+                            extensions: Vec::new(),
+                        },
+                        content_type,
+                        data: data.into(),
+                    },
+                    correlation_id: Some(job.correlation_id.clone()),
+                    priority: job.priority,
+                    parent: Some(Parent::Job(id.0)),
+                }),
+                Emission::Enqueue {
+                    function,
+                    data,
+                    content_type,
+                    priority,
+                    delay_ms,
+                } => {
+                    self.insert_child(
+                        NewJob {
+                            function,
+                            content_type,
+                            input: data.into(),
+                            correlation_id: Some(job.correlation_id.clone()),
+                            idempotency: None,
+                            priority,
+                            not_before: delay_ms.map(|d| now + d),
+                            ordering_key: None,
+                            event: None,
+                            parent: Some(Parent::Job(id.0)),
+                            pipeline: None,
+                        },
+                        t,
+                        fx,
+                    )?;
+                }
+            }
+        }
+        if !events.is_empty() {
+            // The budget was checked for all of it before the success was recorded.
+            let _ = self.publish(events, t, fx)?;
+        }
+        Ok(())
+    }
+
+    /// Stores a job a handler (or a pipeline) caused. Its function may have been deleted since:
+    /// then the job ends `cancelled` at once, saying so, rather than vanishing.
+    fn insert_child(
+        &mut self,
+        new: NewJob,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<JobId, StoreError> {
+        let deployed = self.shared.deployed.contains(&new.function);
+        let function = new.function.clone();
+        let id = self.ids.generate();
+        self.insert_job(id, new, now_ms(), t, fx)?;
+        if !deployed && let Some(mut job) = t.job(id)? {
+            self.cancel_job(
+                id,
+                &mut job,
+                &format!("cancelled: function {function:?} is not deployed"),
+                t,
+                fx,
+            )?;
+        }
+        Ok(id)
+    }
+
+    /// Moves a pipeline on after job `id` (of `job`, terminal now) ended: on success with a
+    /// next function, its output becomes that function's job (a new stage); otherwise, if the
+    /// job is part of a pipeline, the chain ends with its status, and its head takes that
+    /// status and the last output.
+    pub(crate) fn advance_pipeline(
+        &mut self,
+        id: JobId,
+        job: &mut Job,
+        then: Option<String>,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let head = match &job.pipeline {
+            Some(Pipeline::Stage { head }) => Some(JobId(*head)),
+            Some(Pipeline::Head { .. }) => Some(id),
+            None => None,
+        };
+        let next = then.filter(|_| job.status == JobStatus::Succeeded);
+        if let Some(next) = next {
+            let head = head.unwrap_or(id);
+            let stage = self.insert_child(
+                NewJob {
+                    function: next,
+                    content_type: job.output_content_type.clone(),
+                    input: job.output.clone().unwrap_or_default().into(),
+                    correlation_id: Some(job.correlation_id.clone()),
+                    idempotency: None,
+                    priority: job.priority,
+                    not_before: None,
+                    ordering_key: None,
+                    event: None,
+                    parent: Some(Parent::Job(id.0)),
+                    pipeline: Some(Pipeline::Stage { head: head.0 }),
+                },
+                t,
+                fx,
+            )?;
+            if head == id {
+                job.pipeline = Some(Pipeline::Head {
+                    stages: vec![id.0, stage.0],
+                    ended: None,
+                });
+            } else if let Some(mut h) = t.job(head)? {
+                if let Some(Pipeline::Head { stages, .. }) = &mut h.pipeline {
+                    stages.push(stage.0);
+                }
+                t.put_job(head, &h)?;
+            }
+            // A cancelled stage (its function is gone) already ended the chain.
+            return Ok(());
+        }
+        let Some(head) = head else {
+            return Ok(());
+        };
+        if head == id {
+            if let Some(Pipeline::Head { ended, .. }) = &mut job.pipeline {
+                *ended = Some(job.status);
+            }
+            return Ok(());
+        }
+        let Some(mut h) = t.job(head)? else {
+            return Ok(());
+        };
+        if let Some(Pipeline::Head { ended, .. }) = &mut h.pipeline {
+            *ended = Some(job.status);
+        }
+        h.output = job.output.clone();
+        h.output_content_type = job.output_content_type.clone();
+        h.error = job.error.as_ref().map(|e| {
+            format!(
+                "stage {} ({}) ended {}: {e}",
+                id,
+                job.function,
+                job.status.as_str()
+            )
+        });
+        h.finished_at = job.finished_at;
+        t.put_job(head, &h)?;
+        fx.terminal.push(head);
+        Ok(())
+    }
+}
