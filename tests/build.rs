@@ -17,6 +17,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("inventory", "INVENTORY"),
     ("shipping", "SHIPPING"),
     ("compensation", "COMPENSATION"),
+    ("checksum", "CHECKSUM"),
 ];
 
 fn main() {

@@ -10,11 +10,36 @@ use crate::Error;
 pub struct Event {
     /// The record the host passed in, kept whole so accessors borrow from it.
     raw: RawEvent,
+    /// A large payload, read whole the first time [`Event::data`] asks for it.
+    loaded: std::cell::OnceCell<Vec<u8>>,
 }
 
 impl Event {
     pub(crate) fn from_raw(raw: RawEvent) -> Self {
-        Event { raw }
+        Event {
+            raw,
+            loaded: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Size of the data in bytes (without reading it).
+    pub fn size(&self) -> u64 {
+        match &self.raw.data {
+            Payload::Inline(bytes) => bytes.len() as u64,
+            Payload::Blob(blob) => blob.size,
+        }
+    }
+
+    /// True when the data is large and stored by the host (read it with [`Event::reader`] to
+    /// keep memory small).
+    pub fn is_large(&self) -> bool {
+        matches!(self.raw.data, Payload::Blob(_))
+    }
+
+    /// Reads the data in pieces (`std::io::Read`): a large payload streams from the host, so a
+    /// handler can process more data than its memory limit holds.
+    pub fn reader(&self) -> crate::PayloadReader<'_> {
+        crate::PayloadReader::new(&self.raw.data)
     }
 
     /// Unique id of the event; for a job, the job id.
@@ -67,19 +92,21 @@ impl Event {
         &self.raw.correlation_id
     }
 
-    /// The data bytes.
+    /// The data bytes. A large payload is read whole into memory the first time (it must fit
+    /// the function's `memory_mb`); use [`Event::reader`] to stream it instead.
     ///
     /// # Panics
-    /// If the host stored the payload as a blob (a large payload): this SDK version cannot
-    /// stream blobs yet, and silently returning empty data would be worse than failing the attempt.
+    /// If the host cannot read a large payload (it was deleted): returning partial or empty
+    /// data would be worse than failing the attempt.
     pub fn data(&self) -> &[u8] {
         match &self.raw.data {
             Payload::Inline(bytes) => bytes,
-            Payload::Blob(blob) => panic!(
-                "the event's payload ({} bytes) is stored as a blob, which this sluice-sdk \
-                 version cannot read; upgrade sluice-sdk",
-                blob.size
-            ),
+            Payload::Blob(_) => self.loaded.get_or_init(|| {
+                let mut all = Vec::with_capacity(self.size() as usize);
+                std::io::Read::read_to_end(&mut self.reader(), &mut all)
+                    .unwrap_or_else(|e| panic!("cannot read the event's payload: {e}"));
+                all
+            }),
         }
     }
 

@@ -21,6 +21,7 @@
 //! - [`Response`]: what a successful handler returns (bytes plus content type).
 //! - [`Error`]: why a handler failed: [`Error::Retryable`] or [`Error::Permanent`].
 //! - [`publish`], [`enqueue`]: emit events and jobs, committed with the handler's success.
+//! - [`PayloadReader`], [`OutputWriter`]: large payloads and outputs, streamed in pieces.
 //! - [`log`]: lines for the job's captured log that never trap, whatever the volume.
 //! - [`handler`]: the attribute macro that exports your function.
 #![deny(missing_docs)]
@@ -30,12 +31,14 @@ extern crate self as sluice_sdk;
 
 mod emit;
 mod event;
+mod payload;
 mod response;
 
 pub mod log;
 
 pub use emit::{Enqueue, enqueue, enqueue_json, publish, publish_json};
 pub use event::Event;
+pub use payload::{OutputWriter, PayloadReader};
 pub use response::{Error, Response};
 pub use sluice_sdk_macro::handler;
 

@@ -43,6 +43,11 @@ pub struct Config {
     pub sandbox_threads: usize,
     /// Bound on a job's captured log (stdout, stderr and log lines), in bytes.
     pub max_log_bytes: usize,
+    /// Payloads and outputs larger than this are stored once as chunked blobs (claim checks)
+    /// and streamed; smaller ones travel inline.
+    pub claim_check_bytes: usize,
+    /// Largest output an attempt may stream out, in bytes.
+    pub max_output_bytes: usize,
 }
 
 impl Default for Config {
@@ -63,6 +68,8 @@ impl Default for Config {
             idempotency_window: Duration::from_secs(24 * 3600),
             max_queued_bytes: 1 << 30,
             sandbox_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            claim_check_bytes: 256 << 10,
+            max_output_bytes: 256 << 20,
         }
     }
 }
@@ -82,6 +89,7 @@ impl Config {
             job_retention: self.job_retention,
             idempotency_window: self.idempotency_window,
             max_queued_bytes: self.max_queued_bytes,
+            claim_check_bytes: self.claim_check_bytes,
         }
     }
 
@@ -117,6 +125,9 @@ impl Config {
         }
         if self.store_shards == 0 || self.store_shards > 64 {
             return fail("store_shards must be 1 to 64");
+        }
+        if self.claim_check_bytes < 1024 {
+            return fail("claim_check_bytes must be at least 1024");
         }
         if self.max_log_bytes < 1024 {
             return fail("max_log_bytes must be at least 1024");

@@ -152,9 +152,51 @@ pub struct Job {
     pub parent: Option<Parent>,
     /// Its place in a pipeline (`then` in the manifest), if it is part of one.
     pub pipeline: Option<Pipeline>,
+    /// A large input, stored once as a blob (`input` is then empty).
+    pub input_blob: Option<BlobRef>,
+    /// A large output, stored once as a blob (`output` is then `None`).
+    pub output_blob: Option<BlobRef>,
+}
+
+/// A payload or output stored once by the host (a claim check): what a job carries instead of
+/// the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// SHA-256 of the content.
+    pub digest: [u8; 32],
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl BlobRef {
+    /// The reference of `data` (hashes it: keep large data off latency-bound threads).
+    pub fn of(data: &[u8]) -> BlobRef {
+        use sha2::Digest;
+        BlobRef {
+            digest: sha2::Sha256::digest(data).into(),
+            size: data.len() as u64,
+        }
+    }
+
+    /// The digest as lowercase hex.
+    pub fn hex(&self) -> String {
+        hex::encode(self.digest)
+    }
 }
 
 impl Job {
+    /// Size of the input in bytes, inline or stored as a blob.
+    pub fn input_size(&self) -> u64 {
+        self.input_blob.map_or(self.input.len() as u64, |b| b.size)
+    }
+
+    /// Size of the output in bytes, if there is one.
+    pub fn output_size(&self) -> Option<u64> {
+        self.output_blob
+            .map(|b| b.size)
+            .or(self.output.as_ref().map(|o| o.len() as u64))
+    }
+
     /// The status the API shows: a pipeline's head stands for the whole chain, `running` until
     /// its last stage ends, then that stage's terminal status (or the failing stage's).
     pub fn visible_status(&self) -> JobStatus {
@@ -318,6 +360,8 @@ pub struct QueuedJob {
     pub correlation_id: String,
     /// For a topic delivery: the event's attributes.
     pub event: Option<Box<EventAttributes>>,
+    /// A large input stored as a blob (`input` is then empty): read it in chunks.
+    pub input_blob: Option<BlobRef>,
 }
 
 impl QueuedJob {
@@ -334,6 +378,7 @@ impl QueuedJob {
             created_at: job.created_at,
             correlation_id: job.correlation_id,
             event: job.event.map(Box::new),
+            input_blob: job.input_blob,
         }
     }
 
@@ -352,6 +397,9 @@ pub enum Outcome {
         output: Vec<u8>,
         /// Media type the handler gave.
         content_type: Option<String>,
+        /// The output's blob reference, when it is large enough to be stored as one (computed
+        /// where the attempt ran, so the writer does not hash).
+        blob: Option<BlobRef>,
     },
     /// The attempt failed; `kind` says how, `message` says why.
     Failed {

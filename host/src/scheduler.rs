@@ -329,7 +329,8 @@ impl Inner {
             // and the job handed out again as a failed attempt.
             let lease = timeout + LEASE_GRACE;
             let lease_until = started_at + lease.as_millis() as u64;
-            let run = tokio::time::timeout(lease, self.runtime.run(&code, &job, attempt));
+            let blobs: Arc<dyn crate::runtime::BlobSource> = self.store.clone();
+            let run = tokio::time::timeout(lease, self.runtime.run(&code, &job, attempt, blobs));
             tokio::pin!(run);
             let expired = |at: u64| AttemptReport {
                 outcome: Outcome::Failed {

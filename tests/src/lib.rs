@@ -36,6 +36,8 @@ pub mod components {
     pub const SHIPPING: &str = env!("SLUICE_COMPONENT_SHIPPING");
     /// `functions/compensation`: the unhappy path.
     pub const COMPENSATION: &str = env!("SLUICE_COMPONENT_COMPENSATION");
+    /// `functions/checksum`: streams its payload through SHA-256.
+    pub const CHECKSUM: &str = env!("SLUICE_COMPONENT_CHECKSUM");
     /// `functions/payment/sluice.toml` (and the others': same directory layout).
     pub const PAYMENT_MANIFEST: &str = env!("SLUICE_MANIFEST_PAYMENT");
     /// `functions/inventory/sluice.toml`.

@@ -190,6 +190,7 @@ async fn stale_attempts_are_fenced() {
         event: None,
         parent: None,
         pipeline: None,
+        input_blob: None,
     };
     let report = |outcome: Outcome| AttemptReport {
         outcome,
@@ -204,6 +205,7 @@ async fn stale_attempts_are_fenced() {
         report(Outcome::Succeeded {
             output: b"stale".to_vec(),
             content_type: None,
+            blob: None,
         })
     };
     let retry = RetryPolicy {

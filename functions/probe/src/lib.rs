@@ -15,6 +15,7 @@
 //! - `{"action":"flood","mb":8}`: that much text to stdout and stderr.
 //! - `{"action":"emit","topic":"t","fail_until":3}`: publishes `probe.emitted` to the topic and
 //!   enqueues an `inspect` job, then fails (retryable) until attempt 3.
+//! - `{"action":"produce","mb":40}`: streams a 40 MiB output out with `OutputWriter`.
 //! - `{"action":"step","key":"a","seq":3,"ms":20}`: logs and answers `a 3 START END` (ms since
 //!   the epoch), sleeping `ms` in between: for ordering tests.
 //!
@@ -44,6 +45,7 @@ enum Action {
     Flood { mb: u64 },
     Step { key: String, seq: u64, ms: u64 },
     Emit { topic: String, fail_until: u32 },
+    Produce { mb: u64 },
 }
 
 /// Wall-clock ms since the Unix epoch, as the guest sees it.
@@ -135,6 +137,19 @@ fn handle(ev: Event) -> Result<Response, Error> {
                 )));
             }
             Ok(format!("emitted on attempt {attempt}"))
+        }
+        Action::Produce { mb } => {
+            // Streams `mb` MiB out (byte i is i % 251) without ever holding it.
+            use std::io::Write;
+            let mut out = sluice_sdk::OutputWriter::new();
+            let piece: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+            for _ in 0..mb {
+                out.write_all(&piece)
+                    .map_err(|e| Error::retryable(e.to_string()))?;
+            }
+            return out
+                .finish("application/octet-stream")
+                .map_err(|e| Error::retryable(e.to_string()));
         }
         Action::Fail { retryable: true } => {
             return Err(Error::retryable("probe failed on purpose"));

@@ -1,10 +1,11 @@
 //! Submit jobs, show them (with long-poll), fetch their output, list them, cancel them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::job::{
-    DEFAULT_PRIORITY, Job, JobId, JobStatus, MAX_PRIORITY, Pipeline, now_ms, rfc3339,
+    BlobRef, DEFAULT_PRIORITY, Job, JobId, JobStatus, MAX_PRIORITY, Pipeline, now_ms, rfc3339,
 };
 use crate::store::{CancelError, IdempotencyKey, JobPage, JobQuery, NewJob, Submitted};
 
@@ -41,6 +42,7 @@ pub(crate) async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let input = body?;
+    let input_blob = large_blob(&state, &input).await;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -64,6 +66,7 @@ pub(crate) async fn submit(
             event: None,
             parent: None,
             pipeline: None,
+            input_blob,
         })
         .await?;
     // A repeated request with the same idempotency key gets the original answer, as 200.
@@ -92,6 +95,18 @@ pub(crate) async fn submit(
     );
     h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     Ok(response)
+}
+
+/// The blob reference of an input above the claim-check threshold, hashed on a blocking
+/// thread (so neither the request threads nor the store's writer spend time hashing).
+pub(crate) async fn large_blob(state: &AppState, data: &Bytes) -> Option<BlobRef> {
+    if data.len() <= state.config.claim_check_bytes {
+        return None;
+    }
+    let data = data.clone();
+    tokio::task::spawn_blocking(move || BlobRef::of(&data))
+        .await
+        .ok()
 }
 
 /// `Sluice-Priority: 0-9` (default 5).
@@ -335,7 +350,8 @@ pub(crate) async fn output(
         .job(job_id)?
         .ok_or_else(|| ApiError::job_not_found(&id))?;
     let status = job.visible_status();
-    let Some(output) = job.output.filter(|_| status == JobStatus::Succeeded) else {
+    let has_output = job.output.is_some() || job.output_blob.is_some();
+    if status != JobStatus::Succeeded || !has_output {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "output_not_ready",
@@ -344,13 +360,50 @@ pub(crate) async fn output(
                 status.as_str()
             ),
         ));
-    };
+    }
     let content_type = job
         .output_content_type
         .unwrap_or_else(|| "application/octet-stream".into());
     let content_type = HeaderValue::from_str(&content_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    Ok(([(header::CONTENT_TYPE, content_type)], output).into_response())
+    let body = match (job.output, job.output_blob) {
+        (Some(output), _) => Body::from(output),
+        (None, Some(blob)) => blob_body(state.store.clone(), blob),
+        (None, None) => Body::empty(),
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// Bytes per read while streaming a blob out.
+const STREAM_PIECE: usize = 1 << 20;
+
+/// A large output, streamed from its chunks a piece at a time (never whole in memory).
+fn blob_body(store: Arc<crate::store::Store>, blob: BlobRef) -> Body {
+    let pieces = futures_util::stream::unfold(0u64, move |offset| {
+        let store = store.clone();
+        async move {
+            if offset >= blob.size {
+                return None;
+            }
+            let read = tokio::task::spawn_blocking(move || {
+                store.read_blob(&blob.digest, offset, STREAM_PIECE)
+            })
+            .await;
+            let piece = match read {
+                Ok(Ok(Some(bytes))) if !bytes.is_empty() => bytes,
+                Ok(Err(e)) => return Some((Err(std::io::Error::other(e.to_string())), blob.size)),
+                _ => {
+                    return Some((
+                        Err(std::io::Error::other("the output's blob is gone")),
+                        blob.size,
+                    ));
+                }
+            };
+            let next = offset + piece.len() as u64;
+            Some((Ok::<_, std::io::Error>(Bytes::from(piece)), next))
+        }
+    });
+    Body::from_stream(pieces)
 }
 
 /// `GET /v1/jobs?function=&status=&limit=&cursor=`: newest first.
@@ -463,6 +516,7 @@ pub(crate) async fn submit_batch(
             event: None,
             parent: None,
             pipeline: None,
+            input_blob: None,
         });
     }
     let ids = state.store.submit_batch(jobs).await?;
@@ -610,7 +664,8 @@ pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
         "correlation_id": job.correlation_id,
         "input_content_type": job.input_content_type,
         "output_content_type": job.output_content_type,
-        "output_size": job.output.as_ref().map(|o| o.len()),
+        "input_size": job.input_size(),
+        "output_size": job.output_size(),
         "output_url": succeeded.then(|| format!("/v1/jobs/{id}/output")),
         "error": job.error,
         "not_before": job.not_before.map(rfc3339),

@@ -82,6 +82,19 @@ pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
         "gauge",
         [(None, functions as f64)],
     );
+    let (blobs, blob_bytes) = state.store.blob_totals();
+    out.metric(
+        "sluice_blobs",
+        "Large payloads and outputs stored once (claim checks).",
+        "gauge",
+        [(None, blobs as f64)],
+    );
+    out.metric(
+        "sluice_blob_bytes",
+        "Bytes of those blobs.",
+        "gauge",
+        [(None, blob_bytes as f64)],
+    );
     out.metric(
         "sluice_attempts_running",
         "Attempts running now (held by a worker), host-wide.",

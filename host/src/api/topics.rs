@@ -50,18 +50,19 @@ pub(crate) async fn publish(
                 )
             })?,
     };
-    let events = events
-        .into_iter()
-        .map(|mut e| {
-            e.attributes.topic = topic.clone();
-            NewEvent {
-                event: e,
-                correlation_id: correlation_id.clone(),
-                priority,
-                parent: None,
-            }
-        })
-        .collect();
+    let mut new_events = Vec::with_capacity(events.len());
+    for mut e in events {
+        e.attributes.topic = topic.clone();
+        let blob = super::jobs::large_blob(&state, &e.data).await;
+        new_events.push(NewEvent {
+            event: e,
+            correlation_id: correlation_id.clone(),
+            priority,
+            parent: None,
+            blob,
+        });
+    }
+    let events = new_events;
     let published = state.store.publish(events).await?;
     let body = match mode {
         Mode::Batch => {

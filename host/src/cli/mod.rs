@@ -113,6 +113,9 @@ pub struct ServeArgs {
     /// Seconds an Idempotency-Key is remembered.
     #[arg(long, env = "SLUICE_IDEMPOTENCY_WINDOW_SECS", default_value_t = 24 * 3600)]
     pub idempotency_window_secs: u64,
+    /// Payloads and outputs larger than this many bytes are stored once and streamed in chunks.
+    #[arg(long, env = "SLUICE_CLAIM_CHECK_BYTES", default_value_t = 256 << 10)]
+    pub claim_check_bytes: usize,
 }
 
 impl ServeArgs {
@@ -130,6 +133,7 @@ impl ServeArgs {
             job_retention: Duration::from_secs(self.job_retention_secs),
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
             max_queued_bytes: self.max_queued_bytes,
+            claim_check_bytes: self.claim_check_bytes,
             sandbox_threads: self
                 .sandbox_threads
                 .unwrap_or(Config::default().sandbox_threads),

@@ -2,6 +2,7 @@
 //! instantiate + call of a component with nothing of Sluice around it, measured against the same
 //! component run through Sluice's real per-attempt path ([`Runtime::run`]).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -47,6 +48,15 @@ impl sluice::platform::log::Host for Bare {
     fn write(&mut self, _: sluice::platform::log::Level, _: String) {}
 }
 
+impl sluice::platform::payload::Host for Bare {
+    fn read_blob(&mut self, _: String, _: u64, _: u32) -> Result<Vec<u8>, String> {
+        Err("the baseline has no blobs".into())
+    }
+    fn write_output(&mut self, _: Vec<u8>) -> Result<(), String> {
+        Err("the baseline does not stream".into())
+    }
+}
+
 impl sluice::platform::emit::Host for Bare {
     fn publish(
         &mut self,
@@ -65,6 +75,15 @@ impl sluice::platform::emit::Host for Bare {
         _: sluice::platform::emit::EnqueueOptions,
     ) -> Result<(), String> {
         Err("the baseline does not emit".into())
+    }
+}
+
+/// The baseline's events are small: no blob is ever read.
+struct NoBlobs;
+
+impl super::BlobSource for NoBlobs {
+    fn read(&self, _: &[u8; 32], _: u64, _: usize) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
     }
 }
 
@@ -107,6 +126,7 @@ pub async fn measure(
         created_at: 0,
         correlation_id: "bench".into(),
         event: None,
+        input_blob: None,
     };
 
     let engine = Engine::new(&engine_config(config))?;
@@ -151,7 +171,7 @@ pub async fn measure(
 
         let start = Instant::now();
         for _ in 0..per_round {
-            let report = runtime.run(&function, &job, 1).await;
+            let report = runtime.run(&function, &job, 1, Arc::new(NoBlobs)).await;
             anyhow::ensure!(
                 matches!(report.outcome, Outcome::Succeeded { .. }),
                 "a Sluice attempt failed: {:?}",

@@ -8,7 +8,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use sluice::platform::log::Level;
-pub use sluice::platform::types::Payload;
+pub use sluice::platform::types::{BlobRef as RawBlobRef, Payload};
 
 use super::sandbox::Sandbox;
 use crate::job::{DEFAULT_PRIORITY, Emission, MAX_PRIORITY};
@@ -76,5 +76,30 @@ impl sluice::platform::emit::Host for Sandbox {
             priority,
             delay_ms: options.delay_ms,
         })
+    }
+}
+
+/// Most bytes one `read-blob` call returns.
+const MAX_READ: u32 = 4 << 20;
+
+impl sluice::platform::payload::Host for Sandbox {
+    fn read_blob(&mut self, digest: String, offset: u64, len: u32) -> Result<Vec<u8>, String> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(&digest, &mut key)
+            .map_err(|_| format!("{digest:?} is not a blob digest (64 hex digits)"))?;
+        self.blobs
+            .read(&key, offset, len.min(MAX_READ) as usize)?
+            .ok_or_else(|| format!("no blob {digest}"))
+    }
+
+    fn write_output(&mut self, chunk: Vec<u8>) -> Result<(), String> {
+        if self.streamed.len() + chunk.len() > self.max_output {
+            return Err(format!(
+                "the output is over the host's limit of {} MiB",
+                self.max_output >> 20
+            ));
+        }
+        self.streamed.extend_from_slice(&chunk);
+        Ok(())
     }
 }

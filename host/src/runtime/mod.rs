@@ -25,7 +25,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use crate::config::Config;
 use crate::job::{AttemptReport, FailureKind, Outcome, QueuedJob, now_ms};
 use crate::store::FunctionRecord;
-use bindings::{Event, Handler, HandlerError, HandlerPre, Payload};
+use bindings::{Event, Handler, HandlerError, HandlerPre, Payload, RawBlobRef};
 use sandbox::{LogSink, MemoryLimit, Sandbox};
 
 /// How often the epoch advances: the granularity of timeouts and of yielding to other tasks.
@@ -91,6 +91,23 @@ pub struct Runtime {
     max_log_bytes: usize,
     /// Compilations since start (start-up with cached artifacts should do none).
     compilations: std::sync::atomic::AtomicU64,
+    /// Outputs larger than this are hashed here, for the store to keep as blobs.
+    claim_check_bytes: usize,
+    /// Most bytes an attempt may stream out.
+    max_output_bytes: usize,
+}
+
+/// Where a sandbox reads large payloads (claim checks) from.
+pub trait BlobSource: Send + Sync {
+    /// Up to `len` bytes of blob `digest` from `offset`; `None` when there is no such blob.
+    fn read(&self, digest: &[u8; 32], offset: u64, len: usize) -> Result<Option<Vec<u8>>, String>;
+}
+
+impl BlobSource for crate::store::Store {
+    fn read(&self, digest: &[u8; 32], offset: u64, len: usize) -> Result<Option<Vec<u8>>, String> {
+        self.read_blob(digest, offset, len)
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl Runtime {
@@ -123,6 +140,8 @@ impl Runtime {
             functions: RwLock::new(HashMap::new()),
             max_log_bytes: config.max_log_bytes,
             compilations: Default::default(),
+            claim_check_bytes: config.claim_check_bytes,
+            max_output_bytes: config.max_output_bytes,
         })
     }
 
@@ -252,7 +271,13 @@ impl Runtime {
 
     /// Runs one attempt of `job` in a fresh sandbox, within the function's time and memory limits.
     /// Never fails: every problem becomes a failed [`Outcome`].
-    pub async fn run(&self, f: &LoadedFunction, job: &QueuedJob, attempt: u32) -> AttemptReport {
+    pub async fn run(
+        &self,
+        f: &LoadedFunction,
+        job: &QueuedJob,
+        attempt: u32,
+        blobs: Arc<dyn BlobSource>,
+    ) -> AttemptReport {
         let started_at = now_ms();
         let settings = f.record.settings;
         let log = LogSink::new(self.max_log_bytes);
@@ -269,6 +294,9 @@ impl Runtime {
                 limits,
                 log: log.clone(),
                 emitted: Default::default(),
+                blobs,
+                streamed: Vec::new(),
+                max_output: self.max_output_bytes,
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -288,7 +316,7 @@ impl Runtime {
                 extensions: e.extensions.clone(),
                 attempt,
                 correlation_id: job.correlation_id.clone(),
-                data: Payload::Inline(job.input.to_vec()),
+                data: payload(job),
             },
             None => Event {
                 id: job.id.to_string(),
@@ -301,7 +329,7 @@ impl Runtime {
                 extensions: Vec::new(),
                 attempt,
                 correlation_id: job.correlation_id.clone(),
-                data: Payload::Inline(job.input.to_vec()),
+                data: payload(job),
             },
         };
         let timeout = Duration::from_millis(settings.timeout_ms);
@@ -326,10 +354,22 @@ impl Runtime {
                 message: format!("timed out after {} ms", settings.timeout_ms),
             },
             Ok(Err((kind, message))) => Outcome::Failed { kind, message },
-            Ok(Ok(Ok(response))) => Outcome::Succeeded {
-                output: response.data,
-                content_type: response.content_type,
-            },
+            Ok(Ok(Ok(response))) => {
+                // Streamed output first, then the response's data.
+                let mut output = std::mem::take(&mut store.data_mut().streamed);
+                if output.is_empty() {
+                    output = response.data;
+                } else {
+                    output.extend_from_slice(&response.data);
+                }
+                let blob = (output.len() > self.claim_check_bytes)
+                    .then(|| crate::job::BlobRef::of(&output));
+                Outcome::Succeeded {
+                    output,
+                    content_type: response.content_type,
+                    blob,
+                }
+            }
             Ok(Ok(Err(HandlerError::Retryable(message)))) => Outcome::Failed {
                 kind: FailureKind::Retryable,
                 message,
@@ -387,6 +427,17 @@ impl Runtime {
             emitted,
             then: f.record.then.clone(),
         }
+    }
+}
+
+/// The event's data as the handler gets it: inline, or a reference to read in chunks.
+fn payload(job: &QueuedJob) -> Payload {
+    match job.input_blob {
+        Some(blob) => Payload::Blob(RawBlobRef {
+            digest: blob.hex(),
+            size: blob.size,
+        }),
+        None => Payload::Inline(job.input.to_vec()),
     }
 }
 

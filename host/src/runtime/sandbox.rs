@@ -24,6 +24,12 @@ pub(crate) struct Sandbox {
     pub(crate) log: LogSink,
     /// Events and jobs the handler emitted, staged until the attempt's outcome is known.
     pub(crate) emitted: Staged,
+    /// Where large payloads are read from.
+    pub(crate) blobs: std::sync::Arc<dyn super::BlobSource>,
+    /// Output the handler streamed out (`write-output`), in host memory.
+    pub(crate) streamed: Vec<u8>,
+    /// Most bytes it may stream out.
+    pub(crate) max_output: usize,
 }
 
 /// Most emissions one attempt may stage.

@@ -79,5 +79,7 @@ pub(crate) fn decode_v3(bytes: &[u8]) -> Result<Job, String> {
         event: None,
         parent: None,
         pipeline: None,
+        input_blob: None,
+        output_blob: None,
     })
 }

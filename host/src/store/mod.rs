@@ -20,6 +20,7 @@
 //! start when it was not recorded), deploy (component, artifact, function), delete (function
 //! removed, then its remaining jobs cancelled shard by shard).
 
+mod blobs;
 mod catalog;
 mod counts;
 mod demand;
@@ -247,6 +248,9 @@ pub struct NewJob {
     pub parent: Option<crate::job::Parent>,
     /// Its place in a pipeline (set by the store for later stages).
     pub pipeline: Option<crate::job::Pipeline>,
+    /// A large input's blob reference, hashed by the caller (else the store hashes inputs
+    /// above the claim-check threshold itself); with an empty `input`, a blob already stored.
+    pub input_blob: Option<crate::job::BlobRef>,
 }
 
 /// A publish of one event to a topic, as the API hands it to the store.
@@ -260,6 +264,8 @@ pub struct NewEvent {
     pub priority: u8,
     /// The job that emitted it, if a handler did.
     pub parent: Option<crate::job::Parent>,
+    /// A large event's blob reference, hashed by the caller.
+    pub blob: Option<crate::job::BlobRef>,
 }
 
 /// What a publish did with one event.
@@ -368,6 +374,8 @@ pub struct StoreOptions {
     pub idempotency_window: Duration,
     /// Host-wide budget of unfinished jobs' input bytes; submits beyond it get 429.
     pub max_queued_bytes: u64,
+    /// Payloads and outputs larger than this are stored once as blobs (claim checks).
+    pub claim_check_bytes: usize,
 }
 
 /// Handle to the durable state. Cheap to share (`Arc`); reads run on the caller's thread,
@@ -388,6 +396,17 @@ pub struct Store {
     demand: Arc<Demand>,
     /// Unfinished input bytes, all shards together.
     queued_bytes: Arc<AtomicU64>,
+    /// Blobs stored, and their bytes, all shards together.
+    blob_totals: Arc<BlobTotals>,
+}
+
+/// Blobs stored and their bytes (maintained by the writers after each commit).
+#[derive(Default, Debug)]
+pub struct BlobTotals {
+    /// Blobs stored.
+    pub count: AtomicU64,
+    /// Their bytes.
+    pub bytes: AtomicU64,
 }
 
 /// What opening the store found.
@@ -417,6 +436,7 @@ impl Store {
             demand: Arc::new(Demand::default()),
             queued_bytes: Arc::new(AtomicU64::new(0)),
             unfinished: Arc::default(),
+            blob_totals: Arc::default(),
         };
         let mut shards = Vec::with_capacity(count);
         for n in 0..count {
@@ -437,6 +457,7 @@ impl Store {
             stats: shared.stats,
             demand: shared.demand,
             queued_bytes: shared.queued_bytes,
+            blob_totals: shared.blob_totals,
         };
         Ok(Opened { store, feed })
     }
@@ -451,6 +472,30 @@ impl Store {
         for shard in &self.shards {
             shard.send(Op::Refill);
         }
+    }
+
+    /// Blobs stored (claim checks) and their bytes, host-wide.
+    pub fn blob_totals(&self) -> (u64, u64) {
+        (
+            self.blob_totals.count.load(Relaxed),
+            self.blob_totals.bytes.load(Relaxed),
+        )
+    }
+
+    /// Reads `len` bytes of the blob `digest` from `offset` (fewer at its end); `None` when no
+    /// shard holds it.
+    pub fn read_blob(
+        &self,
+        digest: &[u8; 32],
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        for shard in &self.shards {
+            if let Some(bytes) = shard.read_blob(digest, offset, len)? {
+                return Ok(Some(bytes));
+            }
+        }
+        Ok(None)
     }
 
     /// Input bytes of unfinished jobs, host-wide.

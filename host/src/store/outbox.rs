@@ -70,6 +70,7 @@ impl Writer {
                     correlation_id: Some(job.correlation_id.clone()),
                     priority: job.priority,
                     parent: Some(Parent::Job(id.0)),
+                    blob: None,
                 }),
                 Emission::Enqueue {
                     function,
@@ -91,6 +92,7 @@ impl Writer {
                             event: None,
                             parent: Some(Parent::Job(id.0)),
                             pipeline: None,
+                            input_blob: None,
                         },
                         t,
                         fx,
@@ -153,6 +155,7 @@ impl Writer {
                 NewJob {
                     function: next,
                     content_type: job.output_content_type.clone(),
+                    // A large output goes on as the same blob, not a copy.
                     input: job.output.clone().unwrap_or_default().into(),
                     correlation_id: Some(job.correlation_id.clone()),
                     idempotency: None,
@@ -162,6 +165,7 @@ impl Writer {
                     event: None,
                     parent: Some(Parent::Job(id.0)),
                     pipeline: Some(Pipeline::Stage { head: head.0 }),
+                    input_blob: job.output_blob,
                 },
                 t,
                 fx,
@@ -195,6 +199,14 @@ impl Writer {
         if let Some(Pipeline::Head { ended, .. }) = &mut h.pipeline {
             *ended = Some(job.status);
         }
+        // The head takes the last output (a reference to a blob output is shared).
+        if let Some(blob) = job.output_blob {
+            t.blobs.add_ref(blob, &[], &mut fx.blobs)?;
+        }
+        if let Some(old) = h.output_blob.take() {
+            t.blobs.release(old, &mut fx.blobs)?;
+        }
+        h.output_blob = job.output_blob;
         h.output = job.output.clone();
         h.output_content_type = job.output_content_type.clone();
         h.error = job.error.as_ref().map(|e| {

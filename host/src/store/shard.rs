@@ -49,6 +49,9 @@ impl Shard {
         shared
             .queued_bytes
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        let (blobs, blob_bytes) = super::blobs::totals(&db)?;
+        shared.blob_totals.count.fetch_add(blobs, Relaxed);
+        shared.blob_totals.bytes.fetch_add(blob_bytes, Relaxed);
         let (ops, rx) = crossbeam_channel::unbounded();
         let mut w = Writer::new(number, db.clone(), rx, options, feed, shared, next_due);
         let writer = std::thread::Builder::new()
@@ -105,6 +108,16 @@ impl Shard {
         decode_job(row.value())
             .map(Some)
             .map_err(StoreError::Storage)
+    }
+
+    /// Reads part of a blob this shard holds (`None`: it holds no such blob).
+    pub(crate) fn read_blob(
+        &self,
+        digest: &[u8; 32],
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        super::blobs::read(&self.db, digest, offset, len)
     }
 
     /// One published event, as committed.

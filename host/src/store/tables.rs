@@ -31,6 +31,8 @@
 //! - `correlated`: (correlation id, job or event id) -> kind: everything that carries a
 //!   correlation id it did not get from itself (a client's id, an event's), for
 //!   `GET /v1/jobs?correlation_id=`.
+//! - `blobs`: digest -> (size, references) and `blob_chunks`: (digest, n) -> bytes: payloads and
+//!   outputs above the claim-check threshold, stored once (see [`super::blobs`]).
 //!
 //! The catalog also keeps `versions`: (function, version) -> [`FunctionRecord`] as of that
 //! version (JSON), every deploy, settings change and rollback.
@@ -65,6 +67,9 @@ pub(crate) const CORRELATED: TableDefinition<(&str, u128), u8> = TableDefinition
 /// `correlated` kinds.
 pub(crate) const KIND_JOB: u8 = 0;
 pub(crate) const KIND_EVENT: u8 = 1;
+pub(crate) const BLOBS: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("blobs");
+pub(crate) const BLOB_CHUNKS: TableDefinition<(&[u8], u32), &[u8]> =
+    TableDefinition::new("blob_chunks");
 pub(crate) const DEAD_LETTERS: TableDefinition<(&str, u128), ()> =
     TableDefinition::new("dead_letters");
 

@@ -7,8 +7,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use redb::{ReadableTable, Table, WriteTransaction};
 
+use super::blobs::{BlobDelta, BlobTables};
 use super::counts::CountDeltas;
 use super::tables::*;
 use super::writer::{Effects, Writer};
@@ -17,8 +20,8 @@ use super::{
     storage,
 };
 use crate::job::{
-    AttemptRecord, AttemptReport, FailureKind, Job, JobId, JobStatus, MAX_HISTORY, Outcome, Parent,
-    QueuedJob, bounded_error, now_ms, ready_key,
+    AttemptRecord, AttemptReport, BlobRef, FailureKind, Job, JobId, JobStatus, MAX_HISTORY,
+    Outcome, Parent, QueuedJob, bounded_error, now_ms, ready_key,
 };
 use crate::manifest::RetryPolicy;
 
@@ -41,6 +44,7 @@ pub(crate) struct Tables<'txn> {
     events: Table<'txn, u128, &'static [u8]>,
     correlated: Table<'txn, (&'static str, u128), u8>,
     pub(crate) counts: Table<'txn, (&'static str, u8), u64>,
+    pub(crate) blobs: BlobTables<'txn>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -58,6 +62,7 @@ impl<'txn> Tables<'txn> {
             events: txn.open_table(EVENTS).map_err(storage)?,
             correlated: txn.open_table(CORRELATED).map_err(storage)?,
             counts: txn.open_table(COUNTS).map_err(storage)?,
+            blobs: BlobTables::open(txn)?,
         })
     }
 
@@ -146,6 +151,14 @@ impl<'txn> Tables<'txn> {
                 .map_err(storage)?;
         }
         Ok(rows.into_iter().map(|(_, _, id)| id).collect())
+    }
+
+    /// A job is deleted: its input and output blobs lose a reference.
+    fn release_blobs(&mut self, job: &Job, delta: &mut BlobDelta) -> Result<(), StoreError> {
+        for blob in [job.input_blob, job.output_blob].into_iter().flatten() {
+            self.blobs.release(blob, delta)?;
+        }
+        Ok(())
     }
 
     /// When the earliest delayed job is due.
@@ -263,7 +276,7 @@ impl Writer {
             &new.function,
             Some(max_queued),
             1,
-            new.input.len() as u64,
+            new.input_blob.map_or(new.input.len() as u64, |b| b.size),
             fx,
         )? {
             return Ok(Err(e));
@@ -303,7 +316,10 @@ impl Writer {
         let Some(max_queued) = self.shared.deployed.max_queued(&function) else {
             return Ok(Err(SubmitError::FunctionNotFound(function)));
         };
-        let bytes = jobs.iter().map(|j| j.input.len() as u64).sum();
+        let bytes = jobs
+            .iter()
+            .map(|j| j.input_blob.map_or(j.input.len() as u64, |b| b.size))
+            .sum();
         if let Err(e) = self.admit(&function, Some(max_queued), jobs.len() as u64, bytes, fx)? {
             return Ok(Err(e));
         }
@@ -343,6 +359,11 @@ impl Writer {
         let now = now_ms();
         let mut out = Vec::with_capacity(events.len());
         for (new, subscribers) in events.into_iter().zip(subscribers) {
+            // A large event is stored once, however many subscribers get it.
+            let blob = new.blob.or_else(|| {
+                (new.event.data.len() > self.claim_check_bytes && !subscribers.is_empty())
+                    .then(|| BlobRef::of(&new.event.data))
+            });
             let event_id = self.ids.generate();
             let correlation_id = new
                 .correlation_id
@@ -370,6 +391,7 @@ impl Writer {
                         event: Some(Box::new(new.event.attributes.clone())),
                         parent: Some(Parent::Event(event_id.0)),
                         pipeline: None,
+                        input_blob: blob,
                     },
                     now,
                     t,
@@ -455,6 +477,15 @@ impl Writer {
                 .map_err(storage)?;
         }
         let correlation_id = new.correlation_id.unwrap_or_else(|| id.to_string());
+        // A large input is stored once as a blob (a claim check); the job refers to it.
+        let input_blob = match new.input_blob {
+            Some(blob) => Some(blob),
+            None if new.input.len() > self.claim_check_bytes => Some(BlobRef::of(&new.input)),
+            None => None,
+        };
+        if let Some(blob) = input_blob {
+            t.blobs.add_ref(blob, &new.input, &mut fx.blobs)?;
+        }
         let mut job = Job {
             function: new.function,
             status: if delayed.is_some() {
@@ -467,7 +498,11 @@ impl Writer {
             started_at: None,
             finished_at: None,
             input_content_type: new.content_type,
-            input: new.input.to_vec(),
+            input: if input_blob.is_some() {
+                Vec::new()
+            } else {
+                new.input.to_vec()
+            },
             output_content_type: None,
             output: None,
             error: None,
@@ -484,6 +519,8 @@ impl Writer {
             event: new.event.map(|e| *e),
             parent: new.parent,
             pipeline: new.pipeline,
+            input_blob,
+            output_blob: None,
         };
         // A job id is a fresh, increasing number: it is also the job's place in its key's queue.
         t.join_key(id, &mut job, id.0)?;
@@ -492,7 +529,7 @@ impl Writer {
             .insert((job.function.as_str(), id.0), ())
             .map_err(storage)?;
         fx.counts.moved(&job.function, None, Some(job.status));
-        fx.counts.bytes(&job.function, job.input.len() as i64);
+        fx.counts.bytes(&job.function, job.input_size() as i64);
         fx.accepted += 1;
         match delayed {
             Some(at) => self.delay(id, at, t)?,
@@ -508,10 +545,15 @@ impl Writer {
                     function: job.function,
                     attempts: 0,
                     content_type: job.input_content_type,
-                    input: new.input,
+                    input: if input_blob.is_some() {
+                        Bytes::new()
+                    } else {
+                        new.input
+                    },
                     created_at: now,
                     correlation_id: job.correlation_id,
                     event: job.event.map(Box::new),
+                    input_blob,
                 });
             }
         }
@@ -621,11 +663,23 @@ impl Writer {
             Outcome::Succeeded {
                 output,
                 content_type,
+                blob,
             } => {
                 job.status = JobStatus::Succeeded;
-                job.output = Some(output);
                 job.output_content_type = content_type;
                 job.error = None;
+                // A large output is stored once as a blob, like a large input.
+                let blob = blob.or_else(|| {
+                    (output.len() > self.claim_check_bytes).then(|| BlobRef::of(&output))
+                });
+                match blob {
+                    Some(blob) => {
+                        t.blobs.add_ref(blob, &output, &mut fx.blobs)?;
+                        job.output_blob = Some(blob);
+                        job.output = None;
+                    }
+                    None => job.output = Some(output),
+                }
             }
             Outcome::Failed { kind, message } => {
                 let message = bounded_error(&message);
@@ -658,7 +712,7 @@ impl Writer {
         fx.counts.moved(&job.function, Some(from), Some(job.status));
         if job.status.is_terminal() {
             job.finished_at = Some(report.finished_at);
-            fx.counts.bytes(&job.function, -(job.input.len() as i64));
+            fx.counts.bytes(&job.function, -(job.input_size() as i64));
             if matches!(job.status, JobStatus::Failed | JobStatus::Dead) {
                 t.dead_letters
                     .insert((job.function.as_str(), id.0), ())
@@ -755,7 +809,7 @@ impl Writer {
         let now = now_ms();
         fx.counts
             .moved(&job.function, Some(job.status), Some(JobStatus::Cancelled));
-        fx.counts.bytes(&job.function, -(job.input.len() as i64));
+        fx.counts.bytes(&job.function, -(job.input_size() as i64));
         job.status = JobStatus::Cancelled;
         job.not_before = None;
         job.lease_until = None;
@@ -782,7 +836,7 @@ impl Writer {
         };
         fx.counts
             .moved(function, Some(job.status), Some(JobStatus::Queued));
-        fx.counts.bytes(function, job.input.len() as i64);
+        fx.counts.bytes(function, job.input_size() as i64);
         job.status = JobStatus::Queued;
         job.attempts = 0;
         job.started_at = None;
@@ -819,6 +873,7 @@ impl Writer {
                 .remove((job.correlation_id.as_str(), id.0))
                 .map_err(storage)?;
             t.jobs.remove(id.0).map_err(storage)?;
+            t.release_blobs(&job, &mut fx.blobs)?;
         }
         Ok(())
     }
@@ -895,6 +950,7 @@ impl Writer {
                     .remove((job.correlation_id.as_str(), id))
                     .map_err(storage)?;
                 t.jobs.remove(id).map_err(storage)?;
+                t.release_blobs(&job, &mut fx.blobs)?;
                 fx.counts.moved(&job.function, Some(job.status), None);
             } else if let Some(event) = t
                 .events

@@ -178,6 +178,8 @@ pub(crate) struct Effects {
     pub(crate) terminal: Vec<JobId>,
     /// Changes to the per-function counters.
     pub(crate) counts: CountDeltas,
+    /// Blobs added and deleted.
+    pub(crate) blobs: super::blobs::BlobDelta,
     pub(crate) shutdown: bool,
 }
 
@@ -192,6 +194,8 @@ pub(crate) struct Shared {
     pub(crate) queued_bytes: Arc<AtomicU64>,
     /// Unfinished jobs per function, all shards together (for `max_queued`).
     pub(crate) unfinished: Arc<Unfinished>,
+    /// Blobs stored and their bytes, all shards together.
+    pub(crate) blob_totals: Arc<super::BlobTotals>,
 }
 
 pub(crate) struct Writer {
@@ -213,6 +217,8 @@ pub(crate) struct Writer {
     pub(crate) key_window_ms: u64,
     /// Host-wide budget of unfinished input bytes.
     pub(crate) max_queued_bytes: u64,
+    /// Inputs and outputs larger than this are stored as blobs.
+    pub(crate) claim_check_bytes: usize,
     /// How often the sweeper looks for expired jobs and keys.
     pub(crate) sweep_every: Duration,
     /// When it looks next.
@@ -248,6 +254,7 @@ impl Writer {
             retention_ms: options.job_retention.as_millis() as u64,
             key_window_ms: options.idempotency_window.as_millis() as u64,
             max_queued_bytes: options.max_queued_bytes,
+            claim_check_bytes: options.claim_check_bytes,
             sweep_every,
             next_sweep: Instant::now() + sweep_every,
             feed,
@@ -345,6 +352,8 @@ impl Writer {
                         .fetch_sub(bytes.unsigned_abs(), Relaxed);
                 }
                 self.shared.unfinished.apply(&fx.counts);
+                add_signed(&self.shared.blob_totals.count, fx.blobs.count);
+                add_signed(&self.shared.blob_totals.bytes, fx.blobs.bytes);
                 for reply in fx.replies {
                     reply.commit();
                 }
@@ -574,4 +583,13 @@ pub(crate) fn recover(
     }
     txn.commit().map_err(storage)?;
     Ok((next_due, bytes))
+}
+
+/// Adds a signed change to a counter.
+fn add_signed(counter: &AtomicU64, change: i64) {
+    if change >= 0 {
+        counter.fetch_add(change as u64, Relaxed);
+    } else {
+        counter.fetch_sub(change.unsigned_abs(), Relaxed);
+    }
 }
