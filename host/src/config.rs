@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::manifest::Bounds;
+use crate::manifest::{Bounds, RetryPolicy};
 use crate::store::StoreOptions;
 
 /// Everything a host needs to know before it starts. Built by the CLI from flags and
@@ -48,6 +48,15 @@ pub struct Config {
     pub claim_check_bytes: usize,
     /// Largest output an attempt may stream out, in bytes.
     pub max_output_bytes: usize,
+    /// Callback targets allowed although their address is internal: `host` or `host:port`
+    /// (`--allow-callback-host`); loopback is reachable only this way.
+    pub allow_callback_hosts: Vec<String>,
+    /// How failed callbacks are retried (attempts, backoff with full jitter).
+    pub callback_retry: RetryPolicy,
+    /// How long one callback attempt may take.
+    pub callback_timeout: Duration,
+    /// API tokens and their scopes; none means an open API, served on loopback only.
+    pub tokens: crate::api::auth::Tokens,
 }
 
 impl Default for Config {
@@ -70,6 +79,14 @@ impl Default for Config {
             sandbox_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             claim_check_bytes: 256 << 10,
             max_output_bytes: 256 << 20,
+            allow_callback_hosts: Vec::new(),
+            callback_retry: RetryPolicy {
+                max_attempts: 10,
+                backoff_base_ms: 1000,
+                backoff_max_ms: 3_600_000,
+            },
+            callback_timeout: Duration::from_secs(10),
+            tokens: Default::default(),
         }
     }
 }
@@ -90,6 +107,7 @@ impl Config {
             idempotency_window: self.idempotency_window,
             max_queued_bytes: self.max_queued_bytes,
             claim_check_bytes: self.claim_check_bytes,
+            callback_retry: self.callback_retry,
         }
     }
 
@@ -125,6 +143,10 @@ impl Config {
         }
         if self.store_shards == 0 || self.store_shards > 64 {
             return fail("store_shards must be 1 to 64");
+        }
+        crate::webhook::guard::AllowList::parse(&self.allow_callback_hosts).map_err(ConfigError)?;
+        if self.callback_retry.max_attempts == 0 {
+            return fail("callback_retry.max_attempts must be at least 1");
         }
         if self.claim_check_bytes < 1024 {
             return fail("claim_check_bytes must be at least 1024");

@@ -18,6 +18,9 @@ use crate::config::Config;
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
 use crate::store::{Opened, Store};
+use crate::webhook::Sender;
+use crate::webhook::guard::AllowList;
+use crate::webhook::sign::Secrets;
 
 /// Serves the Sluice API on `listener` until `shutdown` resolves, then shuts down gracefully.
 pub async fn run(
@@ -26,6 +29,15 @@ pub async fn run(
     config: Config,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let addr = listener.local_addr()?;
+    if config.tokens.is_empty() {
+        if !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to serve an open API on {addr}: with no API token configured Sluice listens on loopback only; configure tokens (--tokens or --token-file, see docs/security.md) or listen on 127.0.0.1"
+            );
+        }
+        tracing::warn!(%addr, "no API tokens configured: the API is open to local clients (loopback only)");
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -33,8 +45,20 @@ pub async fn run(
         )
     })?;
     let runtime = Arc::new(Runtime::new(&config).context("cannot set up the WebAssembly engine")?);
-    let Opened { store, feed } = Store::open(&config.data_dir, &config.store_options())?;
+    let Opened {
+        store,
+        feed,
+        callbacks,
+    } = Store::open(&config.data_dir, &config.store_options())?;
     let store = Arc::new(store);
+    let secrets = Arc::new(Secrets::new(store.webhook_secrets().await?));
+    let sender = Sender::new(
+        store.clone(),
+        secrets.clone(),
+        AllowList::parse(&config.allow_callback_hosts).map_err(anyhow::Error::msg)?,
+        config.callback_timeout,
+    );
+    let sending = tokio::spawn(sender.run(callbacks));
     load_functions(&store, &runtime).await?;
 
     let sandboxes = sandbox_threads(config.sandbox_threads)?;
@@ -60,6 +84,7 @@ pub async fn run(
         scheduler.clone(),
         config,
         stopping.clone(),
+        secrets,
     );
     let signal = {
         let stopping = stopping.clone();
@@ -69,7 +94,7 @@ pub async fn run(
         }
     };
     tokio::spawn(signal);
-    tracing::info!(addr = %listener.local_addr()?, "serving");
+    tracing::info!(%addr, "serving");
     // Answers are small and latency-bound: send them at once (no Nagle).
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -85,6 +110,7 @@ pub async fn run(
     scheduler.shutdown(grace).await;
     store.shutdown().await;
     feeder.abort();
+    sending.abort();
     // Every task holding the store must be gone before `run` returns, so the data file is closed
     // (a restart in the same process reopens it).
     tokio::task::spawn_blocking(move || {

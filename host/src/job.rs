@@ -156,6 +156,54 @@ pub struct Job {
     pub input_blob: Option<BlobRef>,
     /// A large output, stored once as a blob (`output` is then `None`).
     pub output_blob: Option<BlobRef>,
+    /// The webhook to call when the job ends, and how its delivery went.
+    pub callback: Option<Callback>,
+}
+
+/// A webhook callback (`Sluice-Callback`): a signed POST to `url` once the job is terminal,
+/// committed with the terminal status and retried until delivered or out of attempts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Callback {
+    /// Where to POST.
+    pub url: String,
+    /// Where the delivery is.
+    pub state: CallbackState,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When the next attempt is due (ms since the Unix epoch), while pending.
+    pub next_at: Option<u64>,
+    /// When it was delivered.
+    pub delivered_at: Option<u64>,
+}
+
+/// Where a callback's delivery is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallbackState {
+    /// The job has not ended yet.
+    Waiting,
+    /// The job ended; the POST is due or being retried.
+    Pending,
+    /// A 2xx answer was received.
+    Delivered,
+    /// Given up (attempts used up, or the target is refused).
+    Failed,
+}
+
+impl Callback {
+    /// A callback to `url`, waiting for its job to end.
+    pub fn new(url: String) -> Callback {
+        Callback {
+            url,
+            state: CallbackState::Waiting,
+            attempts: 0,
+            last_error: None,
+            next_at: None,
+            delivered_at: None,
+        }
+    }
 }
 
 /// A payload or output stored once by the host (a claim check): what a job carries instead of

@@ -11,6 +11,7 @@
 //! - [`store`]: owns redb: atomic domain operations behind one group-committing writer.
 //! - [`runtime`]: owns wasmtime: compiles, caches and runs components in limited sandboxes.
 //! - [`scheduler`]: hands queued jobs to sandboxes, at most `max_concurrency` per function.
+//! - [`webhook`]: signed callbacks to `Sluice-Callback` URLs, behind the SSRF guard.
 //! - [`api`]: the HTTP API (axum).
 //! - [`host`]: wires them together: [`run`] serves a listener until a shutdown signal.
 //! - [`bench`]: `sluice bench`: the performance scenarios and the peer comparison.
@@ -27,6 +28,7 @@ pub mod manifest;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;
+pub mod webhook;
 
 pub use config::Config;
 pub use host::run;

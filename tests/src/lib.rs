@@ -424,3 +424,86 @@ pub async fn wait_healthy(http: &reqwest::Client, url: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// One request a [`Receiver`] got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Its path.
+    pub path: String,
+    /// Its headers, names lowercase.
+    pub headers: axum::http::HeaderMap,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+/// A webhook receiver on `127.0.0.1:0`: records every request; answers 500 to the first
+/// `fail_first` of them, a redirect while `redirect_to` is set, else 204.
+pub struct Receiver {
+    /// Its port.
+    pub port: u16,
+    /// Requests so far.
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    /// Requests still to fail with 500.
+    pub fail_first: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Where to redirect (307) instead of answering.
+    pub redirect_to: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Receiver {
+    /// Starts one.
+    pub async fn start() -> Receiver {
+        use axum::response::IntoResponse;
+        let received: std::sync::Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
+        let fail_first: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let redirect_to: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+        let (r, f, d) = (received.clone(), fail_first.clone(), redirect_to.clone());
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let (r, f, d) = (r.clone(), f.clone(), d.clone());
+            async move {
+                let path = request.uri().path().to_string();
+                let headers = request.headers().clone();
+                let body = axum::body::to_bytes(request.into_body(), 64 << 20)
+                    .await
+                    .unwrap_or_default()
+                    .to_vec();
+                r.lock().unwrap().push(Received {
+                    path,
+                    headers,
+                    body,
+                });
+                use std::sync::atomic::Ordering::SeqCst;
+                if f.load(SeqCst) > 0 {
+                    f.fetch_sub(1, SeqCst);
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+                if let Some(to) = d.lock().unwrap().clone() {
+                    return (
+                        axum::http::StatusCode::TEMPORARY_REDIRECT,
+                        [(axum::http::header::LOCATION, to)],
+                    )
+                        .into_response();
+                }
+                axum::http::StatusCode::NO_CONTENT.into_response()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver {
+            port,
+            received,
+            fail_first,
+            redirect_to,
+        }
+    }
+
+    /// `http://127.0.0.1:{port}{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// What it got so far.
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}

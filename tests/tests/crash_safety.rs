@@ -191,6 +191,7 @@ async fn stale_attempts_are_fenced() {
         parent: None,
         pipeline: None,
         input_blob: None,
+        callback: None,
     };
     let report = |outcome: Outcome| AttemptReport {
         outcome,

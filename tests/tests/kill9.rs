@@ -14,8 +14,13 @@ use sluice_tests::{components, free_port, get_json, sluice_binary, wait_healthy}
 const CLIENTS: usize = 8;
 
 fn serve(data: &std::path::Path, port: u16) -> Child {
+    serve_with(data, port, &[])
+}
+
+fn serve_with(data: &std::path::Path, port: u16, env: &[(&str, String)]) -> Child {
     Command::new(sluice_binary())
         .arg("serve")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
         .env("SLUICE_DATA", data)
         .env("RUST_LOG", "warn")
@@ -298,6 +303,96 @@ async fn kill_9_while_handlers_emit_loses_and_doubles_nothing() {
             assert!(Instant::now() < deadline, "{listing}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+    host.kill().unwrap();
+    host.wait().unwrap();
+}
+
+/// `kill -9` with callbacks pending (the receiver was failing): after the restart every one is
+/// delivered; none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_with_pending_callbacks_delivers_them_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let receiver = sluice_tests::Receiver::start().await;
+    receiver
+        .fail_first
+        .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    let env = [
+        (
+            "SLUICE_ALLOW_CALLBACK_HOSTS",
+            format!("127.0.0.1:{}", receiver.port),
+        ),
+        ("SLUICE_CALLBACK_BACKOFF_BASE_MS", "200".to_string()),
+        ("SLUICE_CALLBACK_BACKOFF_MAX_MS", "500".to_string()),
+        ("SLUICE_CALLBACK_MAX_ATTEMPTS", "100".to_string()),
+    ];
+    let mut host = serve_with(tmp.path(), port, &env);
+    wait_healthy(&http, &url).await;
+    let r = http
+        .put(format!("{url}/v1/functions/echo"))
+        .header("content-type", "application/wasm")
+        .body(std::fs::read(components::ECHO).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let r = http
+            .post(format!("{url}/v1/functions/echo/jobs"))
+            .header("sluice-callback", receiver.url(&format!("/hook/{i}")))
+            .body(format!("job {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        ids.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // Every job is done and its callback has failed at least once: pending.
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let job = get_json(&http, &format!("{url}/v1/jobs/{id}")).await;
+            if job["callback"]["attempts"].as_u64().unwrap_or(0) >= 1 {
+                assert_eq!(job["callback"]["state"], "pending", "{job}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{job}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    host.kill().expect("kill -9");
+    host.wait().unwrap();
+    receiver
+        .fail_first
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+
+    let mut host = serve_with(tmp.path(), port, &env);
+    wait_healthy(&http, &url).await;
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let job = get_json(&http, &format!("{url}/v1/jobs/{id}")).await;
+            if job["callback"]["state"] == "delivered" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never delivered: {job}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The receiver got a successful request for every job.
+    let got = receiver.requests();
+    for i in 0..20 {
+        let path = format!("/hook/{i}");
+        assert!(got.iter().any(|r| r.path == path), "nothing for {path}");
     }
     host.kill().unwrap();
     host.wait().unwrap();

@@ -52,6 +52,7 @@ pub(crate) async fn submit(
     let priority = priority(&headers)?;
     let not_before = not_before(&headers)?;
     let ordering_key = ordering_key(&headers)?;
+    let callback = callback(&state, &headers)?;
     let submitted = state
         .store
         .submit(NewJob {
@@ -67,6 +68,7 @@ pub(crate) async fn submit(
             parent: None,
             pipeline: None,
             input_blob,
+            callback,
         })
         .await?;
     // A repeated request with the same idempotency key gets the original answer, as 200.
@@ -231,6 +233,20 @@ fn traceparent(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             "traceparent must be a W3C trace context: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>",
         )),
     }
+}
+
+/// `Sluice-Callback: URL`: checked now as far as it can be without resolving (scheme, a
+/// literal internal address); the sender checks the resolved address of every hop.
+pub(crate) fn callback(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("sluice-callback") else {
+        return Ok(None);
+    };
+    let url = value.to_str().map_err(|_| {
+        ApiError::bad_request("invalid_callback", "Sluice-Callback must be a URL in ASCII")
+    })?;
+    crate::webhook::guard::check_url(url, &state.allow_callbacks)
+        .map_err(|m| ApiError::bad_request("invalid_callback", m))?;
+    Ok(Some(url.to_string()))
 }
 
 /// `Sluice-Ordering-Key`: jobs of a function with the same key run one at a time, in order.
@@ -493,6 +509,7 @@ pub(crate) async fn submit_batch(
     let default_not_before = not_before(&headers)?;
     // One key for the whole batch: its jobs keep their order within the key.
     let ordering_key = ordering_key(&headers)?;
+    let callback = callback(&state, &headers)?;
     let now = now_ms();
     let mut jobs = Vec::with_capacity(items.len());
     let mut statuses = Vec::with_capacity(items.len());
@@ -517,6 +534,7 @@ pub(crate) async fn submit_batch(
             parent: None,
             pipeline: None,
             input_blob: None,
+            callback: callback.clone(),
         });
     }
     let ids = state.store.submit_batch(jobs).await?;
@@ -674,6 +692,14 @@ pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
         "ordering_key": job.ordering_key,
         "version": job.version,
         "parent": job.parent.map(|p| p.to_json()),
+        "callback": job.callback.as_ref().map(|c| json!({
+            "url": c.url,
+            "state": c.state,
+            "attempts": c.attempts,
+            "last_error": c.last_error,
+            "next_attempt_at": c.next_at.map(rfc3339),
+            "delivered_at": c.delivered_at.map(rfc3339),
+        })),
         "event": job.event.as_ref().map(|e| json!({
             "topic": e.topic,
             "id": e.id,

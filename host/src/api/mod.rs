@@ -10,14 +10,18 @@
 //! - `jobs`: submit, show (long-poll), output, list, cancel jobs.
 //! - `dead_letters`: a function's dead-letter queue: list, redrive, purge.
 //! - `topics`: publish CloudEvents to topics; list topics; show a published event.
+//! - `auth`: API tokens and scopes (a middleware on every route).
+//! - `secret`: the webhook signing secret: show, rotate.
 //! - `metrics`: `GET /metrics` in the Prometheus text format.
 
+pub mod auth;
 mod dead_letters;
 mod error;
 mod functions;
 mod jobs;
 mod lifecycle;
 mod metrics;
+mod secret;
 mod topics;
 
 use std::sync::Arc;
@@ -31,6 +35,8 @@ use crate::config::Config;
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
+use crate::webhook::guard::AllowList;
+use crate::webhook::sign::Secrets;
 pub use error::ApiError;
 
 /// What every handler can reach.
@@ -46,6 +52,10 @@ pub struct AppState {
     pub(crate) config: Arc<Config>,
     /// Cancelled when the host starts shutting down: long-polls return early.
     pub(crate) stopping: CancellationToken,
+    /// Webhook signing secrets (shown and rotated here, used by the sender).
+    pub(crate) secrets: Arc<Secrets>,
+    /// Callback targets allowed although internal.
+    pub(crate) allow_callbacks: AllowList,
 }
 
 impl AppState {
@@ -56,13 +66,17 @@ impl AppState {
         scheduler: Scheduler,
         config: Config,
         stopping: CancellationToken,
+        secrets: Arc<Secrets>,
     ) -> Self {
+        let allow_callbacks = AllowList::parse(&config.allow_callback_hosts).unwrap_or_default();
         AppState {
             store,
             runtime,
             scheduler,
             config: Arc::new(config),
             stopping,
+            secrets,
+            allow_callbacks,
         }
     }
 }
@@ -100,10 +114,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/v1/jobs/{id}/output", get(jobs::output))
+        .route("/v1/secret", get(secret::show))
+        .route("/v1/secret/rotate", post(secret::rotate))
         .route("/v1/topics", get(topics::list))
         .route("/v1/topics/{topic}", get(topics::show))
         .route("/v1/topics/{topic}/events", post(topics::publish))
         .route("/v1/events/{id}", get(topics::show_event))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

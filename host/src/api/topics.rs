@@ -36,6 +36,7 @@ pub(crate) async fn publish(
     );
     let events = event::parse(&headers, body)?;
     let correlation_id = correlation_id(&headers)?;
+    let callback = super::jobs::callback(&state, &headers)?;
     let priority = match headers.get("sluice-priority") {
         None => DEFAULT_PRIORITY,
         Some(v) => v
@@ -60,6 +61,7 @@ pub(crate) async fn publish(
             priority,
             parent: None,
             blob,
+            callback: callback.clone(),
         });
     }
     let events = new_events;

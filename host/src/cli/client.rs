@@ -14,6 +14,9 @@ pub struct HostArgs {
     /// The host's base URL.
     #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// API token (sent as `Authorization: Bearer`), when the host requires one.
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `sluice deploy`.
@@ -87,6 +90,8 @@ pub struct FunctionsArgs {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// Bearer token for hosts that require one.
+    token: Option<String>,
 }
 
 impl Client {
@@ -95,10 +100,23 @@ impl Client {
         Client {
             http: reqwest::Client::new(),
             base: base.trim_end_matches('/').to_string(),
+            token: None,
+        }
+    }
+
+    /// A client for the host the flags name, with their token.
+    pub fn for_host(host: &HostArgs) -> Self {
+        Client {
+            token: host.token.clone(),
+            ..Client::new(&host.url)
         }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request.send().await.with_context(|| {
             format!("cannot reach the Sluice host at {}: is `sluice serve` running? (set --url or SLUICE_URL)", self.base)
         })?;
@@ -255,7 +273,7 @@ pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     )?;
     let wasm = std::fs::read(&args.component)
         .with_context(|| format!("cannot read {}", args.component.display()))?;
-    let body = Client::new(&args.host.url)
+    let body = Client::for_host(&args.host)
         .deploy(&name, wasm, &manifest)
         .await?;
     if args.json {
@@ -287,7 +305,7 @@ pub(super) async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
         }
         (None, None) => Vec::new(),
     };
-    let client = Client::new(&args.host.url);
+    let client = Client::for_host(&args.host);
     let accepted = client.submit(&args.name, data, &args.content_type).await?;
     let id = accepted["id"]
         .as_str()
@@ -320,7 +338,9 @@ async fn wait_terminal(client: &Client, id: &str) -> anyhow::Result<Value> {
 }
 
 pub(super) async fn job(args: JobArgs) -> anyhow::Result<()> {
-    let job = Client::new(&args.host.url).job(&args.id, args.wait).await?;
+    let job = Client::for_host(&args.host)
+        .job(&args.id, args.wait)
+        .await?;
     print_job(&job, args.json);
     Ok(())
 }
@@ -356,7 +376,7 @@ fn print_job(job: &Value, json: bool) {
 }
 
 pub(super) async fn functions(args: FunctionsArgs) -> anyhow::Result<()> {
-    let body = Client::new(&args.host.url).functions().await?;
+    let body = Client::for_host(&args.host).functions().await?;
     if args.json {
         println!("{body}");
         return Ok(());

@@ -35,7 +35,7 @@ pub struct RollbackArgs {
 
 /// Lists a function's versions, oldest first.
 pub async fn versions(args: FunctionArgs) -> anyhow::Result<()> {
-    let answer = Client::new(&args.host.url)
+    let answer = Client::for_host(&args.host)
         .call(
             Method::GET,
             &format!("/v1/functions/{}/versions", args.name),
@@ -63,7 +63,7 @@ pub async fn versions(args: FunctionArgs) -> anyhow::Result<()> {
 /// Makes an earlier version current again.
 pub async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
     let body = json!({ "version": args.to });
-    let f = Client::new(&args.host.url)
+    let f = Client::for_host(&args.host)
         .call(
             Method::POST,
             &format!("/v1/functions/{}/rollback", args.name),
@@ -87,7 +87,7 @@ pub async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
 /// Pauses (`true`) or resumes a function.
 pub async fn set_paused(args: FunctionArgs, paused: bool) -> anyhow::Result<()> {
     let action = if paused { "pause" } else { "resume" };
-    let f = Client::new(&args.host.url)
+    let f = Client::for_host(&args.host)
         .call(
             Method::POST,
             &format!("/v1/functions/{}/{action}", args.name),

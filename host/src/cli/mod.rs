@@ -67,6 +67,8 @@ enum Command {
     Topics(topics::TopicsArgs),
     /// Publish a CloudEvent to a topic.
     Publish(topics::PublishArgs),
+    /// Print the webhook signing secret (receivers verify callbacks with it), or rotate it.
+    Secret(ops::SecretArgs),
     /// Measure throughput, latency, sandbox cost and start-up (optionally against BullMQ).
     Bench(crate::bench::BenchArgs),
 }
@@ -116,12 +118,44 @@ pub struct ServeArgs {
     /// Payloads and outputs larger than this many bytes are stored once and streamed in chunks.
     #[arg(long, env = "SLUICE_CLAIM_CHECK_BYTES", default_value_t = 256 << 10)]
     pub claim_check_bytes: usize,
+    /// A callback target allowed although internal: `host` (any port) or `host:port`;
+    /// loopback is reachable only this way (repeat, or comma-separate in the variable).
+    #[arg(long, env = "SLUICE_ALLOW_CALLBACK_HOSTS", value_delimiter = ',')]
+    pub allow_callback_host: Vec<String>,
+    /// Delivery attempts of a callback before it is marked failed.
+    #[arg(long, env = "SLUICE_CALLBACK_MAX_ATTEMPTS", default_value_t = 10)]
+    pub callback_max_attempts: u32,
+    /// Upper bound of the first callback retry's delay, in ms (doubling, full jitter, capped at
+    /// an hour).
+    #[arg(long, env = "SLUICE_CALLBACK_BACKOFF_BASE_MS", default_value_t = 1000)]
+    pub callback_backoff_base_ms: u64,
+    /// Cap on a callback retry's delay, in ms.
+    #[arg(long, env = "SLUICE_CALLBACK_BACKOFF_MAX_MS", default_value_t = 3_600_000)]
+    pub callback_backoff_max_ms: u64,
+    /// API tokens as `SCOPES=TOKEN` entries (scopes: admin, submit, read, joined with +),
+    /// comma-separated. Without any token the API is open and served on loopback only.
+    #[arg(
+        long,
+        env = "SLUICE_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub tokens: Vec<String>,
+    /// A file of `SCOPES=TOKEN` entries, one per line (`#` comments).
+    #[arg(long, env = "SLUICE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
     /// The host configuration these flags describe.
-    pub fn config(&self) -> Config {
-        Config {
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut tokens = crate::api::auth::Tokens::parse(self.tokens.iter().map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("--tokens: {e}"))?;
+        if let Some(path) = &self.token_file {
+            tokens = tokens
+                .merged(&crate::api::auth::Tokens::from_file(path).map_err(anyhow::Error::msg)?);
+        }
+        Ok(Config {
             data_dir: self.data.clone(),
             grace_period: Duration::from_secs(self.grace_period),
             max_body_bytes: self.max_body_bytes,
@@ -134,11 +168,20 @@ impl ServeArgs {
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
             max_queued_bytes: self.max_queued_bytes,
             claim_check_bytes: self.claim_check_bytes,
+            allow_callback_hosts: self.allow_callback_host.clone(),
+            callback_retry: crate::manifest::RetryPolicy {
+                max_attempts: self.callback_max_attempts,
+                backoff_base_ms: self.callback_backoff_base_ms,
+                backoff_max_ms: self
+                    .callback_backoff_max_ms
+                    .max(self.callback_backoff_base_ms),
+            },
+            tokens,
             sandbox_threads: self
                 .sandbox_threads
                 .unwrap_or(Config::default().sandbox_threads),
             ..Config::default()
-        }
+        })
     }
 }
 
@@ -180,6 +223,7 @@ pub fn main() -> ExitCode {
             Command::Resume(args) => lifecycle::set_paused(args, false).await,
             Command::Topics(args) => topics::topics(args).await,
             Command::Publish(args) => topics::publish(args).await,
+            Command::Secret(args) => ops::secret(args).await,
             Command::Bench(args) => crate::bench::run(args).await,
         }
     });
@@ -193,7 +237,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.config();
+    let config = args.config()?;
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -97,9 +97,44 @@ struct Selection {
     json: bool,
 }
 
+/// `sluice secret [--rotate]`.
+#[derive(Args, Debug)]
+pub struct SecretArgs {
+    /// Make a new secret; the old one keeps signing for 24 hours.
+    #[arg(long)]
+    pub rotate: bool,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints or rotates the webhook signing secret.
+pub async fn secret(args: SecretArgs) -> anyhow::Result<()> {
+    let client = Client::for_host(&args.host);
+    let answer = if args.rotate {
+        client.call(Method::POST, "/v1/secret/rotate", None).await?
+    } else {
+        client.call(Method::GET, "/v1/secret", None).await?
+    };
+    if args.json {
+        println!("{answer}");
+        return Ok(());
+    }
+    println!("{}", answer["secret"].as_str().unwrap_or("?"));
+    if let Some(previous) = answer["previous"].as_str() {
+        eprintln!(
+            "the previous secret {previous} also signs until {}",
+            answer["previous_signs_until"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
 /// Prints a function's stats.
 pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
-    let s = Client::new(&args.host.url).stats(&args.name).await?;
+    let s = Client::for_host(&args.host).stats(&args.name).await?;
     if args.json {
         println!("{s}");
         return Ok(());
@@ -140,7 +175,7 @@ pub async fn config(args: ConfigArgs) -> anyhow::Result<()> {
         };
         changes.insert(key.to_string(), value);
     }
-    let f = Client::new(&args.host.url)
+    let f = Client::for_host(&args.host)
         .configure(&args.name, &Value::Object(changes))
         .await?;
     if args.json {
@@ -163,7 +198,7 @@ pub async fn config(args: ConfigArgs) -> anyhow::Result<()> {
 
 /// Cancels a queued or delayed job.
 pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
-    let job = Client::new(&args.host.url)
+    let job = Client::for_host(&args.host)
         .call(Method::DELETE, &format!("/v1/jobs/{}", args.id), None)
         .await?;
     if args.json {
@@ -192,7 +227,7 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
             if let Some(c) = cursor {
                 path.push_str(&format!("&cursor={c}"));
             }
-            let page = Client::new(&host.url)
+            let page = Client::for_host(&host)
                 .call(Method::GET, &path, None)
                 .await?;
             if json {
@@ -230,7 +265,7 @@ async fn act(sel: Selection, action: &str, key: &str) -> anyhow::Result<()> {
     } else {
         json!({ "ids": sel.id })
     };
-    let answer = Client::new(&sel.host.url)
+    let answer = Client::for_host(&sel.host)
         .call(
             Method::POST,
             &format!("/v1/functions/{}/dead-letters/{action}", sel.name),

@@ -53,7 +53,7 @@ pub struct PublishArgs {
 
 /// Lists topics, or shows one.
 pub async fn topics(args: TopicsArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.host.url);
+    let client = Client::for_host(&args.host);
     let path = match &args.topic {
         Some(t) => format!("/v1/topics/{t}"),
         None => "/v1/topics".to_string(),
@@ -136,7 +136,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         event["datacontenttype"] = "application/json".into();
         event["data"] = data;
     }
-    let answer = Client::new(&args.host.url)
+    let answer = Client::for_host(&args.host)
         .publish(&args.topic, &event, args.correlation_id.as_deref())
         .await?;
     if args.json {

@@ -23,7 +23,7 @@ pub struct UpArgs {
 pub(super) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let functions = args.functions.clone();
     let examples = tokio::task::spawn_blocking(move || examples::build(&functions)).await??;
-    let config = args.serve.config();
+    let config = args.serve.config()?;
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(args.serve.listen)
         .await

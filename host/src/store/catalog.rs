@@ -13,6 +13,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use super::tables::*;
 use super::{RollbackError, StoreError, storage};
 use crate::manifest::Subscription;
+use crate::webhook::sign::SecretRecord;
+
+/// The `meta` row of the webhook secrets.
+const WEBHOOK_SECRETS: &str = "webhook_secrets";
 
 /// The deployed functions with their `max_queued` and subscriptions, shared with every shard
 /// writer so a submit checks existence and admission, and a publish finds its subscribers,
@@ -107,6 +111,7 @@ impl Catalog {
             txn.open_table(COMPONENTS).map_err(storage)?;
             txn.open_table(ARTIFACTS).map_err(storage)?;
             txn.open_table(VERSIONS).map_err(storage)?;
+            txn.open_table(META).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         for record in catalog.functions()? {
@@ -401,6 +406,45 @@ impl Catalog {
             out.push(decode_function(v.value()).map_err(StoreError::Storage)?);
         }
         Ok(out)
+    }
+
+    /// The webhook signing secrets, generated and stored the first time.
+    pub(crate) fn webhook_secrets(&self) -> Result<SecretRecord, StoreError> {
+        let txn = self.write()?;
+        let record = {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            let stored = meta
+                .get(WEBHOOK_SECRETS)
+                .map_err(storage)?
+                .and_then(|v| serde_json::from_slice::<SecretRecord>(v.value()).ok());
+            match stored {
+                Some(record) => {
+                    drop(meta);
+                    txn.abort().map_err(storage)?;
+                    return Ok(record);
+                }
+                None => {
+                    let record = SecretRecord::generate();
+                    let json = serde_json::to_vec(&record).expect("a record serialises");
+                    meta.insert(WEBHOOK_SECRETS, json.as_slice())
+                        .map_err(storage)?;
+                    record
+                }
+            }
+        };
+        txn.commit().map_err(storage)?;
+        Ok(record)
+    }
+
+    /// Stores new webhook secrets (a rotation).
+    pub(crate) fn set_webhook_secrets(&self, record: &SecretRecord) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        let json = serde_json::to_vec(record).expect("a record serialises");
+        txn.open_table(META)
+            .map_err(storage)?
+            .insert(WEBHOOK_SECRETS, json.as_slice())
+            .map_err(storage)?;
+        txn.commit().map_err(storage)
     }
 
     /// Bytes stored under `key` in a blob table (components, artifacts).

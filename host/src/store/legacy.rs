@@ -81,5 +81,6 @@ pub(crate) fn decode_v3(bytes: &[u8]) -> Result<Job, String> {
         pipeline: None,
         input_blob: None,
         output_blob: None,
+        callback: None,
     })
 }

@@ -21,6 +21,7 @@
 //! removed, then its remaining jobs cancelled shard by shard).
 
 mod blobs;
+mod callbacks;
 mod catalog;
 mod counts;
 mod demand;
@@ -251,6 +252,8 @@ pub struct NewJob {
     /// A large input's blob reference, hashed by the caller (else the store hashes inputs
     /// above the claim-check threshold itself); with an empty `input`, a blob already stored.
     pub input_blob: Option<crate::job::BlobRef>,
+    /// `Sluice-Callback`: a URL to POST to when the job ends.
+    pub callback: Option<String>,
 }
 
 /// A publish of one event to a topic, as the API hands it to the store.
@@ -266,6 +269,8 @@ pub struct NewEvent {
     pub parent: Option<crate::job::Parent>,
     /// A large event's blob reference, hashed by the caller.
     pub blob: Option<crate::job::BlobRef>,
+    /// A URL each delivery POSTs to when it ends.
+    pub callback: Option<String>,
 }
 
 /// What a publish did with one event.
@@ -301,6 +306,11 @@ pub(crate) struct AttemptStart {
 
 /// Jobs that became queued in a commit, in commit order, for the scheduler.
 pub type CommitFeed = mpsc::UnboundedReceiver<Vec<QueuedJob>>;
+
+/// Jobs whose webhook callback is due, for the webhook sender.
+pub type CallbackFeed = mpsc::UnboundedReceiver<Vec<JobId>>;
+
+pub use callbacks::CallbackResult;
 
 /// A page of jobs, newest first.
 #[derive(Debug)]
@@ -376,6 +386,8 @@ pub struct StoreOptions {
     pub max_queued_bytes: u64,
     /// Payloads and outputs larger than this are stored once as blobs (claim checks).
     pub claim_check_bytes: usize,
+    /// How failed webhook callbacks are retried.
+    pub callback_retry: RetryPolicy,
 }
 
 /// Handle to the durable state. Cheap to share (`Arc`); reads run on the caller's thread,
@@ -416,6 +428,8 @@ pub struct Opened {
     /// Ready jobs handed to the scheduler after each commit (within its [`Demand`]); at start-up
     /// this includes the jobs the previous process left queued or running.
     pub feed: CommitFeed,
+    /// Due webhook callbacks, for the sender (at start-up: those a previous process left).
+    pub callbacks: CallbackFeed,
 }
 
 impl Store {
@@ -429,6 +443,7 @@ impl Store {
         let cache = options.cache_bytes / (count + 1);
         let catalog = Arc::new(Catalog::open(&data_dir.join("catalog.redb"), cache)?);
         let (feed_tx, feed) = mpsc::unbounded_channel();
+        let (callbacks_tx, callbacks) = mpsc::unbounded_channel();
         let shared = Shared {
             waiters: Arc::new(Waiters::default()),
             stats: Arc::new(StoreStats::default()),
@@ -437,6 +452,7 @@ impl Store {
             queued_bytes: Arc::new(AtomicU64::new(0)),
             unfinished: Arc::default(),
             blob_totals: Arc::default(),
+            callbacks: callbacks_tx,
         };
         let mut shards = Vec::with_capacity(count);
         for n in 0..count {
@@ -459,7 +475,11 @@ impl Store {
             queued_bytes: shared.queued_bytes,
             blob_totals: shared.blob_totals,
         };
-        Ok(Opened { store, feed })
+        Ok(Opened {
+            store,
+            feed,
+            callbacks,
+        })
     }
 
     /// The scheduler's credit table: grant credit there, then call [`Store::refill`].
@@ -619,6 +639,13 @@ impl Store {
         }
     }
 
+    /// Records how a webhook delivery attempt of job `id` went (not awaited).
+    pub fn callback_done(&self, id: JobId, result: CallbackResult) {
+        if let Some(shard) = self.shard(id) {
+            shard.send(Op::CallbackDone { id, result });
+        }
+    }
+
     /// Cancels a `queued` or `delayed` job; returns it as committed.
     pub async fn cancel(&self, id: JobId) -> Result<Job, CancelError> {
         let shard = self.shard(id).ok_or(CancelError::NotFound(id))?;
@@ -755,6 +782,21 @@ impl Store {
         let catalog = self.catalog.clone();
         let name = name.to_string();
         blocking(move || catalog.set_paused(&name, paused)).await
+    }
+
+    /// The webhook signing secrets (generated the first time).
+    pub async fn webhook_secrets(&self) -> Result<crate::webhook::sign::SecretRecord, StoreError> {
+        let catalog = self.catalog.clone();
+        blocking(move || catalog.webhook_secrets()).await
+    }
+
+    /// Stores rotated webhook secrets.
+    pub async fn set_webhook_secrets(
+        &self,
+        record: crate::webhook::sign::SecretRecord,
+    ) -> Result<(), StoreError> {
+        let catalog = self.catalog.clone();
+        blocking(move || catalog.set_webhook_secrets(&record)).await
     }
 
     /// A function's versions, oldest first (empty when it is not deployed).

@@ -71,6 +71,7 @@ impl Writer {
                     priority: job.priority,
                     parent: Some(Parent::Job(id.0)),
                     blob: None,
+                    callback: None,
                 }),
                 Emission::Enqueue {
                     function,
@@ -93,6 +94,7 @@ impl Writer {
                             parent: Some(Parent::Job(id.0)),
                             pipeline: None,
                             input_blob: None,
+                            callback: None,
                         },
                         t,
                         fx,
@@ -166,6 +168,7 @@ impl Writer {
                     parent: Some(Parent::Job(id.0)),
                     pipeline: Some(Pipeline::Stage { head: head.0 }),
                     input_blob: job.output_blob,
+                    callback: None,
                 },
                 t,
                 fx,
@@ -218,6 +221,7 @@ impl Writer {
             )
         });
         h.finished_at = job.finished_at;
+        self.schedule_callback(head, &mut h, t)?;
         t.put_job(head, &h)?;
         fx.terminal.push(head);
         Ok(())

@@ -31,6 +31,7 @@
 //! - `correlated`: (correlation id, job or event id) -> kind: everything that carries a
 //!   correlation id it did not get from itself (a client's id, an event's), for
 //!   `GET /v1/jobs?correlation_id=`.
+//! - `callbacks`: (due ms, job id) -> (): webhook callbacks not yet delivered, earliest first.
 //! - `blobs`: digest -> (size, references) and `blob_chunks`: (digest, n) -> bytes: payloads and
 //!   outputs above the claim-check threshold, stored once (see [`super::blobs`]).
 //!
@@ -48,6 +49,8 @@ use crate::manifest::Settings;
 pub(crate) const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 pub(crate) const COMPONENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("components");
 pub(crate) const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
+/// Host-wide settings kept with the catalog (the webhook signing secrets), JSON by name.
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 pub(crate) const READY: TableDefinition<(&str, u8, u64, u128), ()> = TableDefinition::new("ready");
 pub(crate) const COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("counts");
@@ -70,6 +73,7 @@ pub(crate) const KIND_EVENT: u8 = 1;
 pub(crate) const BLOBS: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("blobs");
 pub(crate) const BLOB_CHUNKS: TableDefinition<(&[u8], u32), &[u8]> =
     TableDefinition::new("blob_chunks");
+pub(crate) const CALLBACKS: TableDefinition<(u64, u128), ()> = TableDefinition::new("callbacks");
 pub(crate) const DEAD_LETTERS: TableDefinition<(&str, u128), ()> =
     TableDefinition::new("dead_letters");
 

@@ -45,6 +45,7 @@ pub(crate) struct Tables<'txn> {
     correlated: Table<'txn, (&'static str, u128), u8>,
     pub(crate) counts: Table<'txn, (&'static str, u8), u64>,
     pub(crate) blobs: BlobTables<'txn>,
+    pub(crate) callbacks: Table<'txn, (u64, u128), ()>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -63,6 +64,7 @@ impl<'txn> Tables<'txn> {
             correlated: txn.open_table(CORRELATED).map_err(storage)?,
             counts: txn.open_table(COUNTS).map_err(storage)?,
             blobs: BlobTables::open(txn)?,
+            callbacks: txn.open_table(CALLBACKS).map_err(storage)?,
         })
     }
 
@@ -392,6 +394,7 @@ impl Writer {
                         parent: Some(Parent::Event(event_id.0)),
                         pipeline: None,
                         input_blob: blob,
+                        callback: new.callback.clone(),
                     },
                     now,
                     t,
@@ -521,6 +524,7 @@ impl Writer {
             pipeline: new.pipeline,
             input_blob,
             output_blob: None,
+            callback: new.callback.map(crate::job::Callback::new),
         };
         // A job id is a fresh, increasing number: it is also the job's place in its key's queue.
         t.join_key(id, &mut job, id.0)?;
@@ -731,6 +735,7 @@ impl Writer {
             if job.visible_status().is_terminal() {
                 fx.terminal.push(id);
             }
+            self.schedule_callback(id, &mut job, t)?;
             t.put_job(id, &job)?;
             return self.release_key(&job, t, fx);
         }
@@ -816,6 +821,7 @@ impl Writer {
         job.finished_at = Some(now);
         job.error = Some(reason.to_string());
         t.finished.insert((now, id.0), ()).map_err(storage)?;
+        self.schedule_callback(id, job, t)?;
         t.put_job(id, job)?;
         fx.terminal.push(id);
         fx.released.push(id);

@@ -86,6 +86,11 @@ pub(crate) enum Op {
         reason: String,
         reply: oneshot::Sender<Result<Vec<JobId>, StoreError>>,
     },
+    /// How a webhook delivery attempt went.
+    CallbackDone {
+        id: JobId,
+        result: super::CallbackResult,
+    },
     /// The scheduler has room again: hand out ready jobs left in the table (changes nothing).
     Refill,
     Shutdown {
@@ -180,6 +185,10 @@ pub(crate) struct Effects {
     pub(crate) counts: CountDeltas,
     /// Blobs added and deleted.
     pub(crate) blobs: super::blobs::BlobDelta,
+    /// Callbacks due, for the sender.
+    pub(crate) callbacks_due: Vec<JobId>,
+    /// Callbacks whose delivery attempt was recorded (no longer with the sender).
+    pub(crate) callbacks_finished: Vec<JobId>,
     pub(crate) shutdown: bool,
 }
 
@@ -196,6 +205,8 @@ pub(crate) struct Shared {
     pub(crate) unfinished: Arc<Unfinished>,
     /// Blobs stored and their bytes, all shards together.
     pub(crate) blob_totals: Arc<super::BlobTotals>,
+    /// Where due callbacks go.
+    pub(crate) callbacks: mpsc::UnboundedSender<Vec<JobId>>,
 }
 
 pub(crate) struct Writer {
@@ -219,6 +230,12 @@ pub(crate) struct Writer {
     pub(crate) max_queued_bytes: u64,
     /// Inputs and outputs larger than this are stored as blobs.
     pub(crate) claim_check_bytes: usize,
+    /// How failed callbacks are retried.
+    pub(crate) callback_retry: RetryPolicy,
+    /// When the earliest callback not with the sender is due.
+    pub(crate) next_callback: Option<u64>,
+    /// Callbacks handed to the sender and not yet reported back.
+    pub(crate) callbacks_sending: HashSet<JobId>,
     /// How often the sweeper looks for expired jobs and keys.
     pub(crate) sweep_every: Duration,
     /// When it looks next.
@@ -255,6 +272,10 @@ impl Writer {
             key_window_ms: options.idempotency_window.as_millis() as u64,
             max_queued_bytes: options.max_queued_bytes,
             claim_check_bytes: options.claim_check_bytes,
+            callback_retry: options.callback_retry,
+            // Callbacks left by a previous process are looked for at once.
+            next_callback: Some(0),
+            callbacks_sending: HashSet::new(),
             sweep_every,
             next_sweep: Instant::now() + sweep_every,
             feed,
@@ -276,7 +297,7 @@ impl Writer {
         loop {
             // Wait for work, until the earliest delayed job is due, or until the next sweep.
             let mut wait = self.next_sweep.saturating_duration_since(Instant::now());
-            if let Some(due) = self.next_due {
+            for due in [self.next_due, self.next_callback].into_iter().flatten() {
                 wait = wait.min(Duration::from_millis(due.saturating_sub(now_ms())));
             }
             match self.rx.recv_timeout(wait) {
@@ -365,12 +386,21 @@ impl Writer {
                 }
                 self.hand_out(fx.ready);
                 self.shared.waiters.wake(&fx.terminal);
+                for id in &fx.callbacks_finished {
+                    self.callbacks_sending.remove(id);
+                }
+                if !fx.callbacks_due.is_empty() {
+                    self.callbacks_sending
+                        .extend(fx.callbacks_due.iter().copied());
+                    let _ = self.shared.callbacks.send(fx.callbacks_due);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "a batch of {} operations was not committed", batch.len());
                 // Delayed jobs noted in the failed batch are not durable; look again next time,
                 // and read the ready table again for whatever this batch would have handed out.
                 self.next_due = Some(0);
+                self.next_callback = Some(0);
                 self.refill_cursor.clear();
                 for job in fx.ready {
                     self.overflow.insert(job.function);
@@ -426,6 +456,9 @@ impl Writer {
                 if let Err(e) = self.promote_due(&mut t, fx) {
                     result = Err(e);
                 }
+            }
+            if result.is_ok() && self.next_callback.is_some_and(|due| due <= now_ms()) {
+                result = self.due_callbacks(&mut t, fx);
             }
             if result.is_ok() && Instant::now() >= self.next_sweep {
                 match self.sweep(&mut t, fx) {
@@ -524,6 +557,7 @@ impl Writer {
                 let cancelled = self.cancel_function(&name, &reason, t, fx)?;
                 fx.replies.push(answer(reply, Ok(cancelled)));
             }
+            Op::CallbackDone { id, result } => self.callback_done(id, result, t, fx)?,
             Op::Refill => {}
             Op::Shutdown { reply } => {
                 fx.shutdown = true;
@@ -556,7 +590,7 @@ fn reject(op: Op, fx: &mut Effects) {
             fx.shutdown = true;
             fx.replies.push(Reply::Shutdown(reply))
         }
-        Op::Start { .. } | Op::Finish { .. } | Op::Refill => {}
+        Op::Start { .. } | Op::Finish { .. } | Op::Refill | Op::CallbackDone { .. } => {}
     }
 }
 

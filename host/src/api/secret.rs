@@ -1,0 +1,31 @@
+//! The webhook signing secret: show it (receivers need it to verify callbacks) and rotate it.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::job::{now_ms, rfc3339};
+use crate::webhook::sign::SecretRecord;
+
+/// `GET /v1/secret`: the current `whsec_` secret (and the previous one while it still signs).
+pub(crate) async fn show(State(state): State<AppState>) -> Json<Value> {
+    Json(secret_json(&state.secrets.record()))
+}
+
+/// `POST /v1/secret/rotate`: a new secret; the old one keeps signing for 24 hours, so both
+/// signatures are sent and receivers can switch without missing a callback.
+pub(crate) async fn rotate(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let record = state.secrets.record().rotated(now_ms());
+    state.store.set_webhook_secrets(record.clone()).await?;
+    state.secrets.set(record.clone());
+    Ok(Json(secret_json(&record)))
+}
+
+fn secret_json(r: &SecretRecord) -> Value {
+    json!({
+        "secret": r.current,
+        "previous": r.previous,
+        "previous_signs_until": r.previous_until.map(rfc3339),
+    })
+}

@@ -1,0 +1,125 @@
+//! Webhook callbacks, on the store's side: a callback becomes due in the same transaction that
+//! makes its job terminal (so a crash cannot lose it), sits in the `callbacks` timer index
+//! until delivered, and records each delivery attempt. The writer hands due callbacks to the
+//! webhook sender (see [`crate::webhook`]) and takes its results back as operations.
+
+use redb::ReadableTable;
+
+use super::transitions::Tables;
+use super::writer::{Effects, Writer};
+use super::{StoreError, storage};
+use crate::job::{CallbackState, Job, JobId, bounded_error, now_ms};
+
+/// Due callbacks handed to the sender per commit at most.
+const MAX_HAND_OUT: usize = 1000;
+
+/// How a delivery attempt went, as the sender reports it.
+#[derive(Debug, Clone)]
+pub enum CallbackResult {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// It failed; `retry` says whether another attempt may help (a refused target will not).
+    Failed {
+        /// Why, for a person.
+        error: String,
+        /// Try again later.
+        retry: bool,
+    },
+}
+
+impl Writer {
+    /// A job just became terminal (as the API shows it): its callback, if any, is due now.
+    pub(crate) fn schedule_callback(
+        &mut self,
+        id: JobId,
+        job: &mut Job,
+        t: &mut Tables<'_>,
+    ) -> Result<(), StoreError> {
+        if !job.visible_status().is_terminal() {
+            return Ok(());
+        }
+        let Some(callback) = &mut job.callback else {
+            return Ok(());
+        };
+        if callback.state != CallbackState::Waiting {
+            return Ok(());
+        }
+        let now = now_ms();
+        callback.state = CallbackState::Pending;
+        callback.next_at = Some(now);
+        t.callbacks.insert((now, id.0), ()).map_err(storage)?;
+        self.next_callback = Some(self.next_callback.map_or(now, |d| d.min(now)));
+        Ok(())
+    }
+
+    /// Collects due callbacks not already with the sender (handed over after the commit) and
+    /// notes when the next one is due.
+    pub(crate) fn due_callbacks(
+        &mut self,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.next_callback = None;
+        for row in t.callbacks.iter().map_err(storage)? {
+            let (at, id) = row.map_err(storage)?.0.value();
+            let id = JobId(id);
+            if self.callbacks_sending.contains(&id) {
+                continue;
+            }
+            if at > now || fx.callbacks_due.len() >= MAX_HAND_OUT {
+                self.next_callback = Some(at.max(now));
+                break;
+            }
+            fx.callbacks_due.push(id);
+        }
+        Ok(())
+    }
+
+    /// Records a delivery attempt: delivered, retried after a backoff, or given up.
+    pub(crate) fn callback_done(
+        &mut self,
+        id: JobId,
+        result: CallbackResult,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        fx.callbacks_finished.push(id);
+        let Some(mut job) = t.job(id)? else {
+            return Ok(());
+        };
+        let Some(callback) = &mut job.callback else {
+            return Ok(());
+        };
+        if callback.state != CallbackState::Pending {
+            return Ok(());
+        }
+        if let Some(at) = callback.next_at.take() {
+            t.callbacks.remove((at, id.0)).map_err(storage)?;
+        }
+        callback.attempts += 1;
+        let now = now_ms();
+        match result {
+            CallbackResult::Delivered => {
+                callback.state = CallbackState::Delivered;
+                callback.delivered_at = Some(now);
+                callback.last_error = None;
+            }
+            CallbackResult::Failed { error, retry } => {
+                callback.last_error = Some(bounded_error(&error));
+                if retry && callback.attempts < self.callback_retry.max_attempts {
+                    let at = now
+                        + self
+                            .callback_retry
+                            .delay_ms(callback.attempts - 1, &mut self.rng);
+                    callback.next_at = Some(at);
+                    t.callbacks.insert((at, id.0), ()).map_err(storage)?;
+                    self.next_callback = Some(self.next_callback.map_or(at, |d| d.min(at)));
+                } else {
+                    callback.state = CallbackState::Failed;
+                }
+            }
+        }
+        t.put_job(id, &job)
+    }
+}

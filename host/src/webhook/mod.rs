@@ -1,0 +1,250 @@
+//! Webhook callbacks: the sender that POSTs a job's outcome to its `Sluice-Callback` URL,
+//! signed per Standard Webhooks, through the SSRF guard.
+//!
+//! The store makes a callback due in the same commit that makes its job terminal, hands due
+//! callbacks here, and records each attempt's result (retrying failures with backoff and
+//! jitter); a callback left pending by a crash is handed out again at the next start. Delivery
+//! is at-least-once, and `webhook-id` stays the same across attempts so a receiver can
+//! deduplicate.
+//!
+//! ## Layout
+//! - `guard`: which targets a callback may reach (the address actually connected to).
+//! - `sign`: Standard Webhooks signatures and the host's secrets.
+
+pub mod guard;
+pub mod sign;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::job::{Job, JobId, now_ms, rfc3339};
+use crate::store::{CallbackFeed, CallbackResult, Store};
+use guard::AllowList;
+use sign::Secrets;
+
+/// Redirects a delivery follows at most (each hop checked by the guard).
+const MAX_REDIRECTS: usize = 5;
+/// Deliveries in flight at once.
+const CONCURRENCY: usize = 64;
+/// Outputs up to this size (UTF-8) are inlined in the payload; larger ones are linked.
+const INLINE_OUTPUT: usize = 64 << 10;
+
+/// Delivers due callbacks.
+pub struct Sender {
+    store: Arc<Store>,
+    secrets: Arc<Secrets>,
+    allow: AllowList,
+    timeout: Duration,
+    slots: Arc<Semaphore>,
+}
+
+impl Sender {
+    /// A sender signing with `secrets`, refusing targets the guard denies unless `allow` names
+    /// them, giving each attempt `timeout`.
+    pub fn new(
+        store: Arc<Store>,
+        secrets: Arc<Secrets>,
+        allow: AllowList,
+        timeout: Duration,
+    ) -> Sender {
+        Sender {
+            store,
+            secrets,
+            allow,
+            timeout,
+            slots: Arc::new(Semaphore::new(CONCURRENCY)),
+        }
+    }
+
+    /// Delivers callbacks as the store hands them out, until it closes.
+    pub async fn run(self, mut feed: CallbackFeed) {
+        let this = Arc::new(self);
+        while let Some(ids) = feed.recv().await {
+            for id in ids {
+                let permit = this.slots.clone().acquire_owned().await;
+                let this = this.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let result = this.deliver(id).await;
+                    this.store.callback_done(id, result);
+                });
+            }
+        }
+    }
+
+    /// One delivery attempt of job `id`'s callback.
+    async fn deliver(&self, id: JobId) -> CallbackResult {
+        let job = match self.store.job(id) {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                return CallbackResult::Failed {
+                    error: "the job is gone".into(),
+                    retry: false,
+                };
+            }
+            Err(e) => {
+                return CallbackResult::Failed {
+                    error: e.to_string(),
+                    retry: true,
+                };
+            }
+        };
+        let Some(callback) = &job.callback else {
+            return CallbackResult::Failed {
+                error: "the job has no callback".into(),
+                retry: false,
+            };
+        };
+        let body = serde_json::to_vec(&payload(id, &job)).expect("JSON values serialise");
+        let msg_id = format!("msg_{id}");
+        let url = match guard::check_url(&callback.url, &self.allow) {
+            Ok(url) => url,
+            Err(e) => {
+                return CallbackResult::Failed {
+                    error: e,
+                    retry: false,
+                };
+            }
+        };
+        self.post(url, &msg_id, &body).await
+    }
+
+    /// POSTs the signed body, following redirects hop by hop through the guard.
+    async fn post(&self, mut url: Url, msg_id: &str, body: &[u8]) -> CallbackResult {
+        for _ in 0..=MAX_REDIRECTS {
+            let addrs = match guard::resolve(&url, &self.allow).await {
+                Ok(a) => a,
+                Err(e) => {
+                    return CallbackResult::Failed {
+                        error: e,
+                        retry: false,
+                    };
+                }
+            };
+            let host = guard::host_of(&url).unwrap_or_default();
+            // Connect only to the addresses just checked.
+            let client = match reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(self.timeout)
+                .resolve_to_addrs(host.trim_matches(|c| c == '[' || c == ']'), &addrs)
+                .build()
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    return CallbackResult::Failed {
+                        error: format!("cannot set up the request: {e}"),
+                        retry: true,
+                    };
+                }
+            };
+            let now = now_ms();
+            let timestamp = now / 1000;
+            let signature = self.secrets.sign(msg_id, timestamp, body, now);
+            let sent = client
+                .post(url.clone())
+                .header("content-type", "application/json")
+                .header("user-agent", concat!("sluice/", env!("CARGO_PKG_VERSION")))
+                .header("webhook-id", msg_id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signature)
+                .body(body.to_vec())
+                .send()
+                .await;
+            let response = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    return CallbackResult::Failed {
+                        error: format!("POST {url} failed: {e}"),
+                        retry: true,
+                    };
+                }
+            };
+            // Defense in depth: the peer must be one of the checked addresses.
+            if let Some(peer) = response.remote_addr()
+                && !addrs.iter().any(|a| a.ip() == peer.ip())
+            {
+                return CallbackResult::Failed {
+                    error: format!("connected to {peer}, which was not checked; refused"),
+                    retry: false,
+                };
+            }
+            let status = response.status();
+            if status.is_success() {
+                return CallbackResult::Delivered;
+            }
+            if status.is_redirection() {
+                let next = response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|l| url.join(l).ok());
+                match next {
+                    Some(next) => match guard::check_url(next.as_str(), &self.allow) {
+                        Ok(next) => {
+                            url = next;
+                            continue;
+                        }
+                        Err(e) => {
+                            return CallbackResult::Failed {
+                                error: format!("redirected to {next}: {e}"),
+                                retry: false,
+                            };
+                        }
+                    },
+                    None => {
+                        return CallbackResult::Failed {
+                            error: format!("{status} without a usable Location"),
+                            retry: true,
+                        };
+                    }
+                }
+            }
+            return CallbackResult::Failed {
+                error: format!("the receiver answered {status}"),
+                retry: true,
+            };
+        }
+        CallbackResult::Failed {
+            error: format!("more than {MAX_REDIRECTS} redirects"),
+            retry: false,
+        }
+    }
+}
+
+/// The callback body: the job's outcome, the output inline when small UTF-8, else a link.
+pub fn payload(id: JobId, job: &Job) -> Value {
+    let status = job.visible_status();
+    let inline = job
+        .output
+        .as_deref()
+        .filter(|o| o.len() <= INLINE_OUTPUT)
+        .and_then(|o| std::str::from_utf8(o).ok());
+    let has_output = job.output.is_some() || job.output_blob.is_some();
+    let mut data = json!({
+        "id": id.to_string(),
+        "function": job.function,
+        "status": status,
+        "attempts": job.attempts,
+        "created_at": rfc3339(job.created_at),
+        "started_at": job.started_at.map(rfc3339),
+        "finished_at": job.finished_at.map(rfc3339),
+        "error": job.error,
+        "correlation_id": job.correlation_id,
+        "output_content_type": job.output_content_type,
+        "output_size": job.output_size(),
+    });
+    match inline {
+        Some(text) => data["output"] = text.into(),
+        None if has_output => data["output_url"] = format!("/v1/jobs/{id}/output").into(),
+        None => {}
+    }
+    json!({
+        "type": format!("job.{}", status.as_str()),
+        "timestamp": rfc3339(now_ms()),
+        "data": data,
+    })
+}

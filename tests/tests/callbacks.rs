@@ -1,0 +1,395 @@
+//! Webhook callbacks (signed per Standard Webhooks, verified with the independent
+//! `standardwebhooks` crate), their retries, the SSRF guard, and API tokens.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice::manifest::RetryPolicy;
+use sluice_tests::{Receiver, TestHost, assert_error, components, start_host_with, test_config};
+
+/// A host that may call back to `receivers` (each `127.0.0.1:port`), retrying fast.
+async fn host_calling(receivers: &[&Receiver]) -> (TestHost, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.allow_callback_hosts = receivers
+        .iter()
+        .map(|r| format!("127.0.0.1:{}", r.port))
+        .collect();
+    config.callback_retry = RetryPolicy {
+        max_attempts: 5,
+        backoff_base_ms: 20,
+        backoff_max_ms: 50,
+    };
+    (start_host_with(config).await, dir)
+}
+
+async fn submit_with_callback(
+    host: &TestHost,
+    function: &str,
+    body: &str,
+    url: &str,
+) -> (u16, Value) {
+    let r = host
+        .http
+        .post(host.url(&format!("/v1/functions/{function}/jobs")))
+        .header("content-type", "text/plain")
+        .header("sluice-callback", url)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Waits until the job's callback leaves `pending` (or `waiting`); returns the job.
+async fn callback_settled(host: &TestHost, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = host.job(id).await;
+        if matches!(
+            job["callback"]["state"].as_str(),
+            Some("delivered" | "failed")
+        ) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "callback never settled: {job}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn secret(host: &TestHost) -> String {
+    host.get("/v1/secret").await.1["secret"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn verify(secret: &str, r: &sluice_tests::Received) -> Result<(), String> {
+    standardwebhooks::Webhook::new(secret)
+        .unwrap()
+        .verify(&r.body, &r.headers)
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// The receiver gets one signed POST with the job's outcome when it ends; an independent
+/// Standard Webhooks implementation verifies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_is_signed_and_verifiable() {
+    let receiver = Receiver::start().await;
+    let (host, _dir) = host_calling(&[&receiver]).await;
+    host.deploy("echo", components::ECHO, "").await;
+    let (status, answer) =
+        submit_with_callback(&host, "echo", "hello", &receiver.url("/hook")).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["id"].as_str().unwrap();
+    let job = callback_settled(&host, id).await;
+    assert_eq!(job["callback"]["state"], "delivered", "{job}");
+    assert_eq!(job["callback"]["attempts"], 1);
+    let got = receiver.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].path, "/hook");
+    verify(&secret(&host).await, &got[0]).unwrap();
+    assert!(
+        verify("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &got[0]).is_err(),
+        "another secret fails"
+    );
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["type"], "job.succeeded");
+    assert_eq!(body["data"]["id"], id);
+    assert_eq!(body["data"]["function"], "echo");
+    assert_eq!(body["data"]["status"], "succeeded");
+    assert_eq!(body["data"]["attempts"], 1);
+    assert_eq!(body["data"]["output"], "hello");
+    host.stop().await;
+}
+
+/// A receiver that fails twice, then answers: three attempts, one delivered callback, the same
+/// `webhook-id` throughout (each attempt verifiable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deliveries_are_retried_with_one_webhook_id() {
+    let receiver = Receiver::start().await;
+    receiver
+        .fail_first
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let (host, _dir) = host_calling(&[&receiver]).await;
+    host.deploy("echo", components::ECHO, "").await;
+    let (_, answer) = submit_with_callback(&host, "echo", "x", &receiver.url("/hook")).await;
+    let id = answer["id"].as_str().unwrap();
+    let job = callback_settled(&host, id).await;
+    assert_eq!(job["callback"]["state"], "delivered", "{job}");
+    assert_eq!(job["callback"]["attempts"], 3);
+    let got = receiver.requests();
+    assert_eq!(got.len(), 3);
+    let key = secret(&host).await;
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap())
+        .collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    for r in &got {
+        verify(&key, r).unwrap();
+    }
+
+    // A receiver that never answers well: the callback fails for good after max_attempts.
+    receiver
+        .fail_first
+        .store(100, std::sync::atomic::Ordering::SeqCst);
+    let (_, answer) = submit_with_callback(&host, "echo", "y", &receiver.url("/hook")).await;
+    let job = callback_settled(&host, answer["id"].as_str().unwrap()).await;
+    assert_eq!(job["callback"]["state"], "failed");
+    assert_eq!(job["callback"]["attempts"], 5);
+    assert!(
+        job["callback"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("500"),
+        "{job}"
+    );
+    host.stop().await;
+}
+
+/// Internal targets are refused: literal addresses at submit, names and redirects at delivery
+/// (nothing reaches them), unless the allow-list names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ssrf_guard_refuses_internal_targets() {
+    let allowed = Receiver::start().await;
+    let other = Receiver::start().await;
+    let (host, _dir) = host_calling(&[&allowed]).await;
+    host.deploy("echo", components::ECHO, "").await;
+    for url in [
+        format!("http://127.0.0.2:{}/", allowed.port),
+        format!("http://[::ffff:127.0.0.1]:{}/", allowed.port),
+        // 127.0.0.1 written as one number (on the allowed port it would be the allowed target).
+        "http://2130706433/".to_string(),
+        "http://169.254.169.254/latest/meta-data".to_string(),
+        format!("http://127.0.0.1:{}/", other.port),
+        "ftp://example.com/".to_string(),
+    ] {
+        let (status, body) = submit_with_callback(&host, "echo", "x", &url).await;
+        assert_eq!(status, 400, "{url}: {body}");
+        assert_error(&body, "invalid_callback");
+    }
+    // A name that resolves to loopback is refused when delivering.
+    let (status, answer) = submit_with_callback(
+        &host,
+        "echo",
+        "x",
+        &format!("http://localhost:{}/", allowed.port),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let job = callback_settled(&host, answer["id"].as_str().unwrap()).await;
+    assert_eq!(job["callback"]["state"], "failed", "{job}");
+    assert_eq!(
+        job["callback"]["attempts"], 1,
+        "a refused target is not retried"
+    );
+    assert!(
+        job["callback"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{job}"
+    );
+    assert!(
+        allowed.requests().is_empty(),
+        "the refused callback reached the receiver"
+    );
+
+    // An allowed target that redirects to one that is not: the redirect is refused.
+    *allowed.redirect_to.lock().unwrap() = Some(other.url("/stolen"));
+    let (_, answer) = submit_with_callback(&host, "echo", "x", &allowed.url("/hook")).await;
+    let job = callback_settled(&host, answer["id"].as_str().unwrap()).await;
+    assert_eq!(job["callback"]["state"], "failed", "{job}");
+    assert!(
+        job["callback"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("redirected"),
+        "{job}"
+    );
+    assert_eq!(allowed.requests().len(), 1);
+    assert!(
+        other.requests().is_empty(),
+        "the redirect reached a target that is not allowed"
+    );
+    host.stop().await;
+}
+
+/// Rotation: the new secret signs, and the old one keeps signing alongside for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_signs_alongside_the_old_one() {
+    let receiver = Receiver::start().await;
+    let (host, _dir) = host_calling(&[&receiver]).await;
+    host.deploy("echo", components::ECHO, "").await;
+    let old = secret(&host).await;
+    assert!(old.starts_with("whsec_"));
+    let (status, rotated) = host.post("/v1/secret/rotate", "").await;
+    assert_eq!(status, 200);
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert_eq!(rotated["previous"], old.as_str());
+    // Deliveries of a published event's copies carry callbacks too.
+    host.deploy_manifest(
+        "listener",
+        components::INSPECT,
+        "name = \"listener\"\n[[subscribe]]\ntopic = \"t\"\n",
+    )
+    .await;
+    let r = host
+        .http
+        .post(host.url("/v1/topics/t/events"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "e1")
+        .header("ce-source", "/s")
+        .header("ce-type", "x")
+        .header("sluice-callback", receiver.url("/event"))
+        .body("data")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let answer: Value = r.json().await.unwrap();
+    let job = callback_settled(&host, answer["deliveries"][0]["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["callback"]["state"], "delivered");
+    let got = receiver.requests();
+    assert_eq!(got.len(), 1);
+    verify(&new, &got[0]).unwrap();
+    verify(&old, &got[0]).unwrap();
+    host.stop().await;
+}
+
+/// Tokens: 401 without or with an unknown token, 403 outside the token's scopes, and each scope
+/// reaches what it should.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_enforce_scopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    let (admin, submit, read) = (
+        "admin-token-0123456789",
+        "submit-token-0123456789",
+        "read-token-0123456789",
+    );
+    config.tokens = sluice::api::auth::Tokens::parse([
+        format!("admin={admin}").as_str(),
+        format!("submit={submit}").as_str(),
+        format!("read={read}").as_str(),
+    ])
+    .unwrap();
+    let host = start_host_with(config).await;
+    let call = |method: reqwest::Method, path: &str, token: Option<&str>| {
+        let mut r = host.http.request(method, host.url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move { r.body("\"x\"").send().await.unwrap().status().as_u16() }
+    };
+    use reqwest::Method;
+    assert_eq!(
+        call(Method::GET, "/healthz", None).await,
+        200,
+        "health is open"
+    );
+    assert_eq!(call(Method::GET, "/v1/functions", None).await, 401);
+    assert_eq!(
+        call(Method::GET, "/v1/functions", Some("not-a-token-at-all")).await,
+        401
+    );
+
+    // Deploy: admin only.
+    let wasm = std::fs::read(components::ECHO).unwrap();
+    for (token, expected) in [(read, 403), (submit, 403), (admin, 201)] {
+        let status = host
+            .http
+            .put(host.url("/v1/functions/echo"))
+            .bearer_auth(token)
+            .header("content-type", "application/wasm")
+            .body(wasm.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status, expected, "deploy with {token}");
+    }
+    // Submit: submit or admin.
+    assert_eq!(
+        call(Method::POST, "/v1/functions/echo/jobs", Some(read)).await,
+        403
+    );
+    assert_eq!(
+        call(Method::POST, "/v1/functions/echo/jobs", Some(submit)).await,
+        202
+    );
+    assert_eq!(
+        call(Method::POST, "/v1/topics/t/events", Some(read)).await,
+        403
+    );
+    // Reading jobs: any scope; reading functions and stats: read or admin.
+    assert_eq!(call(Method::GET, "/v1/jobs", Some(submit)).await, 200);
+    assert_eq!(call(Method::GET, "/v1/jobs", Some(read)).await, 200);
+    assert_eq!(
+        call(Method::GET, "/v1/functions/echo/stats", Some(submit)).await,
+        403
+    );
+    assert_eq!(
+        call(Method::GET, "/v1/functions/echo/stats", Some(read)).await,
+        200
+    );
+    assert_eq!(call(Method::GET, "/metrics", Some(read)).await, 200);
+    // Operating: admin only.
+    assert_eq!(
+        call(Method::POST, "/v1/functions/echo/pause", Some(submit)).await,
+        403
+    );
+    assert_eq!(
+        call(Method::POST, "/v1/functions/echo/pause", Some(admin)).await,
+        200
+    );
+    assert_eq!(
+        call(
+            Method::POST,
+            "/v1/functions/echo/dead-letters/purge",
+            Some(read)
+        )
+        .await,
+        403
+    );
+    assert_eq!(call(Method::GET, "/v1/secret", Some(read)).await, 403);
+    assert_eq!(call(Method::GET, "/v1/secret", Some(submit)).await, 403);
+    assert_eq!(call(Method::GET, "/v1/secret", Some(admin)).await, 200);
+    assert_eq!(
+        call(
+            Method::DELETE,
+            "/v1/functions/echo?force=true",
+            Some(submit)
+        )
+        .await,
+        403
+    );
+    let r = host
+        .http
+        .get(host.url("/v1/functions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let body: Value = r.json().await.unwrap();
+    assert_error(&body, "unauthorized");
+    assert!(!body.to_string().contains(admin));
+    host.stop().await;
+}
+
+/// Without tokens the host serves loopback only: a non-loopback listener is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_api_refuses_a_non_loopback_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let result = sluice::run(listener, async {}, test_config(dir.path())).await;
+    let message = format!("{:#}", result.unwrap_err());
+    assert!(
+        message.contains("loopback") && message.contains("token"),
+        "{message}"
+    );
+    let _ = json!(null);
+}
