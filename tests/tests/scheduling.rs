@@ -349,6 +349,8 @@ async fn stats_after_a_mixed_run() {
         assert_eq!(stats[key], n, "{key}: {stats}");
     }
     assert!(stats["oldest_queued_age_ms"].as_u64().is_some(), "{stats}");
+    // Two shards: each job's result commits on its own shard, so wait for both.
+    host.wait(&running).await;
     host.wait(&queued).await;
     let (_, stats) = host.get("/v1/functions/probe/stats").await;
     assert_eq!(stats["succeeded"], 3, "{stats}");
