@@ -207,6 +207,7 @@ pub(crate) async fn require(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(scopes) = presented.and_then(|t| tokens.scopes_of(t)) else {
+        drain(request, state.config.max_body_bytes).await;
         let mut response = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -220,20 +221,23 @@ pub(crate) async fn require(
         return response;
     };
     if !scopes.allows(need) {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "this token's scopes ({}) do not allow {} {}: it needs {}",
-                scopes.names(),
-                request.method(),
-                request.uri().path(),
-                need.name()
-            ),
-        )
-        .into_response();
+        let message = format!(
+            "this token's scopes ({}) do not allow {} {}: it needs {}",
+            scopes.names(),
+            request.method(),
+            request.uri().path(),
+            need.name()
+        );
+        drain(request, state.config.max_body_bytes).await;
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
     }
     next.run(request).await
+}
+
+/// Reads (and drops) a refused request's body: answering while the client is still sending
+/// would break its connection, and it would see a reset instead of our error.
+async fn drain(request: Request, limit: usize) {
+    let _ = axum::body::to_bytes(request.into_body(), limit).await;
 }
 
 #[cfg(test)]

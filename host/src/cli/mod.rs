@@ -130,7 +130,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_CALLBACK_BACKOFF_BASE_MS", default_value_t = 1000)]
     pub callback_backoff_base_ms: u64,
     /// Cap on a callback retry's delay, in ms.
-    #[arg(long, env = "SLUICE_CALLBACK_BACKOFF_MAX_MS", default_value_t = 3_600_000)]
+    #[arg(
+        long,
+        env = "SLUICE_CALLBACK_BACKOFF_MAX_MS",
+        default_value_t = 3_600_000
+    )]
     pub callback_backoff_max_ms: u64,
     /// API tokens as `SCOPES=TOKEN` entries (scopes: admin, submit, read, joined with +),
     /// comma-separated. Without any token the API is open and served on loopback only.
