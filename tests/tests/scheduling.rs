@@ -208,6 +208,8 @@ async fn backpressure_answers_429_until_drained() {
     let host = start_host_with(config).await;
     host.deploy("probe", components::PROBE, "max_queued=5&max_concurrency=1")
         .await;
+    // Paused, so none of the five can finish (and make room) before the checks below.
+    host.post("/v1/functions/probe/pause", "").await;
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(host.submit_json("probe", &sleep(100)).await);
@@ -226,6 +228,7 @@ async fn backpressure_answers_429_until_drained() {
     )
     .await;
     assert_eq!(status, 429);
+    host.post("/v1/functions/probe/resume", "").await;
     for id in &ids {
         assert_eq!(host.wait(id).await["status"], "succeeded");
     }
@@ -237,19 +240,15 @@ async fn backpressure_answers_429_until_drained() {
     host.deploy("echo", components::ECHO, "max_concurrency=1")
         .await;
     let big = format!("\"{}\"", "x".repeat(40 * 1024));
-    let blocker = host.submit_json("probe", &sleep(300)).await;
-    host.wait_status(&blocker, "running").await;
+    // Paused: the first stays unfinished, so the second cannot fit.
+    host.post("/v1/functions/echo/pause", "").await;
     let (status, body, _) = post_with(&host, "/v1/functions/echo/jobs", &[], big.clone()).await;
     assert_eq!(status, 202, "{body}");
     let (status, body, retry_after) =
         post_with(&host, "/v1/functions/echo/jobs", &[], big.clone()).await;
-    // The first may already be done (echo is quick); then this one fits too.
-    if status == 429 {
-        assert_error(&body, "host_budget_exhausted");
-        assert!(retry_after.is_some());
-    } else {
-        assert_eq!(status, 202, "{body}");
-    }
+    assert_eq!(status, 429, "{body}");
+    assert_error(&body, "host_budget_exhausted");
+    assert!(retry_after.is_some());
     let (status, body, _) = post_with(
         &host,
         "/v1/functions/echo/jobs",
