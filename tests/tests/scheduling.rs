@@ -323,9 +323,16 @@ async fn stats_after_a_mixed_run() {
     let failed = host
         .submit_json("probe", &json!({"action": "fail", "retryable": false}))
         .await;
-    let delayed = host
-        .submit_json("probe", &json!({"action": "fail", "retryable": true}))
-        .await;
+    // Delayed for an hour (a retry's delay is random, possibly short: not for this count).
+    let (status, body, _) = post_with(
+        &host,
+        "/v1/functions/probe/jobs",
+        &[("sluice-delay", "3600")],
+        sleep(1).to_string(),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let delayed = body["id"].as_str().unwrap().to_string();
     host.wait(&ok).await;
     host.wait(&failed).await;
     host.wait_status(&delayed, "delayed").await;
