@@ -19,15 +19,30 @@
 //! for attempts that run longer than a moment), finish (terminal status, output, log, and the
 //! start when it was not recorded), deploy (component, artifact, function), delete (function
 //! removed, then its remaining jobs cancelled shard by shard).
+//!
+//! ## Layout
+//! - `catalog`: what is deployed (functions, versions, components, artifacts, secrets).
+//! - `shard`, `writer`: one job file and the writer thread that owns its transactions.
+//! - `transitions`: each change of a job's state; `ordering` (ordering keys), `publish` (events
+//!   and their deliveries), `outbox` (what a success emits, pipelines), `callbacks` (webhook
+//!   delivery state), `blobs` (claim checks), `retention` (the sweeper).
+//! - `tables`, `legacy`: table definitions and encodings (and earlier job formats).
+//! - `counts`, `demand`, `ids`: per-function counters, scheduler credit, job ids.
+//! - `errors`, `requests`: what operations take, answer and refuse.
 
 mod blobs;
 mod callbacks;
 mod catalog;
 mod counts;
 mod demand;
+mod errors;
 mod ids;
 mod legacy;
+mod ordering;
 mod outbox;
+mod publish;
+mod requests;
+mod retention;
 mod shard;
 mod tables;
 mod transitions;
@@ -43,266 +58,19 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::job::{AttemptReport, Job, JobId, JobStatus, QueuedJob};
+use crate::job::{AttemptReport, Job, JobId, QueuedJob};
 use crate::manifest::RetryPolicy;
 use catalog::Catalog;
 pub use counts::Counts;
 pub use demand::Demand;
+pub use errors::*;
 use ids::{MAX_SHARDS, shard_of};
+pub(crate) use requests::AttemptStart;
+pub use requests::*;
 use shard::Shard;
 use tables::*;
 pub use tables::{EventRecord, FunctionRecord};
 use writer::{Op, Shared};
-
-/// A storage failure: the database could not be read or written.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// redb failed (disk full, I/O error, corruption).
-    #[error("storage error: {0}; check the data directory's disk and permissions")]
-    Storage(String),
-    /// The host is shutting down and no longer writes.
-    #[error("the host is shutting down; retry against the restarted host")]
-    Closed,
-}
-
-pub(crate) fn storage(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Storage(e.into().to_string())
-}
-
-/// Why a submit was refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SubmitError {
-    /// No function of that name is deployed.
-    #[error("function {0:?} is not deployed; deploy it first (PUT /v1/functions/{0})")]
-    FunctionNotFound(String),
-    /// The function has `max_queued` unfinished jobs already.
-    #[error(
-        "function {function:?} has {max_queued} unfinished jobs, its max_queued: retry after some finish"
-    )]
-    QueueFull {
-        /// The function.
-        function: String,
-        /// Its limit.
-        max_queued: u64,
-    },
-    /// The host holds its budget of unfinished input bytes.
-    #[error(
-        "the host holds its budget of {budget} bytes of unfinished jobs: retry after some finish"
-    )]
-    BudgetExhausted {
-        /// The budget, in bytes.
-        budget: u64,
-    },
-    /// The idempotency key was used before with a different request.
-    #[error(
-        "idempotency key {0:?} was already used with a different request (another body or content type); use a new key for a new request"
-    )]
-    IdempotencyConflict(String),
-    /// Storage failed; nothing was accepted.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Why a function delete was refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DeleteError {
-    /// No function of that name is deployed.
-    #[error("function {0:?} is not deployed")]
-    NotFound(String),
-    /// The function still has queued or running jobs.
-    #[error(
-        "function {name:?} has {pending} queued or running job(s); wait for them, or delete with ?force=true to cancel them"
-    )]
-    Busy {
-        /// The function.
-        name: String,
-        /// Its non-terminal jobs.
-        pending: u64,
-    },
-    /// Storage failed; nothing changed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Why a rollback was refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RollbackError {
-    /// No function of that name is deployed.
-    #[error("function {0:?} is not deployed")]
-    NotFound(String),
-    /// The function has only its first version.
-    #[error(
-        "function {0:?} has no earlier version to roll back to; see GET /v1/functions/{0}/versions"
-    )]
-    NoEarlierVersion(String),
-    /// The version asked for is the current one or later.
-    #[error(
-        "version {to} of {name:?} is not earlier than the current version {current}: name an earlier one (GET /v1/functions/{name}/versions)"
-    )]
-    NotEarlier {
-        /// The function.
-        name: String,
-        /// The version asked for.
-        to: u32,
-        /// The current version.
-        current: u32,
-    },
-    /// The function never had that version.
-    #[error("function {name:?} has no version {to}; see GET /v1/functions/{name}/versions")]
-    UnknownVersion {
-        /// The function.
-        name: String,
-        /// The version asked for.
-        to: u32,
-    },
-    /// Storage failed; nothing changed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Why a job could not be cancelled.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CancelError {
-    /// No such job.
-    #[error("job {0} does not exist")]
-    NotFound(JobId),
-    /// Only `queued` and `delayed` jobs can be cancelled.
-    #[error(
-        "job {id} is {} and cannot be cancelled: only queued or delayed jobs can",
-        status.as_str()
-    )]
-    NotCancellable {
-        /// The job.
-        id: JobId,
-        /// Its status.
-        status: JobStatus,
-    },
-    /// Storage failed; nothing changed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Which dead letters an operation applies to.
-#[derive(Debug, Clone)]
-pub enum DeadLetterSelection {
-    /// These jobs (ids that are not dead letters of the function are skipped).
-    Ids(Vec<JobId>),
-    /// Every dead letter of the function.
-    All,
-}
-
-/// An `Idempotency-Key` with the fingerprint of the request that carries it.
-#[derive(Debug, Clone)]
-pub struct IdempotencyKey {
-    /// The client's key.
-    pub key: String,
-    /// SHA-256 of the request (content type and body): the same key with another request is a
-    /// conflict.
-    pub request_hash: [u8; 32],
-}
-
-/// What a submit did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Submitted {
-    /// A new job was accepted.
-    New(JobId),
-    /// The idempotency key was used before with the same request: this is its job.
-    Existing(JobId),
-}
-
-impl Submitted {
-    /// The job, new or not.
-    pub fn id(self) -> JobId {
-        match self {
-            Submitted::New(id) | Submitted::Existing(id) => id,
-        }
-    }
-}
-
-/// A submit, as the API hands it to the store.
-#[derive(Debug)]
-pub struct NewJob {
-    /// Function to run.
-    pub function: String,
-    /// Media type of the input.
-    pub content_type: Option<String>,
-    /// Input bytes.
-    pub input: Bytes,
-    /// Correlation id (generated by the API when the client gave none).
-    pub correlation_id: Option<String>,
-    /// The client's idempotency key, if any.
-    pub idempotency: Option<IdempotencyKey>,
-    /// 0-9, higher first ([`crate::job::DEFAULT_PRIORITY`] when not asked for).
-    pub priority: u8,
-    /// Not to run before this time (ms since the Unix epoch): the job starts `delayed`.
-    pub not_before: Option<u64>,
-    /// Jobs of the function with the same key run one at a time, in submission order.
-    pub ordering_key: Option<String>,
-    /// For a topic delivery: the event's attributes (filled in by the store).
-    pub event: Option<Box<crate::event::EventAttributes>>,
-    /// What caused it, if not a request.
-    pub parent: Option<crate::job::Parent>,
-    /// Its place in a pipeline (set by the store for later stages).
-    pub pipeline: Option<crate::job::Pipeline>,
-    /// A large input's blob reference, hashed by the caller (else the store hashes inputs
-    /// above the claim-check threshold itself); with an empty `input`, a blob already stored.
-    pub input_blob: Option<crate::job::BlobRef>,
-    /// `Sluice-Callback`: a URL to POST to when the job ends.
-    pub callback: Option<String>,
-}
-
-/// A publish of one event to a topic, as the API hands it to the store.
-#[derive(Debug)]
-pub struct NewEvent {
-    /// The event, its topic set.
-    pub event: crate::event::CloudEvent,
-    /// Correlation id from the request, if it had one (else the event's Sluice id).
-    pub correlation_id: Option<String>,
-    /// Priority of its delivery jobs.
-    pub priority: u8,
-    /// The job that emitted it, if a handler did.
-    pub parent: Option<crate::job::Parent>,
-    /// A large event's blob reference, hashed by the caller.
-    pub blob: Option<crate::job::BlobRef>,
-    /// A URL each delivery POSTs to when it ends.
-    pub callback: Option<String>,
-}
-
-/// What a publish did with one event.
-#[derive(Debug, Clone)]
-pub struct Published {
-    /// The event's Sluice id (its record: `GET /v1/events/{id}`).
-    pub event_id: JobId,
-    /// One delivery job per matching subscriber: (function, job).
-    pub deliveries: Vec<(String, JobId)>,
-}
-
-/// Everything one correlation id names: jobs and events, oldest first.
-#[derive(Debug, Default)]
-pub struct Correlated {
-    /// The jobs.
-    pub jobs: Vec<(JobId, Job)>,
-    /// The events.
-    pub events: Vec<(JobId, EventRecord)>,
-}
-
-/// An attempt's start, as recorded on its job.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AttemptStart {
-    /// The attempt's number.
-    pub(crate) attempt: u32,
-    /// When it started (ms since the Unix epoch).
-    pub(crate) at: u64,
-    /// When its lease ends.
-    pub(crate) lease_until: u64,
-    /// The function version running it.
-    pub(crate) version: u32,
-}
 
 /// Jobs that became queued in a commit, in commit order, for the scheduler.
 pub type CommitFeed = mpsc::UnboundedReceiver<Vec<QueuedJob>>;
@@ -311,31 +79,6 @@ pub type CommitFeed = mpsc::UnboundedReceiver<Vec<QueuedJob>>;
 pub type CallbackFeed = mpsc::UnboundedReceiver<Vec<JobId>>;
 
 pub use callbacks::CallbackResult;
-
-/// A page of jobs, newest first.
-#[derive(Debug)]
-pub struct JobPage {
-    /// The jobs found.
-    pub jobs: Vec<(JobId, Job)>,
-    /// Where the next page starts, if there may be more.
-    pub next_cursor: Option<JobId>,
-}
-
-/// What to list.
-#[derive(Debug, Default)]
-pub struct JobQuery {
-    /// Only jobs of this function.
-    pub function: Option<String>,
-    /// Only jobs in this status.
-    pub status: Option<JobStatus>,
-    /// At most this many.
-    pub limit: usize,
-    /// Only jobs older than this one (the previous page's `next_cursor`).
-    pub before: Option<JobId>,
-    /// Only the function's dead letters (`failed` and `dead` jobs not yet redriven or purged);
-    /// needs `function`.
-    pub dead_letters: bool,
-}
 
 /// Dead letters redriven or purged per commit.
 const DEAD_LETTER_BATCH: usize = 1000;

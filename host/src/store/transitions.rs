@@ -5,7 +5,6 @@
 //! `dead_letters`, `finished` (by age, for retention), `function_jobs` (listing) and `counts`.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -15,34 +14,29 @@ use super::blobs::{BlobDelta, BlobTables};
 use super::counts::CountDeltas;
 use super::tables::*;
 use super::writer::{Effects, Writer};
-use super::{
-    AttemptStart, CancelError, NewEvent, NewJob, Published, StoreError, SubmitError, Submitted,
-    storage,
-};
+use super::{AttemptStart, CancelError, NewJob, StoreError, SubmitError, Submitted, storage};
 use crate::job::{
     AttemptRecord, AttemptReport, BlobRef, FailureKind, Job, JobId, JobStatus, MAX_HISTORY,
-    Outcome, Parent, QueuedJob, bounded_error, now_ms, ready_key,
+    Outcome, QueuedJob, bounded_error, now_ms, ready_key,
 };
 use crate::manifest::RetryPolicy;
 
-/// Expired jobs (and, separately, expired keys) the sweeper deletes per commit.
-const SWEEP_BATCH: usize = 1000;
 /// Delayed jobs moved to the ready queue per commit.
 const MAX_PROMOTE: usize = 10_000;
 
 /// The tables a batch writes, opened once per transaction.
 pub(crate) struct Tables<'txn> {
     pub(crate) jobs: Table<'txn, u128, &'static [u8]>,
-    ready: Table<'txn, (&'static str, u8, u64, u128), ()>,
-    function_jobs: Table<'txn, (&'static str, u128), ()>,
-    delayed: Table<'txn, (u64, u128), ()>,
-    dead_letters: Table<'txn, (&'static str, u128), ()>,
-    finished: Table<'txn, (u64, u128), ()>,
-    idempotency: Table<'txn, (&'static str, &'static str), &'static [u8]>,
-    idempotency_times: Table<'txn, (u64, &'static str, &'static str), ()>,
-    ordering: Table<'txn, (&'static str, &'static str, u128), u128>,
-    events: Table<'txn, u128, &'static [u8]>,
-    correlated: Table<'txn, (&'static str, u128), u8>,
+    pub(crate) ready: Table<'txn, (&'static str, u8, u64, u128), ()>,
+    pub(crate) function_jobs: Table<'txn, (&'static str, u128), ()>,
+    pub(crate) delayed: Table<'txn, (u64, u128), ()>,
+    pub(crate) dead_letters: Table<'txn, (&'static str, u128), ()>,
+    pub(crate) finished: Table<'txn, (u64, u128), ()>,
+    pub(crate) idempotency: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    pub(crate) idempotency_times: Table<'txn, (u64, &'static str, &'static str), ()>,
+    pub(crate) ordering: Table<'txn, (&'static str, &'static str, u128), u128>,
+    pub(crate) events: Table<'txn, u128, &'static [u8]>,
+    pub(crate) correlated: Table<'txn, (&'static str, u128), u8>,
     pub(crate) counts: Table<'txn, (&'static str, u8), u64>,
     pub(crate) blobs: BlobTables<'txn>,
     pub(crate) callbacks: Table<'txn, (u64, u128), ()>,
@@ -84,7 +78,7 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    fn ready_insert(&mut self, id: JobId, job: &Job) -> Result<(), StoreError> {
+    pub(crate) fn ready_insert(&mut self, id: JobId, job: &Job) -> Result<(), StoreError> {
         let (rank, at, _) = ready_key(job.priority, job.ready_at, id);
         self.ready
             .insert((job.function.as_str(), rank, at, id.0), ())
@@ -92,7 +86,7 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    fn ready_remove(&mut self, id: JobId, job: &Job) -> Result<(), StoreError> {
+    pub(crate) fn ready_remove(&mut self, id: JobId, job: &Job) -> Result<(), StoreError> {
         let (rank, at, _) = ready_key(job.priority, job.ready_at, id);
         self.ready
             .remove((job.function.as_str(), rank, at, id.0))
@@ -100,63 +94,12 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// The first unfinished job of an ordering key (its head), if any.
-    fn key_head(&self, function: &str, key: &str) -> Result<Option<JobId>, StoreError> {
-        Ok(self
-            .ordering
-            .range((function, key, 0u128)..=(function, key, u128::MAX))
-            .map_err(storage)?
-            .next()
-            .transpose()
-            .map_err(storage)?
-            .map(|(_, v)| JobId(v.value())))
-    }
-
-    /// True when the job may enter the ready queue: it has no ordering key, or it is its key's
-    /// head.
-    fn may_run(&self, id: JobId, job: &Job) -> Result<bool, StoreError> {
-        match &job.ordering_key {
-            None => Ok(true),
-            Some(key) => Ok(self.key_head(&job.function, key)? == Some(id)),
-        }
-    }
-
-    /// Puts a job at the end of its ordering key's queue (a new place in it).
-    fn join_key(&mut self, id: JobId, job: &mut Job, seq: u128) -> Result<(), StoreError> {
-        if let Some(key) = &job.ordering_key {
-            job.ordering_seq = seq;
-            self.ordering
-                .insert((job.function.as_str(), key.as_str(), seq), id.0)
-                .map_err(storage)?;
-        }
-        Ok(())
-    }
-
-    /// Every unfinished job of `function` that has an ordering key, removed from the key queues.
-    fn take_keyed(&mut self, function: &str) -> Result<Vec<JobId>, StoreError> {
-        let mut rows = Vec::new();
-        for row in self
-            .ordering
-            .range((function, "", 0u128)..)
-            .map_err(storage)?
-        {
-            let (k, v) = row.map_err(storage)?;
-            let (f, key, seq) = k.value();
-            if f != function {
-                break;
-            }
-            rows.push((key.to_string(), seq, JobId(v.value())));
-        }
-        for (key, seq, _) in &rows {
-            self.ordering
-                .remove((function, key.as_str(), *seq))
-                .map_err(storage)?;
-        }
-        Ok(rows.into_iter().map(|(_, _, id)| id).collect())
-    }
-
     /// A job is deleted: its input and output blobs lose a reference.
-    fn release_blobs(&mut self, job: &Job, delta: &mut BlobDelta) -> Result<(), StoreError> {
+    pub(crate) fn release_blobs(
+        &mut self,
+        job: &Job,
+        delta: &mut BlobDelta,
+    ) -> Result<(), StoreError> {
         for blob in [job.input_blob, job.output_blob].into_iter().flatten() {
             self.blobs.release(blob, delta)?;
         }
@@ -335,96 +278,6 @@ impl Writer {
         Ok(Ok(ids))
     }
 
-    /// Accepts events: each event's record and one delivery job per matching subscriber, or
-    /// (when the host's budget cannot take them all) nothing.
-    pub(crate) fn publish(
-        &mut self,
-        events: Vec<NewEvent>,
-        t: &mut Tables<'_>,
-        fx: &mut Effects,
-    ) -> Result<Result<Vec<Published>, SubmitError>, StoreError> {
-        let subscribers: Vec<Vec<String>> = events
-            .iter()
-            .map(|e| {
-                let a = &e.event.attributes;
-                self.shared.deployed.subscribers(&a.topic, &a.event_type)
-            })
-            .collect();
-        let bytes = events
-            .iter()
-            .zip(&subscribers)
-            .map(|(e, s)| e.event.data.len() as u64 * s.len() as u64)
-            .sum();
-        if let Err(e) = self.admit("", None, 0, bytes, fx)? {
-            return Ok(Err(e));
-        }
-        let now = now_ms();
-        let mut out = Vec::with_capacity(events.len());
-        for (new, subscribers) in events.into_iter().zip(subscribers) {
-            // A large event is stored once, however many subscribers get it.
-            let blob = new.blob.or_else(|| {
-                (new.event.data.len() > self.claim_check_bytes && !subscribers.is_empty())
-                    .then(|| BlobRef::of(&new.event.data))
-            });
-            let event_id = self.ids.generate();
-            let correlation_id = new
-                .correlation_id
-                .clone()
-                .unwrap_or_else(|| event_id.to_string());
-            if new.correlation_id.is_some() {
-                t.correlated
-                    .insert((correlation_id.as_str(), event_id.0), KIND_EVENT)
-                    .map_err(storage)?;
-            }
-            let mut deliveries = Vec::with_capacity(subscribers.len());
-            for function in subscribers {
-                let id = self.ids.generate();
-                self.insert_job(
-                    id,
-                    NewJob {
-                        function: function.clone(),
-                        content_type: new.event.content_type.clone(),
-                        input: new.event.data.clone(),
-                        correlation_id: Some(correlation_id.clone()),
-                        idempotency: None,
-                        priority: new.priority,
-                        not_before: None,
-                        ordering_key: None,
-                        event: Some(Box::new(new.event.attributes.clone())),
-                        parent: Some(Parent::Event(event_id.0)),
-                        pipeline: None,
-                        input_blob: blob,
-                        callback: new.callback.clone(),
-                    },
-                    now,
-                    t,
-                    fx,
-                )?;
-                deliveries.push((function, id));
-            }
-            let record = EventRecord {
-                attributes: new.event.attributes,
-                content_type: new.event.content_type,
-                size: new.event.data.len() as u64,
-                correlation_id,
-                parent: new.parent,
-                published_at: now,
-                deliveries: deliveries.iter().map(|(f, id)| (f.clone(), id.0)).collect(),
-            };
-            t.events
-                .insert(event_id.0, encode_event(&record).as_slice())
-                .map_err(storage)?;
-            // Kept as long as a finished job.
-            t.finished.insert((now, event_id.0), ()).map_err(storage)?;
-            fx.published += 1;
-            out.push(Published {
-                event_id,
-                deliveries,
-            });
-        }
-        Ok(Ok(out))
-    }
-
     /// Refuses `n` more jobs (`bytes` of input) beyond the function's `max_queued` unfinished
     /// jobs (when given: topic deliveries do not count against it) or the host-wide budget of
     /// unfinished bytes.
@@ -565,14 +418,19 @@ impl Writer {
     }
 
     /// Puts a job in the timer index and wakes the writer in time for it.
-    fn delay(&mut self, id: JobId, at: u64, t: &mut Tables<'_>) -> Result<(), StoreError> {
+    pub(crate) fn delay(
+        &mut self,
+        id: JobId,
+        at: u64,
+        t: &mut Tables<'_>,
+    ) -> Result<(), StoreError> {
         t.delayed.insert((at, id.0), ()).map_err(storage)?;
         self.next_due = Some(self.next_due.map_or(at, |d| d.min(at)));
         Ok(())
     }
 
     /// A job entered the ready table ahead of where refills had read to: read from the start.
-    fn note_ready(&mut self, function: &str, id: JobId, job: &Job) {
+    pub(crate) fn note_ready(&mut self, function: &str, id: JobId, job: &Job) {
         if let Some(cursor) = self.refill_cursor.get(function)
             && ready_key(job.priority, job.ready_at, id) < *cursor
         {
@@ -743,36 +601,6 @@ impl Writer {
         Ok(())
     }
 
-    /// A job with an ordering key ended: it leaves its key's queue, and the next job of the key
-    /// (if queued) enters the ready queue. A delayed next job enters it when it is due.
-    fn release_key(
-        &mut self,
-        job: &Job,
-        t: &mut Tables<'_>,
-        fx: &mut Effects,
-    ) -> Result<(), StoreError> {
-        let Some(key) = &job.ordering_key else {
-            return Ok(());
-        };
-        t.ordering
-            .remove((job.function.as_str(), key.as_str(), job.ordering_seq))
-            .map_err(storage)?;
-        let Some(next) = t.key_head(&job.function, key)? else {
-            return Ok(());
-        };
-        let Some(mut waiting) = t.job(next)? else {
-            return Ok(());
-        };
-        if waiting.status == JobStatus::Queued {
-            waiting.ready_at = now_ms();
-            t.ready_insert(next, &waiting)?;
-            t.put_job(next, &waiting)?;
-            self.note_ready(&waiting.function, next, &waiting);
-            fx.ready.push(QueuedJob::from_job(next, waiting));
-        }
-        Ok(())
-    }
-
     /// Cancels a queued or delayed job; anything else is refused with its status.
     pub(crate) fn cancel(
         &mut self,
@@ -926,86 +754,6 @@ impl Writer {
         }
         self.next_due = t.first_delayed()?;
         Ok(())
-    }
-
-    /// Deletes finished jobs older than the retention period and idempotency keys older than
-    /// their window, at most [`SWEEP_BATCH`] of each per commit; returns how many rows went.
-    /// A full batch brings the next sweep forward, so a backlog drains in small steps.
-    pub(crate) fn sweep(
-        &mut self,
-        t: &mut Tables<'_>,
-        fx: &mut Effects,
-    ) -> Result<u64, StoreError> {
-        let now = now_ms();
-        let mut expired = Vec::new();
-        for row in t
-            .finished
-            .range(..(now.saturating_sub(self.retention_ms), 0u128))
-            .map_err(storage)?
-            .take(SWEEP_BATCH)
-        {
-            expired.push(row.map_err(storage)?.0.value());
-        }
-        for &(at, id) in &expired {
-            t.finished.remove((at, id)).map_err(storage)?;
-            if let Some(job) = t.job(JobId(id))? {
-                t.function_jobs
-                    .remove((job.function.as_str(), id))
-                    .map_err(storage)?;
-                t.correlated
-                    .remove((job.correlation_id.as_str(), id))
-                    .map_err(storage)?;
-                t.jobs.remove(id).map_err(storage)?;
-                t.release_blobs(&job, &mut fx.blobs)?;
-                fx.counts.moved(&job.function, Some(job.status), None);
-            } else if let Some(event) = t
-                .events
-                .remove(id)
-                .map_err(storage)?
-                .and_then(|row| decode_event(row.value()).ok())
-            {
-                t.correlated
-                    .remove((event.correlation_id.as_str(), id))
-                    .map_err(storage)?;
-            }
-        }
-        let mut keys = Vec::new();
-        for row in t
-            .idempotency_times
-            .range(..(now.saturating_sub(self.key_window_ms), "", ""))
-            .map_err(storage)?
-            .take(SWEEP_BATCH)
-        {
-            let (k, _) = row.map_err(storage)?;
-            let (at, function, key) = k.value();
-            keys.push((at, function.to_string(), key.to_string()));
-        }
-        for (at, function, key) in &keys {
-            t.idempotency_times
-                .remove((*at, function.as_str(), key.as_str()))
-                .map_err(storage)?;
-            // The key may have been used again since (a new record): keep that one.
-            let current = t
-                .idempotency
-                .get((function.as_str(), key.as_str()))
-                .map_err(storage)?
-                .map(|v| KeyRecord::decode(v.value()))
-                .transpose()
-                .map_err(StoreError::Storage)?;
-            if current.is_some_and(|r| r.created_at == *at) {
-                t.idempotency
-                    .remove((function.as_str(), key.as_str()))
-                    .map_err(storage)?;
-            }
-        }
-        let full = expired.len() == SWEEP_BATCH || keys.len() == SWEEP_BATCH;
-        self.next_sweep = Instant::now()
-            + if full {
-                Duration::ZERO
-            } else {
-                self.sweep_every
-            };
-        Ok((expired.len() + keys.len()) as u64)
     }
 
     /// Cancels every unfinished job of a deleted function: its range of the ready table, and

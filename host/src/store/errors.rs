@@ -1,0 +1,137 @@
+//! Why a store operation was refused or failed: one error type per operation, each message
+//! saying what to do next.
+
+use crate::job::{JobId, JobStatus};
+
+/// A storage failure: the database could not be read or written.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// redb failed (disk full, I/O error, corruption).
+    #[error("storage error: {0}; check the data directory's disk and permissions")]
+    Storage(String),
+    /// The host is shutting down and no longer writes.
+    #[error("the host is shutting down; retry against the restarted host")]
+    Closed,
+}
+
+pub(crate) fn storage(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Storage(e.into().to_string())
+}
+
+/// Why a submit was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// No function of that name is deployed.
+    #[error("function {0:?} is not deployed; deploy it first (PUT /v1/functions/{0})")]
+    FunctionNotFound(String),
+    /// The function has `max_queued` unfinished jobs already.
+    #[error(
+        "function {function:?} has {max_queued} unfinished jobs, its max_queued: retry after some finish"
+    )]
+    QueueFull {
+        /// The function.
+        function: String,
+        /// Its limit.
+        max_queued: u64,
+    },
+    /// The host holds its budget of unfinished input bytes.
+    #[error(
+        "the host holds its budget of {budget} bytes of unfinished jobs: retry after some finish"
+    )]
+    BudgetExhausted {
+        /// The budget, in bytes.
+        budget: u64,
+    },
+    /// The idempotency key was used before with a different request.
+    #[error(
+        "idempotency key {0:?} was already used with a different request (another body or content type); use a new key for a new request"
+    )]
+    IdempotencyConflict(String),
+    /// Storage failed; nothing was accepted.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a function delete was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeleteError {
+    /// No function of that name is deployed.
+    #[error("function {0:?} is not deployed")]
+    NotFound(String),
+    /// The function still has queued or running jobs.
+    #[error(
+        "function {name:?} has {pending} queued or running job(s); wait for them, or delete with ?force=true to cancel them"
+    )]
+    Busy {
+        /// The function.
+        name: String,
+        /// Its non-terminal jobs.
+        pending: u64,
+    },
+    /// Storage failed; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a rollback was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RollbackError {
+    /// No function of that name is deployed.
+    #[error("function {0:?} is not deployed")]
+    NotFound(String),
+    /// The function has only its first version.
+    #[error(
+        "function {0:?} has no earlier version to roll back to; see GET /v1/functions/{0}/versions"
+    )]
+    NoEarlierVersion(String),
+    /// The version asked for is the current one or later.
+    #[error(
+        "version {to} of {name:?} is not earlier than the current version {current}: name an earlier one (GET /v1/functions/{name}/versions)"
+    )]
+    NotEarlier {
+        /// The function.
+        name: String,
+        /// The version asked for.
+        to: u32,
+        /// The current version.
+        current: u32,
+    },
+    /// The function never had that version.
+    #[error("function {name:?} has no version {to}; see GET /v1/functions/{name}/versions")]
+    UnknownVersion {
+        /// The function.
+        name: String,
+        /// The version asked for.
+        to: u32,
+    },
+    /// Storage failed; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a job could not be cancelled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CancelError {
+    /// No such job.
+    #[error("job {0} does not exist")]
+    NotFound(JobId),
+    /// Only `queued` and `delayed` jobs can be cancelled.
+    #[error(
+        "job {id} is {} and cannot be cancelled: only queued or delayed jobs can",
+        status.as_str()
+    )]
+    NotCancellable {
+        /// The job.
+        id: JobId,
+        /// Its status.
+        status: JobStatus,
+    },
+    /// Storage failed; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,100 @@
+//! Publishing events: each event's record and one delivery job per matching subscriber, in the
+//! writer's transaction (see [`super::Store::publish`]).
+
+use super::tables::*;
+use super::transitions::Tables;
+use super::writer::{Effects, Writer};
+use super::{NewEvent, NewJob, Published, StoreError, SubmitError, storage};
+use crate::job::{BlobRef, Parent, now_ms};
+
+impl Writer {
+    /// Accepts events: each event's record and one delivery job per matching subscriber, or
+    /// (when the host's budget cannot take them all) nothing.
+    pub(crate) fn publish(
+        &mut self,
+        events: Vec<NewEvent>,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<Result<Vec<Published>, SubmitError>, StoreError> {
+        let subscribers: Vec<Vec<String>> = events
+            .iter()
+            .map(|e| {
+                let a = &e.event.attributes;
+                self.shared.deployed.subscribers(&a.topic, &a.event_type)
+            })
+            .collect();
+        let bytes = events
+            .iter()
+            .zip(&subscribers)
+            .map(|(e, s)| e.event.data.len() as u64 * s.len() as u64)
+            .sum();
+        if let Err(e) = self.admit("", None, 0, bytes, fx)? {
+            return Ok(Err(e));
+        }
+        let now = now_ms();
+        let mut out = Vec::with_capacity(events.len());
+        for (new, subscribers) in events.into_iter().zip(subscribers) {
+            // A large event is stored once, however many subscribers get it.
+            let blob = new.blob.or_else(|| {
+                (new.event.data.len() > self.claim_check_bytes && !subscribers.is_empty())
+                    .then(|| BlobRef::of(&new.event.data))
+            });
+            let event_id = self.ids.generate();
+            let correlation_id = new
+                .correlation_id
+                .clone()
+                .unwrap_or_else(|| event_id.to_string());
+            if new.correlation_id.is_some() {
+                t.correlated
+                    .insert((correlation_id.as_str(), event_id.0), KIND_EVENT)
+                    .map_err(storage)?;
+            }
+            let mut deliveries = Vec::with_capacity(subscribers.len());
+            for function in subscribers {
+                let id = self.ids.generate();
+                self.insert_job(
+                    id,
+                    NewJob {
+                        function: function.clone(),
+                        content_type: new.event.content_type.clone(),
+                        input: new.event.data.clone(),
+                        correlation_id: Some(correlation_id.clone()),
+                        idempotency: None,
+                        priority: new.priority,
+                        not_before: None,
+                        ordering_key: None,
+                        event: Some(Box::new(new.event.attributes.clone())),
+                        parent: Some(Parent::Event(event_id.0)),
+                        pipeline: None,
+                        input_blob: blob,
+                        callback: new.callback.clone(),
+                    },
+                    now,
+                    t,
+                    fx,
+                )?;
+                deliveries.push((function, id));
+            }
+            let record = EventRecord {
+                attributes: new.event.attributes,
+                content_type: new.event.content_type,
+                size: new.event.data.len() as u64,
+                correlation_id,
+                parent: new.parent,
+                published_at: now,
+                deliveries: deliveries.iter().map(|(f, id)| (f.clone(), id.0)).collect(),
+            };
+            t.events
+                .insert(event_id.0, encode_event(&record).as_slice())
+                .map_err(storage)?;
+            // Kept as long as a finished job.
+            t.finished.insert((now, event_id.0), ()).map_err(storage)?;
+            fx.published += 1;
+            out.push(Published {
+                event_id,
+                deliveries,
+            });
+        }
+        Ok(Ok(out))
+    }
+}
