@@ -7,6 +7,7 @@
 //! - `error`: [`ApiError`] and the mapping from domain errors.
 //! - `functions`: deploy, configure, list, show, delete functions; their stats.
 //! - `lifecycle`: a function's versions, rollback, pause and resume.
+//! - `headers`: the submit and publish headers, checked once.
 //! - `jobs`: submit, show (long-poll), output, list, cancel jobs.
 //! - `dead_letters`: a function's dead-letter queue: list, redrive, purge.
 //! - `topics`: publish CloudEvents to topics; list topics; show a published event.
@@ -18,6 +19,7 @@ pub mod auth;
 mod dead_letters;
 mod error;
 mod functions;
+mod headers;
 mod jobs;
 mod lifecycle;
 mod metrics;

@@ -14,10 +14,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::jobs::correlation_id;
+use super::headers::correlation_id;
 use super::{ApiError, AppState};
 use crate::event::{self, EventError, Mode};
-use crate::job::{DEFAULT_PRIORITY, JobId, JobStatus, MAX_PRIORITY, rfc3339};
+use crate::job::{JobId, JobStatus, rfc3339};
 use crate::store::{EventRecord, NewEvent, Published};
 
 /// `POST /v1/topics/{topic}/events`: one event (structured or binary mode) or a batch.
@@ -36,21 +36,8 @@ pub(crate) async fn publish(
     );
     let events = event::parse(&headers, body)?;
     let correlation_id = correlation_id(&headers)?;
-    let callback = super::jobs::callback(&state, &headers)?;
-    let priority = match headers.get("sluice-priority") {
-        None => DEFAULT_PRIORITY,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<u8>().ok())
-            .filter(|p| *p <= MAX_PRIORITY)
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_header",
-                    "Sluice-Priority must be a whole number from 0 (lowest) to 9 (highest)",
-                )
-            })?,
-    };
+    let callback = super::headers::callback(&state, &headers)?;
+    let priority = super::headers::priority(&headers)?;
     let mut new_events = Vec::with_capacity(events.len());
     for mut e in events {
         e.attributes.topic = topic.clone();
