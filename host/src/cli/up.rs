@@ -60,6 +60,11 @@ Sluice is up on {url} (data in {data}). Try:
   cargo run --release -p sluice -- invoke echo --data '"hello"' --wait --url {url}
   cargo run --release -p sluice -- functions --url {url}
 
+  # a choreography (payment -> inventory -> shipping), then everything the order caused:
+  cargo run --release -p sluice -- publish shop --type order.placed --correlation-id order-1 \
+       '{{"order_id":"o-1","amount_cents":1200,"card":"ok"}}' --url {url}
+  curl -s '{url}/v1/jobs?correlation_id=order-1'
+
 Ctrl-C stops it; the data file keeps everything for the next start."#,
         data = config.data_dir.display()
     );
