@@ -27,6 +27,20 @@ pub enum CallbackResult {
     },
 }
 
+impl Tables<'_> {
+    /// A job is being deleted: a callback still pending leaves the timer index with it (else
+    /// the sender would be handed a job that is gone, again and again).
+    pub(crate) fn forget_callback(&mut self, id: JobId, job: &Job) -> Result<(), StoreError> {
+        if let Some(callback) = &job.callback
+            && callback.state == CallbackState::Pending
+            && let Some(at) = callback.next_at
+        {
+            self.callbacks.remove((at, id.0)).map_err(storage)?;
+        }
+        Ok(())
+    }
+}
+
 impl Writer {
     /// A job just became terminal (as the API shows it): its callback, if any, is due now.
     pub(crate) fn schedule_callback(

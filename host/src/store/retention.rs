@@ -44,6 +44,7 @@ impl Writer {
                     .map_err(storage)?;
                 t.jobs.remove(id).map_err(storage)?;
                 t.release_blobs(&job, &mut fx.blobs)?;
+                t.forget_callback(JobId(id), &job)?;
                 fx.counts.moved(&job.function, Some(job.status), None);
             } else if let Some(event) = t
                 .events

@@ -708,6 +708,7 @@ impl Writer {
                 .map_err(storage)?;
             t.jobs.remove(id.0).map_err(storage)?;
             t.release_blobs(&job, &mut fx.blobs)?;
+            t.forget_callback(id, &job)?;
         }
         Ok(())
     }
