@@ -176,6 +176,9 @@ pub struct Callback {
     pub next_at: Option<u64>,
     /// When it was delivered.
     pub delivered_at: Option<u64>,
+    /// Which delivery this is: 0, then one more for each redrive of the job (each end of the
+    /// job is a new callback with its own `webhook-id`).
+    pub round: u32,
 }
 
 /// Where a callback's delivery is.
@@ -202,6 +205,15 @@ impl Callback {
             last_error: None,
             next_at: None,
             delivered_at: None,
+            round: 0,
+        }
+    }
+
+    /// The Standard Webhooks message id: the same for every attempt of one delivery.
+    pub fn message_id(&self, job: JobId) -> String {
+        match self.round {
+            0 => format!("msg_{job}"),
+            n => format!("msg_{job}_{n}"),
         }
     }
 }

@@ -393,3 +393,54 @@ async fn an_open_api_refuses_a_non_loopback_address() {
     );
     let _ = json!(null);
 }
+
+/// A redriven job ends again and calls back again, as a new delivery with its own
+/// `webhook-id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_job_calls_back_again() {
+    let receiver = Receiver::start().await;
+    let (host, _dir) = host_calling(&[&receiver]).await;
+    host.deploy("probe", components::PROBE, "max_attempts=1")
+        .await;
+    let r = host
+        .http
+        .post(host.url("/v1/functions/probe/jobs"))
+        .header("content-type", "application/json")
+        .header("sluice-callback", receiver.url("/hook"))
+        .body(json!({"action": "fail", "retryable": false}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = callback_settled(&host, &id).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["callback"]["state"], "delivered");
+    let (status, _) = host
+        .post_json(
+            "/v1/functions/probe/dead-letters/redrive",
+            &json!({"ids": [id]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.requests().len() < 2 {
+        assert!(Instant::now() < deadline, "no second callback");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = receiver.requests();
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![format!("msg_{id}"), format!("msg_{id}_1")]);
+    let key = secret(&host).await;
+    for r in &got {
+        verify(&key, r).unwrap();
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["type"], "job.failed");
+    }
+    host.stop().await;
+}

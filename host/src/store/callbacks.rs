@@ -31,8 +31,19 @@ impl Tables<'_> {
     /// A job is being deleted: a callback still pending leaves the timer index with it (else
     /// the sender would be handed a job that is gone, again and again).
     pub(crate) fn forget_callback(&mut self, id: JobId, job: &Job) -> Result<(), StoreError> {
-        if let Some(callback) = &job.callback
-            && callback.state == CallbackState::Pending
+        match &job.callback {
+            Some(callback) => self.forget_callback_row(id, callback),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes a pending callback's row from the timer index.
+    pub(crate) fn forget_callback_row(
+        &mut self,
+        id: JobId,
+        callback: &crate::job::Callback,
+    ) -> Result<(), StoreError> {
+        if callback.state == CallbackState::Pending
             && let Some(at) = callback.next_at
         {
             self.callbacks.remove((at, id.0)).map_err(storage)?;

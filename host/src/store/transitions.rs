@@ -679,6 +679,14 @@ impl Writer {
         job.output = None;
         job.output_content_type = None;
         job.ready_at = now_ms();
+        // It will end again: that end gets its own callback.
+        if let Some(callback) = &mut job.callback {
+            t.forget_callback_row(id, callback)?;
+            *callback = crate::job::Callback {
+                round: callback.round + 1,
+                ..crate::job::Callback::new(std::mem::take(&mut callback.url))
+            };
+        }
         // Back at the end of its key's queue, behind the jobs submitted since.
         let seq = self.ids.generate().0;
         t.join_key(id, &mut job, seq)?;

@@ -100,7 +100,7 @@ impl Sender {
             };
         };
         let body = serde_json::to_vec(&payload(id, &job)).expect("JSON values serialise");
-        let msg_id = format!("msg_{id}");
+        let msg_id = callback.message_id(id);
         let url = match guard::check_url(&callback.url, &self.allow) {
             Ok(url) => url,
             Err(e) => {
