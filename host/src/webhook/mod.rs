@@ -14,8 +14,12 @@
 pub mod guard;
 pub mod sign;
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use reqwest::Url;
 use serde_json::{Value, json};
@@ -30,6 +34,8 @@ use sign::Secrets;
 const MAX_REDIRECTS: usize = 5;
 /// Deliveries in flight at once.
 const CONCURRENCY: usize = 64;
+/// Receiver clients kept at most (all are dropped when it fills).
+const MAX_CLIENTS: usize = 256;
 /// Outputs up to this size (UTF-8) are inlined in the payload; larger ones are linked.
 const INLINE_OUTPUT: usize = 64 << 10;
 
@@ -40,6 +46,8 @@ pub struct Sender {
     allow: AllowList,
     timeout: Duration,
     slots: Arc<Semaphore>,
+    /// Clients by (host, checked addresses).
+    clients: Mutex<HashMap<(String, Vec<SocketAddr>), reqwest::Client>>,
 }
 
 impl Sender {
@@ -57,6 +65,7 @@ impl Sender {
             allow,
             timeout,
             slots: Arc::new(Semaphore::new(CONCURRENCY)),
+            clients: Mutex::new(HashMap::new()),
         }
     }
 
@@ -113,6 +122,29 @@ impl Sender {
         self.post(url, &msg_id, &body).await
     }
 
+    /// A client that connects `host` only to `addrs` (the checked addresses). Kept per (host,
+    /// addresses), so repeated callbacks to a receiver reuse its TLS setup and connections; a
+    /// change in what the name resolves to makes a new one.
+    fn client_for(&self, host: &str, addrs: &[SocketAddr]) -> reqwest::Result<reqwest::Client> {
+        let mut sorted = addrs.to_vec();
+        sorted.sort();
+        let key = (host.to_string(), sorted);
+        let mut clients = self.clients.lock();
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(self.timeout)
+            .resolve_to_addrs(host.trim_matches(|c| c == '[' || c == ']'), addrs)
+            .build()?;
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
     /// POSTs the signed body, following redirects hop by hop through the guard.
     async fn post(&self, mut url: Url, msg_id: &str, body: &[u8]) -> CallbackResult {
         for _ in 0..=MAX_REDIRECTS {
@@ -127,12 +159,7 @@ impl Sender {
             };
             let host = guard::host_of(&url).unwrap_or_default();
             // Connect only to the addresses just checked.
-            let client = match reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(self.timeout)
-                .resolve_to_addrs(host.trim_matches(|c| c == '[' || c == ']'), &addrs)
-                .build()
-            {
+            let client = match self.client_for(&host, &addrs) {
                 Ok(c) => c,
                 Err(e) => {
                     return CallbackResult::Failed {
