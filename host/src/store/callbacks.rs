@@ -46,7 +46,7 @@ impl Tables<'_> {
         if callback.state == CallbackState::Pending
             && let Some(at) = callback.next_at
         {
-            self.callbacks.remove((at, id.0)).map_err(storage)?;
+            self.callbacks.open()?.remove((at, id.0)).map_err(storage)?;
         }
         Ok(())
     }
@@ -72,7 +72,10 @@ impl Writer {
         let now = now_ms();
         callback.state = CallbackState::Pending;
         callback.next_at = Some(now);
-        t.callbacks.insert((now, id.0), ()).map_err(storage)?;
+        t.callbacks
+            .open()?
+            .insert((now, id.0), ())
+            .map_err(storage)?;
         self.next_callback = Some(self.next_callback.map_or(now, |d| d.min(now)));
         Ok(())
     }
@@ -86,7 +89,7 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         self.next_callback = None;
-        for row in t.callbacks.iter().map_err(storage)? {
+        for row in t.callbacks.open()?.iter().map_err(storage)? {
             let (at, id) = row.map_err(storage)?.0.value();
             let id = JobId(id);
             if self.callbacks_sending.contains(&id) {
@@ -120,7 +123,7 @@ impl Writer {
             return Ok(());
         }
         if let Some(at) = callback.next_at.take() {
-            t.callbacks.remove((at, id.0)).map_err(storage)?;
+            t.callbacks.open()?.remove((at, id.0)).map_err(storage)?;
         }
         callback.attempts += 1;
         let now = now_ms();
@@ -138,7 +141,10 @@ impl Writer {
                             .callback_retry
                             .delay_ms(callback.attempts - 1, &mut self.rng);
                     callback.next_at = Some(at);
-                    t.callbacks.insert((at, id.0), ()).map_err(storage)?;
+                    t.callbacks
+                        .open()?
+                        .insert((at, id.0), ())
+                        .map_err(storage)?;
                     self.next_callback = Some(self.next_callback.map_or(at, |d| d.min(at)));
                 } else {
                     callback.state = CallbackState::Failed;

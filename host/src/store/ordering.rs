@@ -12,9 +12,14 @@ use crate::job::{Job, JobId, JobStatus, QueuedJob, now_ms};
 
 impl Tables<'_> {
     /// The first unfinished job of an ordering key (its head), if any.
-    pub(crate) fn key_head(&self, function: &str, key: &str) -> Result<Option<JobId>, StoreError> {
+    pub(crate) fn key_head(
+        &mut self,
+        function: &str,
+        key: &str,
+    ) -> Result<Option<JobId>, StoreError> {
         Ok(self
             .ordering
+            .open()?
             .range((function, key, 0u128)..=(function, key, u128::MAX))
             .map_err(storage)?
             .next()
@@ -25,7 +30,7 @@ impl Tables<'_> {
 
     /// True when the job may enter the ready queue: it has no ordering key, or it is its key's
     /// head.
-    pub(crate) fn may_run(&self, id: JobId, job: &Job) -> Result<bool, StoreError> {
+    pub(crate) fn may_run(&mut self, id: JobId, job: &Job) -> Result<bool, StoreError> {
         match &job.ordering_key {
             None => Ok(true),
             Some(key) => Ok(self.key_head(&job.function, key)? == Some(id)),
@@ -42,6 +47,7 @@ impl Tables<'_> {
         if let Some(key) = &job.ordering_key {
             job.ordering_seq = seq;
             self.ordering
+                .open()?
                 .insert((job.function.as_str(), key.as_str(), seq), id.0)
                 .map_err(storage)?;
         }
@@ -53,6 +59,7 @@ impl Tables<'_> {
         let mut rows = Vec::new();
         for row in self
             .ordering
+            .open()?
             .range((function, "", 0u128)..)
             .map_err(storage)?
         {
@@ -65,6 +72,7 @@ impl Tables<'_> {
         }
         for (key, seq, _) in &rows {
             self.ordering
+                .open()?
                 .remove((function, key.as_str(), *seq))
                 .map_err(storage)?;
         }
@@ -85,6 +93,7 @@ impl Writer {
             return Ok(());
         };
         t.ordering
+            .open()?
             .remove((job.function.as_str(), key.as_str(), job.ordering_seq))
             .map_err(storage)?;
         let Some(next) = t.key_head(&job.function, key)? else {

@@ -204,10 +204,10 @@ impl Writer {
         }
         // The head takes the last output (a reference to a blob output is shared).
         if let Some(blob) = job.output_blob {
-            t.blobs.add_ref(blob, &[], &mut fx.blobs)?;
+            t.blobs.open()?.add_ref(blob, &[], &mut fx.blobs)?;
         }
         if let Some(old) = h.output_blob.take() {
-            t.blobs.release(old, &mut fx.blobs)?;
+            t.blobs.open()?.release(old, &mut fx.blobs)?;
         }
         h.output_blob = job.output_blob;
         h.output = job.output.clone();

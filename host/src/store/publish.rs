@@ -46,6 +46,7 @@ impl Writer {
                 .unwrap_or_else(|| event_id.to_string());
             if new.correlation_id.is_some() {
                 t.correlated
+                    .open()?
                     .insert((correlation_id.as_str(), event_id.0), KIND_EVENT)
                     .map_err(storage)?;
             }
@@ -85,6 +86,7 @@ impl Writer {
                 deliveries: deliveries.iter().map(|(f, id)| (f.clone(), id.0)).collect(),
             };
             t.events
+                .open()?
                 .insert(event_id.0, encode_event(&record).as_slice())
                 .map_err(storage)?;
             // Kept as long as a finished job.

@@ -40,6 +40,7 @@ impl Writer {
                     .remove((job.function.as_str(), id))
                     .map_err(storage)?;
                 t.correlated
+                    .open()?
                     .remove((job.correlation_id.as_str(), id))
                     .map_err(storage)?;
                 t.jobs.remove(id).map_err(storage)?;
@@ -48,11 +49,13 @@ impl Writer {
                 fx.counts.moved(&job.function, Some(job.status), None);
             } else if let Some(event) = t
                 .events
+                .open()?
                 .remove(id)
                 .map_err(storage)?
                 .and_then(|row| decode_event(row.value()).ok())
             {
                 t.correlated
+                    .open()?
                     .remove((event.correlation_id.as_str(), id))
                     .map_err(storage)?;
             }
@@ -60,6 +63,7 @@ impl Writer {
         let mut keys = Vec::new();
         for row in t
             .idempotency_times
+            .open()?
             .range(..(now.saturating_sub(self.key_window_ms), "", ""))
             .map_err(storage)?
             .take(SWEEP_BATCH)
@@ -70,11 +74,13 @@ impl Writer {
         }
         for (at, function, key) in &keys {
             t.idempotency_times
+                .open()?
                 .remove((*at, function.as_str(), key.as_str()))
                 .map_err(storage)?;
             // The key may have been used again since (a new record): keep that one.
             let current = t
                 .idempotency
+                .open()?
                 .get((function.as_str(), key.as_str()))
                 .map_err(storage)?
                 .map(|v| KeyRecord::decode(v.value()))
@@ -82,6 +88,7 @@ impl Writer {
                 .map_err(StoreError::Storage)?;
             if current.is_some_and(|r| r.created_at == *at) {
                 t.idempotency
+                    .open()?
                     .remove((function.as_str(), key.as_str()))
                     .map_err(storage)?;
             }

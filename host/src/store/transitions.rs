@@ -24,22 +24,51 @@ use crate::manifest::RetryPolicy;
 /// Delayed jobs moved to the ready queue per commit.
 const MAX_PROMOTE: usize = 10_000;
 
-/// The tables a batch writes, opened once per transaction.
+/// A table opened on first use: most batches touch only the job, index and count tables, and
+/// opening one costs a lookup in the file's table directory.
+pub(crate) struct Lazy<'txn, T> {
+    txn: &'txn WriteTransaction,
+    opener: fn(&'txn WriteTransaction) -> Result<T, StoreError>,
+    value: Option<T>,
+}
+
+impl<'txn, T> Lazy<'txn, T> {
+    fn new(
+        txn: &'txn WriteTransaction,
+        opener: fn(&'txn WriteTransaction) -> Result<T, StoreError>,
+    ) -> Self {
+        Lazy {
+            txn,
+            opener,
+            value: None,
+        }
+    }
+
+    /// The table, opened now if this transaction has not used it yet.
+    pub(crate) fn open(&mut self) -> Result<&mut T, StoreError> {
+        if self.value.is_none() {
+            self.value = Some((self.opener)(self.txn)?);
+        }
+        Ok(self.value.as_mut().expect("opened above"))
+    }
+}
+
+/// The tables a batch writes, opened once per transaction (the rarely used ones on first use).
 pub(crate) struct Tables<'txn> {
     pub(crate) jobs: Table<'txn, u128, &'static [u8]>,
     pub(crate) ready: Table<'txn, (&'static str, u8, u64, u128), ()>,
     pub(crate) function_jobs: Table<'txn, (&'static str, u128), ()>,
-    pub(crate) delayed: Table<'txn, (u64, u128), ()>,
-    pub(crate) dead_letters: Table<'txn, (&'static str, u128), ()>,
+    pub(crate) delayed: Lazy<'txn, Table<'txn, (u64, u128), ()>>,
+    pub(crate) dead_letters: Lazy<'txn, Table<'txn, (&'static str, u128), ()>>,
     pub(crate) finished: Table<'txn, (u64, u128), ()>,
-    pub(crate) idempotency: Table<'txn, (&'static str, &'static str), &'static [u8]>,
-    pub(crate) idempotency_times: Table<'txn, (u64, &'static str, &'static str), ()>,
-    pub(crate) ordering: Table<'txn, (&'static str, &'static str, u128), u128>,
-    pub(crate) events: Table<'txn, u128, &'static [u8]>,
-    pub(crate) correlated: Table<'txn, (&'static str, u128), u8>,
+    pub(crate) idempotency: Lazy<'txn, Table<'txn, (&'static str, &'static str), &'static [u8]>>,
+    pub(crate) idempotency_times: Lazy<'txn, Table<'txn, (u64, &'static str, &'static str), ()>>,
+    pub(crate) ordering: Lazy<'txn, Table<'txn, (&'static str, &'static str, u128), u128>>,
+    pub(crate) events: Lazy<'txn, Table<'txn, u128, &'static [u8]>>,
+    pub(crate) correlated: Lazy<'txn, Table<'txn, (&'static str, u128), u8>>,
     pub(crate) counts: Table<'txn, (&'static str, u8), u64>,
-    pub(crate) blobs: BlobTables<'txn>,
-    pub(crate) callbacks: Table<'txn, (u64, u128), ()>,
+    pub(crate) blobs: Lazy<'txn, BlobTables<'txn>>,
+    pub(crate) callbacks: Lazy<'txn, Table<'txn, (u64, u128), ()>>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -48,18 +77,34 @@ impl<'txn> Tables<'txn> {
             jobs: txn.open_table(JOBS).map_err(storage)?,
             ready: txn.open_table(READY).map_err(storage)?,
             function_jobs: txn.open_table(FUNCTION_JOBS).map_err(storage)?,
-            delayed: txn.open_table(DELAYED).map_err(storage)?,
-            dead_letters: txn.open_table(DEAD_LETTERS).map_err(storage)?,
+            delayed: Lazy::new(txn, |txn| txn.open_table(DELAYED).map_err(storage)),
+            dead_letters: Lazy::new(txn, |txn| txn.open_table(DEAD_LETTERS).map_err(storage)),
             finished: txn.open_table(FINISHED).map_err(storage)?,
-            idempotency: txn.open_table(IDEMPOTENCY).map_err(storage)?,
-            idempotency_times: txn.open_table(IDEMPOTENCY_TIMES).map_err(storage)?,
-            ordering: txn.open_table(ORDERING).map_err(storage)?,
-            events: txn.open_table(EVENTS).map_err(storage)?,
-            correlated: txn.open_table(CORRELATED).map_err(storage)?,
+            idempotency: Lazy::new(txn, |txn| txn.open_table(IDEMPOTENCY).map_err(storage)),
+            idempotency_times: Lazy::new(txn, |txn| {
+                txn.open_table(IDEMPOTENCY_TIMES).map_err(storage)
+            }),
+            ordering: Lazy::new(txn, |txn| txn.open_table(ORDERING).map_err(storage)),
+            events: Lazy::new(txn, |txn| txn.open_table(EVENTS).map_err(storage)),
+            correlated: Lazy::new(txn, |txn| txn.open_table(CORRELATED).map_err(storage)),
             counts: txn.open_table(COUNTS).map_err(storage)?,
-            blobs: BlobTables::open(txn)?,
-            callbacks: txn.open_table(CALLBACKS).map_err(storage)?,
+            blobs: Lazy::new(txn, BlobTables::open),
+            callbacks: Lazy::new(txn, |txn| txn.open_table(CALLBACKS).map_err(storage)),
         })
+    }
+
+    /// Opens every table, so a new file has them all before any reader looks for one.
+    pub(crate) fn open_all(&mut self) -> Result<(), StoreError> {
+        self.delayed.open()?;
+        self.dead_letters.open()?;
+        self.idempotency.open()?;
+        self.idempotency_times.open()?;
+        self.ordering.open()?;
+        self.events.open()?;
+        self.correlated.open()?;
+        self.blobs.open()?;
+        self.callbacks.open()?;
+        Ok(())
     }
 
     pub(crate) fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -101,15 +146,16 @@ impl<'txn> Tables<'txn> {
         delta: &mut BlobDelta,
     ) -> Result<(), StoreError> {
         for blob in [job.input_blob, job.output_blob].into_iter().flatten() {
-            self.blobs.release(blob, delta)?;
+            self.blobs.open()?.release(blob, delta)?;
         }
         Ok(())
     }
 
     /// When the earliest delayed job is due.
-    pub(crate) fn first_delayed(&self) -> Result<Option<u64>, StoreError> {
+    pub(crate) fn first_delayed(&mut self) -> Result<Option<u64>, StoreError> {
         Ok(self
             .delayed
+            .open()?
             .first()
             .map_err(storage)?
             .map(|(k, _)| k.value().0))
@@ -154,7 +200,7 @@ impl<'txn> Tables<'txn> {
     /// The given ids that are dead letters of `function`, or (no ids) up to `limit` of its
     /// dead letters, oldest first.
     pub(crate) fn dead_letters_of(
-        &self,
+        &mut self,
         function: &str,
         ids: Option<Vec<JobId>>,
         limit: usize,
@@ -165,6 +211,7 @@ impl<'txn> Tables<'txn> {
                 for id in ids {
                     if self
                         .dead_letters
+                        .open()?
                         .get((function, id.0))
                         .map_err(storage)?
                         .is_some()
@@ -176,6 +223,7 @@ impl<'txn> Tables<'txn> {
             None => {
                 for row in self
                     .dead_letters
+                    .open()?
                     .range((function, 0u128)..=(function, u128::MAX))
                     .map_err(storage)?
                     .take(limit)
@@ -203,6 +251,7 @@ impl Writer {
         if let Some(key) = &new.idempotency {
             let known = t
                 .idempotency
+                .open()?
                 .get((new.function.as_str(), key.key.as_str()))
                 .map_err(storage)?
                 .map(|v| KeyRecord::decode(v.value()))
@@ -234,12 +283,14 @@ impl Writer {
                 created_at: now,
             };
             t.idempotency
+                .open()?
                 .insert(
                     (new.function.as_str(), key.key.as_str()),
                     record.encode().as_slice(),
                 )
                 .map_err(storage)?;
             t.idempotency_times
+                .open()?
                 .insert((now, new.function.as_str(), key.key.as_str()), ())
                 .map_err(storage)?;
         }
@@ -329,6 +380,7 @@ impl Writer {
         // A correlation id the job got from elsewhere is indexed; its own id needs no index.
         if let Some(correlation) = &new.correlation_id {
             t.correlated
+                .open()?
                 .insert((correlation.as_str(), id.0), KIND_JOB)
                 .map_err(storage)?;
         }
@@ -340,7 +392,7 @@ impl Writer {
             None => None,
         };
         if let Some(blob) = input_blob {
-            t.blobs.add_ref(blob, &new.input, &mut fx.blobs)?;
+            t.blobs.open()?.add_ref(blob, &new.input, &mut fx.blobs)?;
         }
         let mut job = Job {
             function: new.function,
@@ -424,7 +476,7 @@ impl Writer {
         at: u64,
         t: &mut Tables<'_>,
     ) -> Result<(), StoreError> {
-        t.delayed.insert((at, id.0), ()).map_err(storage)?;
+        t.delayed.open()?.insert((at, id.0), ()).map_err(storage)?;
         self.next_due = Some(self.next_due.map_or(at, |d| d.min(at)));
         Ok(())
     }
@@ -536,7 +588,7 @@ impl Writer {
                 });
                 match blob {
                     Some(blob) => {
-                        t.blobs.add_ref(blob, &output, &mut fx.blobs)?;
+                        t.blobs.open()?.add_ref(blob, &output, &mut fx.blobs)?;
                         job.output_blob = Some(blob);
                         job.output = None;
                     }
@@ -577,6 +629,7 @@ impl Writer {
             fx.counts.bytes(&job.function, -(job.input_size() as i64));
             if matches!(job.status, JobStatus::Failed | JobStatus::Dead) {
                 t.dead_letters
+                    .open()?
                     .insert((job.function.as_str(), id.0), ())
                     .map_err(storage)?;
                 fx.dead_lettered += 1;
@@ -634,7 +687,7 @@ impl Writer {
             JobStatus::Queued | JobStatus::Running => t.ready_remove(id, job)?,
             JobStatus::Delayed => {
                 if let Some(at) = job.not_before {
-                    t.delayed.remove((at, id.0)).map_err(storage)?;
+                    t.delayed.open()?.remove((at, id.0)).map_err(storage)?;
                 }
             }
             _ => return Ok(()),
@@ -664,7 +717,10 @@ impl Writer {
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        t.dead_letters.remove((function, id.0)).map_err(storage)?;
+        t.dead_letters
+            .open()?
+            .remove((function, id.0))
+            .map_err(storage)?;
         let Some(mut job) = t.job(id)? else {
             return Ok(());
         };
@@ -707,11 +763,15 @@ impl Writer {
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        t.dead_letters.remove((function, id.0)).map_err(storage)?;
+        t.dead_letters
+            .open()?
+            .remove((function, id.0))
+            .map_err(storage)?;
         t.function_jobs.remove((function, id.0)).map_err(storage)?;
         if let Some(job) = t.job(id)? {
             fx.counts.moved(function, Some(job.status), None);
             t.correlated
+                .open()?
                 .remove((job.correlation_id.as_str(), id.0))
                 .map_err(storage)?;
             t.jobs.remove(id.0).map_err(storage)?;
@@ -732,6 +792,7 @@ impl Writer {
         let mut due = Vec::new();
         for row in t
             .delayed
+            .open()?
             .range(..=(now, u128::MAX))
             .map_err(storage)?
             .take(MAX_PROMOTE)
@@ -739,7 +800,7 @@ impl Writer {
             due.push(row.map_err(storage)?.0.value());
         }
         for &(at, id) in &due {
-            t.delayed.remove((at, id)).map_err(storage)?;
+            t.delayed.open()?.remove((at, id)).map_err(storage)?;
             let id = JobId(id);
             let Some(mut job) = t.job(id)? else { continue };
             if job.status != JobStatus::Delayed {
@@ -784,7 +845,7 @@ impl Writer {
             ids.push(JobId(row.map_err(storage)?.0.value().3));
         }
         let mut delayed = Vec::new();
-        for row in t.delayed.iter().map_err(storage)? {
+        for row in t.delayed.open()?.iter().map_err(storage)? {
             delayed.push(JobId(row.map_err(storage)?.0.value().1));
         }
         for id in delayed {

@@ -608,6 +608,7 @@ pub(crate) fn recover(
     let (next_due, bytes);
     {
         let mut t = Tables::open(&txn)?;
+        t.open_all()?;
         let mut counts = CountDeltas::default();
         t.requeue_running(&mut counts)?;
         counts.write(&mut t.counts)?;
