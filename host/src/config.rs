@@ -51,6 +51,10 @@ pub struct Config {
     /// Callback targets allowed although their address is internal: `host` or `host:port`
     /// (`--allow-callback-host`); loopback is reachable only this way.
     pub allow_callback_hosts: Vec<String>,
+    /// The address clients reach this host at (`--public-url`, e.g. `https://sluice.example`):
+    /// callbacks link large outputs under it. Unset: the listening address, unless that is
+    /// unspecified (0.0.0.0), in which case the link is relative.
+    pub public_url: Option<String>,
     /// How failed callbacks are retried (attempts, backoff with full jitter).
     pub callback_retry: RetryPolicy,
     /// How long one callback attempt may take.
@@ -80,6 +84,7 @@ impl Default for Config {
             claim_check_bytes: 256 << 10,
             max_output_bytes: 256 << 20,
             allow_callback_hosts: Vec::new(),
+            public_url: None,
             callback_retry: RetryPolicy {
                 max_attempts: 10,
                 backoff_base_ms: 1000,
@@ -145,6 +150,13 @@ impl Config {
             return fail("store_shards must be 1 to 64");
         }
         crate::webhook::guard::AllowList::parse(&self.allow_callback_hosts).map_err(ConfigError)?;
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError(format!(
+                "public_url {url:?} must start with http:// or https:// (e.g. https://sluice.example)"
+            )));
+        }
         if self.callback_retry.max_attempts == 0 {
             return fail("callback_retry.max_attempts must be at least 1");
         }

@@ -57,6 +57,7 @@ pub async fn run(
         secrets.clone(),
         AllowList::parse(&config.allow_callback_hosts).map_err(anyhow::Error::msg)?,
         config.callback_timeout,
+        public_base(config.public_url.as_deref(), addr),
     );
     let sending = tokio::spawn(sender.run(callbacks));
     load_functions(&store, &runtime).await?;
@@ -168,4 +169,14 @@ async fn load_functions(store: &Arc<Store>, runtime: &Arc<Runtime>) -> anyhow::R
         runtime.install(record, &compiled);
     }
     Ok(())
+}
+
+/// Where callbacks link large outputs: the configured public URL, else the listening address
+/// (nothing, for a relative link, when that address is unspecified).
+fn public_base(configured: Option<&str>, addr: std::net::SocketAddr) -> String {
+    match configured {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None if addr.ip().is_unspecified() => String::new(),
+        None => format!("http://{addr}"),
+    }
 }

@@ -444,3 +444,28 @@ async fn a_redriven_job_calls_back_again() {
     }
     host.stop().await;
 }
+
+/// An output too large to inline is linked with an absolute URL under the host's address, and
+/// the link serves the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_output_is_linked_with_an_absolute_url() {
+    let receiver = Receiver::start().await;
+    let (host, _dir) = host_calling(&[&receiver]).await;
+    host.deploy("echo", components::ECHO, "").await;
+    let big = "x".repeat(100 << 10);
+    let (status, answer) = submit_with_callback(&host, "echo", &big, &receiver.url("/hook")).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["id"].as_str().unwrap();
+    let job = callback_settled(&host, id).await;
+    assert_eq!(job["callback"]["state"], "delivered", "{job}");
+    let got = receiver.requests();
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert!(body["data"]["output"].is_null(), "not inlined: {body}");
+    assert_eq!(body["data"]["output_size"], big.len());
+    let url = body["data"]["output_url"].as_str().unwrap();
+    assert_eq!(url, host.url(&format!("/v1/jobs/{id}/output")));
+    let fetched = host.http.get(url).send().await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.text().await.unwrap(), big);
+    host.stop().await;
+}

@@ -122,6 +122,10 @@ pub struct ServeArgs {
     /// loopback is reachable only this way (repeat, or comma-separate in the variable).
     #[arg(long, env = "SLUICE_ALLOW_CALLBACK_HOSTS", value_delimiter = ',')]
     pub allow_callback_host: Vec<String>,
+    /// The address clients reach this host at (e.g. https://sluice.example): callbacks link
+    /// large outputs under it (default: the listening address).
+    #[arg(long, env = "SLUICE_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Delivery attempts of a callback before it is marked failed.
     #[arg(long, env = "SLUICE_CALLBACK_MAX_ATTEMPTS", default_value_t = 10)]
     pub callback_max_attempts: u32,
@@ -173,6 +177,7 @@ impl ServeArgs {
             max_queued_bytes: self.max_queued_bytes,
             claim_check_bytes: self.claim_check_bytes,
             allow_callback_hosts: self.allow_callback_host.clone(),
+            public_url: self.public_url.clone(),
             callback_retry: crate::manifest::RetryPolicy {
                 max_attempts: self.callback_max_attempts,
                 backoff_base_ms: self.callback_backoff_base_ms,

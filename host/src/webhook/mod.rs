@@ -46,24 +46,28 @@ pub struct Sender {
     allow: AllowList,
     timeout: Duration,
     slots: Arc<Semaphore>,
+    /// Prefix of the `output_url` links in payloads (`http://host:port`, or empty).
+    public_base: String,
     /// Clients by (host, checked addresses).
     clients: Mutex<HashMap<(String, Vec<SocketAddr>), reqwest::Client>>,
 }
 
 impl Sender {
     /// A sender signing with `secrets`, refusing targets the guard denies unless `allow` names
-    /// them, giving each attempt `timeout`.
+    /// them, giving each attempt `timeout`, linking large outputs under `public_base`.
     pub fn new(
         store: Arc<Store>,
         secrets: Arc<Secrets>,
         allow: AllowList,
         timeout: Duration,
+        public_base: String,
     ) -> Sender {
         Sender {
             store,
             secrets,
             allow,
             timeout,
+            public_base,
             slots: Arc::new(Semaphore::new(CONCURRENCY)),
             clients: Mutex::new(HashMap::new()),
         }
@@ -108,7 +112,8 @@ impl Sender {
                 retry: false,
             };
         };
-        let body = serde_json::to_vec(&payload(id, &job)).expect("JSON values serialise");
+        let body = serde_json::to_vec(&payload(id, &job, &self.public_base))
+            .expect("JSON values serialise");
         let msg_id = callback.message_id(id);
         let url = match guard::check_url(&callback.url, &self.allow) {
             Ok(url) => url,
@@ -242,8 +247,9 @@ impl Sender {
     }
 }
 
-/// The callback body: the job's outcome, the output inline when small UTF-8, else a link.
-pub fn payload(id: JobId, job: &Job) -> Value {
+/// The callback body: the job's outcome, the output inline when small UTF-8, else a link under
+/// `base` (the host's public URL).
+pub fn payload(id: JobId, job: &Job, base: &str) -> Value {
     let status = job.visible_status();
     let inline = job
         .output
@@ -266,7 +272,7 @@ pub fn payload(id: JobId, job: &Job) -> Value {
     });
     match inline {
         Some(text) => data["output"] = text.into(),
-        None if has_output => data["output_url"] = format!("/v1/jobs/{id}/output").into(),
+        None if has_output => data["output_url"] = format!("{base}/v1/jobs/{id}/output").into(),
         None => {}
     }
     json!({
