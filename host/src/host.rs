@@ -180,3 +180,20 @@ fn public_base(configured: Option<&str>, addr: std::net::SocketAddr) -> String {
         None => format!("http://{addr}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::public_base;
+
+    #[test]
+    fn output_links_use_the_public_url_else_the_listening_address() {
+        let local = "127.0.0.1:7070".parse().unwrap();
+        let any = "0.0.0.0:7070".parse().unwrap();
+        assert_eq!(
+            public_base(Some("https://sluice.example/"), any),
+            "https://sluice.example"
+        );
+        assert_eq!(public_base(None, local), "http://127.0.0.1:7070");
+        assert_eq!(public_base(None, any), "");
+    }
+}
