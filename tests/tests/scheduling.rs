@@ -358,10 +358,20 @@ async fn stats_after_a_mixed_run() {
     // Two shards: each job's result commits on its own shard, so wait for both.
     host.wait(&running).await;
     host.wait(&queued).await;
-    let (_, stats) = host.get("/v1/functions/probe/stats").await;
+    // The scheduler's running count and the store's counters are read separately: give them a
+    // moment to agree (a wrong counter never does, and fails below).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let (_, stats) = host.get("/v1/functions/probe/stats").await;
+        let settled = stats["queued"] == 0 && stats["running"] == 0;
+        if settled || Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(stats["succeeded"], 3, "{stats}");
-    assert_eq!(stats["queued"], 0);
-    assert_eq!(stats["running"], 0);
+    assert_eq!(stats["queued"], 0, "{stats}");
+    assert_eq!(stats["running"], 0, "{stats}");
     assert!(stats["oldest_queued_age_ms"].is_null(), "{stats}");
     assert_eq!(host.get("/v1/functions/nope/stats").await.0, 404);
 }
