@@ -296,6 +296,51 @@ async fn api_tokens_enforce_scopes() {
         401
     );
 
+    // The scheme is case-insensitive (RFC 9110).
+    let lower = host
+        .http
+        .get(host.url("/v1/jobs"))
+        .header("authorization", format!("bearer {read}"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(lower, 200, "lower-case bearer scheme");
+    // An unauthenticated upload is refused before its body ends: the host reads a small
+    // bound of it, answers 401 and closes, instead of buffering up to --max-body-bytes.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = host
+            .url("")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /v1/functions/echo/jobs HTTP/1.1\r\nhost: {addr}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+            60u64 << 20
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        // Far more than the bound, far less than the declared length; the rest never comes.
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..4 {
+            if socket.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let mut answer = vec![0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(20), socket.read(&mut answer))
+            .await
+            .expect("the host answered an unauthenticated upload only once it ended")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+
     // Deploy: admin only.
     let wasm = std::fs::read(components::ECHO).unwrap();
     for (token, expected) in [(read, 403), (submit, 403), (admin, 201)] {

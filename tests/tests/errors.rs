@@ -147,6 +147,10 @@ async fn lookups_and_methods() {
     let (status, body) = host.get(&format!("/v1/jobs/{id}?wait=soon")).await;
     assert_eq!(status, 400);
     assert_error(&body, "invalid_query");
+    // A number too large for a duration is capped by the host's max wait, not a panic.
+    let (status, body) = host.get(&format!("/v1/jobs/{id}?wait=1e300")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], id.as_str(), "{body}");
 
     let (status, body) = host.delete("/v1/jobs").await;
     assert_eq!(status, 405);

@@ -204,10 +204,9 @@ pub(crate) async fn require(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     let Some(scopes) = presented.and_then(|t| tokens.scopes_of(t)) else {
-        drain(request, state.config.max_body_bytes).await;
+        let whole = drain(request).await;
         let mut response = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -218,7 +217,7 @@ pub(crate) async fn require(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer"),
         );
-        return response;
+        return close_unless(whole, response);
     };
     if !scopes.allows(need) {
         let message = format!(
@@ -228,21 +227,60 @@ pub(crate) async fn require(
             request.uri().path(),
             need.name()
         );
-        drain(request, state.config.max_body_bytes).await;
-        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
+        let whole = drain(request).await;
+        let response = ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
+        return close_unless(whole, response);
     }
     next.run(request).await
 }
 
-/// Reads (and drops) a refused request's body: answering while the client is still sending
-/// would break its connection, and it would see a reset instead of our error.
-async fn drain(request: Request, limit: usize) {
-    let _ = axum::body::to_bytes(request.into_body(), limit).await;
+/// Most bytes of a refused request's body the host reads before answering: an unauthenticated
+/// client must not make the host buffer (or even receive) a large upload.
+const REFUSED_BODY_BYTES: usize = 64 << 10;
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 9110 section 11.1), so `bearer` works too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Reads (and drops) a small refused request's body, so the client sees our error rather than a
+/// reset; gives up past [`REFUSED_BODY_BYTES`]. True when the whole body was read.
+async fn drain(request: Request) -> bool {
+    axum::body::to_bytes(request.into_body(), REFUSED_BODY_BYTES)
+        .await
+        .is_ok()
+}
+
+/// Marks a refusal whose body was not read whole `Connection: close`: the connection cannot be
+/// reused, and the host reads no more of the upload.
+fn close_unless(whole: bool, mut response: Response) -> Response {
+    if !whole {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 
     #[test]
     fn scopes_cover_their_routes() {

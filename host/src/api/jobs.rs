@@ -121,7 +121,8 @@ pub(crate) async fn show(
             .parse::<f64>()
             .ok()
             .filter(|w| w.is_finite() && *w >= 0.0)
-            .map(|w| Duration::from_secs_f64(w).min(state.config.max_wait))
+            // Capped before converting: a huge number (1e300) cannot overflow a Duration.
+            .map(|w| Duration::from_secs_f64(w.min(state.config.max_wait.as_secs_f64())))
             .ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_query",
