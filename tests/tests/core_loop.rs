@@ -79,6 +79,41 @@ async fn binary_output_is_served_raw() {
     host.stop().await;
 }
 
+/// Output is served with `nosniff`, and an active type (HTML) as an attachment, so a handler's
+/// output never runs in a browser on the API's origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_output_types_download_instead_of_rendering() {
+    let host = start_host().await;
+    host.deploy("echo", components::ECHO, "").await;
+    for (content_type, disposition) in [
+        ("text/html", "attachment"),
+        ("image/svg+xml", "attachment"),
+        ("text/plain; charset=utf-8", "inline"),
+        ("application/json", "inline"),
+    ] {
+        let id = host
+            .submit("echo", "<script>1</script>", content_type)
+            .await;
+        assert_eq!(host.wait(&id).await["status"], "succeeded");
+        let response = host
+            .http
+            .get(host.url(&format!("/v1/jobs/{id}/output")))
+            .send()
+            .await
+            .unwrap();
+        let headers = response.headers();
+        assert_eq!(
+            headers["x-content-type-options"], "nosniff",
+            "{content_type}"
+        );
+        assert_eq!(
+            headers["content-disposition"], disposition,
+            "{content_type}"
+        );
+    }
+    host.stop().await;
+}
+
 /// The JSON example computes an order total; bad input is a permanent failure with a reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_total_json() {

@@ -202,7 +202,39 @@ pub(crate) async fn output(
         (None, Some(blob)) => blob_body(state.store.clone(), blob),
         (None, None) => Body::empty(),
     };
-    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+    // A handler chooses the type: never let a browser sniff or render active content (HTML,
+    // SVG, scripts) from the API's origin; such outputs download instead.
+    let disposition = if renders_safely(content_type.as_bytes()) {
+        HeaderValue::from_static("inline")
+    } else {
+        HeaderValue::from_static("attachment")
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Output types a browser shows without running anything: plain text, JSON, raw bytes.
+fn renders_safely(content_type: &[u8]) -> bool {
+    let essence = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+        .to_ascii_lowercase();
+    matches!(
+        essence.as_slice(),
+        b"application/json" | b"text/plain" | b"application/octet-stream"
+    ) || (essence.starts_with(b"application/") && essence.ends_with(b"+json"))
 }
 
 /// Bytes per read while streaming a blob out.
