@@ -37,8 +37,16 @@ pub struct Config {
     pub job_retention: Duration,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_window: Duration,
-    /// Host-wide budget of unfinished jobs' input bytes; submits beyond it get 429.
+    /// Host-wide budget of unfinished work: each unfinished job costs its input bytes plus
+    /// [`crate::job::JOB_RECORD_BYTES`]; submits beyond it get 429.
     pub max_queued_bytes: u64,
+    /// Longest chain of jobs one request may cause (enqueues, emitted events, pipeline
+    /// stages): a job further from its request is dead-lettered without running.
+    pub max_hops: u32,
+    /// Sandbox resources one component may use: core instances, linear memories and tables.
+    /// A component that needs more is refused at deploy, so one handler cannot take the pool
+    /// slots every other function's attempts need.
+    pub component_limits: ComponentLimits,
     /// Threads running attempts (at a lower OS priority than the API and the writer).
     pub sandbox_threads: usize,
     /// Bound on a job's captured log (stdout, stderr and log lines), in bytes.
@@ -80,6 +88,8 @@ impl Default for Config {
             job_retention: Duration::from_secs(7 * 24 * 3600),
             idempotency_window: Duration::from_secs(24 * 3600),
             max_queued_bytes: 1 << 30,
+            max_hops: 64,
+            component_limits: ComponentLimits::default(),
             sandbox_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             claim_check_bytes: 256 << 10,
             max_output_bytes: 256 << 20,
@@ -111,6 +121,7 @@ impl Config {
             job_retention: self.job_retention,
             idempotency_window: self.idempotency_window,
             max_queued_bytes: self.max_queued_bytes,
+            max_hops: self.max_hops,
             claim_check_bytes: self.claim_check_bytes,
             callback_retry: self.callback_retry,
         }
@@ -166,6 +177,41 @@ impl Config {
         if self.max_log_bytes < 1024 {
             return fail("max_log_bytes must be at least 1024");
         }
+        if self.max_hops == 0 {
+            return fail("max_hops must be at least 1");
+        }
+        let l = self.component_limits;
+        if !(1..=1000).contains(&l.core_instances)
+            || !(1..=100).contains(&l.memories)
+            || !(1..=100).contains(&l.tables)
+        {
+            return fail(
+                "component limits: core instances 1 to 1000, memories and tables 1 to 100 per component",
+            );
+        }
         Ok(())
+    }
+}
+
+/// What one component may hold in its sandbox. The pooling allocator reserves this much for
+/// every one of `max_instances` sandboxes, so an attempt never waits for or takes another
+/// function's slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ComponentLimits {
+    /// Core module instances (a Rust handler has about 3; `--max-core-instances`).
+    pub core_instances: u32,
+    /// Linear memories (a Rust handler has 1 or 2; `--max-memories`).
+    pub memories: u32,
+    /// Tables (a Rust handler has about 3; `--max-tables`).
+    pub tables: u32,
+}
+
+impl Default for ComponentLimits {
+    fn default() -> Self {
+        ComponentLimits {
+            core_instances: 20,
+            memories: 4,
+            tables: 8,
+        }
     }
 }

@@ -158,6 +158,10 @@ pub struct Job {
     pub output_blob: Option<BlobRef>,
     /// The webhook to call when the job ends, and how its delivery went.
     pub callback: Option<Callback>,
+    /// Jobs between this one and the request that began its chain: 0 for a submit or a
+    /// delivery of a client's event, one more for each enqueue, emitted event or pipeline
+    /// stage after it.
+    pub hops: u32,
 }
 
 /// A webhook callback (`Sluice-Callback`): a signed POST to `url` once the job is terminal,
@@ -349,6 +353,10 @@ impl Parent {
 
 /// Attempts kept on a job; older ones are dropped first.
 pub const MAX_HISTORY: usize = 25;
+
+/// What an unfinished job costs in the host's budget of unfinished work (`--max-queued-bytes`)
+/// besides its input: its record. So a flood of empty jobs fills the budget too.
+pub const JOB_RECORD_BYTES: u64 = 128;
 
 /// Longest error message kept for one attempt, in bytes.
 pub const MAX_ERROR_BYTES: usize = 4096;

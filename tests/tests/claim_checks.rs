@@ -164,3 +164,30 @@ async fn bodies_above_the_limit_get_413() {
     assert_eq!(host.metric("sluice_jobs_accepted_total").await, 0.0);
     host.stop().await;
 }
+
+/// A handler reads only its own job's blob: another function's large payload is not readable by
+/// its digest (which anyone who knows the content can compute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_cannot_read_another_jobs_blob() {
+    let host = start_host().await;
+    host.deploy("sum", components::CHECKSUM, "").await;
+    host.deploy("probe", components::PROBE, "max_attempts=1")
+        .await;
+    let secret = payload(1_000_000);
+    let digest = sha256(&secret);
+    let id = host.submit("sum", secret, "application/octet-stream").await;
+    let job = host.wait(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(host.metric("sluice_blobs").await, 1.0, "stored as a blob");
+
+    let id = host
+        .submit_json("probe", &json!({"action": "read_blob", "digest": digest}))
+        .await;
+    let job = host.wait(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let out: Value = serde_json::from_str(job["output"].as_str().unwrap()).unwrap();
+    assert_eq!(out["ok"], false, "read another job's blob: {out}");
+    let detail = out["detail"].as_str().unwrap();
+    assert!(detail.contains("not this job's input"), "{detail}");
+    host.stop().await;
+}

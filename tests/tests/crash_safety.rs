@@ -192,6 +192,7 @@ async fn stale_attempts_are_fenced() {
         pipeline: None,
         input_blob: None,
         callback: None,
+        hops: 0,
     };
     let report = |outcome: Outcome| AttemptReport {
         outcome,

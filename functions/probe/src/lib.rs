@@ -16,6 +16,9 @@
 //! - `{"action":"emit","topic":"t","fail_until":3}`: publishes `probe.emitted` to the topic and
 //!   enqueues an `inspect` job, then fails (retryable) until attempt 3.
 //! - `{"action":"produce","mb":40}`: streams a 40 MiB output out with `OutputWriter`.
+//! - `{"action":"read_blob","digest":"..."}`: asks the host for any blob by digest.
+//! - `{"action":"fanout","function":"echo","n":1000}`: enqueues `n` empty jobs in one attempt.
+//! - `{"action":"chain","function":"probe"}`: enqueues itself to `function`, forever.
 //! - `{"action":"step","key":"a","seq":3,"ms":20}`: logs and answers `a 3 START END` (ms since
 //!   the epoch), sleeping `ms` in between: for ordering tests.
 //!
@@ -46,6 +49,9 @@ enum Action {
     Step { key: String, seq: u64, ms: u64 },
     Emit { topic: String, fail_until: u32 },
     Produce { mb: u64 },
+    ReadBlob { digest: String },
+    Fanout { function: String, n: u32 },
+    Chain { function: String },
 }
 
 /// Wall-clock ms since the Unix epoch, as the guest sees it.
@@ -150,6 +156,24 @@ fn handle(ev: Event) -> Result<Response, Error> {
             return out
                 .finish("application/octet-stream")
                 .map_err(|e| Error::retryable(e.to_string()));
+        }
+        Action::ReadBlob { digest } => {
+            // Asks the host for a blob by digest, as a handler that learnt one might.
+            use sluice_sdk::__private::bindings::sluice::platform::payload;
+            payload::read_blob(&digest, 0, 16).map(|b| format!("read {} bytes", b.len()))
+        }
+        Action::Fanout { function, n } => {
+            // Enqueues `n` empty jobs for `function` in one attempt.
+            for i in 0..n {
+                sluice_sdk::enqueue(&function, Vec::new(), None)
+                    .map_err(|e| Error::retryable(format!("enqueue {i} refused: {e}")))?;
+            }
+            Ok(format!("enqueued {n}"))
+        }
+        Action::Chain { function } => {
+            // Enqueues itself again: a chain that never ends on its own.
+            sluice_sdk::enqueue_json(&function, &json!({ "action": "chain", "function": function }))?;
+            Ok("chained".into())
         }
         Action::Fail { retryable: true } => {
             return Err(Error::retryable("probe failed on purpose"));

@@ -61,6 +61,7 @@ pub(crate) async fn submit(
             pipeline: None,
             input_blob,
             callback,
+            hops: 0,
         })
         .await?;
     // A repeated request with the same idempotency key gets the original answer, as 200.
@@ -382,6 +383,7 @@ pub(crate) async fn submit_batch(
             pipeline: None,
             input_blob: None,
             callback: callback.clone(),
+            hops: 0,
         });
     }
     let ids = state.store.submit_batch(jobs).await?;
@@ -539,6 +541,7 @@ pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
         "ordering_key": job.ordering_key,
         "version": job.version,
         "parent": job.parent.map(|p| p.to_json()),
+        "hops": job.hops,
         "callback": job.callback.as_ref().map(|c| json!({
             "url": c.url,
             "state": c.state,

@@ -49,6 +49,7 @@ pub(crate) async fn publish(
             parent: None,
             blob,
             callback: callback.clone(),
+            hops: 0,
         });
     }
     let events = new_events;

@@ -85,9 +85,23 @@ pub struct ServeArgs {
     /// Seconds a shutdown waits for running attempts.
     #[arg(long, env = "SLUICE_GRACE_PERIOD", default_value_t = 30)]
     pub grace_period: u64,
-    /// Host-wide budget of unfinished jobs' input bytes; submits beyond it get 429.
+    /// Host-wide budget of unfinished work in bytes (inputs plus 128 per job); submits beyond
+    /// it get 429.
     #[arg(long, env = "SLUICE_MAX_QUEUED_BYTES", default_value_t = 1 << 30)]
     pub max_queued_bytes: u64,
+    /// Longest chain of jobs one request may cause (enqueues, events, pipeline stages); a job
+    /// further away is dead-lettered without running.
+    #[arg(long, env = "SLUICE_MAX_HOPS", default_value_t = 64)]
+    pub max_hops: u32,
+    /// Core module instances one component may have (deploys of larger ones get 400).
+    #[arg(long, env = "SLUICE_MAX_CORE_INSTANCES", default_value_t = 20)]
+    pub max_core_instances: u32,
+    /// Linear memories one component may have (deploys of more get 400).
+    #[arg(long, env = "SLUICE_MAX_MEMORIES", default_value_t = 4)]
+    pub max_memories: u32,
+    /// Tables one component may have (deploys of more get 400).
+    #[arg(long, env = "SLUICE_MAX_TABLES", default_value_t = 8)]
+    pub max_tables: u32,
     /// Largest request body, in bytes (submits and deploys).
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
@@ -175,6 +189,12 @@ impl ServeArgs {
             job_retention: Duration::from_secs(self.job_retention_secs),
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
             max_queued_bytes: self.max_queued_bytes,
+            max_hops: self.max_hops,
+            component_limits: crate::config::ComponentLimits {
+                core_instances: self.max_core_instances,
+                memories: self.max_memories,
+                tables: self.max_tables,
+            },
             claim_check_bytes: self.claim_check_bytes,
             allow_callback_hosts: self.allow_callback_host.clone(),
             public_url: self.public_url.clone(),

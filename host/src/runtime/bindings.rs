@@ -87,6 +87,11 @@ impl sluice::platform::payload::Host for Sandbox {
         let mut key = [0u8; 32];
         hex::decode_to_slice(&digest, &mut key)
             .map_err(|_| format!("{digest:?} is not a blob digest (64 hex digits)"))?;
+        if self.readable != Some(key) {
+            return Err(format!(
+                "blob {digest} is not this job's input: a handler reads only the payload it was handed (event.data)"
+            ));
+        }
         self.blobs
             .read(&key, offset, len.min(MAX_READ) as usize)?
             .ok_or_else(|| format!("no blob {digest}"))

@@ -56,6 +56,11 @@ pub enum ComponentError {
         "the component does not implement the Sluice handler world (sluice:platform/handler): {0}; build it with sluice-sdk's #[handler]"
     )]
     WrongWorld(String),
+    /// The component needs more sandbox resources than one component may have.
+    #[error(
+        "the component needs more than one sandbox may hold: {0}; use fewer core instances, memories or tables (the host operator sets the limits with --max-core-instances, --max-memories, --max-tables)"
+    )]
+    OverLimits(String),
     /// The compiled artifact could not be used (engine settings changed): recompile.
     #[error("cannot load the compiled artifact: {0}")]
     Artifact(String),
@@ -184,8 +189,15 @@ impl Runtime {
                 });
             }
         }
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, wasm).map_err(|e| {
+            let message = format!("{e:#}");
+            // The pooling allocator checks the per-component limits as the component compiles.
+            if message.contains("pooling allocator") {
+                ComponentError::OverLimits(message)
+            } else {
+                ComponentError::Invalid(message)
+            }
+        })?;
         self.compilations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pre = self.link(&component)?;
@@ -295,6 +307,7 @@ impl Runtime {
                 log: log.clone(),
                 emitted: Default::default(),
                 blobs,
+                readable: job.input_blob.map(|b| b.digest),
                 streamed: Vec::new(),
                 max_output: self.max_output_bytes,
             },
@@ -389,7 +402,7 @@ impl Runtime {
                 Outcome::Failed {
                     kind: FailureKind::Trap,
                     message: format!(
-                        "memory limit of {} MiB exceeded: the handler tried to grow its memory to {:.1} MiB (raise memory_mb in the manifest, or use less memory)",
+                        "memory limit of {} MiB exceeded: the handler tried to grow its memories and tables to {:.1} MiB in all (raise memory_mb in the manifest, or use less memory)",
                         settings.memory_mb,
                         desired as f64 / (1 << 20) as f64
                     ),
@@ -446,15 +459,21 @@ pub fn digest(wasm: &[u8]) -> String {
     hex::encode(Sha256::digest(wasm))
 }
 
-/// The engine settings: a pooling allocator sized for `max_instances` sandboxes (a component
-/// instance uses about three core instances) and epoch interruption for time limits.
+/// The engine settings: a pooling allocator with room for `max_instances` sandboxes of the
+/// largest component the per-component limits allow (so the scheduler's slots count what the
+/// pool really holds: an attempt never finds the pool full), and epoch interruption for time
+/// limits.
 fn engine_config(config: &Config) -> wasmtime::Config {
     let n = config.max_instances;
+    let per = config.component_limits;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(n)
-        .total_core_instances(n * 4)
-        .total_memories(n * 2)
-        .total_tables(n * 4)
+        .max_core_instances_per_component(per.core_instances)
+        .max_memories_per_component(per.memories)
+        .max_tables_per_component(per.tables)
+        .total_core_instances(n * per.core_instances)
+        .total_memories(n * per.memories)
+        .total_tables(n * per.tables)
         .total_stacks(n)
         .max_memory_size((config.max_memory_mb as usize) << 20)
         // Reset a slot by rewriting only its dirty pages (PAGEMAP_SCAN, Linux 6.7+) instead of

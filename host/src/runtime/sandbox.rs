@@ -26,6 +26,9 @@ pub(crate) struct Sandbox {
     pub(crate) emitted: Staged,
     /// Where large payloads are read from.
     pub(crate) blobs: std::sync::Arc<dyn super::BlobSource>,
+    /// The one blob this attempt may read: its own job's input, if that is a blob. Another
+    /// function's payload is not readable by guessing or learning its digest.
+    pub(crate) readable: Option<[u8; 32]>,
     /// Output the handler streamed out (`write-output`), in host memory.
     pub(crate) streamed: Vec<u8>,
     /// Most bytes it may stream out.
@@ -74,13 +77,19 @@ impl WasiView for Sandbox {
     }
 }
 
-/// The function's `memory_mb`, enforced on every linear memory and table of the sandbox. It
-/// remembers a refused growth, so the failed attempt names the limit whatever the guest does
-/// next (a Rust guest aborts on allocation failure: the host only sees `unreachable`).
+/// The function's `memory_mb`: one budget for the whole sandbox, shared by all its linear
+/// memories and tables (a table element costs a pointer's worth of host memory), so a
+/// component with many memories gets no more than one with a single memory. It remembers a
+/// refused growth, so the failed attempt names the limit whatever the guest does next (a Rust
+/// guest aborts on allocation failure: the host only sees `unreachable`).
 pub(crate) struct MemoryLimit {
-    /// Bytes one memory (or table) may reach.
+    /// Bytes all memories and tables together may reach.
     bytes: usize,
-    /// The size a refused growth asked for, in bytes.
+    /// Bytes they hold now (wasmtime asks before creating each one, too).
+    used: usize,
+    /// The last approved growth, taken back if wasmtime then fails to grow.
+    last: usize,
+    /// The sandbox's total a refused growth asked for, in bytes.
     pub(crate) refused: Option<usize>,
 }
 
@@ -88,38 +97,88 @@ impl MemoryLimit {
     pub(crate) fn new(memory_mb: u32) -> Self {
         MemoryLimit {
             bytes: (memory_mb as usize) << 20,
+            used: 0,
+            last: 0,
             refused: None,
         }
     }
 
-    fn check(&mut self, desired_bytes: usize) -> bool {
-        if desired_bytes > self.bytes {
-            self.refused = Some(self.refused.unwrap_or(0).max(desired_bytes));
+    /// Approves growing one memory or table by `delta` bytes if the sandbox's total stays
+    /// within the budget.
+    fn grow(&mut self, delta: usize) -> bool {
+        let total = self.used.saturating_add(delta);
+        if total > self.bytes {
+            self.refused = Some(self.refused.unwrap_or(0).max(total));
+            self.last = 0;
             false
         } else {
+            self.used = total;
+            self.last = delta;
             true
         }
+    }
+
+    /// Takes back the last approved growth, which did not happen.
+    fn undo(&mut self) {
+        self.used -= self.last;
+        self.last = 0;
     }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimit {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(self.check(desired))
+        Ok(self.grow(desired.saturating_sub(current)))
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.undo();
+        Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Each table element takes a pointer's worth of host memory.
-        Ok(self.check(desired.saturating_mul(size_of::<usize>())))
+        let element = size_of::<usize>();
+        Ok(self.grow(desired.saturating_sub(current).saturating_mul(element)))
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.undo();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryLimit;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn the_budget_is_shared_by_every_memory_and_table() {
+        let mut l = MemoryLimit::new(16);
+        // Two memories of 8 MiB fit; a third memory of any size does not.
+        assert!(l.memory_growing(0, 8 << 20, None).unwrap());
+        assert!(l.memory_growing(0, 8 << 20, None).unwrap());
+        assert!(!l.memory_growing(0, 64 << 10, None).unwrap());
+        assert_eq!(l.refused, Some((16 << 20) + (64 << 10)));
+        // A growth wasmtime could not do is given back.
+        let mut l = MemoryLimit::new(16);
+        assert!(l.memory_growing(0, 10 << 20, None).unwrap());
+        assert!(l.memory_growing(10 << 20, 16 << 20, None).unwrap());
+        l.memory_grow_failed(wasmtime::Error::msg("no")).unwrap();
+        assert!(
+            l.table_growing(0, 1 << 19, None).unwrap(),
+            "4 MiB of table fits in the 6 left"
+        );
+        assert!(!l.table_growing(1 << 19, 1 << 20, None).unwrap());
     }
 }
 

@@ -109,6 +109,11 @@ impl CountDeltas {
         })
     }
 
+    /// Change of the unfinished jobs of every function together.
+    pub(crate) fn total_unfinished(&self) -> i64 {
+        self.unfinished_changes().map(|(_, n)| n).sum()
+    }
+
     /// Change of the unfinished bytes of every function together.
     pub(crate) fn total_bytes(&self) -> i64 {
         self.rows.iter().map(|(_, r)| r[BYTES_SLOT as usize]).sum()
@@ -165,6 +170,11 @@ pub(crate) struct Unfinished(parking_lot::Mutex<std::collections::HashMap<String
 impl Unfinished {
     pub(crate) fn get(&self, function: &str) -> u64 {
         self.0.lock().get(function).copied().unwrap_or(0)
+    }
+
+    /// Unfinished jobs of every function together.
+    pub(crate) fn total(&self) -> u64 {
+        self.0.lock().values().sum()
     }
 
     pub(crate) fn apply(&self, deltas: &CountDeltas) {

@@ -28,7 +28,7 @@ pub enum SubmitError {
     FunctionNotFound(String),
     /// The function has `max_queued` unfinished jobs already.
     #[error(
-        "function {function:?} has {max_queued} unfinished jobs, its max_queued: retry after some finish"
+        "function {function:?} would pass its max_queued of {max_queued} unfinished jobs: retry after some finish, or raise max_queued"
     )]
     QueueFull {
         /// The function.
@@ -36,9 +36,9 @@ pub enum SubmitError {
         /// Its limit.
         max_queued: u64,
     },
-    /// The host holds its budget of unfinished input bytes.
+    /// The host holds its budget of unfinished work (input bytes plus 128 bytes per job).
     #[error(
-        "the host holds its budget of {budget} bytes of unfinished jobs: retry after some finish"
+        "the host holds its budget of {budget} bytes of unfinished jobs (their inputs plus 128 bytes per job): retry after some finish, or raise --max-queued-bytes"
     )]
     BudgetExhausted {
         /// The budget, in bytes.

@@ -125,8 +125,11 @@ pub struct StoreOptions {
     pub job_retention: Duration,
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
-    /// Host-wide budget of unfinished jobs' input bytes; submits beyond it get 429.
+    /// Host-wide budget of unfinished work (inputs plus a record's cost per job); beyond it
+    /// submits get 429.
     pub max_queued_bytes: u64,
+    /// Longest chain of jobs one request may cause; further jobs are dead-lettered.
+    pub max_hops: u32,
     /// Payloads and outputs larger than this are stored once as blobs (claim checks).
     pub claim_check_bytes: usize,
     /// How failed webhook callbacks are retried.

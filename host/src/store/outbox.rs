@@ -5,30 +5,71 @@
 
 use super::transitions::Tables;
 use super::writer::{Effects, Writer};
-use super::{NewEvent, NewJob, StoreError};
+use super::{NewEvent, NewJob, StoreError, SubmitError};
 use crate::event::{CloudEvent, EventAttributes};
 use crate::job::{Emission, Job, JobId, JobStatus, Parent, Pipeline, now_ms, rfc3339};
 
 impl Writer {
-    /// Input bytes the emitted work (and a pipeline's next stage) would add to the host's
-    /// unfinished bytes: each published event counts once per subscriber.
-    pub(crate) fn emitted_bytes(&self, emitted: &[Emission], next_stage: Option<usize>) -> u64 {
-        let mut bytes = next_stage.unwrap_or(0) as u64;
+    /// What a success would add to the queues: the jobs it enqueues (and the next pipeline
+    /// stage, `(function, input bytes)`) per target function, and every job it causes,
+    /// topic deliveries included, with their bytes.
+    pub(crate) fn emitted_cost(
+        &self,
+        emitted: &[Emission],
+        next_stage: Option<(&str, usize)>,
+    ) -> EmittedCost {
+        let mut cost = EmittedCost::default();
+        let enqueue = |cost: &mut EmittedCost, function: &str, bytes: usize| {
+            *cost.targets.entry(function.to_string()).or_default() += 1;
+            cost.jobs += 1;
+            cost.bytes += bytes as u64;
+        };
+        if let Some((function, bytes)) = next_stage {
+            enqueue(&mut cost, function, bytes);
+        }
         for e in emitted {
-            bytes += match e {
+            match e {
                 Emission::Publish {
                     topic,
                     event_type,
                     data,
                     ..
                 } => {
-                    data.len() as u64
-                        * self.shared.deployed.subscribers(topic, event_type).len() as u64
+                    // Deliveries count against the host's budget, not subscribers' max_queued.
+                    let n = self.shared.deployed.subscribers(topic, event_type).len() as u64;
+                    cost.jobs += n;
+                    cost.bytes += data.len() as u64 * n;
                 }
-                Emission::Enqueue { data, .. } => data.len() as u64,
-            };
+                Emission::Enqueue { function, data, .. } => {
+                    enqueue(&mut cost, function, data.len())
+                }
+            }
         }
-        bytes
+        cost
+    }
+
+    /// Refuses what a success emits if it would take a target function past its `max_queued`
+    /// or the host past its budget of unfinished work. `own` is the emitting job's function:
+    /// that job is finishing, so its place in its own queue is free for what it emits.
+    pub(crate) fn admit_emitted(
+        &self,
+        own: &str,
+        cost: &EmittedCost,
+        fx: &Effects,
+    ) -> Result<(), SubmitError> {
+        if cost.jobs == 0 {
+            return Ok(());
+        }
+        for (function, &n) in &cost.targets {
+            let n = if function == own { n - 1 } else { n };
+            // A function that is not deployed gets its jobs cancelled, not queued.
+            if n > 0
+                && let Some(max_queued) = self.shared.deployed.max_queued(function)
+            {
+                self.admit_queue(function, max_queued, n, fx)?;
+            }
+        }
+        self.admit_budget(cost.jobs, cost.bytes, fx)
     }
 
     /// Commits what job `id` emitted with its success: each event published (with one delivery
@@ -72,6 +113,7 @@ impl Writer {
                     parent: Some(Parent::Job(id.0)),
                     blob: None,
                     callback: None,
+                    hops: job.hops + 1,
                 }),
                 Emission::Enqueue {
                     function,
@@ -95,6 +137,7 @@ impl Writer {
                             pipeline: None,
                             input_blob: None,
                             callback: None,
+                            hops: job.hops + 1,
                         },
                         t,
                         fx,
@@ -169,6 +212,7 @@ impl Writer {
                     pipeline: Some(Pipeline::Stage { head: head.0 }),
                     input_blob: job.output_blob,
                     callback: None,
+                    hops: job.hops + 1,
                 },
                 t,
                 fx,
@@ -226,4 +270,15 @@ impl Writer {
         fx.terminal.push(head);
         Ok(())
     }
+}
+
+/// What a success's emissions would queue (see [`Writer::emitted_cost`]).
+#[derive(Default, Debug)]
+pub(crate) struct EmittedCost {
+    /// Jobs per target function that count against its `max_queued`.
+    pub(crate) targets: std::collections::BTreeMap<String, u64>,
+    /// Every job caused, topic deliveries included.
+    pub(crate) jobs: u64,
+    /// Their input bytes.
+    pub(crate) bytes: u64,
 }

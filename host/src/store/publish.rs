@@ -23,12 +23,14 @@ impl Writer {
                 self.shared.deployed.subscribers(&a.topic, &a.event_type)
             })
             .collect();
+        // Deliveries count against the host's budget, not each subscriber's `max_queued`.
         let bytes = events
             .iter()
             .zip(&subscribers)
             .map(|(e, s)| e.event.data.len() as u64 * s.len() as u64)
             .sum();
-        if let Err(e) = self.admit("", None, 0, bytes, fx)? {
+        let jobs = subscribers.iter().map(|s| s.len() as u64).sum();
+        if let Err(e) = self.admit_budget(jobs, bytes, fx) {
             return Ok(Err(e));
         }
         let now = now_ms();
@@ -69,6 +71,7 @@ impl Writer {
                         pipeline: None,
                         input_blob: blob,
                         callback: new.callback.clone(),
+                        hops: new.hops,
                     },
                     now,
                     t,

@@ -72,6 +72,8 @@ pub struct NewJob {
     pub input_blob: Option<crate::job::BlobRef>,
     /// `Sluice-Callback`: a URL to POST to when the job ends.
     pub callback: Option<String>,
+    /// Jobs between it and the request that began its chain (0 for a request's own job).
+    pub hops: u32,
 }
 
 /// A publish of one event to a topic, as the API hands it to the store.
@@ -89,6 +91,9 @@ pub struct NewEvent {
     pub blob: Option<crate::job::BlobRef>,
     /// A URL each delivery POSTs to when it ends.
     pub callback: Option<String>,
+    /// Hops of its delivery jobs (0 for a client's event, the emitting job's + 1 for a
+    /// handler's).
+    pub hops: u32,
 }
 
 /// What a publish did with one event.

@@ -112,7 +112,7 @@ pub struct FunctionRecord {
 pub(crate) const BYTES_SLOT: u8 = 7;
 
 /// First byte of every stored job: bump it when [`Job`]'s layout changes, and decode old ones.
-const JOB_FORMAT: u8 = 4;
+const JOB_FORMAT: u8 = 5;
 
 pub(crate) fn encode_job(job: &Job) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + job.input.len() + job.log.len());
@@ -124,6 +124,7 @@ pub(crate) fn encode_job(job: &Job) -> Vec<u8> {
 pub(crate) fn decode_job(bytes: &[u8]) -> Result<Job, String> {
     match bytes.split_first() {
         Some((&JOB_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((4, rest)) => super::legacy::decode_v4(rest),
         Some((3, rest)) => super::legacy::decode_v3(rest),
         Some((v, _)) => Err(format!("job stored in unknown format {v}: upgrade sluice")),
         None => Err("empty job record".into()),

@@ -16,8 +16,8 @@ use super::tables::*;
 use super::writer::{Effects, Writer};
 use super::{AttemptStart, CancelError, NewJob, StoreError, SubmitError, Submitted, storage};
 use crate::job::{
-    AttemptRecord, AttemptReport, BlobRef, FailureKind, Job, JobId, JobStatus, MAX_HISTORY,
-    Outcome, QueuedJob, bounded_error, now_ms, ready_key,
+    AttemptRecord, AttemptReport, BlobRef, FailureKind, JOB_RECORD_BYTES, Job, JobId, JobStatus,
+    MAX_HISTORY, Outcome, QueuedJob, bounded_error, now_ms, ready_key,
 };
 use crate::manifest::RetryPolicy;
 
@@ -268,7 +268,7 @@ impl Writer {
         }
         if let Err(e) = self.admit(
             &new.function,
-            Some(max_queued),
+            max_queued,
             1,
             new.input_blob.map_or(new.input.len() as u64, |b| b.size),
             fx,
@@ -316,7 +316,7 @@ impl Writer {
             .iter()
             .map(|j| j.input_blob.map_or(j.input.len() as u64, |b| b.size))
             .sum();
-        if let Err(e) = self.admit(&function, Some(max_queued), jobs.len() as u64, bytes, fx)? {
+        if let Err(e) = self.admit(&function, max_queued, jobs.len() as u64, bytes, fx)? {
             return Ok(Err(e));
         }
         let now = now_ms();
@@ -330,41 +330,66 @@ impl Writer {
     }
 
     /// Refuses `n` more jobs (`bytes` of input) beyond the function's `max_queued` unfinished
-    /// jobs (when given: topic deliveries do not count against it) or the host-wide budget of
-    /// unfinished bytes.
+    /// jobs or the host-wide budget (see [`Writer::admit_budget`]).
     pub(crate) fn admit(
         &mut self,
         function: &str,
-        max_queued: Option<u64>,
+        max_queued: u64,
         n: u64,
         bytes: u64,
         fx: &mut Effects,
     ) -> Result<Result<(), SubmitError>, StoreError> {
+        if let Err(e) = self.admit_queue(function, max_queued, n, fx) {
+            return Ok(Err(e));
+        }
+        Ok(self.admit_budget(n, bytes, fx))
+    }
+
+    /// Refuses `n` more jobs beyond the function's `max_queued` unfinished jobs.
+    pub(crate) fn admit_queue(
+        &self,
+        function: &str,
+        max_queued: u64,
+        n: u64,
+        fx: &Effects,
+    ) -> Result<(), SubmitError> {
         // All shards' committed count, plus this batch's change so far. (Another shard's
         // batch in flight is not seen: with several shards a limit can be passed by at most
         // that batch.)
-        if let Some(max_queued) = max_queued {
-            let stored = self.shared.unfinished.get(function);
-            let (change, _) = fx.counts.pending_change(function);
-            let unfinished = (stored as i64 + change).max(0) as u64;
-            if unfinished + n > max_queued {
-                return Ok(Err(SubmitError::QueueFull {
-                    function: function.to_string(),
-                    max_queued,
-                }));
-            }
+        let stored = self.shared.unfinished.get(function);
+        let (change, _) = fx.counts.pending_change(function);
+        let unfinished = (stored as i64 + change).max(0) as u64;
+        if unfinished + n > max_queued {
+            return Err(SubmitError::QueueFull {
+                function: function.to_string(),
+                max_queued,
+            });
         }
-        let host_bytes = self
+        Ok(())
+    }
+
+    /// Refuses `jobs` more jobs with `bytes` of input beyond the host-wide budget of unfinished
+    /// work, where each unfinished job costs its input plus [`JOB_RECORD_BYTES`] for its record:
+    /// a flood of empty jobs fills the budget too.
+    pub(crate) fn admit_budget(
+        &self,
+        jobs: u64,
+        bytes: u64,
+        fx: &Effects,
+    ) -> Result<(), SubmitError> {
+        let stored = self
             .shared
             .queued_bytes
             .load(std::sync::atomic::Ordering::Relaxed) as i64
             + fx.counts.total_bytes();
-        if host_bytes.max(0) as u64 + bytes > self.max_queued_bytes {
-            return Ok(Err(SubmitError::BudgetExhausted {
+        let records = self.shared.unfinished.total() as i64 + fx.counts.total_unfinished();
+        let held = stored.max(0) as u64 + records.max(0) as u64 * JOB_RECORD_BYTES;
+        if held + bytes + jobs * JOB_RECORD_BYTES > self.max_queued_bytes {
+            return Err(SubmitError::BudgetExhausted {
                 budget: self.max_queued_bytes,
-            }));
+            });
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// Stores a new job: `queued` in the ready table, or `delayed` until its not-before time.
@@ -430,7 +455,11 @@ impl Writer {
             input_blob,
             output_blob: None,
             callback: new.callback.map(crate::job::Callback::new),
+            hops: new.hops,
         };
+        if job.hops > self.max_hops {
+            return self.insert_too_deep(id, job, now, t, fx);
+        }
         // A job id is a fresh, increasing number: it is also the job's place in its key's queue.
         t.join_key(id, &mut job, id.0)?;
         t.put_job(id, &job)?;
@@ -490,6 +519,40 @@ impl Writer {
         }
     }
 
+    /// Stores a job that is further from its request than `max_hops` as a dead letter that
+    /// never ran: a handler or pipeline that enqueues or publishes in a loop ends there instead
+    /// of running forever. A redrive runs it anyway (its own children end the same way).
+    fn insert_too_deep(
+        &mut self,
+        id: JobId,
+        mut job: Job,
+        now: u64,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        job.status = JobStatus::Dead;
+        job.not_before = None;
+        job.finished_at = Some(now);
+        job.error = Some(format!(
+            "dead-lettered without running: it is {} jobs away from the request that began its chain, past the host's limit of {} (--max-hops). Does a handler enqueue or publish in a loop, or a pipeline lead back to itself? Redrive it to run it anyway",
+            job.hops, self.max_hops
+        ));
+        t.function_jobs
+            .insert((job.function.as_str(), id.0), ())
+            .map_err(storage)?;
+        t.dead_letters
+            .open()?
+            .insert((job.function.as_str(), id.0), ())
+            .map_err(storage)?;
+        fx.counts.moved(&job.function, None, Some(JobStatus::Dead));
+        fx.accepted += 1;
+        fx.dead_lettered += 1;
+        fx.terminal.push(id);
+        self.schedule_callback(id, &mut job, t)?;
+        t.put_job(id, &job)?;
+        Ok(())
+    }
+
     /// Records that an attempt of a queued job started (fenced: only the next attempt).
     pub(crate) fn start(
         &mut self,
@@ -541,18 +604,17 @@ impl Writer {
             return Ok(());
         }
         let mut report = report;
-        // What a success emits must fit the host's budget of unfinished bytes, or the success
-        // is not recorded: the attempt fails (retryable) and emits nothing.
+        // What a success emits must fit its targets' `max_queued` and the host's budget, or
+        // the success is not recorded: the attempt fails (retryable) and emits nothing.
         if let Outcome::Succeeded { output, .. } = &report.outcome {
-            let next = report.then.as_ref().map(|_| output.len());
-            let bytes = self.emitted_bytes(&report.emitted, next);
-            if bytes > 0
-                && let Err(e) = self.admit("", None, 0, bytes, fx)?
-            {
+            let next = report.then.as_deref().map(|f| (f, output.len()));
+            let cost = self.emitted_cost(&report.emitted, next);
+            if let Err(e) = self.admit_emitted(&job.function, &cost, fx) {
                 report.outcome = Outcome::Failed {
                     kind: FailureKind::Retryable,
                     message: format!(
-                        "the handler succeeded, but what it emitted ({bytes} bytes) does not fit: {e}; the attempt runs again later"
+                        "the handler succeeded, but what it emitted ({} jobs, {} bytes) does not fit: {e}; nothing it emitted was kept, and the attempt runs again later",
+                        cost.jobs, cost.bytes
                     ),
                 };
                 report.emitted.clear();

@@ -228,6 +228,8 @@ pub(crate) struct Writer {
     pub(crate) key_window_ms: u64,
     /// Host-wide budget of unfinished input bytes.
     pub(crate) max_queued_bytes: u64,
+    /// Longest chain of jobs one request may cause.
+    pub(crate) max_hops: u32,
     /// Inputs and outputs larger than this are stored as blobs.
     pub(crate) claim_check_bytes: usize,
     /// How failed callbacks are retried.
@@ -271,6 +273,7 @@ impl Writer {
             retention_ms: options.job_retention.as_millis() as u64,
             key_window_ms: options.idempotency_window.as_millis() as u64,
             max_queued_bytes: options.max_queued_bytes,
+            max_hops: options.max_hops,
             claim_check_bytes: options.claim_check_bytes,
             callback_retry: options.callback_retry,
             // Callbacks left by a previous process are looked for at once.
