@@ -47,6 +47,12 @@ pub struct Config {
     /// A component that needs more is refused at deploy, so one handler cannot take the pool
     /// slots every other function's attempts need.
     pub component_limits: ComponentLimits,
+    /// How long a connection may take to send a request's headers, and may stay idle between
+    /// requests, before the host closes it (slow or abandoned clients hold no connection).
+    pub header_timeout: Duration,
+    /// Most client connections open at once; further ones wait in the listen backlog. Never
+    /// more than half the process's file-descriptor limit, whatever is asked.
+    pub max_connections: usize,
     /// Threads running attempts (at a lower OS priority than the API and the writer).
     pub sandbox_threads: usize,
     /// Bound on a job's captured log (stdout, stderr and log lines), in bytes.
@@ -90,6 +96,8 @@ impl Default for Config {
             max_queued_bytes: 1 << 30,
             max_hops: 64,
             component_limits: ComponentLimits::default(),
+            header_timeout: Duration::from_secs(15),
+            max_connections: 10_000,
             sandbox_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             claim_check_bytes: 256 << 10,
             max_output_bytes: 256 << 20,
@@ -179,6 +187,12 @@ impl Config {
         }
         if self.max_hops == 0 {
             return fail("max_hops must be at least 1");
+        }
+        if self.header_timeout.is_zero() {
+            return fail("header_timeout must be more than 0");
+        }
+        if self.max_connections == 0 {
+            return fail("max_connections must be at least 1");
         }
         let l = self.component_limits;
         if !(1..=1000).contains(&l.core_instances)

@@ -9,7 +9,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +78,7 @@ pub async fn run(
 
     let stopping = CancellationToken::new();
     let grace = config.grace_period;
+    let limits = api::listen::ConnectionLimits::new(config.header_timeout, config.max_connections);
     let state = AppState::new(
         store.clone(),
         runtime.clone(),
@@ -96,13 +96,7 @@ pub async fn run(
     };
     tokio::spawn(signal);
     tracing::info!(%addr, "serving");
-    // Answers are small and latency-bound: send them at once (no Nagle).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(stopping.cancelled_owned())
-        .await;
+    api::listen::serve(listener, api::router(state), limits, stopping).await;
 
     tracing::info!(
         "shutting down: waiting up to {:?} for running attempts",
@@ -119,7 +113,7 @@ pub async fn run(
     })
     .await
     .context("cannot stop the sandbox threads")?;
-    served.context("the HTTP server failed")
+    Ok(())
 }
 
 /// Niceness of the sandbox threads, relative to the rest of the host (Linux: per thread).

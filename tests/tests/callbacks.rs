@@ -184,16 +184,30 @@ async fn the_ssrf_guard_refuses_internal_targets() {
         job["callback"]["attempts"], 1,
         "a refused target is not retried"
     );
+    let last_error = job["callback"]["last_error"].as_str().unwrap();
+    assert!(last_error.contains("refused"), "{job}");
+    // It says what kind of address, not which: errors must not map the host's network.
+    assert!(last_error.contains("a loopback address"), "{last_error}");
     assert!(
-        job["callback"]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("refused"),
-        "{job}"
+        !last_error.contains("127.0.0.1") && !last_error.contains("::1"),
+        "{last_error}"
     );
     assert!(
         allowed.requests().is_empty(),
         "the refused callback reached the receiver"
+    );
+
+    // A name that does not resolve may resolve later: that is retried, up to the limit.
+    let (status, answer) =
+        submit_with_callback(&host, "echo", "x", "http://no-such-host.invalid/hook").await;
+    assert_eq!(status, 202);
+    let job = callback_settled(&host, answer["id"].as_str().unwrap()).await;
+    assert_eq!(job["callback"]["state"], "failed", "{job}");
+    assert_eq!(job["callback"]["attempts"], 5, "retried: {job}");
+    let last_error = job["callback"]["last_error"].as_str().unwrap();
+    assert!(
+        last_error.contains("cannot resolve no-such-host.invalid"),
+        "{last_error}"
     );
 
     // An allowed target that redirects to one that is not: the redirect is refused.

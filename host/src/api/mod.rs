@@ -14,6 +14,7 @@
 //! - `auth`: API tokens and scopes (a middleware on every route).
 //! - `secret`: the webhook signing secret: show, rotate.
 //! - `metrics`: `GET /metrics` in the Prometheus text format.
+//! - `listen`: accepting connections: a bound on how many, timeouts for slow and idle ones.
 
 pub mod auth;
 mod dead_letters;
@@ -22,6 +23,7 @@ mod functions;
 mod headers;
 mod jobs;
 mod lifecycle;
+pub(crate) mod listen;
 mod metrics;
 mod secret;
 mod topics;

@@ -93,6 +93,14 @@ pub struct ServeArgs {
     /// further away is dead-lettered without running.
     #[arg(long, env = "SLUICE_MAX_HOPS", default_value_t = 64)]
     pub max_hops: u32,
+    /// Seconds a client may take to send a request's headers, and may keep an idle connection
+    /// open between requests, before the host closes it.
+    #[arg(long, env = "SLUICE_HEADER_TIMEOUT", default_value_t = 15)]
+    pub header_timeout: u64,
+    /// Most client connections open at once (further ones wait to be accepted); at most half
+    /// the process's file-descriptor limit.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
     /// Core module instances one component may have (deploys of larger ones get 400).
     #[arg(long, env = "SLUICE_MAX_CORE_INSTANCES", default_value_t = 20)]
     pub max_core_instances: u32,
@@ -190,6 +198,8 @@ impl ServeArgs {
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
             max_queued_bytes: self.max_queued_bytes,
             max_hops: self.max_hops,
+            header_timeout: Duration::from_secs(self.header_timeout),
+            max_connections: self.max_connections,
             component_limits: crate::config::ComponentLimits {
                 core_instances: self.max_core_instances,
                 memories: self.max_memories,

@@ -15,24 +15,48 @@ pub struct AllowList {
 }
 
 impl AllowList {
-    /// Parses `--allow-callback-host` entries.
+    /// Parses `--allow-callback-host` entries: `host`, `host:port`, `[v6]`, `[v6]:port`, or a
+    /// bare IPv6 address (`::1`, any port). IP addresses are compared in their usual form.
     pub fn parse(entries: &[String]) -> Result<AllowList, String> {
         let mut out = Vec::new();
         for e in entries {
             let e = e.trim().to_ascii_lowercase();
-            let (host, port) = match e.rsplit_once(':') {
-                // `[::1]:8080`, `host:8080`; a bare IPv6 address has several colons.
-                Some((h, p)) if !h.is_empty() && (h.ends_with(']') || !h.contains(':')) => {
-                    let port = p.parse::<u16>().map_err(|_| {
-                        format!("--allow-callback-host {e:?}: the port must be a number")
-                    })?;
-                    (h.to_string(), Some(port))
+            let (host, port) = if let Ok(v6) = e.parse::<std::net::Ipv6Addr>() {
+                (format!("[{v6}]"), None)
+            } else if e.starts_with('[') && e.ends_with(']') {
+                (e.clone(), None)
+            } else {
+                match e.rsplit_once(':') {
+                    Some((h, p)) if !h.is_empty() && (h.ends_with(']') || !h.contains(':')) => {
+                        let port = p.parse::<u16>().map_err(|_| {
+                            format!("--allow-callback-host {e:?}: the port must be a number")
+                        })?;
+                        (h.to_string(), Some(port))
+                    }
+                    Some(_) => {
+                        return Err(format!(
+                            "--allow-callback-host {e:?} is neither host, host:port nor an IPv6 address; write an IPv6 address with a port as [addr]:port"
+                        ));
+                    }
+                    None => (e.clone(), None),
                 }
-                _ => (e.clone(), None),
             };
             if host.is_empty() {
                 return Err(format!("--allow-callback-host {e:?} names no host"));
             }
+            let host = match host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<IpAddr>()
+            {
+                Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+                Ok(IpAddr::V4(v4)) => v4.to_string(),
+                Err(_) if host.starts_with('[') => {
+                    return Err(format!(
+                        "--allow-callback-host {e:?}: {host} is not an IPv6 address"
+                    ));
+                }
+                Err(_) => host,
+            };
             out.push((host, port));
         }
         Ok(AllowList { entries: out })
@@ -65,14 +89,30 @@ pub fn denied(ip: IpAddr) -> Option<&'static str> {
                     s[7] as u8,
                 ));
             }
-            // NAT64 (64:ff9b::/96) embeds an IPv4 address too.
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+            // NAT64 (64:ff9b::/96) and IPv4-translated (::ffff:0:a.b.c.d) embed one at the end.
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..6] == [0, 0, 0, 0, 0xffff, 0] {
                 return denied_v4(Ipv4Addr::new(
                     (s[6] >> 8) as u8,
                     s[6] as u8,
                     (s[7] >> 8) as u8,
                     s[7] as u8,
                 ));
+            }
+            // 6to4 (2002::/16) embeds one after the prefix.
+            if s[0] == 0x2002 {
+                return denied_v4(Ipv4Addr::new(
+                    (s[1] >> 8) as u8,
+                    s[1] as u8,
+                    (s[2] >> 8) as u8,
+                    s[2] as u8,
+                ));
+            }
+            // Local-use NAT64 (64:ff9b:1::/48) places it anywhere; Teredo (2001::/32) hides it.
+            if s[..3] == [0x64, 0xff9b, 1] {
+                return Some("a local-use NAT64 address");
+            }
+            if s[..2] == [0x2001, 0] {
+                return Some("a Teredo tunnel address");
             }
             if v6.is_loopback() {
                 Some("a loopback address")
@@ -84,6 +124,12 @@ pub fn denied(ip: IpAddr) -> Option<&'static str> {
                 Some("a private (unique local) address")
             } else if (s[0] & 0xffc0) == 0xfe80 {
                 Some("a link-local address")
+            } else if (s[0] & 0xffc0) == 0xfec0 {
+                Some("a site-local address")
+            } else if s[..2] == [0x2001, 0xdb8] {
+                Some("a documentation address")
+            } else if s[..4] == [0x100, 0, 0, 0] {
+                Some("a discard-only address")
             } else {
                 None
             }
@@ -107,6 +153,14 @@ fn denied_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("a broadcast or multicast address")
     } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
         Some("a shared (carrier-grade NAT) address")
+    } else if o[0] >= 240 {
+        Some("a reserved (240.0.0.0/4) address")
+    } else if o[..3] == [192, 0, 0] {
+        Some("an IETF protocol assignment (192.0.0.0/24)")
+    } else if o[..3] == [192, 0, 2] || o[..3] == [198, 51, 100] || o[..3] == [203, 0, 113] {
+        Some("a documentation address")
+    } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
+        Some("a benchmarking (198.18.0.0/15) address")
     } else {
         None
     }
@@ -156,29 +210,51 @@ fn literal_ip(url: &Url) -> Option<IpAddr> {
     }
 }
 
+/// Why a hop was not sent.
+#[derive(Debug)]
+pub struct Refusal {
+    /// For the job's callback state: says why without revealing internal addresses.
+    pub message: String,
+    /// True when trying again later may work (a failed name lookup), false for a denied target.
+    pub transient: bool,
+}
+
 /// The addresses a hop may connect to: every resolved address must pass (a name that resolves
-/// to any denied address is refused, so DNS cannot smuggle one in next to a public one).
-pub async fn resolve(url: &Url, allow: &AllowList) -> Result<Vec<SocketAddr>, String> {
-    let host = host_of(url).ok_or("the URL has no host")?;
+/// to any denied address is refused, so DNS cannot smuggle one in next to a public one). The
+/// refusal names the kind of address, never the address: a callback's error must not map the
+/// host's network for whoever submitted it.
+pub async fn resolve(url: &Url, allow: &AllowList) -> Result<Vec<SocketAddr>, Refusal> {
+    let host = host_of(url).ok_or(Refusal {
+        message: "the URL has no host".into(),
+        transient: false,
+    })?;
     let port = url.port_or_known_default().unwrap_or(80);
     let allowed = allow.permits(&host, port);
     let addrs: Vec<SocketAddr> = match literal_ip(url) {
         Some(ip) => vec![SocketAddr::new(ip, port)],
         None => tokio::net::lookup_host((host.as_str(), port))
             .await
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .map_err(|e| Refusal {
+                message: format!("cannot resolve {host}: {e}; tried again later"),
+                transient: true,
+            })?
             .collect(),
     };
     if addrs.is_empty() {
-        return Err(format!("{host} resolves to no address"));
+        return Err(Refusal {
+            message: format!("{host} resolves to no address; tried again later"),
+            transient: true,
+        });
     }
     if !allowed {
         for a in &addrs {
             if let Some(why) = denied(a.ip()) {
-                return Err(format!(
-                    "callback target {host}:{port} resolves to {} ({why}); refused (allow it with --allow-callback-host)",
-                    a.ip()
-                ));
+                return Err(Refusal {
+                    message: format!(
+                        "callback target {host}:{port} resolves to {why}; refused (allow it with --allow-callback-host)"
+                    ),
+                    transient: false,
+                });
             }
         }
     }
@@ -208,10 +284,33 @@ mod tests {
             "64:ff9b::7f00:1",
             "fd00::1",
             "fe80::1",
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "255.255.255.255",
+            "192.0.0.8",
+            "fec0::1",
+            "2002:7f00:1::",
+            "2002:a00:1::1",
+            "64:ff9b:1::a00:1",
+            "::ffff:0:7f00:1",
+            "2001:0:4136:e378::1",
+            "2001:db8::1",
+            "100::1",
         ] {
             assert!(denied(ip.parse().unwrap()).is_some(), "{ip} must be denied");
         }
-        for ip in ["93.184.216.34", "2606:4700::1111", "::ffff:93.184.216.34"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:4700::1111",
+            "::ffff:93.184.216.34",
+            "2002:5db8:d822::1",
+            "198.20.0.1",
+            "192.0.3.1",
+        ] {
             assert!(denied(ip.parse().unwrap()).is_none(), "{ip} is public");
         }
     }
@@ -233,5 +332,24 @@ mod tests {
         assert!(check_url("http://127.0.0.1:8080/x", &allow).is_ok());
         assert!(check_url("http://127.0.0.1:8081/x", &allow).is_err());
         assert!(allow.permits("localhost", 1));
+    }
+
+    #[test]
+    fn allow_list_entries_in_every_form() {
+        let allow = AllowList::parse(&[
+            "::1".into(),
+            "[::2]:9000".into(),
+            "[0:0::3]".into(),
+            "Example.COM:8443".into(),
+        ])
+        .unwrap();
+        assert!(check_url("http://[::1]:7000/", &allow).is_ok());
+        assert!(check_url("http://[::2]:9000/", &allow).is_ok());
+        assert!(check_url("http://[::2]:9001/", &allow).is_err());
+        assert!(allow.permits("[::3]", 80));
+        assert!(allow.permits("example.com", 8443));
+        for bad in ["::1:x", "[nope]", "host:port", ":80"] {
+            assert!(AllowList::parse(&[bad.into()]).is_err(), "{bad}");
+        }
     }
 }

@@ -155,10 +155,10 @@ impl Sender {
         for _ in 0..=MAX_REDIRECTS {
             let addrs = match guard::resolve(&url, &self.allow).await {
                 Ok(a) => a,
-                Err(e) => {
+                Err(refusal) => {
                     return CallbackResult::Failed {
-                        error: e,
-                        retry: false,
+                        error: refusal.message,
+                        retry: refusal.transient,
                     };
                 }
             };
@@ -200,7 +200,7 @@ impl Sender {
                 && !addrs.iter().any(|a| a.ip() == peer.ip())
             {
                 return CallbackResult::Failed {
-                    error: format!("connected to {peer}, which was not checked; refused"),
+                    error: "connected to an address that was not checked; refused".into(),
                     retry: false,
                 };
             }
