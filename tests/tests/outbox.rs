@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_tests::{TestHost, components, start_host};
+use sluice_tests::{TestHost, assert_error, components, start_host};
 
 /// Deploys a function with its manifest from `functions/`.
 async fn deploy_example(host: &TestHost, name: &str, component: &str, manifest: &str) {
@@ -387,4 +387,67 @@ async fn three_stage_pipeline() {
     assert!(job["error"].as_str().unwrap().contains("bad-two"), "{job}");
     assert_eq!(job["pipeline"]["stages"].as_array().unwrap().len(), 2);
     host.stop().await;
+}
+
+/// A pipeline that leads back to where it began is refused at deploy; a stage whose function is
+/// deleted under it ends the chain, and the head says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_cycles_are_refused_and_a_deleted_stage_ends_the_head() {
+    let host = start_host().await;
+    host.deploy_manifest("pa", components::ECHO, "name = \"pa\"\nthen = \"pb\"\n")
+        .await;
+    host.deploy_manifest("pc", components::ECHO, "name = \"pc\"\nthen = \"pa\"\n")
+        .await;
+    // pb -> pc -> pa -> pb would never end.
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "component",
+            reqwest::multipart::Part::bytes(std::fs::read(components::ECHO).unwrap()),
+        )
+        .part(
+            "manifest",
+            reqwest::multipart::Part::text("name = \"pb\"\nthen = \"pc\"\n"),
+        );
+    let r = host
+        .http
+        .put(host.url("/v1/functions/pb"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_error(&body, "invalid_manifest");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("pb -> pc -> pa -> pb"), "{message}");
+    assert_eq!(host.get("/v1/functions/pb").await.0, 404);
+
+    // pb without `then` ends the pipeline; held paused, its stage waits queued.
+    host.deploy_manifest("pb", components::ECHO, "name = \"pb\"\n")
+        .await;
+    host.post("/v1/functions/pb/pause", "").await;
+    let id = host.submit("pa", "hello", "text/plain").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = host.job(&id).await;
+        if job["pipeline"]["stages"].as_array().map_or(0, |s| s.len()) == 2 {
+            assert_eq!(job["status"], "running", "{job}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, body) = host.delete("/v1/functions/pb?force=true").await;
+    assert_eq!(status, 200, "{body}");
+    let job = host.wait(&id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains("(pb) ended cancelled"), "{error}");
+
+    // With pb gone, pa's next stage is cancelled as it is created: the head ends at once.
+    let id = host.submit("pa", "again", "text/plain").await;
+    let job = host.wait(&id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains("not deployed"), "{error}");
 }

@@ -58,6 +58,7 @@ pub(crate) async fn deploy(
     let settings = manifest.validate(&name, &state.config.bounds())?;
     let subscriptions = manifest.subscriptions()?;
     let then = manifest.then(&name)?;
+    refuse_pipeline_cycle(&state, &name, then.as_deref())?;
 
     // Known code (same digest, this engine) is loaded from its stored artifact, not recompiled.
     let cached = state
@@ -382,4 +383,36 @@ pub(crate) fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Va
         v["pending_jobs"] = n.into();
     }
     v
+}
+
+/// Refuses `then = next` for function `name` when the deployed functions' `then`s lead from
+/// `next` back to `name`: such a pipeline would run forever (the hop limit is the backstop for
+/// cycles made by deploys racing each other).
+pub(crate) fn refuse_pipeline_cycle(
+    state: &AppState,
+    name: &str,
+    then: Option<&str>,
+) -> Result<(), ApiError> {
+    let mut path = vec![name.to_string()];
+    let mut next = then.map(str::to_string);
+    while let Some(function) = next {
+        let seen = path.contains(&function);
+        path.push(function.clone());
+        if function == name {
+            return Err(ApiError::bad_request(
+                "invalid_manifest",
+                format!(
+                    "then = {:?} makes a pipeline cycle ({}): a pipeline must end, so remove `then` from one of them",
+                    then.unwrap_or_default(),
+                    path.join(" -> ")
+                ),
+            ));
+        }
+        if seen {
+            // A cycle that does not pass through `name` (made by racing deploys).
+            break;
+        }
+        next = state.store.function(&function)?.and_then(|f| f.then);
+    }
+    Ok(())
 }

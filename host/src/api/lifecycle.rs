@@ -111,6 +111,7 @@ pub(crate) async fn rollback(
             name: name.clone(),
             to,
         })?;
+    super::functions::refuse_pipeline_cycle(&state, &name, target.then.as_deref())?;
     let mut loaded = load_version(&state, target).await?;
     let record = state.store.rollback(&name, Some(to)).await?;
     loaded.record = record.clone();

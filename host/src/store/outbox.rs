@@ -218,9 +218,20 @@ impl Writer {
                 fx,
             )?;
             if head == id {
+                // A stage that ended as it was created (its function is gone, or it is too
+                // far from its request) ended the chain with it.
+                let ended = t.job(stage)?.filter(|s| s.status.is_terminal());
+                if let Some(s) = &ended {
+                    job.error = Some(format!(
+                        "stage {stage} ({}) ended {}: {}",
+                        s.function,
+                        s.status.as_str(),
+                        s.error.as_deref().unwrap_or("")
+                    ));
+                }
                 job.pipeline = Some(Pipeline::Head {
                     stages: vec![id.0, stage.0],
-                    ended: None,
+                    ended: ended.map(|s| s.status),
                 });
             } else if let Some(mut h) = t.job(head)? {
                 if let Some(Pipeline::Head { stages, .. }) = &mut h.pipeline {
@@ -228,7 +239,7 @@ impl Writer {
                 }
                 t.put_job(head, &h)?;
             }
-            // A cancelled stage (its function is gone) already ended the chain.
+            // A stage that ended as it was created already ended the chain (see cancel_job).
             return Ok(());
         }
         let Some(head) = head else {

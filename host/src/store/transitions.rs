@@ -17,7 +17,7 @@ use super::writer::{Effects, Writer};
 use super::{AttemptStart, CancelError, NewJob, StoreError, SubmitError, Submitted, storage};
 use crate::job::{
     AttemptRecord, AttemptReport, BlobRef, FailureKind, JOB_RECORD_BYTES, Job, JobId, JobStatus,
-    MAX_HISTORY, Outcome, QueuedJob, bounded_error, now_ms, ready_key,
+    MAX_HISTORY, Outcome, Pipeline, QueuedJob, bounded_error, now_ms, ready_key,
 };
 use crate::manifest::RetryPolicy;
 
@@ -548,6 +548,9 @@ impl Writer {
         fx.accepted += 1;
         fx.dead_lettered += 1;
         fx.terminal.push(id);
+        if matches!(job.pipeline, Some(Pipeline::Stage { .. })) {
+            self.advance_pipeline(id, &mut job, None, t, fx)?;
+        }
         self.schedule_callback(id, &mut job, t)?;
         t.put_job(id, &job)?;
         Ok(())
@@ -764,6 +767,10 @@ impl Writer {
         job.finished_at = Some(now);
         job.error = Some(reason.to_string());
         t.finished.insert((now, id.0), ()).map_err(storage)?;
+        // A cancelled stage (cancelled by a client, or its function deleted) ends its pipeline.
+        if matches!(job.pipeline, Some(Pipeline::Stage { .. })) {
+            self.advance_pipeline(id, job, None, t, fx)?;
+        }
         self.schedule_callback(id, job, t)?;
         t.put_job(id, job)?;
         fx.terminal.push(id);
