@@ -73,6 +73,10 @@ pub struct Config {
     pub callback_retry: RetryPolicy,
     /// How long one callback attempt may take.
     pub callback_timeout: Duration,
+    /// Callback deliveries in flight to one receiver origin at most.
+    pub callback_per_destination: usize,
+    /// How long deliveries to a receiver pause after it failed 5 times in a row.
+    pub callback_cool_down: Duration,
     /// API tokens and their scopes; none means an open API, served on loopback only.
     pub tokens: crate::api::auth::Tokens,
 }
@@ -109,6 +113,8 @@ impl Default for Config {
                 backoff_max_ms: 3_600_000,
             },
             callback_timeout: Duration::from_secs(10),
+            callback_per_destination: 8,
+            callback_cool_down: Duration::from_secs(30),
             tokens: Default::default(),
         }
     }
@@ -190,6 +196,9 @@ impl Config {
         }
         if self.header_timeout.is_zero() {
             return fail("header_timeout must be more than 0");
+        }
+        if self.callback_per_destination == 0 {
+            return fail("callback_per_destination must be at least 1");
         }
         if self.max_connections == 0 {
             return fail("max_connections must be at least 1");

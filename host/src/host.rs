@@ -57,6 +57,8 @@ pub async fn run(
         AllowList::parse(&config.allow_callback_hosts).map_err(anyhow::Error::msg)?,
         config.callback_timeout,
         public_base(config.public_url.as_deref(), addr),
+        config.callback_per_destination,
+        config.callback_cool_down,
     );
     let sending = tokio::spawn(sender.run(callbacks));
     load_functions(&store, &runtime).await?;

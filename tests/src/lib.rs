@@ -437,8 +437,9 @@ pub struct Received {
     pub body: Vec<u8>,
 }
 
-/// A webhook receiver on `127.0.0.1:0`: records every request; answers 500 to the first
-/// `fail_first` of them, a redirect while `redirect_to` is set, else 204.
+/// A webhook receiver on `127.0.0.1:0`: records every request (as it arrives); waits
+/// `delay_ms`, then answers 500 to the first `fail_first` of them, a redirect while
+/// `redirect_to` is set, else 204.
 pub struct Receiver {
     /// Its port.
     pub port: u16,
@@ -448,6 +449,8 @@ pub struct Receiver {
     pub fail_first: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Where to redirect (307) instead of answering.
     pub redirect_to: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// How long to wait before answering, in ms: a slow receiver.
+    pub delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Receiver {
@@ -457,9 +460,15 @@ impl Receiver {
         let received: std::sync::Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
         let fail_first: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
         let redirect_to: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
-        let (r, f, d) = (received.clone(), fail_first.clone(), redirect_to.clone());
+        let delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64> = Default::default();
+        let (r, f, d, w) = (
+            received.clone(),
+            fail_first.clone(),
+            redirect_to.clone(),
+            delay_ms.clone(),
+        );
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
-            let (r, f, d) = (r.clone(), f.clone(), d.clone());
+            let (r, f, d, w) = (r.clone(), f.clone(), d.clone(), w.clone());
             async move {
                 let path = request.uri().path().to_string();
                 let headers = request.headers().clone();
@@ -473,6 +482,10 @@ impl Receiver {
                     body,
                 });
                 use std::sync::atomic::Ordering::SeqCst;
+                let delay = w.load(SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
                 if f.load(SeqCst) > 0 {
                     f.fetch_sub(1, SeqCst);
                     return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -495,6 +508,7 @@ impl Receiver {
             received,
             fail_first,
             redirect_to,
+            delay_ms,
         }
     }
 

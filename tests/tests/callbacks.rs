@@ -528,3 +528,107 @@ async fn a_large_output_is_linked_with_an_absolute_url() {
     assert_eq!(fetched.text().await.unwrap(), big);
     host.stop().await;
 }
+
+/// A host whose callbacks may reach `receivers`, retrying fast, pausing a failing receiver for
+/// `cool_down`.
+async fn host_with_breaker(
+    receivers: &[&Receiver],
+    cool_down: Duration,
+) -> (TestHost, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.allow_callback_hosts = receivers
+        .iter()
+        .map(|r| format!("127.0.0.1:{}", r.port))
+        .collect();
+    config.callback_retry = RetryPolicy {
+        max_attempts: 10,
+        backoff_base_ms: 10,
+        backoff_max_ms: 20,
+    };
+    config.callback_cool_down = cool_down;
+    (start_host_with(config).await, dir)
+}
+
+/// A slow receiver holds only its own delivery slots: another receiver's callback goes out
+/// while dozens to the slow one wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_does_not_delay_others() {
+    let slow = Receiver::start().await;
+    let fast = Receiver::start().await;
+    slow.delay_ms
+        .store(4000, std::sync::atomic::Ordering::SeqCst);
+    let (host, _dir) = host_with_breaker(&[&slow, &fast], Duration::from_secs(30)).await;
+    host.deploy("echo", components::ECHO, "").await;
+    // More than the sender's 64 slots, all to the slow receiver.
+    for i in 0..72 {
+        let (status, _) =
+            submit_with_callback(&host, "echo", &format!("s{i}"), &slow.url("/slow")).await;
+        assert_eq!(status, 202);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slow.requests().len() < 8 {
+        assert!(Instant::now() < deadline, "the slow receiver got nothing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, answer) = submit_with_callback(&host, "echo", "f", &fast.url("/fast")).await;
+    assert_eq!(status, 202);
+    let job = callback_settled(&host, answer["id"].as_str().unwrap()).await;
+    assert_eq!(job["callback"]["state"], "delivered", "{job}");
+    // Delivered while the slow receiver still had only its own 8 slots' worth in flight.
+    let in_slow = slow.requests().len();
+    assert!(
+        in_slow < 16,
+        "the fast callback waited for {in_slow} slow deliveries"
+    );
+    assert_eq!(fast.requests().len(), 1);
+}
+
+/// A receiver failing again and again trips its breaker: nothing more is sent to it for the
+/// cool-down and the waiting callbacks keep their attempts; once it recovers, a probe gets
+/// through and the rest follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_trips_its_breaker() {
+    let failing = Receiver::start().await;
+    failing
+        .fail_first
+        .store(1_000_000, std::sync::atomic::Ordering::SeqCst);
+    let (host, _dir) = host_with_breaker(&[&failing], Duration::from_millis(1500)).await;
+    host.deploy("echo", components::ECHO, "").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (status, answer) =
+            submit_with_callback(&host, "echo", &format!("j{i}"), &failing.url("/hook")).await;
+        assert_eq!(status, 202);
+        ids.push(answer["id"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while failing.requests().len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "{} requests",
+            failing.requests().len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Open: without the breaker, 30 attempts (3 callbacks x 10) would be spent by now.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let sent = failing.requests().len();
+    assert!(
+        sent <= 7,
+        "{sent} requests reached a receiver whose breaker is open"
+    );
+    for id in &ids {
+        let job = host.job(id).await;
+        assert_eq!(job["callback"]["state"], "pending", "{job}");
+    }
+    // It recovers: after the cool-down the probe succeeds and every callback is delivered.
+    failing
+        .fail_first
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    for id in &ids {
+        let job = callback_settled(&host, id).await;
+        assert_eq!(job["callback"]["state"], "delivered", "{job}");
+        assert!(job["callback"]["attempts"].as_u64().unwrap() < 10, "{job}");
+    }
+}

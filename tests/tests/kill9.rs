@@ -328,6 +328,8 @@ async fn kill_9_with_pending_callbacks_delivers_them_after_restart() {
         ("SLUICE_CALLBACK_BACKOFF_BASE_MS", "200".to_string()),
         ("SLUICE_CALLBACK_BACKOFF_MAX_MS", "500".to_string()),
         ("SLUICE_CALLBACK_MAX_ATTEMPTS", "100".to_string()),
+        // No breaker pause, so each callback fails at least once before the kill.
+        ("SLUICE_CALLBACK_COOL_DOWN", "0".to_string()),
     ];
     let mut host = serve_with(tmp.path(), port, &env);
     wait_healthy(&http, &url).await;

@@ -148,6 +148,14 @@ pub struct ServeArgs {
     /// large outputs under it (default: the listening address).
     #[arg(long, env = "SLUICE_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Callback deliveries in flight to one receiver (URL origin) at most, so a slow receiver
+    /// cannot hold the sender's slots.
+    #[arg(long, env = "SLUICE_CALLBACK_PER_DESTINATION", default_value_t = 8)]
+    pub callback_per_destination: usize,
+    /// Seconds deliveries to a receiver pause after it failed 5 times in a row (then one probe
+    /// goes out).
+    #[arg(long, env = "SLUICE_CALLBACK_COOL_DOWN", default_value_t = 30)]
+    pub callback_cool_down: u64,
     /// Delivery attempts of a callback before it is marked failed.
     #[arg(long, env = "SLUICE_CALLBACK_MAX_ATTEMPTS", default_value_t = 10)]
     pub callback_max_attempts: u32,
@@ -208,6 +216,8 @@ impl ServeArgs {
             claim_check_bytes: self.claim_check_bytes,
             allow_callback_hosts: self.allow_callback_host.clone(),
             public_url: self.public_url.clone(),
+            callback_per_destination: self.callback_per_destination,
+            callback_cool_down: Duration::from_secs(self.callback_cool_down),
             callback_retry: crate::manifest::RetryPolicy {
                 max_attempts: self.callback_max_attempts,
                 backoff_base_ms: self.callback_backoff_base_ms,

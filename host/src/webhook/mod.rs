@@ -10,7 +10,9 @@
 //! ## Layout
 //! - `guard`: which targets a callback may reach (the address actually connected to).
 //! - `sign`: Standard Webhooks signatures and the host's secrets.
+//! - `destination`: fairness between receivers: slots and a circuit breaker per origin.
 
+mod destination;
 pub mod guard;
 pub mod sign;
 
@@ -34,6 +36,8 @@ use sign::Secrets;
 const MAX_REDIRECTS: usize = 5;
 /// Deliveries in flight at once.
 const CONCURRENCY: usize = 64;
+/// Deliveries waiting for their destination at most (beyond it, the store's feed waits).
+const MAX_WAITING: usize = 10_000;
 /// Receiver clients kept at most (all are dropped when it fills).
 const MAX_CLIENTS: usize = 256;
 /// Outputs up to this size (UTF-8) are inlined in the payload; larger ones are linked.
@@ -46,6 +50,10 @@ pub struct Sender {
     allow: AllowList,
     timeout: Duration,
     slots: Arc<Semaphore>,
+    /// Deliveries handed out and not done yet.
+    waiting: Arc<Semaphore>,
+    /// Slots and breakers per receiver origin.
+    destinations: destination::Destinations,
     /// Prefix of the `output_url` links in payloads (`http://host:port`, or empty).
     public_base: String,
     /// Clients by (host, checked addresses).
@@ -54,13 +62,17 @@ pub struct Sender {
 
 impl Sender {
     /// A sender signing with `secrets`, refusing targets the guard denies unless `allow` names
-    /// them, giving each attempt `timeout`, linking large outputs under `public_base`.
+    /// them, giving each attempt `timeout`, linking large outputs under `public_base`, with
+    /// at most `per_destination` deliveries in flight to one receiver origin and a breaker
+    /// that pauses a failing one for `cool_down`.
     pub fn new(
         store: Arc<Store>,
         secrets: Arc<Secrets>,
         allow: AllowList,
         timeout: Duration,
         public_base: String,
+        per_destination: usize,
+        cool_down: Duration,
     ) -> Sender {
         Sender {
             store,
@@ -69,6 +81,8 @@ impl Sender {
             timeout,
             public_base,
             slots: Arc::new(Semaphore::new(CONCURRENCY)),
+            waiting: Arc::new(Semaphore::new(MAX_WAITING)),
+            destinations: destination::Destinations::new(per_destination, cool_down),
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -78,10 +92,10 @@ impl Sender {
         let this = Arc::new(self);
         while let Some(ids) = feed.recv().await {
             for id in ids {
-                let permit = this.slots.clone().acquire_owned().await;
+                let waiting = this.waiting.clone().acquire_owned().await;
                 let this = this.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _waiting = waiting;
                     let result = this.deliver(id).await;
                     this.store.callback_done(id, result);
                 });
@@ -89,42 +103,61 @@ impl Sender {
         }
     }
 
-    /// One delivery attempt of job `id`'s callback.
+    /// One delivery attempt of job `id`'s callback: after a slot at its destination (and its
+    /// breaker's leave), then one of the sender's.
     async fn deliver(&self, id: JobId) -> CallbackResult {
+        let (url, msg_id, body) = match self.prepare(id) {
+            Ok(ready) => ready,
+            Err(result) => return result,
+        };
+        let turn = self
+            .destinations
+            .turn(&url.origin().ascii_serialization())
+            .await;
+        let slot = self.slots.acquire().await;
+        let result = self.post(url, &msg_id, &body).await;
+        drop(slot);
+        let health = match &result {
+            CallbackResult::Delivered => Some(true),
+            CallbackResult::Failed { retry: true, .. } => Some(false),
+            CallbackResult::Failed { retry: false, .. } => None,
+        };
+        self.destinations.finish(turn, health);
+        result
+    }
+
+    /// What job `id`'s callback sends: its checked URL, message id and signed-to-be body.
+    fn prepare(&self, id: JobId) -> Result<(Url, String, Vec<u8>), CallbackResult> {
         let job = match self.store.job(id) {
             Ok(Some(job)) => job,
             Ok(None) => {
-                return CallbackResult::Failed {
+                return Err(CallbackResult::Failed {
                     error: "the job is gone".into(),
                     retry: false,
-                };
+                });
             }
             Err(e) => {
-                return CallbackResult::Failed {
+                return Err(CallbackResult::Failed {
                     error: e.to_string(),
                     retry: true,
-                };
+                });
             }
         };
         let Some(callback) = &job.callback else {
-            return CallbackResult::Failed {
+            return Err(CallbackResult::Failed {
                 error: "the job has no callback".into(),
                 retry: false,
-            };
+            });
         };
         let body = serde_json::to_vec(&payload(id, &job, &self.public_base))
             .expect("JSON values serialise");
         let msg_id = callback.message_id(id);
-        let url = match guard::check_url(&callback.url, &self.allow) {
-            Ok(url) => url,
-            Err(e) => {
-                return CallbackResult::Failed {
-                    error: e,
-                    retry: false,
-                };
-            }
-        };
-        self.post(url, &msg_id, &body).await
+        let url =
+            guard::check_url(&callback.url, &self.allow).map_err(|e| CallbackResult::Failed {
+                error: e,
+                retry: false,
+            })?;
+        Ok((url, msg_id, body))
     }
 
     /// A client that connects `host` only to `addrs` (the checked addresses). Kept per (host,
