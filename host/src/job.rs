@@ -164,6 +164,34 @@ pub struct Job {
     pub hops: u32,
 }
 
+/// A job as listings show it: its record without the input, output and log (left empty), and
+/// their sizes. Listings read these, so a page of 1000 large jobs costs no more than its JSON.
+#[derive(Clone, Debug)]
+pub struct JobSummary {
+    /// The job, with `input`, `output` and `log` empty.
+    pub job: Job,
+    /// Size of the input in bytes.
+    pub input_size: u64,
+    /// Size of the output in bytes, if there is one.
+    pub output_size: Option<u64>,
+}
+
+impl JobSummary {
+    /// The summary of a whole job (its large fields dropped).
+    pub fn of(mut job: Job) -> JobSummary {
+        let input_size = job.input_size();
+        let output_size = job.output_size();
+        job.input = Vec::new();
+        job.output = None;
+        job.log = String::new();
+        JobSummary {
+            job,
+            input_size,
+            output_size,
+        }
+    }
+}
+
 /// A webhook callback (`Sluice-Callback`): a signed POST to `url` once the job is terminal,
 /// committed with the terminal status and retried until delivered or out of attempts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

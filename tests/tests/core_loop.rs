@@ -364,3 +364,30 @@ async fn run_sleepers(host: &sluice_tests::TestHost, n: usize, ms: u64) -> usize
     }
     max as usize
 }
+
+/// Listings show each job's summary: sizes, never the input, output or log themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_show_summaries_with_sizes() {
+    let host = sluice_tests::start_host().await;
+    host.deploy("echo", sluice_tests::components::ECHO, "")
+        .await;
+    let body = "y".repeat(100_000);
+    let id = host.submit("echo", body.clone(), "text/plain").await;
+    assert_eq!(host.wait(&id).await["status"], "succeeded");
+    let (status, page) = host.get("/v1/jobs?function=echo").await;
+    assert_eq!(status, 200, "{page}");
+    let listed = &page["jobs"][0];
+    assert_eq!(listed["id"], id.as_str());
+    assert_eq!(listed["input_size"], 100_000);
+    assert_eq!(listed["output_size"], 100_000);
+    assert!(
+        listed.get("output").is_none() && listed.get("log").is_none(),
+        "{listed}"
+    );
+    let correlation = listed["correlation_id"].as_str().unwrap().to_string();
+    let (_, found) = host
+        .get(&format!("/v1/jobs?correlation_id={correlation}"))
+        .await;
+    assert_eq!(found["jobs"][0]["input_size"], 100_000, "{found}");
+    assert!(found["jobs"][0].get("output").is_none(), "{found}");
+}

@@ -16,7 +16,9 @@ use super::headers::{
     callback, correlation_id, idempotency_key, not_before, ordering_key, priority,
 };
 use super::{ApiError, AppState};
-use crate::job::{BlobRef, Job, JobId, JobStatus, MAX_PRIORITY, Pipeline, now_ms, rfc3339};
+use crate::job::{
+    BlobRef, Job, JobId, JobStatus, JobSummary, MAX_PRIORITY, Pipeline, now_ms, rfc3339,
+};
 use crate::store::{CancelError, JobPage, JobQuery, NewJob, Submitted};
 
 /// Outputs up to this size, and valid UTF-8, are shown inline in the job's JSON.
@@ -316,7 +318,7 @@ fn correlated(state: &AppState, correlation: &str) -> Result<Json<Value>, ApiErr
     let jobs: Vec<Value> = found
         .jobs
         .iter()
-        .map(|(id, job)| job_json(*id, job, false))
+        .map(|(id, summary)| summary_json(*id, summary))
         .collect();
     let events: Vec<Value> = found
         .events
@@ -473,7 +475,7 @@ pub(crate) fn page_json(key: &str, page: JobPage) -> Value {
     let jobs: Vec<Value> = page
         .jobs
         .iter()
-        .map(|(id, job)| job_json(*id, job, false))
+        .map(|(id, summary)| summary_json(*id, summary))
         .collect();
     json!({ key: jobs, "next_cursor": page.next_cursor.map(|c| c.to_string()) })
 }
@@ -514,6 +516,14 @@ pub(crate) async fn cancel(
     let job = state.store.cancel(job_id).await?;
     state.scheduler.forget(&job.function, job_id);
     Ok(Json(job_json(job_id, &job, true)))
+}
+
+/// A job in a listing: what [`job_json`] shows without `full`, from its summary.
+pub(crate) fn summary_json(id: JobId, summary: &JobSummary) -> Value {
+    let mut v = job_json(id, &summary.job, false);
+    v["input_size"] = summary.input_size.into();
+    v["output_size"] = summary.output_size.into();
+    v
 }
 
 /// A job as the API shows it; `full` adds the log and the inline output.

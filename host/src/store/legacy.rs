@@ -146,4 +146,27 @@ mod tests {
         let deep = crate::store::tables::decode_job(&crate::store::tables::encode_job(&job(300)));
         assert_eq!(deep.unwrap().hops, 300);
     }
+
+    /// A summary is the job without its large fields, measured: from today's format (borrowed)
+    /// and from an older one (decoded whole) alike.
+    #[test]
+    fn a_summary_measures_what_it_leaves_out() {
+        let mut big = job(7);
+        big.input = vec![1; 300_000];
+        big.output = Some(vec![2; 1234]);
+        big.log = "x".repeat(5000);
+        let today = crate::store::tables::encode_job(&big);
+        let expected = crate::job::JobSummary::of(big.clone());
+        let summary = crate::store::tables::decode_job_summary(&today).unwrap();
+        assert_eq!(summary.input_size, 300_000);
+        assert_eq!(summary.output_size, Some(1234));
+        assert!(summary.job.input.is_empty() && summary.job.output.is_none());
+        assert!(summary.job.log.is_empty());
+        assert_eq!(format!("{:?}", summary.job), format!("{:?}", expected.job));
+        let mut v4 = today[..today.len() - 1].to_vec();
+        v4[0] = 4;
+        let old = crate::store::tables::decode_job_summary(&v4).unwrap();
+        assert_eq!(old.input_size, 300_000);
+        assert_eq!(old.job.hops, 0);
+    }
 }

@@ -321,7 +321,7 @@ impl Store {
             if !all.jobs.iter().any(|(j, _)| *j == id)
                 && let Some(job) = shard.job(id)?
             {
-                all.jobs.push((id, job));
+                all.jobs.push((id, crate::job::JobSummary::of(job)));
             }
             if !all.events.iter().any(|(e, _)| *e == id)
                 && let Some(event) = shard.event(id)?

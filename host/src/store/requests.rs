@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::tables::EventRecord;
-use crate::job::{Job, JobId, JobStatus};
+use crate::job::{JobId, JobStatus, JobSummary};
 
 /// Which dead letters an operation applies to.
 #[derive(Debug, Clone)]
@@ -108,8 +108,8 @@ pub struct Published {
 /// Everything one correlation id names: jobs and events, oldest first.
 #[derive(Debug, Default)]
 pub struct Correlated {
-    /// The jobs.
-    pub jobs: Vec<(JobId, Job)>,
+    /// The jobs, as summaries.
+    pub jobs: Vec<(JobId, JobSummary)>,
     /// The events.
     pub events: Vec<(JobId, EventRecord)>,
 }
@@ -130,8 +130,8 @@ pub(crate) struct AttemptStart {
 /// A page of jobs, newest first.
 #[derive(Debug)]
 pub struct JobPage {
-    /// The jobs found.
-    pub jobs: Vec<(JobId, Job)>,
+    /// The jobs found, as summaries.
+    pub jobs: Vec<(JobId, JobSummary)>,
     /// Where the next page starts, if there may be more.
     pub next_cursor: Option<JobId>,
 }

@@ -156,7 +156,7 @@ impl Shard {
             } else if let Some(v) = jobs.get(id).map_err(storage)? {
                 out.jobs.push((
                     JobId(id),
-                    decode_job(v.value()).map_err(StoreError::Storage)?,
+                    decode_job_summary(v.value()).map_err(StoreError::Storage)?,
                 ));
             }
         }
@@ -176,9 +176,9 @@ impl Shard {
         let mut scanned = 0;
         let mut visit = |id: u128, bytes: &[u8], page: &mut JobPage| -> Result<bool, StoreError> {
             scanned += 1;
-            let job = decode_job(bytes).map_err(StoreError::Storage)?;
-            if query.status.is_none_or(|s| s == job.status) {
-                page.jobs.push((JobId(id), job));
+            let summary = decode_job_summary(bytes).map_err(StoreError::Storage)?;
+            if query.status.is_none_or(|s| s == summary.job.status) {
+                page.jobs.push((JobId(id), summary));
             }
             if page.jobs.len() >= query.limit || scanned >= MAX_SCAN {
                 page.next_cursor = Some(JobId(id));

@@ -41,9 +41,9 @@
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-use crate::job::Job;
 #[allow(unused_imports)] // named in the docs above
 use crate::job::JobStatus;
+use crate::job::{Job, JobSummary};
 use crate::manifest::Settings;
 
 pub(crate) const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
@@ -129,6 +129,92 @@ pub(crate) fn decode_job(bytes: &[u8]) -> Result<Job, String> {
         Some((v, _)) => Err(format!("job stored in unknown format {v}: upgrade sluice")),
         None => Err("empty job record".into()),
     }
+}
+
+/// Decodes a stored job's summary: the input, output and log are borrowed from the record to
+/// measure them, never copied.
+pub(crate) fn decode_job_summary(bytes: &[u8]) -> Result<JobSummary, String> {
+    let Some((&JOB_FORMAT, rest)) = bytes.split_first() else {
+        // An older format: decode it whole (rare: records are rewritten as jobs change).
+        return decode_job(bytes).map(JobSummary::of);
+    };
+    let v: JobView<'_> = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+    let input_size = v.input_blob.map_or(v.input.len() as u64, |b| b.size);
+    let output_size = v
+        .output_blob
+        .map(|b| b.size)
+        .or(v.output.map(|o| o.len() as u64));
+    Ok(JobSummary {
+        job: Job {
+            function: v.function,
+            status: v.status,
+            attempts: v.attempts,
+            created_at: v.created_at,
+            started_at: v.started_at,
+            finished_at: v.finished_at,
+            input_content_type: v.input_content_type,
+            input: Vec::new(),
+            output_content_type: v.output_content_type,
+            output: None,
+            error: v.error,
+            log: String::new(),
+            correlation_id: v.correlation_id,
+            not_before: v.not_before,
+            priority: v.priority,
+            ready_at: v.ready_at,
+            lease_until: v.lease_until,
+            history: v.history,
+            ordering_key: v.ordering_key,
+            ordering_seq: v.ordering_seq,
+            version: v.version,
+            event: v.event,
+            parent: v.parent,
+            pipeline: v.pipeline,
+            input_blob: v.input_blob,
+            output_blob: v.output_blob,
+            callback: v.callback,
+            hops: v.hops,
+        },
+        input_size,
+        output_size,
+    })
+}
+
+/// [`Job`]'s stored layout with the large fields borrowed (keep the two in step).
+#[derive(Deserialize)]
+struct JobView<'a> {
+    function: String,
+    status: JobStatus,
+    attempts: u32,
+    created_at: u64,
+    started_at: Option<u64>,
+    finished_at: Option<u64>,
+    input_content_type: Option<String>,
+    #[serde(borrow)]
+    input: &'a [u8],
+    output_content_type: Option<String>,
+    #[serde(borrow)]
+    output: Option<&'a [u8]>,
+    error: Option<String>,
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    log: &'a str,
+    correlation_id: String,
+    not_before: Option<u64>,
+    priority: u8,
+    ready_at: u64,
+    lease_until: Option<u64>,
+    history: Vec<crate::job::AttemptRecord>,
+    ordering_key: Option<String>,
+    ordering_seq: u128,
+    version: Option<u32>,
+    event: Option<crate::event::EventAttributes>,
+    parent: Option<crate::job::Parent>,
+    pipeline: Option<crate::job::Pipeline>,
+    input_blob: Option<crate::job::BlobRef>,
+    output_blob: Option<crate::job::BlobRef>,
+    callback: Option<crate::job::Callback>,
+    hops: u32,
 }
 
 pub(crate) fn encode_function(record: &FunctionRecord) -> Vec<u8> {
