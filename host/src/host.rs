@@ -43,12 +43,14 @@ pub async fn run(
             config.data_dir.display()
         )
     })?;
-    let runtime = Arc::new(Runtime::new(&config).context("cannot set up the WebAssembly engine")?);
+    // The store first: it refuses a data directory another host holds, before the runtime
+    // clears the directory's spool files.
     let Opened {
         store,
         feed,
         callbacks,
     } = Store::open(&config.data_dir, &config.store_options())?;
+    let runtime = Arc::new(Runtime::new(&config).context("cannot set up the WebAssembly engine")?);
     let store = Arc::new(store);
     let secrets = Arc::new(Secrets::new(store.webhook_secrets().await?));
     let sender = Sender::new(

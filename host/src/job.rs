@@ -489,13 +489,10 @@ impl QueuedJob {
 pub enum Outcome {
     /// The handler returned a response.
     Succeeded {
-        /// The output bytes.
-        output: Vec<u8>,
+        /// The output: in memory, or spooled to disk when it is large.
+        output: crate::output::Output,
         /// Media type the handler gave.
         content_type: Option<String>,
-        /// The output's blob reference, when it is large enough to be stored as one (computed
-        /// where the attempt ran, so the writer does not hash).
-        blob: Option<BlobRef>,
     },
     /// The attempt failed; `kind` says how, `message` says why.
     Failed {

@@ -8,6 +8,7 @@
 //! - [`manifest`]: a function's `sluice.toml`: name and limits.
 //! - [`event`]: CloudEvents published to topics: parsing and what a delivery keeps.
 //! - [`job`]: the job, its id, statuses and attempt outcomes.
+//! - [`output`]: an attempt's output bytes, spooled to disk while large.
 //! - [`store`]: owns redb: atomic domain operations behind one group-committing writer.
 //! - [`runtime`]: owns wasmtime: compiles, caches and runs components in limited sandboxes.
 //! - [`scheduler`]: hands queued jobs to sandboxes, at most `max_concurrency` per function.
@@ -25,6 +26,7 @@ pub mod event;
 pub mod host;
 pub mod job;
 pub mod manifest;
+pub mod output;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;

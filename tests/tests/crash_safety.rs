@@ -205,9 +205,8 @@ async fn stale_attempts_are_fenced() {
     };
     let success = || {
         report(Outcome::Succeeded {
-            output: b"stale".to_vec(),
+            output: sluice::output::Output::bytes(b"stale".to_vec()),
             content_type: None,
-            blob: None,
         })
     };
     let retry = RetryPolicy {

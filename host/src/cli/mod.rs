@@ -140,6 +140,10 @@ pub struct ServeArgs {
     /// Payloads and outputs larger than this many bytes are stored once and streamed in chunks.
     #[arg(long, env = "SLUICE_CLAIM_CHECK_BYTES", default_value_t = 256 << 10)]
     pub claim_check_bytes: usize,
+    /// Most bytes one attempt may stream out as its output (`write-output`); outputs past
+    /// `--claim-check-bytes` wait on disk under DATA/spool for their commit.
+    #[arg(long, env = "SLUICE_MAX_OUTPUT_BYTES", default_value_t = 256 << 20)]
+    pub max_output_bytes: usize,
     /// A callback target allowed although internal: `host` (any port) or `host:port`;
     /// loopback is reachable only this way (repeat, or comma-separate in the variable).
     #[arg(long, env = "SLUICE_ALLOW_CALLBACK_HOSTS", value_delimiter = ',')]
@@ -214,6 +218,7 @@ impl ServeArgs {
                 tables: self.max_tables,
             },
             claim_check_bytes: self.claim_check_bytes,
+            max_output_bytes: self.max_output_bytes,
             allow_callback_hosts: self.allow_callback_host.clone(),
             public_url: self.public_url.clone(),
             callback_per_destination: self.callback_per_destination,

@@ -16,6 +16,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -24,6 +25,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::config::Config;
 use crate::job::{AttemptReport, FailureKind, Outcome, QueuedJob, now_ms};
+use crate::output::{OutputSink, SpoolDir};
 use crate::store::FunctionRecord;
 use bindings::{Event, Handler, HandlerError, HandlerPre, Payload, RawBlobRef};
 use sandbox::{LogSink, MemoryLimit, Sandbox};
@@ -96,10 +98,13 @@ pub struct Runtime {
     max_log_bytes: usize,
     /// Compilations since start (start-up with cached artifacts should do none).
     compilations: std::sync::atomic::AtomicU64,
-    /// Outputs larger than this are hashed here, for the store to keep as blobs.
+    /// Outputs larger than this are hashed here, for the store to keep as blobs, and spooled
+    /// to disk while they are streamed out.
     claim_check_bytes: usize,
     /// Most bytes an attempt may stream out.
     max_output_bytes: usize,
+    /// Where streamed outputs over `claim_check_bytes` wait for their commit.
+    spool: Arc<SpoolDir>,
 }
 
 /// Where a sandbox reads large payloads (claim checks) from.
@@ -120,6 +125,7 @@ impl Runtime {
     /// linker with WASI and the Sluice imports, and starts the epoch ticker.
     pub fn new(config: &Config) -> anyhow::Result<Runtime> {
         let engine = Engine::new(&engine_config(config))?;
+        let spool_dir = config.data_dir.join("spool");
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
@@ -147,6 +153,9 @@ impl Runtime {
             compilations: Default::default(),
             claim_check_bytes: config.claim_check_bytes,
             max_output_bytes: config.max_output_bytes,
+            spool: Arc::new(SpoolDir::open(&spool_dir).with_context(|| {
+                format!("cannot prepare the spool directory {}", spool_dir.display())
+            })?),
         })
     }
 
@@ -308,8 +317,11 @@ impl Runtime {
                 emitted: Default::default(),
                 blobs,
                 readable: job.input_blob.map(|b| b.digest),
-                streamed: Vec::new(),
-                max_output: self.max_output_bytes,
+                output: OutputSink::new(
+                    self.spool.clone(),
+                    self.claim_check_bytes,
+                    self.max_output_bytes,
+                ),
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -369,18 +381,19 @@ impl Runtime {
             Ok(Err((kind, message))) => Outcome::Failed { kind, message },
             Ok(Ok(Ok(response))) => {
                 // Streamed output first, then the response's data.
-                let mut output = std::mem::take(&mut store.data_mut().streamed);
-                if output.is_empty() {
-                    output = response.data;
-                } else {
-                    output.extend_from_slice(&response.data);
-                }
-                let blob = (output.len() > self.claim_check_bytes)
-                    .then(|| crate::job::BlobRef::of(&output));
-                Outcome::Succeeded {
-                    output,
-                    content_type: response.content_type,
-                    blob,
+                let sink = std::mem::replace(
+                    &mut store.data_mut().output,
+                    OutputSink::new(self.spool.clone(), 0, 0),
+                );
+                match sink.finish(response.data) {
+                    Ok(output) => Outcome::Succeeded {
+                        output,
+                        content_type: response.content_type,
+                    },
+                    Err(message) => Outcome::Failed {
+                        kind: FailureKind::Retryable,
+                        message,
+                    },
                 }
             }
             Ok(Ok(Err(HandlerError::Retryable(message)))) => Outcome::Failed {

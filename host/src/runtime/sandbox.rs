@@ -29,10 +29,8 @@ pub(crate) struct Sandbox {
     /// The one blob this attempt may read: its own job's input, if that is a blob. Another
     /// function's payload is not readable by guessing or learning its digest.
     pub(crate) readable: Option<[u8; 32]>,
-    /// Output the handler streamed out (`write-output`), in host memory.
-    pub(crate) streamed: Vec<u8>,
-    /// Most bytes it may stream out.
-    pub(crate) max_output: usize,
+    /// Output the handler streamed out (`write-output`): in memory while small, then spooled.
+    pub(crate) output: crate::output::OutputSink,
 }
 
 /// Most emissions one attempt may stage.

@@ -22,6 +22,69 @@ pub(crate) fn chunks(size: u64) -> u32 {
     size.div_ceil(CHUNK as u64) as u32
 }
 
+/// The bytes of a blob being written, handed out one [`CHUNK`] at a time.
+pub(crate) trait BlobBytes {
+    /// How many bytes there are.
+    fn size(&self) -> u64;
+    /// Calls `each` with every chunk in order (each [`CHUNK`] bytes, the last one shorter).
+    fn each_chunk(
+        &self,
+        each: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+}
+
+impl BlobBytes for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn each_chunk(
+        &self,
+        each: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.chunks(CHUNK).try_for_each(each)
+    }
+}
+
+impl BlobBytes for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.as_slice().size()
+    }
+
+    fn each_chunk(
+        &self,
+        each: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.as_slice().each_chunk(each)
+    }
+}
+
+/// A spooled output is read from its file a chunk at a time, so its size never costs memory.
+impl BlobBytes for crate::output::Spool {
+    fn size(&self) -> u64 {
+        self.blob().size
+    }
+
+    fn each_chunk(
+        &self,
+        each: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut failed = None;
+        let read = self.for_each_piece(CHUNK, &mut |piece| {
+            each(piece).map_err(|e| {
+                let message = e.to_string();
+                failed = Some(e);
+                message
+            })
+        });
+        match (read, failed) {
+            (_, Some(e)) => Err(e),
+            (Err(message), None) => Err(StoreError::Storage(message)),
+            (Ok(()), None) => Ok(()),
+        }
+    }
+}
+
 /// The blob tables of one transaction.
 pub(crate) struct BlobTables<'txn> {
     blobs: Table<'txn, &'static [u8], (u64, u64)>,
@@ -48,7 +111,7 @@ impl<'txn> BlobTables<'txn> {
     pub(crate) fn add_ref(
         &mut self,
         blob: BlobRef,
-        data: &[u8],
+        data: &(impl BlobBytes + ?Sized),
         delta: &mut BlobDelta,
     ) -> Result<(), StoreError> {
         let key: &[u8] = &blob.digest;
@@ -58,17 +121,19 @@ impl<'txn> BlobTables<'txn> {
                 self.blobs.insert(key, (size, refs + 1)).map_err(storage)?;
             }
             None => {
-                if data.len() as u64 != blob.size {
+                if data.size() != blob.size {
                     return Err(StoreError::Storage(format!(
                         "blob {} is referred to but not stored",
                         blob.hex()
                     )));
                 }
-                for (n, chunk) in data.chunks(CHUNK).enumerate() {
-                    self.chunks
-                        .insert((key, n as u32), chunk)
-                        .map_err(storage)?;
-                }
+                let mut n = 0u32;
+                let chunks = &mut self.chunks;
+                data.each_chunk(&mut |chunk| {
+                    chunks.insert((key, n), chunk).map_err(storage)?;
+                    n += 1;
+                    Ok(())
+                })?;
                 self.blobs.insert(key, (blob.size, 1)).map_err(storage)?;
                 delta.count += 1;
                 delta.bytes += blob.size as i64;

@@ -259,7 +259,7 @@ impl Writer {
         }
         // The head takes the last output (a reference to a blob output is shared).
         if let Some(blob) = job.output_blob {
-            t.blobs.open()?.add_ref(blob, &[], &mut fx.blobs)?;
+            t.blobs.open()?.add_ref(blob, &[][..], &mut fx.blobs)?;
         }
         if let Some(old) = h.output_blob.take() {
             t.blobs.open()?.release(old, &mut fx.blobs)?;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use super::blobs::{BlobDelta, BlobTables};
+use super::blobs::{BlobBytes, BlobDelta, BlobTables};
 use super::counts::CountDeltas;
 use super::tables::*;
 use super::writer::{Effects, Writer};
@@ -20,6 +20,7 @@ use crate::job::{
     MAX_HISTORY, Outcome, Pipeline, QueuedJob, bounded_error, now_ms, ready_key,
 };
 use crate::manifest::RetryPolicy;
+use crate::output::Output;
 
 /// Delayed jobs moved to the ready queue per commit.
 const MAX_PROMOTE: usize = 10_000;
@@ -417,7 +418,9 @@ impl Writer {
             None => None,
         };
         if let Some(blob) = input_blob {
-            t.blobs.open()?.add_ref(blob, &new.input, &mut fx.blobs)?;
+            t.blobs
+                .open()?
+                .add_ref(blob, &new.input[..], &mut fx.blobs)?;
         }
         let mut job = Job {
             function: new.function,
@@ -610,7 +613,7 @@ impl Writer {
         // What a success emits must fit its targets' `max_queued` and the host's budget, or
         // the success is not recorded: the attempt fails (retryable) and emits nothing.
         if let Outcome::Succeeded { output, .. } = &report.outcome {
-            let next = report.then.as_deref().map(|f| (f, output.len()));
+            let next = report.then.as_deref().map(|f| (f, output.len() as usize));
             let cost = self.emitted_cost(&report.emitted, next);
             if let Err(e) = self.admit_emitted(&job.function, &cost, fx) {
                 report.outcome = Outcome::Failed {
@@ -642,22 +645,31 @@ impl Writer {
             Outcome::Succeeded {
                 output,
                 content_type,
-                blob,
             } => {
                 job.status = JobStatus::Succeeded;
                 job.output_content_type = content_type;
                 job.error = None;
-                // A large output is stored once as a blob, like a large input.
-                let blob = blob.or_else(|| {
-                    (output.len() > self.claim_check_bytes).then(|| BlobRef::of(&output))
-                });
-                match blob {
-                    Some(blob) => {
-                        t.blobs.open()?.add_ref(blob, &output, &mut fx.blobs)?;
-                        job.output_blob = Some(blob);
-                        job.output = None;
+                // A large output is stored once as a blob, like a large input; a spooled one
+                // is copied in a chunk at a time.
+                let stored: Option<(BlobRef, &dyn BlobBytes)> = match &output {
+                    Output::Spooled(spool) => Some((spool.blob(), spool)),
+                    Output::Memory {
+                        bytes,
+                        blob: Some(blob),
+                    } => Some((*blob, bytes)),
+                    Output::Memory { bytes, blob: None }
+                        if bytes.len() > self.claim_check_bytes =>
+                    {
+                        Some((BlobRef::of(bytes), bytes))
                     }
-                    None => job.output = Some(output),
+                    Output::Memory { .. } => None,
+                };
+                if let Some((blob, bytes)) = stored {
+                    t.blobs.open()?.add_ref(blob, bytes, &mut fx.blobs)?;
+                    job.output_blob = Some(blob);
+                    job.output = None;
+                } else if let Output::Memory { bytes, .. } = output {
+                    job.output = Some(bytes);
                 }
             }
             Outcome::Failed { kind, message } => {
