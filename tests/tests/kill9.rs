@@ -141,7 +141,7 @@ async fn kill_9_under_load_loses_no_accepted_job() {
     let deadline = Instant::now() + Duration::from_secs(120);
     for (id, ms) in &accepted {
         loop {
-            let job = get_json(&http, &format!("{url}/v1/jobs/{id}?wait=10")).await;
+            let job = get_json(&http, &format!("{url}/v1/jobs/{id}?wait=5")).await;
             match job["status"].as_str() {
                 Some("succeeded") => {
                     assert_eq!(job["output"], expected_output(*ms), "{job}");
