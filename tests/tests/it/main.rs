@@ -1,0 +1,23 @@
+//! Every black-box test in one binary: one link of wasmtime instead of one per file (disk and
+//! build time on CI), and nextest still runs each test in its own process.
+
+mod binary;
+mod callbacks;
+mod claim_checks;
+mod connections;
+mod core_loop;
+mod crash_safety;
+mod emissions;
+mod errors;
+mod failures;
+mod group_commit;
+mod hostile;
+mod kill9;
+mod lifecycle;
+mod outbox;
+mod output_memory;
+mod pool_limits;
+mod restart;
+mod sandbox;
+mod scheduling;
+mod topics;
