@@ -23,6 +23,7 @@
 //! - [`publish`], [`enqueue`]: emit events and jobs, committed with the handler's success.
 //! - [`PayloadReader`], [`OutputWriter`]: large payloads and outputs, streamed in pieces.
 //! - [`log`]: lines for the job's captured log that never trap, whatever the volume.
+//! - [`http`]: outbound HTTP requests, to the origins the manifest allows.
 //! - [`handler`]: the attribute macro that exports your function.
 #![deny(missing_docs)]
 
@@ -34,6 +35,7 @@ mod event;
 mod payload;
 mod response;
 
+pub mod http;
 pub mod log;
 
 pub use emit::{Enqueue, enqueue, enqueue_json, publish, publish_json};

@@ -65,6 +65,11 @@ pub struct Config {
     /// Callback targets allowed although their address is internal: `host` or `host:port`
     /// (`--allow-callback-host`); loopback is reachable only this way.
     pub allow_callback_hosts: Vec<String>,
+    /// Handlers' outbound HTTP targets allowed although their address is internal: `host` or
+    /// `host:port` (`--allow-outbound-host`); a function's manifest must still allow them.
+    pub allow_outbound_hosts: Vec<String>,
+    /// Bounds on handlers' outbound HTTP requests.
+    pub outbound: crate::runtime::outbound::OutboundLimits,
     /// The address clients reach this host at (`--public-url`, e.g. `https://sluice.example`):
     /// callbacks link large outputs under it. Unset: the listening address, unless that is
     /// unspecified (0.0.0.0), in which case the link is relative.
@@ -106,6 +111,8 @@ impl Default for Config {
             claim_check_bytes: 256 << 10,
             max_output_bytes: 256 << 20,
             allow_callback_hosts: Vec::new(),
+            allow_outbound_hosts: Vec::new(),
+            outbound: crate::runtime::outbound::OutboundLimits::DEFAULT,
             public_url: None,
             callback_retry: RetryPolicy {
                 max_attempts: 10,
@@ -174,7 +181,13 @@ impl Config {
         if self.store_shards == 0 || self.store_shards > 64 {
             return fail("store_shards must be 1 to 64");
         }
-        crate::webhook::guard::AllowList::parse(&self.allow_callback_hosts).map_err(ConfigError)?;
+        crate::guard::AllowList::parse(&self.allow_callback_hosts, crate::guard::CALLBACK)
+            .map_err(ConfigError)?;
+        crate::guard::AllowList::parse(&self.allow_outbound_hosts, crate::guard::OUTBOUND)
+            .map_err(ConfigError)?;
+        if self.outbound.max_requests == 0 || self.outbound.timeout.is_zero() {
+            return fail("max_outbound_requests and outbound_timeout must be at least 1");
+        }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {

@@ -14,11 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::guard::AllowList;
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
 use crate::store::{Opened, Store};
 use crate::webhook::Sender;
-use crate::webhook::guard::AllowList;
 use crate::webhook::sign::Secrets;
 
 /// Serves the Sluice API on `listener` until `shutdown` resolves, then shuts down gracefully.
@@ -56,7 +56,8 @@ pub async fn run(
     let sender = Sender::new(
         store.clone(),
         secrets.clone(),
-        AllowList::parse(&config.allow_callback_hosts).map_err(anyhow::Error::msg)?,
+        AllowList::parse(&config.allow_callback_hosts, crate::guard::CALLBACK)
+            .map_err(anyhow::Error::msg)?,
         config.callback_timeout,
         public_base(config.public_url.as_deref(), addr),
         config.callback_per_destination,

@@ -162,6 +162,34 @@ pub struct Job {
     /// delivery of a client's event, one more for each enqueue, emitted event or pipeline
     /// stage after it.
     pub hops: u32,
+    /// Outbound HTTP requests its attempts made (the latest [`MAX_OUTBOUND_KEPT`], each naming
+    /// its attempt), shown in the attempt history.
+    pub outbound: Vec<OutboundCall>,
+}
+
+/// Outbound requests a job keeps on record at most (the latest).
+pub const MAX_OUTBOUND_KEPT: usize = 256;
+
+/// One outbound HTTP request an attempt made, as its job's history shows it. The query string
+/// is left out: it often holds credentials.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundCall {
+    /// The attempt that made it.
+    pub attempt: u32,
+    /// When it was sent (ms since the Unix epoch): within its attempt's start and end.
+    pub at: u64,
+    /// Its HTTP method.
+    pub method: String,
+    /// `scheme://host[:port]`.
+    pub origin: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The response status, when one arrived.
+    pub status: Option<u16>,
+    /// Why no response arrived (refused, timed out, connection failed).
+    pub error: Option<String>,
+    /// From the request until its response headers (or its failure), in milliseconds.
+    pub duration_ms: u32,
 }
 
 /// A job as listings show it: its record without the input, output and log (left empty), and
@@ -536,6 +564,8 @@ pub struct AttemptReport {
     pub emitted: Vec<Emission>,
     /// The pipeline's next function in the version that ran it (`then`), if any.
     pub then: Option<String>,
+    /// The outbound HTTP requests it made, whatever its outcome (they happened).
+    pub outbound: Vec<OutboundCall>,
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -13,6 +13,7 @@
 //! - [`runtime`]: owns wasmtime: compiles, caches and runs components in limited sandboxes.
 //! - [`scheduler`]: hands queued jobs to sandboxes, at most `max_concurrency` per function.
 //! - [`webhook`]: signed callbacks to `Sluice-Callback` URLs, behind the SSRF guard.
+//! - [`guard`]: the SSRF guard: what the host may connect to on a user's behalf.
 //! - [`api`]: the HTTP API (axum).
 //! - [`host`]: wires them together: [`run`] serves a listener until a shutdown signal.
 //! - [`bench`]: `sluice bench`: the performance scenarios and the peer comparison.
@@ -23,6 +24,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod guard;
 pub mod host;
 pub mod job;
 pub mod manifest;

@@ -37,6 +37,10 @@ pub struct Manifest {
     /// The next stage of a pipeline: on success, the output becomes a job of this function.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub then: Option<String>,
+    /// Origins the handler may send HTTP requests to, e.g. `["https://api.example.com",
+    /// "http://127.0.0.1:9000", "https://*.example.org"]`; none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
 }
 
 /// Most subscriptions one function declares.
@@ -184,6 +188,9 @@ pub enum ManifestError {
     /// A `[[subscribe]]` entry is invalid.
     #[error("invalid subscription: {0}")]
     Subscription(String),
+    /// An `allowed_outbound_hosts` entry is invalid.
+    #[error("invalid allowed_outbound_hosts: {0}")]
+    OutboundHosts(String),
     /// A value is out of range.
     #[error("{key} = {value} is out of range: use {range}")]
     Range {
@@ -229,7 +236,14 @@ impl Manifest {
             rate_per_second: settings.rate_per_second,
             subscribe: Vec::new(),
             then: None,
+            allowed_outbound_hosts: Vec::new(),
         }
+    }
+
+    /// Validates `allowed_outbound_hosts` and returns the entries normalised.
+    pub fn allowed_outbound_hosts(&self) -> Result<Vec<String>, ManifestError> {
+        crate::runtime::outbound::allowed::validate(&self.allowed_outbound_hosts)
+            .map_err(ManifestError::OutboundHosts)
     }
 
     /// Validates `then` (the pipeline's next function) for a function named `name`.

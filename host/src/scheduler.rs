@@ -346,6 +346,7 @@ impl Inner {
                 version: code.record.version,
                 emitted: Vec::new(),
                 then: None,
+                outbound: Vec::new(),
             };
             // Short attempts go from queued to terminal in one commit; `running` is recorded
             // (and visible) only for attempts still running after START_VISIBLE_AFTER.

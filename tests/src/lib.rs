@@ -437,9 +437,9 @@ pub struct Received {
     pub body: Vec<u8>,
 }
 
-/// A webhook receiver on `127.0.0.1:0`: records every request (as it arrives); waits
-/// `delay_ms`, then answers 500 to the first `fail_first` of them, a redirect while
-/// `redirect_to` is set, else 204.
+/// A webhook receiver (or any upstream server) on `127.0.0.1:0`: records every request (as it
+/// arrives); waits `delay_ms`, then answers 500 to the first `fail_first` of them, a redirect
+/// while `redirect_to` is set, `respond_with` while that is set, else 204.
 pub struct Receiver {
     /// Its port.
     pub port: u16,
@@ -451,6 +451,8 @@ pub struct Receiver {
     pub redirect_to: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     /// How long to wait before answering, in ms: a slow receiver.
     pub delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The status and body to answer with instead of 204.
+    pub respond_with: std::sync::Arc<std::sync::Mutex<Option<(u16, Vec<u8>)>>>,
 }
 
 impl Receiver {
@@ -461,14 +463,17 @@ impl Receiver {
         let fail_first: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
         let redirect_to: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
         let delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64> = Default::default();
-        let (r, f, d, w) = (
+        let respond_with: std::sync::Arc<std::sync::Mutex<Option<(u16, Vec<u8>)>>> =
+            Default::default();
+        let (r, f, d, w, a) = (
             received.clone(),
             fail_first.clone(),
             redirect_to.clone(),
             delay_ms.clone(),
+            respond_with.clone(),
         );
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
-            let (r, f, d, w) = (r.clone(), f.clone(), d.clone(), w.clone());
+            let (r, f, d, w, a) = (r.clone(), f.clone(), d.clone(), w.clone(), a.clone());
             async move {
                 let path = request.uri().path().to_string();
                 let headers = request.headers().clone();
@@ -497,6 +502,10 @@ impl Receiver {
                     )
                         .into_response();
                 }
+                if let Some((status, body)) = a.lock().unwrap().clone() {
+                    return (axum::http::StatusCode::from_u16(status).unwrap(), body)
+                        .into_response();
+                }
                 axum::http::StatusCode::NO_CONTENT.into_response()
             }
         });
@@ -509,6 +518,7 @@ impl Receiver {
             fail_first,
             redirect_to,
             delay_ms,
+            respond_with,
         }
     }
 

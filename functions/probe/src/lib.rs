@@ -19,6 +19,9 @@
 //! - `{"action":"read_blob","digest":"..."}`: asks the host for any blob by digest.
 //! - `{"action":"fanout","function":"echo","n":1000}`: enqueues `n` empty jobs in one attempt.
 //! - `{"action":"chain","function":"probe"}`: enqueues itself to `function`, forever.
+//! - `{"action":"http","url":"http://127.0.0.1:9000/x","method":"POST","body":"hi","n":2,
+//!   "timeout_ms":500,"headers":[["idempotency-key","mine"]]}`: sends the request `n` times
+//!   (default 1) and answers the statuses and the last body, or the first error.
 //! - `{"action":"step","key":"a","seq":3,"ms":20}`: logs and answers `a 3 START END` (ms since
 //!   the epoch), sleeping `ms` in between: for ordering tests.
 //!
@@ -34,24 +37,69 @@ use sluice_sdk::{Error, Event, Response, handler};
 #[derive(Deserialize)]
 #[serde(crate = "sluice_sdk::serde", tag = "action", rename_all = "snake_case")]
 enum Action {
-    ReadFile { path: String },
-    Env { name: String },
-    Connect { addr: String },
-    Sleep { ms: u64 },
-    Spin { ms: u64 },
+    ReadFile {
+        path: String,
+    },
+    Env {
+        name: String,
+    },
+    Connect {
+        addr: String,
+    },
+    Sleep {
+        ms: u64,
+    },
+    Spin {
+        ms: u64,
+    },
     Panic,
-    Print { text: String },
-    Fail { retryable: bool },
+    Print {
+        text: String,
+    },
+    Fail {
+        retryable: bool,
+    },
     Loop,
-    Alloc { mb: Option<u64> },
-    Recurse { depth: u64 },
-    Flood { mb: u64 },
-    Step { key: String, seq: u64, ms: u64 },
-    Emit { topic: String, fail_until: u32 },
-    Produce { mb: u64 },
-    ReadBlob { digest: String },
-    Fanout { function: String, n: u32 },
-    Chain { function: String },
+    Alloc {
+        mb: Option<u64>,
+    },
+    Recurse {
+        depth: u64,
+    },
+    Flood {
+        mb: u64,
+    },
+    Step {
+        key: String,
+        seq: u64,
+        ms: u64,
+    },
+    Emit {
+        topic: String,
+        fail_until: u32,
+    },
+    Produce {
+        mb: u64,
+    },
+    ReadBlob {
+        digest: String,
+    },
+    Fanout {
+        function: String,
+        n: u32,
+    },
+    Chain {
+        function: String,
+    },
+    Http {
+        url: String,
+        method: Option<String>,
+        body: Option<String>,
+        n: Option<u32>,
+        timeout_ms: Option<u64>,
+        #[serde(default)]
+        headers: Vec<(String, String)>,
+    },
 }
 
 /// Wall-clock ms since the Unix epoch, as the guest sees it.
@@ -172,8 +220,56 @@ fn handle(ev: Event) -> Result<Response, Error> {
         }
         Action::Chain { function } => {
             // Enqueues itself again: a chain that never ends on its own.
-            sluice_sdk::enqueue_json(&function, &json!({ "action": "chain", "function": function }))?;
+            sluice_sdk::enqueue_json(
+                &function,
+                &json!({ "action": "chain", "function": function }),
+            )?;
             Ok("chained".into())
+        }
+        Action::Http {
+            url,
+            method,
+            body,
+            n,
+            timeout_ms,
+            headers,
+        } => {
+            use sluice_sdk::http::{Method, Request};
+            let method = match method.as_deref().unwrap_or("GET") {
+                "POST" => Method::Post,
+                "PUT" => Method::Put,
+                "DELETE" => Method::Delete,
+                _ => Method::Get,
+            };
+            let mut statuses = Vec::new();
+            let mut last = String::new();
+            let mut failure = None;
+            for _ in 0..n.unwrap_or(1) {
+                let mut request = Request::new(method.clone(), &url);
+                for (name, value) in &headers {
+                    request = request.header(name, value);
+                }
+                if let Some(body) = &body {
+                    request = request.body(body.as_bytes());
+                }
+                if let Some(ms) = timeout_ms {
+                    request = request.timeout(Duration::from_millis(ms));
+                }
+                match request.send() {
+                    Ok(response) => {
+                        statuses.push(response.status());
+                        last = response.text();
+                    }
+                    Err(e) => {
+                        failure = Some(format!("{e} (denied: {})", e.is_denied()));
+                        break;
+                    }
+                }
+            }
+            match failure {
+                Some(e) => Err(format!("{statuses:?} then {e}")),
+                None => Ok(format!("{statuses:?} {last}")),
+            }
         }
         Action::Fail { retryable: true } => {
             return Err(Error::retryable("probe failed on purpose"));

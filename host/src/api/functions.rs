@@ -58,6 +58,7 @@ pub(crate) async fn deploy(
     let settings = manifest.validate(&name, &state.config.bounds())?;
     let subscriptions = manifest.subscriptions()?;
     let then = manifest.then(&name)?;
+    let allowed_outbound_hosts = manifest.allowed_outbound_hosts()?;
     refuse_pipeline_cycle(&state, &name, then.as_deref())?;
 
     // Known code (same digest, this engine) is loaded from its stored artifact, not recompiled.
@@ -83,6 +84,7 @@ pub(crate) async fn deploy(
         version: 0,
         change: String::new(),
         paused: false,
+        allowed_outbound_hosts,
     };
     // Runnable before the commit, so a job accepted right after it always finds its code.
     let previous = state.runtime.function(&name);
@@ -163,6 +165,16 @@ async fn read_multipart(mut form: Multipart) -> Result<(Manifest, Bytes), ApiErr
 fn manifest_from_query(query: &[(String, String)]) -> Result<Manifest, ApiError> {
     let mut table = toml::Table::new();
     for (key, value) in query {
+        if key == "allowed_outbound_hosts" {
+            // Repeated: one origin per parameter.
+            let list = table
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Array(Vec::new()));
+            if let toml::Value::Array(list) = list {
+                list.push(toml::Value::String(value.clone()));
+            }
+            continue;
+        }
         let value = if key == "name" {
             toml::Value::String(value.clone())
         } else {
@@ -377,6 +389,7 @@ pub(crate) fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Va
         "rate_per_second": f.settings.rate_per_second,
         "subscriptions": f.subscriptions,
         "then": f.then,
+        "allowed_outbound_hosts": f.allowed_outbound_hosts,
         "jobs_url": format!("/v1/functions/{}/jobs", f.name),
     });
     if let Some(n) = pending_jobs {

@@ -150,7 +150,7 @@ pub(crate) fn callback(state: &AppState, headers: &HeaderMap) -> Result<Option<S
     let url = value.to_str().map_err(|_| {
         ApiError::bad_request("invalid_callback", "Sluice-Callback must be a URL in ASCII")
     })?;
-    crate::webhook::guard::check_url(url, &state.allow_callbacks)
+    crate::guard::check_url(url, &state.allow_callbacks)
         .map_err(|m| ApiError::bad_request("invalid_callback", m))?;
     Ok(Some(url.to_string()))
 }

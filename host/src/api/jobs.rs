@@ -574,6 +574,17 @@ pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
             "finished_at": rfc3339(a.finished_at),
             "error": a.error,
             "retry_at": a.retry_at.map(rfc3339),
+            "outbound": job.outbound.iter()
+                .filter(|c| c.attempt == a.attempt && (a.started_at..=a.finished_at).contains(&c.at))
+                .map(|c| json!({
+                    "method": c.method,
+                    "origin": c.origin,
+                    "path": c.path,
+                    "status": c.status,
+                    "error": c.error,
+                    "duration_ms": c.duration_ms,
+                }))
+                .collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });
     if full {

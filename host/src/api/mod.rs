@@ -36,10 +36,10 @@ use axum::routing::{get, post, put};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::guard::AllowList;
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
-use crate::webhook::guard::AllowList;
 use crate::webhook::sign::Secrets;
 pub use error::ApiError;
 
@@ -76,7 +76,9 @@ impl AppState {
         stopping: CancellationToken,
         secrets: Arc<Secrets>,
     ) -> Self {
-        let allow_callbacks = AllowList::parse(&config.allow_callback_hosts).unwrap_or_default();
+        let allow_callbacks =
+            AllowList::parse(&config.allow_callback_hosts, crate::guard::CALLBACK)
+                .unwrap_or_default();
         AppState(Arc::new(AppParts {
             store,
             runtime,

@@ -148,6 +148,24 @@ pub struct ServeArgs {
     /// loopback is reachable only this way (repeat, or comma-separate in the variable).
     #[arg(long, env = "SLUICE_ALLOW_CALLBACK_HOSTS", value_delimiter = ',')]
     pub allow_callback_host: Vec<String>,
+    /// A target of handlers' outbound HTTP allowed although internal (loopback, private,
+    /// link-local): `host` (any port) or `host:port` (repeat, or comma-separate in the
+    /// variable). The function's manifest must allow the origin too.
+    #[arg(long, env = "SLUICE_ALLOW_OUTBOUND_HOST", value_delimiter = ',')]
+    pub allow_outbound_host: Vec<String>,
+    /// Outbound HTTP requests one attempt may send.
+    #[arg(long, env = "SLUICE_MAX_OUTBOUND_REQUESTS", default_value_t = 64)]
+    pub max_outbound_requests: u32,
+    /// Largest outbound request body, in bytes.
+    #[arg(long, env = "SLUICE_MAX_OUTBOUND_REQUEST_BYTES", default_value_t = 16 << 20)]
+    pub max_outbound_request_bytes: usize,
+    /// Largest outbound response body a handler may read, in bytes.
+    #[arg(long, env = "SLUICE_MAX_OUTBOUND_RESPONSE_BYTES", default_value_t = 16 << 20)]
+    pub max_outbound_response_bytes: usize,
+    /// Milliseconds one outbound request may take until its response headers (never more
+    /// than what is left of the attempt's timeout).
+    #[arg(long, env = "SLUICE_OUTBOUND_TIMEOUT_MS", default_value_t = 30_000)]
+    pub outbound_timeout_ms: u64,
     /// The address clients reach this host at (e.g. https://sluice.example): callbacks link
     /// large outputs under it (default: the listening address).
     #[arg(long, env = "SLUICE_PUBLIC_URL")]
@@ -220,6 +238,13 @@ impl ServeArgs {
             claim_check_bytes: self.claim_check_bytes,
             max_output_bytes: self.max_output_bytes,
             allow_callback_hosts: self.allow_callback_host.clone(),
+            allow_outbound_hosts: self.allow_outbound_host.clone(),
+            outbound: crate::runtime::outbound::OutboundLimits {
+                max_requests: self.max_outbound_requests,
+                max_request_bytes: self.max_outbound_request_bytes,
+                max_response_bytes: self.max_outbound_response_bytes,
+                timeout: Duration::from_millis(self.outbound_timeout_ms),
+            },
             public_url: self.public_url.clone(),
             callback_per_destination: self.callback_per_destination,
             callback_cool_down: Duration::from_secs(self.callback_cool_down),

@@ -113,6 +113,7 @@ pub async fn measure(
         version: 1,
         change: "deploy".into(),
         paused: false,
+        allowed_outbound_hosts: Vec::new(),
     };
     let function = runtime.install(record, &compiled);
     let job = QueuedJob {

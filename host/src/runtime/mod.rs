@@ -6,9 +6,12 @@
 //! - `bindings`: the single `bindgen!` over `wit/` and the host imports.
 //! - `sandbox`: per-attempt store data and the bounded log capture.
 //! - `baseline`: bare wasmtime versus Sluice's per-attempt path, for `sluice bench`.
+//! - `outbound`: handlers' outbound HTTP (`wasi:http`), behind the manifest's allowed hosts
+//!   and the SSRF guard.
 
 pub mod baseline;
 mod bindings;
+pub mod outbound;
 mod sandbox;
 
 use std::collections::HashMap;
@@ -84,6 +87,24 @@ pub struct LoadedFunction {
     pub record: FunctionRecord,
     /// Linked once; each attempt only instantiates.
     pre: HandlerPre<Sandbox>,
+    /// Its `allowed_outbound_hosts`, parsed once.
+    allowed_hosts: Arc<[outbound::allowed::AllowedHost]>,
+}
+
+impl LoadedFunction {
+    fn new(record: FunctionRecord, pre: HandlerPre<Sandbox>) -> LoadedFunction {
+        // Stored entries were validated at deploy; one that no longer parses allows nothing.
+        let allowed_hosts = record
+            .allowed_outbound_hosts
+            .iter()
+            .filter_map(|e| outbound::allowed::AllowedHost::parse(e).ok())
+            .collect();
+        LoadedFunction {
+            record,
+            pre,
+            allowed_hosts,
+        }
+    }
 }
 
 /// The wasmtime engine, the linker and the deployed functions.
@@ -105,6 +126,8 @@ pub struct Runtime {
     max_output_bytes: usize,
     /// Where streamed outputs over `claim_check_bytes` wait for their commit.
     spool: Arc<SpoolDir>,
+    /// Handlers' outbound HTTP: the operator's allow-list, bounds and connection pools.
+    egress: Arc<outbound::Egress>,
 }
 
 /// Where a sandbox reads large payloads (claim checks) from.
@@ -128,6 +151,7 @@ impl Runtime {
         let spool_dir = config.data_dir.join("spool");
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
 
         let mut hasher = std::hash::DefaultHasher::new();
@@ -156,6 +180,14 @@ impl Runtime {
             spool: Arc::new(SpoolDir::open(&spool_dir).with_context(|| {
                 format!("cannot prepare the spool directory {}", spool_dir.display())
             })?),
+            egress: Arc::new(outbound::Egress::new(
+                crate::guard::AllowList::parse(
+                    &config.allow_outbound_hosts,
+                    crate::guard::OUTBOUND,
+                )
+                .map_err(anyhow::Error::msg)?,
+                config.outbound,
+            )),
         })
     }
 
@@ -231,7 +263,7 @@ impl Runtime {
         let component = unsafe { Component::deserialize(&self.engine, artifact) }
             .map_err(|e| ComponentError::Artifact(format!("{e:#}")))?;
         let pre = self.link(&component)?;
-        Ok(LoadedFunction { record, pre })
+        Ok(LoadedFunction::new(record, pre))
     }
 
     fn link(&self, component: &Component) -> Result<HandlerPre<Sandbox>, ComponentError> {
@@ -244,18 +276,12 @@ impl Runtime {
 
     /// A compiled component as `record`'s code, not yet current.
     pub fn loaded(&self, record: FunctionRecord, compiled: &Compiled) -> LoadedFunction {
-        LoadedFunction {
-            record,
-            pre: compiled.pre.clone(),
-        }
+        LoadedFunction::new(record, compiled.pre.clone())
     }
 
     /// Makes a compiled component the current code of `record.name`.
     pub fn install(&self, record: FunctionRecord, compiled: &Compiled) -> Arc<LoadedFunction> {
-        self.install_loaded(LoadedFunction {
-            record,
-            pre: compiled.pre.clone(),
-        })
+        self.install_loaded(LoadedFunction::new(record, compiled.pre.clone()))
     }
 
     /// Makes a loaded function current.
@@ -269,10 +295,7 @@ impl Runtime {
     /// `None` when the function is not loaded.
     pub fn reconfigure(&self, record: FunctionRecord) -> Option<Arc<LoadedFunction>> {
         let current = self.function(&record.name)?;
-        Some(self.install_loaded(LoadedFunction {
-            record,
-            pre: current.pre.clone(),
-        }))
+        Some(self.install_loaded(LoadedFunction::new(record, current.pre.clone())))
     }
 
     /// Makes a function current again, e.g. the previous code after a failed deploy.
@@ -307,6 +330,15 @@ impl Runtime {
             .stderr(log.clone())
             .build();
         let limits = MemoryLimit::new(settings.memory_mb);
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let outbound = outbound::OutboundHooks::new(
+            self.egress.clone(),
+            f.allowed_hosts.clone(),
+            job.id.to_string(),
+            attempt,
+            std::time::Instant::now() + timeout,
+            log.clone(),
+        );
         let mut store = wasmtime::Store::new(
             &self.engine,
             Sandbox {
@@ -322,6 +354,8 @@ impl Runtime {
                     self.claim_check_bytes,
                     self.max_output_bytes,
                 ),
+                http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                outbound,
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -357,7 +391,6 @@ impl Runtime {
                 data: payload(job),
             },
         };
-        let timeout = Duration::from_millis(settings.timeout_ms);
         let call = async {
             let handler = match f.pre.instantiate_async(&mut store).await {
                 Ok(h) => h,
@@ -407,6 +440,7 @@ impl Runtime {
         };
         let refused = store.data().limits.refused;
         let emitted = std::mem::take(&mut store.data_mut().emitted.items);
+        let outbound = store.data().outbound.calls();
         drop(store);
         let log = log.text();
         let outcome = match (outcome, refused) {
@@ -452,6 +486,7 @@ impl Runtime {
             version: f.record.version,
             emitted,
             then: f.record.then.clone(),
+            outbound,
         }
     }
 }

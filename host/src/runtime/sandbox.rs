@@ -31,6 +31,10 @@ pub(crate) struct Sandbox {
     pub(crate) readable: Option<[u8; 32]>,
     /// Output the handler streamed out (`write-output`): in memory while small, then spooled.
     pub(crate) output: crate::output::OutputSink,
+    /// wasi-http state (field size limits).
+    pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
+    /// Judges and sends the handler's outbound HTTP requests, and records them.
+    pub(crate) outbound: super::outbound::OutboundHooks,
 }
 
 /// Most emissions one attempt may stage.
@@ -63,6 +67,16 @@ impl Staged {
         self.bytes += e.size();
         self.items.push(e);
         Ok(())
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for Sandbox {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
     }
 }
 

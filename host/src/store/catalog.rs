@@ -290,6 +290,7 @@ impl Catalog {
                 version: current.version + 1,
                 change: format!("rollback to {to}"),
                 paused: current.paused,
+                allowed_outbound_hosts: target.allowed_outbound_hosts,
             };
             functions
                 .insert(name, encode_function(&record).as_slice())

@@ -83,17 +83,29 @@ pub(crate) fn decode_v3(bytes: &[u8]) -> Result<Job, String> {
         output_blob: None,
         callback: None,
         hops: 0,
+        outbound: Vec::new(),
     })
 }
 
-/// Decodes a format-4 job: today's layout without `hops`, the last field (a chain that began
-/// before the upgrade counts from there).
+/// Decodes a format-4 job: today's layout without its last two fields, `hops` (a chain that
+/// began before the upgrade counts from there) and `outbound`.
 pub(crate) fn decode_v4(bytes: &[u8]) -> Result<Job, String> {
-    let mut v5 = Vec::with_capacity(bytes.len() + 1);
-    v5.extend_from_slice(bytes);
-    // postcard writes a u32 as a varint: 0 is one zero byte.
-    v5.push(0);
-    postcard::from_bytes(&v5).map_err(|e| e.to_string())
+    // postcard writes a u32 and a sequence's length as varints: 0 is one zero byte.
+    with_zeros(bytes, 2)
+}
+
+/// Decodes a format-5 job: today's layout without `outbound`, the last field.
+pub(crate) fn decode_v5(bytes: &[u8]) -> Result<Job, String> {
+    with_zeros(bytes, 1)
+}
+
+/// Decodes today's layout from an older record that lacks its last `n` fields, each of which
+/// is a zero or empty value written as one zero byte.
+fn with_zeros(bytes: &[u8], n: usize) -> Result<Job, String> {
+    let mut today = Vec::with_capacity(bytes.len() + n);
+    today.extend_from_slice(bytes);
+    today.resize(bytes.len() + n, 0);
+    postcard::from_bytes(&today).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -131,20 +143,37 @@ mod tests {
             output_blob: None,
             callback: None,
             hops,
+            outbound: Vec::new(),
         }
     }
 
-    /// A record written before `hops` existed (format 4: the same fields without the last)
-    /// reads back with `hops: 0`, and today's format keeps the count.
+    /// A record written before `hops` existed (format 4: the same fields without the last
+    /// two) reads back with `hops: 0`; one written before `outbound` (format 5) with no
+    /// outbound calls; today's format keeps both.
     #[test]
-    fn a_format_4_job_reads_with_no_hops() {
+    fn older_formats_read_with_their_missing_fields_empty() {
         let today = crate::store::tables::encode_job(&job(0));
-        let mut v4 = today[..today.len() - 1].to_vec();
+        let mut v4 = today[..today.len() - 2].to_vec();
         v4[0] = 4;
         let read = crate::store::tables::decode_job(&v4).unwrap();
         assert_eq!(format!("{read:?}"), format!("{:?}", job(0)));
-        let deep = crate::store::tables::decode_job(&crate::store::tables::encode_job(&job(300)));
-        assert_eq!(deep.unwrap().hops, 300);
+        let deep = crate::store::tables::encode_job(&job(300));
+        let mut v5 = deep[..deep.len() - 1].to_vec();
+        v5[0] = 5;
+        assert_eq!(crate::store::tables::decode_job(&v5).unwrap().hops, 300);
+        let mut called = job(300);
+        called.outbound.push(crate::job::OutboundCall {
+            attempt: 1,
+            at: 5,
+            method: "POST".into(),
+            origin: "https://api.example.com".into(),
+            path: "/v1/charge".into(),
+            status: Some(201),
+            error: None,
+            duration_ms: 12,
+        });
+        let read = crate::store::tables::decode_job(&crate::store::tables::encode_job(&called));
+        assert_eq!(format!("{:?}", read.unwrap()), format!("{called:?}"));
     }
 
     /// A summary is the job without its large fields, measured: from today's format (borrowed)
@@ -163,7 +192,7 @@ mod tests {
         assert!(summary.job.input.is_empty() && summary.job.output.is_none());
         assert!(summary.job.log.is_empty());
         assert_eq!(format!("{:?}", summary.job), format!("{:?}", expected.job));
-        let mut v4 = today[..today.len() - 1].to_vec();
+        let mut v4 = today[..today.len() - 2].to_vec();
         v4[0] = 4;
         let old = crate::store::tables::decode_job_summary(&v4).unwrap();
         assert_eq!(old.input_size, 300_000);

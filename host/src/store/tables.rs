@@ -106,13 +106,17 @@ pub struct FunctionRecord {
     /// operation, not configuration).
     #[serde(default)]
     pub paused: bool,
+    /// Origins its handler may send HTTP requests to (`allowed_outbound_hosts`, normalised);
+    /// empty allows none. Part of a version, like the settings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
 }
 
 /// The `counts` slot holding a function's unfinished input bytes.
 pub(crate) const BYTES_SLOT: u8 = 7;
 
 /// First byte of every stored job: bump it when [`Job`]'s layout changes, and decode old ones.
-const JOB_FORMAT: u8 = 5;
+const JOB_FORMAT: u8 = 6;
 
 pub(crate) fn encode_job(job: &Job) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + job.input.len() + job.log.len());
@@ -124,6 +128,7 @@ pub(crate) fn encode_job(job: &Job) -> Vec<u8> {
 pub(crate) fn decode_job(bytes: &[u8]) -> Result<Job, String> {
     match bytes.split_first() {
         Some((&JOB_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((5, rest)) => super::legacy::decode_v5(rest),
         Some((4, rest)) => super::legacy::decode_v4(rest),
         Some((3, rest)) => super::legacy::decode_v3(rest),
         Some((v, _)) => Err(format!("job stored in unknown format {v}: upgrade sluice")),
@@ -174,6 +179,7 @@ pub(crate) fn decode_job_summary(bytes: &[u8]) -> Result<JobSummary, String> {
             output_blob: v.output_blob,
             callback: v.callback,
             hops: v.hops,
+            outbound: v.outbound,
         },
         input_size,
         output_size,
@@ -215,6 +221,7 @@ struct JobView<'a> {
     output_blob: Option<crate::job::BlobRef>,
     callback: Option<crate::job::Callback>,
     hops: u32,
+    outbound: Vec<crate::job::OutboundCall>,
 }
 
 pub(crate) fn encode_function(record: &FunctionRecord) -> Vec<u8> {

@@ -17,7 +17,7 @@ use super::writer::{Effects, Writer};
 use super::{AttemptStart, CancelError, NewJob, StoreError, SubmitError, Submitted, storage};
 use crate::job::{
     AttemptRecord, AttemptReport, BlobRef, FailureKind, JOB_RECORD_BYTES, Job, JobId, JobStatus,
-    MAX_HISTORY, Outcome, Pipeline, QueuedJob, bounded_error, now_ms, ready_key,
+    MAX_HISTORY, MAX_OUTBOUND_KEPT, Outcome, Pipeline, QueuedJob, bounded_error, now_ms, ready_key,
 };
 use crate::manifest::RetryPolicy;
 use crate::output::Output;
@@ -459,6 +459,7 @@ impl Writer {
             output_blob: None,
             callback: new.callback.map(crate::job::Callback::new),
             hops: new.hops,
+            outbound: Vec::new(),
         };
         if job.hops > self.max_hops {
             return self.insert_too_deep(id, job, now, t, fx);
@@ -699,6 +700,14 @@ impl Writer {
         if job.history.len() > MAX_HISTORY {
             let excess = job.history.len() - MAX_HISTORY;
             job.history.drain(..excess);
+        }
+        // The requests an attempt made stay on record with the attempts still shown.
+        job.outbound.append(&mut report.outbound);
+        let oldest = job.history.first().map_or(0, |a| a.started_at);
+        job.outbound.retain(|c| c.at >= oldest);
+        if job.outbound.len() > MAX_OUTBOUND_KEPT {
+            let excess = job.outbound.len() - MAX_OUTBOUND_KEPT;
+            job.outbound.drain(..excess);
         }
         fx.counts.moved(&job.function, Some(from), Some(job.status));
         if job.status.is_terminal() {

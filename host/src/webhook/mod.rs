@@ -13,23 +13,18 @@
 //! - `destination`: fairness between receivers: slots and a circuit breaker per origin.
 
 mod destination;
-pub mod guard;
 pub mod sign;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-use parking_lot::Mutex;
 
 use reqwest::Url;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
+use crate::guard::{self, AllowList, PinnedClients};
 use crate::job::{Job, JobId, now_ms, rfc3339};
 use crate::store::{CallbackFeed, CallbackResult, Store};
-use guard::AllowList;
 use sign::Secrets;
 
 /// Redirects a delivery follows at most (each hop checked by the guard).
@@ -38,8 +33,6 @@ const MAX_REDIRECTS: usize = 5;
 const CONCURRENCY: usize = 64;
 /// Deliveries waiting for their destination at most (beyond it, the store's feed waits).
 const MAX_WAITING: usize = 10_000;
-/// Receiver clients kept at most (all are dropped when it fills).
-const MAX_CLIENTS: usize = 256;
 /// Outputs up to this size (UTF-8) are inlined in the payload; larger ones are linked.
 const INLINE_OUTPUT: usize = 64 << 10;
 
@@ -48,7 +41,6 @@ pub struct Sender {
     store: Arc<Store>,
     secrets: Arc<Secrets>,
     allow: AllowList,
-    timeout: Duration,
     slots: Arc<Semaphore>,
     /// Deliveries handed out and not done yet.
     waiting: Arc<Semaphore>,
@@ -57,7 +49,7 @@ pub struct Sender {
     /// Prefix of the `output_url` links in payloads (`http://host:port`, or empty).
     public_base: String,
     /// Clients by (host, checked addresses).
-    clients: Mutex<HashMap<(String, Vec<SocketAddr>), reqwest::Client>>,
+    clients: PinnedClients,
 }
 
 impl Sender {
@@ -78,12 +70,11 @@ impl Sender {
             store,
             secrets,
             allow,
-            timeout,
             public_base,
             slots: Arc::new(Semaphore::new(CONCURRENCY)),
             waiting: Arc::new(Semaphore::new(MAX_WAITING)),
             destinations: destination::Destinations::new(per_destination, cool_down),
-            clients: Mutex::new(HashMap::new()),
+            clients: PinnedClients::new(Some(timeout)),
         }
     }
 
@@ -160,33 +151,10 @@ impl Sender {
         Ok((url, msg_id, body))
     }
 
-    /// A client that connects `host` only to `addrs` (the checked addresses). Kept per (host,
-    /// addresses), so repeated callbacks to a receiver reuse its TLS setup and connections; a
-    /// change in what the name resolves to makes a new one.
-    fn client_for(&self, host: &str, addrs: &[SocketAddr]) -> reqwest::Result<reqwest::Client> {
-        let mut sorted = addrs.to_vec();
-        sorted.sort();
-        let key = (host.to_string(), sorted);
-        let mut clients = self.clients.lock();
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
-        }
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(self.timeout)
-            .resolve_to_addrs(host.trim_matches(|c| c == '[' || c == ']'), addrs)
-            .build()?;
-        if clients.len() >= MAX_CLIENTS {
-            clients.clear();
-        }
-        clients.insert(key, client.clone());
-        Ok(client)
-    }
-
     /// POSTs the signed body, following redirects hop by hop through the guard.
     async fn post(&self, mut url: Url, msg_id: &str, body: &[u8]) -> CallbackResult {
         for _ in 0..=MAX_REDIRECTS {
-            let addrs = match guard::resolve(&url, &self.allow).await {
+            let addrs = match guard::resolve(&url, &self.allow, guard::CALLBACK).await {
                 Ok(a) => a,
                 Err(refusal) => {
                     return CallbackResult::Failed {
@@ -197,7 +165,7 @@ impl Sender {
             };
             let host = guard::host_of(&url).unwrap_or_default();
             // Connect only to the addresses just checked.
-            let client = match self.client_for(&host, &addrs) {
+            let client = match self.clients.client(&host, &addrs) {
                 Ok(c) => c,
                 Err(e) => {
                     return CallbackResult::Failed {

@@ -173,6 +173,7 @@ async fn stale_attempts_are_fenced() {
         paused: false,
         subscriptions: Vec::new(),
         then: None,
+        allowed_outbound_hosts: Vec::new(),
     };
     store
         .deploy(record, b"wasm".to_vec().into(), "00-x".into(), vec![1])
@@ -202,6 +203,7 @@ async fn stale_attempts_are_fenced() {
         version: 1,
         emitted: Vec::new(),
         then: None,
+        outbound: Vec::new(),
     };
     let success = || {
         report(Outcome::Succeeded {

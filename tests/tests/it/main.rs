@@ -14,6 +14,7 @@ mod group_commit;
 mod hostile;
 mod kill9;
 mod lifecycle;
+mod outbound;
 mod outbox;
 mod output_memory;
 mod pool_limits;

@@ -1,11 +1,37 @@
-//! The SSRF guard: a callback may only reach public addresses, unless the host's allow-list
-//! names it. The check is on the address actually connected to: the sender resolves the host
-//! itself, refuses denied addresses, and connects only to the ones it checked, on every
-//! redirect hop.
+//! The SSRF guard: whatever the host sends on a user's behalf (webhook callbacks, handlers'
+//! outbound HTTP) may only reach public addresses, unless the operator's allow-list names the
+//! target. The check is on the address actually connected to: the sender resolves the host
+//! itself, refuses denied addresses, and connects only to the ones it checked (a
+//! [`PinnedClients`] client), on every redirect hop.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
+use parking_lot::Mutex;
 use reqwest::Url;
+
+/// Who is sending, for the guard's refusals: what the target is called and which operator flag
+/// allows an internal one.
+#[derive(Clone, Copy, Debug)]
+pub struct Purpose {
+    /// What the refused target is, e.g. "callback target".
+    pub what: &'static str,
+    /// The `sluice serve` flag that allows an internal target.
+    pub flag: &'static str,
+}
+
+/// Webhook callbacks (`--allow-callback-host`).
+pub const CALLBACK: Purpose = Purpose {
+    what: "callback target",
+    flag: "--allow-callback-host",
+};
+
+/// Handlers' outbound HTTP requests (`--allow-outbound-host`).
+pub const OUTBOUND: Purpose = Purpose {
+    what: "outbound request to",
+    flag: "--allow-outbound-host",
+};
 
 /// Targets the guard lets through although their address is denied: `host` (any port) or
 /// `host:port`, compared with the URL's host as written (lowercase).
@@ -15,9 +41,11 @@ pub struct AllowList {
 }
 
 impl AllowList {
-    /// Parses `--allow-callback-host` entries: `host`, `host:port`, `[v6]`, `[v6]:port`, or a
-    /// bare IPv6 address (`::1`, any port). IP addresses are compared in their usual form.
-    pub fn parse(entries: &[String]) -> Result<AllowList, String> {
+    /// Parses allow-list entries (of `purpose`'s flag): `host`, `host:port`, `[v6]`,
+    /// `[v6]:port`, or a bare IPv6 address (`::1`, any port). IP addresses are compared in their
+    /// usual form.
+    pub fn parse(entries: &[String], purpose: Purpose) -> Result<AllowList, String> {
+        let flag = purpose.flag;
         let mut out = Vec::new();
         for e in entries {
             let e = e.trim().to_ascii_lowercase();
@@ -28,21 +56,21 @@ impl AllowList {
             } else {
                 match e.rsplit_once(':') {
                     Some((h, p)) if !h.is_empty() && (h.ends_with(']') || !h.contains(':')) => {
-                        let port = p.parse::<u16>().map_err(|_| {
-                            format!("--allow-callback-host {e:?}: the port must be a number")
-                        })?;
+                        let port = p
+                            .parse::<u16>()
+                            .map_err(|_| format!("{flag} {e:?}: the port must be a number"))?;
                         (h.to_string(), Some(port))
                     }
                     Some(_) => {
                         return Err(format!(
-                            "--allow-callback-host {e:?} is neither host, host:port nor an IPv6 address; write an IPv6 address with a port as [addr]:port"
+                            "{flag} {e:?} is neither host, host:port nor an IPv6 address; write an IPv6 address with a port as [addr]:port"
                         ));
                     }
                     None => (e.clone(), None),
                 }
             };
             if host.is_empty() {
-                return Err(format!("--allow-callback-host {e:?} names no host"));
+                return Err(format!("{flag} {e:?} names no host"));
             }
             let host = match host
                 .trim_matches(|c| c == '[' || c == ']')
@@ -51,9 +79,7 @@ impl AllowList {
                 Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
                 Ok(IpAddr::V4(v4)) => v4.to_string(),
                 Err(_) if host.starts_with('[') => {
-                    return Err(format!(
-                        "--allow-callback-host {e:?}: {host} is not an IPv6 address"
-                    ));
+                    return Err(format!("{flag} {e:?}: {host} is not an IPv6 address"));
                 }
                 Err(_) => host,
             };
@@ -223,7 +249,11 @@ pub struct Refusal {
 /// to any denied address is refused, so DNS cannot smuggle one in next to a public one). The
 /// refusal names the kind of address, never the address: a callback's error must not map the
 /// host's network for whoever submitted it.
-pub async fn resolve(url: &Url, allow: &AllowList) -> Result<Vec<SocketAddr>, Refusal> {
+pub async fn resolve(
+    url: &Url,
+    allow: &AllowList,
+    purpose: Purpose,
+) -> Result<Vec<SocketAddr>, Refusal> {
     let host = host_of(url).ok_or(Refusal {
         message: "the URL has no host".into(),
         transient: false,
@@ -251,7 +281,8 @@ pub async fn resolve(url: &Url, allow: &AllowList) -> Result<Vec<SocketAddr>, Re
             if let Some(why) = denied(a.ip()) {
                 return Err(Refusal {
                     message: format!(
-                        "callback target {host}:{port} resolves to {why}; refused (allow it with --allow-callback-host)"
+                        "{} {host}:{port} resolves to {why}; refused (the host operator allows it with {})",
+                        purpose.what, purpose.flag
                     ),
                     transient: false,
                 });
@@ -259,6 +290,51 @@ pub async fn resolve(url: &Url, allow: &AllowList) -> Result<Vec<SocketAddr>, Re
         }
     }
     Ok(addrs)
+}
+
+/// Clients kept at most by one [`PinnedClients`] (all are dropped when it fills).
+const MAX_CLIENTS: usize = 256;
+
+/// HTTP clients that connect a host name only to the addresses the guard checked for it, kept
+/// per (host, checked addresses): repeated requests to one origin reuse its TLS setup and
+/// connections, and a change in what the name resolves to makes a new client. They never
+/// follow redirects (a redirect is a new target for the guard to judge).
+pub struct PinnedClients {
+    clients: Mutex<HashMap<(String, Vec<SocketAddr>), reqwest::Client>>,
+    timeout: Option<Duration>,
+}
+
+impl PinnedClients {
+    /// Clients whose requests each take at most `timeout` (none: the caller bounds them).
+    pub fn new(timeout: Option<Duration>) -> Self {
+        PinnedClients {
+            clients: Mutex::new(HashMap::new()),
+            timeout,
+        }
+    }
+
+    /// The client that connects `host` (as [`host_of`] writes it) only to `addrs`.
+    pub fn client(&self, host: &str, addrs: &[SocketAddr]) -> reqwest::Result<reqwest::Client> {
+        let mut sorted = addrs.to_vec();
+        sorted.sort();
+        let key = (host.to_string(), sorted);
+        let mut clients = self.clients.lock();
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve_to_addrs(host.trim_matches(|c| c == '[' || c == ']'), addrs);
+        if let Some(timeout) = self.timeout {
+            builder = builder.timeout(timeout);
+        }
+        let client = builder.build()?;
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
 }
 
 #[cfg(test)]
@@ -328,7 +404,8 @@ mod tests {
             assert!(check_url(url, &none).is_err(), "{url} must be refused");
         }
         assert!(check_url("ftp://example.com/", &none).is_err());
-        let allow = AllowList::parse(&["127.0.0.1:8080".into(), "localhost".into()]).unwrap();
+        let allow =
+            AllowList::parse(&["127.0.0.1:8080".into(), "localhost".into()], CALLBACK).unwrap();
         assert!(check_url("http://127.0.0.1:8080/x", &allow).is_ok());
         assert!(check_url("http://127.0.0.1:8081/x", &allow).is_err());
         assert!(allow.permits("localhost", 1));
@@ -336,12 +413,15 @@ mod tests {
 
     #[test]
     fn allow_list_entries_in_every_form() {
-        let allow = AllowList::parse(&[
-            "::1".into(),
-            "[::2]:9000".into(),
-            "[0:0::3]".into(),
-            "Example.COM:8443".into(),
-        ])
+        let allow = AllowList::parse(
+            &[
+                "::1".into(),
+                "[::2]:9000".into(),
+                "[0:0::3]".into(),
+                "Example.COM:8443".into(),
+            ],
+            CALLBACK,
+        )
         .unwrap();
         assert!(check_url("http://[::1]:7000/", &allow).is_ok());
         assert!(check_url("http://[::2]:9000/", &allow).is_ok());
@@ -349,7 +429,7 @@ mod tests {
         assert!(allow.permits("[::3]", 80));
         assert!(allow.permits("example.com", 8443));
         for bad in ["::1:x", "[nope]", "host:port", ":80"] {
-            assert!(AllowList::parse(&[bad.into()]).is_err(), "{bad}");
+            assert!(AllowList::parse(&[bad.into()], CALLBACK).is_err(), "{bad}");
         }
     }
 }
