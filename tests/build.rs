@@ -9,6 +9,7 @@ use std::process::Command;
 /// Every function in `functions/` and the constant the tests read it from.
 const KNOWN: &[(&str, &str)] = &[
     ("echo", "ECHO"),
+    ("notify", "NOTIFY"),
     ("counter", "COUNTER"),
     ("order-total", "ORDER_TOTAL"),
     ("probe", "PROBE"),

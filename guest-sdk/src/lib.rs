@@ -24,6 +24,7 @@
 //! - [`PayloadReader`], [`OutputWriter`]: large payloads and outputs, streamed in pieces.
 //! - [`log`]: lines for the job's captured log that never trap, whatever the volume.
 //! - [`http`]: outbound HTTP requests, to the origins the manifest allows.
+//! - [`config`]: the manifest's `[config]` values and the function's secrets.
 //! - [`handler`]: the attribute macro that exports your function.
 #![deny(missing_docs)]
 
@@ -35,6 +36,7 @@ mod event;
 mod payload;
 mod response;
 
+pub mod config;
 pub mod http;
 pub mod log;
 
@@ -63,6 +65,7 @@ pub mod __private {
             export_macro_name: "__export_sluice_handler",
             default_bindings_module: "::sluice_sdk::__private::bindings",
             runtime_path: "::sluice_sdk::__private::rt",
+            with: { "wasi:config/store@0.2.0-rc.1": generate },
         });
     }
 

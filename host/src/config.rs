@@ -68,6 +68,10 @@ pub struct Config {
     /// Handlers' outbound HTTP targets allowed although their address is internal: `host` or
     /// `host:port` (`--allow-outbound-host`); a function's manifest must still allow them.
     pub allow_outbound_hosts: Vec<String>,
+    /// The key that seals function secrets (`--secrets-key-file`); default `DATA/secrets.key`,
+    /// created when missing. Keep it apart from the data directory so a copy of the data
+    /// alone reveals no secret.
+    pub secrets_key_file: Option<PathBuf>,
     /// Bounds on handlers' outbound HTTP requests.
     pub outbound: crate::runtime::outbound::OutboundLimits,
     /// The address clients reach this host at (`--public-url`, e.g. `https://sluice.example`):
@@ -112,6 +116,7 @@ impl Default for Config {
             max_output_bytes: 256 << 20,
             allow_callback_hosts: Vec::new(),
             allow_outbound_hosts: Vec::new(),
+            secrets_key_file: None,
             outbound: crate::runtime::outbound::OutboundLimits::DEFAULT,
             public_url: None,
             callback_retry: RetryPolicy {

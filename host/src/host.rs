@@ -64,7 +64,19 @@ pub async fn run(
         config.callback_cool_down,
     );
     let sending = tokio::spawn(sender.run(callbacks));
+    let key_file = config
+        .secrets_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("secrets.key"));
+    let vault = Arc::new(crate::vault::Vault::open(&key_file)?);
     load_functions(&store, &runtime).await?;
+    for record in store.functions()? {
+        let secrets = crate::api::function_secrets::open_all(&vault, &store, &record.name)
+            .map_err(anyhow::Error::msg)?;
+        if !secrets.is_empty() {
+            runtime.set_secrets(&record.name, secrets);
+        }
+    }
 
     let sandboxes = sandbox_threads(config.sandbox_threads)?;
     let scheduler = Scheduler::new(
@@ -91,6 +103,7 @@ pub async fn run(
         config,
         stopping.clone(),
         secrets,
+        vault,
     );
     let signal = {
         let stopping = stopping.clone();

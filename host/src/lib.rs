@@ -14,6 +14,7 @@
 //! - [`scheduler`]: hands queued jobs to sandboxes, at most `max_concurrency` per function.
 //! - [`webhook`]: signed callbacks to `Sluice-Callback` URLs, behind the SSRF guard.
 //! - [`guard`]: the SSRF guard: what the host may connect to on a user's behalf.
+//! - [`vault`]: function secrets sealed with the host's key before they are stored.
 //! - [`api`]: the HTTP API (axum).
 //! - [`host`]: wires them together: [`run`] serves a listener until a shutdown signal.
 //! - [`bench`]: `sluice bench`: the performance scenarios and the peer comparison.
@@ -32,6 +33,7 @@ pub mod output;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;
+pub mod vault;
 pub mod webhook;
 
 pub use config::Config;

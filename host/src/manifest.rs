@@ -41,7 +41,16 @@ pub struct Manifest {
     /// "http://127.0.0.1:9000", "https://*.example.org"]`; none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Configuration the handler reads with `sluice_sdk::config::get` (`wasi:config/store`):
+    /// a `[config]` table of string values. Secrets are set apart, through the API.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config: std::collections::BTreeMap<String, String>,
 }
+
+/// Most `[config]` entries one function may have.
+pub const MAX_CONFIG_ENTRIES: usize = 64;
+/// Most bytes of `[config]` names and values together.
+pub const MAX_CONFIG_BYTES: usize = 64 << 10;
 
 /// Most subscriptions one function declares.
 pub const MAX_SUBSCRIPTIONS: usize = 32;
@@ -188,6 +197,9 @@ pub enum ManifestError {
     /// A `[[subscribe]]` entry is invalid.
     #[error("invalid subscription: {0}")]
     Subscription(String),
+    /// The `[config]` table is invalid.
+    #[error("invalid [config]: {0}")]
+    Config(String),
     /// An `allowed_outbound_hosts` entry is invalid.
     #[error("invalid allowed_outbound_hosts: {0}")]
     OutboundHosts(String),
@@ -237,7 +249,29 @@ impl Manifest {
             subscribe: Vec::new(),
             then: None,
             allowed_outbound_hosts: Vec::new(),
+            config: Default::default(),
         }
+    }
+
+    /// Validates the `[config]` table and returns it.
+    pub fn config(&self) -> Result<std::collections::BTreeMap<String, String>, ManifestError> {
+        if self.config.len() > MAX_CONFIG_ENTRIES {
+            return Err(ManifestError::Config(format!(
+                "{} entries: a function may have at most {MAX_CONFIG_ENTRIES}",
+                self.config.len()
+            )));
+        }
+        let mut bytes = 0;
+        for (name, value) in &self.config {
+            crate::vault::validate_name(name).map_err(ManifestError::Config)?;
+            bytes += name.len() + value.len();
+        }
+        if bytes > MAX_CONFIG_BYTES {
+            return Err(ManifestError::Config(format!(
+                "{bytes} bytes of names and values: at most {MAX_CONFIG_BYTES} (keep large data out of the manifest)"
+            )));
+        }
+        Ok(self.config.clone())
     }
 
     /// Validates `allowed_outbound_hosts` and returns the entries normalised.

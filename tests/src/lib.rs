@@ -50,6 +50,8 @@ pub mod components {
     pub const INSPECT_MANIFEST: &str = env!("SLUICE_MANIFEST_INSPECT");
     /// `functions/probe/sluice.toml`.
     pub const PROBE_MANIFEST: &str = env!("SLUICE_MANIFEST_PROBE");
+    /// `functions/notify`: posts to the URL in its `[config]`, with its `token` secret.
+    pub const NOTIFY: &str = env!("SLUICE_COMPONENT_NOTIFY");
 }
 
 /// A configuration for tests: a small sandbox pool, a short grace period, and two job shards
@@ -256,6 +258,19 @@ impl TestHost {
         let r = self
             .http
             .post(self.url(path))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// PUTs a body; returns status and JSON body.
+    pub async fn put(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self
+            .http
+            .put(self.url(path))
             .body(body)
             .send()
             .await

@@ -22,6 +22,7 @@
 //! - `{"action":"http","url":"http://127.0.0.1:9000/x","method":"POST","body":"hi","n":2,
 //!   "timeout_ms":500,"headers":[["idempotency-key","mine"]]}`: sends the request `n` times
 //!   (default 1) and answers the statuses and the last body, or the first error.
+//! - `{"action":"config","name":"token"}`: reads a configuration value or secret.
 //! - `{"action":"step","key":"a","seq":3,"ms":20}`: logs and answers `a 3 START END` (ms since
 //!   the epoch), sleeping `ms` in between: for ordering tests.
 //!
@@ -90,6 +91,9 @@ enum Action {
     },
     Chain {
         function: String,
+    },
+    Config {
+        name: String,
     },
     Http {
         url: String,
@@ -226,6 +230,10 @@ fn handle(ev: Event) -> Result<Response, Error> {
             )?;
             Ok("chained".into())
         }
+        Action::Config { name } => match sluice_sdk::config::get(&name)? {
+            Some(value) => Ok(value),
+            None => Err(format!("{name} is not set")),
+        },
         Action::Http {
             url,
             method,

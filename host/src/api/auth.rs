@@ -107,6 +107,7 @@ fn need(method: &Method, route: &str) -> Need {
             Need::ReadJobs
         }
         "/v1/secret" | "/v1/secret/rotate" => Need::Admin,
+        "/v1/functions/{name}/secrets" | "/v1/functions/{name}/secrets/{secret}" => Need::Admin,
         _ if read => Need::Read,
         _ => Need::Admin,
     }

@@ -59,6 +59,7 @@ pub(crate) async fn deploy(
     let subscriptions = manifest.subscriptions()?;
     let then = manifest.then(&name)?;
     let allowed_outbound_hosts = manifest.allowed_outbound_hosts()?;
+    let config = manifest.config()?;
     refuse_pipeline_cycle(&state, &name, then.as_deref())?;
 
     // Known code (same digest, this engine) is loaded from its stored artifact, not recompiled.
@@ -85,6 +86,7 @@ pub(crate) async fn deploy(
         change: String::new(),
         paused: false,
         allowed_outbound_hosts,
+        config,
     };
     // Runnable before the commit, so a job accepted right after it always finds its code.
     let previous = state.runtime.function(&name);
@@ -390,6 +392,7 @@ pub(crate) fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Va
         "subscriptions": f.subscriptions,
         "then": f.then,
         "allowed_outbound_hosts": f.allowed_outbound_hosts,
+        "config": f.config,
         "jobs_url": format!("/v1/functions/{}/jobs", f.name),
     });
     if let Some(n) = pending_jobs {

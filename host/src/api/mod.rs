@@ -13,12 +13,14 @@
 //! - `topics`: publish CloudEvents to topics; list topics; show a published event.
 //! - `auth`: API tokens and scopes (a middleware on every route).
 //! - `secret`: the webhook signing secret: show, rotate.
+//! - `function_secrets`: a function's secrets: set, remove, list names.
 //! - `metrics`: `GET /metrics` in the Prometheus text format.
 //! - `listen`: accepting connections: a bound on how many, timeouts for slow and idle ones.
 
 pub mod auth;
 mod dead_letters;
 mod error;
+pub(crate) mod function_secrets;
 mod functions;
 mod headers;
 mod jobs;
@@ -64,6 +66,8 @@ pub struct AppParts {
     pub(crate) secrets: Arc<Secrets>,
     /// Callback targets allowed although internal.
     pub(crate) allow_callbacks: AllowList,
+    /// Seals function secrets before they are stored.
+    pub(crate) vault: Arc<crate::vault::Vault>,
 }
 
 impl AppState {
@@ -75,6 +79,7 @@ impl AppState {
         config: Config,
         stopping: CancellationToken,
         secrets: Arc<Secrets>,
+        vault: Arc<crate::vault::Vault>,
     ) -> Self {
         let allow_callbacks =
             AllowList::parse(&config.allow_callback_hosts, crate::guard::CALLBACK)
@@ -87,6 +92,7 @@ impl AppState {
             stopping,
             secrets,
             allow_callbacks,
+            vault,
         }))
     }
 }
@@ -114,6 +120,11 @@ pub fn router(state: AppState) -> Router {
                 .delete(functions::delete),
         )
         .route("/v1/functions/{name}/stats", get(functions::stats))
+        .route("/v1/functions/{name}/secrets", get(function_secrets::list))
+        .route(
+            "/v1/functions/{name}/secrets/{secret}",
+            put(function_secrets::put).delete(function_secrets::delete),
+        )
         .route("/v1/functions/{name}/versions", get(lifecycle::versions))
         .route("/v1/functions/{name}/rollback", post(lifecycle::rollback))
         .route("/v1/functions/{name}/pause", post(lifecycle::pause))

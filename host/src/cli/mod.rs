@@ -153,6 +153,11 @@ pub struct ServeArgs {
     /// variable). The function's manifest must allow the origin too.
     #[arg(long, env = "SLUICE_ALLOW_OUTBOUND_HOST", value_delimiter = ',')]
     pub allow_outbound_host: Vec<String>,
+    /// The file holding the key that seals function secrets (64 hex digits; created when
+    /// missing). Default: DATA/secrets.key; keep it elsewhere (and backed up) so a copy of the
+    /// data directory alone reveals no secret.
+    #[arg(long, env = "SLUICE_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<std::path::PathBuf>,
     /// Outbound HTTP requests one attempt may send.
     #[arg(long, env = "SLUICE_MAX_OUTBOUND_REQUESTS", default_value_t = 64)]
     pub max_outbound_requests: u32,
@@ -239,6 +244,7 @@ impl ServeArgs {
             max_output_bytes: self.max_output_bytes,
             allow_callback_hosts: self.allow_callback_host.clone(),
             allow_outbound_hosts: self.allow_outbound_host.clone(),
+            secrets_key_file: self.secrets_key_file.clone(),
             outbound: crate::runtime::outbound::OutboundLimits {
                 max_requests: self.max_outbound_requests,
                 max_request_bytes: self.max_outbound_request_bytes,

@@ -44,6 +44,15 @@ impl WasiView for Bare {
 
 impl sluice::platform::types::Host for Bare {}
 
+impl super::bindings::wasi::config::store::Host for Bare {
+    fn get(&mut self, _: String) -> Result<Option<String>, super::bindings::ConfigError> {
+        Ok(None)
+    }
+    fn get_all(&mut self) -> Result<Vec<(String, String)>, super::bindings::ConfigError> {
+        Ok(Vec::new())
+    }
+}
+
 impl sluice::platform::log::Host for Bare {
     fn write(&mut self, _: sluice::platform::log::Level, _: String) {}
 }
@@ -114,6 +123,7 @@ pub async fn measure(
         change: "deploy".into(),
         paused: false,
         allowed_outbound_hosts: Vec::new(),
+        config: Default::default(),
     };
     let function = runtime.install(record, &compiled);
     let job = QueuedJob {

@@ -9,6 +9,7 @@ wasmtime::component::bindgen!({
 
 pub use sluice::platform::log::Level;
 pub use sluice::platform::types::{BlobRef as RawBlobRef, Payload};
+pub use wasi::config::store::Error as ConfigError;
 
 use super::sandbox::Sandbox;
 use crate::job::{DEFAULT_PRIORITY, Emission, MAX_PRIORITY};
@@ -76,6 +77,20 @@ impl sluice::platform::emit::Host for Sandbox {
             priority,
             delay_ms: options.delay_ms,
         })
+    }
+}
+
+impl wasi::config::store::Host for Sandbox {
+    fn get(&mut self, key: String) -> Result<Option<String>, ConfigError> {
+        Ok(self.config.get(&key).cloned())
+    }
+
+    fn get_all(&mut self) -> Result<Vec<(String, String)>, ConfigError> {
+        Ok(self
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }
 

@@ -14,7 +14,7 @@ mod bindings;
 pub mod outbound;
 mod sandbox;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +89,36 @@ pub struct LoadedFunction {
     pre: HandlerPre<Sandbox>,
     /// Its `allowed_outbound_hosts`, parsed once.
     allowed_hosts: Arc<[outbound::allowed::AllowedHost]>,
+    /// What `wasi:config/store` answers: its `[config]` values and its secrets (a secret wins
+    /// over a value of the same name).
+    variables: Arc<BTreeMap<String, String>>,
+}
+
+/// The deployed functions and their secrets, changed together under one lock, so an attempt
+/// never sees a function without the secrets set for it.
+#[derive(Default)]
+struct Functions {
+    loaded: HashMap<String, Arc<LoadedFunction>>,
+    /// Each function's secrets, opened.
+    secrets: HashMap<String, BTreeMap<String, String>>,
+}
+
+impl Functions {
+    /// Makes `f` current with its secrets.
+    fn insert(&mut self, f: &LoadedFunction) -> Arc<LoadedFunction> {
+        let mut variables = f.record.config.clone();
+        if let Some(secrets) = self.secrets.get(&f.record.name) {
+            variables.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let f = Arc::new(LoadedFunction {
+            record: f.record.clone(),
+            pre: f.pre.clone(),
+            allowed_hosts: f.allowed_hosts.clone(),
+            variables: Arc::new(variables),
+        });
+        self.loaded.insert(f.record.name.clone(), f.clone());
+        f
+    }
 }
 
 impl LoadedFunction {
@@ -100,6 +130,7 @@ impl LoadedFunction {
             .filter_map(|e| outbound::allowed::AllowedHost::parse(e).ok())
             .collect();
         LoadedFunction {
+            variables: Arc::new(record.config.clone()),
             record,
             pre,
             allowed_hosts,
@@ -114,7 +145,7 @@ pub struct Runtime {
     /// Hex of the engine's precompile compatibility hash: part of every artifact key.
     engine_hash: String,
     /// Deployed functions by name.
-    functions: RwLock<HashMap<String, Arc<LoadedFunction>>>,
+    functions: RwLock<Functions>,
     /// Bound on each attempt's captured log.
     max_log_bytes: usize,
     /// Compilations since start (start-up with cached artifacts should do none).
@@ -172,7 +203,7 @@ impl Runtime {
             engine,
             linker,
             engine_hash,
-            functions: RwLock::new(HashMap::new()),
+            functions: RwLock::new(Functions::default()),
             max_log_bytes: config.max_log_bytes,
             compilations: Default::default(),
             claim_check_bytes: config.claim_check_bytes,
@@ -286,9 +317,7 @@ impl Runtime {
 
     /// Makes a loaded function current.
     pub fn install_loaded(&self, f: LoadedFunction) -> Arc<LoadedFunction> {
-        let f = Arc::new(f);
-        self.reinstate(f.clone());
-        f
+        self.functions.write().insert(&f)
     }
 
     /// Makes `record` (new settings, same code) current for its function, without compiling;
@@ -300,17 +329,28 @@ impl Runtime {
 
     /// Makes a function current again, e.g. the previous code after a failed deploy.
     pub fn reinstate(&self, f: Arc<LoadedFunction>) {
-        self.functions.write().insert(f.record.name.clone(), f);
+        self.functions.write().insert(&f);
     }
 
-    /// Forgets a function.
+    /// Forgets a function and its secrets.
     pub fn remove(&self, name: &str) {
-        self.functions.write().remove(name);
+        let mut functions = self.functions.write();
+        functions.loaded.remove(name);
+        functions.secrets.remove(name);
+    }
+
+    /// Gives `function`'s next attempts these secrets (opened), all of them at once.
+    pub fn set_secrets(&self, function: &str, secrets: BTreeMap<String, String>) {
+        let mut functions = self.functions.write();
+        functions.secrets.insert(function.to_string(), secrets);
+        if let Some(current) = functions.loaded.get(function).cloned() {
+            functions.insert(&current);
+        }
     }
 
     /// The current code of a function.
     pub fn function(&self, name: &str) -> Option<Arc<LoadedFunction>> {
-        self.functions.read().get(name).cloned()
+        self.functions.read().loaded.get(name).cloned()
     }
 
     /// Runs one attempt of `job` in a fresh sandbox, within the function's time and memory limits.
@@ -355,6 +395,7 @@ impl Runtime {
                     self.max_output_bytes,
                 ),
                 http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                config: f.variables.clone(),
                 outbound,
             },
         );

@@ -33,6 +33,8 @@ pub(crate) struct Sandbox {
     pub(crate) output: crate::output::OutputSink,
     /// wasi-http state (field size limits).
     pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
+    /// What `wasi:config/store` answers: `[config]` values and secrets.
+    pub(crate) config: Arc<std::collections::BTreeMap<String, String>>,
     /// Judges and sends the handler's outbound HTTP requests, and records them.
     pub(crate) outbound: super::outbound::OutboundHooks,
 }

@@ -90,7 +90,7 @@ fn put_version(txn: &redb::WriteTransaction, record: &FunctionRecord) -> Result<
 
 /// The catalog file and the deployed names it holds.
 pub(crate) struct Catalog {
-    db: Database,
+    pub(super) db: Database,
     deployed: Arc<Deployed>,
 }
 
@@ -112,6 +112,7 @@ impl Catalog {
             txn.open_table(ARTIFACTS).map_err(storage)?;
             txn.open_table(VERSIONS).map_err(storage)?;
             txn.open_table(META).map_err(storage)?;
+            txn.open_table(SECRETS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         for record in catalog.functions()? {
@@ -130,7 +131,7 @@ impl Catalog {
         &self.deployed
     }
 
-    fn write(&self) -> Result<redb::WriteTransaction, StoreError> {
+    pub(super) fn write(&self) -> Result<redb::WriteTransaction, StoreError> {
         let mut txn = self.db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| StoreError::Storage(e.to_string()))?;
@@ -291,6 +292,7 @@ impl Catalog {
                 change: format!("rollback to {to}"),
                 paused: current.paused,
                 allowed_outbound_hosts: target.allowed_outbound_hosts,
+                config: target.config,
             };
             functions
                 .insert(name, encode_function(&record).as_slice())
@@ -370,10 +372,14 @@ impl Catalog {
                 .map_err(storage)?
                 .remove(name)
                 .map_err(storage)?;
-            // A later deploy of the name starts a new history at version 1.
+            // A later deploy of the name starts a new history at version 1, with no secrets.
             txn.open_table(VERSIONS)
                 .map_err(storage)?
                 .retain_in((name, 0u32)..=(name, u32::MAX), |_, _| false)
+                .map_err(storage)?;
+            txn.open_table(SECRETS)
+                .map_err(storage)?
+                .retain_in((name, "")..=(name, "\u{10ffff}"), |_, _| false)
                 .map_err(storage)?;
             txn.commit().map_err(storage)
         });

@@ -43,6 +43,7 @@ mod outbox;
 mod publish;
 mod requests;
 mod retention;
+mod secrets;
 mod shard;
 mod tables;
 mod transitions;
@@ -67,6 +68,7 @@ pub use errors::*;
 use ids::{MAX_SHARDS, shard_of};
 pub(crate) use requests::AttemptStart;
 pub use requests::*;
+pub use secrets::{PutSecret, SealedSecret};
 use shard::Shard;
 use tables::*;
 pub use tables::{EventRecord, FunctionRecord};
@@ -543,6 +545,32 @@ impl Store {
     ) -> Result<(), StoreError> {
         let catalog = self.catalog.clone();
         blocking(move || catalog.set_webhook_secrets(&record)).await
+    }
+
+    /// Sets a function's secret to a sealed value, durably (see [`PutSecret`]).
+    pub async fn put_secret(
+        &self,
+        function: &str,
+        name: &str,
+        sealed: Vec<u8>,
+        max: usize,
+    ) -> Result<PutSecret, StoreError> {
+        let catalog = self.catalog.clone();
+        let (function, name) = (function.to_string(), name.to_string());
+        blocking(move || catalog.put_secret(&function, &name, &sealed, crate::job::now_ms(), max))
+            .await
+    }
+
+    /// Removes a function's secret, durably; false when it had none of that name.
+    pub async fn delete_secret(&self, function: &str, name: &str) -> Result<bool, StoreError> {
+        let catalog = self.catalog.clone();
+        let (function, name) = (function.to_string(), name.to_string());
+        blocking(move || catalog.delete_secret(&function, &name)).await
+    }
+
+    /// A function's secrets (sealed), by name.
+    pub fn secrets(&self, function: &str) -> Result<Vec<SealedSecret>, StoreError> {
+        self.catalog.secrets(function)
     }
 
     /// A function's versions, oldest first (empty when it is not deployed).

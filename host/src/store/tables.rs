@@ -51,6 +51,9 @@ pub(crate) const COMPONENTS: TableDefinition<&str, &[u8]> = TableDefinition::new
 pub(crate) const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
 /// Host-wide settings kept with the catalog (the webhook signing secrets), JSON by name.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Function secrets: (function, name) -> (when set, ms since the Unix epoch; the sealed value).
+pub(crate) const SECRETS: TableDefinition<(&str, &str), (u64, &[u8])> =
+    TableDefinition::new("secrets");
 pub(crate) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 pub(crate) const READY: TableDefinition<(&str, u8, u64, u128), ()> = TableDefinition::new("ready");
 pub(crate) const COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("counts");
@@ -110,6 +113,10 @@ pub struct FunctionRecord {
     /// empty allows none. Part of a version, like the settings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Its `[config]` values, read by the handler through `wasi:config/store`. Part of a
+    /// version, like the settings.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config: std::collections::BTreeMap<String, String>,
 }
 
 /// The `counts` slot holding a function's unfinished input bytes.

@@ -174,6 +174,7 @@ async fn stale_attempts_are_fenced() {
         subscriptions: Vec::new(),
         then: None,
         allowed_outbound_hosts: Vec::new(),
+        config: Default::default(),
     };
     store
         .deploy(record, b"wasm".to_vec().into(), "00-x".into(), vec![1])

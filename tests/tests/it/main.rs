@@ -4,6 +4,7 @@
 mod binary;
 mod callbacks;
 mod claim_checks;
+mod config_secrets;
 mod connections;
 mod core_loop;
 mod crash_safety;
