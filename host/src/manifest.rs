@@ -412,6 +412,30 @@ mod tests {
     };
 
     /// Names follow `^[a-z][a-z0-9-]{0,62}$` exactly.
+    /// A manifest with every kind of key survives being sent as TOML (what `sluice deploy`
+    /// does): tables and arrays of tables after plain keys, whatever the field order.
+    #[test]
+    fn every_key_survives_the_round_trip() {
+        let text = r#"
+name = "notify"
+max_concurrency = 2
+allowed_outbound_hosts = ["https://hooks.example.com", "http://127.0.0.1:9000"]
+then = "next"
+[[subscribe]]
+topic = "deploys"
+types = ["deploy.*"]
+[config]
+url = "https://hooks.example.com/x"
+"#;
+        let m = Manifest::from_toml(text).unwrap();
+        let again = Manifest::from_toml(&m.to_toml()).unwrap();
+        assert_eq!(again.allowed_outbound_hosts, m.allowed_outbound_hosts);
+        assert_eq!(again.config, m.config);
+        assert_eq!(again.subscribe, m.subscribe);
+        assert_eq!(again.then.as_deref(), Some("next"));
+        assert_eq!(again.config().unwrap()["url"], "https://hooks.example.com/x");
+    }
+
     #[test]
     fn names() {
         for ok in ["a", "echo", "order-total", "a1-2", &"a".repeat(63)] {
