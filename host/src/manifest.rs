@@ -433,7 +433,10 @@ url = "https://hooks.example.com/x"
         assert_eq!(again.config, m.config);
         assert_eq!(again.subscribe, m.subscribe);
         assert_eq!(again.then.as_deref(), Some("next"));
-        assert_eq!(again.config().unwrap()["url"], "https://hooks.example.com/x");
+        assert_eq!(
+            again.config().unwrap()["url"],
+            "https://hooks.example.com/x"
+        );
     }
 
     #[test]

@@ -10,13 +10,17 @@
 //! - `retention` (only when named): data-file size under a steady load with 5 s retention.
 //! - `backlog` (only when named): batch submits into a 1,000,000-job queue, dispatch with that
 //!   deep queue against a shallow one, host memory.
+//! - `outbound` (only when named): one outbound HTTP call from a handler against the same
+//!   call from plain Rust.
 //! - `--peer bullmq`: runs the BullMQ + Redis script (persistence off, then `FSYNC=always`) and
 //!   prints the throughput ratios.
 //!
 //! ## Layout
 //! - `load`: the lean hyper client the scenarios drive the host with.
+//! - `outbound`: the outbound HTTP scenario.
 
 pub mod load;
+mod outbound;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -89,6 +93,8 @@ pub enum Scenario {
     /// Batch submits of 100, dispatch with a deep queue against a shallow one, host memory
     /// (not in the default set).
     Backlog,
+    /// One outbound HTTP call from a handler against the same call from plain Rust.
+    Outbound,
 }
 
 /// A peer system to compare with.
@@ -101,15 +107,16 @@ pub enum Peer {
 /// Runs the benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let functions = args.functions.clone();
-    let echo = tokio::task::spawn_blocking(move || examples::build(&functions))
-        .await??
+    let built = tokio::task::spawn_blocking(move || examples::build(&functions)).await??;
+    let probe = built.iter().find(|e| e.name == "probe").cloned();
+    let echo = built
         .into_iter()
         .find(|e| e.name == "echo")
         .context("functions/echo is missing")?;
     let wasm = std::fs::read(&echo.wasm)?;
     let all = args.scenarios.is_empty();
     // The retention scenario takes a while: only when asked for.
-    let slow = [Scenario::Retention, Scenario::Backlog];
+    let slow = [Scenario::Retention, Scenario::Backlog, Scenario::Outbound];
     let wants = |s: Scenario| (all && !slow.contains(&s)) || args.scenarios.contains(&s);
     let mut report = Report::default();
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -197,6 +204,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.add(
             "backlog",
             backlog_scenario(&base, &wasm, &echo.manifest, args.backlog_jobs).await?,
+        );
+    }
+    if wants(Scenario::Outbound) {
+        let probe = probe.context("functions/probe is missing")?;
+        report.add(
+            "outbound",
+            outbound::scenario(&base, &probe, (args.jobs / 4).max(1000), args.clients).await?,
         );
     }
     if let Some(Peer::Bullmq) = args.peer {

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use crate::manifest::Manifest;
 
 /// One example function: its manifest and the component its build produces.
+#[derive(Clone)]
 pub struct Example {
     /// The function's name (from its manifest).
     pub name: String,

@@ -374,7 +374,7 @@ impl Runtime {
         let outbound = outbound::OutboundHooks::new(
             self.egress.clone(),
             f.allowed_hosts.clone(),
-            job.id.to_string(),
+            job.id,
             attempt,
             std::time::Instant::now() + timeout,
             log.clone(),

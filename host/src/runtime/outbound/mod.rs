@@ -23,7 +23,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::sandbox::LogSink;
 use crate::guard::{self, AllowList, PinnedClients};
-use crate::job::{OutboundCall, now_ms};
+use crate::job::{JobId, OutboundCall, now_ms};
 use allowed::{AllowedHost, default_port, origin};
 
 /// The host-wide bounds on outbound requests (`serve` flags).
@@ -75,7 +75,7 @@ pub(crate) struct OutboundHooks {
     /// The function's `allowed_outbound_hosts`.
     allowed: Arc<[AllowedHost]>,
     /// The job's id: the stem of each request's idempotency key.
-    job_id: String,
+    job: JobId,
     attempt: u32,
     /// When the attempt times out: no request outlives it.
     deadline: Instant,
@@ -90,7 +90,7 @@ impl OutboundHooks {
     pub(crate) fn new(
         egress: Arc<Egress>,
         allowed: Arc<[AllowedHost]>,
-        job_id: String,
+        job: JobId,
         attempt: u32,
         deadline: Instant,
         log: LogSink,
@@ -98,7 +98,7 @@ impl OutboundHooks {
         OutboundHooks {
             egress,
             allowed,
-            job_id,
+            job,
             attempt,
             deadline,
             sent: 0,
@@ -180,7 +180,7 @@ impl WasiHttpHooks for OutboundHooks {
             timeout = timeout.min(first_byte);
         }
         if !parts.headers.contains_key("idempotency-key")
-            && let Ok(key) = http::HeaderValue::from_str(&format!("{}.{n}", self.job_id))
+            && let Ok(key) = http::HeaderValue::from_str(&format!("{}.{n}", self.job))
         {
             parts.headers.insert("idempotency-key", key);
         }
