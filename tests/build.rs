@@ -10,6 +10,7 @@ use std::process::Command;
 const KNOWN: &[(&str, &str)] = &[
     ("echo", "ECHO"),
     ("notify", "NOTIFY"),
+    ("visits", "VISITS"),
     ("counter", "COUNTER"),
     ("order-total", "ORDER_TOTAL"),
     ("probe", "PROBE"),

@@ -25,6 +25,7 @@
 //! - [`log`]: lines for the job's captured log that never trap, whatever the volume.
 //! - [`http`]: outbound HTTP requests, to the origins the manifest allows.
 //! - [`config`]: the manifest's `[config]` values and the function's secrets.
+//! - [`kv`]: the function's key-value state, committed with the handler's success.
 //! - [`handler`]: the attribute macro that exports your function.
 #![deny(missing_docs)]
 
@@ -38,6 +39,7 @@ mod response;
 
 pub mod config;
 pub mod http;
+pub mod kv;
 pub mod log;
 
 pub use emit::{Enqueue, enqueue, enqueue_json, publish, publish_json};
@@ -65,7 +67,12 @@ pub mod __private {
             export_macro_name: "__export_sluice_handler",
             default_bindings_module: "::sluice_sdk::__private::bindings",
             runtime_path: "::sluice_sdk::__private::rt",
-            with: { "wasi:config/store@0.2.0-rc.1": generate },
+            with: {
+                "wasi:config/store@0.2.0-rc.1": generate,
+                "wasi:keyvalue/store@0.2.0-draft": generate,
+                "wasi:keyvalue/atomics@0.2.0-draft": generate,
+                "wasi:keyvalue/batch@0.2.0-draft": generate,
+            },
         });
     }
 

@@ -72,6 +72,8 @@ pub struct Config {
     /// created when missing. Keep it apart from the data directory so a copy of the data
     /// alone reveals no secret.
     pub secrets_key_file: Option<PathBuf>,
+    /// Most bytes one function's key-value state may hold (`--max-kv-bytes`).
+    pub max_kv_bytes: u64,
     /// Bounds on handlers' outbound HTTP requests.
     pub outbound: crate::runtime::outbound::OutboundLimits,
     /// The address clients reach this host at (`--public-url`, e.g. `https://sluice.example`):
@@ -117,6 +119,7 @@ impl Default for Config {
             allow_callback_hosts: Vec::new(),
             allow_outbound_hosts: Vec::new(),
             secrets_key_file: None,
+            max_kv_bytes: 256 << 20,
             outbound: crate::runtime::outbound::OutboundLimits::DEFAULT,
             public_url: None,
             callback_retry: RetryPolicy {
@@ -150,6 +153,7 @@ impl Config {
             max_hops: self.max_hops,
             claim_check_bytes: self.claim_check_bytes,
             callback_retry: self.callback_retry,
+            max_kv_bytes: self.max_kv_bytes,
         }
     }
 

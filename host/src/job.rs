@@ -165,6 +165,25 @@ pub struct Job {
     /// Outbound HTTP requests its attempts made (the latest [`MAX_OUTBOUND_KEPT`], each naming
     /// its attempt), shown in the attempt history.
     pub outbound: Vec<OutboundCall>,
+    /// Attempts that ran again because a key-value read was changed by another commit
+    /// before theirs (they do not count against `max_attempts`, up to [`MAX_CONFLICTS`]).
+    pub conflicts: u32,
+}
+
+/// Key-value conflicts a job may have before further ones count as failed attempts.
+pub const MAX_CONFLICTS: u32 = 100;
+
+/// What a successful attempt did to its function's key-value state: the versions of the keys
+/// it read (0: absent) and the writes it staged (`None`: delete). Committed with the success
+/// only if every key read still has its version.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvChanges {
+    /// The function whose state it is.
+    pub function: String,
+    /// Keys read, with the version seen.
+    pub reads: Vec<(String, u64)>,
+    /// Keys written (`Some(value)`) or deleted (`None`).
+    pub writes: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// Outbound requests a job keeps on record at most (the latest).
@@ -545,6 +564,9 @@ pub enum FailureKind {
     Timeout,
     /// The sandbox could not be set up (e.g. the memory limit is below the module's minimum).
     Instantiate,
+    /// A key the attempt read was changed by another commit before its own: it runs again at
+    /// once, and does not count as a failed attempt (up to [`MAX_CONFLICTS`]).
+    Conflict,
 }
 
 /// The record of one finished attempt.
@@ -566,6 +588,8 @@ pub struct AttemptReport {
     pub then: Option<String>,
     /// The outbound HTTP requests it made, whatever its outcome (they happened).
     pub outbound: Vec<OutboundCall>,
+    /// Its key-value reads and writes, when it succeeded and wrote something.
+    pub kv: Option<KvChanges>,
 }
 
 /// Milliseconds since the Unix epoch, now.

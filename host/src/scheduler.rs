@@ -330,7 +330,9 @@ impl Inner {
             let lease = timeout + LEASE_GRACE;
             let lease_until = started_at + lease.as_millis() as u64;
             let blobs: Arc<dyn crate::runtime::BlobSource> = self.store.clone();
-            let run = tokio::time::timeout(lease, self.runtime.run(&code, &job, attempt, blobs));
+            let state: Arc<dyn crate::runtime::kv::KvSource> = self.store.clone();
+            let run =
+                tokio::time::timeout(lease, self.runtime.run(&code, &job, attempt, blobs, state));
             tokio::pin!(run);
             let expired = |at: u64| AttemptReport {
                 outcome: Outcome::Failed {
@@ -347,6 +349,7 @@ impl Inner {
                 emitted: Vec::new(),
                 then: None,
                 outbound: Vec::new(),
+                kv: None,
             };
             // Short attempts go from queued to terminal in one commit; `running` is recorded
             // (and visible) only for attempts still running after START_VISIBLE_AFTER.
@@ -376,6 +379,7 @@ impl Inner {
                 // The attempt is over: from here a cancel may win (the finish is then fenced
                 // out), but a job whose finish is committed is never shown as held.
                 self.state.lock().running.remove(&job.id);
+                let report = self.store.settle_kv(job.id, attempt, report).await;
                 self.store
                     .finish(job.id, attempt, report, code.record.settings.retry);
             }

@@ -50,6 +50,8 @@ pub mod components {
     pub const INSPECT_MANIFEST: &str = env!("SLUICE_MANIFEST_INSPECT");
     /// `functions/probe/sluice.toml`.
     pub const PROBE_MANIFEST: &str = env!("SLUICE_MANIFEST_PROBE");
+    /// `functions/visits`: counts visits in its key-value state.
+    pub const VISITS: &str = env!("SLUICE_COMPONENT_VISITS");
     /// `functions/notify`: posts to the URL in its `[config]`, with its `token` secret.
     pub const NOTIFY: &str = env!("SLUICE_COMPONENT_NOTIFY");
 }

@@ -23,6 +23,9 @@
 //!   "timeout_ms":500,"headers":[["idempotency-key","mine"]]}`: sends the request `n` times
 //!   (default 1) and answers the statuses and the last body, or the first error.
 //! - `{"action":"config","name":"token"}`: reads a configuration value or secret.
+//! - `{"action":"kv_set","key":"k","value":"v","fail":true}`: sets a key in the function's
+//!   key-value state, reads it back, then fails (retryable) when asked.
+//! - `{"action":"kv_get","key":"k"}`: reads a key.
 //! - `{"action":"step","key":"a","seq":3,"ms":20}`: logs and answers `a 3 START END` (ms since
 //!   the epoch), sleeping `ms` in between: for ordering tests.
 //!
@@ -94,6 +97,15 @@ enum Action {
     },
     Config {
         name: String,
+    },
+    KvSet {
+        key: String,
+        value: String,
+        #[serde(default)]
+        fail: bool,
+    },
+    KvGet {
+        key: String,
     },
     Http {
         url: String,
@@ -230,6 +242,18 @@ fn handle(ev: Event) -> Result<Response, Error> {
             )?;
             Ok("chained".into())
         }
+        Action::KvSet { key, value, fail } => {
+            sluice_sdk::kv::set(&key, &value)?;
+            let seen = sluice_sdk::kv::get(&key)?.unwrap_or_default();
+            if fail {
+                return Err(Error::retryable("probe failed after writing"));
+            }
+            Ok(format!("set {key} = {}", String::from_utf8_lossy(&seen)))
+        }
+        Action::KvGet { key } => match sluice_sdk::kv::get(&key)? {
+            Some(value) => Ok(String::from_utf8_lossy(&value).into_owned()),
+            None => Err(format!("{key} is not set")),
+        },
         Action::Config { name } => match sluice_sdk::config::get(&name)? {
             Some(value) => Ok(value),
             None => Err(format!("{name} is not set")),

@@ -552,6 +552,7 @@ pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
         "version": job.version,
         "parent": job.parent.map(|p| p.to_json()),
         "hops": job.hops,
+        "kv_conflicts": job.conflicts,
         "callback": job.callback.as_ref().map(|c| json!({
             "url": c.url,
             "state": c.state,

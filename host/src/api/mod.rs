@@ -14,6 +14,7 @@
 //! - `auth`: API tokens and scopes (a middleware on every route).
 //! - `secret`: the webhook signing secret: show, rotate.
 //! - `function_secrets`: a function's secrets: set, remove, list names.
+//! - `kv`: a function's key-value state: get, set, delete, list keys.
 //! - `metrics`: `GET /metrics` in the Prometheus text format.
 //! - `listen`: accepting connections: a bound on how many, timeouts for slow and idle ones.
 
@@ -24,6 +25,7 @@ pub(crate) mod function_secrets;
 mod functions;
 mod headers;
 mod jobs;
+mod kv;
 mod lifecycle;
 pub(crate) mod listen;
 mod metrics;
@@ -120,6 +122,11 @@ pub fn router(state: AppState) -> Router {
                 .delete(functions::delete),
         )
         .route("/v1/functions/{name}/stats", get(functions::stats))
+        .route("/v1/functions/{name}/kv", get(kv::list))
+        .route(
+            "/v1/functions/{name}/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
         .route("/v1/functions/{name}/secrets", get(function_secrets::list))
         .route(
             "/v1/functions/{name}/secrets/{secret}",

@@ -158,6 +158,10 @@ pub struct ServeArgs {
     /// data directory alone reveals no secret.
     #[arg(long, env = "SLUICE_SECRETS_KEY_FILE")]
     pub secrets_key_file: Option<std::path::PathBuf>,
+    /// Most bytes one function's key-value state may hold (keys and values, plus 64 bytes a
+    /// key); a success whose writes would pass it fails retryably.
+    #[arg(long, env = "SLUICE_MAX_KV_BYTES", default_value_t = 256 << 20)]
+    pub max_kv_bytes: u64,
     /// Outbound HTTP requests one attempt may send.
     #[arg(long, env = "SLUICE_MAX_OUTBOUND_REQUESTS", default_value_t = 64)]
     pub max_outbound_requests: u32,
@@ -245,6 +249,7 @@ impl ServeArgs {
             allow_callback_hosts: self.allow_callback_host.clone(),
             allow_outbound_hosts: self.allow_outbound_host.clone(),
             secrets_key_file: self.secrets_key_file.clone(),
+            max_kv_bytes: self.max_kv_bytes,
             outbound: crate::runtime::outbound::OutboundLimits {
                 max_requests: self.max_outbound_requests,
                 max_request_bytes: self.max_outbound_request_bytes,

@@ -44,6 +44,62 @@ impl WasiView for Bare {
 
 impl sluice::platform::types::Host for Bare {}
 
+/// The baseline's components use no key-value state: every call is refused.
+mod no_kv {
+    use super::Bare;
+    use crate::runtime::bindings::wasi::keyvalue::{atomics, batch, store};
+    use crate::runtime::kv::Bucket;
+    use wasmtime::component::Resource;
+
+    type R<T> = Result<T, store::Error>;
+
+    impl store::Host for Bare {
+        fn open(&mut self, _: String) -> R<Resource<Bucket>> {
+            Err(store::Error::NoSuchStore)
+        }
+    }
+    impl store::HostBucket for Bare {
+        fn get(&mut self, _: Resource<Bucket>, _: String) -> R<Option<Vec<u8>>> {
+            Err(store::Error::NoSuchStore)
+        }
+        fn set(&mut self, _: Resource<Bucket>, _: String, _: Vec<u8>) -> R<()> {
+            Err(store::Error::NoSuchStore)
+        }
+        fn delete(&mut self, _: Resource<Bucket>, _: String) -> R<()> {
+            Err(store::Error::NoSuchStore)
+        }
+        fn exists(&mut self, _: Resource<Bucket>, _: String) -> R<bool> {
+            Err(store::Error::NoSuchStore)
+        }
+        fn list_keys(&mut self, _: Resource<Bucket>, _: Option<u64>) -> R<store::KeyResponse> {
+            Err(store::Error::NoSuchStore)
+        }
+        fn drop(&mut self, _: Resource<Bucket>) -> wasmtime::Result<()> {
+            Ok(())
+        }
+    }
+    impl atomics::Host for Bare {
+        fn increment(&mut self, _: Resource<Bucket>, _: String, _: u64) -> R<u64> {
+            Err(store::Error::NoSuchStore)
+        }
+    }
+    impl batch::Host for Bare {
+        fn get_many(
+            &mut self,
+            _: Resource<Bucket>,
+            _: Vec<String>,
+        ) -> R<Vec<Option<(String, Vec<u8>)>>> {
+            Err(store::Error::NoSuchStore)
+        }
+        fn set_many(&mut self, _: Resource<Bucket>, _: Vec<(String, Vec<u8>)>) -> R<()> {
+            Err(store::Error::NoSuchStore)
+        }
+        fn delete_many(&mut self, _: Resource<Bucket>, _: Vec<String>) -> R<()> {
+            Err(store::Error::NoSuchStore)
+        }
+    }
+}
+
 impl super::bindings::wasi::config::store::Host for Bare {
     fn get(&mut self, _: String) -> Result<Option<String>, super::bindings::ConfigError> {
         Ok(None)
@@ -93,6 +149,15 @@ struct NoBlobs;
 impl super::BlobSource for NoBlobs {
     fn read(&self, _: &[u8; 32], _: u64, _: usize) -> Result<Option<Vec<u8>>, String> {
         Ok(None)
+    }
+}
+
+impl super::kv::KvSource for NoBlobs {
+    fn get(&self, _: &str, _: &str) -> Result<(u64, Option<Vec<u8>>), String> {
+        Ok((0, None))
+    }
+    fn keys(&self, _: &str, _: usize, _: usize) -> Result<Vec<String>, String> {
+        Ok(Vec::new())
     }
 }
 
@@ -182,7 +247,9 @@ pub async fn measure(
 
         let start = Instant::now();
         for _ in 0..per_round {
-            let report = runtime.run(&function, &job, 1, Arc::new(NoBlobs)).await;
+            let report = runtime
+                .run(&function, &job, 1, Arc::new(NoBlobs), Arc::new(NoBlobs))
+                .await;
             anyhow::ensure!(
                 matches!(report.outcome, Outcome::Succeeded { .. }),
                 "a Sluice attempt failed: {:?}",

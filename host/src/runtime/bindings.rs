@@ -5,6 +5,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "sluice:platform/handler",
     exports: { default: async },
+    with: { "wasi:keyvalue/store.bucket": super::kv::Bucket },
 });
 
 pub use sluice::platform::log::Level;

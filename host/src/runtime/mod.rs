@@ -6,11 +6,13 @@
 //! - `bindings`: the single `bindgen!` over `wit/` and the host imports.
 //! - `sandbox`: per-attempt store data and the bounded log capture.
 //! - `baseline`: bare wasmtime versus Sluice's per-attempt path, for `sluice bench`.
+//! - `kv`: handlers' key-value state (`wasi:keyvalue`), staged until the attempt's success.
 //! - `outbound`: handlers' outbound HTTP (`wasi:http`), behind the manifest's allowed hosts
 //!   and the SSRF guard.
 
 pub mod baseline;
 mod bindings;
+pub mod kv;
 pub mod outbound;
 mod sandbox;
 
@@ -361,6 +363,7 @@ impl Runtime {
         job: &QueuedJob,
         attempt: u32,
         blobs: Arc<dyn BlobSource>,
+        state: Arc<dyn kv::KvSource>,
     ) -> AttemptReport {
         let started_at = now_ms();
         let settings = f.record.settings;
@@ -396,6 +399,7 @@ impl Runtime {
                 ),
                 http: wasmtime_wasi_http::WasiHttpCtx::new(),
                 config: f.variables.clone(),
+                kv: kv::KvAttempt::new(state, job.function.clone()),
                 outbound,
             },
         );
@@ -482,6 +486,10 @@ impl Runtime {
         let refused = store.data().limits.refused;
         let emitted = std::mem::take(&mut store.data_mut().emitted.items);
         let outbound = store.data().outbound.calls();
+        let kv = match outcome {
+            Outcome::Succeeded { .. } => store.data_mut().kv.changes(),
+            Outcome::Failed { .. } => None,
+        };
         drop(store);
         let log = log.text();
         let outcome = match (outcome, refused) {
@@ -528,6 +536,7 @@ impl Runtime {
             emitted,
             then: f.record.then.clone(),
             outbound,
+            kv,
         }
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct Sandbox {
     pub(crate) output: crate::output::OutputSink,
     /// wasi-http state (field size limits).
     pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
+    /// The attempt's view of its function's key-value state: reads and staged writes.
+    pub(crate) kv: super::kv::KvAttempt,
     /// What `wasi:config/store` answers: `[config]` values and secrets.
     pub(crate) config: Arc<std::collections::BTreeMap<String, String>>,
     /// Judges and sends the handler's outbound HTTP requests, and records them.

@@ -84,6 +84,7 @@ pub(crate) fn decode_v3(bytes: &[u8]) -> Result<Job, String> {
         callback: None,
         hops: 0,
         outbound: Vec::new(),
+        conflicts: 0,
     })
 }
 
@@ -91,12 +92,13 @@ pub(crate) fn decode_v3(bytes: &[u8]) -> Result<Job, String> {
 /// began before the upgrade counts from there) and `outbound`.
 pub(crate) fn decode_v4(bytes: &[u8]) -> Result<Job, String> {
     // postcard writes a u32 and a sequence's length as varints: 0 is one zero byte.
-    with_zeros(bytes, 2)
+    with_zeros(bytes, 3)
 }
 
-/// Decodes a format-5 job: today's layout without `outbound`, the last field.
+/// Decodes a format-5 job: today's layout without its last two fields, `outbound` and
+/// `conflicts`.
 pub(crate) fn decode_v5(bytes: &[u8]) -> Result<Job, String> {
-    with_zeros(bytes, 1)
+    with_zeros(bytes, 2)
 }
 
 /// Decodes today's layout from an older record that lacks its last `n` fields, each of which
@@ -144,6 +146,7 @@ mod tests {
             callback: None,
             hops,
             outbound: Vec::new(),
+            conflicts: 0,
         }
     }
 
@@ -153,12 +156,12 @@ mod tests {
     #[test]
     fn older_formats_read_with_their_missing_fields_empty() {
         let today = crate::store::tables::encode_job(&job(0));
-        let mut v4 = today[..today.len() - 2].to_vec();
+        let mut v4 = today[..today.len() - 3].to_vec();
         v4[0] = 4;
         let read = crate::store::tables::decode_job(&v4).unwrap();
         assert_eq!(format!("{read:?}"), format!("{:?}", job(0)));
         let deep = crate::store::tables::encode_job(&job(300));
-        let mut v5 = deep[..deep.len() - 1].to_vec();
+        let mut v5 = deep[..deep.len() - 2].to_vec();
         v5[0] = 5;
         assert_eq!(crate::store::tables::decode_job(&v5).unwrap().hops, 300);
         let mut called = job(300);
@@ -192,7 +195,7 @@ mod tests {
         assert!(summary.job.input.is_empty() && summary.job.output.is_none());
         assert!(summary.job.log.is_empty());
         assert_eq!(format!("{:?}", summary.job), format!("{:?}", expected.job));
-        let mut v4 = today[..today.len() - 2].to_vec();
+        let mut v4 = today[..today.len() - 3].to_vec();
         v4[0] = 4;
         let old = crate::store::tables::decode_job_summary(&v4).unwrap();
         assert_eq!(old.input_size, 300_000);

@@ -28,6 +28,7 @@
 //!   delivery state), `blobs` (claim checks), `retention` (the sweeper).
 //! - `tables`, `legacy`: table definitions and encodings (and earlier job formats).
 //! - `counts`, `demand`, `ids`: per-function counters, scheduler credit, job ids.
+//! - `kv`: functions' key-value state (in shard 0), committed with the success that wrote it.
 //! - `errors`, `requests`: what operations take, answer and refuse.
 
 mod blobs;
@@ -37,6 +38,7 @@ mod counts;
 mod demand;
 mod errors;
 mod ids;
+pub mod kv;
 mod legacy;
 mod ordering;
 mod outbox;
@@ -136,6 +138,8 @@ pub struct StoreOptions {
     pub claim_check_bytes: usize,
     /// How failed webhook callbacks are retried.
     pub callback_retry: RetryPolicy,
+    /// Most bytes one function's key-value state may hold (keys, values, a record's cost each).
+    pub max_kv_bytes: u64,
 }
 
 /// Handle to the durable state. Cheap to share (`Arc`); reads run on the caller's thread,
@@ -545,6 +549,81 @@ impl Store {
     ) -> Result<(), StoreError> {
         let catalog = self.catalog.clone();
         blocking(move || catalog.set_webhook_secrets(&record)).await
+    }
+
+    /// The committed version (0: absent) and value of a function's key.
+    pub fn kv_get(&self, function: &str, key: &str) -> Result<(u64, Option<Vec<u8>>), StoreError> {
+        kv::get(self.shards[kv::KV_SHARD].db(), function, key)
+    }
+
+    /// A function's keys starting with `prefix`, in order: at most `limit`, after skipping
+    /// `skip`.
+    pub fn kv_keys(
+        &self,
+        function: &str,
+        prefix: Option<&str>,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        kv::keys(
+            self.shards[kv::KV_SHARD].db(),
+            function,
+            prefix,
+            skip,
+            limit,
+        )
+    }
+
+    /// Writes keys of a function's state (the API's `PUT`/`DELETE`), durably; bumps their
+    /// versions, so attempts that read them run again.
+    pub async fn kv_write(
+        &self,
+        changes: crate::job::KvChanges,
+    ) -> Result<kv::KvVerdict, StoreError> {
+        self.shards[kv::KV_SHARD]
+            .call(|reply| Op::KvWrite { changes, reply })
+            .await?
+    }
+
+    /// Before a success of a job outside the key-value shard is recorded: commits its
+    /// key-value changes there (once per job), and turns the report into the failure a
+    /// conflict or a full store makes of it. Jobs of the key-value shard commit their changes
+    /// with their success instead.
+    pub async fn settle_kv(
+        &self,
+        id: JobId,
+        attempt: u32,
+        mut report: AttemptReport,
+    ) -> AttemptReport {
+        if shard_of(id) == kv::KV_SHARD || report.kv.is_none() {
+            return report;
+        }
+        let Some(changes) = report.kv.take() else {
+            return report;
+        };
+        let verdict = self.shards[kv::KV_SHARD]
+            .call(|reply| Op::KvCommit {
+                id,
+                attempt,
+                changes,
+                reply,
+            })
+            .await
+            .and_then(|r| r);
+        let failed = match verdict {
+            Ok(verdict) => kv::failure(verdict),
+            Err(e) => Some(crate::job::Outcome::Failed {
+                kind: crate::job::FailureKind::Retryable,
+                message: format!(
+                    "its key-value writes could not be committed ({e}); it runs again"
+                ),
+            }),
+        };
+        if let Some(outcome) = failed {
+            report.outcome = outcome;
+            report.emitted.clear();
+        }
+        report
     }
 
     /// Sets a function's secret to a sealed value, durably (see [`PutSecret`]).

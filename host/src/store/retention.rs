@@ -93,13 +93,21 @@ impl Writer {
                     .map_err(storage)?;
             }
         }
-        let full = expired.len() == SWEEP_BATCH || keys.len() == SWEEP_BATCH;
+        // Markers of key-value writes applied for jobs of other shards: their jobs are gone.
+        let markers = if self.shard == super::kv::KV_SHARD {
+            t.kv.open()?
+                .sweep_markers(now.saturating_sub(self.retention_ms), SWEEP_BATCH)?
+        } else {
+            0
+        };
+        let full =
+            expired.len() == SWEEP_BATCH || keys.len() == SWEEP_BATCH || markers == SWEEP_BATCH;
         self.next_sweep = Instant::now()
             + if full {
                 Duration::ZERO
             } else {
                 self.sweep_every
             };
-        Ok((expired.len() + keys.len()) as u64)
+        Ok((expired.len() + keys.len() + markers) as u64)
     }
 }

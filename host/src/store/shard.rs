@@ -67,6 +67,11 @@ impl Shard {
         Ok(shard)
     }
 
+    /// The shard's file, for reads.
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
     /// Awaited operations waiting for this shard's commits.
     pub(crate) fn load(&self) -> usize {
         self.inflight.load(Relaxed)

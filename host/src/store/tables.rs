@@ -187,6 +187,7 @@ pub(crate) fn decode_job_summary(bytes: &[u8]) -> Result<JobSummary, String> {
             callback: v.callback,
             hops: v.hops,
             outbound: v.outbound,
+            conflicts: v.conflicts,
         },
         input_size,
         output_size,
@@ -229,6 +230,7 @@ struct JobView<'a> {
     callback: Option<crate::job::Callback>,
     hops: u32,
     outbound: Vec<crate::job::OutboundCall>,
+    conflicts: u32,
 }
 
 pub(crate) fn encode_function(record: &FunctionRecord) -> Vec<u8> {

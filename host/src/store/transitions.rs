@@ -17,7 +17,8 @@ use super::writer::{Effects, Writer};
 use super::{AttemptStart, CancelError, NewJob, StoreError, SubmitError, Submitted, storage};
 use crate::job::{
     AttemptRecord, AttemptReport, BlobRef, FailureKind, JOB_RECORD_BYTES, Job, JobId, JobStatus,
-    MAX_HISTORY, MAX_OUTBOUND_KEPT, Outcome, Pipeline, QueuedJob, bounded_error, now_ms, ready_key,
+    MAX_CONFLICTS, MAX_HISTORY, MAX_OUTBOUND_KEPT, Outcome, Pipeline, QueuedJob, bounded_error,
+    now_ms, ready_key,
 };
 use crate::manifest::RetryPolicy;
 use crate::output::Output;
@@ -70,6 +71,7 @@ pub(crate) struct Tables<'txn> {
     pub(crate) counts: Table<'txn, (&'static str, u8), u64>,
     pub(crate) blobs: Lazy<'txn, BlobTables<'txn>>,
     pub(crate) callbacks: Lazy<'txn, Table<'txn, (u64, u128), ()>>,
+    pub(crate) kv: Lazy<'txn, super::kv::KvTables<'txn>>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -91,6 +93,7 @@ impl<'txn> Tables<'txn> {
             counts: txn.open_table(COUNTS).map_err(storage)?,
             blobs: Lazy::new(txn, BlobTables::open),
             callbacks: Lazy::new(txn, |txn| txn.open_table(CALLBACKS).map_err(storage)),
+            kv: Lazy::new(txn, super::kv::KvTables::open),
         })
     }
 
@@ -460,6 +463,7 @@ impl Writer {
             callback: new.callback.map(crate::job::Callback::new),
             hops: new.hops,
             outbound: Vec::new(),
+            conflicts: 0,
         };
         if job.hops > self.max_hops {
             return self.insert_too_deep(id, job, now, t, fx);
@@ -627,6 +631,23 @@ impl Writer {
                 report.emitted.clear();
             }
         }
+        // Key-value writes commit with the success, if every key the attempt read still has
+        // the version it saw (a job of another shard committed them already: `settle_kv`).
+        if let Some(changes) = report.kv.take()
+            && matches!(report.outcome, Outcome::Succeeded { .. })
+        {
+            let verdict = if self.shard == super::kv::KV_SHARD {
+                t.kv.open()?.apply(&changes, None, self.max_kv_bytes)?
+            } else {
+                super::kv::KvVerdict::Full(
+                    "the key-value writes reached the wrong shard; the attempt runs again".into(),
+                )
+            };
+            if let Some(failed) = super::kv::failure(verdict) {
+                report.outcome = failed;
+                report.emitted.clear();
+            }
+        }
         let from = job.status;
         t.ready_remove(id, &job)?;
         job.attempts = attempt;
@@ -676,10 +697,19 @@ impl Writer {
             Outcome::Failed { kind, message } => {
                 let message = bounded_error(&message);
                 record.error = Some(message.clone());
-                if kind == FailureKind::Permanent {
+                if kind == FailureKind::Conflict && job.conflicts < MAX_CONFLICTS {
+                    // Not a failure of the handler: it runs again at once, on fresh state.
+                    job.conflicts += 1;
+                    let at = now_ms();
+                    record.retry_at = Some(at);
+                    job.status = JobStatus::Delayed;
+                    job.not_before = Some(at);
+                    job.error = Some(message);
+                    self.delay(id, at, t)?;
+                } else if kind == FailureKind::Permanent {
                     job.status = JobStatus::Failed;
                     job.error = Some(message);
-                } else if attempt >= retry.max_attempts {
+                } else if attempt.saturating_sub(job.conflicts) >= retry.max_attempts {
                     job.status = JobStatus::Dead;
                     job.error = Some(format!(
                         "gave up after {attempt} attempt(s); the last failed with: {message}"

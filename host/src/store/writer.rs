@@ -91,6 +91,18 @@ pub(crate) enum Op {
         id: JobId,
         result: super::CallbackResult,
     },
+    /// Commits a job's key-value changes before its success (a job of another shard).
+    KvCommit {
+        id: JobId,
+        attempt: u32,
+        changes: crate::job::KvChanges,
+        reply: oneshot::Sender<Result<super::kv::KvVerdict, StoreError>>,
+    },
+    /// Sets (or deletes) keys of a function's state from the API.
+    KvWrite {
+        changes: crate::job::KvChanges,
+        reply: oneshot::Sender<Result<super::kv::KvVerdict, StoreError>>,
+    },
     /// The scheduler has room again: hand out ready jobs left in the table (changes nothing).
     Refill,
     Shutdown {
@@ -234,6 +246,10 @@ pub(crate) struct Writer {
     pub(crate) claim_check_bytes: usize,
     /// How failed callbacks are retried.
     pub(crate) callback_retry: RetryPolicy,
+    /// This writer's shard: shard [`super::kv::KV_SHARD`] holds the key-value state.
+    pub(crate) shard: usize,
+    /// Most bytes one function's key-value state may hold.
+    pub(crate) max_kv_bytes: u64,
     /// When the earliest callback not with the sender is due.
     pub(crate) next_callback: Option<u64>,
     /// Callbacks handed to the sender and not yet reported back.
@@ -276,6 +292,8 @@ impl Writer {
             max_hops: options.max_hops,
             claim_check_bytes: options.claim_check_bytes,
             callback_retry: options.callback_retry,
+            shard,
+            max_kv_bytes: options.max_kv_bytes,
             // Callbacks left by a previous process are looked for at once.
             next_callback: Some(0),
             callbacks_sending: HashSet::new(),
@@ -558,9 +576,28 @@ impl Writer {
                 reply,
             } => {
                 let cancelled = self.cancel_function(&name, &reason, t, fx)?;
+                if self.shard == super::kv::KV_SHARD {
+                    // A deleted function's state goes with it.
+                    t.kv.open()?.remove_function(&name)?;
+                }
                 fx.replies.push(answer(reply, Ok(cancelled)));
             }
             Op::CallbackDone { id, result } => self.callback_done(id, result, t, fx)?,
+            Op::KvCommit {
+                id,
+                attempt,
+                changes,
+                reply,
+            } => {
+                let verdict =
+                    t.kv.open()?
+                        .apply(&changes, Some((id, attempt)), self.max_kv_bytes)?;
+                fx.replies.push(answer(reply, Ok(verdict)));
+            }
+            Op::KvWrite { changes, reply } => {
+                let verdict = t.kv.open()?.apply(&changes, None, self.max_kv_bytes)?;
+                fx.replies.push(answer(reply, Ok(verdict)));
+            }
             Op::Refill => {}
             Op::Shutdown { reply } => {
                 fx.shutdown = true;
@@ -589,6 +626,9 @@ fn reject(op: Op, fx: &mut Effects) {
         Op::Cancel { reply, .. } => fx
             .replies
             .push(answer(reply, Err(StoreError::Closed.into()))),
+        Op::KvCommit { reply, .. } | Op::KvWrite { reply, .. } => {
+            fx.replies.push(answer(reply, Err(StoreError::Closed)))
+        }
         Op::Shutdown { reply } => {
             fx.shutdown = true;
             fx.replies.push(Reply::Shutdown(reply))

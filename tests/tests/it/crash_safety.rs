@@ -205,6 +205,7 @@ async fn stale_attempts_are_fenced() {
         emitted: Vec::new(),
         then: None,
         outbound: Vec::new(),
+        kv: None,
     };
     let success = || {
         report(Outcome::Succeeded {

@@ -14,6 +14,7 @@ mod failures;
 mod group_commit;
 mod hostile;
 mod kill9;
+mod kv;
 mod lifecycle;
 mod outbound;
 mod outbox;
