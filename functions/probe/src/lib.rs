@@ -26,6 +26,8 @@
 //! - `{"action":"kv_set","key":"k","value":"v","fail":true}`: sets a key in the function's
 //!   key-value state, reads it back, then fails (retryable) when asked.
 //! - `{"action":"kv_get","key":"k"}`: reads a key.
+//! - `{"action":"kv_add","key":"n","ms":200}`: adds one to a counter (get, then set), then
+//!   sleeps `ms` before succeeding: an attempt that is mid-flight for a while.
 //! - `{"action":"step","key":"a","seq":3,"ms":20}`: logs and answers `a 3 START END` (ms since
 //!   the epoch), sleeping `ms` in between: for ordering tests.
 //!
@@ -106,6 +108,10 @@ enum Action {
     },
     KvGet {
         key: String,
+    },
+    KvAdd {
+        key: String,
+        ms: u64,
     },
     Http {
         url: String,
@@ -249,6 +255,15 @@ fn handle(ev: Event) -> Result<Response, Error> {
                 return Err(Error::retryable("probe failed after writing"));
             }
             Ok(format!("set {key} = {}", String::from_utf8_lossy(&seen)))
+        }
+        Action::KvAdd { key, ms } => {
+            let n = sluice_sdk::kv::get(&key)?
+                .and_then(|v| String::from_utf8_lossy(&v).parse::<u64>().ok())
+                .unwrap_or(0)
+                + 1;
+            sluice_sdk::kv::set(&key, n.to_string())?;
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(format!("{key} = {n}"))
         }
         Action::KvGet { key } => match sluice_sdk::kv::get(&key)? {
             Some(value) => Ok(String::from_utf8_lossy(&value).into_owned()),

@@ -185,6 +185,34 @@ impl Client {
             .await
     }
 
+    /// An API call with a raw body both ways (key-value values); an error answer's message
+    /// becomes the error.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach the Sluice host at {}: is `sluice serve` running? (set --url or SLUICE_URL)", self.base)
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await?.to_vec();
+        if !status.is_success() {
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let message = body["error"]["message"].as_str().unwrap_or("no details");
+            bail!("{status}: {message}");
+        }
+        Ok(bytes)
+    }
+
     /// Any API call: `method` on `path` (from `/v1/...`) with an optional JSON body.
     pub async fn call(
         &self,

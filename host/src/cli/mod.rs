@@ -7,10 +7,12 @@
 //! - `lifecycle`: versions, rollback, pause, resume.
 //! - `topics`: list topics, publish events.
 //! - `ops`: operating functions and jobs (stats, config, dead letters, cancel).
+//! - `kv`: a function's key-value state: get, set, del, list.
 //! - `up`: the one-command demo: build the examples, start a host, deploy them.
 
 pub mod client;
 pub mod examples;
+mod kv;
 mod lifecycle;
 mod ops;
 mod topics;
@@ -67,6 +69,8 @@ enum Command {
     Topics(topics::TopicsArgs),
     /// Publish a CloudEvent to a topic.
     Publish(topics::PublishArgs),
+    /// A function's key-value state: get, set, del, list.
+    Kv(kv::KvArgs),
     /// Print the webhook signing secret (receivers verify callbacks with it), or rotate it.
     Secret(ops::SecretArgs),
     /// Measure throughput, latency, sandbox cost and start-up (optionally against BullMQ).
@@ -314,6 +318,7 @@ pub fn main() -> ExitCode {
             Command::Topics(args) => topics::topics(args).await,
             Command::Publish(args) => topics::publish(args).await,
             Command::Secret(args) => ops::secret(args).await,
+            Command::Kv(args) => kv::kv(args).await,
             Command::Bench(args) => crate::bench::run(args).await,
         }
     });

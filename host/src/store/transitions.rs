@@ -698,9 +698,12 @@ impl Writer {
                 let message = bounded_error(&message);
                 record.error = Some(message.clone());
                 if kind == FailureKind::Conflict && job.conflicts < MAX_CONFLICTS {
-                    // Not a failure of the handler: it runs again at once, on fresh state.
+                    // Not a failure of the handler: it runs again soon, on fresh state, after
+                    // a short random pause that grows with its conflicts, so attempts racing
+                    // for one key spread out instead of colliding again.
                     job.conflicts += 1;
-                    let at = now_ms();
+                    let ceiling = (5u64 << job.conflicts.min(8)).min(1000);
+                    let at = now_ms() + self.rng.u64(0..=ceiling);
                     record.retry_at = Some(at);
                     job.status = JobStatus::Delayed;
                     job.not_before = Some(at);

@@ -399,3 +399,85 @@ async fn kill_9_with_pending_callbacks_delivers_them_after_restart() {
     host.kill().unwrap();
     host.wait().unwrap();
 }
+
+/// `kill -9` while 50 attempts that each add one to one of ten counters in the function's
+/// key-value state are mid-flight, on two shards (so some jobs commit their state in another
+/// shard than their success): after the restart every accepted job has succeeded and the
+/// counters add up to their number exactly. An attempt cut off by the kill changed nothing; one whose state was
+/// committed but whose success was not is not applied twice when it runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_mid_attempt_keeps_key_value_state_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let shards = [("SLUICE_STORE_SHARDS", "2".to_string())];
+    let mut host = serve_with(tmp.path(), port, &shards);
+    wait_healthy(&http, &url).await;
+    let wasm = std::fs::read(components::PROBE).unwrap();
+    let r = http
+        .put(format!("{url}/v1/functions/probe?max_concurrency=50"))
+        .header("content-type", "application/wasm")
+        .body(wasm)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "deploy: {}", r.status());
+    let mut accepted = Vec::new();
+    for i in 0..150 {
+        let r = http
+            .post(format!("{url}/v1/functions/probe/jobs"))
+            .header("content-type", "application/json")
+            .body(json!({"action": "kv_add", "key": format!("n{}", i % 10), "ms": 300}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let body: Value = r.json().await.unwrap();
+        accepted.push(body["id"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&http, &url, "sluice_attempts_running").await < 40.0 {
+        assert!(
+            Instant::now() < deadline,
+            "never reached 40 running attempts"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    host.kill().expect("kill -9");
+    host.wait().unwrap();
+
+    let mut host = serve_with(tmp.path(), port, &shards);
+    wait_healthy(&http, &url).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in &accepted {
+        loop {
+            let job = get_json(&http, &format!("{url}/v1/jobs/{id}?wait=5")).await;
+            match job["status"].as_str() {
+                Some("succeeded") => break,
+                Some("queued" | "running" | "delayed") => {}
+                _ => panic!("job {id} did not succeed: {job}"),
+            }
+            assert!(Instant::now() < deadline, "job {id} never finished: {job}");
+        }
+    }
+    let mut total = 0;
+    for k in 0..10 {
+        let value = http
+            .get(format!("{url}/v1/functions/probe/kv/n{k}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(value, "15", "counter n{k}");
+        total += value.parse::<usize>().unwrap();
+    }
+    assert_eq!(total, accepted.len());
+    host.kill().unwrap();
+    host.wait().unwrap();
+}

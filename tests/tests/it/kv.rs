@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
-use sluice_tests::{TestHost, assert_error, components, start_host};
+use sluice_tests::{TestHost, assert_error, components, sluice_binary, start_host};
 
 async fn kv_value(host: &TestHost, function: &str, key: &str) -> (u16, Vec<u8>) {
     let (status, _, body) = host
@@ -148,5 +148,35 @@ async fn writes_commit_only_with_success_and_only_for_their_function() {
     host.delete("/v1/functions/probe?force=true").await;
     host.deploy("probe", components::PROBE, "").await;
     assert_eq!(kv_value(&host, "probe", "a/1").await.0, 404);
+    host.stop().await;
+}
+
+/// `sluice kv` sets, gets, lists and deletes keys of a running host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_and_writes_state() {
+    let host = start_host().await;
+    host.deploy("probe", components::PROBE, "").await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(sluice_binary())
+            .arg("kv")
+            .args(args)
+            .env("SLUICE_URL", &host.url)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(cli(&["set", "probe", "greeting", "hello"]).0);
+    assert!(cli(&["set", "probe", "other", "x"]).0);
+    assert_eq!(cli(&["get", "probe", "greeting"]).1, "hello");
+    assert_eq!(cli(&["list", "probe"]).1, "greeting\nother\n");
+    assert_eq!(cli(&["list", "probe", "--prefix", "gr"]).1, "greeting\n");
+    assert!(cli(&["del", "probe", "greeting"]).0);
+    let (ok, _, err) = cli(&["get", "probe", "greeting"]);
+    assert!(!ok);
+    assert!(err.contains("has no key"), "{err}");
     host.stop().await;
 }
