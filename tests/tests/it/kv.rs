@@ -180,3 +180,43 @@ async fn the_cli_reads_and_writes_state() {
     assert!(err.contains("has no key"), "{err}");
     host.stop().await;
 }
+
+/// A function's state is bounded (`--max-kv-bytes`): a success whose writes would pass the
+/// bound keeps nothing and fails retryably, saying which flag sets it; the API answers 507.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_refuses_more() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = sluice_tests::test_config(tmp.path());
+    config.max_kv_bytes = 1000;
+    let host = sluice_tests::start_host_with(config).await;
+    host.deploy("probe", components::PROBE, "max_attempts=1").await;
+    let set = |key: &'static str| {
+        let host = &host;
+        async move {
+            let id = host
+                .submit_json(
+                    "probe",
+                    &json!({"action": "kv_set", "key": key, "value": "x".repeat(600)}),
+                )
+                .await;
+            host.wait(&id).await
+        }
+    };
+    assert_eq!(set("first").await["status"], "succeeded");
+    let job = set("second").await;
+    assert_eq!(job["status"], "dead", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("--max-kv-bytes"),
+        "{job}"
+    );
+    assert_eq!(kv_value(&host, "probe", "second").await.0, 404);
+    let (status, body) = host
+        .put("/v1/functions/probe/kv/third", "y".repeat(600))
+        .await;
+    assert_eq!(status, 507, "{body}");
+    assert_error(&body, "kv_full");
+    // Replacing a value with a smaller one is always possible.
+    let (status, _) = host.put("/v1/functions/probe/kv/first", "small").await;
+    assert_eq!(status, 200);
+    host.stop().await;
+}
