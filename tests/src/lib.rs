@@ -164,6 +164,22 @@ impl TestHost {
     /// Deploys a component with a `sluice.toml` manifest (multipart, as `sluice deploy` does).
     /// Panics unless the host answers 200 or 201.
     pub async fn deploy_manifest(&self, name: &str, component: &str, manifest: &str) -> Value {
+        let (status, body) = self.deploy_manifest_raw(name, component, manifest).await;
+        assert!(
+            status == 200 || status == 201,
+            "deploy {name}: {status} {body}"
+        );
+        body
+    }
+
+    /// Sends a deploy with a manifest (multipart) and returns status and JSON body, whatever
+    /// they are.
+    pub async fn deploy_manifest_raw(
+        &self,
+        name: &str,
+        component: &str,
+        manifest: &str,
+    ) -> (u16, Value) {
         let form = reqwest::multipart::Form::new()
             .part(
                 "component",
@@ -181,12 +197,7 @@ impl TestHost {
             .await
             .unwrap();
         let status = r.status().as_u16();
-        let body: Value = r.json().await.unwrap_or(Value::Null);
-        assert!(
-            status == 200 || status == 201,
-            "deploy {name}: {status} {body}"
-        );
-        body
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// Sends a deploy and returns status and JSON body, whatever they are.
@@ -257,22 +268,24 @@ impl TestHost {
 
     /// POSTs a body to a path, returning status and JSON body.
     pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let r = self
-            .http
-            .post(self.url(path))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        self.send(reqwest::Method::POST, path, body).await
     }
 
     /// PUTs a body; returns status and JSON body.
     pub async fn put(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, path, body).await
+    }
+
+    /// Sends `method` with a body; returns status and JSON body.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
         let r = self
             .http
-            .put(self.url(path))
+            .request(method, self.url(path))
             .body(body)
             .send()
             .await

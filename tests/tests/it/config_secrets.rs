@@ -210,24 +210,14 @@ async fn bad_secrets_and_config_are_refused() {
     assert_eq!(status, 400, "{body}");
     assert_error(&body, "invalid_secret");
 
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "component",
-            reqwest::multipart::Part::bytes(std::fs::read(components::NOTIFY).unwrap()),
+    let (status, body) = host
+        .deploy_manifest_raw(
+            "notify",
+            components::NOTIFY,
+            "[config]\n\"bad key\" = \"x\"\n",
         )
-        .part(
-            "manifest",
-            reqwest::multipart::Part::text("[config]\n\"bad key\" = \"x\"\n"),
-        );
-    let r = host
-        .http
-        .put(host.url("/v1/functions/notify"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.unwrap();
+        .await;
+    assert_eq!(status, 400);
     assert_error(&body, "invalid_manifest");
     assert!(body.to_string().contains("[config]"), "{body}");
     host.stop().await;

@@ -30,6 +30,35 @@ fn serve_with(data: &std::path::Path, port: u16, env: &[(&str, String)]) -> Chil
         .expect("cannot start sluice serve")
 }
 
+/// A data directory, a free port, the host's URL on it, and a client with a timeout.
+fn setup() -> (tempfile::TempDir, u16, String, reqwest::Client) {
+    let port = free_port();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    (
+        tempfile::tempdir().unwrap(),
+        port,
+        format!("http://127.0.0.1:{port}"),
+        http,
+    )
+}
+
+/// Long-polls job `id` until it succeeds and returns it (panics if it ends otherwise or is not
+/// done by `deadline`).
+async fn wait_succeeded(http: &reqwest::Client, url: &str, id: &str, deadline: Instant) -> Value {
+    loop {
+        let job = get_json(http, &format!("{url}/v1/jobs/{id}?wait=5")).await;
+        match job["status"].as_str() {
+            Some("succeeded") => return job,
+            Some("queued" | "running" | "delayed") => {}
+            _ => panic!("job {id} did not succeed: {job}"),
+        }
+        assert!(Instant::now() < deadline, "job {id} never finished: {job}");
+    }
+}
+
 async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
     let Ok(r) = http.get(format!("{url}/metrics")).send().await else {
         return 0.0;
@@ -47,13 +76,7 @@ fn expected_output(ms: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_under_load_loses_no_accepted_job() {
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let (tmp, port, url, http) = setup();
     // Job id -> the sleep it asked for, for every submit that got its 202.
     let accepted: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let mut serial = 0u64;
@@ -140,18 +163,8 @@ async fn kill_9_under_load_loses_no_accepted_job() {
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     for (id, ms) in &accepted {
-        loop {
-            let job = get_json(&http, &format!("{url}/v1/jobs/{id}?wait=5")).await;
-            match job["status"].as_str() {
-                Some("succeeded") => {
-                    assert_eq!(job["output"], expected_output(*ms), "{job}");
-                    break;
-                }
-                Some("queued" | "running" | "delayed") => {}
-                _ => panic!("job {id} did not succeed: {job}"),
-            }
-            assert!(Instant::now() < deadline, "job {id} never finished: {job}");
-        }
+        let job = wait_succeeded(&http, &url, id, deadline).await;
+        assert_eq!(job["output"], expected_output(*ms), "{job}");
     }
     // The listing shows every job exactly once (including any accepted whose answer was lost).
     let mut listed: HashMap<String, usize> = HashMap::new();
@@ -190,13 +203,7 @@ async fn kill_9_under_load_loses_no_accepted_job() {
 /// between the success and the delivery, none is doubled by a retry after the crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_while_handlers_emit_loses_and_doubles_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let (tmp, port, url, http) = setup();
     let mut host = serve(tmp.path(), port);
     wait_healthy(&http, &url).await;
     let deploy = |name: &str, component: &str, manifest: String| {
@@ -407,13 +414,7 @@ async fn kill_9_with_pending_callbacks_delivers_them_after_restart() {
 /// committed but whose success was not is not applied twice when it runs again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_attempt_keeps_key_value_state_exact() {
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let (tmp, port, url, http) = setup();
     let shards = [("SLUICE_STORE_SHARDS", "2".to_string())];
     let mut host = serve_with(tmp.path(), port, &shards);
     wait_healthy(&http, &url).await;
@@ -454,15 +455,7 @@ async fn kill_9_mid_attempt_keeps_key_value_state_exact() {
     wait_healthy(&http, &url).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     for id in &accepted {
-        loop {
-            let job = get_json(&http, &format!("{url}/v1/jobs/{id}?wait=5")).await;
-            match job["status"].as_str() {
-                Some("succeeded") => break,
-                Some("queued" | "running" | "delayed") => {}
-                _ => panic!("job {id} did not succeed: {job}"),
-            }
-            assert!(Instant::now() < deadline, "job {id} never finished: {job}");
-        }
+        wait_succeeded(&http, &url, id, deadline).await;
     }
     let mut total = 0;
     for k in 0..10 {

@@ -189,7 +189,8 @@ async fn a_full_state_refuses_more() {
     let mut config = sluice_tests::test_config(tmp.path());
     config.max_kv_bytes = 1000;
     let host = sluice_tests::start_host_with(config).await;
-    host.deploy("probe", components::PROBE, "max_attempts=1").await;
+    host.deploy("probe", components::PROBE, "max_attempts=1")
+        .await;
     let set = |key: &'static str| {
         let host = &host;
         async move {

@@ -399,24 +399,10 @@ async fn pipeline_cycles_are_refused_and_a_deleted_stage_ends_the_head() {
     host.deploy_manifest("pc", components::ECHO, "name = \"pc\"\nthen = \"pa\"\n")
         .await;
     // pb -> pc -> pa -> pb would never end.
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "component",
-            reqwest::multipart::Part::bytes(std::fs::read(components::ECHO).unwrap()),
-        )
-        .part(
-            "manifest",
-            reqwest::multipart::Part::text("name = \"pb\"\nthen = \"pc\"\n"),
-        );
-    let r = host
-        .http
-        .put(host.url("/v1/functions/pb"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = host
+        .deploy_manifest_raw("pb", components::ECHO, "name = \"pb\"\nthen = \"pc\"\n")
+        .await;
+    assert_eq!(status, 400);
     assert_error(&body, "invalid_manifest");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("pb -> pc -> pa -> pb"), "{message}");
