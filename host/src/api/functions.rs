@@ -269,6 +269,17 @@ pub(crate) async fn configure(
                 "a function's name cannot change: deploy it under the new name",
             ));
         }
+        if matches!(
+            key.as_str(),
+            "allowed_outbound_hosts" | "config" | "subscribe" | "then"
+        ) {
+            return Err(ApiError::bad_request(
+                "invalid_manifest",
+                format!(
+                    "{key} changes with a deploy (sluice deploy, or PUT /v1/functions/{name} with the manifest), not with PATCH, which changes limits only"
+                ),
+            ));
+        }
         match value {
             Value::Null => {
                 table.remove(&key);

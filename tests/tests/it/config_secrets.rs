@@ -220,5 +220,28 @@ async fn bad_secrets_and_config_are_refused() {
     assert_eq!(status, 400);
     assert_error(&body, "invalid_manifest");
     assert!(body.to_string().contains("[config]"), "{body}");
+
+    // Configuration and allowed hosts change with a deploy, not with PATCH.
+    for change in [
+        json!({"config": {"url": "http://elsewhere"}}),
+        json!({"allowed_outbound_hosts": ["https://evil.example"]}),
+    ] {
+        let r = host
+            .http
+            .patch(host.url("/v1/functions/notify"))
+            .json(&change)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("changes with a deploy"),
+            "{body}"
+        );
+    }
     host.stop().await;
 }
