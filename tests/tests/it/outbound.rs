@@ -243,3 +243,38 @@ async fn timeouts_caps_counts_and_redirects() {
     );
     host.stop().await;
 }
+
+/// A request still waiting for its answer when the attempt times out is on record too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_off_by_the_attempts_timeout_is_recorded() {
+    let upstream = Receiver::start().await;
+    upstream
+        .delay_ms
+        .store(3000, std::sync::atomic::Ordering::SeqCst);
+    let (host, _tmp) = host_allowing_loopback(|_| {}).await;
+    let manifest = format!(
+        "timeout_ms = 400\nmax_attempts = 1\nallowed_outbound_hosts = [\"{}\"]\n",
+        upstream.url("")
+    );
+    host.deploy_manifest("probe", components::PROBE, &manifest)
+        .await;
+    let id = host
+        .submit_json(
+            "probe",
+            &json!({"action": "http", "url": upstream.url("/slow")}),
+        )
+        .await;
+    let job = host.wait(&id).await;
+    assert_eq!(job["status"], "dead", "{job}");
+    let call = &job["attempt_history"][0]["outbound"][0];
+    assert_eq!(call["path"], "/slow", "{job}");
+    // Cut off by the attempt's end, or by its own timeout (never longer than the attempt's
+    // remaining time) a moment before it: either way it is on record, without an answer.
+    let error = call["error"].as_str().unwrap();
+    assert!(
+        error == "no answer before the attempt ended" || error.starts_with("timed out after"),
+        "{job}"
+    );
+    assert!(call["status"].is_null(), "{job}");
+    host.stop().await;
+}

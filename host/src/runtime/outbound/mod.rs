@@ -190,6 +190,14 @@ impl WasiHttpHooks for OutboundHooks {
         let egress = self.egress.clone();
         let calls = self.calls.clone();
         let log = self.log.clone();
+        // Recorded now, so a request still in flight when the attempt ends is on record too;
+        // its answer (or failure) replaces the placeholder error.
+        call.error = Some("no answer before the attempt ended".into());
+        let index = {
+            let mut calls = calls.lock();
+            calls.push(call.clone());
+            calls.len() - 1
+        };
         Box::new(async move {
             let started = Instant::now();
             let sent = tokio::time::timeout(timeout, egress.send(parts, body, &log)).await;
@@ -201,20 +209,23 @@ impl WasiHttpHooks for OutboundHooks {
                 )),
             };
             call.duration_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
-            match result {
+            let (answer, record) = match result {
                 Ok(response) => {
                     call.status = Some(response.status().as_u16());
-                    calls.lock().push(call);
+                    call.error = None;
                     let io: Box<dyn Future<Output = Result<(), Error>> + Send> =
                         Box::new(async { Ok(()) });
-                    Ok((response, io))
+                    (Ok((response, io)), call)
                 }
                 Err((why, error)) => {
                     call.error = Some(why);
-                    calls.lock().push(call);
-                    Err(error)
+                    (Err(error), call)
                 }
+            };
+            if let Some(slot) = calls.lock().get_mut(index) {
+                *slot = record;
             }
+            answer
         })
     }
 }
