@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::functions::{Functions, Loader};
 use crate::guard::AllowList;
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
@@ -69,14 +70,8 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| config.data_dir.join("secrets.key"));
     let vault = Arc::new(crate::vault::Vault::open(&key_file)?);
-    load_functions(&store, &runtime).await?;
-    for record in store.functions()? {
-        let secrets = crate::api::function_secrets::open_all(&vault, &store, &record.name)
-            .map_err(anyhow::Error::msg)?;
-        if !secrets.is_empty() {
-            runtime.set_secrets(&record.name, secrets);
-        }
-    }
+    let loader = Loader::new(store.clone(), runtime.clone(), vault);
+    loader.load_all().await?;
 
     let sandboxes = sandbox_threads(config.sandbox_threads)?;
     let scheduler = Scheduler::new(
@@ -90,6 +85,7 @@ pub async fn run(
     for record in store.functions()? {
         scheduler.function_updated(&record.name);
     }
+    let functions = Arc::new(Functions::new(loader, scheduler.clone(), config.bounds()));
     // The feed is consumed where attempts run, off the request path's threads.
     let feeder = sandboxes.spawn(scheduler.clone().consume(feed));
 
@@ -103,7 +99,7 @@ pub async fn run(
         config,
         stopping.clone(),
         secrets,
-        vault,
+        functions,
     );
     let signal = {
         let stopping = stopping.clone();
@@ -154,33 +150,6 @@ fn sandbox_threads(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         })
         .build()
         .context("cannot start the sandbox threads")
-}
-
-/// Makes every stored function runnable, from its cached artifact when this engine can use it.
-async fn load_functions(store: &Arc<Store>, runtime: &Arc<Runtime>) -> anyhow::Result<()> {
-    for record in store.functions()? {
-        let key = runtime.artifact_key(&record.digest);
-        if let Some(artifact) = store.artifact(&key)? {
-            match runtime.load(record.clone(), &artifact) {
-                Ok(loaded) => {
-                    runtime.install_loaded(loaded);
-                    continue;
-                }
-                Err(e) => tracing::warn!(function = %record.name, error = %e, "recompiling"),
-            }
-        }
-        let wasm = store.component(&record.digest)?.with_context(|| {
-            format!(
-                "the component of function {} is missing from the store",
-                record.name
-            )
-        })?;
-        let rt = runtime.clone();
-        let compiled = tokio::task::spawn_blocking(move || rt.compile(&wasm)).await??;
-        store.save_artifact(key, compiled.artifact.clone()).await?;
-        runtime.install(record, &compiled);
-    }
-    Ok(())
 }
 
 /// Where callbacks link large outputs: the configured public URL, else the listening address

@@ -11,6 +11,8 @@
 //! - [`output`]: an attempt's output bytes, spooled to disk while large.
 //! - [`store`]: owns redb: atomic domain operations behind one group-committing writer.
 //! - [`runtime`]: owns wasmtime: compiles, caches and runs components in limited sandboxes.
+//! - [`functions`]: the functions service: deploy, configure, pause, rollback, remove,
+//!   secrets, load at start; keeps catalog, runtime and scheduler in step.
 //! - [`scheduler`]: hands queued jobs to sandboxes, at most `max_concurrency` per function.
 //! - [`webhook`]: signed callbacks to `Sluice-Callback` URLs, behind the SSRF guard.
 //! - [`guard`]: the SSRF guard: what the host may connect to on a user's behalf.
@@ -25,6 +27,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod functions;
 pub mod guard;
 pub mod host;
 pub mod job;

@@ -107,6 +107,33 @@ impl From<SubmitError> for ApiError {
     }
 }
 
+impl From<crate::functions::FunctionsError> for ApiError {
+    fn from(e: crate::functions::FunctionsError) -> Self {
+        use crate::functions::FunctionsError as E;
+        match e {
+            E::NotFound(name) => ApiError::function_not_found(&name),
+            E::Manifest(e) => e.into(),
+            e @ E::PipelineCycle { .. } => ApiError::bad_request("invalid_manifest", e.to_string()),
+            E::Component(e) => e.into(),
+            e @ E::ComponentMissing { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "component_missing", e.to_string())
+            }
+            E::Rollback(e) => e.into(),
+            E::Delete(e) => e.into(),
+            e @ E::InvalidSecret(_) => ApiError::bad_request("invalid_secret", e.to_string()),
+            e @ E::TooManySecrets(_) => ApiError::bad_request("too_many_secrets", e.to_string()),
+            e @ E::SecretNotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "secret_not_found", e.to_string())
+            }
+            E::Store(e) => e.into(),
+            e => {
+                tracing::error!(error = %e, "functions service");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        }
+    }
+}
+
 impl From<DeleteError> for ApiError {
     fn from(e: DeleteError) -> Self {
         match e {

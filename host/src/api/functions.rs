@@ -5,8 +5,9 @@
 //!   named like the manifest keys (`?max_concurrency=4&timeout_ms=2000`), or
 //! - `multipart/form-data`: a `component` part (the `.wasm`) and a `manifest` part (`sluice.toml`).
 //!
-//! It validates the manifest, compiles the component once (jobs never compile), stores component,
-//! artifact and settings in one commit, and only then answers.
+//! The handlers parse and render; [`crate::functions::Functions`] validates the manifest,
+//! compiles the component once (jobs never compile), stores component, artifact and settings in
+//! one commit, and only then is the deploy answered.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 use super::error::body_error;
 use super::{ApiError, AppState};
 use crate::job::{JobStatus, now_ms, rfc3339};
-use crate::manifest::{Manifest, validate_name};
+use crate::manifest::Manifest;
 use crate::store::FunctionRecord;
 
 /// `PUT /v1/functions/{name}`.
@@ -54,60 +55,7 @@ pub(crate) async fn deploy(
         }
         (manifest_from_query(&query)?, wasm)
     };
-    validate_name(&name)?;
-    let settings = manifest.validate(&name, &state.config.bounds())?;
-    let subscriptions = manifest.subscriptions()?;
-    let then = manifest.then(&name)?;
-    let allowed_outbound_hosts = manifest.allowed_outbound_hosts()?;
-    let config = manifest.config()?;
-    refuse_pipeline_cycle(&state, &name, then.as_deref())?;
-
-    // Known code (same digest, this engine) is loaded from its stored artifact, not recompiled.
-    let cached = state
-        .store
-        .artifact(&state.runtime.artifact_key(&crate::runtime::digest(&wasm)))?;
-    let runtime = state.runtime.clone();
-    let bytes = wasm.clone();
-    let compiled = tokio::task::spawn_blocking(move || runtime.prepare(&bytes, cached))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
-
-    let record = FunctionRecord {
-        name: name.clone(),
-        settings,
-        subscriptions,
-        then,
-        digest: compiled.digest.clone(),
-        size: wasm.len() as u64,
-        deployed_at: now_ms(),
-        version: 0,
-        change: String::new(),
-        paused: false,
-        allowed_outbound_hosts,
-        config,
-    };
-    // Runnable before the commit, so a job accepted right after it always finds its code.
-    let previous = state.runtime.function(&name);
-    state.runtime.install(record.clone(), &compiled);
-    let key = state.runtime.artifact_key(&compiled.digest);
-    let stored = match state
-        .store
-        .deploy(record, wasm, key, compiled.artifact.clone())
-        .await
-    {
-        Ok(stored) => stored,
-        Err(e) => {
-            match previous {
-                Some(p) => state.runtime.reinstate(p),
-                None => state.runtime.remove(&name),
-            }
-            return Err(e.into());
-        }
-    };
-    state.runtime.install(stored.clone(), &compiled);
-    state.scheduler.function_updated(&name);
+    let stored = state.functions.deploy(&name, &manifest, wasm).await?;
     let status = if stored.version == 1 {
         StatusCode::CREATED
     } else {
@@ -304,15 +252,8 @@ pub(crate) async fn configure(
                     format!("invalid settings: {}", e.message()),
                 )
             })?;
-    let settings = manifest.validate(&name, &state.config.bounds())?;
-    let record = state
-        .store
-        .configure(&name, settings)
-        .await?
-        .ok_or_else(|| ApiError::function_not_found(&name))?;
     // New attempts use the new settings; the code stays loaded, nothing is compiled.
-    state.runtime.reconfigure(record.clone());
-    state.scheduler.function_updated(&name);
+    let record = state.functions.configure(&name, &manifest).await?;
     let pending = state.store.pending_count(&name)?;
     Ok(Json(function_json(&record, Some(pending))))
 }
@@ -373,9 +314,7 @@ pub(crate) async fn delete(
             format!("{e}: use ?force=true or ?force=false"),
         )
     })?;
-    let cancelled = state.store.delete_function(&name, query.force).await?;
-    state.runtime.remove(&name);
-    state.scheduler.function_removed(&name);
+    let cancelled = state.functions.remove(&name, query.force).await?;
     let cancelled: Vec<String> = cancelled.iter().map(|id| id.to_string()).collect();
     Ok(Json(
         json!({ "deleted": name, "cancelled_jobs": cancelled }),
@@ -410,36 +349,4 @@ pub(crate) fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Va
         v["pending_jobs"] = n.into();
     }
     v
-}
-
-/// Refuses `then = next` for function `name` when the deployed functions' `then`s lead from
-/// `next` back to `name`: such a pipeline would run forever (the hop limit is the backstop for
-/// cycles made by deploys racing each other).
-pub(crate) fn refuse_pipeline_cycle(
-    state: &AppState,
-    name: &str,
-    then: Option<&str>,
-) -> Result<(), ApiError> {
-    let mut path = vec![name.to_string()];
-    let mut next = then.map(str::to_string);
-    while let Some(function) = next {
-        let seen = path.contains(&function);
-        path.push(function.clone());
-        if function == name {
-            return Err(ApiError::bad_request(
-                "invalid_manifest",
-                format!(
-                    "then = {:?} makes a pipeline cycle ({}): a pipeline must end, so remove `then` from one of them",
-                    then.unwrap_or_default(),
-                    path.join(" -> ")
-                ),
-            ));
-        }
-        if seen {
-            // A cycle that does not pass through `name` (made by racing deploys).
-            break;
-        }
-        next = state.store.function(&function)?.and_then(|f| f.then);
-    }
-    Ok(())
 }

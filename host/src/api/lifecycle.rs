@@ -84,76 +84,9 @@ pub(crate) async fn rollback(
             _ => return Err(ApiError::bad_request("invalid_body", usage)),
         }
     };
-    let current = state
-        .store
-        .function(&name)?
-        .ok_or_else(|| ApiError::function_not_found(&name))?;
-    // Load the target's code before committing, so a failure changes nothing.
-    let to = match to {
-        Some(v) => v,
-        None if current.version > 1 => current.version - 1,
-        None => return Err(RollbackError::NoEarlierVersion(name).into()),
-    };
-    if to >= current.version {
-        return Err(RollbackError::NotEarlier {
-            name,
-            to,
-            current: current.version,
-        }
-        .into());
-    }
-    let target = state
-        .store
-        .versions(&name)?
-        .into_iter()
-        .find(|v| v.version == to)
-        .ok_or_else(|| RollbackError::UnknownVersion {
-            name: name.clone(),
-            to,
-        })?;
-    super::functions::refuse_pipeline_cycle(&state, &name, target.then.as_deref())?;
-    let mut loaded = load_version(&state, target).await?;
-    let record = state.store.rollback(&name, Some(to)).await?;
-    loaded.record = record.clone();
-    state.runtime.install_loaded(loaded);
-    state.scheduler.function_updated(&name);
+    let record = state.functions.rollback(&name, to).await?;
     let pending = state.store.pending_count(&name)?;
     Ok(Json(function_json(&record, Some(pending))))
-}
-
-/// The code of an earlier version, from its stored artifact (compiled again only when this
-/// engine cannot use the stored one).
-async fn load_version(
-    state: &AppState,
-    version: crate::store::FunctionRecord,
-) -> Result<crate::runtime::LoadedFunction, ApiError> {
-    let key = state.runtime.artifact_key(&version.digest);
-    if let Some(artifact) = state.store.artifact(&key)?
-        && let Ok(loaded) = state.runtime.load(version.clone(), &artifact)
-    {
-        return Ok(loaded);
-    }
-    let wasm = state.store.component(&version.digest)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "component_missing",
-            format!(
-                "the component of version {} is no longer stored: deploy it again",
-                version.version
-            ),
-        )
-    })?;
-    let runtime = state.runtime.clone();
-    let compiled = tokio::task::spawn_blocking(move || runtime.compile(&wasm))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
-    state
-        .store
-        .save_artifact(key, compiled.artifact.clone())
-        .await?;
-    Ok(state.runtime.loaded(version, &compiled))
 }
 
 /// `POST /v1/functions/{name}/pause`: jobs are still accepted (queued durably); none starts.
@@ -178,13 +111,7 @@ async fn set_paused(
     Path(name): Path<String>,
     paused: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let record = state
-        .store
-        .set_paused(&name, paused)
-        .await?
-        .ok_or_else(|| ApiError::function_not_found(&name))?;
-    state.runtime.reconfigure(record.clone());
-    state.scheduler.function_updated(&name);
+    let record = state.functions.set_paused(&name, paused).await?;
     let pending = state.store.pending_count(&name)?;
     Ok(Json(function_json(&record, Some(pending))))
 }

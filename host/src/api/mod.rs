@@ -68,8 +68,8 @@ pub struct AppParts {
     pub(crate) secrets: Arc<Secrets>,
     /// Callback targets allowed although internal.
     pub(crate) allow_callbacks: AllowList,
-    /// Seals function secrets before they are stored.
-    pub(crate) vault: Arc<crate::vault::Vault>,
+    /// Deploys, changes and removes functions (catalog, runtime and scheduler in step).
+    pub(crate) functions: Arc<crate::functions::Functions>,
 }
 
 impl AppState {
@@ -81,7 +81,7 @@ impl AppState {
         config: Config,
         stopping: CancellationToken,
         secrets: Arc<Secrets>,
-        vault: Arc<crate::vault::Vault>,
+        functions: Arc<crate::functions::Functions>,
     ) -> Self {
         let allow_callbacks =
             AllowList::parse(&config.allow_callback_hosts, crate::guard::CALLBACK)
@@ -94,7 +94,7 @@ impl AppState {
             stopping,
             secrets,
             allow_callbacks,
-            vault,
+            functions,
         }))
     }
 }
