@@ -35,6 +35,7 @@ mod blobs;
 mod callbacks;
 mod catalog;
 mod counts;
+mod datafile;
 mod demand;
 mod errors;
 mod ids;
@@ -553,7 +554,7 @@ impl Store {
 
     /// The committed version (0: absent) and value of a function's key.
     pub fn kv_get(&self, function: &str, key: &str) -> Result<(u64, Option<Vec<u8>>), StoreError> {
-        kv::get(self.shards[kv::KV_SHARD].db(), function, key)
+        kv::get(&*self.shards[kv::KV_SHARD].db()?, function, key)
     }
 
     /// A function's keys starting with `prefix`, in order: at most `limit`, after skipping
@@ -566,7 +567,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         kv::keys(
-            self.shards[kv::KV_SHARD].db(),
+            &*self.shards[kv::KV_SHARD].db()?,
             function,
             prefix,
             skip,

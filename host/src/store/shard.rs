@@ -13,14 +13,16 @@ use redb::{Database, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot};
 
 use super::counts::{self, Counts};
+use super::datafile::DataFile;
 use super::tables::*;
 use super::writer::{self, Op, Shared, Writer};
 use super::{Correlated, JobPage, JobQuery, MAX_SCAN, StoreError, StoreOptions, storage};
 use crate::job::{Job, JobId, MAX_PRIORITY, QueuedJob};
 
 pub(crate) struct Shard {
-    /// The shard's file, for read transactions (the writer thread holds the same one).
-    db: Arc<Database>,
+    /// The shard's file, for read transactions (the writer thread holds the same one, and
+    /// reopens it after a storage error).
+    db: Arc<DataFile>,
     /// The writer thread's queue of operations.
     ops: crossbeam_channel::Sender<Op>,
     /// Awaited operations sent and not yet answered: how busy the writer is.
@@ -40,16 +42,12 @@ impl Shard {
         feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
         shared: Shared,
     ) -> Result<Shard, StoreError> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
-        let db = Arc::new(db);
-        let (next_due, bytes) = writer::recover(&db, &shared.unfinished)?;
+        let db = Arc::new(DataFile::open(path.to_path_buf(), cache_bytes)?);
+        let (next_due, bytes) = writer::recover(&*db.get()?, &shared.unfinished)?;
         shared
             .queued_bytes
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-        let (blobs, blob_bytes) = super::blobs::totals(&db)?;
+        let (blobs, blob_bytes) = super::blobs::totals(&*db.get()?)?;
         shared.blob_totals.count.fetch_add(blobs, Relaxed);
         shared.blob_totals.bytes.fetch_add(blob_bytes, Relaxed);
         let (ops, rx) = crossbeam_channel::unbounded();
@@ -67,9 +65,9 @@ impl Shard {
         Ok(shard)
     }
 
-    /// The shard's file, for reads.
-    pub(crate) fn db(&self) -> &Database {
-        &self.db
+    /// The shard's file, for reads (an error while it is being reopened).
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db.get()
     }
 
     /// Awaited operations waiting for this shard's commits.
@@ -105,7 +103,7 @@ impl Shard {
 
     /// One job, as last committed.
     pub(crate) fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.get()?.begin_read().map_err(storage)?;
         let table = txn.open_table(JOBS).map_err(storage)?;
         let Some(row) = table.get(id.0).map_err(storage)? else {
             return Ok(None);
@@ -122,12 +120,12 @@ impl Shard {
         offset: u64,
         len: usize,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        super::blobs::read(&self.db, digest, offset, len)
+        super::blobs::read(&*self.db.get()?, digest, offset, len)
     }
 
     /// One published event, as committed.
     pub(crate) fn event(&self, id: JobId) -> Result<Option<EventRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.get()?.begin_read().map_err(storage)?;
         let table = txn.open_table(EVENTS).map_err(storage)?;
         let Some(row) = table.get(id.0).map_err(storage)? else {
             return Ok(None);
@@ -139,7 +137,7 @@ impl Shard {
 
     /// This shard's jobs and events carrying `correlation_id` (at most [`MAX_SCAN`]).
     pub(crate) fn correlated(&self, correlation_id: &str) -> Result<Correlated, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.get()?.begin_read().map_err(storage)?;
         let index = txn.open_table(CORRELATED).map_err(storage)?;
         let jobs = txn.open_table(JOBS).map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
@@ -171,7 +169,7 @@ impl Shard {
     /// This shard's part of a listing: newest first, at most `query.limit` matches and
     /// [`MAX_SCAN`] rows; the cursor is the last row examined when it stopped early.
     pub(crate) fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.get()?.begin_read().map_err(storage)?;
         let jobs = txn.open_table(JOBS).map_err(storage)?;
         let before = query.before.map_or(u128::MAX, |id| id.0);
         let mut page = JobPage {
@@ -223,7 +221,7 @@ impl Shard {
 
     /// A function's counters in this shard.
     pub(crate) fn counts(&self, function: &str) -> Result<Counts, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.get()?.begin_read().map_err(storage)?;
         let table = txn.open_table(COUNTS).map_err(storage)?;
         counts::read(&table, function)
     }
@@ -231,7 +229,7 @@ impl Shard {
     /// When the function's oldest ready job in this shard became ready: the first entry of
     /// each priority's range of the ready table.
     pub(crate) fn oldest_ready(&self, function: &str) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.get()?.begin_read().map_err(storage)?;
         let table = txn.open_table(READY).map_err(storage)?;
         let mut oldest: Option<u64> = None;
         for rank in 0..=MAX_PRIORITY {

@@ -572,8 +572,10 @@ impl Writer {
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
+        // Running one attempt behind: the previous attempt's outcome was lost with a failed
+        // commit, and the job was handed out again.
         if let Some(mut job) = t.job(id)?
-            && job.status == JobStatus::Queued
+            && matches!(job.status, JobStatus::Queued | JobStatus::Running)
             && job.attempts + 1 == start.attempt
         {
             job.status = JobStatus::Running;
@@ -609,8 +611,12 @@ impl Writer {
         let Some(mut job) = t.job(id)? else {
             return Ok(());
         };
+        // The current attempt, or (running or queued) the next one: a short attempt finishes
+        // before its start is recorded, and a job whose outcome was lost with a failed commit
+        // is handed out again while it still shows the lost attempt running.
         let current = (job.status == JobStatus::Running && job.attempts == attempt)
-            || (job.status == JobStatus::Queued && job.attempts + 1 == attempt);
+            || (matches!(job.status, JobStatus::Queued | JobStatus::Running)
+                && job.attempts + 1 == attempt);
         if !current {
             return Ok(());
         }

@@ -222,7 +222,7 @@ pub(crate) struct Shared {
 }
 
 pub(crate) struct Writer {
-    pub(crate) db: Arc<Database>,
+    pub(crate) db: Arc<super::datafile::DataFile>,
     rx: crossbeam_channel::Receiver<Op>,
     /// Longest a busy writer waits for the submits it expects before committing.
     commit_delay: Duration,
@@ -265,12 +265,14 @@ pub(crate) struct Writer {
     /// Per function, the last ready-table key a refill read: every entry before it is handed
     /// out (or in the scheduler), so the next refill starts after it.
     pub(crate) refill_cursor: HashMap<String, ReadyKey>,
+    /// Set when a commit failed: the file is reopened before the next one.
+    pub(crate) broken: Option<Broken>,
 }
 
 impl Writer {
     pub(crate) fn new(
         shard: usize,
-        db: Arc<Database>,
+        db: Arc<super::datafile::DataFile>,
         rx: crossbeam_channel::Receiver<Op>,
         options: &StoreOptions,
         feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
@@ -307,6 +309,7 @@ impl Writer {
             claimed: HashSet::new(),
             overflow,
             refill_cursor: HashMap::new(),
+            broken: None,
         }
     }
 
@@ -316,8 +319,12 @@ impl Writer {
         let mut answered = 0;
         let mut last_commit = Instant::now();
         loop {
-            // Wait for work, until the earliest delayed job is due, or until the next sweep.
+            // Wait for work, until the earliest delayed job is due, or until the next sweep
+            // (or the next try to reopen a failed file).
             let mut wait = self.next_sweep.saturating_duration_since(Instant::now());
+            if let Some(broken) = &self.broken {
+                wait = wait.min(broken.next_try.saturating_duration_since(Instant::now()));
+            }
             for due in [self.next_due, self.next_callback].into_iter().flatten() {
                 wait = wait.min(Duration::from_millis(due.saturating_sub(now_ms())));
             }
@@ -339,7 +346,11 @@ impl Writer {
                 .iter()
                 .filter(|op| matches!(op, Op::Submit { .. }))
                 .count();
-            let shutdown = self.commit(&mut batch);
+            let shutdown = if self.heal() {
+                self.commit(&mut batch)
+            } else {
+                self.refuse(&mut batch)
+            };
             last_commit = Instant::now();
             if shutdown {
                 return;
@@ -366,6 +377,60 @@ impl Writer {
                 }
                 Err(_) => return,
             }
+        }
+    }
+
+    /// True when the file is usable: it never failed, or it was reopened just now. A failed
+    /// file is reopened once its pause is over (the pause doubles while reopening fails).
+    fn heal(&mut self) -> bool {
+        let Some(broken) = &mut self.broken else {
+            return true;
+        };
+        if Instant::now() < broken.next_try {
+            return false;
+        }
+        match self.db.reopen() {
+            Ok(()) => {
+                tracing::warn!("the data file works again after a storage error");
+                self.broken = None;
+                true
+            }
+            Err(e) => {
+                broken.backoff = (broken.backoff * 2).min(REOPEN_MAX);
+                broken.next_try = Instant::now() + broken.backoff;
+                broken.error = e;
+                false
+            }
+        }
+    }
+
+    /// Answers a batch without touching the failed file: every waiting operation gets the
+    /// error, and the jobs of lost outcomes are handed out again once the file works.
+    fn refuse(&mut self, batch: &mut Vec<Op>) -> bool {
+        let error = match &self.broken {
+            Some(b) => b.error.clone(),
+            None => StoreError::Closed,
+        };
+        let mut fx = Effects::default();
+        for op in batch.drain(..) {
+            reject(op, &mut fx);
+        }
+        self.lost(&fx);
+        for reply in fx.replies {
+            reply.fail(&error);
+        }
+        fx.shutdown
+    }
+
+    /// After a batch that was not committed: the jobs whose outcome it held are no longer held
+    /// by anyone, so they may be handed out again (read back from the ready table).
+    fn lost(&mut self, fx: &Effects) {
+        for id in &fx.released {
+            self.claimed.remove(id);
+        }
+        if !fx.released.is_empty() {
+            self.overflow.extend(self.shared.deployed.names());
+            self.refill_cursor.clear();
         }
     }
 
@@ -423,11 +488,21 @@ impl Writer {
                 self.next_due = Some(0);
                 self.next_callback = Some(0);
                 self.refill_cursor.clear();
-                for job in fx.ready {
+                for job in std::mem::take(&mut fx.ready) {
                     self.overflow.insert(job.function);
                 }
+                self.lost(&fx);
                 for reply in fx.replies {
                     reply.fail(&e);
+                }
+                // redb fails every later operation on a file that had an I/O error: reopen it
+                // (after a pause, so a full disk is not hammered).
+                if matches!(e, StoreError::Storage(_)) {
+                    self.broken = Some(Broken {
+                        error: e,
+                        backoff: REOPEN_FIRST,
+                        next_try: Instant::now() + REOPEN_FIRST,
+                    });
                 }
             }
         }
@@ -464,7 +539,8 @@ impl Writer {
     }
 
     fn apply_all(&mut self, batch: &mut Vec<Op>, fx: &mut Effects) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(storage)?;
+        let db = self.db.get()?;
+        let mut txn = db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| StoreError::Storage(e.to_string()))?;
         let mut result = Ok(());
@@ -633,8 +709,23 @@ fn reject(op: Op, fx: &mut Effects) {
             fx.shutdown = true;
             fx.replies.push(Reply::Shutdown(reply))
         }
-        Op::Start { .. } | Op::Finish { .. } | Op::Refill | Op::CallbackDone { .. } => {}
+        // The attempt's outcome is lost: the scheduler no longer holds the job, so it is
+        // handed out again (the attempt runs again: at-least-once).
+        Op::Finish { id, .. } => fx.released.push(id),
+        Op::Start { .. } | Op::Refill | Op::CallbackDone { .. } => {}
     }
+}
+
+/// How long a writer whose file failed waits before reopening it, at first and at most.
+const REOPEN_FIRST: Duration = Duration::from_millis(100);
+const REOPEN_MAX: Duration = Duration::from_secs(5);
+
+/// A writer whose data file failed (a full disk, an I/O error): it answers every operation with
+/// the error until reopening the file works.
+pub(crate) struct Broken {
+    error: StoreError,
+    backoff: Duration,
+    next_try: Instant,
 }
 
 /// Runs once at open, before the writer thread: every job the previous process left running is

@@ -23,4 +23,5 @@ mod pool_limits;
 mod restart;
 mod sandbox;
 mod scheduling;
+mod storage_full;
 mod topics;
