@@ -89,7 +89,7 @@ pub struct Config {
     /// How long deliveries to a receiver pause after it failed 5 times in a row.
     pub callback_cool_down: Duration,
     /// API tokens and their scopes; none means an open API, served on loopback only.
-    pub tokens: crate::api::auth::Tokens,
+    pub tokens: crate::access::Tokens,
 }
 
 impl Default for Config {

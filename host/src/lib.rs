@@ -4,6 +4,7 @@
 //! Data flows one way: HTTP -> store (durable) -> scheduler -> runtime -> store -> callers.
 //!
 //! ## Layout
+//! - [`access`]: API tokens and their scopes.
 //! - [`config`]: host settings, validated once at start-up.
 //! - [`manifest`]: a function's `sluice.toml`: name and limits.
 //! - [`event`]: CloudEvents published to topics: parsing and what a delivery keeps.
@@ -22,6 +23,7 @@
 //! - [`bench`]: `sluice bench`: the performance scenarios and the peer comparison.
 //! - [`cli`]: the `sluice` command line (serve, deploy, invoke, job, functions, up, bench).
 
+pub mod access;
 pub mod api;
 pub mod bench;
 pub mod cli;

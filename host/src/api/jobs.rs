@@ -36,7 +36,7 @@ pub(crate) async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let input = body?;
-    let input_blob = large_blob(&state, &input).await;
+    let input_blob = state.large_blob(&input).await;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -92,18 +92,6 @@ pub(crate) async fn submit(
     );
     h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     Ok(response)
-}
-
-/// The blob reference of an input above the claim-check threshold, hashed on a blocking
-/// thread (so neither the request threads nor the store's writer spend time hashing).
-pub(crate) async fn large_blob(state: &AppState, data: &Bytes) -> Option<BlobRef> {
-    if data.len() <= state.config.claim_check_bytes {
-        return None;
-    }
-    let data = data.clone();
-    tokio::task::spawn_blocking(move || BlobRef::of(&data))
-        .await
-        .ok()
 }
 
 fn parse_id(id: &str) -> Result<JobId, ApiError> {

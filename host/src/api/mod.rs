@@ -99,6 +99,20 @@ impl AppState {
     }
 }
 
+impl AppParts {
+    /// The blob reference of an input above the claim-check threshold, hashed on a blocking
+    /// thread (so neither the request threads nor the store's writer spend time hashing).
+    pub(crate) async fn large_blob(&self, data: &bytes::Bytes) -> Option<crate::job::BlobRef> {
+        if data.len() <= self.config.claim_check_bytes {
+            return None;
+        }
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || crate::job::BlobRef::of(&data))
+            .await
+            .ok()
+    }
+}
+
 impl std::ops::Deref for AppState {
     type Target = AppParts;
 

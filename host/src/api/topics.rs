@@ -41,7 +41,7 @@ pub(crate) async fn publish(
     let mut new_events = Vec::with_capacity(events.len());
     for mut e in events {
         e.attributes.topic = topic.clone();
-        let blob = super::jobs::large_blob(&state, &e.data).await;
+        let blob = state.large_blob(&e.data).await;
         new_events.push(NewEvent {
             event: e,
             correlation_id: correlation_id.clone(),

@@ -222,11 +222,11 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The host configuration these flags describe.
     pub fn config(&self) -> anyhow::Result<Config> {
-        let mut tokens = crate::api::auth::Tokens::parse(self.tokens.iter().map(String::as_str))
+        let mut tokens = crate::access::Tokens::parse(self.tokens.iter().map(String::as_str))
             .map_err(|e| anyhow::anyhow!("--tokens: {e}"))?;
         if let Some(path) = &self.token_file {
-            tokens = tokens
-                .merged(&crate::api::auth::Tokens::from_file(path).map_err(anyhow::Error::msg)?);
+            tokens =
+                tokens.merged(&crate::access::Tokens::from_file(path).map_err(anyhow::Error::msg)?);
         }
         Ok(Config {
             data_dir: self.data.clone(),

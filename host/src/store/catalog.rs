@@ -13,10 +13,6 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use super::tables::*;
 use super::{RollbackError, StoreError, storage};
 use crate::manifest::Subscription;
-use crate::webhook::sign::SecretRecord;
-
-/// The `meta` row of the webhook secrets.
-const WEBHOOK_SECRETS: &str = "webhook_secrets";
 
 /// The deployed functions with their `max_queued` and subscriptions, shared with every shard
 /// writer so a submit checks existence and admission, and a publish finds its subscribers,
@@ -415,41 +411,34 @@ impl Catalog {
         Ok(out)
     }
 
-    /// The webhook signing secrets, generated and stored the first time.
-    pub(crate) fn webhook_secrets(&self) -> Result<SecretRecord, StoreError> {
+    /// The host setting stored under `key`; when there is none, `initial` is stored first.
+    pub(crate) fn setting_or_init(&self, key: &str, initial: &[u8]) -> Result<Vec<u8>, StoreError> {
         let txn = self.write()?;
-        let record = {
+        let value = {
             let mut meta = txn.open_table(META).map_err(storage)?;
-            let stored = meta
-                .get(WEBHOOK_SECRETS)
-                .map_err(storage)?
-                .and_then(|v| serde_json::from_slice::<SecretRecord>(v.value()).ok());
+            let stored = meta.get(key).map_err(storage)?.map(|v| v.value().to_vec());
             match stored {
-                Some(record) => {
+                Some(value) => {
                     drop(meta);
                     txn.abort().map_err(storage)?;
-                    return Ok(record);
+                    return Ok(value);
                 }
                 None => {
-                    let record = SecretRecord::generate();
-                    let json = serde_json::to_vec(&record).expect("a record serialises");
-                    meta.insert(WEBHOOK_SECRETS, json.as_slice())
-                        .map_err(storage)?;
-                    record
+                    meta.insert(key, initial).map_err(storage)?;
+                    initial.to_vec()
                 }
             }
         };
         txn.commit().map_err(storage)?;
-        Ok(record)
+        Ok(value)
     }
 
-    /// Stores new webhook secrets (a rotation).
-    pub(crate) fn set_webhook_secrets(&self, record: &SecretRecord) -> Result<(), StoreError> {
+    /// Stores a host setting under `key`.
+    pub(crate) fn set_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let txn = self.write()?;
-        let json = serde_json::to_vec(record).expect("a record serialises");
         txn.open_table(META)
             .map_err(storage)?
-            .insert(WEBHOOK_SECRETS, json.as_slice())
+            .insert(key, value)
             .map_err(storage)?;
         txn.commit().map_err(storage)
     }

@@ -7,7 +7,11 @@ use crate::job::{JobId, JobStatus};
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// redb failed (disk full, I/O error, corruption).
+    /// redb failed (disk full, I/O error, corruption); the source says how.
+    #[error("storage error: {0}; check the data directory's disk and permissions")]
+    Redb(#[source] std::sync::Arc<redb::Error>),
+    /// The store could not do what was asked (a file that will not open, a record that will
+    /// not decode).
     #[error("storage error: {0}; check the data directory's disk and permissions")]
     Storage(String),
     /// The host is shutting down and no longer writes.
@@ -16,7 +20,7 @@ pub enum StoreError {
 }
 
 pub(crate) fn storage(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Storage(e.into().to_string())
+    StoreError::Redb(std::sync::Arc::new(e.into()))
 }
 
 /// Why a submit was refused.

@@ -537,19 +537,23 @@ impl Store {
         blocking(move || catalog.set_paused(&name, paused)).await
     }
 
-    /// The webhook signing secrets (generated the first time).
-    pub async fn webhook_secrets(&self) -> Result<crate::webhook::sign::SecretRecord, StoreError> {
+    /// A host setting (e.g. the webhook signing secrets), stored as `initial` the first time
+    /// it is asked for.
+    pub async fn setting_or_init(
+        &self,
+        key: &str,
+        initial: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
         let catalog = self.catalog.clone();
-        blocking(move || catalog.webhook_secrets()).await
+        let key = key.to_string();
+        blocking(move || catalog.setting_or_init(&key, &initial)).await
     }
 
-    /// Stores rotated webhook secrets.
-    pub async fn set_webhook_secrets(
-        &self,
-        record: crate::webhook::sign::SecretRecord,
-    ) -> Result<(), StoreError> {
+    /// Stores a host setting.
+    pub async fn set_setting(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
         let catalog = self.catalog.clone();
-        blocking(move || catalog.set_webhook_secrets(&record)).await
+        let key = key.to_string();
+        blocking(move || catalog.set_setting(&key, &value)).await
     }
 
     /// The committed version (0: absent) and value of a function's key.

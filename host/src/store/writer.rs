@@ -497,7 +497,7 @@ impl Writer {
                 }
                 // redb fails every later operation on a file that had an I/O error: reopen it
                 // (after a pause, so a full disk is not hammered).
-                if matches!(e, StoreError::Storage(_)) {
+                if matches!(e, StoreError::Redb(_) | StoreError::Storage(_)) {
                     self.broken = Some(Broken {
                         error: e,
                         backoff: REOPEN_FIRST,

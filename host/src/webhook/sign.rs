@@ -48,6 +48,30 @@ impl SecretRecord {
     }
 }
 
+/// The host setting the signing secrets are stored under.
+const SETTING: &str = "webhook_secrets";
+
+impl SecretRecord {
+    /// The stored secrets, generated and stored the first time.
+    pub async fn load(
+        store: &crate::store::Store,
+    ) -> Result<SecretRecord, crate::store::StoreError> {
+        let initial = serde_json::to_vec(&SecretRecord::generate()).expect("a record serialises");
+        let stored = store.setting_or_init(SETTING, initial).await?;
+        serde_json::from_slice(&stored).map_err(|e| {
+            crate::store::StoreError::Storage(format!(
+                "the stored webhook secrets do not decode: {e}"
+            ))
+        })
+    }
+
+    /// Stores these secrets (a rotation).
+    pub async fn save(&self, store: &crate::store::Store) -> Result<(), crate::store::StoreError> {
+        let json = serde_json::to_vec(self).expect("a record serialises");
+        store.set_setting(SETTING, json).await
+    }
+}
+
 /// A fresh `whsec_` secret: 32 random bytes from the OS.
 fn new_secret() -> String {
     let mut key = [0u8; 32];
