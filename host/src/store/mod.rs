@@ -23,7 +23,8 @@
 //! ## Layout
 //! - `catalog`: what is deployed (functions, versions, components, artifacts, secrets).
 //! - `shard`, `writer`: one job file and the writer thread that owns its transactions.
-//! - `transitions`: each change of a job's state; `ordering` (ordering keys), `publish` (events
+//! - `machine`: the rules of a job's life as pure functions (fences, what an ending leads to);
+//!   `transitions`: each change of a job's state, applying them; `ordering` (ordering keys), `publish` (events
 //!   and their deliveries), `outbox` (what a success emits, pipelines), `callbacks` (webhook
 //!   delivery state), `blobs` (claim checks), `retention` (the sweeper).
 //! - `tables`, `legacy`: table definitions and encodings (and earlier job formats).
@@ -41,6 +42,7 @@ mod errors;
 mod ids;
 pub mod kv;
 mod legacy;
+mod machine;
 mod ordering;
 mod outbox;
 mod publish;

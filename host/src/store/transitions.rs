@@ -12,13 +12,13 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::blobs::{BlobBytes, BlobDelta, BlobTables};
 use super::counts::CountDeltas;
+use super::machine::Next;
 use super::tables::*;
 use super::writer::{Effects, Writer};
 use super::{AttemptStart, CancelError, NewJob, StoreError, SubmitError, Submitted, storage};
 use crate::job::{
     AttemptRecord, AttemptReport, BlobRef, FailureKind, JOB_RECORD_BYTES, Job, JobId, JobStatus,
-    MAX_CONFLICTS, MAX_HISTORY, MAX_OUTBOUND_KEPT, Outcome, Pipeline, QueuedJob, bounded_error,
-    now_ms, ready_key,
+    MAX_HISTORY, MAX_OUTBOUND_KEPT, Outcome, Pipeline, QueuedJob, bounded_error, now_ms, ready_key,
 };
 use crate::manifest::RetryPolicy;
 use crate::output::Output;
@@ -572,11 +572,8 @@ impl Writer {
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        // Running one attempt behind: the previous attempt's outcome was lost with a failed
-        // commit, and the job was handed out again.
         if let Some(mut job) = t.job(id)?
-            && matches!(job.status, JobStatus::Queued | JobStatus::Running)
-            && job.attempts + 1 == start.attempt
+            && super::machine::may_start(job.status, job.attempts, start.attempt)
         {
             job.status = JobStatus::Running;
             job.attempts = start.attempt;
@@ -611,13 +608,7 @@ impl Writer {
         let Some(mut job) = t.job(id)? else {
             return Ok(());
         };
-        // The current attempt, or (running or queued) the next one: a short attempt finishes
-        // before its start is recorded, and a job whose outcome was lost with a failed commit
-        // is handed out again while it still shows the lost attempt running.
-        let current = (job.status == JobStatus::Running && job.attempts == attempt)
-            || (matches!(job.status, JobStatus::Queued | JobStatus::Running)
-                && job.attempts + 1 == attempt);
-        if !current {
+        if !super::machine::is_current(job.status, job.attempts, attempt) {
             return Ok(());
         }
         let mut report = report;
@@ -703,35 +694,40 @@ impl Writer {
             Outcome::Failed { kind, message } => {
                 let message = bounded_error(&message);
                 record.error = Some(message.clone());
-                if kind == FailureKind::Conflict && job.conflicts < MAX_CONFLICTS {
-                    // Not a failure of the handler: it runs again soon, on fresh state, after
-                    // a short random pause that grows with its conflicts, so attempts racing
-                    // for one key spread out instead of colliding again.
-                    job.conflicts += 1;
-                    let ceiling = (5u64 << job.conflicts.min(8)).min(1000);
-                    let at = now_ms() + self.rng.u64(0..=ceiling);
-                    record.retry_at = Some(at);
-                    job.status = JobStatus::Delayed;
-                    job.not_before = Some(at);
-                    job.error = Some(message);
-                    self.delay(id, at, t)?;
-                } else if kind == FailureKind::Permanent {
-                    job.status = JobStatus::Failed;
-                    job.error = Some(message);
-                } else if attempt.saturating_sub(job.conflicts) >= retry.max_attempts {
-                    job.status = JobStatus::Dead;
-                    job.error = Some(format!(
-                        "gave up after {attempt} attempt(s); the last failed with: {message}"
-                    ));
-                } else {
-                    let delay = retry.delay_ms(attempt - 1, &mut self.rng);
-                    let at = report.finished_at.max(now_ms()) + delay;
-                    record.retry_at = Some(at);
-                    job.status = JobStatus::Delayed;
-                    job.not_before = Some(at);
-                    job.error = Some(message);
-                    self.delay(id, at, t)?;
-                    fx.retried += 1;
+                match super::machine::after_attempt(Some(kind), attempt, job.conflicts, &retry) {
+                    Next::Rerun => {
+                        // Not a failure of the handler: it runs again soon, on fresh state,
+                        // after a short random pause that grows with its conflicts, so
+                        // attempts racing for one key spread out instead of colliding again.
+                        job.conflicts += 1;
+                        let ceiling = super::machine::rerun_ceiling_ms(job.conflicts);
+                        let at = now_ms() + self.rng.u64(0..=ceiling);
+                        record.retry_at = Some(at);
+                        job.status = JobStatus::Delayed;
+                        job.not_before = Some(at);
+                        job.error = Some(message);
+                        self.delay(id, at, t)?;
+                    }
+                    Next::Failed => {
+                        job.status = JobStatus::Failed;
+                        job.error = Some(message);
+                    }
+                    Next::Dead => {
+                        job.status = JobStatus::Dead;
+                        job.error = Some(format!(
+                            "gave up after {attempt} attempt(s); the last failed with: {message}"
+                        ));
+                    }
+                    Next::Retry | Next::Succeeded => {
+                        let delay = retry.delay_ms(attempt - 1, &mut self.rng);
+                        let at = report.finished_at.max(now_ms()) + delay;
+                        record.retry_at = Some(at);
+                        job.status = JobStatus::Delayed;
+                        job.not_before = Some(at);
+                        job.error = Some(message);
+                        self.delay(id, at, t)?;
+                        fx.retried += 1;
+                    }
                 }
             }
         }
@@ -752,7 +748,7 @@ impl Writer {
         if job.status.is_terminal() {
             job.finished_at = Some(report.finished_at);
             fx.counts.bytes(&job.function, -(job.input_size() as i64));
-            if matches!(job.status, JobStatus::Failed | JobStatus::Dead) {
+            if super::machine::is_dead_letter(job.status) {
                 t.dead_letters
                     .open()?
                     .insert((job.function.as_str(), id.0), ())
@@ -789,7 +785,7 @@ impl Writer {
         let Some(mut job) = t.job(id)? else {
             return Ok(Err(CancelError::NotFound(id)));
         };
-        if !matches!(job.status, JobStatus::Queued | JobStatus::Delayed) {
+        if !super::machine::may_cancel(job.status) {
             return Ok(Err(CancelError::NotCancellable {
                 id,
                 status: job.status,
@@ -858,6 +854,7 @@ impl Writer {
         fx.counts.bytes(function, job.input_size() as i64);
         job.status = JobStatus::Queued;
         job.attempts = 0;
+        job.conflicts = 0;
         job.started_at = None;
         job.finished_at = None;
         job.error = None;
