@@ -24,10 +24,12 @@
 //! - `catalog`: what is deployed (functions, versions, components, artifacts, secrets).
 //! - `shard`, `writer`: one job file and the writer thread that owns its transactions.
 //! - `machine`: the rules of a job's life as pure functions (fences, what an ending leads to);
-//!   `transitions`: each change of a job's state, applying them; `ordering` (ordering keys), `publish` (events
+//!   `intake`: new jobs (submit, admission, insertion); `transitions`: each later change of a
+//!   job's state, applying them; `ordering` (ordering keys), `publish` (events
 //!   and their deliveries), `outbox` (what a success emits, pipelines), `callbacks` (webhook
 //!   delivery state), `blobs` (claim checks), `retention` (the sweeper).
-//! - `tables`, `legacy`: table definitions and encodings (and earlier job formats).
+//! - `txn`: the tables of one write transaction; `tables`, `legacy`: table definitions and
+//!   encodings (and earlier job formats).
 //! - `counts`, `demand`, `ids`: per-function counters, scheduler credit, job ids.
 //! - `kv`: functions' key-value state (in shard 0), committed with the success that wrote it.
 //! - `errors`, `requests`: what operations take, answer and refuse.
@@ -40,6 +42,7 @@ mod datafile;
 mod demand;
 mod errors;
 mod ids;
+mod intake;
 pub mod kv;
 mod legacy;
 mod machine;
@@ -52,6 +55,7 @@ mod secrets;
 mod shard;
 mod tables;
 mod transitions;
+mod txn;
 mod writer;
 
 use std::collections::HashMap;

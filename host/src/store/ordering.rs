@@ -5,7 +5,7 @@
 
 use redb::ReadableTable;
 
-use super::transitions::Tables;
+use super::txn::Tables;
 use super::writer::{Effects, Writer};
 use super::{StoreError, storage};
 use crate::job::{Job, JobId, JobStatus, QueuedJob, now_ms};

@@ -3,7 +3,7 @@
 //! attempt number like the success itself. A failed, timed-out or superseded attempt emits
 //! nothing; a committed success has emitted everything, whatever happens to the process next.
 
-use super::transitions::Tables;
+use super::txn::Tables;
 use super::writer::{Effects, Writer};
 use super::{NewEvent, NewJob, StoreError, SubmitError};
 use crate::event::{CloudEvent, EventAttributes};

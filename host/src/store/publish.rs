@@ -2,7 +2,7 @@
 //! writer's transaction (see [`super::Store::publish`]).
 
 use super::tables::*;
-use super::transitions::Tables;
+use super::txn::Tables;
 use super::writer::{Effects, Writer};
 use super::{NewEvent, NewJob, Published, StoreError, SubmitError, storage};
 use crate::job::{BlobRef, Parent, now_ms};

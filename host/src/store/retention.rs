@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use redb::ReadableTable;
 
 use super::tables::*;
-use super::transitions::Tables;
+use super::txn::Tables;
 use super::writer::{Effects, Writer};
 use super::{StoreError, storage};
 use crate::job::{JobId, now_ms};

@@ -22,7 +22,7 @@ use super::catalog::Deployed;
 use super::counts::{CountDeltas, Unfinished};
 use super::demand::Demand;
 use super::ids::IdGenerator;
-use super::transitions::Tables;
+use super::txn::Tables;
 use super::{
     AttemptStart, CancelError, NewEvent, NewJob, Published, StoreError, StoreOptions, StoreStats,
     SubmitError, Submitted, Waiters, storage,
