@@ -51,6 +51,17 @@ enum KvAction {
     },
 }
 
+/// The bytes of a value argument, or of stdin when it is `-`.
+pub(super) fn value_or_stdin(value: String) -> anyhow::Result<Vec<u8>> {
+    if value == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf)?;
+        Ok(buf)
+    } else {
+        Ok(value.into_bytes())
+    }
+}
+
 /// Runs a `sluice kv` command.
 pub async fn kv(args: KvArgs) -> anyhow::Result<()> {
     let client = Client::for_host(&args.host);
@@ -70,13 +81,7 @@ pub async fn kv(args: KvArgs) -> anyhow::Result<()> {
             key,
             value,
         } => {
-            let value = if value == "-" {
-                let mut buf = Vec::new();
-                std::io::stdin().read_to_end(&mut buf)?;
-                buf
-            } else {
-                value.into_bytes()
-            };
+            let value = value_or_stdin(value)?;
             client
                 .raw(
                     Method::PUT,

@@ -8,6 +8,7 @@
 //! - `topics`: list topics, publish events.
 //! - `ops`: operating functions and jobs (stats, config, dead letters, cancel).
 //! - `kv`: a function's key-value state: get, set, del, list.
+//! - `secrets`: a function's secrets: set, del, list names.
 //! - `up`: the one-command demo: build the examples, start a host, deploy them.
 
 pub mod client;
@@ -15,6 +16,7 @@ pub mod examples;
 mod kv;
 mod lifecycle;
 mod ops;
+mod secrets;
 mod topics;
 mod up;
 
@@ -71,6 +73,8 @@ enum Command {
     Publish(topics::PublishArgs),
     /// A function's key-value state: get, set, del, list.
     Kv(kv::KvArgs),
+    /// A function's secrets (read by its handler with config::get): set, del, list names.
+    Secrets(secrets::SecretsArgs),
     /// Print the webhook signing secret (receivers verify callbacks with it), or rotate it.
     Secret(ops::SecretArgs),
     /// Measure throughput, latency, sandbox cost and start-up (optionally against BullMQ).
@@ -319,6 +323,7 @@ pub fn main() -> ExitCode {
             Command::Publish(args) => topics::publish(args).await,
             Command::Secret(args) => ops::secret(args).await,
             Command::Kv(args) => kv::kv(args).await,
+            Command::Secrets(args) => secrets::secrets(args).await,
             Command::Bench(args) => crate::bench::run(args).await,
         }
     });

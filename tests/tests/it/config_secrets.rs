@@ -245,3 +245,53 @@ async fn bad_secrets_and_config_are_refused() {
     }
     host.stop().await;
 }
+
+/// `sluice secrets` sets (from stdin), lists and deletes a function's secrets; a value is never
+/// printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_secrets() {
+    use std::io::Write as _;
+    let upstream = Receiver::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let host = start_host_with(config_for(tmp.path())).await;
+    deploy_notify(&host, &upstream).await;
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        let mut child = std::process::Command::new(sluice_tests::sluice_binary())
+            .arg("secrets")
+            .args(args)
+            .env("SLUICE_URL", &host.url)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert!(cli(&["set", "notify", "token", "-"], Some(TOKEN)).0);
+    let (ok, listed) = cli(&["list", "notify"], None);
+    assert!(ok);
+    assert!(listed.starts_with("token\t"), "{listed}");
+    assert!(!listed.contains(TOKEN));
+    host.wait(&host.submit("notify", "via cli", "text/plain").await)
+        .await;
+    assert_eq!(
+        upstream.requests()[0].headers["authorization"],
+        format!("Bearer {TOKEN}").as_str()
+    );
+    assert!(cli(&["del", "notify", "token"], None).0);
+    assert_eq!(cli(&["list", "notify"], None).1, "");
+    host.stop().await;
+}
