@@ -278,3 +278,54 @@ async fn a_request_cut_off_by_the_attempts_timeout_is_recorded() {
     assert!(call["status"].is_null(), "{job}");
     host.stop().await;
 }
+
+/// An upstream that answers `ok` over HTTP/1.1 keep-alive and counts the connections it
+/// accepted.
+async fn counting_upstream() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// Requests to one origin from successive attempts (jobs) reuse one pooled connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_reuse_connections_to_an_origin() {
+    let (port, accepted) = counting_upstream().await;
+    let (host, _tmp) = host_allowing_loopback(|_| {}).await;
+    let origin = format!("http://127.0.0.1:{port}");
+    deploy_probe(&host, std::slice::from_ref(&origin)).await;
+    for i in 0..5 {
+        let (_, answer) = probe(
+            &host,
+            json!({"action": "http", "url": format!("{origin}/ping/{i}")}),
+        )
+        .await;
+        assert_eq!(detail(&answer), "[200] ok", "{answer}");
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "five attempts, one connection"
+    );
+    host.stop().await;
+}
