@@ -10,7 +10,9 @@
 
 use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
-use super::{StoreError, storage};
+use super::writer::Op;
+use super::{Store, StoreError, shard_of, storage};
+use crate::job::AttemptReport;
 use crate::job::{JobId, KvChanges, now_ms};
 
 /// (function, key) -> (version, value).
@@ -235,4 +237,72 @@ pub(crate) fn keys(
         out.push(key.to_string());
     }
     Ok(out)
+}
+
+impl Store {
+    /// The committed version (0: absent) and value of a function's key.
+    pub fn kv_get(&self, function: &str, key: &str) -> Result<(u64, Option<Vec<u8>>), StoreError> {
+        get(&*self.shards[KV_SHARD].db()?, function, key)
+    }
+
+    /// A function's keys starting with `prefix`, in order: at most `limit`, after skipping
+    /// `skip`.
+    pub fn kv_keys(
+        &self,
+        function: &str,
+        prefix: Option<&str>,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        keys(&*self.shards[KV_SHARD].db()?, function, prefix, skip, limit)
+    }
+
+    /// Writes keys of a function's state (the API's `PUT`/`DELETE`), durably; bumps their
+    /// versions, so attempts that read them run again.
+    pub async fn kv_write(&self, changes: crate::job::KvChanges) -> Result<KvVerdict, StoreError> {
+        self.shards[KV_SHARD]
+            .call(|reply| Op::KvWrite { changes, reply })
+            .await?
+    }
+
+    /// Before a success of a job outside the key-value shard is recorded: commits its
+    /// key-value changes there (once per job), and turns the report into the failure a
+    /// conflict or a full store makes of it. Jobs of the key-value shard commit their changes
+    /// with their success instead.
+    pub async fn settle_kv(
+        &self,
+        id: JobId,
+        attempt: u32,
+        mut report: AttemptReport,
+    ) -> AttemptReport {
+        if shard_of(id) == KV_SHARD || report.kv.is_none() {
+            return report;
+        }
+        let Some(changes) = report.kv.take() else {
+            return report;
+        };
+        let verdict = self.shards[KV_SHARD]
+            .call(|reply| Op::KvCommit {
+                id,
+                attempt,
+                changes,
+                reply,
+            })
+            .await
+            .and_then(|r| r);
+        let failed = match verdict {
+            Ok(verdict) => failure(verdict),
+            Err(e) => Some(crate::job::Outcome::Failed {
+                kind: crate::job::FailureKind::Retryable,
+                message: format!(
+                    "its key-value writes could not be committed ({e}); it runs again"
+                ),
+            }),
+        };
+        if let Some(outcome) = failed {
+            report.outcome = outcome;
+            report.emitted.clear();
+        }
+        report
+    }
 }

@@ -21,7 +21,8 @@
 //! removed, then its remaining jobs cancelled shard by shard).
 //!
 //! ## Layout
-//! - `catalog`: what is deployed (functions, versions, components, artifacts, secrets).
+//! - `catalog`: what is deployed (functions, versions, components, artifacts, secrets);
+//!   `deployed`: the store's operations on it.
 //! - `shard`, `writer`: one job file and the writer thread that owns its transactions.
 //! - `machine`: the rules of a job's life as pure functions (fences, what an ending leads to);
 //!   `intake`: new jobs (submit, admission, insertion); `transitions`: each later change of a
@@ -40,6 +41,7 @@ mod catalog;
 mod counts;
 mod datafile;
 mod demand;
+mod deployed;
 mod errors;
 mod ids;
 mod intake;
@@ -64,7 +66,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
@@ -79,7 +80,6 @@ pub(crate) use requests::AttemptStart;
 pub use requests::*;
 pub use secrets::{PutSecret, SealedSecret};
 use shard::Shard;
-use tables::*;
 pub use tables::{EventRecord, FunctionRecord};
 use writer::{Op, Shared};
 
@@ -496,232 +496,6 @@ impl Store {
         Ok(done)
     }
 
-    /// Stores a deployed function with its component and compiled artifact, in one commit.
-    pub async fn deploy(
-        &self,
-        record: FunctionRecord,
-        wasm: Bytes,
-        artifact_key: String,
-        artifact: Vec<u8>,
-    ) -> Result<FunctionRecord, StoreError> {
-        let catalog = self.catalog.clone();
-        blocking(move || catalog.deploy(record, &wasm, &artifact_key, &artifact)).await
-    }
-
-    /// Gives a deployed function new settings, keeping its code, as a new version; `None` when
-    /// it is not deployed.
-    pub async fn configure(
-        &self,
-        name: &str,
-        settings: crate::manifest::Settings,
-    ) -> Result<Option<FunctionRecord>, StoreError> {
-        let catalog = self.catalog.clone();
-        let name = name.to_string();
-        blocking(move || catalog.configure(&name, settings)).await
-    }
-
-    /// Makes an earlier version current again (code and settings) as a new version: `to`, or
-    /// the one before the current.
-    pub async fn rollback(
-        &self,
-        name: &str,
-        to: Option<u32>,
-    ) -> Result<FunctionRecord, RollbackError> {
-        let catalog = self.catalog.clone();
-        let name = name.to_string();
-        blocking(move || catalog.rollback(&name, to)).await?
-    }
-
-    /// Pauses (accepts jobs, starts none) or resumes a function; `None` when not deployed.
-    pub async fn set_paused(
-        &self,
-        name: &str,
-        paused: bool,
-    ) -> Result<Option<FunctionRecord>, StoreError> {
-        let catalog = self.catalog.clone();
-        let name = name.to_string();
-        blocking(move || catalog.set_paused(&name, paused)).await
-    }
-
-    /// A host setting (e.g. the webhook signing secrets), stored as `initial` the first time
-    /// it is asked for.
-    pub async fn setting_or_init(
-        &self,
-        key: &str,
-        initial: Vec<u8>,
-    ) -> Result<Vec<u8>, StoreError> {
-        let catalog = self.catalog.clone();
-        let key = key.to_string();
-        blocking(move || catalog.setting_or_init(&key, &initial)).await
-    }
-
-    /// Stores a host setting.
-    pub async fn set_setting(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
-        let catalog = self.catalog.clone();
-        let key = key.to_string();
-        blocking(move || catalog.set_setting(&key, &value)).await
-    }
-
-    /// The committed version (0: absent) and value of a function's key.
-    pub fn kv_get(&self, function: &str, key: &str) -> Result<(u64, Option<Vec<u8>>), StoreError> {
-        kv::get(&*self.shards[kv::KV_SHARD].db()?, function, key)
-    }
-
-    /// A function's keys starting with `prefix`, in order: at most `limit`, after skipping
-    /// `skip`.
-    pub fn kv_keys(
-        &self,
-        function: &str,
-        prefix: Option<&str>,
-        skip: usize,
-        limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        kv::keys(
-            &*self.shards[kv::KV_SHARD].db()?,
-            function,
-            prefix,
-            skip,
-            limit,
-        )
-    }
-
-    /// Writes keys of a function's state (the API's `PUT`/`DELETE`), durably; bumps their
-    /// versions, so attempts that read them run again.
-    pub async fn kv_write(
-        &self,
-        changes: crate::job::KvChanges,
-    ) -> Result<kv::KvVerdict, StoreError> {
-        self.shards[kv::KV_SHARD]
-            .call(|reply| Op::KvWrite { changes, reply })
-            .await?
-    }
-
-    /// Before a success of a job outside the key-value shard is recorded: commits its
-    /// key-value changes there (once per job), and turns the report into the failure a
-    /// conflict or a full store makes of it. Jobs of the key-value shard commit their changes
-    /// with their success instead.
-    pub async fn settle_kv(
-        &self,
-        id: JobId,
-        attempt: u32,
-        mut report: AttemptReport,
-    ) -> AttemptReport {
-        if shard_of(id) == kv::KV_SHARD || report.kv.is_none() {
-            return report;
-        }
-        let Some(changes) = report.kv.take() else {
-            return report;
-        };
-        let verdict = self.shards[kv::KV_SHARD]
-            .call(|reply| Op::KvCommit {
-                id,
-                attempt,
-                changes,
-                reply,
-            })
-            .await
-            .and_then(|r| r);
-        let failed = match verdict {
-            Ok(verdict) => kv::failure(verdict),
-            Err(e) => Some(crate::job::Outcome::Failed {
-                kind: crate::job::FailureKind::Retryable,
-                message: format!(
-                    "its key-value writes could not be committed ({e}); it runs again"
-                ),
-            }),
-        };
-        if let Some(outcome) = failed {
-            report.outcome = outcome;
-            report.emitted.clear();
-        }
-        report
-    }
-
-    /// Sets a function's secret to a sealed value, durably (see [`PutSecret`]).
-    pub async fn put_secret(
-        &self,
-        function: &str,
-        name: &str,
-        sealed: Vec<u8>,
-        max: usize,
-    ) -> Result<PutSecret, StoreError> {
-        let catalog = self.catalog.clone();
-        let (function, name) = (function.to_string(), name.to_string());
-        blocking(move || catalog.put_secret(&function, &name, &sealed, crate::job::now_ms(), max))
-            .await
-    }
-
-    /// Removes a function's secret, durably; false when it had none of that name.
-    pub async fn delete_secret(&self, function: &str, name: &str) -> Result<bool, StoreError> {
-        let catalog = self.catalog.clone();
-        let (function, name) = (function.to_string(), name.to_string());
-        blocking(move || catalog.delete_secret(&function, &name)).await
-    }
-
-    /// A function's secrets (sealed), by name.
-    pub fn secrets(&self, function: &str) -> Result<Vec<SealedSecret>, StoreError> {
-        self.catalog.secrets(function)
-    }
-
-    /// A function's versions, oldest first (empty when it is not deployed).
-    pub fn versions(&self, name: &str) -> Result<Vec<FunctionRecord>, StoreError> {
-        self.catalog.versions(name)
-    }
-
-    /// Stores a compiled artifact (after an engine upgrade made the old one unusable).
-    pub async fn save_artifact(&self, key: String, artifact: Vec<u8>) -> Result<(), StoreError> {
-        let catalog = self.catalog.clone();
-        blocking(move || catalog.save_artifact(&key, &artifact)).await
-    }
-
-    /// Removes a function. Refused while it has queued or running jobs unless `force`, which
-    /// cancels them. Returns the cancelled jobs.
-    ///
-    /// Submits are refused from the moment the function leaves the catalog; any job accepted
-    /// just before that moment is cancelled with the rest, so none is left without a function.
-    pub async fn delete_function(
-        &self,
-        name: &str,
-        force: bool,
-    ) -> Result<Vec<JobId>, DeleteError> {
-        if !self.catalog.deployed().contains(name) {
-            return Err(DeleteError::NotFound(name.to_string()));
-        }
-        if !force {
-            let pending = self.pending_count(name)?;
-            if pending > 0 {
-                return Err(DeleteError::Busy {
-                    name: name.to_string(),
-                    pending,
-                });
-            }
-        }
-        let catalog = self.catalog.clone();
-        let owned = name.to_string();
-        if !blocking(move || catalog.remove_function(&owned)).await? {
-            return Err(DeleteError::NotFound(name.to_string()));
-        }
-        let reason = if force {
-            format!("cancelled: function {name:?} was deleted with force=true")
-        } else {
-            format!("cancelled: function {name:?} was deleted as this job was accepted")
-        };
-        let mut cancelled = Vec::new();
-        for shard in &self.shards {
-            let (name, reason) = (name.to_string(), reason.clone());
-            cancelled.extend(
-                shard
-                    .call(|reply| Op::CancelFunction {
-                        name,
-                        reason,
-                        reply,
-                    })
-                    .await??,
-            );
-        }
-        Ok(cancelled)
-    }
-
     /// Waits until everything sent so far is committed, then stops the writers and closes the
     /// files. Later writes fail with [`StoreError::Closed`].
     pub async fn shutdown(&self) {
@@ -788,16 +562,6 @@ impl Store {
         })
     }
 
-    /// One deployed function.
-    pub fn function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
-        self.catalog.function(name)
-    }
-
-    /// Every deployed function, by name.
-    pub fn functions(&self) -> Result<Vec<FunctionRecord>, StoreError> {
-        self.catalog.functions()
-    }
-
     /// A function's counters (jobs per status, unfinished bytes), all shards together.
     pub fn counts(&self, function: &str) -> Result<Counts, StoreError> {
         let mut total = Counts::default();
@@ -821,16 +585,6 @@ impl Store {
             }
         }
         Ok(oldest)
-    }
-
-    /// A component's wasm bytes, by digest.
-    pub fn component(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.catalog.blob(COMPONENTS, digest)
-    }
-
-    /// A compiled artifact, by key.
-    pub fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.catalog.blob(ARTIFACTS, key)
     }
 }
 
