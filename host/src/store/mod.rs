@@ -23,7 +23,8 @@
 //! ## Layout
 //! - `catalog`: what is deployed (functions, versions, components, artifacts, secrets);
 //!   `deployed`: the store's operations on it.
-//! - `shard`, `writer`: one job file and the writer thread that owns its transactions.
+//! - `shard`, `writer`, `ops`: one job file, the writer thread that owns its transactions, and
+//!   the operations it applies.
 //! - `machine`: the rules of a job's life as pure functions (fences, what an ending leads to);
 //!   `intake`: new jobs (submit, admission, insertion); `transitions`: each later change of a
 //!   job's state, applying them; `ordering` (ordering keys), `publish` (events
@@ -48,6 +49,7 @@ mod intake;
 pub mod kv;
 mod legacy;
 mod machine;
+mod ops;
 mod ordering;
 mod outbox;
 mod publish;

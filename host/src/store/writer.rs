@@ -16,193 +16,22 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::catalog::Deployed;
 use super::counts::{CountDeltas, Unfinished};
 use super::demand::Demand;
 use super::ids::IdGenerator;
+pub(crate) use super::ops::{Effects, Op, Reply, answer, reject};
 use super::txn::Tables;
-use super::{
-    AttemptStart, CancelError, NewEvent, NewJob, Published, StoreError, StoreOptions, StoreStats,
-    SubmitError, Submitted, Waiters, storage,
-};
-use crate::job::{AttemptReport, Job, JobId, QueuedJob, ReadyKey, now_ms};
+use super::{StoreError, StoreOptions, StoreStats, Waiters, storage};
+use crate::job::{JobId, QueuedJob, ReadyKey, now_ms};
 use crate::manifest::RetryPolicy;
 
 /// Most operations in one commit; more wait for the next.
 const MAX_BATCH: usize = 8192;
 /// A commit that starts this soon after the previous one ended is part of a busy stretch.
 const BUSY_GAP: Duration = Duration::from_millis(1);
-
-/// One atomic domain operation.
-pub(crate) enum Op {
-    Submit {
-        job: NewJob,
-        reply: oneshot::Sender<Result<Submitted, SubmitError>>,
-    },
-    /// Several jobs, accepted together or not at all.
-    SubmitBatch {
-        jobs: Vec<NewJob>,
-        reply: oneshot::Sender<Result<Vec<JobId>, SubmitError>>,
-    },
-    /// Events and their deliveries, together or not at all.
-    Publish {
-        events: Vec<NewEvent>,
-        reply: oneshot::Sender<Result<Vec<Published>, SubmitError>>,
-    },
-    Start {
-        id: JobId,
-        start: AttemptStart,
-    },
-    Finish {
-        id: JobId,
-        attempt: u32,
-        report: AttemptReport,
-        retry: RetryPolicy,
-    },
-    /// Cancels one queued or delayed job.
-    Cancel {
-        id: JobId,
-        reply: oneshot::Sender<Result<Job, CancelError>>,
-    },
-    /// Moves dead letters of a function back to `queued` (the given ones, or up to `limit`).
-    Redrive {
-        function: String,
-        ids: Option<Vec<JobId>>,
-        limit: usize,
-        reply: oneshot::Sender<Result<Vec<JobId>, StoreError>>,
-    },
-    /// Deletes dead letters of a function (the given ones, or up to `limit`).
-    Purge {
-        function: String,
-        ids: Option<Vec<JobId>>,
-        limit: usize,
-        reply: oneshot::Sender<Result<Vec<JobId>, StoreError>>,
-    },
-    /// Cancels every non-terminal job of a function (it was deleted).
-    CancelFunction {
-        name: String,
-        reason: String,
-        reply: oneshot::Sender<Result<Vec<JobId>, StoreError>>,
-    },
-    /// How a webhook delivery attempt went.
-    CallbackDone {
-        id: JobId,
-        result: super::CallbackResult,
-    },
-    /// Commits a job's key-value changes before its success (a job of another shard).
-    KvCommit {
-        id: JobId,
-        attempt: u32,
-        changes: crate::job::KvChanges,
-        reply: oneshot::Sender<Result<super::kv::KvVerdict, StoreError>>,
-    },
-    /// Sets (or deletes) keys of a function's state from the API.
-    KvWrite {
-        changes: crate::job::KvChanges,
-        reply: oneshot::Sender<Result<super::kv::KvVerdict, StoreError>>,
-    },
-    /// The scheduler has room again: hand out ready jobs left in the table (changes nothing).
-    Refill,
-    Shutdown {
-        reply: oneshot::Sender<()>,
-    },
-}
-
-impl Op {
-    /// True for operations that write (a batch of only the others commits nothing).
-    fn writes(&self) -> bool {
-        !matches!(self, Op::Refill | Op::Shutdown { .. })
-    }
-}
-
-/// A reply to send once the batch's fate is known.
-pub(crate) enum Reply {
-    Submit(
-        oneshot::Sender<Result<Submitted, SubmitError>>,
-        Result<Submitted, SubmitError>,
-    ),
-    /// A rare operation's answer, given the commit's outcome.
-    Other(Answer),
-    Shutdown(oneshot::Sender<()>),
-}
-
-/// Sends a rare operation's answer: the computed one, or the error that stopped the commit.
-type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-
-/// The answer `value` to send on `tx` once the commit succeeded (or the storage error if not).
-pub(crate) fn answer<T, E>(tx: oneshot::Sender<Result<T, E>>, value: Result<T, E>) -> Reply
-where
-    T: Send + 'static,
-    E: From<StoreError> + Send + 'static,
-{
-    Reply::Other(Box::new(move |failed| {
-        let _ = tx.send(match failed {
-            None => value,
-            Some(e) => Err(e.clone().into()),
-        });
-    }))
-}
-
-impl Reply {
-    /// Answers with the result computed in the transaction (the commit succeeded).
-    fn commit(self) {
-        let _ = match self {
-            Reply::Submit(tx, r) => tx.send(r).map_err(drop),
-            Reply::Other(f) => {
-                f(None);
-                Ok(())
-            }
-            Reply::Shutdown(tx) => tx.send(()).map_err(drop),
-        };
-    }
-
-    /// Answers with the storage error (the batch was not committed).
-    fn fail(self, e: &StoreError) {
-        let _ = match self {
-            Reply::Submit(tx, _) => tx.send(Err(e.clone().into())).map_err(drop),
-            Reply::Other(f) => {
-                f(Some(e));
-                Ok(())
-            }
-            Reply::Shutdown(tx) => tx.send(()).map_err(drop),
-        };
-    }
-}
-
-/// What a batch did, delivered only after its commit.
-#[derive(Default)]
-pub(crate) struct Effects {
-    pub(crate) replies: Vec<Reply>,
-    /// Jobs submitted in this batch.
-    pub(crate) accepted: u64,
-    /// Events published in this batch.
-    pub(crate) published: u64,
-    /// Failed attempts that will be retried.
-    pub(crate) retried: u64,
-    /// Jobs that became dead letters (`failed` or `dead`).
-    pub(crate) dead_lettered: u64,
-    /// Expired jobs and keys deleted.
-    pub(crate) swept: u64,
-    /// Jobs that became ready (or were read from the ready table to refill the scheduler), in
-    /// order; handed out within the scheduler's credit after the commit.
-    pub(crate) ready: Vec<QueuedJob>,
-    /// Jobs the scheduler no longer holds (finished or cancelled) in this batch.
-    pub(crate) released: Vec<JobId>,
-    /// Functions whose ready table this batch read to the end (nothing left to hand out).
-    pub(crate) drained: Vec<String>,
-    pub(crate) terminal: Vec<JobId>,
-    /// Changes to the per-function counters.
-    pub(crate) counts: CountDeltas,
-    /// Blobs added and deleted.
-    pub(crate) blobs: super::blobs::BlobDelta,
-    /// Callbacks due, for the sender.
-    pub(crate) callbacks_due: Vec<JobId>,
-    /// Callbacks whose delivery attempt was recorded (no longer with the sender).
-    pub(crate) callbacks_finished: Vec<JobId>,
-    pub(crate) shutdown: bool,
-}
 
 /// What every shard writer shares with the store.
 #[derive(Clone)]
@@ -681,38 +510,6 @@ impl Writer {
             }
         }
         Ok(())
-    }
-}
-
-/// Answers an operation of a batch that failed before reaching it.
-fn reject(op: Op, fx: &mut Effects) {
-    match op {
-        Op::Submit { reply, .. } => fx
-            .replies
-            .push(Reply::Submit(reply, Err(StoreError::Closed.into()))),
-        Op::SubmitBatch { reply, .. } => fx
-            .replies
-            .push(answer(reply, Err(StoreError::Closed.into()))),
-        Op::Publish { reply, .. } => fx
-            .replies
-            .push(answer(reply, Err(StoreError::Closed.into()))),
-        Op::CancelFunction { reply, .. } | Op::Redrive { reply, .. } | Op::Purge { reply, .. } => {
-            fx.replies.push(answer(reply, Ok(vec![])))
-        }
-        Op::Cancel { reply, .. } => fx
-            .replies
-            .push(answer(reply, Err(StoreError::Closed.into()))),
-        Op::KvCommit { reply, .. } | Op::KvWrite { reply, .. } => {
-            fx.replies.push(answer(reply, Err(StoreError::Closed)))
-        }
-        Op::Shutdown { reply } => {
-            fx.shutdown = true;
-            fx.replies.push(Reply::Shutdown(reply))
-        }
-        // The attempt's outcome is lost: the scheduler no longer holds the job, so it is
-        // handed out again (the attempt runs again: at-least-once).
-        Op::Finish { id, .. } => fx.released.push(id),
-        Op::Start { .. } | Op::Refill | Op::CallbackDone { .. } => {}
     }
 }
 
