@@ -433,6 +433,10 @@ pub const MAX_HISTORY: usize = 25;
 /// besides its input: its record. So a flood of empty jobs fills the budget too.
 pub const JOB_RECORD_BYTES: u64 = 128;
 
+/// Outputs up to this size (valid UTF-8) are shown inline in a job's JSON and in callback
+/// payloads; larger ones are linked (`output_url`).
+pub const INLINE_OUTPUT: usize = 64 << 10;
+
 /// Longest error message kept for one attempt, in bytes.
 pub const MAX_ERROR_BYTES: usize = 4096;
 

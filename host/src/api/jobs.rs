@@ -21,8 +21,6 @@ use crate::job::{
 };
 use crate::store::{CancelError, JobPage, JobQuery, NewJob, Submitted};
 
-/// Outputs up to this size, and valid UTF-8, are shown inline in the job's JSON.
-const INLINE_OUTPUT: usize = 64 * 1024;
 /// Most items in one batch submit.
 const MAX_BATCH_ITEMS: usize = 1000;
 
@@ -580,7 +578,7 @@ pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
         let inline = job
             .output
             .as_deref()
-            .filter(|o| o.len() <= INLINE_OUTPUT)
+            .filter(|o| o.len() <= crate::job::INLINE_OUTPUT)
             .and_then(|o| std::str::from_utf8(o).ok());
         v["output"] = inline.into();
         v["log"] = job.log.as_str().into();

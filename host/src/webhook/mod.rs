@@ -33,8 +33,6 @@ const MAX_REDIRECTS: usize = 5;
 const CONCURRENCY: usize = 64;
 /// Deliveries waiting for their destination at most (beyond it, the store's feed waits).
 const MAX_WAITING: usize = 10_000;
-/// Outputs up to this size (UTF-8) are inlined in the payload; larger ones are linked.
-const INLINE_OUTPUT: usize = 64 << 10;
 
 /// Delivers due callbacks.
 pub struct Sender {
@@ -255,7 +253,7 @@ pub fn payload(id: JobId, job: &Job, base: &str) -> Value {
     let inline = job
         .output
         .as_deref()
-        .filter(|o| o.len() <= INLINE_OUTPUT)
+        .filter(|o| o.len() <= crate::job::INLINE_OUTPUT)
         .and_then(|o| std::str::from_utf8(o).ok());
     let has_output = job.output.is_some() || job.output_blob.is_some();
     let mut data = json!({
