@@ -246,15 +246,8 @@ impl Functions {
         manifest: &Manifest,
     ) -> Result<FunctionRecord, FunctionsError> {
         let settings = manifest.validate(name, &self.bounds)?;
-        let record = self
-            .parts
-            .store
-            .configure(name, settings)
-            .await?
-            .ok_or_else(|| FunctionsError::NotFound(name.to_string()))?;
-        self.parts.runtime.reconfigure(record.clone());
-        self.scheduler.function_updated(name);
-        Ok(record)
+        let record = self.parts.store.configure(name, settings).await?;
+        self.reconfigured(name, record)
     }
 
     /// Pauses a function (jobs are accepted, none starts) or resumes it.
@@ -263,12 +256,18 @@ impl Functions {
         name: &str,
         paused: bool,
     ) -> Result<FunctionRecord, FunctionsError> {
-        let record = self
-            .parts
-            .store
-            .set_paused(name, paused)
-            .await?
-            .ok_or_else(|| FunctionsError::NotFound(name.to_string()))?;
+        let record = self.parts.store.set_paused(name, paused).await?;
+        self.reconfigured(name, record)
+    }
+
+    /// Makes a committed change of settings (same code) current in the runtime and the
+    /// scheduler; `None` (the function is not deployed) is an error.
+    fn reconfigured(
+        &self,
+        name: &str,
+        record: Option<FunctionRecord>,
+    ) -> Result<FunctionRecord, FunctionsError> {
+        let record = record.ok_or_else(|| FunctionsError::NotFound(name.to_string()))?;
         self.parts.runtime.reconfigure(record.clone());
         self.scheduler.function_updated(name);
         Ok(record)
