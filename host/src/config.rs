@@ -166,6 +166,19 @@ impl Config {
         }
     }
 
+    /// Settings that work but likely surprise, each with what to change.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.job_retention < self.idempotency_window {
+            out.push(format!(
+                "--job-retention-secs ({}) is shorter than --idempotency-window-secs ({}): a repeated idempotency key can answer with the id of a job already deleted (404); keep jobs at least as long as keys",
+                self.job_retention.as_secs(),
+                self.idempotency_window.as_secs()
+            ));
+        }
+        out
+    }
+
     /// Checks the settings fit together; call once before building anything from them.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |m: &str| Err(ConfigError(m.to_string()));
@@ -258,5 +271,22 @@ impl Default for ComponentLimits {
             memories: 4,
             tables: 8,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+    use std::time::Duration;
+
+    #[test]
+    fn retention_shorter_than_the_key_window_is_warned_about() {
+        let mut config = Config::default();
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+        config.job_retention = Duration::from_secs(60);
+        config.idempotency_window = Duration::from_secs(3600);
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("--job-retention-secs (60)"), "{warnings:?}");
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Start-up: validate config, open the store (requeueing jobs a previous process left running),
 //! load every deployed function from its cached artifact (compiling only if the engine changed),
-//! start the scheduler, serve HTTP. Shutdown: stop accepting, let running attempts finish for the
-//! grace period, commit everything pending, close the data file.
+//! start the scheduler, serve HTTP. Shutdown: stop accepting connections and starting attempts,
+//! let running attempts and open requests finish for the grace period (then cut them), commit
+//! everything pending, close the data file.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub async fn run(
     config: Config,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let addr = listener.local_addr()?;
     if config.tokens.is_empty() {
         if !addr.ip().is_loopback() {
@@ -112,13 +116,26 @@ pub async fn run(
     };
     tokio::spawn(signal);
     tracing::info!(%addr, "serving");
-    api::listen::serve(listener, api::router(state), limits, stopping).await;
-
-    tracing::info!(
-        "shutting down: waiting up to {:?} for running attempts",
-        grace
+    // At the signal, attempts stop starting at once; running ones and open requests get the
+    // grace period, side by side.
+    let attempts = async {
+        stopping.cancelled().await;
+        tracing::info!(
+            "shutting down: waiting up to {:?} for running attempts and open requests",
+            grace
+        );
+        scheduler.shutdown(grace).await;
+    };
+    tokio::join!(
+        api::listen::serve(
+            listener,
+            api::router(state),
+            limits,
+            stopping.clone(),
+            grace
+        ),
+        attempts
     );
-    scheduler.shutdown(grace).await;
     store.shutdown().await;
     feeder.abort();
     sending.abort();

@@ -329,6 +329,15 @@ impl Job {
         self.input_blob.map_or(self.input.len() as u64, |b| b.size)
     }
 
+    /// Adds an ended attempt to the history, which keeps the latest [`MAX_HISTORY`].
+    pub fn push_attempt(&mut self, record: AttemptRecord) {
+        self.history.push(record);
+        if self.history.len() > MAX_HISTORY {
+            let excess = self.history.len() - MAX_HISTORY;
+            self.history.drain(..excess);
+        }
+    }
+
     /// Size of the output in bytes, if there is one.
     pub fn output_size(&self) -> Option<u64> {
         self.output_blob

@@ -10,6 +10,7 @@
 //! - [`event`]: CloudEvents published to topics: parsing and what a delivery keeps.
 //! - [`job`]: the job, its id, statuses and attempt outcomes.
 //! - [`output`]: an attempt's output bytes, spooled to disk while large.
+//! - `logging`: log lines for failures that repeat with every request, sampled.
 //! - [`store`]: owns redb: atomic domain operations behind one group-committing writer.
 //! - [`runtime`]: owns wasmtime: compiles, caches and runs components in limited sandboxes.
 //! - [`functions`]: the functions service: deploy, configure, pause, rollback, remove,
@@ -33,6 +34,7 @@ pub mod functions;
 pub mod guard;
 pub mod host;
 pub mod job;
+mod logging;
 pub mod manifest;
 pub mod output;
 pub mod runtime;

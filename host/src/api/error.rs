@@ -76,14 +76,23 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `Retry-After` of an answer refused because the data file cannot be written (a full disk is
+/// retried by the host every few seconds) or the host is shutting down.
+const RETRY_AFTER_STORAGE_SECS: u64 = 5;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
+        // Every request fails the same way while a disk is full: a line per second at most.
+        static LOGGED: crate::logging::Sampled = crate::logging::Sampled::per_second();
+        if let Some(suppressed) = LOGGED.admit() {
+            tracing::error!(error = %e, suppressed, "store error answered with 503");
+        }
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage_unavailable",
             e.to_string(),
         )
+        .retry_after(RETRY_AFTER_STORAGE_SECS)
     }
 }
 

@@ -56,16 +56,19 @@ fn fd_limit() -> Option<usize> {
     None
 }
 
-/// Serves `router` on `listener` until `stopping` is cancelled, then waits for open
-/// connections to finish their current request.
+/// Serves `router` on `listener` until `stopping` is cancelled, then waits up to `drain` for
+/// open connections to finish their current request and closes the rest (a client that sent
+/// half a request and stalled does not hold the shutdown).
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
     stopping: CancellationToken,
+    drain: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
+    let cut = CancellationToken::new();
     loop {
         // A free slot first: while all are taken, new connections wait in the backlog.
         let slot = tokio::select! {
@@ -89,6 +92,7 @@ pub(crate) async fn serve(
         let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let stopping = stopping.clone();
+        let cut = cut.clone();
         connections.spawn(async move {
             let _slot = slot;
             let mut http = hyper::server::conn::http1::Builder::new();
@@ -101,12 +105,23 @@ pub(crate) async fn serve(
                 _ = conn.as_mut() => {}
                 _ = stopping.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    tokio::select! {
+                        _ = conn => {}
+                        // Dropping the connection closes its socket.
+                        _ = cut.cancelled() => {}
+                    }
                 }
             }
         });
     }
     drop(listener);
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(drain, connections.wait()).await.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "grace period over: closing connections whose request did not finish"
+        );
+        cut.cancel();
+        connections.wait().await;
+    }
 }

@@ -41,6 +41,7 @@ mod callbacks;
 mod catalog;
 mod counts;
 mod datafile;
+mod dataset;
 mod demand;
 mod deployed;
 mod errors;
@@ -197,12 +198,16 @@ impl Store {
     /// Opens (or creates) the catalog and the job shards in `data_dir`, requeues jobs the
     /// previous process left running, and starts one writer thread per shard.
     pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Opened, StoreError> {
-        let existing = (0..MAX_SHARDS)
-            .take_while(|n| shard_path(data_dir, *n).exists())
-            .count();
-        let count = options.shards.clamp(1, MAX_SHARDS).max(existing);
-        let cache = options.cache_bytes / (count + 1);
-        let catalog = Arc::new(Catalog::open(&data_dir.join("catalog.redb"), cache)?);
+        let path_of = |n| shard_path(data_dir, n);
+        let catalog_path = data_dir.join("catalog.redb");
+        dataset::check_catalog(data_dir, &catalog_path, path_of, MAX_SHARDS)?;
+        let wanted = options.shards.clamp(1, MAX_SHARDS);
+        // The cache is split between the files; the count is known once the catalog is read.
+        let present = (0..MAX_SHARDS).filter(|n| path_of(*n).exists()).count();
+        let cache = options.cache_bytes / (wanted.max(present) + 1);
+        let catalog = Arc::new(Catalog::open(&catalog_path, cache)?);
+        let dataset = dataset::settle(&catalog.db, data_dir, path_of, MAX_SHARDS, wanted)?;
+        let count = dataset.shards;
         let (feed_tx, feed) = mpsc::unbounded_channel();
         let (callbacks_tx, callbacks) = mpsc::unbounded_channel();
         let shared = Shared {
@@ -220,12 +225,14 @@ impl Store {
             shards.push(Shard::open(
                 n,
                 &shard_path(data_dir, n),
+                &dataset,
                 cache,
                 options,
                 feed_tx.clone(),
                 shared.clone(),
             )?);
         }
+        dataset::record(&catalog.db, &dataset)?;
         let store = Store {
             catalog,
             shards,

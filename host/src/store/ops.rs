@@ -177,6 +177,10 @@ pub(crate) struct Effects {
     pub(crate) callbacks_due: Vec<JobId>,
     /// Callbacks whose delivery attempt was recorded (no longer with the sender).
     pub(crate) callbacks_finished: Vec<JobId>,
+    /// Operations no caller waits on (an attempt's start and outcome, a callback's result),
+    /// kept until the commit: when it fails on storage they are applied again once the file
+    /// works, so an attempt's outcome is never dropped.
+    pub(crate) held: Vec<Op>,
     pub(crate) shutdown: bool,
 }
 
@@ -205,9 +209,8 @@ pub(crate) fn reject(op: Op, fx: &mut Effects) {
             fx.shutdown = true;
             fx.replies.push(Reply::Shutdown(reply))
         }
-        // The attempt's outcome is lost: the scheduler no longer holds the job, so it is
-        // handed out again (the attempt runs again: at-least-once).
-        Op::Finish { id, .. } => fx.released.push(id),
-        Op::Start { .. } | Op::Refill | Op::CallbackDone { .. } => {}
+        // Applied again once the file works (the writer decides; see `Effects::held`).
+        op @ (Op::Finish { .. } | Op::Start { .. } | Op::CallbackDone { .. }) => fx.held.push(op),
+        Op::Refill => {}
     }
 }

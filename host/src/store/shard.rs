@@ -37,12 +37,14 @@ impl Shard {
     pub(crate) fn open(
         number: usize,
         path: &Path,
+        dataset: &super::dataset::Dataset,
         cache_bytes: usize,
         options: &StoreOptions,
         feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
         shared: Shared,
     ) -> Result<Shard, StoreError> {
         let db = Arc::new(DataFile::open(path.to_path_buf(), cache_bytes)?);
+        super::dataset::check_shard(&*db.get()?, path, dataset, number)?;
         let (next_due, bytes) = writer::recover(&*db.get()?, &shared.unfinished)?;
         shared
             .queued_bytes

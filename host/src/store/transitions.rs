@@ -14,7 +14,7 @@ use super::txn::Tables;
 use super::writer::{Effects, Writer};
 use super::{AttemptStart, CancelError, StoreError, storage};
 use crate::job::{
-    AttemptRecord, AttemptReport, BlobRef, FailureKind, Job, JobId, JobStatus, MAX_HISTORY,
+    AttemptRecord, AttemptReport, BlobRef, FailureKind, Job, JobId, JobStatus,
     MAX_OUTBOUND_KEPT, Outcome, Pipeline, QueuedJob, bounded_error, now_ms,
 };
 use crate::manifest::RetryPolicy;
@@ -191,11 +191,7 @@ impl Writer {
                 }
             }
         }
-        job.history.push(record);
-        if job.history.len() > MAX_HISTORY {
-            let excess = job.history.len() - MAX_HISTORY;
-            job.history.drain(..excess);
-        }
+        job.push_attempt(record);
         // The requests an attempt made stay on record with the attempts still shown.
         job.outbound.append(&mut report.outbound);
         let oldest = job.history.first().map_or(0, |a| a.started_at);

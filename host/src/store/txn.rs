@@ -8,7 +8,10 @@ use super::blobs::{BlobDelta, BlobTables};
 use super::counts::CountDeltas;
 use super::tables::*;
 use super::{StoreError, storage};
-use crate::job::{Job, JobId, JobStatus, ready_key};
+use crate::job::{AttemptRecord, Job, JobId, JobStatus, now_ms, ready_key};
+
+/// The error of an attempt the host's process did not see end.
+const INTERRUPTED: &str = "interrupted: the host stopped while this attempt ran (killed, or its shutdown grace period ended); the job was queued again when the host started";
 
 /// A table opened on first use: most batches touch only the job, index and count tables, and
 /// opening one costs a lookup in the file's table directory.
@@ -161,7 +164,8 @@ impl<'txn> Tables<'txn> {
         Ok(total)
     }
 
-    /// Start-up: every `running` job goes back to `queued` (its attempt died with the process).
+    /// Start-up: every `running` job goes back to `queued` (its attempt died with the process);
+    /// the attempt stays in the job's history as interrupted.
     pub(crate) fn requeue_running(&mut self, counts: &mut CountDeltas) -> Result<(), StoreError> {
         let mut ids = Vec::new();
         for row in self.ready.iter().map_err(storage)? {
@@ -172,6 +176,16 @@ impl<'txn> Tables<'txn> {
                 continue;
             };
             if job.status == JobStatus::Running {
+                // The attempt died with the process: it stays on record, with why it ended.
+                let now = now_ms();
+                job.push_attempt(AttemptRecord {
+                    attempt: job.attempts,
+                    started_at: job.started_at.unwrap_or(now),
+                    finished_at: now,
+                    error: Some(INTERRUPTED.into()),
+                    retry_at: Some(now),
+                    version: job.version.unwrap_or(0),
+                });
                 job.status = JobStatus::Queued;
                 job.lease_until = None;
                 self.put_job(id, &job)?;

@@ -96,6 +96,9 @@ pub(crate) struct Writer {
     pub(crate) refill_cursor: HashMap<String, ReadyKey>,
     /// Set when a commit failed: the file is reopened before the next one.
     pub(crate) broken: Option<Broken>,
+    /// Operations of failed commits no caller waits on (starts, outcomes, callback results),
+    /// applied first once the file works again.
+    held: Vec<Op>,
 }
 
 impl Writer {
@@ -139,6 +142,7 @@ impl Writer {
             overflow,
             refill_cursor: HashMap::new(),
             broken: None,
+            held: Vec::new(),
         }
     }
 
@@ -148,15 +152,19 @@ impl Writer {
         let mut answered = 0;
         let mut last_commit = Instant::now();
         loop {
-            // Wait for work, until the earliest delayed job is due, or until the next sweep
-            // (or the next try to reopen a failed file).
-            let mut wait = self.next_sweep.saturating_duration_since(Instant::now());
-            if let Some(broken) = &self.broken {
-                wait = wait.min(broken.next_try.saturating_duration_since(Instant::now()));
-            }
-            for due in [self.next_due, self.next_callback].into_iter().flatten() {
-                wait = wait.min(Duration::from_millis(due.saturating_sub(now_ms())));
-            }
+            // Wait for work, until the earliest delayed job is due, or until the next sweep. A
+            // writer whose file failed waits for work or its next try to reopen it: its timers
+            // need the file, and waking for them would only spin.
+            let wait = match &self.broken {
+                Some(broken) => broken.next_try.saturating_duration_since(Instant::now()),
+                None => {
+                    let mut wait = self.next_sweep.saturating_duration_since(Instant::now());
+                    for due in [self.next_due, self.next_callback].into_iter().flatten() {
+                        wait = wait.min(Duration::from_millis(due.saturating_sub(now_ms())));
+                    }
+                    wait
+                }
+            };
             match self.rx.recv_timeout(wait) {
                 Ok(op) => batch.push(op),
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -176,6 +184,9 @@ impl Writer {
                 .filter(|op| matches!(op, Op::Submit { .. }))
                 .count();
             let shutdown = if self.heal() {
+                if !self.held.is_empty() {
+                    batch.splice(0..0, std::mem::take(&mut self.held));
+                }
                 self.commit(&mut batch)
             } else {
                 self.refuse(&mut batch)
@@ -227,6 +238,8 @@ impl Writer {
             Err(e) => {
                 broken.backoff = (broken.backoff * 2).min(REOPEN_MAX);
                 broken.next_try = Instant::now() + broken.backoff;
+                // At most one line per try, and the tries slow down to one per REOPEN_MAX.
+                tracing::warn!(error = %e, retry_in = ?broken.backoff, "the data file still fails");
                 broken.error = e;
                 false
             }
@@ -234,7 +247,7 @@ impl Writer {
     }
 
     /// Answers a batch without touching the failed file: every waiting operation gets the
-    /// error, and the jobs of lost outcomes are handed out again once the file works.
+    /// error; starts, outcomes and callback results wait for the file to work again.
     fn refuse(&mut self, batch: &mut Vec<Op>) -> bool {
         let error = match &self.broken {
             Some(b) => b.error.clone(),
@@ -244,16 +257,23 @@ impl Writer {
         for op in batch.drain(..) {
             reject(op, &mut fx);
         }
-        self.lost(&fx);
+        self.held.append(&mut fx.held);
         for reply in fx.replies {
             reply.fail(&error);
         }
         fx.shutdown
     }
 
-    /// After a batch that was not committed: the jobs whose outcome it held are no longer held
-    /// by anyone, so they may be handed out again (read back from the ready table).
-    fn lost(&mut self, fx: &Effects) {
+    /// After a batch that failed for a reason other than storage (a record that does not
+    /// decode): applying its outcomes again would fail again, so their jobs are no longer held
+    /// by anyone and are handed out again (read back from the ready table): the attempt runs
+    /// again (at-least-once).
+    fn lost(&mut self, fx: &mut Effects) {
+        for op in fx.held.drain(..) {
+            if let Op::Finish { id, .. } = op {
+                fx.released.push(id);
+            }
+        }
         for id in &fx.released {
             self.claimed.remove(id);
         }
@@ -311,7 +331,12 @@ impl Writer {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "a batch of {} operations was not committed", batch.len());
+                tracing::error!(error = %e, "a batch of {ops} operations was not committed");
+                // Operations the failure came before (the file would not even start a
+                // transaction) are answered like the rest.
+                for op in batch.drain(..) {
+                    reject(op, &mut fx);
+                }
                 // Delayed jobs noted in the failed batch are not durable; look again next time,
                 // and read the ready table again for whatever this batch would have handed out.
                 self.next_due = Some(0);
@@ -320,18 +345,21 @@ impl Writer {
                 for job in std::mem::take(&mut fx.ready) {
                     self.overflow.insert(job.function);
                 }
-                self.lost(&fx);
-                for reply in fx.replies {
+                for reply in std::mem::take(&mut fx.replies) {
                     reply.fail(&e);
                 }
                 // redb fails every later operation on a file that had an I/O error: reopen it
-                // (after a pause, so a full disk is not hammered).
+                // (after a pause, so a full disk is not hammered), then apply what no caller
+                // waits on again.
                 if matches!(e, StoreError::Redb(_) | StoreError::Storage(_)) {
+                    self.held.append(&mut fx.held);
                     self.broken = Some(Broken {
                         error: e,
                         backoff: REOPEN_FIRST,
                         next_try: Instant::now() + REOPEN_FIRST,
                     });
+                } else {
+                    self.lost(&mut fx);
                 }
             }
         }
@@ -440,13 +468,27 @@ impl Writer {
                 let result = self.publish(events, t, fx)?;
                 fx.replies.push(answer(reply, result));
             }
-            Op::Start { id, start } => self.start(id, start, t, fx)?,
+            // Kept until the commit (`Effects::held`): a failed one applies them again.
+            Op::Start { id, start } => {
+                let applied = self.start(id, start, t, fx);
+                fx.held.push(Op::Start { id, start });
+                applied?
+            }
             Op::Finish {
                 id,
                 attempt,
                 report,
                 retry,
-            } => self.finish(id, attempt, report, retry, t, fx)?,
+            } => {
+                let applied = self.finish(id, attempt, report.clone(), retry, t, fx);
+                fx.held.push(Op::Finish {
+                    id,
+                    attempt,
+                    report,
+                    retry,
+                });
+                applied?
+            }
             Op::Cancel { id, reply } => {
                 let result = self.cancel(id, t, fx)?;
                 fx.replies.push(answer(reply, result));
@@ -487,7 +529,11 @@ impl Writer {
                 }
                 fx.replies.push(answer(reply, Ok(cancelled)));
             }
-            Op::CallbackDone { id, result } => self.callback_done(id, result, t, fx)?,
+            Op::CallbackDone { id, result } => {
+                let applied = self.callback_done(id, result.clone(), t, fx);
+                fx.held.push(Op::CallbackDone { id, result });
+                applied?
+            }
             Op::KvCommit {
                 id,
                 attempt,
