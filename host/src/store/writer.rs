@@ -99,6 +99,9 @@ pub(crate) struct Writer {
     /// Operations of failed commits no caller waits on (starts, outcomes, callback results),
     /// applied first once the file works again.
     held: Vec<Op>,
+    /// The pause before the last reopen, until a commit works: a file that reopens but fails
+    /// its next commit (a disk still full) is tried less and less often.
+    reopened_after: Option<Duration>,
 }
 
 impl Writer {
@@ -143,6 +146,7 @@ impl Writer {
             refill_cursor: HashMap::new(),
             broken: None,
             held: Vec::new(),
+            reopened_after: None,
         }
     }
 
@@ -231,7 +235,8 @@ impl Writer {
         }
         match self.db.reopen() {
             Ok(()) => {
-                tracing::warn!("the data file works again after a storage error");
+                tracing::warn!("the data file is open again after a storage error");
+                self.reopened_after = Some(broken.backoff);
                 self.broken = None;
                 true
             }
@@ -290,6 +295,7 @@ impl Writer {
         let result = self.apply_all(batch, &mut fx);
         match result {
             Ok(()) => {
+                self.reopened_after = None;
                 let s = &self.shared.stats;
                 s.commits.fetch_add(1, Relaxed);
                 s.ops.fetch_add(ops, Relaxed);
@@ -353,10 +359,13 @@ impl Writer {
                 // waits on again.
                 if matches!(e, StoreError::Redb(_) | StoreError::Storage(_)) {
                     self.held.append(&mut fx.held);
+                    let backoff = self
+                        .reopened_after
+                        .map_or(REOPEN_FIRST, |last| (last * 2).min(REOPEN_MAX));
                     self.broken = Some(Broken {
                         error: e,
-                        backoff: REOPEN_FIRST,
-                        next_try: Instant::now() + REOPEN_FIRST,
+                        backoff,
+                        next_try: Instant::now() + backoff,
                     });
                 } else {
                     self.lost(&mut fx);

@@ -116,6 +116,116 @@ async fn serve_deploy_invoke_and_sigterm() {
     assert!(child.wait().unwrap().success());
 }
 
+/// A client that sent its headers and part of a body, then stalled, does not hold a SIGTERM:
+/// attempts stop starting at the signal, the open request gets the grace period like the
+/// running attempt, then the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_not_held_by_a_stalled_client() {
+    use tokio::io::AsyncWriteExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let serve = || {
+        Command::new(sluice_binary())
+            .arg("serve")
+            .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SLUICE_DATA", tmp.path())
+            .env("SLUICE_GRACE_PERIOD", "2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = serve();
+    let http = reqwest::Client::new();
+    wait_healthy(&http, &url).await;
+    let r = http
+        .put(format!("{url}/v1/functions/probe?max_concurrency=1&timeout_ms=10000"))
+        .body(std::fs::read(components::PROBE).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let r = http
+            .post(format!("{url}/v1/functions/probe/jobs"))
+            .body(json!({"action": "sleep", "ms": 700}).to_string())
+            .send()
+            .await
+            .unwrap();
+        ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_json(&http, &format!("{url}/v1/jobs/{}", ids[0])).await["status"] != "running" {
+        assert!(Instant::now() < deadline, "the first job never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /v1/functions/probe/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"action\":",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let signalled = Instant::now();
+    let signalled_at = std::time::SystemTime::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        (status, Instant::now())
+    });
+    let (status, at) = tokio::time::timeout(Duration::from_secs(60), exited)
+        .await
+        .expect("sluice serve did not exit within a minute of SIGTERM with a stalled client")
+        .unwrap();
+    assert!(status.success(), "sluice serve exited with {status}");
+    let took = at - signalled;
+    // The grace period (2 s) for the stalled request, then exit; a stalled client once held
+    // the host past 30 s.
+    assert!(took < Duration::from_secs(20), "exit took {took:?}");
+    drop(stalled);
+
+    // No attempt started after the signal: each attempt on record started before it.
+    let mut child = serve();
+    wait_healthy(&http, &url).await;
+    let signalled_ms = signalled_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut started_before = 0;
+    for id in &ids {
+        let job = get_json(&http, &format!("{url}/v1/jobs/{id}")).await;
+        // Attempts of the restarted host start after it is healthy; this host's all started
+        // before the signal.
+        for attempt in job["attempt_history"].as_array().unwrap() {
+            let started = sluice_tests::millis(&attempt["started_at"]);
+            if started < signalled_ms {
+                started_before += 1;
+            }
+        }
+        assert!(
+            !job["attempt_history"].as_array().unwrap().iter().any(|a| {
+                let started = sluice_tests::millis(&a["started_at"]);
+                started >= signalled_ms && started < signalled_ms + took.as_millis() as u64
+            }),
+            "an attempt started during the shutdown: {job}"
+        );
+    }
+    assert!(started_before >= 1, "the running attempt is on record");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
 /// `sluice bench` runs its scenarios end to end against a real host and prints one JSON line per
 /// scenario (figures are checked by people reading BENCHMARKS.md, not by this test).
 #[test]
