@@ -287,6 +287,9 @@ mod tests {
         config.idempotency_window = Duration::from_secs(3600);
         let warnings = config.warnings();
         assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("--job-retention-secs (60)"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("--job-retention-secs (60)"),
+            "{warnings:?}"
+        );
     }
 }

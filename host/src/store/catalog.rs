@@ -93,10 +93,7 @@ pub(crate) struct Catalog {
 impl Catalog {
     /// Opens (or creates) the catalog file and loads the deployed names.
     pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
+        let db = super::datafile::open(path, cache_bytes)?;
         let catalog = Catalog {
             db,
             deployed: Arc::default(),
@@ -151,7 +148,7 @@ impl Catalog {
                 .map_err(storage)?
                 .map(|v| decode_function(v.value()))
                 .transpose()
-                .map_err(StoreError::Storage)?;
+                .map_err(StoreError::damaged)?;
             if let Some(previous) = previous {
                 if previous.digest == record.digest
                     && previous.settings == record.settings
@@ -209,7 +206,7 @@ impl Catalog {
                 .map_err(storage)?
                 .map(|v| decode_function(v.value()))
                 .transpose()
-                .map_err(StoreError::Storage)?;
+                .map_err(StoreError::damaged)?;
             let Some(mut record) = current else {
                 return Ok(None);
             };
@@ -246,7 +243,7 @@ impl Catalog {
                 .map_err(storage)?
                 .map(|v| decode_function(v.value()))
                 .transpose()
-                .map_err(StoreError::Storage)?;
+                .map_err(StoreError::damaged)?;
             let Some(current) = current else {
                 return Ok(Err(RollbackError::NotFound(name.to_string())));
             };
@@ -268,7 +265,7 @@ impl Catalog {
                 .map_err(storage)?
                 .map(|v| decode_function(v.value()))
                 .transpose()
-                .map_err(StoreError::Storage)?;
+                .map_err(StoreError::damaged)?;
             drop(versions);
             let Some(target) = target else {
                 return Ok(Err(RollbackError::UnknownVersion {
@@ -315,7 +312,7 @@ impl Catalog {
                 .map_err(storage)?
                 .map(|v| decode_function(v.value()))
                 .transpose()
-                .map_err(StoreError::Storage)?;
+                .map_err(StoreError::damaged)?;
             let Some(mut record) = current else {
                 return Ok(None);
             };
@@ -342,7 +339,7 @@ impl Catalog {
             .map_err(storage)?
         {
             let (_, v) = row.map_err(storage)?;
-            out.push(decode_function(v.value()).map_err(StoreError::Storage)?);
+            out.push(decode_function(v.value()).map_err(StoreError::damaged)?);
         }
         Ok(out)
     }
@@ -396,7 +393,7 @@ impl Catalog {
         };
         decode_function(row.value())
             .map(Some)
-            .map_err(StoreError::Storage)
+            .map_err(StoreError::damaged)
     }
 
     /// Every deployed function, by name.
@@ -406,7 +403,7 @@ impl Catalog {
         let mut out = Vec::new();
         for row in table.iter().map_err(storage)? {
             let (_, v) = row.map_err(storage)?;
-            out.push(decode_function(v.value()).map_err(StoreError::Storage)?);
+            out.push(decode_function(v.value()).map_err(StoreError::damaged)?);
         }
         Ok(out)
     }

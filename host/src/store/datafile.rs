@@ -30,6 +30,24 @@ impl DataFile {
         })
     }
 
+    /// The file's path.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Runs a read on the database, naming the file in damage reports and turning a panic
+    /// inside redb (some malformed pages make it panic) into one.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = self.get()?;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&db))) {
+            Ok(result) => result.map_err(|e| e.in_file(&self.path)),
+            Err(panic) => Err(StoreError::panicked(&self.path, &*panic)),
+        }
+    }
+
     /// The database, unless it is being reopened after a storage error.
     pub(crate) fn get(&self) -> Result<Arc<Database>, StoreError> {
         self.db.read().clone().ok_or_else(|| {
@@ -73,9 +91,19 @@ impl DataFile {
     }
 }
 
-fn open(path: &std::path::Path, cache_bytes: usize) -> Result<Database, StoreError> {
-    Database::builder()
-        .set_cache_size(cache_bytes)
-        .create(path)
-        .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))
+/// Opens (or creates) a redb file; a file redb panics on while opening (a malformed page) is
+/// reported as damaged.
+pub(crate) fn open(path: &std::path::Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    let opened =
+        std::panic::catch_unwind(|| Database::builder().set_cache_size(cache_bytes).create(path))
+            .map_err(|panic| StoreError::panicked(path, &*panic))?;
+    opened.map_err(|e| match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+            StoreError::Damaged {
+                file: path.display().to_string(),
+                detail,
+            }
+        }
+        e => StoreError::Storage(format!("cannot open {}: {e}", path.display())),
+    })
 }

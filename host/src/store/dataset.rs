@@ -185,6 +185,27 @@ pub(crate) fn check_shard(
     dataset: &Dataset,
     n: usize,
 ) -> Result<(), StoreError> {
+    identify(db, path, dataset, n, true)
+}
+
+/// Checks that a shard file belongs to `dataset` as shard `n`, changing nothing (one without
+/// an identity passes: the next start stamps it).
+pub(crate) fn verify_shard(
+    db: &Database,
+    path: &Path,
+    dataset: &Dataset,
+    n: usize,
+) -> Result<(), StoreError> {
+    identify(db, path, dataset, n, false)
+}
+
+fn identify(
+    db: &Database,
+    path: &Path,
+    dataset: &Dataset,
+    n: usize,
+    stamp: bool,
+) -> Result<(), StoreError> {
     let stored = {
         let txn = db.begin_read().map_err(storage)?;
         match txn.open_table(SHARD_IDENTITY) {
@@ -216,6 +237,7 @@ pub(crate) fn check_shard(
             }
             Ok(())
         }
+        None if !stamp => Ok(()),
         None => {
             let mut txn = db.begin_write().map_err(storage)?;
             txn.set_durability(redb::Durability::Immediate)

@@ -17,6 +17,63 @@ pub enum StoreError {
     /// The host is shutting down and no longer writes.
     #[error("the host is shutting down; retry against the restarted host")]
     Closed,
+    /// A data file holds something that does not read back: damaged on disk, or changed
+    /// outside Sluice.
+    #[error(
+        "{file} is damaged ({detail}): stop the host, run `sluice check --data <data dir>`, and restore the data directory from a backup (docs/operations.md#restoring-a-data-directory)"
+    )]
+    Damaged {
+        /// The file.
+        file: String,
+        /// What did not read back.
+        detail: String,
+    },
+}
+
+/// The file of a [`StoreError::Damaged`] not yet known where it is made.
+const SOME_FILE: &str = "a data file";
+
+impl StoreError {
+    /// A record that does not decode (the file is named by [`StoreError::in_file`]).
+    pub(crate) fn damaged(detail: String) -> StoreError {
+        StoreError::Damaged {
+            file: SOME_FILE.into(),
+            detail,
+        }
+    }
+
+    /// Names `path` in a damage report made without it; redb's own corruption reports become
+    /// damage reports too.
+    pub(crate) fn in_file(self, path: &std::path::Path) -> StoreError {
+        match self {
+            StoreError::Damaged { file, detail } if file == SOME_FILE => StoreError::Damaged {
+                file: path.display().to_string(),
+                detail,
+            },
+            StoreError::Redb(e) if matches!(*e, redb::Error::Corrupted(_)) => StoreError::Damaged {
+                file: path.display().to_string(),
+                detail: e.to_string(),
+            },
+            other => other,
+        }
+    }
+
+    /// A damage report for a panic while reading or writing `path` (redb panics on some
+    /// malformed pages).
+    pub(crate) fn panicked(
+        path: &std::path::Path,
+        panic: &(dyn std::any::Any + Send),
+    ) -> StoreError {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        StoreError::Damaged {
+            file: path.display().to_string(),
+            detail: format!("reading it failed: {what}"),
+        }
+    }
 }
 
 pub(crate) fn storage(e: impl Into<redb::Error>) -> StoreError {

@@ -34,7 +34,7 @@ impl Writer {
                 .map_err(storage)?
                 .map(|v| KeyRecord::decode(v.value()))
                 .transpose()
-                .map_err(StoreError::Storage)?;
+                .map_err(StoreError::damaged)?;
             // A key past its window is forgotten even before the sweeper deletes it.
             if let Some(known) = known.filter(|k| k.created_at + self.key_window_ms > now) {
                 return Ok(if known.request_hash == key.request_hash {

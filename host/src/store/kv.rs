@@ -242,7 +242,7 @@ pub(crate) fn keys(
 impl Store {
     /// The committed version (0: absent) and value of a function's key.
     pub fn kv_get(&self, function: &str, key: &str) -> Result<(u64, Option<Vec<u8>>), StoreError> {
-        get(&*self.shards[KV_SHARD].db()?, function, key)
+        self.shards[KV_SHARD].read(|db| get(db, function, key))
     }
 
     /// A function's keys starting with `prefix`, in order: at most `limit`, after skipping
@@ -254,7 +254,7 @@ impl Store {
         skip: usize,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        keys(&*self.shards[KV_SHARD].db()?, function, prefix, skip, limit)
+        self.shards[KV_SHARD].read(|db| keys(db, function, prefix, skip, limit))
     }
 
     /// Writes keys of a function's state (the API's `PUT`/`DELETE`), durably; bumps their

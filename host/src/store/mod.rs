@@ -39,6 +39,7 @@
 mod blobs;
 mod callbacks;
 mod catalog;
+mod check;
 mod counts;
 mod datafile;
 mod dataset;
@@ -75,6 +76,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::job::{AttemptReport, Job, JobId, QueuedJob};
 use crate::manifest::RetryPolicy;
 use catalog::Catalog;
+pub use check::{FileCheck, check};
 pub use counts::Counts;
 pub use demand::Demand;
 pub use errors::*;

@@ -85,7 +85,7 @@ impl Writer {
                 .map_err(storage)?
                 .map(|v| KeyRecord::decode(v.value()))
                 .transpose()
-                .map_err(StoreError::Storage)?;
+                .map_err(StoreError::damaged)?;
             if current.is_some_and(|r| r.created_at == *at) {
                 t.idempotency
                     .open()?

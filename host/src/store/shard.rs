@@ -44,12 +44,12 @@ impl Shard {
         shared: Shared,
     ) -> Result<Shard, StoreError> {
         let db = Arc::new(DataFile::open(path.to_path_buf(), cache_bytes)?);
-        super::dataset::check_shard(&*db.get()?, path, dataset, number)?;
-        let (next_due, bytes) = writer::recover(&*db.get()?, &shared.unfinished)?;
+        db.read(|file| super::dataset::check_shard(file, path, dataset, number))?;
+        let (next_due, bytes) = db.read(|file| writer::recover(file, &shared.unfinished))?;
         shared
             .queued_bytes
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-        let (blobs, blob_bytes) = super::blobs::totals(&*db.get()?)?;
+        let (blobs, blob_bytes) = db.read(super::blobs::totals)?;
         shared.blob_totals.count.fetch_add(blobs, Relaxed);
         shared.blob_totals.bytes.fetch_add(blob_bytes, Relaxed);
         let (ops, rx) = crossbeam_channel::unbounded();
@@ -67,9 +67,12 @@ impl Shard {
         Ok(shard)
     }
 
-    /// The shard's file, for reads (an error while it is being reopened).
-    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
-        self.db.get()
+    /// Runs a read on the shard's file (see [`DataFile::read`]).
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.db.read(f)
     }
 
     /// Awaited operations waiting for this shard's commits.
@@ -105,14 +108,16 @@ impl Shard {
 
     /// One job, as last committed.
     pub(crate) fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        let txn = self.db.get()?.begin_read().map_err(storage)?;
-        let table = txn.open_table(JOBS).map_err(storage)?;
-        let Some(row) = table.get(id.0).map_err(storage)? else {
-            return Ok(None);
-        };
-        decode_job(row.value())
-            .map(Some)
-            .map_err(StoreError::Storage)
+        self.db.read(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(JOBS).map_err(storage)?;
+            let Some(row) = table.get(id.0).map_err(storage)? else {
+                return Ok(None);
+            };
+            decode_job(row.value())
+                .map(Some)
+                .map_err(StoreError::damaged)
+        })
     }
 
     /// Reads part of a blob this shard holds (`None`: it holds no such blob).
@@ -122,129 +127,141 @@ impl Shard {
         offset: u64,
         len: usize,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        super::blobs::read(&*self.db.get()?, digest, offset, len)
+        self.db
+            .read(|db| super::blobs::read(db, digest, offset, len))
     }
 
     /// One published event, as committed.
     pub(crate) fn event(&self, id: JobId) -> Result<Option<EventRecord>, StoreError> {
-        let txn = self.db.get()?.begin_read().map_err(storage)?;
-        let table = txn.open_table(EVENTS).map_err(storage)?;
-        let Some(row) = table.get(id.0).map_err(storage)? else {
-            return Ok(None);
-        };
-        decode_event(row.value())
-            .map(Some)
-            .map_err(StoreError::Storage)
+        self.db.read(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(EVENTS).map_err(storage)?;
+            let Some(row) = table.get(id.0).map_err(storage)? else {
+                return Ok(None);
+            };
+            decode_event(row.value())
+                .map(Some)
+                .map_err(StoreError::damaged)
+        })
     }
 
     /// This shard's jobs and events carrying `correlation_id` (at most [`MAX_SCAN`]).
     pub(crate) fn correlated(&self, correlation_id: &str) -> Result<Correlated, StoreError> {
-        let txn = self.db.get()?.begin_read().map_err(storage)?;
-        let index = txn.open_table(CORRELATED).map_err(storage)?;
-        let jobs = txn.open_table(JOBS).map_err(storage)?;
-        let events = txn.open_table(EVENTS).map_err(storage)?;
-        let mut out = Correlated::default();
-        for row in index
-            .range((correlation_id, 0u128)..=(correlation_id, u128::MAX))
-            .map_err(storage)?
-            .take(MAX_SCAN)
-        {
-            let (k, kind) = row.map_err(storage)?;
-            let id = k.value().1;
-            if kind.value() == KIND_EVENT {
-                if let Some(v) = events.get(id).map_err(storage)? {
-                    out.events.push((
+        self.db.read(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let index = txn.open_table(CORRELATED).map_err(storage)?;
+            let jobs = txn.open_table(JOBS).map_err(storage)?;
+            let events = txn.open_table(EVENTS).map_err(storage)?;
+            let mut out = Correlated::default();
+            for row in index
+                .range((correlation_id, 0u128)..=(correlation_id, u128::MAX))
+                .map_err(storage)?
+                .take(MAX_SCAN)
+            {
+                let (k, kind) = row.map_err(storage)?;
+                let id = k.value().1;
+                if kind.value() == KIND_EVENT {
+                    if let Some(v) = events.get(id).map_err(storage)? {
+                        out.events.push((
+                            JobId(id),
+                            decode_event(v.value()).map_err(StoreError::damaged)?,
+                        ));
+                    }
+                } else if let Some(v) = jobs.get(id).map_err(storage)? {
+                    out.jobs.push((
                         JobId(id),
-                        decode_event(v.value()).map_err(StoreError::Storage)?,
+                        decode_job_summary(v.value()).map_err(StoreError::damaged)?,
                     ));
                 }
-            } else if let Some(v) = jobs.get(id).map_err(storage)? {
-                out.jobs.push((
-                    JobId(id),
-                    decode_job_summary(v.value()).map_err(StoreError::Storage)?,
-                ));
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// This shard's part of a listing: newest first, at most `query.limit` matches and
     /// [`MAX_SCAN`] rows; the cursor is the last row examined when it stopped early.
     pub(crate) fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
-        let txn = self.db.get()?.begin_read().map_err(storage)?;
-        let jobs = txn.open_table(JOBS).map_err(storage)?;
-        let before = query.before.map_or(u128::MAX, |id| id.0);
-        let mut page = JobPage {
-            jobs: Vec::new(),
-            next_cursor: None,
-        };
-        let mut scanned = 0;
-        let mut visit = |id: u128, bytes: &[u8], page: &mut JobPage| -> Result<bool, StoreError> {
-            scanned += 1;
-            let summary = decode_job_summary(bytes).map_err(StoreError::Storage)?;
-            if query.status.is_none_or(|s| s == summary.job.status) {
-                page.jobs.push((JobId(id), summary));
-            }
-            if page.jobs.len() >= query.limit || scanned >= MAX_SCAN {
-                page.next_cursor = Some(JobId(id));
-                return Ok(false);
-            }
-            Ok(true)
-        };
-        if let Some(function) = &query.function {
-            let index = if query.dead_letters {
-                txn.open_table(DEAD_LETTERS).map_err(storage)?
-            } else {
-                txn.open_table(FUNCTION_JOBS).map_err(storage)?
+        self.db.read(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let jobs = txn.open_table(JOBS).map_err(storage)?;
+            let before = query.before.map_or(u128::MAX, |id| id.0);
+            let mut page = JobPage {
+                jobs: Vec::new(),
+                next_cursor: None,
             };
-            for row in index
-                .range((function.as_str(), 0u128)..(function.as_str(), before))
-                .map_err(storage)?
-                .rev()
-            {
-                let id = row.map_err(storage)?.0.value().1;
-                let Some(job) = jobs.get(id).map_err(storage)? else {
-                    continue;
+            let mut scanned = 0;
+            let mut visit =
+                |id: u128, bytes: &[u8], page: &mut JobPage| -> Result<bool, StoreError> {
+                    scanned += 1;
+                    let summary = decode_job_summary(bytes).map_err(StoreError::damaged)?;
+                    if query.status.is_none_or(|s| s == summary.job.status) {
+                        page.jobs.push((JobId(id), summary));
+                    }
+                    if page.jobs.len() >= query.limit || scanned >= MAX_SCAN {
+                        page.next_cursor = Some(JobId(id));
+                        return Ok(false);
+                    }
+                    Ok(true)
                 };
-                if !visit(id, job.value(), &mut page)? {
-                    break;
+            if let Some(function) = &query.function {
+                let index = if query.dead_letters {
+                    txn.open_table(DEAD_LETTERS).map_err(storage)?
+                } else {
+                    txn.open_table(FUNCTION_JOBS).map_err(storage)?
+                };
+                for row in index
+                    .range((function.as_str(), 0u128)..(function.as_str(), before))
+                    .map_err(storage)?
+                    .rev()
+                {
+                    let id = row.map_err(storage)?.0.value().1;
+                    let Some(job) = jobs.get(id).map_err(storage)? else {
+                        continue;
+                    };
+                    if !visit(id, job.value(), &mut page)? {
+                        break;
+                    }
+                }
+            } else {
+                for row in jobs.range(..before).map_err(storage)?.rev() {
+                    let (id, job) = row.map_err(storage)?;
+                    if !visit(id.value(), job.value(), &mut page)? {
+                        break;
+                    }
                 }
             }
-        } else {
-            for row in jobs.range(..before).map_err(storage)?.rev() {
-                let (id, job) = row.map_err(storage)?;
-                if !visit(id.value(), job.value(), &mut page)? {
-                    break;
-                }
-            }
-        }
-        Ok(page)
+            Ok(page)
+        })
     }
 
     /// A function's counters in this shard.
     pub(crate) fn counts(&self, function: &str) -> Result<Counts, StoreError> {
-        let txn = self.db.get()?.begin_read().map_err(storage)?;
-        let table = txn.open_table(COUNTS).map_err(storage)?;
-        counts::read(&table, function)
+        self.db.read(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(COUNTS).map_err(storage)?;
+            counts::read(&table, function)
+        })
     }
 
     /// When the function's oldest ready job in this shard became ready: the first entry of
     /// each priority's range of the ready table.
     pub(crate) fn oldest_ready(&self, function: &str) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.get()?.begin_read().map_err(storage)?;
-        let table = txn.open_table(READY).map_err(storage)?;
-        let mut oldest: Option<u64> = None;
-        for rank in 0..=MAX_PRIORITY {
-            let first = table
-                .range((function, rank, 0u64, 0u128)..=(function, rank, u64::MAX, u128::MAX))
-                .map_err(storage)?
-                .next();
-            if let Some(row) = first {
-                let at = row.map_err(storage)?.0.value().2;
-                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        self.db.read(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(READY).map_err(storage)?;
+            let mut oldest: Option<u64> = None;
+            for rank in 0..=MAX_PRIORITY {
+                let first = table
+                    .range((function, rank, 0u64, 0u128)..=(function, rank, u64::MAX, u128::MAX))
+                    .map_err(storage)?
+                    .next();
+                if let Some(row) = first {
+                    let at = row.map_err(storage)?.0.value().2;
+                    oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                }
             }
-        }
-        Ok(oldest)
+            Ok(oldest)
+        })
     }
 }
 

@@ -14,8 +14,8 @@ use super::txn::Tables;
 use super::writer::{Effects, Writer};
 use super::{AttemptStart, CancelError, StoreError, storage};
 use crate::job::{
-    AttemptRecord, AttemptReport, BlobRef, FailureKind, Job, JobId, JobStatus,
-    MAX_OUTBOUND_KEPT, Outcome, Pipeline, QueuedJob, bounded_error, now_ms,
+    AttemptRecord, AttemptReport, BlobRef, FailureKind, Job, JobId, JobStatus, MAX_OUTBOUND_KEPT,
+    Outcome, Pipeline, QueuedJob, bounded_error, now_ms,
 };
 use crate::manifest::RetryPolicy;
 use crate::output::Output;

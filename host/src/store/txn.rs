@@ -102,7 +102,7 @@ impl<'txn> Tables<'txn> {
         match self.jobs.get(id.0).map_err(storage)? {
             Some(row) => decode_job(row.value())
                 .map(Some)
-                .map_err(StoreError::Storage),
+                .map_err(StoreError::damaged),
             None => Ok(None),
         }
     }

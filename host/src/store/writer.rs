@@ -292,7 +292,14 @@ impl Writer {
     fn commit(&mut self, batch: &mut Vec<Op>) -> bool {
         let mut fx = Effects::default();
         let ops = batch.len() as u64;
-        let result = self.apply_all(batch, &mut fx);
+        // A panic inside redb (a malformed page) fails the batch like a storage error.
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.apply_all(batch, &mut fx)
+        }));
+        let result = match applied {
+            Ok(result) => result.map_err(|e| e.in_file(self.db.path())),
+            Err(panic) => Err(StoreError::panicked(self.db.path(), &*panic)),
+        };
         match result {
             Ok(()) => {
                 self.reopened_after = None;
@@ -357,7 +364,10 @@ impl Writer {
                 // redb fails every later operation on a file that had an I/O error: reopen it
                 // (after a pause, so a full disk is not hammered), then apply what no caller
                 // waits on again.
-                if matches!(e, StoreError::Redb(_) | StoreError::Storage(_)) {
+                if matches!(
+                    e,
+                    StoreError::Redb(_) | StoreError::Storage(_) | StoreError::Damaged { .. }
+                ) {
                     self.held.append(&mut fx.held);
                     let backoff = self
                         .reopened_after

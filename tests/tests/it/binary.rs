@@ -140,7 +140,9 @@ async fn sigterm_is_not_held_by_a_stalled_client() {
     let http = reqwest::Client::new();
     wait_healthy(&http, &url).await;
     let r = http
-        .put(format!("{url}/v1/functions/probe?max_concurrency=1&timeout_ms=10000"))
+        .put(format!(
+            "{url}/v1/functions/probe?max_concurrency=1&timeout_ms=10000"
+        ))
         .body(std::fs::read(components::PROBE).unwrap())
         .send()
         .await
@@ -154,14 +156,21 @@ async fn sigterm_is_not_held_by_a_stalled_client() {
             .send()
             .await
             .unwrap();
-        ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+        ids.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while get_json(&http, &format!("{url}/v1/jobs/{}", ids[0])).await["status"] != "running" {
         assert!(Instant::now() < deadline, "the first job never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     stalled
         .write_all(
             b"POST /v1/functions/probe/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"action\":",
@@ -172,11 +181,13 @@ async fn sigterm_is_not_held_by_a_stalled_client() {
 
     let signalled = Instant::now();
     let signalled_at = std::time::SystemTime::now();
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let exited = tokio::task::spawn_blocking(move || {
         let status = child.wait().unwrap();
         (status, Instant::now())

@@ -124,7 +124,7 @@ async fn retention_sweeps_finished_jobs_and_old_keys() {
 }
 
 /// A job whose attempt was running when the host stopped (past the grace period) is queued
-/// again at the next start and runs to completion.
+/// again at the next start and runs to completion; the cut attempt stays in its history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_jobs_are_requeued_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,6 +145,18 @@ async fn running_jobs_are_requeued_at_start_up() {
     assert_eq!(job["attempts"], 2, "the interrupted attempt counts: {job}");
     assert_eq!(job["output"], r#"{"detail":"slept 1500 ms","ok":true}"#);
     assert!(job["lease_until"].is_null());
+    // Every attempt stays on record, the interrupted one with why it ended.
+    let history = job["attempt_history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{job}");
+    assert_eq!(history[0]["attempt"], 1);
+    assert!(
+        history[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted: the host stopped"),
+        "{job}"
+    );
+    assert!(history[1]["error"].is_null(), "{job}");
 }
 
 /// At the store's level: an attempt that is no longer the job's current one changes nothing,

@@ -8,6 +8,7 @@ mod config_secrets;
 mod connections;
 mod core_loop;
 mod crash_safety;
+mod data_files;
 mod emissions;
 mod errors;
 mod failures;

@@ -134,7 +134,10 @@ async fn a_full_disk_answers_503_strands_nothing_and_recovers() {
     let (mut accepted, refused, retry_after) = fill(&host, &disk).await;
     assert_eq!(refused["error"]["code"], "storage_unavailable", "{refused}");
     assert!(
-        refused["error"]["message"].as_str().unwrap().contains("storage error"),
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("storage error"),
         "the answer names the cause: {refused}"
     );
     let secs: u64 = retry_after.expect("503 has Retry-After").parse().unwrap();
@@ -148,7 +151,10 @@ async fn a_full_disk_answers_503_strands_nothing_and_recovers() {
     let before = cpu_time();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = cpu_time() - before;
-    assert!(used < Duration::from_millis(1000), "used {used:?} of CPU in 2 s while full");
+    assert!(
+        used < Duration::from_millis(1000),
+        "used {used:?} of CPU in 2 s while full"
+    );
 
     // Space comes back: the host recovers without a restart.
     std::fs::remove_file(filler(&disk)).unwrap();
@@ -171,7 +177,8 @@ async fn an_attempt_ending_while_the_disk_is_full_keeps_its_outcome() {
     config.store_shards = 1;
     let host = start_host_with(config).await;
     host.deploy("echo", components::ECHO, "").await;
-    host.deploy("probe", components::PROBE, "timeout_ms=10000").await;
+    host.deploy("probe", components::PROBE, "timeout_ms=10000")
+        .await;
     let slow = host
         .submit_json("probe", &serde_json::json!({"action": "sleep", "ms": 1500}))
         .await;
@@ -185,7 +192,10 @@ async fn an_attempt_ending_while_the_disk_is_full_keeps_its_outcome() {
     submit_until_accepted(&host).await;
     let job = host.wait(&slow).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(job["attempts"], 1, "the outcome was kept, not run again: {job}");
+    assert_eq!(
+        job["attempts"], 1,
+        "the outcome was kept, not run again: {job}"
+    );
     assert_eq!(job["attempt_history"].as_array().unwrap().len(), 1, "{job}");
     for id in &accepted {
         assert_eq!(host.wait(id).await["status"], "succeeded");
@@ -202,7 +212,8 @@ async fn a_host_stops_while_its_disk_is_full_and_restarts_whole() {
     let mut config = test_config(&disk.dir.path().join("data"));
     config.store_shards = 1;
     let host = start_host_with(config.clone()).await;
-    host.deploy("echo", components::ECHO, "max_concurrency=1").await;
+    host.deploy("echo", components::ECHO, "max_concurrency=1")
+        .await;
     let (accepted, refused, _) = fill(&host, &disk).await;
     assert_eq!(refused["error"]["code"], "storage_unavailable", "{refused}");
     let stopping = Instant::now();
