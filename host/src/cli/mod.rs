@@ -110,7 +110,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     }
     if bad > 0 {
         anyhow::bail!(
-            "{bad} of {} file(s) in {} have problems: restore the data directory from a backup (docs/operations.md#restoring-a-data-directory)",
+            "{bad} of {} file(s) in {} have problems: restore the data directory from a backup (docs/delivery.md#checking-and-restoring-a-data-directory)",
             files.len(),
             args.data.display()
         );

@@ -17,7 +17,7 @@ const SHARD_IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("ident
 /// The key of the identity record, in the catalog's `meta` table and each shard's `identity`.
 const KEY: &str = "dataset";
 /// Where a refusal sends the operator.
-const RESTORE: &str = "restore it from a backup of the whole data directory (docs/operations.md#restoring-a-data-directory)";
+const RESTORE: &str = "restore it from a backup of the whole data directory (docs/delivery.md#checking-and-restoring-a-data-directory)";
 
 /// What the catalog records about the data directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ pub enum StoreError {
     /// A data file holds something that does not read back: damaged on disk, or changed
     /// outside Sluice.
     #[error(
-        "{file} is damaged ({detail}): stop the host, run `sluice check --data <data dir>`, and restore the data directory from a backup (docs/operations.md#restoring-a-data-directory)"
+        "{file} is damaged ({detail}): stop the host, run `sluice check --data <data dir>`, and restore the data directory from a backup (docs/delivery.md#checking-and-restoring-a-data-directory)"
     )]
     Damaged {
         /// The file.
