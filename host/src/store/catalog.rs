@@ -84,6 +84,14 @@ fn put_version(txn: &redb::WriteTransaction, record: &FunctionRecord) -> Result<
     Ok(())
 }
 
+/// A catalog record that does not decode.
+pub(crate) fn damaged(detail: String) -> StoreError {
+    StoreError::Damaged {
+        file: "catalog.redb".into(),
+        detail,
+    }
+}
+
 /// The catalog file and the deployed names it holds.
 pub(crate) struct Catalog {
     pub(super) db: Database,
@@ -148,7 +156,7 @@ impl Catalog {
                 .map_err(storage)?
                 .map(|v| decode_function(v.value()))
                 .transpose()
-                .map_err(StoreError::damaged)?;
+                .map_err(super::catalog::damaged)?;
             if let Some(previous) = previous {
                 if previous.digest == record.digest
                     && previous.settings == record.settings
@@ -206,7 +214,7 @@ impl Catalog {
                 .map_err(storage)?
                 .map(|v| decode_function(v.value()))
                 .transpose()
-                .map_err(StoreError::damaged)?;
+                .map_err(super::catalog::damaged)?;
             let Some(mut record) = current else {
                 return Ok(None);
             };
@@ -243,7 +251,7 @@ impl Catalog {
                 .map_err(storage)?
                 .map(|v| decode_function(v.value()))
                 .transpose()
-                .map_err(StoreError::damaged)?;
+                .map_err(super::catalog::damaged)?;
             let Some(current) = current else {
                 return Ok(Err(RollbackError::NotFound(name.to_string())));
             };
@@ -265,7 +273,7 @@ impl Catalog {
                 .map_err(storage)?
                 .map(|v| decode_function(v.value()))
                 .transpose()
-                .map_err(StoreError::damaged)?;
+                .map_err(super::catalog::damaged)?;
             drop(versions);
             let Some(target) = target else {
                 return Ok(Err(RollbackError::UnknownVersion {
@@ -312,7 +320,7 @@ impl Catalog {
                 .map_err(storage)?
                 .map(|v| decode_function(v.value()))
                 .transpose()
-                .map_err(StoreError::damaged)?;
+                .map_err(super::catalog::damaged)?;
             let Some(mut record) = current else {
                 return Ok(None);
             };
@@ -339,7 +347,7 @@ impl Catalog {
             .map_err(storage)?
         {
             let (_, v) = row.map_err(storage)?;
-            out.push(decode_function(v.value()).map_err(StoreError::damaged)?);
+            out.push(decode_function(v.value()).map_err(super::catalog::damaged)?);
         }
         Ok(out)
     }
@@ -393,7 +401,7 @@ impl Catalog {
         };
         decode_function(row.value())
             .map(Some)
-            .map_err(StoreError::damaged)
+            .map_err(super::catalog::damaged)
     }
 
     /// Every deployed function, by name.
@@ -403,7 +411,7 @@ impl Catalog {
         let mut out = Vec::new();
         for row in table.iter().map_err(storage)? {
             let (_, v) = row.map_err(storage)?;
-            out.push(decode_function(v.value()).map_err(StoreError::damaged)?);
+            out.push(decode_function(v.value()).map_err(super::catalog::damaged)?);
         }
         Ok(out)
     }
