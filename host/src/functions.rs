@@ -64,7 +64,7 @@ pub enum FunctionsError {
     TooManySecrets(String),
     /// The function has no secret of that name.
     #[error(
-        "function {function} has no secret {secret:?}: GET /v1/functions/{function}/secrets lists them"
+        "function {function} has no secret {secret:?}: `sluice secrets list {function}` or GET /v1/functions/{function}/secrets lists them"
     )]
     SecretNotFound {
         /// The function.
@@ -171,6 +171,28 @@ impl Loader {
     }
 }
 
+/// What a deploy says about the function's configuration.
+#[derive(Clone, Copy, Debug)]
+pub enum Given<'a> {
+    /// The whole configuration (a `sluice.toml`): what it leaves out takes its default, and
+    /// subscriptions, pipeline, outbound hosts and config are exactly what it lists.
+    Whole(&'a Manifest),
+    /// Changes to the deployed configuration (query parameters, or no manifest at all): what
+    /// it leaves out stays as deployed (defaults for a new function).
+    Changes(&'a Manifest),
+}
+
+/// The manifest that gives exactly what `record` is configured with.
+fn manifest_of(record: &FunctionRecord) -> Manifest {
+    Manifest {
+        subscribe: record.subscriptions.clone(),
+        then: record.then.clone(),
+        allowed_outbound_hosts: record.allowed_outbound_hosts.clone(),
+        config: record.config.clone(),
+        ..Manifest::from_settings(&record.settings)
+    }
+}
+
 impl Functions {
     /// The service over the loaded parts and the scheduler; `bounds` are the limits every
     /// manifest must fit.
@@ -182,16 +204,29 @@ impl Functions {
         }
     }
 
-    /// Deploys `wasm` as function `name` with `manifest`: a new function (version 1), a new
-    /// version, or nothing new when code and manifest are what is deployed. Answered once it is
+    /// Deploys `wasm` as function `name`: a new function (version 1), a new version, or
+    /// nothing new when code and configuration are what is deployed. `given` says whether the
+    /// manifest is the function's whole configuration or changes to the current one. The
+    /// record's `changes` say what differs from the version before. Answered once it is
     /// durable and runnable.
     pub async fn deploy(
         &self,
         name: &str,
-        manifest: &Manifest,
+        given: Given<'_>,
         wasm: Bytes,
     ) -> Result<FunctionRecord, FunctionsError> {
         crate::manifest::validate_name(name)?;
+        let overlaid;
+        let manifest = match given {
+            Given::Whole(manifest) => manifest,
+            Given::Changes(changes) => {
+                overlaid = match self.parts.store.function(name)? {
+                    Some(current) => changes.over(manifest_of(&current)),
+                    None => changes.clone(),
+                };
+                &overlaid
+            }
+        };
         let settings = manifest.validate(name, &self.bounds)?;
         let subscriptions = manifest.subscriptions()?;
         let then = manifest.then(name)?;
@@ -213,6 +248,7 @@ impl Functions {
             paused: false,
             allowed_outbound_hosts,
             config,
+            changes: Vec::new(),
         };
         // Runnable before the commit, so a job accepted right after it always finds its code.
         let previous = self.parts.runtime.function(name);

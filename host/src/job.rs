@@ -168,6 +168,23 @@ pub struct Job {
     /// Attempts that ran again because a key-value read was changed by another commit
     /// before theirs (they do not count against `max_attempts`, up to [`MAX_CONFLICTS`]).
     pub conflicts: u32,
+    /// The logs of earlier attempts (`log` is the latest one's), each cut to
+    /// [`MAX_EARLIER_LOG`] bytes, for the attempts still in `history`.
+    pub earlier_logs: Vec<AttemptLog>,
+}
+
+/// Bytes kept of each earlier attempt's log (the latest attempt's is kept whole, in `log`).
+pub const MAX_EARLIER_LOG: usize = 2048;
+
+/// The log of an attempt before the latest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptLog {
+    /// The attempt's number.
+    pub attempt: u32,
+    /// When it started (with the number, it names the attempt: numbers restart after a redrive).
+    pub started_at: u64,
+    /// Its log, cut at a character boundary to [`MAX_EARLIER_LOG`] bytes.
+    pub log: String,
 }
 
 /// Key-value conflicts a job may have before further ones count as failed attempts.
@@ -329,13 +346,40 @@ impl Job {
         self.input_blob.map_or(self.input.len() as u64, |b| b.size)
     }
 
-    /// Adds an ended attempt to the history, which keeps the latest [`MAX_HISTORY`].
-    pub fn push_attempt(&mut self, record: AttemptRecord) {
+    /// Adds an ended attempt to the history, which keeps the latest [`MAX_HISTORY`], with its
+    /// log: the previous attempt's log moves to `earlier_logs` (cut), this one's is `log`.
+    pub fn push_attempt(&mut self, record: AttemptRecord, log: String) {
+        let previous = std::mem::replace(&mut self.log, log);
+        if let Some(last) = self.history.last()
+            && !previous.is_empty()
+        {
+            self.earlier_logs.push(AttemptLog {
+                attempt: last.attempt,
+                started_at: last.started_at,
+                log: cut(&previous, MAX_EARLIER_LOG),
+            });
+        }
         self.history.push(record);
         if self.history.len() > MAX_HISTORY {
             let excess = self.history.len() - MAX_HISTORY;
             self.history.drain(..excess);
         }
+        let oldest = self.history.first().map_or(0, |a| a.started_at);
+        self.earlier_logs.retain(|l| l.started_at >= oldest);
+    }
+
+    /// The log of the attempt in `history` at `index`: the latest attempt's is `log`.
+    pub fn attempt_log(&self, index: usize) -> &str {
+        let Some(record) = self.history.get(index) else {
+            return "";
+        };
+        if index + 1 == self.history.len() {
+            return &self.log;
+        }
+        self.earlier_logs
+            .iter()
+            .find(|l| l.attempt == record.attempt && l.started_at == record.started_at)
+            .map_or("", |l| l.log.as_str())
     }
 
     /// Size of the output in bytes, if there is one.
@@ -464,6 +508,18 @@ pub struct AttemptRecord {
     pub retry_at: Option<u64>,
     /// The function version that ran it.
     pub version: u32,
+}
+
+/// `text`, cut at a character boundary to at most `max` bytes (marked with `…` when cut).
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// `message`, cut at a character boundary to at most [`MAX_ERROR_BYTES`].

@@ -253,6 +253,44 @@ impl Manifest {
         }
     }
 
+    /// This manifest's keys laid over `base`: what it sets wins, what it leaves out (an unset
+    /// key, an empty list or table) is `base`'s.
+    pub fn over(&self, base: Manifest) -> Manifest {
+        let pick_list = |mine: &Vec<String>, theirs: Vec<String>| {
+            if mine.is_empty() {
+                theirs
+            } else {
+                mine.clone()
+            }
+        };
+        Manifest {
+            name: self.name.clone().or(base.name),
+            max_concurrency: self.max_concurrency.or(base.max_concurrency),
+            timeout_ms: self.timeout_ms.or(base.timeout_ms),
+            memory_mb: self.memory_mb.or(base.memory_mb),
+            max_attempts: self.max_attempts.or(base.max_attempts),
+            backoff_base_ms: self.backoff_base_ms.or(base.backoff_base_ms),
+            backoff_max_ms: self.backoff_max_ms.or(base.backoff_max_ms),
+            max_queued: self.max_queued.or(base.max_queued),
+            rate_per_second: self.rate_per_second.or(base.rate_per_second),
+            subscribe: if self.subscribe.is_empty() {
+                base.subscribe
+            } else {
+                self.subscribe.clone()
+            },
+            then: self.then.clone().or(base.then),
+            allowed_outbound_hosts: pick_list(
+                &self.allowed_outbound_hosts,
+                base.allowed_outbound_hosts,
+            ),
+            config: if self.config.is_empty() {
+                base.config
+            } else {
+                self.config.clone()
+            },
+        }
+    }
+
     /// Validates the `[config]` table and returns it.
     pub fn config(&self) -> Result<std::collections::BTreeMap<String, String>, ManifestError> {
         if self.config.len() > MAX_CONFIG_ENTRIES {

@@ -319,9 +319,11 @@ fn handle(ev: Event) -> Result<Response, Error> {
             }
         }
         Action::Fail { retryable: true } => {
+            println!("attempt {} fails on purpose", ev.attempt());
             return Err(Error::retryable("probe failed on purpose"));
         }
         Action::Fail { retryable: false } => {
+            println!("attempt {} fails on purpose", ev.attempt());
             return Err(Error::permanent("probe failed on purpose"));
         }
     };

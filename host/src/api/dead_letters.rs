@@ -100,7 +100,7 @@ fn selection(state: &AppState, name: &str, body: Bytes) -> Result<DeadLetterSele
                         axum::http::StatusCode::NOT_FOUND,
                         "dead_letter_not_found",
                         format!(
-                            "job {id} is not a dead letter of {name:?}; list them with GET /v1/functions/{name}/dead-letters"
+                            "job {id} is not a dead letter of {name:?}; list them with `sluice dlq list {name}` or GET /v1/functions/{name}/dead-letters"
                         ),
                     ));
                 }

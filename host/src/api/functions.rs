@@ -2,8 +2,14 @@
 //!
 //! A deploy is `PUT /v1/functions/{name}` with either
 //! - `Content-Type: application/wasm`: the component as the body, settings as query parameters
-//!   named like the manifest keys (`?max_concurrency=4&timeout_ms=2000`), or
-//! - `multipart/form-data`: a `component` part (the `.wasm`) and a `manifest` part (`sluice.toml`).
+//!   named like the manifest keys (`?max_concurrency=4&timeout_ms=2000`): changes to what is
+//!   deployed (the rest stays: settings, subscriptions, config), or
+//! - `multipart/form-data`: a `component` part (the `.wasm`) and a `manifest` part
+//!   (`sluice.toml`): the function's whole configuration (what it leaves out takes its
+//!   default; a subscription it does not list ends). Without a manifest part: as query
+//!   parameters.
+//!
+//! The answer's `changes` list what differs from the version before.
 //!
 //! The handlers parse and render; [`crate::functions::Functions`] validates the manifest,
 //! compiles the component once (jobs never compile), stores component, artifact and settings in
@@ -18,6 +24,7 @@ use serde_json::{Value, json};
 
 use super::error::body_error;
 use super::{ApiError, AppState};
+use crate::functions::Given;
 use crate::job::{JobStatus, now_ms, rfc3339};
 use crate::manifest::Manifest;
 use crate::store::FunctionRecord;
@@ -37,11 +44,16 @@ pub(crate) async fn deploy(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let (manifest, wasm) = if content_type.starts_with("multipart/form-data") {
+    let (manifest, whole, wasm) = if content_type.starts_with("multipart/form-data") {
         let form = Multipart::from_request(request, &state)
             .await
             .map_err(|e| body_error(e.status(), e.body_text()))?;
-        read_multipart(form).await?
+        let (manifest, wasm) = read_multipart(form).await?;
+        // A manifest part is the whole configuration; without one, the deploy changes code only.
+        match manifest {
+            Some(manifest) => (manifest, true, wasm),
+            None => (manifest_from_query(&query)?, false, wasm),
+        }
     } else {
         let wasm = Bytes::from_request(request, &state).await?;
         if !(content_type.starts_with("application/wasm") || content_type.is_empty()) {
@@ -53,9 +65,14 @@ pub(crate) async fn deploy(
                 ),
             ));
         }
-        (manifest_from_query(&query)?, wasm)
+        (manifest_from_query(&query)?, false, wasm)
     };
-    let stored = state.functions.deploy(&name, &manifest, wasm).await?;
+    let given = if whole {
+        Given::Whole(&manifest)
+    } else {
+        Given::Changes(&manifest)
+    };
+    let stored = state.functions.deploy(&name, given, wasm).await?;
     let status = if stored.version == 1 {
         StatusCode::CREATED
     } else {
@@ -64,7 +81,7 @@ pub(crate) async fn deploy(
     Ok((status, Json(function_json(&stored, None))))
 }
 
-async fn read_multipart(mut form: Multipart) -> Result<(Manifest, Bytes), ApiError> {
+async fn read_multipart(mut form: Multipart) -> Result<(Option<Manifest>, Bytes), ApiError> {
     let mut manifest = None;
     let mut component = None;
     let mut unknown = None;
@@ -98,9 +115,9 @@ async fn read_multipart(mut form: Multipart) -> Result<(Manifest, Bytes), ApiErr
             let text = std::str::from_utf8(&bytes).map_err(|_| {
                 ApiError::bad_request("invalid_manifest", "the manifest part is not UTF-8 text")
             })?;
-            Manifest::from_toml(text)?
+            Some(Manifest::from_toml(text)?)
         }
-        None => Manifest::default(),
+        None => None,
     };
     let component = component.ok_or_else(|| {
         ApiError::bad_request(
@@ -327,6 +344,7 @@ pub(crate) fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Va
         "name": f.name,
         "version": f.version,
         "change": f.change,
+        "changes": f.changes,
         "paused": f.paused,
         "digest": format!("sha256:{}", f.digest),
         "size": f.size,

@@ -554,13 +554,14 @@ pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
             "type": e.event_type,
             "subject": e.subject,
         })),
-        "attempt_history": job.history.iter().map(|a| json!({
+        "attempt_history": job.history.iter().enumerate().map(|(i, a)| json!({
             "attempt": a.attempt,
             "version": a.version,
             "started_at": rfc3339(a.started_at),
             "finished_at": rfc3339(a.finished_at),
             "error": a.error,
             "retry_at": a.retry_at.map(rfc3339),
+            "log": job.attempt_log(i),
             "outbound": job.outbound.iter()
                 .filter(|c| c.attempt == a.attempt && (a.started_at..=a.finished_at).contains(&c.at))
                 .map(|c| json!({

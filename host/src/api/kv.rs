@@ -38,7 +38,9 @@ fn key_not_found(name: &str, key: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "key_not_found",
-        format!("function {name} has no key {key:?}: GET /v1/functions/{name}/kv lists its keys"),
+        format!(
+            "function {name} has no key {key:?}: `sluice kv list {name}` or GET /v1/functions/{name}/kv lists its keys"
+        ),
     )
 }
 

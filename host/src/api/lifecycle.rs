@@ -34,6 +34,7 @@ pub(crate) async fn versions(
             json!({
                 "version": v.version,
                 "change": v.change,
+                "changes": v.changes,
                 "digest": format!("sha256:{}", v.digest),
                 "size": v.size,
                 "created_at": rfc3339(v.deployed_at),

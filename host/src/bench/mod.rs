@@ -740,7 +740,7 @@ impl BenchHost {
         let mut manifest = manifest.clone();
         manifest.name = Some(name.to_string());
         Client::new(&format!("http://{}", self.addr))
-            .deploy(name, wasm.to_vec(), &manifest)
+            .deploy(name, wasm.to_vec(), Some(&manifest))
             .await?;
         Ok(())
     }

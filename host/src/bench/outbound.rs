@@ -47,7 +47,7 @@ pub(super) async fn scenario(
     manifest.max_concurrency = Some(clients as u32);
     manifest.allowed_outbound_hosts = vec![format!("http://{upstream}")];
     crate::cli::client::Client::new(&format!("http://{}", host.addr))
-        .deploy("probe", std::fs::read(&probe.wasm)?, &manifest)
+        .deploy("probe", std::fs::read(&probe.wasm)?, Some(&manifest))
         .await?;
 
     let noop = Bytes::from_static(br#"{"action":"sleep","ms":0}"#);

@@ -27,9 +27,13 @@ pub struct DeployArgs {
     /// Function name (default: the manifest's name, else the file name).
     #[arg(long)]
     pub name: Option<String>,
-    /// The manifest (`sluice.toml`) with the function's settings.
-    #[arg(long)]
+    /// The manifest (`sluice.toml`): the function's whole configuration. Default: the
+    /// `sluice.toml` found beside the component or its crate (see `--no-manifest`).
+    #[arg(long, conflicts_with = "no_manifest")]
     pub manifest: Option<PathBuf>,
+    /// Deploy the code only: settings, subscriptions and config stay as deployed.
+    #[arg(long)]
+    pub no_manifest: bool,
     #[command(flatten)]
     pub host: HostArgs,
     /// Print the host's JSON answer.
@@ -129,22 +133,24 @@ impl Client {
         Ok(body)
     }
 
-    /// Deploys a component with a manifest; returns the host's function JSON.
+    /// Deploys a component with its whole manifest, or (`None`) its code only, keeping what is
+    /// deployed; returns the host's function JSON.
     pub async fn deploy(
         &self,
         name: &str,
         wasm: Vec<u8>,
-        manifest: &Manifest,
+        manifest: Option<&Manifest>,
     ) -> anyhow::Result<Value> {
-        let form = reqwest::multipart::Form::new()
-            .part(
-                "component",
-                reqwest::multipart::Part::bytes(wasm).mime_str("application/wasm")?,
-            )
-            .part(
+        let mut form = reqwest::multipart::Form::new().part(
+            "component",
+            reqwest::multipart::Part::bytes(wasm).mime_str("application/wasm")?,
+        );
+        if let Some(manifest) = manifest {
+            form = form.part(
                 "manifest",
                 reqwest::multipart::Part::text(manifest.to_toml()).mime_str("application/toml")?,
             );
+        }
         self.send(
             self.http
                 .put(format!("{}/v1/functions/{name}", self.base))
@@ -265,22 +271,44 @@ impl Client {
     }
 }
 
+/// The `sluice.toml` of a component built by cargo: beside the file, or in one of its parent
+/// directories, or in a crate directory named like the component inside one of them
+/// (`functions/target/wasm32-wasip2/release/order_total.wasm` -> `functions/order-total/`).
+pub fn find_manifest(component: &Path) -> Option<PathBuf> {
+    let stem = component.file_stem()?.to_str()?.to_string();
+    let kebab = stem.replace('_', "-");
+    let component = std::path::absolute(component).ok()?;
+    for dir in component.ancestors().skip(1).take(6) {
+        for candidate in [
+            dir.join("sluice.toml"),
+            dir.join(&kebab).join("sluice.toml"),
+            dir.join(&stem).join("sluice.toml"),
+        ] {
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
 /// Reads a manifest file and works out the function's name: `--name`, else the manifest's,
-/// else the file name (`order_total.wasm` -> `order-total`).
+/// else the file name (`order_total.wasm` -> `order-total`). No manifest: `None`.
 pub fn resolve_manifest(
     component: &Path,
     name: Option<&str>,
     manifest: Option<&Path>,
-) -> anyhow::Result<(String, Manifest)> {
+) -> anyhow::Result<(String, Option<Manifest>)> {
     let manifest = match manifest {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            Manifest::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+            Some(Manifest::from_toml(&text).with_context(|| format!("in {}", path.display()))?)
         }
-        None => Manifest::default(),
+        None => None,
     };
-    let name = match (name, &manifest.name) {
+    let manifest_name = manifest.as_ref().and_then(|m| m.name.clone());
+    let name = match (name, &manifest_name) {
         (Some(n), _) => n.to_string(),
         (None, Some(n)) => n.clone(),
         (None, None) => component
@@ -294,15 +322,30 @@ pub fn resolve_manifest(
 }
 
 pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let manifest_path = match (&args.manifest, args.no_manifest) {
+        (Some(path), _) => Some(path.clone()),
+        (None, true) => None,
+        (None, false) => {
+            let found = find_manifest(&args.component);
+            match &found {
+                Some(path) => eprintln!("using the manifest {}", path.display()),
+                None => eprintln!(
+                    "no sluice.toml found beside {} or its crate: deploying the code only (settings, subscriptions and config stay as deployed; defaults for a new function). Pass --manifest FILE to set them.",
+                    args.component.display()
+                ),
+            }
+            found
+        }
+    };
     let (name, manifest) = resolve_manifest(
         &args.component,
         args.name.as_deref(),
-        args.manifest.as_deref(),
+        manifest_path.as_deref(),
     )?;
     let wasm = std::fs::read(&args.component)
         .with_context(|| format!("cannot read {}", args.component.display()))?;
     let body = Client::for_host(&args.host)
-        .deploy(&name, wasm, &manifest)
+        .deploy(&name, wasm, manifest.as_ref())
         .await?;
     if args.json {
         println!("{body}");
@@ -316,8 +359,16 @@ pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             body["timeout_ms"],
             body["memory_mb"]
         );
+        print_changes(&body);
     }
     Ok(())
+}
+
+/// Prints a version's `changes` (what differs from the version before), one per line.
+pub(super) fn print_changes(function: &Value) {
+    for change in function["changes"].as_array().into_iter().flatten() {
+        println!("  {}", change.as_str().unwrap_or("?"));
+    }
 }
 
 pub(super) async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {

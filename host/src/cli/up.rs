@@ -42,7 +42,7 @@ pub(super) async fn run(args: UpArgs) -> anyhow::Result<()> {
         let wasm = std::fs::read(&example.wasm)
             .with_context(|| format!("cannot read {}", example.wasm.display()))?;
         let f = client
-            .deploy(&example.name, wasm, &example.manifest)
+            .deploy(&example.name, wasm, Some(&example.manifest))
             .await?;
         eprintln!(
             "deployed {:<12} version {} ({} bytes)",

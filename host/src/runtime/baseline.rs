@@ -186,6 +186,7 @@ pub async fn measure(
         deployed_at: 0,
         version: 1,
         change: "deploy".into(),
+        changes: Vec::new(),
         paused: false,
         allowed_outbound_hosts: Vec::new(),
         config: Default::default(),

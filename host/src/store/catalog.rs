@@ -158,16 +158,14 @@ impl Catalog {
                 .transpose()
                 .map_err(super::catalog::damaged)?;
             if let Some(previous) = previous {
-                if previous.digest == record.digest
-                    && previous.settings == record.settings
-                    && previous.subscriptions == record.subscriptions
-                    && previous.then == record.then
-                {
+                let changes = record.changes_from(&previous);
+                if changes.is_empty() {
                     drop(functions);
                     txn.abort().map_err(storage)?;
                     self.deployed.set(&previous);
                     return Ok(previous);
                 }
+                record.changes = changes;
                 record.version = previous.version + 1;
                 record.paused = previous.paused;
             } else {
@@ -221,7 +219,9 @@ impl Catalog {
             if record.settings == settings {
                 return Ok(Some(record));
             }
+            let previous = record.clone();
             record.settings = settings;
+            record.changes = record.changes_from(&previous);
             record.version += 1;
             record.change = "configure".into();
             record.deployed_at = crate::job::now_ms();
@@ -281,7 +281,7 @@ impl Catalog {
                     to,
                 }));
             };
-            let record = FunctionRecord {
+            let mut record = FunctionRecord {
                 name: name.to_string(),
                 settings: target.settings,
                 subscriptions: target.subscriptions,
@@ -294,7 +294,9 @@ impl Catalog {
                 paused: current.paused,
                 allowed_outbound_hosts: target.allowed_outbound_hosts,
                 config: target.config,
+                changes: Vec::new(),
             };
+            record.changes = record.changes_from(&current);
             functions
                 .insert(name, encode_function(&record).as_slice())
                 .map_err(storage)?;

@@ -85,7 +85,9 @@ pub(crate) fn storage(e: impl Into<redb::Error>) -> StoreError {
 #[non_exhaustive]
 pub enum SubmitError {
     /// No function of that name is deployed.
-    #[error("function {0:?} is not deployed; deploy it first (PUT /v1/functions/{0})")]
+    #[error(
+        "function {0:?} is not deployed; deploy it first (`sluice deploy`, or PUT /v1/functions/{0})"
+    )]
     FunctionNotFound(String),
     /// The function has `max_queued` unfinished jobs already.
     #[error(
@@ -146,12 +148,12 @@ pub enum RollbackError {
     NotFound(String),
     /// The function has only its first version.
     #[error(
-        "function {0:?} has no earlier version to roll back to; see GET /v1/functions/{0}/versions"
+        "function {0:?} has no earlier version to roll back to; see `sluice versions {0}` or GET /v1/functions/{0}/versions"
     )]
     NoEarlierVersion(String),
     /// The version asked for is the current one or later.
     #[error(
-        "version {to} of {name:?} is not earlier than the current version {current}: name an earlier one (GET /v1/functions/{name}/versions)"
+        "version {to} of {name:?} is not earlier than the current version {current}: name an earlier one (`sluice versions {name}`, or GET /v1/functions/{name}/versions)"
     )]
     NotEarlier {
         /// The function.
@@ -162,7 +164,9 @@ pub enum RollbackError {
         current: u32,
     },
     /// The function never had that version.
-    #[error("function {name:?} has no version {to}; see GET /v1/functions/{name}/versions")]
+    #[error(
+        "function {name:?} has no version {to}; see `sluice versions {name}` or GET /v1/functions/{name}/versions"
+    )]
     UnknownVersion {
         /// The function.
         name: String,

@@ -238,6 +238,7 @@ impl Writer {
             hops: new.hops,
             outbound: Vec::new(),
             conflicts: 0,
+            earlier_logs: Vec::new(),
         };
         if job.hops > self.max_hops {
             return self.insert_too_deep(id, job, now, t, fx);

@@ -85,20 +85,27 @@ pub(crate) fn decode_v3(bytes: &[u8]) -> Result<Job, String> {
         hops: 0,
         outbound: Vec::new(),
         conflicts: 0,
+        earlier_logs: Vec::new(),
     })
 }
 
-/// Decodes a format-4 job: today's layout without its last two fields, `hops` (a chain that
-/// began before the upgrade counts from there) and `outbound`.
+/// Decodes a format-4 job: today's layout without its last four fields, `hops` (a chain that
+/// began before the upgrade counts from there), `outbound`, `conflicts` and `earlier_logs`.
 pub(crate) fn decode_v4(bytes: &[u8]) -> Result<Job, String> {
     // postcard writes a u32 and a sequence's length as varints: 0 is one zero byte.
+    with_zeros(bytes, 4)
+}
+
+/// Decodes a format-5 job: today's layout without its last three fields, `outbound`,
+/// `conflicts` and `earlier_logs`.
+pub(crate) fn decode_v5(bytes: &[u8]) -> Result<Job, String> {
     with_zeros(bytes, 3)
 }
 
-/// Decodes a format-5 job: today's layout without its last two fields, `outbound` and
-/// `conflicts`.
-pub(crate) fn decode_v5(bytes: &[u8]) -> Result<Job, String> {
-    with_zeros(bytes, 2)
+/// Decodes a format-6 job: today's layout without `earlier_logs` (no earlier attempt's log
+/// was kept then).
+pub(crate) fn decode_v6(bytes: &[u8]) -> Result<Job, String> {
+    with_zeros(bytes, 1)
 }
 
 /// Decodes today's layout from an older record that lacks its last `n` fields, each of which

@@ -117,13 +117,135 @@ pub struct FunctionRecord {
     /// version, like the settings.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub config: std::collections::BTreeMap<String, String>,
+    /// What differs from the version before, one line each (`timeout_ms 2000 -> 500`,
+    /// `unsubscribed from audit`, `new code`); empty for version 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+}
+
+impl FunctionRecord {
+    /// What a version with this configuration would change from `previous`, one line each:
+    /// code, every setting, subscriptions, pipeline, outbound hosts, config keys (values of
+    /// config are not shown).
+    pub fn changes_from(&self, previous: &FunctionRecord) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.digest != previous.digest {
+            out.push(format!(
+                "new code (sha256:{}, {} bytes)",
+                &self.digest[..12.min(self.digest.len())],
+                self.size
+            ));
+        }
+        let (a, b) = (&previous.settings, &self.settings);
+        let mut setting = |key: &str, from: String, to: String| {
+            if from != to {
+                out.push(format!("{key} {from} -> {to}"));
+            }
+        };
+        setting(
+            "max_concurrency",
+            a.max_concurrency.to_string(),
+            b.max_concurrency.to_string(),
+        );
+        setting(
+            "timeout_ms",
+            a.timeout_ms.to_string(),
+            b.timeout_ms.to_string(),
+        );
+        setting(
+            "memory_mb",
+            a.memory_mb.to_string(),
+            b.memory_mb.to_string(),
+        );
+        setting(
+            "max_attempts",
+            a.retry.max_attempts.to_string(),
+            b.retry.max_attempts.to_string(),
+        );
+        setting(
+            "backoff_base_ms",
+            a.retry.backoff_base_ms.to_string(),
+            b.retry.backoff_base_ms.to_string(),
+        );
+        setting(
+            "backoff_max_ms",
+            a.retry.backoff_max_ms.to_string(),
+            b.retry.backoff_max_ms.to_string(),
+        );
+        setting(
+            "max_queued",
+            a.max_queued.to_string(),
+            b.max_queued.to_string(),
+        );
+        let rate = |r: Option<u32>| r.map_or("unlimited".to_string(), |r| r.to_string());
+        setting(
+            "rate_per_second",
+            rate(a.rate_per_second),
+            rate(b.rate_per_second),
+        );
+        let topics = |subs: &[crate::manifest::Subscription]| -> Vec<String> {
+            subs.iter()
+                .map(|s| {
+                    if s.types.is_empty() {
+                        s.topic.clone()
+                    } else {
+                        format!("{} ({})", s.topic, s.types.join(", "))
+                    }
+                })
+                .collect()
+        };
+        let (was, now) = (topics(&previous.subscriptions), topics(&self.subscriptions));
+        for t in was.iter().filter(|t| !now.contains(t)) {
+            out.push(format!("unsubscribed from {t}"));
+        }
+        for t in now.iter().filter(|t| !was.contains(t)) {
+            out.push(format!("subscribed to {t}"));
+        }
+        if previous.then != self.then {
+            let stage = |t: &Option<String>| t.clone().unwrap_or_else(|| "none".into());
+            out.push(format!(
+                "then {} -> {}",
+                stage(&previous.then),
+                stage(&self.then)
+            ));
+        }
+        for h in previous
+            .allowed_outbound_hosts
+            .iter()
+            .filter(|h| !self.allowed_outbound_hosts.contains(h))
+        {
+            out.push(format!("outbound host {h} no longer allowed"));
+        }
+        for h in self
+            .allowed_outbound_hosts
+            .iter()
+            .filter(|h| !previous.allowed_outbound_hosts.contains(h))
+        {
+            out.push(format!("outbound host {h} allowed"));
+        }
+        for (k, v) in &previous.config {
+            match self.config.get(k) {
+                None => out.push(format!("config {k} removed")),
+                Some(new) if new != v => out.push(format!("config {k} changed")),
+                Some(_) => {}
+            }
+        }
+        for k in self
+            .config
+            .keys()
+            .filter(|k| !previous.config.contains_key(*k))
+        {
+            out.push(format!("config {k} added"));
+        }
+        out
+    }
 }
 
 /// The `counts` slot holding a function's unfinished input bytes.
 pub(crate) const BYTES_SLOT: u8 = 7;
 
 /// First byte of every stored job: bump it when [`Job`]'s layout changes, and decode old ones.
-const JOB_FORMAT: u8 = 6;
+const JOB_FORMAT: u8 = 7;
 
 pub(crate) fn encode_job(job: &Job) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + job.input.len() + job.log.len());
@@ -135,6 +257,7 @@ pub(crate) fn encode_job(job: &Job) -> Vec<u8> {
 pub(crate) fn decode_job(bytes: &[u8]) -> Result<Job, String> {
     match bytes.split_first() {
         Some((&JOB_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((6, rest)) => super::legacy::decode_v6(rest),
         Some((5, rest)) => super::legacy::decode_v5(rest),
         Some((4, rest)) => super::legacy::decode_v4(rest),
         Some((3, rest)) => super::legacy::decode_v3(rest),
@@ -188,6 +311,7 @@ pub(crate) fn decode_job_summary(bytes: &[u8]) -> Result<JobSummary, String> {
             hops: v.hops,
             outbound: v.outbound,
             conflicts: v.conflicts,
+            earlier_logs: Vec::new(),
         },
         input_size,
         output_size,

@@ -111,7 +111,6 @@ impl Writer {
         job.started_at = Some(report.started_at);
         job.lease_until = None;
         job.version = Some(report.version);
-        job.log = report.log;
         let mut record = AttemptRecord {
             attempt,
             started_at: report.started_at,
@@ -191,7 +190,7 @@ impl Writer {
                 }
             }
         }
-        job.push_attempt(record);
+        job.push_attempt(record, std::mem::take(&mut report.log));
         // The requests an attempt made stay on record with the attempts still shown.
         job.outbound.append(&mut report.outbound);
         let oldest = job.history.first().map_or(0, |a| a.started_at);

@@ -178,14 +178,17 @@ impl<'txn> Tables<'txn> {
             if job.status == JobStatus::Running {
                 // The attempt died with the process: it stays on record, with why it ended.
                 let now = now_ms();
-                job.push_attempt(AttemptRecord {
-                    attempt: job.attempts,
-                    started_at: job.started_at.unwrap_or(now),
-                    finished_at: now,
-                    error: Some(INTERRUPTED.into()),
-                    retry_at: Some(now),
-                    version: job.version.unwrap_or(0),
-                });
+                job.push_attempt(
+                    AttemptRecord {
+                        attempt: job.attempts,
+                        started_at: job.started_at.unwrap_or(now),
+                        finished_at: now,
+                        error: Some(INTERRUPTED.into()),
+                        retry_at: Some(now),
+                        version: job.version.unwrap_or(0),
+                    },
+                    String::new(),
+                );
                 job.status = JobStatus::Queued;
                 job.lease_until = None;
                 self.put_job(id, &job)?;

@@ -248,7 +248,11 @@ async fn a_record_that_does_not_decode_answers_503_naming_its_file() {
     }
     assert_eq!(hits.len(), 1, "the job's input is in exactly one file");
     let (path, mut bytes, at) = hits.pop().unwrap();
-    assert_eq!(bytes[at - 2..at], [0xd0, 0x0f], "the length prefix precedes the input");
+    assert_eq!(
+        bytes[at - 2..at],
+        [0xd0, 0x0f],
+        "the length prefix precedes the input"
+    );
     bytes[at - 2..at].copy_from_slice(&[0xff, 0xff]);
     std::fs::write(&path, &bytes).unwrap();
     let file_name = path.file_name().unwrap().to_string_lossy().to_string();
@@ -258,7 +262,10 @@ async fn a_record_that_does_not_decode_answers_503_naming_its_file() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "storage_unavailable");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains(&format!("{file_name} is damaged")), "{message}");
+    assert!(
+        message.contains(&format!("{file_name} is damaged")),
+        "{message}"
+    );
     assert!(message.contains("sluice check"), "{message}");
     for (i, id) in ids.iter().enumerate().filter(|(i, _)| *i != 7) {
         let (status, job) = host.get(&format!("/v1/jobs/{id}")).await;

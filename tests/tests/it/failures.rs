@@ -51,6 +51,15 @@ async fn retries_back_off_then_the_job_is_dead() {
         assert!(pair[0]["error"].as_str().unwrap().contains("on purpose"));
     }
     assert!(history[3]["retry_at"].is_null());
+    // Each attempt keeps its own log; the job's `log` is the last one's.
+    for (i, attempt) in history.iter().enumerate() {
+        assert_eq!(
+            attempt["log"],
+            format!("attempt {} fails on purpose\n", i + 1),
+            "{job}"
+        );
+    }
+    assert_eq!(job["log"], history[3]["log"]);
     assert_eq!(host.metric("sluice_job_retries_total").await, 3.0);
     assert_eq!(host.metric("sluice_dead_letters_total").await, 1.0);
     assert_eq!(host.metric("sluice_jobs_accepted_total").await, 1.0);

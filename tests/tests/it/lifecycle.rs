@@ -279,6 +279,7 @@ async fn deploys_and_settings_changes_are_versions() {
     assert_eq!(list[0]["change"], "deploy");
     assert_eq!(list[0]["settings"]["max_concurrency"], 8);
     assert_eq!(list[1]["change"], "configure");
+    assert_eq!(list[1]["changes"], json!(["max_concurrency 8 -> 3"]));
     assert_eq!(list[1]["settings"]["max_concurrency"], 3);
     assert_eq!(list[1]["current"], true);
     assert_eq!(list[0]["digest"], list[1]["digest"]);
@@ -292,6 +293,61 @@ async fn deploys_and_settings_changes_are_versions() {
     let (status, body) = host.get("/v1/functions/nope/versions").await;
     assert_eq!(status, 404);
     assert_error(&body, "function_not_found");
+    host.stop().await;
+}
+
+/// A deploy with query parameters (or no manifest) changes what it names and keeps the rest:
+/// settings, subscriptions, config. A deploy with a manifest is the whole configuration: what
+/// it leaves out takes its default, and its answer lists what changed, a dropped subscription
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_keeps_what_it_does_not_name_unless_a_manifest_says_all() {
+    let host = start_host().await;
+    let manifest = r#"
+timeout_ms = 2000
+memory_mb = 32
+[[subscribe]]
+topic = "audit"
+[config]
+greeting = "hi"
+"#;
+    let v1 = host.deploy_manifest("echo", components::ECHO, manifest).await;
+    assert_eq!(v1["version"], 1);
+    assert_eq!(v1["changes"], json!([]));
+
+    // Query parameters: only max_concurrency changes.
+    let v2 = host.deploy("echo", components::ECHO, "max_concurrency=3").await;
+    assert_eq!(v2["version"], 2);
+    assert_eq!(v2["max_concurrency"], 3);
+    assert_eq!(v2["timeout_ms"], 2000, "{v2}");
+    assert_eq!(v2["memory_mb"], 32, "{v2}");
+    assert_eq!(v2["subscriptions"][0]["topic"], "audit", "{v2}");
+    assert_eq!(v2["config"]["greeting"], "hi", "{v2}");
+    assert_eq!(v2["changes"], json!(["max_concurrency 8 -> 3"]));
+
+    // The same again: nothing new.
+    let same = host.deploy("echo", components::ECHO, "").await;
+    assert_eq!(same["version"], 2, "{same}");
+
+    // A manifest is everything: the subscription and the config end, timeouts go to defaults,
+    // and the answer says so.
+    let v3 = host
+        .deploy_manifest("echo", components::ECHO, "max_concurrency = 3\n")
+        .await;
+    assert_eq!(v3["version"], 3);
+    assert_eq!(v3["subscriptions"], json!([]));
+    let changes: Vec<&str> = v3["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(changes.contains(&"unsubscribed from audit"), "{changes:?}");
+    assert!(changes.contains(&"config greeting removed"), "{changes:?}");
+    assert!(changes.iter().any(|c| c.starts_with("timeout_ms 2000 -> ")), "{changes:?}");
+    assert!(changes.iter().any(|c| c.starts_with("memory_mb 32 -> ")), "{changes:?}");
+    let (_, versions) = host.get("/v1/functions/echo/versions").await;
+    assert_eq!(versions["versions"][2]["changes"], v3["changes"]);
     host.stop().await;
 }
 
