@@ -154,6 +154,7 @@ mod tests {
             hops,
             outbound: Vec::new(),
             conflicts: 0,
+            earlier_logs: Vec::new(),
         }
     }
 
@@ -163,14 +164,18 @@ mod tests {
     #[test]
     fn older_formats_read_with_their_missing_fields_empty() {
         let today = crate::store::tables::encode_job(&job(0));
-        let mut v4 = today[..today.len() - 3].to_vec();
+        let mut v4 = today[..today.len() - 4].to_vec();
         v4[0] = 4;
         let read = crate::store::tables::decode_job(&v4).unwrap();
         assert_eq!(format!("{read:?}"), format!("{:?}", job(0)));
         let deep = crate::store::tables::encode_job(&job(300));
-        let mut v5 = deep[..deep.len() - 2].to_vec();
+        let mut v5 = deep[..deep.len() - 3].to_vec();
         v5[0] = 5;
         assert_eq!(crate::store::tables::decode_job(&v5).unwrap().hops, 300);
+        let mut v6 = deep[..deep.len() - 1].to_vec();
+        v6[0] = 6;
+        let read = crate::store::tables::decode_job(&v6).unwrap();
+        assert_eq!(format!("{read:?}"), format!("{:?}", job(300)));
         let mut called = job(300);
         called.outbound.push(crate::job::OutboundCall {
             attempt: 1,
@@ -202,7 +207,7 @@ mod tests {
         assert!(summary.job.input.is_empty() && summary.job.output.is_none());
         assert!(summary.job.log.is_empty());
         assert_eq!(format!("{:?}", summary.job), format!("{:?}", expected.job));
-        let mut v4 = today[..today.len() - 3].to_vec();
+        let mut v4 = today[..today.len() - 4].to_vec();
         v4[0] = 4;
         let old = crate::store::tables::decode_job_summary(&v4).unwrap();
         assert_eq!(old.input_size, 300_000);

@@ -187,6 +187,7 @@ async fn stale_attempts_are_fenced() {
         then: None,
         allowed_outbound_hosts: Vec::new(),
         config: Default::default(),
+        changes: Vec::new(),
     };
     store
         .deploy(record, b"wasm".to_vec().into(), "00-x".into(), vec![1])

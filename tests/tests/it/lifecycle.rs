@@ -311,12 +311,16 @@ topic = "audit"
 [config]
 greeting = "hi"
 "#;
-    let v1 = host.deploy_manifest("echo", components::ECHO, manifest).await;
+    let v1 = host
+        .deploy_manifest("echo", components::ECHO, manifest)
+        .await;
     assert_eq!(v1["version"], 1);
     assert_eq!(v1["changes"], json!([]));
 
     // Query parameters: only max_concurrency changes.
-    let v2 = host.deploy("echo", components::ECHO, "max_concurrency=3").await;
+    let v2 = host
+        .deploy("echo", components::ECHO, "max_concurrency=3")
+        .await;
     assert_eq!(v2["version"], 2);
     assert_eq!(v2["max_concurrency"], 3);
     assert_eq!(v2["timeout_ms"], 2000, "{v2}");
@@ -344,8 +348,14 @@ greeting = "hi"
         .collect();
     assert!(changes.contains(&"unsubscribed from audit"), "{changes:?}");
     assert!(changes.contains(&"config greeting removed"), "{changes:?}");
-    assert!(changes.iter().any(|c| c.starts_with("timeout_ms 2000 -> ")), "{changes:?}");
-    assert!(changes.iter().any(|c| c.starts_with("memory_mb 32 -> ")), "{changes:?}");
+    assert!(
+        changes.iter().any(|c| c.starts_with("timeout_ms 2000 -> ")),
+        "{changes:?}"
+    );
+    assert!(
+        changes.iter().any(|c| c.starts_with("memory_mb 32 -> ")),
+        "{changes:?}"
+    );
     let (_, versions) = host.get("/v1/functions/echo/versions").await;
     assert_eq!(versions["versions"][2]["changes"], v3["changes"]);
     host.stop().await;
