@@ -56,6 +56,7 @@ pub async fn versions(args: FunctionArgs) -> anyhow::Result<()> {
             v["change"].as_str().unwrap_or(""),
             &digest[..digest.len().min(19)],
         );
+        super::client::print_changes(&v);
     }
     Ok(())
 }

@@ -49,6 +49,10 @@ enum Command {
     Invoke(client::InvokeArgs),
     /// Show a job.
     Job(client::JobArgs),
+    /// List jobs, newest first (filter by function, status, or correlation id).
+    Jobs(client::JobsArgs),
+    /// Print a job's log, attempt by attempt.
+    Logs(client::LogsArgs),
     /// List deployed functions.
     Functions(client::FunctionsArgs),
     /// Show a function's job counts by status.
@@ -347,6 +351,8 @@ pub fn main() -> ExitCode {
             Command::Deploy(args) => client::deploy(args).await,
             Command::Invoke(args) => client::invoke(args).await,
             Command::Job(args) => client::job(args).await,
+            Command::Jobs(args) => client::jobs(args).await,
+            Command::Logs(args) => client::logs(args).await,
             Command::Functions(args) => client::functions(args).await,
             Command::Stats(args) => ops::stats(args).await,
             Command::Config(args) => ops::config(args).await,

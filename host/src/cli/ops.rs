@@ -207,7 +207,7 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
         println!(
             "{} {}",
             job["id"].as_str().unwrap_or(&args.id),
-            job["status"]
+            job["status"].as_str().unwrap_or("?")
         );
     }
     Ok(())

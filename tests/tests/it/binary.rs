@@ -444,3 +444,165 @@ async fn operating_commands() {
         "{saw}"
     );
 }
+
+/// Runs `sluice ARGS` against `url`: (exit success, stdout, stderr).
+fn cli_any(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(sluice_binary())
+        .args(args)
+        .env("SLUICE_URL", url)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What a new user reaches for: `deploy` finds the crate's `sluice.toml`, a code-only deploy
+/// keeps the settings, `invoke` prints the bare id and takes the submit headers as flags,
+/// `invoke --wait` exits non-zero for a job that did not succeed, `jobs` lists, `logs` shows
+/// each attempt, `functions` shows paused, `versions` shows what changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_user_commands() {
+    let host = sluice_tests::start_host().await;
+    let url = host.url.clone();
+    // A crate laid out as cargo builds it: the manifest beside Cargo.toml, the component under
+    // target/.
+    let krate = tempfile::tempdir().unwrap();
+    let release = krate.path().join("target/wasm32-wasip2/release");
+    std::fs::create_dir_all(&release).unwrap();
+    let wasm = release.join("probe.wasm");
+    std::fs::copy(components::PROBE, &wasm).unwrap();
+    std::fs::write(
+        krate.path().join("sluice.toml"),
+        "name = \"probe\"\nmax_attempts = 2\nbackoff_base_ms = 10\ntimeout_ms = 4000\n",
+    )
+    .unwrap();
+    let wasm = wasm.to_str().unwrap().to_string();
+    let outputs = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            let deploy = cli_any(&url, &["deploy", &wasm]);
+            // The same code with a changed setting through the API, then code only: kept.
+            let code_only = cli_any(&url, &["deploy", &wasm, "--no-manifest"]);
+            let id = cli_any(
+                &url,
+                &["invoke", "probe", "--data", r#"{"action":"sleep","ms":1}"#],
+            );
+            let keyed: Vec<_> = (0..2)
+                .map(|_| {
+                    cli_any(
+                        &url,
+                        &[
+                            "invoke",
+                            "probe",
+                            "--data",
+                            r#"{"action":"sleep","ms":1}"#,
+                            "--idempotency-key",
+                            "k-1",
+                            "--priority",
+                            "9",
+                            "--correlation-id",
+                            "order-77",
+                        ],
+                    )
+                })
+                .collect();
+            let failed = cli_any(
+                &url,
+                &[
+                    "invoke",
+                    "probe",
+                    "--data",
+                    r#"{"action":"fail","retryable":true}"#,
+                    "--wait",
+                ],
+            );
+            (deploy, code_only, id, keyed, failed)
+        }
+    })
+    .await
+    .unwrap();
+    let (deploy, code_only, id, keyed, failed) = outputs;
+    assert!(deploy.0, "{deploy:?}");
+    assert!(
+        deploy.2.contains("using the manifest") && deploy.2.contains("sluice.toml"),
+        "{deploy:?}"
+    );
+    assert!(deploy.1.contains("timeout 4000 ms"), "{deploy:?}");
+    assert!(code_only.0, "{code_only:?}");
+    assert!(
+        code_only.1.contains("version 1"),
+        "the same code and settings: {code_only:?}"
+    );
+    assert!(
+        code_only.1.contains("timeout 4000 ms"),
+        "kept: {code_only:?}"
+    );
+
+    let id = id.1.trim().to_string();
+    assert_eq!(id.len(), 26, "the bare id on stdout: {id:?}");
+    assert_eq!(host.wait(&id).await["status"], "succeeded");
+    let (a, b) = (keyed[0].1.trim(), keyed[1].1.trim());
+    assert_eq!(a, b, "one idempotency key, one job");
+    let job = host.wait(a).await;
+    assert_eq!(job["priority"], 9, "{job}");
+    assert_eq!(job["correlation_id"], "order-77", "{job}");
+
+    assert!(
+        !failed.0,
+        "invoke --wait exits non-zero for a dead job: {failed:?}"
+    );
+    assert!(failed.1.contains("status    dead"), "{failed:?}");
+    assert!(failed.2.contains("ended dead"), "{failed:?}");
+    let dead = failed
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix("job       "))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    host.post("/v1/functions/probe/pause", "").await;
+    let outputs = tokio::task::spawn_blocking({
+        let url = url.clone();
+        let dead = dead.clone();
+        move || {
+            (
+                cli_any(&url, &["logs", &dead]),
+                cli_any(&url, &["jobs", "--function", "probe", "--status", "dead"]),
+                cli_any(&url, &["jobs", "--correlation-id", "order-77"]),
+                cli_any(&url, &["functions"]),
+                cli_any(&url, &["config", "probe", "max_concurrency=2"]),
+                cli_any(&url, &["versions", "probe"]),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let (logs, dead_list, correlated, functions, _, versions) = outputs;
+    assert!(logs.0, "{logs:?}");
+    assert!(
+        logs.1.contains("--- attempt 1") && logs.1.contains("attempt 1 fails on purpose"),
+        "{logs:?}"
+    );
+    assert!(logs.1.contains("attempt 2 fails on purpose"), "{logs:?}");
+    assert!(
+        dead_list.1.contains(&dead) && !dead_list.1.contains(&id),
+        "{dead_list:?}"
+    );
+    assert!(correlated.1.contains(a), "{correlated:?}");
+    let probe_line = functions
+        .1
+        .lines()
+        .find(|l| l.starts_with("probe"))
+        .unwrap()
+        .to_string();
+    assert!(probe_line.ends_with("paused"), "{functions:?}");
+    assert!(
+        versions.1.contains("max_concurrency 8 -> 2"),
+        "{versions:?}"
+    );
+    host.stop().await;
+}
