@@ -58,10 +58,11 @@ pub use serde_json;
 pub mod __private {
     pub use wit_bindgen::rt;
 
-    /// Bindings generated from `wit/`: the one place the guest side reads the WIT.
+    /// Bindings generated from `wit/` (a link to the workspace's `wit/`: one source, packaged
+    /// with the crate): the one place the guest side reads the WIT.
     pub mod bindings {
         wit_bindgen::generate!({
-            path: "../wit",
+            path: "wit",
             world: "sluice:platform/handler",
             pub_export_macro: true,
             export_macro_name: "__export_sluice_handler",

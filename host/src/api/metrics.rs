@@ -121,6 +121,34 @@ pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
         "gauge",
         workers,
     );
+    let tallies = state.store.tallies();
+    let _ = writeln!(
+        out.text,
+        "# HELP sluice_function_jobs_ended_total Jobs that reached a terminal status since start, per function and outcome.\n# TYPE sluice_function_jobs_ended_total counter"
+    );
+    for (function, t) in &tallies {
+        for (outcome, n) in [
+            ("succeeded", t.succeeded),
+            ("failed", t.failed),
+            ("dead", t.dead),
+            ("cancelled", t.cancelled),
+        ] {
+            let _ = writeln!(
+                out.text,
+                "sluice_function_jobs_ended_total{{function=\"{function}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
+    out.histogram(
+        "sluice_function_attempt_duration_seconds",
+        "How long finished attempts ran, per function.",
+        tallies.iter().map(|(f, t)| (f.as_str(), &t.attempt_ms)),
+    );
+    out.histogram(
+        "sluice_function_queue_wait_seconds",
+        "How long jobs waited from ready to their attempt's start, per function (finished attempts).",
+        tallies.iter().map(|(f, t)| (f.as_str(), &t.queue_wait_ms)),
+    );
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         out.text,
@@ -134,6 +162,34 @@ struct Exposition {
 }
 
 impl Exposition {
+    /// A histogram per function, in seconds, with cumulative buckets.
+    fn histogram<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        functions: impl Iterator<Item = (&'a str, &'a crate::store::Histogram)>,
+    ) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (function, h) in functions {
+            let mut cumulative = 0;
+            for (i, bound) in crate::store::BUCKETS_MS.iter().enumerate() {
+                cumulative += h.buckets[i];
+                let le = *bound as f64 / 1000.0;
+                let _ = writeln!(
+                    self.text,
+                    "{name}_bucket{{function=\"{function}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                self.text,
+                "{name}_bucket{{function=\"{function}\",le=\"+Inf\"}} {}\n{name}_sum{{function=\"{function}\"}} {}\n{name}_count{{function=\"{function}\"}} {}",
+                h.count,
+                h.sum_ms as f64 / 1000.0,
+                h.count
+            );
+        }
+    }
+
     /// One metric: its help and type lines, then a sample per (function label, value).
     fn metric<'a>(
         &mut self,

@@ -31,9 +31,10 @@ pub fn build(functions: &Path) -> anyhow::Result<Vec<Example>> {
     }
     ensure_wasm_target()?;
     eprintln!(
-        "building the functions in {} for wasm32-wasip2 ...",
+        "building the functions in {} for wasm32-wasip2 (cargo's progress follows) ...",
         functions.display()
     );
+    let started = std::time::Instant::now();
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args([
             "build",
@@ -50,7 +51,13 @@ pub fn build(functions: &Path) -> anyhow::Result<Vec<Example>> {
     if !status.success() {
         bail!("building the functions failed (see cargo's output above)");
     }
-    discover(functions)
+    let examples = discover(functions)?;
+    eprintln!(
+        "built {} functions in {:.1} s",
+        examples.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(examples)
 }
 
 /// Lists the functions in `functions/`: every folder with a `sluice.toml`.

@@ -35,6 +35,10 @@ pub(super) async fn run(args: UpArgs) -> anyhow::Result<()> {
         })?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
+    eprintln!(
+        "starting the host on {url} (data in {})",
+        config.data_dir.display()
+    );
     let host = tokio::spawn(crate::run(listener, shutdown_signal(), config.clone()));
 
     let client = Client::new(&url);

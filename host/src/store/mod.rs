@@ -60,6 +60,7 @@ mod retention;
 mod secrets;
 mod shard;
 mod tables;
+mod tally;
 mod transitions;
 mod txn;
 mod writer;
@@ -86,6 +87,7 @@ pub use requests::*;
 pub use secrets::{PutSecret, SealedSecret};
 use shard::Shard;
 pub use tables::{EventRecord, FunctionRecord};
+pub use tally::{BUCKETS_MS, FunctionTally, Histogram};
 use writer::{Op, Shared};
 
 /// Jobs that became queued in a commit, in commit order, for the scheduler.
@@ -168,6 +170,8 @@ pub struct Store {
     waiters: Arc<Waiters>,
     /// What the writers have done so far.
     stats: Arc<StoreStats>,
+    /// Per-function outcomes and timings since start.
+    tallies: Arc<tally::Tallies>,
     /// How many more ready jobs the scheduler takes, per function.
     demand: Arc<Demand>,
     /// Unfinished input bytes, all shards together.
@@ -221,6 +225,7 @@ impl Store {
             unfinished: Arc::default(),
             blob_totals: Arc::default(),
             callbacks: callbacks_tx,
+            tallies: Arc::default(),
         };
         let mut shards = Vec::with_capacity(count);
         for n in 0..count {
@@ -241,6 +246,7 @@ impl Store {
             next_shard: AtomicUsize::new(0),
             waiters: shared.waiters,
             stats: shared.stats,
+            tallies: shared.tallies,
             demand: shared.demand,
             queued_bytes: shared.queued_bytes,
             blob_totals: shared.blob_totals,
@@ -250,6 +256,11 @@ impl Store {
             feed,
             callbacks,
         })
+    }
+
+    /// Every function's outcomes and attempt timings since start (committed ones only).
+    pub fn tallies(&self) -> Vec<(String, FunctionTally)> {
+        self.tallies.snapshot()
     }
 
     /// The scheduler's credit table: grant credit there, then call [`Store::refill`].

@@ -181,6 +181,8 @@ pub(crate) struct Effects {
     /// kept until the commit: when it fails on storage they are applied again once the file
     /// works, so an attempt's outcome is never dropped.
     pub(crate) held: Vec<Op>,
+    /// Outcomes and attempt timings for the per-function tallies.
+    pub(crate) noted: Vec<super::tally::Noted>,
     pub(crate) shutdown: bool,
 }
 

@@ -10,6 +10,7 @@ use redb::ReadableTable;
 
 use super::blobs::BlobBytes;
 use super::machine::Next;
+use super::tally::Noted;
 use super::txn::Tables;
 use super::writer::{Effects, Writer};
 use super::{AttemptStart, CancelError, StoreError, storage};
@@ -106,6 +107,11 @@ impl Writer {
             }
         }
         let from = job.status;
+        fx.noted.push(Noted::Attempt {
+            function: job.function.clone(),
+            ran_ms: report.finished_at.saturating_sub(report.started_at),
+            waited_ms: report.started_at.saturating_sub(job.ready_at),
+        });
         t.ready_remove(id, &job)?;
         job.attempts = attempt;
         job.started_at = Some(report.started_at);
@@ -201,6 +207,8 @@ impl Writer {
         }
         fx.counts.moved(&job.function, Some(from), Some(job.status));
         if job.status.is_terminal() {
+            fx.noted
+                .push(Noted::Ended(job.function.clone(), job.status));
             job.finished_at = Some(report.finished_at);
             fx.counts.bytes(&job.function, -(job.input_size() as i64));
             if super::machine::is_dead_letter(job.status) {
@@ -271,6 +279,8 @@ impl Writer {
         let now = now_ms();
         fx.counts
             .moved(&job.function, Some(job.status), Some(JobStatus::Cancelled));
+        fx.noted
+            .push(Noted::Ended(job.function.clone(), JobStatus::Cancelled));
         fx.counts.bytes(&job.function, -(job.input_size() as i64));
         job.status = JobStatus::Cancelled;
         job.not_before = None;

@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) blob_totals: Arc<super::BlobTotals>,
     /// Where due callbacks go.
     pub(crate) callbacks: mpsc::UnboundedSender<Vec<JobId>>,
+    /// Per-function outcomes and timings, for `/metrics`.
+    pub(crate) tallies: Arc<super::tally::Tallies>,
 }
 
 pub(crate) struct Writer {
@@ -323,6 +325,7 @@ impl Writer {
                 self.shared.unfinished.apply(&fx.counts);
                 add_signed(&self.shared.blob_totals.count, fx.blobs.count);
                 add_signed(&self.shared.blob_totals.bytes, fx.blobs.bytes);
+                self.shared.tallies.add(std::mem::take(&mut fx.noted));
                 for reply in fx.replies {
                     reply.commit();
                 }

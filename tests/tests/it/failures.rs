@@ -61,6 +61,21 @@ async fn retries_back_off_then_the_job_is_dead() {
     }
     assert_eq!(job["log"], history[3]["log"]);
     assert_eq!(host.metric("sluice_job_retries_total").await, 3.0);
+    // Per function: its outcome counted, each attempt timed (ran, waited).
+    let (_, _, metrics) = host.get_raw("/metrics").await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    for line in [
+        r#"sluice_function_jobs_ended_total{function="probe",outcome="dead"} 1"#,
+        r#"sluice_function_jobs_ended_total{function="probe",outcome="succeeded"} 0"#,
+        r#"sluice_function_attempt_duration_seconds_count{function="probe"} 4"#,
+        r#"sluice_function_attempt_duration_seconds_bucket{function="probe",le="+Inf"} 4"#,
+        r#"sluice_function_queue_wait_seconds_count{function="probe"} 4"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
     assert_eq!(host.metric("sluice_dead_letters_total").await, 1.0);
     assert_eq!(host.metric("sluice_jobs_accepted_total").await, 1.0);
     let (_, dlq) = host.get("/v1/functions/probe/dead-letters").await;
