@@ -17,7 +17,7 @@ use crate::manifest::{Bounds, Manifest, ManifestError};
 use crate::runtime::{Compiled, ComponentError, LoadedFunction, Runtime};
 use crate::scheduler::Scheduler;
 use crate::store::{
-    DeleteError, FunctionRecord, PutSecret, RollbackError, SealedSecret, Store, StoreError,
+    Backend, DeleteError, FunctionRecord, PutSecret, RollbackError, SealedSecret, StoreError,
 };
 use crate::vault::{self, Vault};
 
@@ -91,14 +91,14 @@ pub struct Functions {
 /// Gets stored functions' code and secrets into the runtime: what a start needs (before there
 /// is a scheduler) and what every change reuses.
 pub struct Loader {
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
     runtime: Arc<Runtime>,
     vault: Arc<Vault>,
 }
 
 impl Loader {
     /// A loader over the store, the runtime and the secrets key.
-    pub fn new(store: Arc<Store>, runtime: Arc<Runtime>, vault: Arc<Vault>) -> Loader {
+    pub fn new(store: Arc<dyn Backend>, runtime: Arc<Runtime>, vault: Arc<Vault>) -> Loader {
         Loader {
             store,
             runtime,

@@ -56,9 +56,9 @@ pub async fn run(
         callbacks,
     } = Store::open(&config.data_dir, &config.store_options())?;
     let runtime = Arc::new(Runtime::new(&config).context("cannot set up the WebAssembly engine")?);
-    let store = Arc::new(store);
+    let store: Arc<dyn crate::store::Backend> = Arc::new(store);
     let secrets = Arc::new(Secrets::new(
-        crate::webhook::sign::SecretRecord::load(&store).await?,
+        crate::webhook::sign::SecretRecord::load(&*store).await?,
     ));
     let sender = Sender::new(
         store.clone(),

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{AttemptReport, FailureKind, JobId, Outcome, QueuedJob, ReadyKey, now_ms};
 use crate::runtime::Runtime;
-use crate::store::{CommitFeed, Demand, Store};
+use crate::store::{Backend, CommitFeed, Demand};
 
 /// Jobs of one function the scheduler holds at most (waiting for a worker, or running); the
 /// rest of its queue waits in the store.
@@ -42,7 +42,10 @@ struct Inner {
     /// Where attempts run: threads of lower OS priority than the API and the writer, so a burst
     /// of events never delays accepting (and answering) requests.
     sandboxes: tokio::runtime::Handle,
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
+    /// The store as the runtime reads it: claim-checked payloads, key-value state.
+    blobs: Arc<dyn crate::runtime::BlobSource>,
+    kv: Arc<dyn crate::runtime::kv::KvSource>,
     runtime: Arc<Runtime>,
     /// Ready jobs and workers per function.
     state: Mutex<State>,
@@ -95,7 +98,7 @@ struct FunctionQueue {
 impl Scheduler {
     /// A scheduler running at most `slots` sandboxes at once, host-wide.
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn Backend>,
         runtime: Arc<Runtime>,
         slots: u32,
         sandboxes: tokio::runtime::Handle,
@@ -103,6 +106,8 @@ impl Scheduler {
         Scheduler {
             inner: Arc::new(Inner {
                 sandboxes,
+                blobs: Arc::new(crate::runtime::StoreReads(store.clone())),
+                kv: Arc::new(crate::runtime::StoreReads(store.clone())),
                 store,
                 runtime,
                 state: Mutex::new(State::default()),
@@ -329,8 +334,8 @@ impl Inner {
             // and the job handed out again as a failed attempt.
             let lease = timeout + LEASE_GRACE;
             let lease_until = started_at + lease.as_millis() as u64;
-            let blobs: Arc<dyn crate::runtime::BlobSource> = self.store.clone();
-            let state: Arc<dyn crate::runtime::kv::KvSource> = self.store.clone();
+            let blobs = self.blobs.clone();
+            let state = self.kv.clone();
             let run =
                 tokio::time::timeout(lease, self.runtime.run(&code, &job, attempt, blobs, state));
             tokio::pin!(run);

@@ -11,6 +11,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Paths of the example components, built by `build.rs`.
+pub mod conformance;
+
 pub mod components {
     /// `functions/echo`.
     pub const ECHO: &str = env!("SLUICE_COMPONENT_ECHO");

@@ -230,7 +230,7 @@ fn renders_safely(content_type: &[u8]) -> bool {
 const STREAM_PIECE: usize = 1 << 20;
 
 /// A large output, streamed from its chunks a piece at a time (never whole in memory).
-fn blob_body(store: Arc<crate::store::Store>, blob: BlobRef) -> Body {
+fn blob_body(store: Arc<dyn crate::store::Backend>, blob: BlobRef) -> Body {
     let pieces = futures_util::stream::unfold(0u64, move |offset| {
         let store = store.clone();
         async move {

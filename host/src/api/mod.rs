@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::guard::AllowList;
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
-use crate::store::Store;
+use crate::store::Backend;
 use crate::webhook::sign::Secrets;
 pub use error::ApiError;
 
@@ -55,7 +55,7 @@ pub struct AppState(Arc<AppParts>);
 /// The host's parts the API uses.
 pub struct AppParts {
     /// Durable state.
-    pub(crate) store: Arc<Store>,
+    pub(crate) store: Arc<dyn Backend>,
     /// Compiles and runs components.
     pub(crate) runtime: Arc<Runtime>,
     /// Told about deploys and deletes.
@@ -75,7 +75,7 @@ pub struct AppParts {
 impl AppState {
     /// Bundles the host's parts for the router.
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn Backend>,
         runtime: Arc<Runtime>,
         scheduler: Scheduler,
         config: Config,

@@ -17,7 +17,7 @@ pub(crate) async fn show(State(state): State<AppState>) -> Json<Value> {
 /// signatures are sent and receivers can switch without missing a callback.
 pub(crate) async fn rotate(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let record = state.secrets.record().rotated(now_ms());
-    record.save(&state.store).await?;
+    record.save(&*state.store).await?;
     state.secrets.set(record.clone());
     Ok(Json(secret_json(&record)))
 }

@@ -37,12 +37,13 @@ pub trait KvSource: Send + Sync {
     fn keys(&self, function: &str, skip: usize, limit: usize) -> Result<Vec<String>, String>;
 }
 
-impl KvSource for crate::store::Store {
+impl KvSource for super::StoreReads {
     fn get(&self, function: &str, key: &str) -> Result<(u64, Option<Vec<u8>>), String> {
-        self.kv_get(function, key).map_err(|e| e.to_string())
+        self.0.kv_get(function, key).map_err(|e| e.to_string())
     }
     fn keys(&self, function: &str, skip: usize, limit: usize) -> Result<Vec<String>, String> {
-        self.kv_keys(function, None, skip, limit)
+        self.0
+            .kv_keys(function, None, skip, limit)
             .map_err(|e| e.to_string())
     }
 }

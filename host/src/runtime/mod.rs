@@ -169,9 +169,13 @@ pub trait BlobSource: Send + Sync {
     fn read(&self, digest: &[u8; 32], offset: u64, len: usize) -> Result<Option<Vec<u8>>, String>;
 }
 
-impl BlobSource for crate::store::Store {
+/// The store as a sandbox reads it (blobs, key-value state).
+pub struct StoreReads(pub Arc<dyn crate::store::Backend>);
+
+impl BlobSource for StoreReads {
     fn read(&self, digest: &[u8; 32], offset: u64, len: usize) -> Result<Option<Vec<u8>>, String> {
-        self.read_blob(digest, offset, len)
+        self.0
+            .read_blob(digest, offset, len)
             .map_err(|e| e.to_string())
     }
 }

@@ -7,9 +7,9 @@ use crate::job::{JobId, JobStatus};
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// redb failed (disk full, I/O error, corruption); the source says how.
+    /// The backend's storage failed (disk full, I/O error); the source says how.
     #[error("storage error: {0}; check the data directory's disk and permissions")]
-    Redb(#[source] std::sync::Arc<redb::Error>),
+    Backend(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
     /// The store could not do what was asked (a file that will not open, a record that will
     /// not decode).
     #[error("storage error: {0}; check the data directory's disk and permissions")]
@@ -50,10 +50,15 @@ impl StoreError {
                 file: path.display().to_string(),
                 detail,
             },
-            StoreError::Redb(e) if matches!(*e, redb::Error::Corrupted(_)) => StoreError::Damaged {
-                file: path.display().to_string(),
-                detail: e.to_string(),
-            },
+            StoreError::Backend(e)
+                if e.downcast_ref::<redb::Error>()
+                    .is_some_and(|r| matches!(r, redb::Error::Corrupted(_))) =>
+            {
+                StoreError::Damaged {
+                    file: path.display().to_string(),
+                    detail: e.to_string(),
+                }
+            }
             other => other,
         }
     }
@@ -77,7 +82,8 @@ impl StoreError {
 }
 
 pub(crate) fn storage(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Redb(std::sync::Arc::new(e.into()))
+    let e: redb::Error = e.into();
+    StoreError::Backend(std::sync::Arc::new(e))
 }
 
 /// Why a submit was refused.

@@ -369,7 +369,7 @@ impl Writer {
                 // waits on again.
                 if matches!(
                     e,
-                    StoreError::Redb(_) | StoreError::Storage(_) | StoreError::Damaged { .. }
+                    StoreError::Backend(_) | StoreError::Storage(_) | StoreError::Damaged { .. }
                 ) {
                     self.held.append(&mut fx.held);
                     let backoff = self

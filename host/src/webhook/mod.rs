@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 
 use crate::guard::{self, AllowList, PinnedClients};
 use crate::job::{Job, JobId, now_ms, rfc3339};
-use crate::store::{CallbackFeed, CallbackResult, Store};
+use crate::store::{Backend, CallbackFeed, CallbackResult};
 use sign::Secrets;
 
 /// Redirects a delivery follows at most (each hop checked by the guard).
@@ -36,7 +36,7 @@ const MAX_WAITING: usize = 10_000;
 
 /// Delivers due callbacks.
 pub struct Sender {
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
     secrets: Arc<Secrets>,
     allow: AllowList,
     slots: Arc<Semaphore>,
@@ -56,7 +56,7 @@ impl Sender {
     /// at most `per_destination` deliveries in flight to one receiver origin and a breaker
     /// that pauses a failing one for `cool_down`.
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn Backend>,
         secrets: Arc<Secrets>,
         allow: AllowList,
         timeout: Duration,

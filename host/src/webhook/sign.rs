@@ -54,7 +54,7 @@ const SETTING: &str = "webhook_secrets";
 impl SecretRecord {
     /// The stored secrets, generated and stored the first time.
     pub async fn load(
-        store: &crate::store::Store,
+        store: &dyn crate::store::Backend,
     ) -> Result<SecretRecord, crate::store::StoreError> {
         let initial = serde_json::to_vec(&SecretRecord::generate()).expect("a record serialises");
         let stored = store.setting_or_init(SETTING, initial).await?;
@@ -66,7 +66,10 @@ impl SecretRecord {
     }
 
     /// Stores these secrets (a rotation).
-    pub async fn save(&self, store: &crate::store::Store) -> Result<(), crate::store::StoreError> {
+    pub async fn save(
+        &self,
+        store: &dyn crate::store::Backend,
+    ) -> Result<(), crate::store::StoreError> {
         let json = serde_json::to_vec(self).expect("a record serialises");
         store.set_setting(SETTING, json).await
     }

@@ -27,4 +27,5 @@ mod sandbox;
 mod scheduling;
 mod sdk_outside;
 mod storage_full;
+mod store_conformance;
 mod topics;

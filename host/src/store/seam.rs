@@ -1,0 +1,426 @@
+//! The store's seam: the operations the rest of the host asks of durable state, as traits.
+//! Everything above the store (API, scheduler, functions service, webhook sender, runtime)
+//! holds an `Arc<dyn Backend>`; the redb store ([`Store`]) is one implementation, and a
+//! multi-host backend implements the same traits (and passes the same conformance suite,
+//! the conformance suite).
+//!
+//! Three sides:
+//! - [`JobStore`]: what clients ask: submit (one, a batch, events to topics), cancel, redrive,
+//!   purge, reads and long-polls, blobs, key-value state.
+//! - [`Dispatch`]: what the scheduler and the sender ask: ready jobs within a credit, an
+//!   attempt's start and its outcome (with what it emitted), callbacks' results.
+//! - [`FunctionCatalog`]: what is deployed: deploy, configure, rollback, pause, remove,
+//!   compiled artifacts, secrets, host settings.
+//!
+//! Each write is answered only once it is durable. The traits are object safe: writes return
+//! boxed futures ([`Pending`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{
+    CallbackResult, CancelError, Correlated, Counts, DeadLetterSelection, DeleteError, Demand,
+    EventRecord, FunctionRecord, FunctionTally, JobPage, JobQuery, NewEvent, NewJob, Published,
+    PutSecret, RollbackError, SealedSecret, Store, StoreError, StoreStats, SubmitError, Submitted,
+    kv::KvVerdict,
+};
+use crate::job::{AttemptReport, Job, JobId, KvChanges};
+use crate::manifest::{RetryPolicy, Settings};
+
+/// A write in flight: resolves once it is durable (or refused).
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Jobs, events, blobs and key-value state, as clients see them.
+pub trait JobStore: Send + Sync {
+    /// Accepts one job: answered once it is durable.
+    fn submit(&self, job: NewJob) -> Pending<'_, Result<Submitted, SubmitError>>;
+    /// Accepts several jobs together, or none.
+    fn submit_batch(&self, jobs: Vec<NewJob>) -> Pending<'_, Result<Vec<JobId>, SubmitError>>;
+    /// Publishes events with one delivery job per matching subscriber, together or not at all.
+    fn publish(&self, events: Vec<NewEvent>) -> Pending<'_, Result<Vec<Published>, SubmitError>>;
+    /// Cancels a queued or delayed job.
+    fn cancel(&self, id: JobId) -> Pending<'_, Result<Job, CancelError>>;
+    /// Moves dead letters of a function back to `queued`; returns those moved.
+    fn redrive<'a>(
+        &'a self,
+        function: &'a str,
+        which: DeadLetterSelection,
+    ) -> Pending<'a, Result<Vec<JobId>, StoreError>>;
+    /// Deletes dead letters of a function; returns those deleted.
+    fn purge<'a>(
+        &'a self,
+        function: &'a str,
+        which: DeadLetterSelection,
+    ) -> Pending<'a, Result<Vec<JobId>, StoreError>>;
+    /// One job, as last committed.
+    fn job(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+    /// The job once it is terminal, or as it is after `timeout` (`None`: no such job).
+    fn wait_terminal(
+        &self,
+        id: JobId,
+        timeout: Duration,
+    ) -> Pending<'_, Result<Option<Job>, StoreError>>;
+    /// A page of jobs, newest first.
+    fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError>;
+    /// Every job and event carrying a correlation id.
+    fn correlated(&self, correlation_id: &str) -> Result<Correlated, StoreError>;
+    /// One published event.
+    fn event(&self, id: JobId) -> Result<Option<EventRecord>, StoreError>;
+    /// A function's jobs per status and unfinished bytes.
+    fn counts(&self, function: &str) -> Result<Counts, StoreError>;
+    /// A function's unfinished jobs.
+    fn pending_count(&self, function: &str) -> Result<u64, StoreError>;
+    /// When the function's oldest ready job became ready.
+    fn oldest_ready(&self, function: &str) -> Result<Option<u64>, StoreError>;
+    /// Part of a stored blob (`None`: no such blob).
+    fn read_blob(
+        &self,
+        digest: &[u8; 32],
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Blobs stored and their bytes.
+    fn blob_totals(&self) -> (u64, u64);
+    /// Input bytes of unfinished jobs, host-wide.
+    fn queued_bytes(&self) -> u64;
+    /// A function's key: its committed version (0: absent) and value.
+    fn kv_get(&self, function: &str, key: &str) -> Result<(u64, Option<Vec<u8>>), StoreError>;
+    /// A function's keys starting with `prefix`, in order.
+    fn kv_keys(
+        &self,
+        function: &str,
+        prefix: Option<&str>,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Sets or deletes keys of a function's state, durably.
+    fn kv_write(&self, changes: KvChanges) -> Pending<'_, Result<KvVerdict, StoreError>>;
+    /// Counters of what the store has done since start.
+    fn stats(&self) -> &StoreStats;
+    /// Per-function outcomes and attempt timings since start.
+    fn tallies(&self) -> Vec<(String, FunctionTally)>;
+}
+
+/// The attempt side: what the scheduler and the callback sender ask.
+pub trait Dispatch: Send + Sync {
+    /// The scheduler's credit table: ready jobs are handed out within it.
+    fn demand(&self) -> &Arc<Demand>;
+    /// Asks for ready jobs kept back while the scheduler had no credit.
+    fn refill(&self);
+    /// Records an attempt's start (fenced by attempt number).
+    fn start(&self, id: JobId, attempt: u32, at: u64, lease_until: u64, version: u32);
+    /// Records how an attempt ended (fenced: ignored unless it is the job's current attempt);
+    /// a failure is retried under `retry`.
+    fn finish(&self, id: JobId, attempt: u32, report: AttemptReport, retry: RetryPolicy);
+    /// Commits a success's key-value writes where they live, before its finish; a conflict
+    /// turns the report into the failure that runs the job again.
+    fn settle_kv(
+        &self,
+        id: JobId,
+        attempt: u32,
+        report: AttemptReport,
+    ) -> Pending<'_, AttemptReport>;
+    /// Records how a webhook delivery attempt went.
+    fn callback_done(&self, id: JobId, result: CallbackResult);
+}
+
+/// What is deployed, and the host's own settings.
+pub trait FunctionCatalog: Send + Sync {
+    /// Stores a deploy (component, compiled artifact, record) as the function's next version.
+    fn deploy(
+        &self,
+        record: FunctionRecord,
+        wasm: Bytes,
+        artifact_key: String,
+        artifact: Vec<u8>,
+    ) -> Pending<'_, Result<FunctionRecord, StoreError>>;
+    /// New settings, same code, as a new version (`None`: not deployed).
+    fn configure<'a>(
+        &'a self,
+        name: &'a str,
+        settings: Settings,
+    ) -> Pending<'a, Result<Option<FunctionRecord>, StoreError>>;
+    /// An earlier version made current again, as a new version.
+    fn rollback<'a>(
+        &'a self,
+        name: &'a str,
+        to: Option<u32>,
+    ) -> Pending<'a, Result<FunctionRecord, RollbackError>>;
+    /// Pauses or resumes a function (`None`: not deployed).
+    fn set_paused<'a>(
+        &'a self,
+        name: &'a str,
+        paused: bool,
+    ) -> Pending<'a, Result<Option<FunctionRecord>, StoreError>>;
+    /// Deletes a function (with `force`, cancelling its unfinished jobs).
+    fn delete_function<'a>(
+        &'a self,
+        name: &'a str,
+        force: bool,
+    ) -> Pending<'a, Result<Vec<JobId>, DeleteError>>;
+    /// One deployed function.
+    fn function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError>;
+    /// Every deployed function.
+    fn functions(&self) -> Result<Vec<FunctionRecord>, StoreError>;
+    /// Every version of a function, oldest first.
+    fn versions(&self, name: &str) -> Result<Vec<FunctionRecord>, StoreError>;
+    /// A stored component's bytes.
+    fn component(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// A compiled artifact.
+    fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores a compiled artifact.
+    fn save_artifact(&self, key: String, artifact: Vec<u8>) -> Pending<'_, Result<(), StoreError>>;
+    /// Sets a function's sealed secret.
+    fn put_secret<'a>(
+        &'a self,
+        function: &'a str,
+        name: &'a str,
+        sealed: Vec<u8>,
+        max: usize,
+    ) -> Pending<'a, Result<PutSecret, StoreError>>;
+    /// Deletes a function's secret (false: there was none).
+    fn delete_secret<'a>(
+        &'a self,
+        function: &'a str,
+        name: &'a str,
+    ) -> Pending<'a, Result<bool, StoreError>>;
+    /// A function's sealed secrets.
+    fn secrets(&self, function: &str) -> Result<Vec<SealedSecret>, StoreError>;
+    /// A host setting, stored as `initial` when there is none.
+    fn setting_or_init<'a>(
+        &'a self,
+        key: &'a str,
+        initial: Vec<u8>,
+    ) -> Pending<'a, Result<Vec<u8>, StoreError>>;
+    /// Stores a host setting.
+    fn set_setting<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+    ) -> Pending<'a, Result<(), StoreError>>;
+}
+
+/// A whole backend: the three sides, and a shutdown that commits everything pending.
+pub trait Backend: JobStore + Dispatch + FunctionCatalog {
+    /// Commits everything sent so far and closes the files; later writes are refused.
+    fn shutdown(&self) -> Pending<'_, ()>;
+}
+
+impl JobStore for Store {
+    fn submit(&self, job: NewJob) -> Pending<'_, Result<Submitted, SubmitError>> {
+        Box::pin(Store::submit(self, job))
+    }
+    fn submit_batch(&self, jobs: Vec<NewJob>) -> Pending<'_, Result<Vec<JobId>, SubmitError>> {
+        Box::pin(Store::submit_batch(self, jobs))
+    }
+    fn publish(&self, events: Vec<NewEvent>) -> Pending<'_, Result<Vec<Published>, SubmitError>> {
+        Box::pin(Store::publish(self, events))
+    }
+    fn cancel(&self, id: JobId) -> Pending<'_, Result<Job, CancelError>> {
+        Box::pin(Store::cancel(self, id))
+    }
+    fn redrive<'a>(
+        &'a self,
+        function: &'a str,
+        which: DeadLetterSelection,
+    ) -> Pending<'a, Result<Vec<JobId>, StoreError>> {
+        Box::pin(Store::redrive(self, function, which))
+    }
+    fn purge<'a>(
+        &'a self,
+        function: &'a str,
+        which: DeadLetterSelection,
+    ) -> Pending<'a, Result<Vec<JobId>, StoreError>> {
+        Box::pin(Store::purge(self, function, which))
+    }
+    fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        Store::job(self, id)
+    }
+    fn wait_terminal(
+        &self,
+        id: JobId,
+        timeout: Duration,
+    ) -> Pending<'_, Result<Option<Job>, StoreError>> {
+        Box::pin(Store::wait_terminal(self, id, timeout))
+    }
+    fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
+        Store::jobs(self, query)
+    }
+    fn correlated(&self, correlation_id: &str) -> Result<Correlated, StoreError> {
+        Store::correlated(self, correlation_id)
+    }
+    fn event(&self, id: JobId) -> Result<Option<EventRecord>, StoreError> {
+        Store::event(self, id)
+    }
+    fn counts(&self, function: &str) -> Result<Counts, StoreError> {
+        Store::counts(self, function)
+    }
+    fn pending_count(&self, function: &str) -> Result<u64, StoreError> {
+        Store::pending_count(self, function)
+    }
+    fn oldest_ready(&self, function: &str) -> Result<Option<u64>, StoreError> {
+        Store::oldest_ready(self, function)
+    }
+    fn read_blob(
+        &self,
+        digest: &[u8; 32],
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Store::read_blob(self, digest, offset, len)
+    }
+    fn blob_totals(&self) -> (u64, u64) {
+        Store::blob_totals(self)
+    }
+    fn queued_bytes(&self) -> u64 {
+        Store::queued_bytes(self)
+    }
+    fn kv_get(&self, function: &str, key: &str) -> Result<(u64, Option<Vec<u8>>), StoreError> {
+        Store::kv_get(self, function, key)
+    }
+    fn kv_keys(
+        &self,
+        function: &str,
+        prefix: Option<&str>,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        Store::kv_keys(self, function, prefix, skip, limit)
+    }
+    fn kv_write(&self, changes: KvChanges) -> Pending<'_, Result<KvVerdict, StoreError>> {
+        Box::pin(Store::kv_write(self, changes))
+    }
+    fn stats(&self) -> &StoreStats {
+        Store::stats(self)
+    }
+    fn tallies(&self) -> Vec<(String, FunctionTally)> {
+        Store::tallies(self)
+    }
+}
+
+impl Dispatch for Store {
+    fn demand(&self) -> &Arc<Demand> {
+        Store::demand(self)
+    }
+    fn refill(&self) {
+        Store::refill(self)
+    }
+    fn start(&self, id: JobId, attempt: u32, at: u64, lease_until: u64, version: u32) {
+        Store::start(self, id, attempt, at, lease_until, version)
+    }
+    fn finish(&self, id: JobId, attempt: u32, report: AttemptReport, retry: RetryPolicy) {
+        Store::finish(self, id, attempt, report, retry)
+    }
+    fn settle_kv(
+        &self,
+        id: JobId,
+        attempt: u32,
+        report: AttemptReport,
+    ) -> Pending<'_, AttemptReport> {
+        Box::pin(Store::settle_kv(self, id, attempt, report))
+    }
+    fn callback_done(&self, id: JobId, result: CallbackResult) {
+        Store::callback_done(self, id, result)
+    }
+}
+
+impl FunctionCatalog for Store {
+    fn deploy(
+        &self,
+        record: FunctionRecord,
+        wasm: Bytes,
+        artifact_key: String,
+        artifact: Vec<u8>,
+    ) -> Pending<'_, Result<FunctionRecord, StoreError>> {
+        Box::pin(Store::deploy(self, record, wasm, artifact_key, artifact))
+    }
+    fn configure<'a>(
+        &'a self,
+        name: &'a str,
+        settings: Settings,
+    ) -> Pending<'a, Result<Option<FunctionRecord>, StoreError>> {
+        Box::pin(Store::configure(self, name, settings))
+    }
+    fn rollback<'a>(
+        &'a self,
+        name: &'a str,
+        to: Option<u32>,
+    ) -> Pending<'a, Result<FunctionRecord, RollbackError>> {
+        Box::pin(Store::rollback(self, name, to))
+    }
+    fn set_paused<'a>(
+        &'a self,
+        name: &'a str,
+        paused: bool,
+    ) -> Pending<'a, Result<Option<FunctionRecord>, StoreError>> {
+        Box::pin(Store::set_paused(self, name, paused))
+    }
+    fn delete_function<'a>(
+        &'a self,
+        name: &'a str,
+        force: bool,
+    ) -> Pending<'a, Result<Vec<JobId>, DeleteError>> {
+        Box::pin(Store::delete_function(self, name, force))
+    }
+    fn function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
+        Store::function(self, name)
+    }
+    fn functions(&self) -> Result<Vec<FunctionRecord>, StoreError> {
+        Store::functions(self)
+    }
+    fn versions(&self, name: &str) -> Result<Vec<FunctionRecord>, StoreError> {
+        Store::versions(self, name)
+    }
+    fn component(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Store::component(self, digest)
+    }
+    fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Store::artifact(self, key)
+    }
+    fn save_artifact(&self, key: String, artifact: Vec<u8>) -> Pending<'_, Result<(), StoreError>> {
+        Box::pin(Store::save_artifact(self, key, artifact))
+    }
+    fn put_secret<'a>(
+        &'a self,
+        function: &'a str,
+        name: &'a str,
+        sealed: Vec<u8>,
+        max: usize,
+    ) -> Pending<'a, Result<PutSecret, StoreError>> {
+        Box::pin(Store::put_secret(self, function, name, sealed, max))
+    }
+    fn delete_secret<'a>(
+        &'a self,
+        function: &'a str,
+        name: &'a str,
+    ) -> Pending<'a, Result<bool, StoreError>> {
+        Box::pin(Store::delete_secret(self, function, name))
+    }
+    fn secrets(&self, function: &str) -> Result<Vec<SealedSecret>, StoreError> {
+        Store::secrets(self, function)
+    }
+    fn setting_or_init<'a>(
+        &'a self,
+        key: &'a str,
+        initial: Vec<u8>,
+    ) -> Pending<'a, Result<Vec<u8>, StoreError>> {
+        Box::pin(Store::setting_or_init(self, key, initial))
+    }
+    fn set_setting<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+    ) -> Pending<'a, Result<(), StoreError>> {
+        Box::pin(Store::set_setting(self, key, value))
+    }
+}
+
+impl Backend for Store {
+    fn shutdown(&self) -> Pending<'_, ()> {
+        Box::pin(Store::shutdown(self))
+    }
+}

@@ -1,0 +1,613 @@
+//! The store conformance suite: what any backend behind the store's traits
+//! ([`sluice::store::Backend`]) must do, checked through the traits alone. The redb store runs
+//! it in `tests/it/store_conformance.rs`; another backend runs the same checks with its own
+//! [`Open`] (see [`conformance_suite!`](crate::conformance_suite)).
+//!
+//! The checks play the scheduler's part: they grant credit, take ready jobs from the feed,
+//! start and finish attempts, and read back what is committed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice::job::{
+    AttemptReport, DEFAULT_PRIORITY, FailureKind, JobId, JobStatus, KvChanges, Outcome, now_ms,
+};
+use sluice::manifest::{RetryPolicy, Settings, Subscription};
+use sluice::output::Output;
+use sluice::store::{
+    Backend, CancelError, CommitFeed, DeadLetterSelection, DeleteError, FunctionRecord,
+    IdempotencyKey, JobQuery, NewEvent, NewJob, SubmitError, Submitted,
+};
+
+/// Opens (or reopens) a backend on a directory: the backend and its feed of ready jobs.
+pub type Open = fn(&Path) -> (Arc<dyn Backend>, CommitFeed);
+
+/// Generates one test per check of the suite for a backend's [`Open`].
+#[macro_export]
+macro_rules! conformance_suite {
+    ($open:expr) => {
+        $crate::conformance_suite!(@checks $open;
+            submits_are_durable_across_a_reopen,
+            an_unknown_function_is_refused_and_nothing_is_kept,
+            idempotency_keys_answer_the_same_job_or_a_conflict,
+            a_batch_is_accepted_whole_or_not_at_all,
+            ready_jobs_are_handed_out_within_credit_and_finish,
+            stale_attempts_are_fenced,
+            failures_retry_then_dead_letter_redrive_and_purge,
+            cancel_takes_waiting_jobs_only,
+            a_publish_makes_one_delivery_per_matching_subscriber,
+            key_value_writes_bump_versions,
+            the_catalog_keeps_versions_pauses_and_deletes,
+            secrets_and_settings_are_kept,
+        );
+    };
+    (@checks $open:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let dir = tempfile::tempdir().unwrap();
+                $crate::conformance::$check($open, dir.path()).await;
+            }
+        )*
+    };
+}
+
+/// A function record as a deploy would make it (the store does not look at the code).
+pub fn record(name: &str, settings: Settings, subscriptions: Vec<Subscription>) -> FunctionRecord {
+    FunctionRecord {
+        name: name.into(),
+        settings,
+        digest: format!("{name}-digest"),
+        size: 4,
+        deployed_at: now_ms(),
+        version: 0,
+        change: String::new(),
+        paused: false,
+        subscriptions,
+        then: None,
+        allowed_outbound_hosts: Vec::new(),
+        config: Default::default(),
+        changes: Vec::new(),
+    }
+}
+
+async fn deploy(b: &dyn Backend, name: &str, settings: Settings) -> FunctionRecord {
+    b.deploy(
+        record(name, settings, Vec::new()),
+        Bytes::from_static(b"wasm"),
+        format!("{name}-artifact"),
+        vec![1, 2, 3],
+    )
+    .await
+    .unwrap()
+}
+
+/// A plain submit of `input` to `function`.
+pub fn new_job(function: &str, input: &'static [u8]) -> NewJob {
+    NewJob {
+        function: function.into(),
+        content_type: Some("text/plain".into()),
+        input: Bytes::from_static(input),
+        correlation_id: None,
+        idempotency: None,
+        priority: DEFAULT_PRIORITY,
+        not_before: None,
+        ordering_key: None,
+        event: None,
+        parent: None,
+        pipeline: None,
+        input_blob: None,
+        callback: None,
+        hops: 0,
+    }
+}
+
+fn report(outcome: Outcome) -> AttemptReport {
+    AttemptReport {
+        outcome,
+        log: String::new(),
+        started_at: now_ms(),
+        finished_at: now_ms(),
+        version: 1,
+        emitted: Vec::new(),
+        then: None,
+        outbound: Vec::new(),
+        kv: None,
+    }
+}
+
+fn success(output: &[u8]) -> AttemptReport {
+    report(Outcome::Succeeded {
+        output: Output::bytes(output.to_vec()),
+        content_type: Some("text/plain".into()),
+    })
+}
+
+fn failure(kind: FailureKind) -> AttemptReport {
+    report(Outcome::Failed {
+        kind,
+        message: "failed on purpose".into(),
+    })
+}
+
+/// Grants `n` credit to `function` and takes the jobs handed out (waits up to 10 s for `n`).
+async fn take(b: &dyn Backend, feed: &mut CommitFeed, function: &str, n: usize) -> Vec<JobId> {
+    b.demand().grant(function, n);
+    b.refill();
+    let mut got = Vec::new();
+    while got.len() < n {
+        let jobs = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} ready jobs handed out", got.len()))
+            .expect("the feed closed");
+        for job in jobs {
+            assert_eq!(job.function, function);
+            got.push(job.id);
+        }
+    }
+    got
+}
+
+/// Waits until the job has `status` (fire-and-forget writes commit shortly).
+async fn until(b: &dyn Backend, id: JobId, status: JobStatus) -> sluice::job::Job {
+    until_job(b, id, &format!("{status:?}"), |job| job.status == status).await
+}
+
+/// Waits until the job passes `test` (named `what` in the failure).
+async fn until_job(
+    b: &dyn Backend,
+    id: JobId,
+    what: &str,
+    test: impl Fn(&sluice::job::Job) -> bool,
+) -> sluice::job::Job {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let job = b.job(id).unwrap().expect("the job exists");
+        if test(&job) {
+            return job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} is not {what}: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub async fn submits_are_durable_across_a_reopen(open: Open, dir: &Path) {
+    let (b, feed) = open(dir);
+    deploy(&*b, "f", Settings::DEFAULT).await;
+    let id = b.submit(new_job("f", b"kept")).await.unwrap().id();
+    let job = b.job(id).unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    assert_eq!(b.counts("f").unwrap().status(JobStatus::Queued), 1);
+    b.shutdown().await;
+    drop((b, feed));
+    let (b, _feed) = open(dir);
+    let job = b.job(id).unwrap().expect("accepted means durable");
+    assert_eq!(
+        (job.status, job.input.as_slice()),
+        (JobStatus::Queued, &b"kept"[..])
+    );
+    assert_eq!(b.function("f").unwrap().unwrap().version, 1);
+    b.shutdown().await;
+}
+
+pub async fn an_unknown_function_is_refused_and_nothing_is_kept(open: Open, dir: &Path) {
+    let (b, _feed) = open(dir);
+    match b.submit(new_job("nobody", b"x")).await {
+        Err(SubmitError::FunctionNotFound(name)) => assert_eq!(name, "nobody"),
+        other => panic!("{other:?}"),
+    }
+    let page = b
+        .jobs(&JobQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(page.jobs.is_empty());
+    b.shutdown().await;
+}
+
+pub async fn idempotency_keys_answer_the_same_job_or_a_conflict(open: Open, dir: &Path) {
+    let (b, _feed) = open(dir);
+    deploy(&*b, "f", Settings::DEFAULT).await;
+    let keyed = |hash: u8| NewJob {
+        idempotency: Some(IdempotencyKey {
+            key: "k".into(),
+            request_hash: [hash; 32],
+        }),
+        ..new_job("f", b"x")
+    };
+    let first = b.submit(keyed(1)).await.unwrap();
+    assert!(matches!(first, Submitted::New(_)));
+    let again = b.submit(keyed(1)).await.unwrap();
+    assert_eq!(again, Submitted::Existing(first.id()));
+    assert!(matches!(
+        b.submit(keyed(2)).await,
+        Err(SubmitError::IdempotencyConflict(_))
+    ));
+    assert_eq!(b.counts("f").unwrap().status(JobStatus::Queued), 1);
+    b.shutdown().await;
+}
+
+pub async fn a_batch_is_accepted_whole_or_not_at_all(open: Open, dir: &Path) {
+    let (b, _feed) = open(dir);
+    deploy(
+        &*b,
+        "f",
+        Settings {
+            max_queued: 2,
+            ..Settings::DEFAULT
+        },
+    )
+    .await;
+    let refused = b
+        .submit_batch(vec![
+            new_job("f", b"1"),
+            new_job("f", b"2"),
+            new_job("f", b"3"),
+        ])
+        .await;
+    assert!(
+        matches!(refused, Err(SubmitError::QueueFull { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        b.counts("f").unwrap().status(JobStatus::Queued),
+        0,
+        "none of it kept"
+    );
+    let ids = b
+        .submit_batch(vec![new_job("f", b"1"), new_job("f", b"2")])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(b.counts("f").unwrap().status(JobStatus::Queued), 2);
+    b.shutdown().await;
+}
+
+pub async fn ready_jobs_are_handed_out_within_credit_and_finish(open: Open, dir: &Path) {
+    let (b, mut feed) = open(dir);
+    deploy(&*b, "f", Settings::DEFAULT).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(b.submit(new_job("f", b"in")).await.unwrap().id());
+    }
+    // Within the credit (order holds per shard of a backend, not across them).
+    let first = take(&*b, &mut feed, "f", 2).await;
+    assert!(first.iter().all(|id| ids.contains(id)) && first[0] != first[1]);
+    // No credit left: the third stays in the table.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), feed.recv())
+            .await
+            .is_err(),
+        "a job was handed out without credit"
+    );
+    for &id in &first {
+        b.start(id, 1, now_ms(), now_ms() + 60_000, 1);
+        b.finish(id, 1, success(b"out"), Settings::DEFAULT.retry);
+    }
+    let done = b
+        .wait_terminal(first[0], Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.output.as_deref(), Some(&b"out"[..]));
+    assert_eq!(done.history.len(), 1);
+    until(&*b, first[1], JobStatus::Succeeded).await;
+    let third = take(&*b, &mut feed, "f", 1).await;
+    assert!(ids.contains(&third[0]) && !first.contains(&third[0]));
+    let counts = b.counts("f").unwrap();
+    assert_eq!(counts.status(JobStatus::Succeeded), 2);
+    b.shutdown().await;
+}
+
+pub async fn stale_attempts_are_fenced(open: Open, dir: &Path) {
+    let (b, mut feed) = open(dir);
+    deploy(&*b, "f", Settings::DEFAULT).await;
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        backoff_base_ms: 60_000,
+        backoff_max_ms: 60_000,
+    };
+    let id = b.submit(new_job("f", b"in")).await.unwrap().id();
+    take(&*b, &mut feed, "f", 1).await;
+    b.start(id, 1, now_ms(), now_ms() + 10_000, 1);
+    b.finish(id, 1, failure(FailureKind::Timeout), retry);
+    let job = until(&*b, id, JobStatus::Delayed).await;
+    assert_eq!(job.attempts, 1);
+    // The stale attempt 1 reports success late; an attempt 2 that never started reports too.
+    b.finish(id, 1, success(b"stale"), retry);
+    b.finish(id, 2, success(b"stale"), retry);
+    b.start(id, 1, now_ms(), now_ms(), 1);
+    // A later write to the job commits after those (a job's writes apply in order).
+    let cancelled = b.cancel(id).await.unwrap();
+    assert_eq!(
+        (
+            cancelled.status,
+            cancelled.attempts,
+            cancelled.history.len()
+        ),
+        (JobStatus::Cancelled, 1, 1),
+        "the stale reports changed nothing"
+    );
+    assert!(cancelled.output.is_none());
+    // A cancelled job ignores the attempt that was under way.
+    b.finish(id, 1, success(b"late"), retry);
+    assert!(
+        b.cancel(id).await.is_err(),
+        "an ordered read-back: already cancelled"
+    );
+    let job = b.job(id).unwrap().unwrap();
+    assert_eq!((job.status, job.output), (JobStatus::Cancelled, None));
+
+    // A finished job ignores a duplicate report of its own attempt.
+    let id = b.submit(new_job("f", b"in")).await.unwrap().id();
+    take(&*b, &mut feed, "f", 1).await;
+    b.start(id, 1, now_ms(), now_ms() + 10_000, 1);
+    b.finish(id, 1, success(b"first"), retry);
+    b.finish(id, 1, failure(FailureKind::Trap), retry);
+    assert!(b.cancel(id).await.is_err());
+    let job = b.job(id).unwrap().unwrap();
+    assert_eq!((job.status, job.attempts), (JobStatus::Succeeded, 1));
+    assert_eq!(job.output.as_deref(), Some(&b"first"[..]));
+    assert!(b.job(JobId(u128::MAX)).unwrap().is_none());
+    b.shutdown().await;
+}
+
+pub async fn failures_retry_then_dead_letter_redrive_and_purge(open: Open, dir: &Path) {
+    let (b, mut feed) = open(dir);
+    let settings = Settings {
+        retry: RetryPolicy {
+            max_attempts: 2,
+            backoff_base_ms: 10,
+            backoff_max_ms: 10,
+        },
+        ..Settings::DEFAULT
+    };
+    deploy(&*b, "f", settings).await;
+    let id = b.submit(new_job("f", b"in")).await.unwrap().id();
+    take(&*b, &mut feed, "f", 1).await;
+    b.start(id, 1, now_ms(), now_ms() + 60_000, 1);
+    b.finish(id, 1, failure(FailureKind::Retryable), settings.retry);
+    // Delayed for its backoff (10 ms), then queued again.
+    let job = until_job(&*b, id, "retried", |j| j.history.len() == 1).await;
+    assert!(
+        matches!(job.status, JobStatus::Delayed | JobStatus::Queued),
+        "{job:?}"
+    );
+    assert!(job.history[0].retry_at.is_some());
+    // Due after its backoff: handed out again.
+    assert_eq!(take(&*b, &mut feed, "f", 1).await, [id]);
+    b.start(id, 2, now_ms(), now_ms() + 60_000, 1);
+    b.finish(id, 2, failure(FailureKind::Retryable), settings.retry);
+    let job = until(&*b, id, JobStatus::Dead).await;
+    assert_eq!((job.attempts, job.history.len()), (2, 2));
+    let dead = b
+        .jobs(&JobQuery {
+            function: Some("f".into()),
+            dead_letters: true,
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        dead.jobs.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        [id]
+    );
+    let redriven = b
+        .redrive("f", DeadLetterSelection::Ids(vec![id]))
+        .await
+        .unwrap();
+    assert_eq!(redriven, [id]);
+    assert_eq!(b.job(id).unwrap().unwrap().status, JobStatus::Queued);
+    assert_eq!(take(&*b, &mut feed, "f", 1).await, [id]);
+    b.start(id, 1, now_ms(), now_ms() + 60_000, 1);
+    b.finish(id, 1, failure(FailureKind::Permanent), settings.retry);
+    until(&*b, id, JobStatus::Failed).await;
+    let purged = b.purge("f", DeadLetterSelection::All).await.unwrap();
+    assert_eq!(purged, [id]);
+    assert!(b.job(id).unwrap().is_none());
+    b.shutdown().await;
+}
+
+pub async fn cancel_takes_waiting_jobs_only(open: Open, dir: &Path) {
+    let (b, mut feed) = open(dir);
+    deploy(&*b, "f", Settings::DEFAULT).await;
+    let running = b.submit(new_job("f", b"1")).await.unwrap().id();
+    let waiting = b.submit(new_job("f", b"2")).await.unwrap().id();
+    take(&*b, &mut feed, "f", 1).await;
+    b.start(running, 1, now_ms(), now_ms() + 60_000, 1);
+    until(&*b, running, JobStatus::Running).await;
+    match b.cancel(running).await {
+        Err(CancelError::NotCancellable { status, .. }) => assert_eq!(status, JobStatus::Running),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        b.cancel(waiting).await.unwrap().status,
+        JobStatus::Cancelled
+    );
+    assert!(matches!(
+        b.cancel(JobId(12345)).await,
+        Err(CancelError::NotFound(_))
+    ));
+    b.shutdown().await;
+}
+
+pub async fn a_publish_makes_one_delivery_per_matching_subscriber(open: Open, dir: &Path) {
+    let (b, _feed) = open(dir);
+    let subscribe = |types: &[&str]| {
+        vec![Subscription {
+            topic: "orders".into(),
+            types: types.iter().map(|t| t.to_string()).collect(),
+        }]
+    };
+    for (name, types) in [
+        ("all", vec![]),
+        ("placed", vec!["order.placed"]),
+        ("paid", vec!["order.paid"]),
+    ] {
+        b.deploy(
+            record(name, Settings::DEFAULT, subscribe(&types)),
+            Bytes::from_static(b"wasm"),
+            format!("{name}-artifact"),
+            vec![1],
+        )
+        .await
+        .unwrap();
+    }
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        "application/cloudevents+json".parse().unwrap(),
+    );
+    let body = serde_json::json!({
+        "specversion": "1.0", "id": "e-1", "source": "/shop", "type": "order.placed",
+        "data": {"order": 7}
+    });
+    let mut events = sluice::event::parse(&headers, Bytes::from(body.to_string())).unwrap();
+    for e in &mut events {
+        e.attributes.topic = "orders".into();
+    }
+    let published = b
+        .publish(
+            events
+                .into_iter()
+                .map(|event| NewEvent {
+                    event,
+                    correlation_id: None,
+                    priority: DEFAULT_PRIORITY,
+                    parent: None,
+                    blob: None,
+                    callback: None,
+                    hops: 0,
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let mut to: Vec<&str> = published[0]
+        .deliveries
+        .iter()
+        .map(|(f, _)| f.as_str())
+        .collect();
+    to.sort();
+    assert_eq!(to, ["all", "placed"]);
+    let record = b
+        .event(published[0].event_id)
+        .unwrap()
+        .expect("the event is kept");
+    assert_eq!(record.deliveries.len(), 2);
+    for (function, id) in &published[0].deliveries {
+        let job = b.job(*id).unwrap().unwrap();
+        assert_eq!(&job.function, function);
+        assert_eq!(job.status, JobStatus::Queued);
+    }
+    b.shutdown().await;
+}
+
+pub async fn key_value_writes_bump_versions(open: Open, dir: &Path) {
+    let (b, _feed) = open(dir);
+    deploy(&*b, "f", Settings::DEFAULT).await;
+    assert_eq!(b.kv_get("f", "count").unwrap(), (0, None));
+    let set = |value: &[u8]| {
+        let mut changes = KvChanges {
+            function: "f".into(),
+            ..Default::default()
+        };
+        changes.writes.push(("count".into(), Some(value.to_vec())));
+        changes
+    };
+    b.kv_write(set(b"1")).await.unwrap();
+    let (v1, value) = b.kv_get("f", "count").unwrap();
+    assert_eq!(value.as_deref(), Some(&b"1"[..]));
+    b.kv_write(set(b"2")).await.unwrap();
+    let (v2, value) = b.kv_get("f", "count").unwrap();
+    assert!(
+        v2 > v1,
+        "every write bumps the key's version ({v1} -> {v2})"
+    );
+    assert_eq!(value.as_deref(), Some(&b"2"[..]));
+    assert_eq!(b.kv_keys("f", None, 0, 10).unwrap(), ["count"]);
+    b.shutdown().await;
+}
+
+pub async fn the_catalog_keeps_versions_pauses_and_deletes(open: Open, dir: &Path) {
+    let (b, _feed) = open(dir);
+    let v1 = deploy(&*b, "f", Settings::DEFAULT).await;
+    assert_eq!(v1.version, 1);
+    let same = deploy(&*b, "f", Settings::DEFAULT).await;
+    assert_eq!(same.version, 1, "the same deploy makes no version");
+    let v2 = b
+        .configure(
+            "f",
+            Settings {
+                max_concurrency: 2,
+                ..Settings::DEFAULT
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(v2.changes, ["max_concurrency 8 -> 2"]);
+    let v3 = b.rollback("f", Some(1)).await.unwrap();
+    assert_eq!((v3.version, v3.settings.max_concurrency), (3, 8));
+    assert_eq!(b.versions("f").unwrap().len(), 3);
+    let paused = b.set_paused("f", true).await.unwrap().unwrap();
+    assert!(
+        paused.paused && paused.version == 3,
+        "pausing is no version"
+    );
+    assert_eq!(b.artifact("f-artifact").unwrap(), Some(vec![1, 2, 3]));
+    assert_eq!(
+        b.component("f-digest").unwrap().as_deref(),
+        Some(&b"wasm"[..])
+    );
+
+    let id = b.submit(new_job("f", b"x")).await.unwrap().id();
+    assert!(matches!(
+        b.delete_function("f", false).await,
+        Err(DeleteError::Busy { .. })
+    ));
+    assert_eq!(b.delete_function("f", true).await.unwrap(), [id]);
+    assert_eq!(b.job(id).unwrap().unwrap().status, JobStatus::Cancelled);
+    assert!(b.function("f").unwrap().is_none());
+    assert!(matches!(
+        b.submit(new_job("f", b"x")).await,
+        Err(SubmitError::FunctionNotFound(_))
+    ));
+    b.shutdown().await;
+}
+
+pub async fn secrets_and_settings_are_kept(open: Open, dir: &Path) {
+    let (b, feed) = open(dir);
+    deploy(&*b, "f", Settings::DEFAULT).await;
+    b.put_secret("f", "token", b"sealed".to_vec(), 64)
+        .await
+        .unwrap();
+    let first = b.setting_or_init("signing", b"one".to_vec()).await.unwrap();
+    assert_eq!(first, b"one");
+    let again = b.setting_or_init("signing", b"two".to_vec()).await.unwrap();
+    assert_eq!(again, b"one", "the first value stays");
+    b.shutdown().await;
+    drop((b, feed));
+    let (b, _feed) = open(dir);
+    let secrets = b.secrets("f").unwrap();
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(secrets[0].name, "token");
+    assert!(b.delete_secret("f", "token").await.unwrap());
+    assert!(!b.delete_secret("f", "token").await.unwrap());
+    b.set_setting("signing", b"three".to_vec()).await.unwrap();
+    assert_eq!(
+        b.setting_or_init("signing", b"four".to_vec())
+            .await
+            .unwrap(),
+        b"three"
+    );
+    b.shutdown().await;
+}

@@ -1,0 +1,16 @@
+//! The store conformance suite ([`sluice_tests::conformance`]) against the redb store: every
+//! check through the store's traits only.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sluice::store::{Backend, CommitFeed, Store};
+
+/// The redb store on `dir`, two shards (jobs cross shard boundaries), as the host opens it.
+fn open_redb(dir: &Path) -> (Arc<dyn Backend>, CommitFeed) {
+    let config = sluice_tests::test_config(dir);
+    let opened = Store::open(dir, &config.store_options()).unwrap();
+    (Arc::new(opened.store), opened.feed)
+}
+
+sluice_tests::conformance_suite!(open_redb);
