@@ -19,11 +19,13 @@
 //! - `listen`: accepting connections: a bound on how many, timeouts for slow and idle ones.
 
 pub mod auth;
+mod batch;
 mod dead_letters;
 mod error;
 pub(crate) mod function_secrets;
 mod functions;
 mod headers;
+mod job_json;
 mod jobs;
 mod kv;
 mod lifecycle;
@@ -151,7 +153,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/functions/{name}/pause", post(lifecycle::pause))
         .route("/v1/functions/{name}/resume", post(lifecycle::resume))
         .route("/v1/functions/{name}/jobs", post(jobs::submit))
-        .route("/v1/functions/{name}/jobs:batch", post(jobs::submit_batch))
+        .route("/v1/functions/{name}/jobs:batch", post(batch::submit_batch))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/functions/{name}/dead-letters", get(dead_letters::list))
         .route(

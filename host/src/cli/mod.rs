@@ -2,7 +2,8 @@
 //! library. Commands that talk to a host take `--url` / `SLUICE_URL`.
 //!
 //! ## Layout
-//! - `client`: commands that talk to a running host over HTTP (deploy, invoke, job, functions).
+//! - `client`: the HTTP client every command uses, and deploy and functions.
+//! - `jobs`: commands about jobs: invoke, job, jobs, logs.
 //! - `examples`: building and finding the example functions in `functions/`.
 //! - `lifecycle`: versions, rollback, pause, resume.
 //! - `topics`: list topics, publish events.
@@ -13,6 +14,7 @@
 
 pub mod client;
 pub mod examples;
+mod jobs;
 mod kv;
 mod lifecycle;
 mod ops;
@@ -46,13 +48,13 @@ enum Command {
     /// Deploy a component (.wasm) with its manifest.
     Deploy(client::DeployArgs),
     /// Submit a job to a function (optionally wait for its result).
-    Invoke(client::InvokeArgs),
+    Invoke(jobs::InvokeArgs),
     /// Show a job.
-    Job(client::JobArgs),
+    Job(jobs::JobArgs),
     /// List jobs, newest first (filter by function, status, or correlation id).
-    Jobs(client::JobsArgs),
+    Jobs(jobs::JobsArgs),
     /// Print a job's log, attempt by attempt.
-    Logs(client::LogsArgs),
+    Logs(jobs::LogsArgs),
     /// List deployed functions.
     Functions(client::FunctionsArgs),
     /// Show a function's job counts by status.
@@ -349,10 +351,10 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Up(args) => up::run(args).await,
             Command::Deploy(args) => client::deploy(args).await,
-            Command::Invoke(args) => client::invoke(args).await,
-            Command::Job(args) => client::job(args).await,
-            Command::Jobs(args) => client::jobs(args).await,
-            Command::Logs(args) => client::logs(args).await,
+            Command::Invoke(args) => jobs::invoke(args).await,
+            Command::Job(args) => jobs::job(args).await,
+            Command::Jobs(args) => jobs::jobs(args).await,
+            Command::Logs(args) => jobs::logs(args).await,
             Command::Functions(args) => client::functions(args).await,
             Command::Stats(args) => ops::stats(args).await,
             Command::Config(args) => ops::config(args).await,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability};
 use tokio::sync::mpsc;
 
+use super::broken::{Broken, REOPEN_FIRST, REOPEN_MAX};
 use super::catalog::Deployed;
 use super::counts::{CountDeltas, Unfinished};
 use super::demand::Demand;
@@ -100,10 +101,10 @@ pub(crate) struct Writer {
     pub(crate) broken: Option<Broken>,
     /// Operations of failed commits no caller waits on (starts, outcomes, callback results),
     /// applied first once the file works again.
-    held: Vec<Op>,
+    pub(crate) held: Vec<Op>,
     /// The pause before the last reopen, until a commit works: a file that reopens but fails
     /// its next commit (a disk still full) is tried less and less often.
-    reopened_after: Option<Duration>,
+    pub(crate) reopened_after: Option<Duration>,
 }
 
 impl Writer {
@@ -223,70 +224,6 @@ impl Writer {
                 }
                 Err(_) => return,
             }
-        }
-    }
-
-    /// True when the file is usable: it never failed, or it was reopened just now. A failed
-    /// file is reopened once its pause is over (the pause doubles while reopening fails).
-    fn heal(&mut self) -> bool {
-        let Some(broken) = &mut self.broken else {
-            return true;
-        };
-        if Instant::now() < broken.next_try {
-            return false;
-        }
-        match self.db.reopen() {
-            Ok(()) => {
-                tracing::warn!("the data file is open again after a storage error");
-                self.reopened_after = Some(broken.backoff);
-                self.broken = None;
-                true
-            }
-            Err(e) => {
-                broken.backoff = (broken.backoff * 2).min(REOPEN_MAX);
-                broken.next_try = Instant::now() + broken.backoff;
-                // At most one line per try, and the tries slow down to one per REOPEN_MAX.
-                tracing::warn!(error = %e, retry_in = ?broken.backoff, "the data file still fails");
-                broken.error = e;
-                false
-            }
-        }
-    }
-
-    /// Answers a batch without touching the failed file: every waiting operation gets the
-    /// error; starts, outcomes and callback results wait for the file to work again.
-    fn refuse(&mut self, batch: &mut Vec<Op>) -> bool {
-        let error = match &self.broken {
-            Some(b) => b.error.clone(),
-            None => StoreError::Closed,
-        };
-        let mut fx = Effects::default();
-        for op in batch.drain(..) {
-            reject(op, &mut fx);
-        }
-        self.held.append(&mut fx.held);
-        for reply in fx.replies {
-            reply.fail(&error);
-        }
-        fx.shutdown
-    }
-
-    /// After a batch that failed for a reason other than storage (a record that does not
-    /// decode): applying its outcomes again would fail again, so their jobs are no longer held
-    /// by anyone and are handed out again (read back from the ready table): the attempt runs
-    /// again (at-least-once).
-    fn lost(&mut self, fx: &mut Effects) {
-        for op in fx.held.drain(..) {
-            if let Op::Finish { id, .. } = op {
-                fx.released.push(id);
-            }
-        }
-        for id in &fx.released {
-            self.claimed.remove(id);
-        }
-        if !fx.released.is_empty() {
-            self.overflow.extend(self.shared.deployed.names());
-            self.refill_cursor.clear();
         }
     }
 
@@ -579,18 +516,6 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-/// How long a writer whose file failed waits before reopening it, at first and at most.
-const REOPEN_FIRST: Duration = Duration::from_millis(100);
-const REOPEN_MAX: Duration = Duration::from_secs(5);
-
-/// A writer whose data file failed (a full disk, an I/O error): it answers every operation with
-/// the error until reopening the file works.
-pub(crate) struct Broken {
-    error: StoreError,
-    backoff: Duration,
-    next_try: Instant,
 }
 
 /// Runs once at open, before the writer thread: every job the previous process left running is

@@ -1,0 +1,354 @@
+//! Commands about jobs: `invoke` (submit, optionally wait), `job`, `jobs`, `logs`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::Value;
+
+use super::client::{Client, HostArgs};
+
+/// `sluice invoke`.
+#[derive(Args, Debug)]
+pub struct InvokeArgs {
+    /// The function to run.
+    pub name: String,
+    /// The input, inline.
+    #[arg(long, conflicts_with = "data_file")]
+    pub data: Option<String>,
+    /// The input, from a file (`-` for stdin).
+    #[arg(long)]
+    pub data_file: Option<PathBuf>,
+    /// Media type of the input.
+    #[arg(long, default_value = "application/json")]
+    pub content_type: String,
+    /// Wait for the job to finish and print it; exit 1 unless it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    /// Priority 0 (lowest) to 9 (default 5): higher runs first.
+    #[arg(long)]
+    pub priority: Option<u8>,
+    /// Run no earlier than this many seconds from now (e.g. `30`, `1.5`).
+    #[arg(long)]
+    pub delay: Option<String>,
+    /// Idempotency key: the same key and request within the window answers with the same job.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// URL to POST the finished job to (a signed webhook).
+    #[arg(long)]
+    pub callback: Option<String>,
+    /// Correlation id carried by the job and everything it causes.
+    #[arg(long)]
+    pub correlation_id: Option<String>,
+    /// Ordering key: jobs with the same key run one at a time, in submission order.
+    #[arg(long)]
+    pub ordering_key: Option<String>,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl InvokeArgs {
+    /// The request headers its flags ask for.
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(p) = self.priority {
+            out.push(("sluice-priority", p.to_string()));
+        }
+        let pairs = [
+            ("sluice-delay", &self.delay),
+            ("idempotency-key", &self.idempotency_key),
+            ("sluice-callback", &self.callback),
+            ("sluice-correlation-id", &self.correlation_id),
+            ("sluice-ordering-key", &self.ordering_key),
+        ];
+        for (name, value) in pairs {
+            if let Some(v) = value {
+                out.push((name, v.clone()));
+            }
+        }
+        out
+    }
+}
+
+/// `sluice jobs`.
+#[derive(Args, Debug)]
+pub struct JobsArgs {
+    /// Only this function's jobs.
+    #[arg(long)]
+    pub function: Option<String>,
+    /// Only jobs in this status (queued, delayed, running, succeeded, failed, dead, cancelled).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Everything carrying this correlation id (jobs and events), instead of a listing.
+    #[arg(long, conflicts_with_all = ["function", "status"])]
+    pub correlation_id: Option<String>,
+    /// Most jobs to show.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sluice logs`.
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The job id.
+    pub id: String,
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// `sluice job`.
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    /// The job id.
+    pub id: String,
+    /// Wait up to this many seconds for the job to finish.
+    #[arg(long, default_value_t = 0)]
+    pub wait: u64,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
+    let data = match (&args.data, &args.data_file) {
+        (Some(d), _) => d.clone().into_bytes(),
+        (None, Some(p)) if p.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            buf
+        }
+        (None, Some(p)) => {
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?
+        }
+        (None, None) => Vec::new(),
+    };
+    let client = Client::for_host(&args.host);
+    let accepted = client
+        .submit(&args.name, data, &args.content_type, &args.headers())
+        .await?;
+    let id = accepted["id"]
+        .as_str()
+        .context("the host answered without a job id")?
+        .to_string();
+    if !args.wait {
+        if args.json {
+            println!("{accepted}");
+        } else {
+            // The id alone on stdout, so `JOB=$(sluice invoke ...)` works.
+            println!("{id}");
+            eprintln!("accepted (see it with `sluice job {id}`)");
+        }
+        return Ok(());
+    }
+    let job = wait_terminal(&client, &id).await?;
+    print_job(&job, args.json);
+    match job["status"].as_str() {
+        Some("succeeded") => Ok(()),
+        status => bail!(
+            "job {id} ended {}: see `sluice logs {id}`",
+            status.unwrap_or("?")
+        ),
+    }
+}
+
+pub(super) async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
+    let client = Client::for_host(&args.host);
+    let mut path = format!("/v1/jobs?limit={}", args.limit);
+    let query = [
+        ("function", &args.function),
+        ("status", &args.status),
+        ("correlation_id", &args.correlation_id),
+    ];
+    for (key, value) in query {
+        if let Some(v) = value {
+            path.push_str(&format!("&{key}={}", urlencode(v)));
+        }
+    }
+    let page = client.call(reqwest::Method::GET, &path, None).await?;
+    if args.json {
+        println!("{page}");
+        return Ok(());
+    }
+    let jobs = page["jobs"].as_array().cloned().unwrap_or_default();
+    if jobs.is_empty() {
+        println!("no jobs");
+    } else {
+        println!(
+            "{:<26}  {:<20}  {:<10}  {:>8}  CREATED",
+            "ID", "FUNCTION", "STATUS", "ATTEMPTS"
+        );
+    }
+    for j in &jobs {
+        println!(
+            "{:<26}  {:<20}  {:<10}  {:>8}  {}",
+            j["id"].as_str().unwrap_or("?"),
+            j["function"].as_str().unwrap_or("?"),
+            j["status"].as_str().unwrap_or("?"),
+            j["attempts"],
+            j["created_at"].as_str().unwrap_or("")
+        );
+    }
+    for e in page["events"].as_array().into_iter().flatten() {
+        println!(
+            "event {}  topic {}  type {}",
+            e["event_id"].as_str().or(e["id"].as_str()).unwrap_or("?"),
+            e["topic"].as_str().unwrap_or("?"),
+            e["type"].as_str().unwrap_or("?")
+        );
+    }
+    if let Some(cursor) = page["next_cursor"].as_str() {
+        eprintln!("more: the API's ?cursor={cursor} continues the listing");
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query value.
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub(super) async fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let job = Client::for_host(&args.host).job(&args.id, 0).await?;
+    let history = job["attempt_history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if history.is_empty() {
+        println!(
+            "job {} has not finished an attempt yet ({})",
+            args.id,
+            job["status"].as_str().unwrap_or("?")
+        );
+        return Ok(());
+    }
+    for a in &history {
+        let outcome = match a["error"].as_str() {
+            Some(e) => format!("failed: {e}"),
+            None => "succeeded".into(),
+        };
+        println!(
+            "--- attempt {} (version {}, {} to {}): {outcome}",
+            a["attempt"],
+            a["version"],
+            a["started_at"].as_str().unwrap_or("?"),
+            a["finished_at"].as_str().unwrap_or("?")
+        );
+        print!("{}", a["log"].as_str().unwrap_or(""));
+        if !a["log"].as_str().unwrap_or("").ends_with('\n')
+            && !a["log"].as_str().unwrap_or("").is_empty()
+        {
+            println!();
+        }
+    }
+    Ok(())
+}
+
+/// Long-polls until the job is terminal.
+async fn wait_terminal(client: &Client, id: &str) -> anyhow::Result<Value> {
+    loop {
+        let job = client.job(id, 30).await?;
+        if matches!(
+            job["status"].as_str(),
+            Some("succeeded" | "failed" | "dead" | "cancelled")
+        ) {
+            return Ok(job);
+        }
+    }
+}
+
+pub(super) async fn job(args: JobArgs) -> anyhow::Result<()> {
+    let job = Client::for_host(&args.host)
+        .job(&args.id, args.wait)
+        .await?;
+    print_job(&job, args.json);
+    Ok(())
+}
+
+fn print_job(job: &Value, json: bool) {
+    if json {
+        println!("{job}");
+        return;
+    }
+    let field = |k: &str| job[k].as_str().unwrap_or("-").to_string();
+    println!("job       {}", field("id"));
+    println!("function  {}", field("function"));
+    println!("status    {}", field("status"));
+    println!("attempts  {}", job["attempts"]);
+    println!("created   {}", field("created_at"));
+    println!("finished  {}", field("finished_at"));
+    if let Some(e) = job["error"].as_str() {
+        println!("error     {e}");
+    }
+    for a in job["attempt_history"].as_array().into_iter().flatten() {
+        println!(
+            "attempt {} {}",
+            a["attempt"],
+            a["error"]
+                .as_str()
+                .map_or("succeeded".to_string(), |e| format!("failed: {e}"))
+        );
+    }
+    for stage in job["pipeline"]["stages"].as_array().into_iter().flatten() {
+        println!(
+            "stage     {} {} {}",
+            stage["function"].as_str().unwrap_or("?"),
+            stage["job_id"].as_str().unwrap_or("?"),
+            stage["status"].as_str().unwrap_or("(deleted)")
+        );
+    }
+    if let Some(head) = job["pipeline"]["head"].as_str() {
+        println!("pipeline  a stage of {head}");
+    }
+    let callback = &job["callback"];
+    if callback.is_object() {
+        let when = callback["delivered_at"]
+            .as_str()
+            .map(|t| format!(" at {t}"))
+            .or_else(|| {
+                callback["next_attempt_at"]
+                    .as_str()
+                    .map(|t| format!(", next try at {t}"))
+            })
+            .unwrap_or_default();
+        println!(
+            "callback  {} {} after {} attempt(s){when}",
+            callback["url"].as_str().unwrap_or("?"),
+            callback["state"].as_str().unwrap_or("?"),
+            callback["attempts"]
+        );
+        if let Some(e) = callback["last_error"].as_str() {
+            println!("          last error: {e}");
+        }
+    }
+    match job["output"].as_str() {
+        Some(o) => println!("output    {o}"),
+        None if job["output_url"].is_string() => {
+            println!("output    (binary or large: GET {})", field("output_url"))
+        }
+        None => {}
+    }
+    if let Some(log) = job["log"].as_str().filter(|l| !l.is_empty()) {
+        println!("log:");
+        for line in log.lines() {
+            println!("  {line}");
+        }
+    }
+}
