@@ -29,8 +29,12 @@ pub const HOLD: usize = 1024;
 /// attempts skip that commit: their start is recorded with their end.
 const START_VISIBLE_AFTER: Duration = Duration::from_millis(20);
 
-/// How far past its `timeout_ms` an attempt's lease reaches.
+/// How far past its `timeout_ms` the scheduler's own backstop lets an attempt run.
 const LEASE_GRACE: Duration = Duration::from_secs(2);
+/// How long the store's lease on a running attempt lasts without renewal; the scheduler renews
+/// it every third of that while the attempt runs. A lease that runs out (this host died, hung,
+/// or lost touch with the store) fails the attempt in the store and hands the job out again.
+const STORE_LEASE: Duration = Duration::from_secs(30);
 
 /// Hands queued jobs to sandboxes. Cheap to clone.
 #[derive(Clone)]
@@ -333,7 +337,7 @@ impl Inner {
             // it not (a host call that never returns): the attempt is dropped, its slot freed,
             // and the job handed out again as a failed attempt.
             let lease = timeout + LEASE_GRACE;
-            let lease_until = started_at + lease.as_millis() as u64;
+            let lease_until = started_at + (START_VISIBLE_AFTER + STORE_LEASE).as_millis() as u64;
             let blobs = self.blobs.clone();
             let state = self.kv.clone();
             let run =
@@ -369,8 +373,19 @@ impl Inner {
                             lease_until,
                             code.record.version,
                         );
+                        // Renewed while the attempt runs; the store fails it if this stops.
+                        let renewing = async {
+                            let mut every = tokio::time::interval(STORE_LEASE / 3);
+                            every.tick().await;
+                            loop {
+                                every.tick().await;
+                                let until = now_ms() + STORE_LEASE.as_millis() as u64;
+                                self.store.renew(job.id, attempt, until);
+                            }
+                        };
                         tokio::select! {
                             report = &mut run => Some(report),
+                            _ = renewing => None,
                             _ = cancel.cancelled() => None,
                             _ = self.abort_all.cancelled() => None,
                         }

@@ -35,6 +35,8 @@ macro_rules! conformance_suite {
             a_batch_is_accepted_whole_or_not_at_all,
             ready_jobs_are_handed_out_within_credit_and_finish,
             stale_attempts_are_fenced,
+            an_expired_lease_hands_the_job_out_again,
+            a_renewed_lease_keeps_its_attempt,
             failures_retry_then_dead_letter_redrive_and_purge,
             cancel_takes_waiting_jobs_only,
             a_publish_makes_one_delivery_per_matching_subscriber,
@@ -356,6 +358,72 @@ pub async fn stale_attempts_are_fenced(open: Open, dir: &Path) {
     assert_eq!((job.status, job.attempts), (JobStatus::Succeeded, 1));
     assert_eq!(job.output.as_deref(), Some(&b"first"[..]));
     assert!(b.job(JobId(u128::MAX)).unwrap().is_none());
+    b.shutdown().await;
+}
+
+pub async fn an_expired_lease_hands_the_job_out_again(open: Open, dir: &Path) {
+    let (b, mut feed) = open(dir);
+    let settings = Settings {
+        retry: RetryPolicy {
+            max_attempts: 3,
+            backoff_base_ms: 10,
+            backoff_max_ms: 10,
+        },
+        ..Settings::DEFAULT
+    };
+    deploy(&*b, "f", settings).await;
+    let id = b.submit(new_job("f", b"in")).await.unwrap().id();
+    take(&*b, &mut feed, "f", 1).await;
+    // Attempt 1 starts with a short lease, then its host goes quiet: no renewal, no finish.
+    let started = now_ms();
+    b.start(id, 1, started, started + 300, 1);
+    until(&*b, id, JobStatus::Running).await;
+    let job = until_job(&*b, id, "failed by its lease", |j| j.history.len() == 1).await;
+    assert!(
+        job.history[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("lease expired")),
+        "{job:?}"
+    );
+    assert!(now_ms() >= started + 300, "not before the lease ran out");
+    // Handed out again; the stale attempt's late report is fenced out.
+    assert_eq!(take(&*b, &mut feed, "f", 1).await, [id]);
+    b.start(id, 2, now_ms(), now_ms() + 60_000, 1);
+    b.finish(id, 1, success(b"stale"), settings.retry);
+    b.finish(id, 2, success(b"fresh"), settings.retry);
+    let job = until(&*b, id, JobStatus::Succeeded).await;
+    assert_eq!(job.output.as_deref(), Some(&b"fresh"[..]));
+    assert_eq!((job.attempts, job.history.len()), (2, 2));
+    b.shutdown().await;
+}
+
+pub async fn a_renewed_lease_keeps_its_attempt(open: Open, dir: &Path) {
+    let (b, mut feed) = open(dir);
+    deploy(&*b, "f", Settings::DEFAULT).await;
+    let id = b.submit(new_job("f", b"in")).await.unwrap().id();
+    take(&*b, &mut feed, "f", 1).await;
+    let started = now_ms();
+    b.start(id, 1, started, started + 300, 1);
+    // Renewed every 100 ms for a second: three times the lease.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.renew(id, 1, now_ms() + 300);
+    }
+    let job = until(&*b, id, JobStatus::Running).await;
+    assert!(
+        job.history.is_empty(),
+        "the attempt still holds its lease: {job:?}"
+    );
+    assert!(
+        job.lease_until.unwrap() > started + 300,
+        "the renewal is on record"
+    );
+    // A renewal from another attempt changes nothing.
+    b.renew(id, 7, now_ms() + 600_000);
+    b.finish(id, 1, success(b"done"), Settings::DEFAULT.retry);
+    let job = until(&*b, id, JobStatus::Succeeded).await;
+    assert_eq!((job.attempts, job.history.len()), (1, 1));
     b.shutdown().await;
 }
 

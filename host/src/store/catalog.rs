@@ -24,6 +24,7 @@ pub(crate) struct Deployed(RwLock<HashMap<String, Entry>>);
 struct Entry {
     max_queued: u64,
     subscriptions: Vec<Subscription>,
+    retry: crate::manifest::RetryPolicy,
 }
 
 impl Deployed {
@@ -34,6 +35,11 @@ impl Deployed {
     /// The function's `max_queued`, if it is deployed.
     pub(crate) fn max_queued(&self, name: &str) -> Option<u64> {
         self.0.read().get(name).map(|e| e.max_queued)
+    }
+
+    /// The function's retry policy, if it is deployed.
+    pub(crate) fn retry(&self, name: &str) -> Option<crate::manifest::RetryPolicy> {
+        self.0.read().get(name).map(|e| e.retry)
     }
 
     pub(crate) fn names(&self) -> Vec<String> {
@@ -63,6 +69,7 @@ impl Deployed {
             Entry {
                 max_queued: record.settings.max_queued,
                 subscriptions: record.subscriptions.clone(),
+                retry: record.settings.retry,
             },
         );
     }

@@ -50,6 +50,7 @@ mod errors;
 mod ids;
 mod intake;
 pub mod kv;
+mod leases;
 mod legacy;
 mod machine;
 mod ops;
@@ -338,6 +339,17 @@ impl Store {
                     lease_until,
                     version,
                 },
+            });
+        }
+    }
+
+    /// Extends the lease of `attempt` of job `id` to `lease_until` (while the attempt runs).
+    pub fn renew(&self, id: JobId, attempt: u32, lease_until: u64) {
+        if let Some(shard) = self.shard(id) {
+            shard.send(Op::Renew {
+                id,
+                attempt,
+                lease_until,
             });
         }
     }

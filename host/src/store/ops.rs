@@ -31,6 +31,12 @@ pub(crate) enum Op {
         id: JobId,
         start: AttemptStart,
     },
+    /// Extends a running attempt's lease.
+    Renew {
+        id: JobId,
+        attempt: u32,
+        lease_until: u64,
+    },
     Finish {
         id: JobId,
         attempt: u32,
@@ -212,7 +218,10 @@ pub(crate) fn reject(op: Op, fx: &mut Effects) {
             fx.replies.push(Reply::Shutdown(reply))
         }
         // Applied again once the file works (the writer decides; see `Effects::held`).
-        op @ (Op::Finish { .. } | Op::Start { .. } | Op::CallbackDone { .. }) => fx.held.push(op),
+        op
+        @ (Op::Finish { .. } | Op::Start { .. } | Op::Renew { .. } | Op::CallbackDone { .. }) => {
+            fx.held.push(op)
+        }
         Op::Refill => {}
     }
 }

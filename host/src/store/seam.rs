@@ -8,7 +8,8 @@
 //! - [`JobStore`]: what clients ask: submit (one, a batch, events to topics), cancel, redrive,
 //!   purge, reads and long-polls, blobs, key-value state.
 //! - [`Dispatch`]: what the scheduler and the sender ask: ready jobs within a credit, an
-//!   attempt's start and its outcome (with what it emitted), callbacks' results.
+//!   attempt's start (with a lease the store enforces), its renewal, its outcome (with what
+//!   it emitted), callbacks' results.
 //! - [`FunctionCatalog`]: what is deployed: deploy, configure, rollback, pause, remove,
 //!   compiled artifacts, secrets, host settings.
 //!
@@ -113,6 +114,9 @@ pub trait Dispatch: Send + Sync {
     fn refill(&self);
     /// Records an attempt's start (fenced by attempt number).
     fn start(&self, id: JobId, attempt: u32, at: u64, lease_until: u64, version: u32);
+    /// Extends a running attempt's lease to `lease_until`. A lease that runs out fails its
+    /// attempt (the job is retried and handed out again); renew well before it does.
+    fn renew(&self, id: JobId, attempt: u32, lease_until: u64);
     /// Records how an attempt ended (fenced: ignored unless it is the job's current attempt);
     /// a failure is retried under `retry`.
     fn finish(&self, id: JobId, attempt: u32, report: AttemptReport, retry: RetryPolicy);
@@ -311,6 +315,9 @@ impl Dispatch for Store {
     }
     fn start(&self, id: JobId, attempt: u32, at: u64, lease_until: u64, version: u32) {
         Store::start(self, id, attempt, at, lease_until, version)
+    }
+    fn renew(&self, id: JobId, attempt: u32, lease_until: u64) {
+        Store::renew(self, id, attempt, lease_until)
     }
     fn finish(&self, id: JobId, attempt: u32, report: AttemptReport, retry: RetryPolicy) {
         Store::finish(self, id, attempt, report, retry)

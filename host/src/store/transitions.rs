@@ -40,6 +40,7 @@ impl Writer {
             job.attempts = start.attempt;
             job.started_at = Some(start.at);
             job.lease_until = Some(start.lease_until);
+            self.leases.grant(id, start.attempt, start.lease_until);
             job.version = Some(start.version);
             t.put_job(id, &job)?;
             fx.counts.moved(
@@ -72,6 +73,7 @@ impl Writer {
         if !super::machine::is_current(job.status, job.attempts, attempt) {
             return Ok(());
         }
+        self.leases.end(id);
         let mut report = report;
         // What a success emits must fit its targets' `max_queued` and the host's budget, or
         // the success is not recorded: the attempt fails (retryable) and emits nothing.
@@ -238,6 +240,66 @@ impl Writer {
         Ok(())
     }
 
+    /// Extends the lease of a running attempt, on record too (`lease_until`); a renewal from an
+    /// attempt that holds no lease (it ended or ran out) changes nothing.
+    pub(crate) fn renew(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        lease_until: u64,
+        t: &mut Tables<'_>,
+    ) -> Result<(), StoreError> {
+        if !self.leases.renew(id, attempt, lease_until) {
+            return Ok(());
+        }
+        if let Some(mut job) = t.job(id)?
+            && job.status == JobStatus::Running
+            && job.attempts == attempt
+        {
+            job.lease_until = Some(lease_until.max(job.lease_until.unwrap_or(0)));
+            t.put_job(id, &job)?;
+        }
+        Ok(())
+    }
+
+    /// Fails every attempt whose lease ran out (no word from it: its host stopped, hung, or
+    /// lost touch): the job is retried under its function's policy and handed out again.
+    pub(crate) fn expire_leases(
+        &mut self,
+        t: &mut Tables<'_>,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        for (id, attempt) in self.leases.expired(now) {
+            let Some(job) = t.job(id)? else { continue };
+            let retry = self
+                .shared
+                .deployed
+                .retry(&job.function)
+                .unwrap_or(crate::manifest::Settings::DEFAULT.retry);
+            let started_at = job.started_at.unwrap_or(now);
+            let report = AttemptReport {
+                outcome: Outcome::Failed {
+                    kind: FailureKind::Timeout,
+                    message: format!(
+                        "lease expired at {}: no word from attempt {attempt} (its host stopped, hung or lost touch); the job was handed out again",
+                        crate::job::rfc3339(job.lease_until.unwrap_or(now))
+                    ),
+                },
+                log: String::new(),
+                started_at,
+                finished_at: now,
+                version: job.version.unwrap_or(0),
+                emitted: Vec::new(),
+                then: None,
+                outbound: Vec::new(),
+                kv: None,
+            };
+            self.finish(id, attempt, report, retry, t, fx)?;
+        }
+        Ok(())
+    }
+
     /// Cancels a queued or delayed job; anything else is refused with its status.
     pub(crate) fn cancel(
         &mut self,
@@ -267,6 +329,7 @@ impl Writer {
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
+        self.leases.end(id);
         match job.status {
             JobStatus::Queued | JobStatus::Running => t.ready_remove(id, job)?,
             JobStatus::Delayed => {

@@ -105,6 +105,8 @@ pub(crate) struct Writer {
     /// The pause before the last reopen, until a commit works: a file that reopens but fails
     /// its next commit (a disk still full) is tried less and less often.
     pub(crate) reopened_after: Option<Duration>,
+    /// Running attempts' leases, enforced here: one that runs out fails its attempt.
+    pub(crate) leases: super::leases::Leases,
 }
 
 impl Writer {
@@ -150,6 +152,7 @@ impl Writer {
             broken: None,
             held: Vec::new(),
             reopened_after: None,
+            leases: Default::default(),
         }
     }
 
@@ -166,7 +169,11 @@ impl Writer {
                 Some(broken) => broken.next_try.saturating_duration_since(Instant::now()),
                 None => {
                     let mut wait = self.next_sweep.saturating_duration_since(Instant::now());
-                    for due in [self.next_due, self.next_callback].into_iter().flatten() {
+                    let leases = self.leases.next_expiry();
+                    for due in [self.next_due, self.next_callback, leases]
+                        .into_iter()
+                        .flatten()
+                    {
                         wait = wait.min(Duration::from_millis(due.saturating_sub(now_ms())));
                     }
                     wait
@@ -370,6 +377,10 @@ impl Writer {
                     result = Err(e);
                 }
             }
+            if result.is_ok() && self.leases.next_expiry().is_some_and(|due| due <= now_ms()) {
+                changed = true;
+                result = self.expire_leases(&mut t, fx);
+            }
             if result.is_ok() && self.next_callback.is_some_and(|due| due <= now_ms()) {
                 result = self.due_callbacks(&mut t, fx);
             }
@@ -431,6 +442,19 @@ impl Writer {
             Op::Start { id, start } => {
                 let applied = self.start(id, start, t, fx);
                 fx.held.push(Op::Start { id, start });
+                applied?
+            }
+            Op::Renew {
+                id,
+                attempt,
+                lease_until,
+            } => {
+                let applied = self.renew(id, attempt, lease_until, t);
+                fx.held.push(Op::Renew {
+                    id,
+                    attempt,
+                    lease_until,
+                });
                 applied?
             }
             Op::Finish {

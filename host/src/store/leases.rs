@@ -1,0 +1,97 @@
+//! Attempts' leases, as the store enforces them. An attempt's start grants its job a lease until
+//! a time the dispatcher chose; the dispatcher renews it while the attempt runs. A lease that
+//! runs out (its host died, hung, or lost touch) ends the attempt as a failed one, so the job
+//! is retried (or dead-lettered) and handed out again; a late report from that attempt is then
+//! fenced out by its attempt number. Leases live in the writer's memory: a restart requeues
+//! every running job anyway (see `writer::recover`).
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::job::JobId;
+
+/// The leases of one shard's running attempts.
+#[derive(Debug, Default)]
+pub(crate) struct Leases {
+    /// (until, job), earliest first.
+    by_time: BTreeSet<(u64, JobId)>,
+    /// Each leased job's attempt and its lease's end.
+    by_job: HashMap<JobId, (u32, u64)>,
+}
+
+impl Leases {
+    /// Attempt `attempt` of `id` holds a lease until `until` (replacing an earlier attempt's).
+    pub(crate) fn grant(&mut self, id: JobId, attempt: u32, until: u64) {
+        self.end(id);
+        self.by_job.insert(id, (attempt, until));
+        self.by_time.insert((until, id));
+    }
+
+    /// Extends the lease of attempt `attempt` of `id` to `until`; false when that attempt
+    /// holds no lease (it ended, expired, or never started here).
+    pub(crate) fn renew(&mut self, id: JobId, attempt: u32, until: u64) -> bool {
+        match self.by_job.get(&id) {
+            Some(&(held, old)) if held == attempt => {
+                self.by_time.remove(&(old, id));
+                let until = until.max(old);
+                self.by_time.insert((until, id));
+                self.by_job.insert(id, (attempt, until));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The job's lease ends (its attempt finished, or the job was cancelled).
+    pub(crate) fn end(&mut self, id: JobId) {
+        if let Some((_, until)) = self.by_job.remove(&id) {
+            self.by_time.remove(&(until, id));
+        }
+    }
+
+    /// When the earliest lease runs out.
+    pub(crate) fn next_expiry(&self) -> Option<u64> {
+        self.by_time.first().map(|(until, _)| *until)
+    }
+
+    /// Removes and returns the leases that ran out by `now`: (job, attempt).
+    pub(crate) fn expired(&mut self, now: u64) -> Vec<(JobId, u32)> {
+        let mut out = Vec::new();
+        while let Some(&(until, id)) = self.by_time.first() {
+            if until > now {
+                break;
+            }
+            self.by_time.pop_first();
+            if let Some((attempt, _)) = self.by_job.remove(&id) {
+                out.push((id, attempt));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_expire_unless_renewed_by_their_attempt() {
+        let mut l = Leases::default();
+        l.grant(JobId(1), 1, 100);
+        l.grant(JobId(2), 3, 150);
+        assert_eq!(l.next_expiry(), Some(100));
+        assert!(l.renew(JobId(1), 1, 200));
+        assert!(
+            !l.renew(JobId(2), 2, 500),
+            "another attempt's renewal is refused"
+        );
+        assert!(!l.renew(JobId(9), 1, 500));
+        assert_eq!(l.expired(160), [(JobId(2), 3)]);
+        assert_eq!(l.next_expiry(), Some(200));
+        l.end(JobId(1));
+        assert_eq!(l.expired(u64::MAX), []);
+        // A new attempt's grant replaces the old lease.
+        l.grant(JobId(3), 1, 10);
+        l.grant(JobId(3), 2, 20);
+        assert_eq!(l.expired(u64::MAX), [(JobId(3), 2)]);
+    }
+}
