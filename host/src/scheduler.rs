@@ -8,7 +8,7 @@
 //! store when an attempt starts and how it ended, and relies on the store's fencing (attempt
 //! numbers and statuses) so a stale or cancelled attempt changes nothing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -72,7 +72,9 @@ struct State {
     /// Workers alive across all functions.
     workers: usize,
     /// Jobs taken by a worker and not yet finished.
-    running: HashSet<JobId>,
+    /// Jobs held by a worker, with how many (two, briefly, when a job whose lease ran out in
+    /// the store is handed out again while its old attempt still runs here).
+    running: HashMap<JobId, u32>,
 }
 
 /// One function's window of ready jobs, its workers and its pace.
@@ -210,7 +212,7 @@ impl Scheduler {
 
     /// True while a worker holds the job (its attempt is starting or running).
     pub fn is_running(&self, id: JobId) -> bool {
-        self.inner.state.lock().running.contains(&id)
+        self.inner.state.lock().running.contains_key(&id)
     }
 
     /// Attempts held by workers right now, host-wide.
@@ -304,15 +306,15 @@ impl Inner {
         while let Some((job, start_at)) = self.next_job(&function, &mut cancel) {
             // A job whose function was deleted is already cancelled in the store: skip it.
             let Some(code) = self.runtime.function(&function) else {
-                self.done(&function, job.id);
+                self.done(&function, job.id, true);
                 continue;
             };
             // Paced by the function's rate limit (the start time was reserved under the lock).
             if let Some(at) = start_at {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
-                    _ = cancel.cancelled() => { self.done(&function, job.id); continue; }
-                    _ = self.stop_starting.cancelled() => { self.done(&function, job.id); continue; }
+                    _ = cancel.cancelled() => { self.done(&function, job.id, true); continue; }
+                    _ = self.stop_starting.cancelled() => { self.done(&function, job.id, true); continue; }
                 }
             }
             let _slot = self
@@ -326,8 +328,8 @@ impl Inner {
             if let Some(at) = self.pace(&function) {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
-                    _ = cancel.cancelled() => { self.done(&function, job.id); continue; }
-                    _ = self.stop_starting.cancelled() => { self.done(&function, job.id); continue; }
+                    _ = cancel.cancelled() => { self.done(&function, job.id, true); continue; }
+                    _ = self.stop_starting.cancelled() => { self.done(&function, job.id, true); continue; }
                 }
             }
             let attempt = job.attempts + 1;
@@ -395,15 +397,17 @@ impl Inner {
                 _ = self.abort_all.cancelled() => None,
             };
             let report = report.map(|r| r.unwrap_or_else(|_| expired(now_ms())));
+            let mut held = true;
             if let Some(report) = report {
                 // The attempt is over: from here a cancel may win (the finish is then fenced
                 // out), but a job whose finish is committed is never shown as held.
-                self.state.lock().running.remove(&job.id);
+                release_hold(&mut self.state.lock().running, job.id);
+                held = false;
                 let report = self.store.settle_kv(job.id, attempt, report).await;
                 self.store
                     .finish(job.id, attempt, report, code.record.settings.retry);
             }
-            self.done(&function, job.id);
+            self.done(&function, job.id, held);
         }
         self.worker_exited.notify_waiters();
     }
@@ -427,11 +431,14 @@ impl Inner {
     }
 
     /// A job left the scheduler (its finish is on its way to the store): its room in the
-    /// function's window goes back to the store.
-    fn done(&self, function: &str, id: JobId) {
+    /// function's window goes back to the store. `held`: the worker still counts as holding
+    /// the job (it let go already when its attempt ended).
+    fn done(&self, function: &str, id: JobId, held: bool) {
         let deployed = {
             let mut state = self.state.lock();
-            state.running.remove(&id);
+            if held {
+                release_hold(&mut state.running, id);
+            }
             match state.functions.get_mut(function) {
                 Some(queue) => {
                     queue.running = queue.running.saturating_sub(1);
@@ -479,7 +486,7 @@ impl Inner {
                     queue.next_start = at + interval;
                     at
                 });
-                state.running.insert(job.id);
+                *state.running.entry(job.id).or_default() += 1;
                 return Some((job, start_at));
             }
             queue.workers -= 1;
@@ -502,6 +509,16 @@ impl FunctionQueue {
             last_start: None,
             cancel: CancellationToken::new(),
             deployed: false,
+        }
+    }
+}
+
+/// One worker lets go of a job it held.
+fn release_hold(running: &mut HashMap<JobId, u32>, id: JobId) {
+    if let Some(n) = running.get_mut(&id) {
+        *n -= 1;
+        if *n == 0 {
+            running.remove(&id);
         }
     }
 }

@@ -387,10 +387,19 @@ pub async fn an_expired_lease_hands_the_job_out_again(open: Open, dir: &Path) {
         "{job:?}"
     );
     assert!(now_ms() >= started + 300, "not before the lease ran out");
-    // Handed out again; the stale attempt's late report is fenced out.
+    // Handed out again; the stale attempt's late report is fenced out, and does not end the
+    // hold of the attempt now under way: the job is not handed out a third time.
     assert_eq!(take(&*b, &mut feed, "f", 1).await, [id]);
-    b.start(id, 2, now_ms(), now_ms() + 60_000, 1);
     b.finish(id, 1, success(b"stale"), settings.retry);
+    b.demand().grant("f", 1);
+    b.refill();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), feed.recv())
+            .await
+            .is_err(),
+        "a held job was handed out again"
+    );
+    b.start(id, 2, now_ms(), now_ms() + 60_000, 1);
     b.finish(id, 2, success(b"fresh"), settings.retry);
     let job = until(&*b, id, JobStatus::Succeeded).await;
     assert_eq!(job.output.as_deref(), Some(&b"fresh"[..]));

@@ -24,6 +24,10 @@ impl Writer {
                 tracing::warn!("the data file is open again after a storage error");
                 self.reopened_after = Some(broken.backoff);
                 self.broken = None;
+                // Renewals could not be recorded while the file failed: every running attempt
+                // gets a full lease from now (its renewals, kept, are applied first).
+                self.lease_floor = crate::job::now_ms() + LEASE_AFTER_OUTAGE.as_millis() as u64;
+                self.leases.postpone_all(self.lease_floor);
                 true
             }
             Err(e) => {
@@ -55,10 +59,10 @@ impl Writer {
         fx.shutdown
     }
 
-    /// After a batch that failed for a reason other than storage (a record that does not
-    /// decode): applying its outcomes again would fail again, so their jobs are no longer held
-    /// by anyone and are handed out again (read back from the ready table): the attempt runs
-    /// again (at-least-once).
+    /// After a batch that failed for a reason other than storage (a damaged record, a file
+    /// that does not decode): applying its outcomes again would fail again, so their jobs are
+    /// no longer held by anyone and are handed out again (read back from the ready table): the
+    /// attempt runs again (at-least-once).
     pub(super) fn lost(&mut self, fx: &mut Effects) {
         for op in fx.held.drain(..) {
             if let Op::Finish { id, .. } = op {
@@ -76,6 +80,9 @@ impl Writer {
 }
 
 /// How long a writer whose file failed waits before reopening it, at first and at most.
+/// How long every running attempt's lease lasts, at least, once the file works again (the
+/// scheduler's lease: it renews every third of that).
+const LEASE_AFTER_OUTAGE: Duration = Duration::from_secs(30);
 pub(super) const REOPEN_FIRST: Duration = Duration::from_millis(100);
 pub(super) const REOPEN_MAX: Duration = Duration::from_secs(5);
 

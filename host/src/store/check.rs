@@ -63,7 +63,7 @@ pub fn check(data_dir: &Path) -> Result<Vec<FileCheck>, StoreError> {
         let functions = decode_all(db, FUNCTIONS, |b| decode_function(b).map(drop))?;
         Ok(format!("{functions} functions"))
     });
-    let dataset = match dataset::settle(&db, data_dir, path_of, MAX_SHARDS, 1) {
+    let dataset = match dataset::settle(&db, data_dir, path_of, MAX_SHARDS, 1, false) {
         Ok(d) => Some(d),
         Err(e) => {
             file.problem.get_or_insert(e.to_string());

@@ -61,6 +61,13 @@ impl DataFile {
     /// Closes the database and opens it again (redb repairs it if the failed commit left it
     /// needing that). Waits up to a second for readers to let go of the old one.
     pub(crate) fn reopen(&self) -> Result<(), StoreError> {
+        // A file removed or emptied meanwhile would be created again, empty: refuse instead.
+        if !std::fs::metadata(&self.path).is_ok_and(|m| m.len() > 0) {
+            return Err(StoreError::Storage(format!(
+                "{} was removed or emptied while the host ran: stop the host and restore the data directory (docs/delivery.md#checking-and-restoring-a-data-directory)",
+                self.path.display()
+            )));
+        }
         let old = self.db.write().take();
         if let Some(mut old) = old {
             let deadline = Instant::now() + Duration::from_secs(1);

@@ -98,15 +98,18 @@ pub(crate) fn check_catalog(
 }
 
 /// After the catalog is open: the dataset it records, or (a new directory, or one from before
-/// identities were recorded) a new one adopting the shard files present. Checks every recorded
+/// identities were recorded) a new one adopting the shard files present, recorded at once with
+/// no shards required (so an interrupted first start keeps its id). Checks every recorded
 /// shard file is there and not empty. Returns the dataset with `shards` at least `wanted` and
-/// covering every file present; [`record`] stores it once every shard is open.
+/// covering every file present; [`record`] stores it once every shard is open. `adopt: false`
+/// (an offline check) writes nothing.
 pub(crate) fn settle(
     catalog: &Database,
     data_dir: &Path,
     path_of: impl Fn(usize) -> PathBuf,
     max: usize,
     wanted: usize,
+    adopt: bool,
 ) -> Result<Dataset, StoreError> {
     let present = shard_files(&path_of, max);
     let recorded = {
@@ -166,10 +169,14 @@ pub(crate) fn settle(
                     name(&path_of(*n))
                 )));
             }
-            Dataset {
+            let fresh = Dataset {
                 id: new_id()?,
                 shards: 0,
+            };
+            if adopt {
+                record(catalog, &fresh)?;
             }
+            fresh
         }
     };
     let highest = present.iter().map(|(n, _)| n + 1).max().unwrap_or(0);

@@ -53,8 +53,8 @@ impl Leases {
         self.by_time.first().map(|(until, _)| *until)
     }
 
-    /// Removes and returns the leases that ran out by `now`: (job, attempt).
-    pub(crate) fn expired(&mut self, now: u64) -> Vec<(JobId, u32)> {
+    /// Removes and returns the leases that ran out by `now`: (job, attempt, until).
+    pub(crate) fn expired(&mut self, now: u64) -> Vec<(JobId, u32, u64)> {
         let mut out = Vec::new();
         while let Some(&(until, id)) = self.by_time.first() {
             if until > now {
@@ -62,10 +62,23 @@ impl Leases {
             }
             self.by_time.pop_first();
             if let Some((attempt, _)) = self.by_job.remove(&id) {
-                out.push((id, attempt));
+                out.push((id, attempt, until));
             }
         }
         out
+    }
+
+    /// Every lease lasts at least until `floor`: after the store could not write for a while,
+    /// attempts whose renewals waited meanwhile are not failed for it.
+    pub(crate) fn postpone_all(&mut self, floor: u64) {
+        let late: Vec<(u64, JobId)> = self.by_time.range(..(floor, JobId(0))).copied().collect();
+        for (until, id) in late {
+            self.by_time.remove(&(until, id));
+            self.by_time.insert((floor, id));
+            if let Some(entry) = self.by_job.get_mut(&id) {
+                entry.1 = floor;
+            }
+        }
     }
 }
 
@@ -85,13 +98,21 @@ mod tests {
             "another attempt's renewal is refused"
         );
         assert!(!l.renew(JobId(9), 1, 500));
-        assert_eq!(l.expired(160), [(JobId(2), 3)]);
+        assert_eq!(l.expired(160), [(JobId(2), 3, 150)]);
         assert_eq!(l.next_expiry(), Some(200));
         l.end(JobId(1));
         assert_eq!(l.expired(u64::MAX), []);
         // A new attempt's grant replaces the old lease.
         l.grant(JobId(3), 1, 10);
         l.grant(JobId(3), 2, 20);
-        assert_eq!(l.expired(u64::MAX), [(JobId(3), 2)]);
+        assert_eq!(l.expired(u64::MAX), [(JobId(3), 2, 20)]);
+        // After an outage, every lease lasts at least until the floor.
+        l.grant(JobId(4), 1, 10);
+        l.grant(JobId(5), 1, 900);
+        l.postpone_all(500);
+        assert_eq!(l.next_expiry(), Some(500));
+        assert_eq!(l.expired(499), []);
+        assert_eq!(l.expired(500), [(JobId(4), 1, 500)]);
+        assert!(l.renew(JobId(5), 1, 950));
     }
 }

@@ -217,7 +217,7 @@ impl Store {
         let present = (0..MAX_SHARDS).filter(|n| path_of(*n).exists()).count();
         let cache = options.cache_bytes / (wanted.max(present) + 1);
         let catalog = Arc::new(Catalog::open(&catalog_path, cache)?);
-        let dataset = dataset::settle(&catalog.db, data_dir, path_of, MAX_SHARDS, wanted)?;
+        let dataset = dataset::settle(&catalog.db, data_dir, path_of, MAX_SHARDS, wanted, true)?;
         let count = dataset.shards;
         let (feed_tx, feed) = mpsc::unbounded_channel();
         let (callbacks_tx, callbacks) = mpsc::unbounded_channel();

@@ -189,6 +189,8 @@ pub(crate) struct Effects {
     pub(crate) held: Vec<Op>,
     /// Outcomes and attempt timings for the per-function tallies.
     pub(crate) noted: Vec<super::tally::Noted>,
+    /// Leases this batch found run out: granted back if it does not commit.
+    pub(crate) expired_leases: Vec<(JobId, u32, u64)>,
     pub(crate) shutdown: bool,
 }
 

@@ -40,7 +40,8 @@ impl Writer {
             job.attempts = start.attempt;
             job.started_at = Some(start.at);
             job.lease_until = Some(start.lease_until);
-            self.leases.grant(id, start.attempt, start.lease_until);
+            self.leases
+                .grant(id, start.attempt, start.lease_until.max(self.lease_floor));
             job.version = Some(start.version);
             t.put_job(id, &job)?;
             fx.counts.moved(
@@ -65,14 +66,21 @@ impl Writer {
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        // Whatever happens, the scheduler no longer holds this job.
-        fx.released.push(id);
         let Some(mut job) = t.job(id)? else {
+            fx.released.push(id);
             return Ok(());
         };
         if !super::machine::is_current(job.status, job.attempts, attempt) {
+            // A stale attempt's report. The scheduler's hold on the job ends with it only when
+            // nothing can hand the job out again; a job whose lease ran out may be held by its
+            // next attempt already.
+            if job.status.is_terminal() {
+                fx.released.push(id);
+            }
             return Ok(());
         }
+        // The scheduler no longer holds this job.
+        fx.released.push(id);
         self.leases.end(id);
         let mut report = report;
         // What a success emits must fit its targets' `max_queued` and the host's budget, or
@@ -249,6 +257,7 @@ impl Writer {
         lease_until: u64,
         t: &mut Tables<'_>,
     ) -> Result<(), StoreError> {
+        let lease_until = lease_until.max(self.lease_floor);
         if !self.leases.renew(id, attempt, lease_until) {
             return Ok(());
         }
@@ -270,7 +279,9 @@ impl Writer {
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        for (id, attempt) in self.leases.expired(now) {
+        for (id, attempt, until) in self.leases.expired(now) {
+            // Granted back if this batch does not commit.
+            fx.expired_leases.push((id, attempt, until));
             let Some(job) = t.job(id)? else { continue };
             let retry = self
                 .shared

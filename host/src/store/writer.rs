@@ -107,6 +107,9 @@ pub(crate) struct Writer {
     pub(crate) reopened_after: Option<Duration>,
     /// Running attempts' leases, enforced here: one that runs out fails its attempt.
     pub(crate) leases: super::leases::Leases,
+    /// No lease granted or renewed ends before this (ms since the Unix epoch): set when the
+    /// file works again after a failure, so renewals that waited meanwhile cost no attempt.
+    pub(crate) lease_floor: u64,
 }
 
 impl Writer {
@@ -153,6 +156,7 @@ impl Writer {
             held: Vec::new(),
             reopened_after: None,
             leases: Default::default(),
+            lease_floor: 0,
         }
     }
 
@@ -311,10 +315,13 @@ impl Writer {
                 // redb fails every later operation on a file that had an I/O error: reopen it
                 // (after a pause, so a full disk is not hammered), then apply what no caller
                 // waits on again.
-                if matches!(
-                    e,
-                    StoreError::Backend(_) | StoreError::Storage(_) | StoreError::Damaged { .. }
-                ) {
+                // Leases this batch found run out are still running on record.
+                for (id, attempt, until) in std::mem::take(&mut fx.expired_leases) {
+                    self.leases.grant(id, attempt, until);
+                }
+                // A damaged record fails every batch that touches it: keeping its operations
+                // to apply again would fail every later batch too, and reopening mends nothing.
+                if matches!(e, StoreError::Backend(_) | StoreError::Storage(_)) {
                     self.held.append(&mut fx.held);
                     let backoff = self
                         .reopened_after
@@ -393,7 +400,11 @@ impl Writer {
                     Err(e) => result = Err(e),
                 }
             }
-            for op in batch.drain(..) {
+            // Each operation is taken out of the batch as it is applied, so should applying
+            // one panic (redb, on a malformed page), the rest stay in the batch and are
+            // answered with the failure.
+            for slot in batch.iter_mut() {
+                let op = std::mem::replace(slot, Op::Refill);
                 if result.is_ok() {
                     result = self.apply(op, &mut t, fx);
                 } else {
@@ -401,6 +412,7 @@ impl Writer {
                     reject(op, fx);
                 }
             }
+            batch.clear();
             if result.is_ok() {
                 result = self.refill(&mut t, fx);
             }
@@ -439,23 +451,22 @@ impl Writer {
                 fx.replies.push(answer(reply, result));
             }
             // Kept until the commit (`Effects::held`): a failed one applies them again.
+            // Kept (before they are applied, so even a panic keeps them) until the commit.
             Op::Start { id, start } => {
-                let applied = self.start(id, start, t, fx);
                 fx.held.push(Op::Start { id, start });
-                applied?
+                self.start(id, start, t, fx)?
             }
             Op::Renew {
                 id,
                 attempt,
                 lease_until,
             } => {
-                let applied = self.renew(id, attempt, lease_until, t);
                 fx.held.push(Op::Renew {
                     id,
                     attempt,
                     lease_until,
                 });
-                applied?
+                self.renew(id, attempt, lease_until, t)?
             }
             Op::Finish {
                 id,
@@ -463,14 +474,13 @@ impl Writer {
                 report,
                 retry,
             } => {
-                let applied = self.finish(id, attempt, report.clone(), retry, t, fx);
                 fx.held.push(Op::Finish {
                     id,
                     attempt,
-                    report,
+                    report: report.clone(),
                     retry,
                 });
-                applied?
+                self.finish(id, attempt, report, retry, t, fx)?
             }
             Op::Cancel { id, reply } => {
                 let result = self.cancel(id, t, fx)?;
@@ -513,9 +523,11 @@ impl Writer {
                 fx.replies.push(answer(reply, Ok(cancelled)));
             }
             Op::CallbackDone { id, result } => {
-                let applied = self.callback_done(id, result.clone(), t, fx);
-                fx.held.push(Op::CallbackDone { id, result });
-                applied?
+                fx.held.push(Op::CallbackDone {
+                    id,
+                    result: result.clone(),
+                });
+                self.callback_done(id, result, t, fx)?
             }
             Op::KvCommit {
                 id,
