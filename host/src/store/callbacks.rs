@@ -60,13 +60,11 @@ impl Writer {
         job: &mut Job,
         t: &mut Tables<'_>,
     ) -> Result<(), StoreError> {
-        if !job.visible_status().is_terminal() {
-            return Ok(());
-        }
+        let visible = job.visible_status();
         let Some(callback) = &mut job.callback else {
             return Ok(());
         };
-        if callback.state != CallbackState::Waiting {
+        if !super::machine::callback_due(visible, callback.state) {
             return Ok(());
         }
         let now = now_ms();
@@ -127,15 +125,25 @@ impl Writer {
         }
         callback.attempts += 1;
         let now = now_ms();
+        let (delivered, retry) = match &result {
+            CallbackResult::Delivered => (true, false),
+            CallbackResult::Failed { retry, .. } => (false, *retry),
+        };
+        let next = super::machine::after_delivery(
+            delivered,
+            retry,
+            callback.attempts,
+            &self.callback_retry,
+        );
         match result {
             CallbackResult::Delivered => {
                 callback.state = CallbackState::Delivered;
                 callback.delivered_at = Some(now);
                 callback.last_error = None;
             }
-            CallbackResult::Failed { error, retry } => {
+            CallbackResult::Failed { error, .. } => {
                 callback.last_error = Some(bounded_error(&error));
-                if retry && callback.attempts < self.callback_retry.max_attempts {
+                if next == super::machine::AfterDelivery::RetryLater {
                     let at = now
                         + self
                             .callback_retry

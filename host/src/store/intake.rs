@@ -179,7 +179,10 @@ impl Writer {
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        let delayed = new.not_before.filter(|&at| at > now);
+        let delayed = match super::machine::on_submit(new.not_before, now) {
+            super::machine::Accepted::Delayed(at) => Some(at),
+            super::machine::Accepted::Queued => None,
+        };
         // A correlation id the job got from elsewhere is indexed; its own id needs no index.
         if let Some(correlation) = &new.correlation_id {
             t.correlated

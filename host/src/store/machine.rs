@@ -71,6 +71,104 @@ pub(crate) fn is_dead_letter(status: JobStatus) -> bool {
     matches!(status, JobStatus::Failed | JobStatus::Dead)
 }
 
+/// Where a new job starts: `delayed` while its not-before time is ahead, else `queued`.
+pub(crate) fn on_submit(not_before: Option<u64>, now: u64) -> Accepted {
+    match not_before.filter(|&at| at > now) {
+        Some(at) => Accepted::Delayed(at),
+        None => Accepted::Queued,
+    }
+}
+
+/// What a submit makes of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Accepted {
+    /// Ready now (or, with an ordering key, once the jobs before it end).
+    Queued,
+    /// Waiting until this time (ms since the Unix epoch).
+    Delayed(u64),
+}
+
+/// True when a job may enter its function's ready queue now: it is not behind an earlier job of
+/// its ordering key (`key_head`: the first unfinished job of its key, if it has a key).
+pub(crate) fn may_enter_ready(id: u128, key_head: Option<u128>) -> bool {
+    key_head.is_none_or(|head| head == id)
+}
+
+/// True when a job that now shows `status` lets the next job of its ordering key run: it ended.
+pub(crate) fn releases_key(status: JobStatus) -> bool {
+    status.is_terminal()
+}
+
+/// True when the next job of a key, showing `status`, enters the ready queue as the key's new
+/// head (a delayed one enters when due; a cancelled one never).
+pub(crate) fn next_head_enters_ready(status: JobStatus) -> bool {
+    status == JobStatus::Queued
+}
+
+/// What a job's end does to the pipeline it is part of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PipelineStep {
+    /// Not part of a pipeline, or not ended: nothing.
+    None,
+    /// It succeeded and its version names a next function: its output becomes a job of it.
+    NextStage(String),
+    /// The chain ends here with this status (shown by its head).
+    End(JobStatus),
+}
+
+/// What a job that ended with `status` (in a pipeline when `in_pipeline`) does next, given its
+/// version's `then`.
+pub(crate) fn pipeline_step(
+    in_pipeline: bool,
+    status: JobStatus,
+    then: Option<String>,
+) -> PipelineStep {
+    match then {
+        Some(next) if status == JobStatus::Succeeded => PipelineStep::NextStage(next),
+        _ if in_pipeline && status.is_terminal() => PipelineStep::End(status),
+        _ => PipelineStep::None,
+    }
+}
+
+/// True when a job's callback is due: the job shows a terminal status (a pipeline's head once
+/// its chain ended) and its callback has not been scheduled yet.
+pub(crate) fn callback_due(visible: JobStatus, state: crate::job::CallbackState) -> bool {
+    visible.is_terminal() && state == crate::job::CallbackState::Waiting
+}
+
+/// What a callback becomes after its `attempts`-th delivery attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterDelivery {
+    /// The receiver took it.
+    Delivered,
+    /// It is tried again after the callback retry policy's delay.
+    RetryLater,
+    /// No more tries: a failure the receiver refused for good, or attempts used up.
+    GaveUp,
+}
+
+/// What a delivery attempt that `delivered` (or failed, retryable when `retry`) makes of a
+/// callback after `attempts` attempts, under `policy`.
+pub(crate) fn after_delivery(
+    delivered: bool,
+    retry: bool,
+    attempts: u32,
+    policy: &RetryPolicy,
+) -> AfterDelivery {
+    if delivered {
+        AfterDelivery::Delivered
+    } else if retry && attempts < policy.max_attempts {
+        AfterDelivery::RetryLater
+    } else {
+        AfterDelivery::GaveUp
+    }
+}
+
+/// True when a lease that ends at `until` has run out at `now`.
+pub(crate) fn lease_expired(until: u64, now: u64) -> bool {
+    until <= now
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +238,89 @@ mod tests {
         assert!(is_dead_letter(Failed) && is_dead_letter(Dead) && !is_dead_letter(Cancelled));
         assert_eq!(rerun_ceiling_ms(1), 10);
         assert_eq!(rerun_ceiling_ms(50), 1000);
+    }
+
+    #[test]
+    fn a_submit_waits_only_for_a_time_ahead() {
+        assert_eq!(on_submit(None, 100), Accepted::Queued);
+        assert_eq!(on_submit(Some(100), 100), Accepted::Queued);
+        assert_eq!(on_submit(Some(50), 100), Accepted::Queued);
+        assert_eq!(on_submit(Some(101), 100), Accepted::Delayed(101));
+    }
+
+    #[test]
+    fn ordering_keys_let_one_job_run_at_a_time() {
+        assert!(may_enter_ready(7, None), "no key");
+        assert!(may_enter_ready(7, Some(7)), "the key's head");
+        assert!(!may_enter_ready(8, Some(7)), "behind the head");
+        for status in JobStatus::ALL {
+            assert_eq!(releases_key(status), status.is_terminal(), "{status:?}");
+            assert_eq!(
+                next_head_enters_ready(status),
+                status == Queued,
+                "{status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pipeline_goes_on_only_after_a_success() {
+        let then = || Some("next".to_string());
+        assert_eq!(
+            pipeline_step(false, Succeeded, then()),
+            PipelineStep::NextStage("next".into())
+        );
+        assert_eq!(
+            pipeline_step(true, Succeeded, then()),
+            PipelineStep::NextStage("next".into())
+        );
+        assert_eq!(
+            pipeline_step(true, Succeeded, None),
+            PipelineStep::End(Succeeded)
+        );
+        for ended in [Failed, Dead, Cancelled] {
+            assert_eq!(pipeline_step(true, ended, then()), PipelineStep::End(ended));
+            assert_eq!(pipeline_step(false, ended, then()), PipelineStep::None);
+        }
+        assert_eq!(pipeline_step(false, Succeeded, None), PipelineStep::None);
+        assert_eq!(pipeline_step(true, Delayed, then()), PipelineStep::None);
+    }
+
+    #[test]
+    fn callbacks_are_due_once_and_retried_within_their_policy() {
+        use crate::job::CallbackState as C;
+        for status in JobStatus::ALL {
+            assert_eq!(callback_due(status, C::Waiting), status.is_terminal());
+            assert!(!callback_due(status, C::Pending));
+            assert!(!callback_due(status, C::Delivered));
+        }
+        assert_eq!(
+            after_delivery(true, false, 9, &RETRY),
+            AfterDelivery::Delivered
+        );
+        assert_eq!(
+            after_delivery(false, true, 1, &RETRY),
+            AfterDelivery::RetryLater
+        );
+        assert_eq!(
+            after_delivery(false, true, 2, &RETRY),
+            AfterDelivery::RetryLater
+        );
+        assert_eq!(
+            after_delivery(false, true, 3, &RETRY),
+            AfterDelivery::GaveUp
+        );
+        assert_eq!(
+            after_delivery(false, false, 1, &RETRY),
+            AfterDelivery::GaveUp
+        );
+    }
+
+    #[test]
+    fn a_lease_runs_out_at_its_end() {
+        assert!(!lease_expired(100, 99));
+        assert!(lease_expired(100, 100));
+        assert!(lease_expired(100, 101));
     }
 
     mod model {

@@ -8,7 +8,7 @@ use redb::ReadableTable;
 use super::txn::Tables;
 use super::writer::{Effects, Writer};
 use super::{StoreError, storage};
-use crate::job::{Job, JobId, JobStatus, QueuedJob, now_ms};
+use crate::job::{Job, JobId, QueuedJob, now_ms};
 
 impl Tables<'_> {
     /// The first unfinished job of an ordering key (its head), if any.
@@ -31,10 +31,11 @@ impl Tables<'_> {
     /// True when the job may enter the ready queue: it has no ordering key, or it is its key's
     /// head.
     pub(crate) fn may_run(&mut self, id: JobId, job: &Job) -> Result<bool, StoreError> {
-        match &job.ordering_key {
-            None => Ok(true),
-            Some(key) => Ok(self.key_head(&job.function, key)? == Some(id)),
-        }
+        let head = match &job.ordering_key {
+            None => None,
+            Some(key) => Some(self.key_head(&job.function, key)?.map_or(0, |h| h.0)),
+        };
+        Ok(super::machine::may_enter_ready(id.0, head))
     }
 
     /// Puts a job at the end of its ordering key's queue (a new place in it).
@@ -102,7 +103,7 @@ impl Writer {
         let Some(mut waiting) = t.job(next)? else {
             return Ok(());
         };
-        if waiting.status == JobStatus::Queued {
+        if super::machine::next_head_enters_ready(waiting.status) {
             waiting.ready_at = now_ms();
             t.ready_insert(next, &waiting)?;
             t.put_job(next, &waiting)?;

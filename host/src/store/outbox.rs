@@ -7,7 +7,7 @@ use super::txn::Tables;
 use super::writer::{Effects, Writer};
 use super::{NewEvent, NewJob, StoreError, SubmitError};
 use crate::event::{CloudEvent, EventAttributes};
-use crate::job::{Emission, Job, JobId, JobStatus, Parent, Pipeline, now_ms, rfc3339};
+use crate::job::{Emission, Job, JobId, Parent, Pipeline, now_ms, rfc3339};
 
 impl Writer {
     /// What a success would add to the queues: the jobs it enqueues (and the next pipeline
@@ -193,8 +193,8 @@ impl Writer {
             Some(Pipeline::Head { .. }) => Some(id),
             None => None,
         };
-        let next = then.filter(|_| job.status == JobStatus::Succeeded);
-        if let Some(next) = next {
+        let step = super::machine::pipeline_step(head.is_some(), job.status, then);
+        if let super::machine::PipelineStep::NextStage(next) = step {
             let head = head.unwrap_or(id);
             let stage = self.insert_child(
                 NewJob {

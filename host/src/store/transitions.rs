@@ -242,7 +242,10 @@ impl Writer {
             }
             self.schedule_callback(id, &mut job, t)?;
             t.put_job(id, &job)?;
-            return self.release_key(&job, t, fx);
+            if super::machine::releases_key(job.status) {
+                self.release_key(&job, t, fx)?;
+            }
+            return Ok(());
         }
         t.put_job(id, &job)?;
         Ok(())
@@ -280,6 +283,7 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         for (id, attempt, until) in self.leases.expired(now) {
+            debug_assert!(super::machine::lease_expired(until, now));
             // Granted back if this batch does not commit.
             fx.expired_leases.push((id, attempt, until));
             let Some(job) = t.job(id)? else { continue };
