@@ -17,7 +17,8 @@ use crate::manifest::{Bounds, Manifest, ManifestError};
 use crate::runtime::{Compiled, ComponentError, LoadedFunction, Runtime};
 use crate::scheduler::Scheduler;
 use crate::store::{
-    Backend, DeleteError, FunctionRecord, PutSecret, RollbackError, SealedSecret, StoreError,
+    Backend, DeleteError, DeployBase, FunctionRecord, PutSecret, RollbackError, SealedSecret,
+    StoreError,
 };
 use crate::vault::{self, Vault};
 
@@ -171,6 +172,9 @@ impl Loader {
     }
 }
 
+/// How often a deploy of changes is worked out again when other changes keep landing first.
+const MAX_DEPLOY_TRIES: u32 = 5;
+
 /// What a deploy says about the function's configuration.
 #[derive(Clone, Copy, Debug)]
 pub enum Given<'a> {
@@ -216,62 +220,77 @@ impl Functions {
         wasm: Bytes,
     ) -> Result<FunctionRecord, FunctionsError> {
         crate::manifest::validate_name(name)?;
-        let overlaid;
-        let manifest = match given {
-            Given::Whole(manifest) => manifest,
-            Given::Changes(changes) => {
-                overlaid = match self.parts.store.function(name)? {
-                    Some(current) => changes.over(manifest_of(&current)),
-                    None => changes.clone(),
-                };
-                &overlaid
-            }
-        };
-        let settings = manifest.validate(name, &self.bounds)?;
-        let subscriptions = manifest.subscriptions()?;
-        let then = manifest.then(name)?;
-        let allowed_outbound_hosts = manifest.allowed_outbound_hosts()?;
-        let config = manifest.config()?;
-        self.refuse_pipeline_cycle(name, then.as_deref())?;
+        let mut compiled = None;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            // The whole configuration, or the changes laid over what is deployed now (stored
+            // only if that is still current when the deploy commits).
+            let (manifest, base) = match given {
+                Given::Whole(manifest) => (manifest.clone(), DeployBase::Anything),
+                Given::Changes(changes) => match self.parts.store.function(name)? {
+                    Some(current) => (
+                        changes.over(manifest_of(&current)),
+                        DeployBase::Current(Some(current.version)),
+                    ),
+                    None => (changes.clone(), DeployBase::Current(None)),
+                },
+            };
+            let settings = manifest.validate(name, &self.bounds)?;
+            let subscriptions = manifest.subscriptions()?;
+            let then = manifest.then(name)?;
+            let allowed_outbound_hosts = manifest.allowed_outbound_hosts()?;
+            let config = manifest.config()?;
+            self.refuse_pipeline_cycle(name, then.as_deref())?;
 
-        let compiled = self.parts.compile(wasm.clone()).await?;
-        let record = FunctionRecord {
-            name: name.to_string(),
-            settings,
-            subscriptions,
-            then,
-            digest: compiled.digest.clone(),
-            size: wasm.len() as u64,
-            deployed_at: now_ms(),
-            version: 0,
-            change: String::new(),
-            paused: false,
-            allowed_outbound_hosts,
-            config,
-            changes: Vec::new(),
-        };
-        // Runnable before the commit, so a job accepted right after it always finds its code.
-        let previous = self.parts.runtime.function(name);
-        self.parts.runtime.install(record.clone(), &compiled);
-        let key = self.parts.runtime.artifact_key(&compiled.digest);
-        let stored = match self
-            .parts
-            .store
-            .deploy(record, wasm, key, compiled.artifact.clone())
-            .await
-        {
-            Ok(stored) => stored,
-            Err(e) => {
-                match previous {
-                    Some(p) => self.parts.runtime.reinstate(p),
-                    None => self.parts.runtime.remove(name),
+            let compiled = match &compiled {
+                Some(c) => c,
+                None => compiled.insert(self.parts.compile(wasm.clone()).await?),
+            };
+            let record = FunctionRecord {
+                name: name.to_string(),
+                settings,
+                subscriptions,
+                then,
+                digest: compiled.digest.clone(),
+                size: wasm.len() as u64,
+                deployed_at: now_ms(),
+                version: 0,
+                change: String::new(),
+                paused: false,
+                allowed_outbound_hosts,
+                config,
+                changes: Vec::new(),
+            };
+            // Runnable before the commit, so a job accepted right after it always finds its
+            // code.
+            let previous = self.parts.runtime.function(name);
+            self.parts.runtime.install(record.clone(), compiled);
+            let key = self.parts.runtime.artifact_key(&compiled.digest);
+            let stored = self
+                .parts
+                .store
+                .deploy(record, wasm.clone(), key, compiled.artifact.clone(), base)
+                .await;
+            match stored {
+                Ok(stored) => {
+                    self.parts.runtime.install(stored.clone(), compiled);
+                    self.scheduler.function_updated(name);
+                    return Ok(stored);
                 }
-                return Err(e.into());
+                Err(e) => {
+                    match previous {
+                        Some(p) => self.parts.runtime.reinstate(p),
+                        None => self.parts.runtime.remove(name),
+                    }
+                    // Another change landed while this one was prepared: work it out again.
+                    if matches!(e, StoreError::Changed { .. }) && tries < MAX_DEPLOY_TRIES {
+                        continue;
+                    }
+                    return Err(e.into());
+                }
             }
-        };
-        self.parts.runtime.install(stored.clone(), &compiled);
-        self.scheduler.function_updated(name);
-        Ok(stored)
+        }
     }
 
     /// Gives a function the settings `manifest` names, keeping its code (nothing is compiled),

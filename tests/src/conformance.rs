@@ -17,8 +17,8 @@ use sluice::job::{
 use sluice::manifest::{RetryPolicy, Settings, Subscription};
 use sluice::output::Output;
 use sluice::store::{
-    Backend, CancelError, CommitFeed, DeadLetterSelection, DeleteError, FunctionRecord,
-    IdempotencyKey, JobQuery, NewEvent, NewJob, SubmitError, Submitted,
+    Backend, CancelError, CommitFeed, DeadLetterSelection, DeleteError, DeployBase, FunctionRecord,
+    IdempotencyKey, JobQuery, NewEvent, NewJob, StoreError, SubmitError, Submitted,
 };
 
 /// Opens (or reopens) a backend on a directory: the backend and its feed of ready jobs.
@@ -81,6 +81,7 @@ async fn deploy(b: &dyn Backend, name: &str, settings: Settings) -> FunctionReco
         Bytes::from_static(b"wasm"),
         format!("{name}-artifact"),
         vec![1, 2, 3],
+        DeployBase::Anything,
     )
     .await
     .unwrap()
@@ -533,6 +534,7 @@ pub async fn a_publish_makes_one_delivery_per_matching_subscriber(open: Open, di
             Bytes::from_static(b"wasm"),
             format!("{name}-artifact"),
             vec![1],
+            DeployBase::Anything,
         )
         .await
         .unwrap();
@@ -635,9 +637,61 @@ pub async fn the_catalog_keeps_versions_pauses_and_deletes(open: Open, dir: &Pat
     let v3 = b.rollback("f", Some(1)).await.unwrap();
     assert_eq!((v3.version, v3.settings.max_concurrency), (3, 8));
     assert_eq!(b.versions("f").unwrap().len(), 3);
+    // A deploy of changes worked out from version 2 is refused now that 3 is current, and
+    // stores nothing; one from version 3 is stored.
+    let changed = record(
+        "f",
+        Settings {
+            timeout_ms: 500,
+            ..Settings::DEFAULT
+        },
+        Vec::new(),
+    );
+    let stale = b
+        .deploy(
+            changed.clone(),
+            Bytes::from_static(b"wasm"),
+            "f-artifact".into(),
+            vec![1, 2, 3],
+            DeployBase::Current(Some(2)),
+        )
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::Changed {
+                current: Some(3),
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    assert_eq!(b.function("f").unwrap().unwrap().version, 3);
+    let v4 = b
+        .deploy(
+            changed,
+            Bytes::from_static(b"wasm"),
+            "f-artifact".into(),
+            vec![1, 2, 3],
+            DeployBase::Current(Some(3)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((v4.version, v4.settings.timeout_ms), (4, 500));
+    assert!(matches!(
+        b.deploy(
+            record("g", Settings::DEFAULT, Vec::new()),
+            Bytes::from_static(b"wasm"),
+            "g-artifact".into(),
+            vec![1],
+            DeployBase::Current(Some(1)),
+        )
+        .await,
+        Err(StoreError::Changed { current: None, .. })
+    ));
     let paused = b.set_paused("f", true).await.unwrap().unwrap();
     assert!(
-        paused.paused && paused.version == 3,
+        paused.paused && paused.version == 4,
         "pausing is no version"
     );
     assert_eq!(b.artifact("f-artifact").unwrap(), Some(vec![1, 2, 3]));

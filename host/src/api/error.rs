@@ -82,6 +82,9 @@ const RETRY_AFTER_STORAGE_SECS: u64 = 5;
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if let StoreError::Changed { .. } = e {
+            return ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string());
+        }
         // Every request fails the same way while a disk is full: a line per second at most.
         static LOGGED: crate::logging::Sampled = crate::logging::Sampled::per_second();
         if let Some(suppressed) = LOGGED.admit() {

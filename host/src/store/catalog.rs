@@ -154,6 +154,7 @@ impl Catalog {
         wasm: &[u8],
         artifact_key: &str,
         artifact: &[u8],
+        base: super::DeployBase,
     ) -> Result<FunctionRecord, StoreError> {
         let txn = self.write()?;
         {
@@ -164,6 +165,17 @@ impl Catalog {
                 .map(|v| decode_function(v.value()))
                 .transpose()
                 .map_err(super::catalog::damaged)?;
+            let current = previous.as_ref().map(|p| p.version);
+            if let super::DeployBase::Current(expected) = base
+                && expected != current
+            {
+                drop(functions);
+                txn.abort().map_err(storage)?;
+                return Err(StoreError::Changed {
+                    function: record.name,
+                    current,
+                });
+            }
             if let Some(previous) = previous {
                 let changes = record.changes_from(&previous);
                 if changes.is_empty() {

@@ -8,16 +8,18 @@ use super::tables::{ARTIFACTS, COMPONENTS};
 use super::*;
 
 impl Store {
-    /// Stores a deployed function with its component and compiled artifact, in one commit.
+    /// Stores a deployed function with its component and compiled artifact, in one commit,
+    /// if what it was worked out from (`base`) is still current.
     pub async fn deploy(
         &self,
         record: FunctionRecord,
         wasm: Bytes,
         artifact_key: String,
         artifact: Vec<u8>,
+        base: DeployBase,
     ) -> Result<FunctionRecord, StoreError> {
         let catalog = self.catalog.clone();
-        blocking(move || catalog.deploy(record, &wasm, &artifact_key, &artifact)).await
+        blocking(move || catalog.deploy(record, &wasm, &artifact_key, &artifact, base)).await
     }
 
     /// Gives a deployed function new settings, keeping its code, as a new version; `None` when

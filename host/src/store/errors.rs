@@ -17,6 +17,17 @@ pub enum StoreError {
     /// The host is shutting down and no longer writes.
     #[error("the host is shutting down; retry against the restarted host")]
     Closed,
+    /// A deploy of changes was worked out from a version that is no longer the current one
+    /// (another change landed meanwhile); nothing was stored.
+    #[error(
+        "function {function:?} changed while this deploy was prepared (it is now at version {current:?}); send the deploy again"
+    )]
+    Changed {
+        /// The function.
+        function: String,
+        /// Its current version (`None`: not deployed).
+        current: Option<u32>,
+    },
     /// A data file holds something that does not read back: damaged on disk, or changed
     /// outside Sluice.
     #[error(

@@ -151,3 +151,13 @@ pub struct JobQuery {
     /// needs `function`.
     pub dead_letters: bool,
 }
+
+/// What a deploy's configuration was worked out from: a deploy of changes lays them over the
+/// current version, so it is stored only if that is still the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployBase {
+    /// The whole configuration: stored whatever is deployed now.
+    Anything,
+    /// Changes over this version (`None`: over nothing, the function is new).
+    Current(Option<u32>),
+}

@@ -25,9 +25,9 @@ use bytes::Bytes;
 
 use super::{
     CallbackResult, CancelError, Correlated, Counts, DeadLetterSelection, DeleteError, Demand,
-    EventRecord, FunctionRecord, FunctionTally, JobPage, JobQuery, NewEvent, NewJob, Published,
-    PutSecret, RollbackError, SealedSecret, Store, StoreError, StoreStats, SubmitError, Submitted,
-    kv::KvVerdict,
+    DeployBase, EventRecord, FunctionRecord, FunctionTally, JobPage, JobQuery, NewEvent, NewJob,
+    Published, PutSecret, RollbackError, SealedSecret, Store, StoreError, StoreStats, SubmitError,
+    Submitted, kv::KvVerdict,
 };
 use crate::job::{AttemptReport, Job, JobId, KvChanges};
 use crate::manifest::{RetryPolicy, Settings};
@@ -134,13 +134,15 @@ pub trait Dispatch: Send + Sync {
 
 /// What is deployed, and the host's own settings.
 pub trait FunctionCatalog: Send + Sync {
-    /// Stores a deploy (component, compiled artifact, record) as the function's next version.
+    /// Stores a deploy (component, compiled artifact, record) as the function's next version,
+    /// if `base` is still current (else [`StoreError::Changed`], nothing stored).
     fn deploy(
         &self,
         record: FunctionRecord,
         wasm: Bytes,
         artifact_key: String,
         artifact: Vec<u8>,
+        base: DeployBase,
     ) -> Pending<'_, Result<FunctionRecord, StoreError>>;
     /// New settings, same code, as a new version (`None`: not deployed).
     fn configure<'a>(
@@ -342,8 +344,16 @@ impl FunctionCatalog for Store {
         wasm: Bytes,
         artifact_key: String,
         artifact: Vec<u8>,
+        base: DeployBase,
     ) -> Pending<'_, Result<FunctionRecord, StoreError>> {
-        Box::pin(Store::deploy(self, record, wasm, artifact_key, artifact))
+        Box::pin(Store::deploy(
+            self,
+            record,
+            wasm,
+            artifact_key,
+            artifact,
+            base,
+        ))
     }
     fn configure<'a>(
         &'a self,
