@@ -265,7 +265,15 @@ async fn a_request_cut_off_by_the_attempts_timeout_is_recorded() {
         )
         .await;
     let job = host.wait(&id).await;
-    assert_eq!(job["status"], "dead", "{job}");
+    // The attempt's timeout cuts the request off, or the request's own timeout (capped by the
+    // attempt's remaining time) fires a moment first and the handler answers with the error
+    // before the attempt ends.
+    let cut = job["status"] == "dead";
+    let answered_first = job["status"] == "succeeded"
+        && job["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("ConnectionReadTimeout"));
+    assert!(cut || answered_first, "{job}");
     let call = &job["attempt_history"][0]["outbound"][0];
     assert_eq!(call["path"], "/slow", "{job}");
     // Cut off by the attempt's end, or by its own timeout (never longer than the attempt's
