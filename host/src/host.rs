@@ -19,7 +19,7 @@ use crate::functions::{Functions, Loader};
 use crate::guard::AllowList;
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
-use crate::store::{Opened, Store};
+use crate::store::{Backend, Store};
 use crate::webhook::Sender;
 use crate::webhook::sign::Secrets;
 
@@ -50,13 +50,12 @@ pub async fn run(
     })?;
     // The store first: it refuses a data directory another host holds, before the runtime
     // clears the directory's spool files.
-    let Opened {
-        store,
-        feed,
-        callbacks,
-    } = Store::open(&config.data_dir, &config.store_options())?;
+    let store: Arc<dyn Backend> = Arc::new(Store::open(&config.data_dir, &config.store_options())?);
     let runtime = Arc::new(Runtime::new(&config).context("cannot set up the WebAssembly engine")?);
-    let store: Arc<dyn crate::store::Backend> = Arc::new(store);
+    let (feed, callbacks) = store
+        .take_feed()
+        .zip(store.take_callbacks())
+        .expect("a freshly opened store has both feeds");
     let secrets = Arc::new(Secrets::new(
         crate::webhook::sign::SecretRecord::load(&*store).await?,
     ));

@@ -21,8 +21,18 @@ use sluice::store::{
     IdempotencyKey, JobQuery, NewEvent, NewJob, StoreError, SubmitError, Submitted,
 };
 
-/// Opens (or reopens) a backend on a directory: the backend and its feed of ready jobs.
-pub type Open = fn(&Path) -> (Arc<dyn Backend>, CommitFeed);
+/// Opens (or reopens) a backend on a directory.
+pub type Open = fn(&Path) -> Arc<dyn Backend>;
+
+/// A backend opened on `dir`, with the feed of ready jobs the one scheduler takes.
+fn start(open: Open, dir: &Path) -> (Arc<dyn Backend>, CommitFeed) {
+    let b = open(dir);
+    let feed = b
+        .take_feed()
+        .expect("a freshly opened backend has its feed");
+    assert!(b.take_feed().is_none(), "the feed is taken once");
+    (b, feed)
+}
 
 /// Generates one test per check of the suite for a backend's [`Open`].
 #[macro_export]
@@ -180,7 +190,7 @@ async fn until_job(
 }
 
 pub async fn submits_are_durable_across_a_reopen(open: Open, dir: &Path) {
-    let (b, feed) = open(dir);
+    let (b, feed) = start(open, dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     let id = b.submit(new_job("f", b"kept")).await.unwrap().id();
     let job = b.job(id).unwrap().unwrap();
@@ -188,7 +198,7 @@ pub async fn submits_are_durable_across_a_reopen(open: Open, dir: &Path) {
     assert_eq!(b.counts("f").unwrap().status(JobStatus::Queued), 1);
     b.shutdown().await;
     drop((b, feed));
-    let (b, _feed) = open(dir);
+    let (b, _feed) = start(open, dir);
     let job = b.job(id).unwrap().expect("accepted means durable");
     assert_eq!(
         (job.status, job.input.as_slice()),
@@ -199,7 +209,7 @@ pub async fn submits_are_durable_across_a_reopen(open: Open, dir: &Path) {
 }
 
 pub async fn an_unknown_function_is_refused_and_nothing_is_kept(open: Open, dir: &Path) {
-    let (b, _feed) = open(dir);
+    let (b, _feed) = start(open, dir);
     match b.submit(new_job("nobody", b"x")).await {
         Err(SubmitError::FunctionNotFound(name)) => assert_eq!(name, "nobody"),
         other => panic!("{other:?}"),
@@ -215,7 +225,7 @@ pub async fn an_unknown_function_is_refused_and_nothing_is_kept(open: Open, dir:
 }
 
 pub async fn idempotency_keys_answer_the_same_job_or_a_conflict(open: Open, dir: &Path) {
-    let (b, _feed) = open(dir);
+    let (b, _feed) = start(open, dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     let keyed = |hash: u8| NewJob {
         idempotency: Some(IdempotencyKey {
@@ -237,7 +247,7 @@ pub async fn idempotency_keys_answer_the_same_job_or_a_conflict(open: Open, dir:
 }
 
 pub async fn a_batch_is_accepted_whole_or_not_at_all(open: Open, dir: &Path) {
-    let (b, _feed) = open(dir);
+    let (b, _feed) = start(open, dir);
     deploy(
         &*b,
         "f",
@@ -273,7 +283,7 @@ pub async fn a_batch_is_accepted_whole_or_not_at_all(open: Open, dir: &Path) {
 }
 
 pub async fn ready_jobs_are_handed_out_within_credit_and_finish(open: Open, dir: &Path) {
-    let (b, mut feed) = open(dir);
+    let (b, mut feed) = start(open, dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -310,7 +320,7 @@ pub async fn ready_jobs_are_handed_out_within_credit_and_finish(open: Open, dir:
 }
 
 pub async fn stale_attempts_are_fenced(open: Open, dir: &Path) {
-    let (b, mut feed) = open(dir);
+    let (b, mut feed) = start(open, dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     let retry = RetryPolicy {
         max_attempts: 3,
@@ -363,7 +373,7 @@ pub async fn stale_attempts_are_fenced(open: Open, dir: &Path) {
 }
 
 pub async fn an_expired_lease_hands_the_job_out_again(open: Open, dir: &Path) {
-    let (b, mut feed) = open(dir);
+    let (b, mut feed) = start(open, dir);
     let settings = Settings {
         retry: RetryPolicy {
             max_attempts: 3,
@@ -409,7 +419,7 @@ pub async fn an_expired_lease_hands_the_job_out_again(open: Open, dir: &Path) {
 }
 
 pub async fn a_renewed_lease_keeps_its_attempt(open: Open, dir: &Path) {
-    let (b, mut feed) = open(dir);
+    let (b, mut feed) = start(open, dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     let id = b.submit(new_job("f", b"in")).await.unwrap().id();
     take(&*b, &mut feed, "f", 1).await;
@@ -438,7 +448,7 @@ pub async fn a_renewed_lease_keeps_its_attempt(open: Open, dir: &Path) {
 }
 
 pub async fn failures_retry_then_dead_letter_redrive_and_purge(open: Open, dir: &Path) {
-    let (b, mut feed) = open(dir);
+    let (b, mut feed) = start(open, dir);
     let settings = Settings {
         retry: RetryPolicy {
             max_attempts: 2,
@@ -494,7 +504,7 @@ pub async fn failures_retry_then_dead_letter_redrive_and_purge(open: Open, dir: 
 }
 
 pub async fn cancel_takes_waiting_jobs_only(open: Open, dir: &Path) {
-    let (b, mut feed) = open(dir);
+    let (b, mut feed) = start(open, dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     let running = b.submit(new_job("f", b"1")).await.unwrap().id();
     let waiting = b.submit(new_job("f", b"2")).await.unwrap().id();
@@ -517,7 +527,7 @@ pub async fn cancel_takes_waiting_jobs_only(open: Open, dir: &Path) {
 }
 
 pub async fn a_publish_makes_one_delivery_per_matching_subscriber(open: Open, dir: &Path) {
-    let (b, _feed) = open(dir);
+    let (b, _feed) = start(open, dir);
     let subscribe = |types: &[&str]| {
         vec![Subscription {
             topic: "orders".into(),
@@ -590,7 +600,7 @@ pub async fn a_publish_makes_one_delivery_per_matching_subscriber(open: Open, di
 }
 
 pub async fn key_value_writes_bump_versions(open: Open, dir: &Path) {
-    let (b, _feed) = open(dir);
+    let (b, _feed) = start(open, dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     assert_eq!(b.kv_get("f", "count").unwrap(), (0, None));
     let set = |value: &[u8]| {
@@ -616,7 +626,7 @@ pub async fn key_value_writes_bump_versions(open: Open, dir: &Path) {
 }
 
 pub async fn the_catalog_keeps_versions_pauses_and_deletes(open: Open, dir: &Path) {
-    let (b, _feed) = open(dir);
+    let (b, _feed) = start(open, dir);
     let v1 = deploy(&*b, "f", Settings::DEFAULT).await;
     assert_eq!(v1.version, 1);
     let same = deploy(&*b, "f", Settings::DEFAULT).await;
@@ -716,7 +726,7 @@ pub async fn the_catalog_keeps_versions_pauses_and_deletes(open: Open, dir: &Pat
 }
 
 pub async fn secrets_and_settings_are_kept(open: Open, dir: &Path) {
-    let (b, feed) = open(dir);
+    let (b, feed) = start(open, dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     b.put_secret("f", "token", b"sealed".to_vec(), 64)
         .await
@@ -727,7 +737,7 @@ pub async fn secrets_and_settings_are_kept(open: Open, dir: &Path) {
     assert_eq!(again, b"one", "the first value stays");
     b.shutdown().await;
     drop((b, feed));
-    let (b, _feed) = open(dir);
+    let (b, _feed) = start(open, dir);
     let secrets = b.secrets("f").unwrap();
     assert_eq!(secrets.len(), 1);
     assert_eq!(secrets[0].name, "token");

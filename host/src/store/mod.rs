@@ -177,6 +177,10 @@ pub struct Store {
     stats: Arc<StoreStats>,
     /// Per-function outcomes and timings since start.
     tallies: Arc<tally::Tallies>,
+    /// The scheduler's feed of ready jobs, until taken.
+    feed: parking_lot::Mutex<Option<CommitFeed>>,
+    /// The callback sender's feed of due callbacks, until taken.
+    callbacks: parking_lot::Mutex<Option<CallbackFeed>>,
     /// How many more ready jobs the scheduler takes, per function.
     demand: Arc<Demand>,
     /// Unfinished input bytes, all shards together.
@@ -194,21 +198,10 @@ pub struct BlobTotals {
     pub bytes: AtomicU64,
 }
 
-/// What opening the store found.
-pub struct Opened {
-    /// The store.
-    pub store: Store,
-    /// Ready jobs handed to the scheduler after each commit (within its [`Demand`]); at start-up
-    /// this includes the jobs the previous process left queued or running.
-    pub feed: CommitFeed,
-    /// Due webhook callbacks, for the sender (at start-up: those a previous process left).
-    pub callbacks: CallbackFeed,
-}
-
 impl Store {
     /// Opens (or creates) the catalog and the job shards in `data_dir`, requeues jobs the
     /// previous process left running, and starts one writer thread per shard.
-    pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Opened, StoreError> {
+    pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         let path_of = |n| shard_path(data_dir, n);
         let catalog_path = data_dir.join("catalog.redb");
         dataset::check_catalog(data_dir, &catalog_path, path_of, MAX_SHARDS)?;
@@ -255,12 +248,22 @@ impl Store {
             demand: shared.demand,
             queued_bytes: shared.queued_bytes,
             blob_totals: shared.blob_totals,
+            feed: parking_lot::Mutex::new(Some(feed)),
+            callbacks: parking_lot::Mutex::new(Some(callbacks)),
         };
-        Ok(Opened {
-            store,
-            feed,
-            callbacks,
-        })
+        Ok(store)
+    }
+
+    /// Ready jobs handed to the scheduler after each commit (within its [`Demand`]); at start-up
+    /// this includes the jobs the previous process left queued or running. Taken once.
+    pub fn take_feed(&self) -> Option<CommitFeed> {
+        self.feed.lock().take()
+    }
+
+    /// Due webhook callbacks, for the sender (at start-up: those a previous process left).
+    /// Taken once.
+    pub fn take_callbacks(&self) -> Option<CallbackFeed> {
+        self.callbacks.lock().take()
     }
 
     /// The scheduler's credit table: grant credit there, then call [`Store::refill`].

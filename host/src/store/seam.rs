@@ -24,10 +24,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    CallbackResult, CancelError, Correlated, Counts, DeadLetterSelection, DeleteError, Demand,
-    DeployBase, EventRecord, FunctionRecord, FunctionTally, JobPage, JobQuery, NewEvent, NewJob,
-    Published, PutSecret, RollbackError, SealedSecret, Store, StoreError, StoreStats, SubmitError,
-    Submitted, kv::KvVerdict,
+    CallbackFeed, CallbackResult, CancelError, CommitFeed, Correlated, Counts, DeadLetterSelection,
+    DeleteError, Demand, DeployBase, EventRecord, FunctionRecord, FunctionTally, JobPage, JobQuery,
+    NewEvent, NewJob, Published, PutSecret, RollbackError, SealedSecret, Store, StoreError,
+    StoreStats, SubmitError, Submitted, kv::KvVerdict,
 };
 use crate::job::{AttemptReport, Job, JobId, KvChanges};
 use crate::manifest::{RetryPolicy, Settings};
@@ -108,6 +108,14 @@ pub trait JobStore: Send + Sync {
 
 /// The attempt side: what the scheduler and the callback sender ask.
 pub trait Dispatch: Send + Sync {
+    /// The ready jobs this backend hands out, in dispatch order, within the credit the
+    /// scheduler grants per function ([`Dispatch::demand`]): the one scheduler takes it once.
+    /// Asking for credit and receiving on the feed is a pull: the backend hands out only what
+    /// was asked for (redb: after each commit and on [`Dispatch::refill`]; a message broker: a
+    /// pull consumer's fetch).
+    fn take_feed(&self) -> Option<CommitFeed>;
+    /// Due webhook callbacks, for the one sender (taken once).
+    fn take_callbacks(&self) -> Option<CallbackFeed>;
     /// The scheduler's credit table: ready jobs are handed out within it.
     fn demand(&self) -> &Arc<Demand>;
     /// Asks for ready jobs kept back while the scheduler had no credit.
@@ -309,6 +317,12 @@ impl JobStore for Store {
 }
 
 impl Dispatch for Store {
+    fn take_feed(&self) -> Option<CommitFeed> {
+        Store::take_feed(self)
+    }
+    fn take_callbacks(&self) -> Option<CallbackFeed> {
+        Store::take_callbacks(self)
+    }
     fn demand(&self) -> &Arc<Demand> {
         Store::demand(self)
     }

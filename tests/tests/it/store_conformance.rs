@@ -4,13 +4,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use sluice::store::{Backend, CommitFeed, Store};
+use sluice::store::{Backend, Store};
 
 /// The redb store on `dir`, two shards (jobs cross shard boundaries), as the host opens it.
-fn open_redb(dir: &Path) -> (Arc<dyn Backend>, CommitFeed) {
+fn open_redb(dir: &Path) -> Arc<dyn Backend> {
     let config = sluice_tests::test_config(dir);
-    let opened = Store::open(dir, &config.store_options()).unwrap();
-    (Arc::new(opened.store), opened.feed)
+    Arc::new(Store::open(dir, &config.store_options()).unwrap())
 }
 
 sluice_tests::conformance_suite!(open_redb);
