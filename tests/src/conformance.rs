@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice::job::{
-    AttemptReport, DEFAULT_PRIORITY, FailureKind, JobId, JobStatus, KvChanges, Outcome, now_ms,
+    AttemptReport, DEFAULT_PRIORITY, FailureKind, JobId, JobStatus, KeyPage, KvChanges, Outcome,
+    now_ms,
 };
 use sluice::manifest::{RetryPolicy, Settings, Subscription};
 use sluice::output::Output;
 use sluice::store::{
     Backend, CancelError, CommitFeed, DeadLetterSelection, DeleteError, DeployBase, FunctionRecord,
-    IdempotencyKey, JobQuery, NewEvent, NewJob, StoreError, SubmitError, Submitted,
+    IdempotencyKey, JobQuery, KvVerdict, NewEvent, NewJob, StoreError, SubmitError, Submitted,
 };
 
 /// Opens (or reopens) a backend on a directory.
@@ -622,6 +623,39 @@ pub async fn key_value_writes_bump_versions(open: Open, dir: &Path) {
     );
     assert_eq!(value.as_deref(), Some(&b"2"[..]));
     assert_eq!(b.kv_keys("f", None, 0, 10).unwrap(), ["count"]);
+    // A listing is a read: writes made after a page of keys was listed commit only if the page
+    // is unchanged (a key added meanwhile is a conflict, not a lost update).
+    let after_listing = |keys: &[&str]| KvChanges {
+        function: "f".into(),
+        listed: vec![KeyPage {
+            skip: 0,
+            limit: 10,
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        }],
+        writes: vec![("keys".into(), Some(keys.len().to_string().into_bytes()))],
+        ..Default::default()
+    };
+    let mut other = KvChanges {
+        function: "f".into(),
+        ..Default::default()
+    };
+    other.writes.push(("added".into(), Some(b"x".to_vec())));
+    b.kv_write(other).await.unwrap();
+    assert!(
+        matches!(
+            b.kv_write(after_listing(&["count"])).await.unwrap(),
+            KvVerdict::Conflict(_)
+        ),
+        "a stale listing conflicts"
+    );
+    assert_eq!(b.kv_get("f", "keys").unwrap(), (0, None), "nothing applied");
+    assert!(matches!(
+        b.kv_write(after_listing(&["added", "count"]))
+            .await
+            .unwrap(),
+        KvVerdict::Applied
+    ));
+    assert_eq!(b.kv_get("f", "keys").unwrap().1.as_deref(), Some(&b"2"[..]));
     b.shutdown().await;
 }
 

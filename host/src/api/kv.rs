@@ -101,6 +101,7 @@ async fn write(
     let changes = KvChanges {
         function: name.to_string(),
         reads: Vec::new(),
+        listed: Vec::new(),
         writes: vec![(key.to_string(), value)],
     };
     match state.store.kv_write(changes).await? {

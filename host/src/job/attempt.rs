@@ -21,16 +21,30 @@ pub struct AttemptLog {
 pub const MAX_CONFLICTS: u32 = 100;
 
 /// What a successful attempt did to its function's key-value state: the versions of the keys
-/// it read (0: absent) and the writes it staged (`None`: delete). Committed with the success
-/// only if every key read still has its version.
+/// it read (0: absent), the pages of keys it listed, and the writes it staged (`None`: delete).
+/// Committed with the success only if every key read still has its version and every listed
+/// page still holds the same keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvChanges {
     /// The function whose state it is.
     pub function: String,
     /// Keys read, with the version seen.
     pub reads: Vec<(String, u64)>,
+    /// Pages of committed keys listed: (keys skipped, most asked for, the keys seen).
+    pub listed: Vec<KeyPage>,
     /// Keys written (`Some(value)`) or deleted (`None`).
     pub writes: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// One page of a function's committed keys, as an attempt listed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPage {
+    /// Keys skipped before the page.
+    pub skip: usize,
+    /// Most keys the page could hold.
+    pub limit: usize,
+    /// The keys it held, in order.
+    pub keys: Vec<String>,
 }
 
 /// Outbound requests a job keeps on record at most (the latest).

@@ -55,6 +55,8 @@ pub(crate) struct KvAttempt {
     function: String,
     /// Version of each key when first read (0: absent).
     reads: HashMap<String, u64>,
+    /// Pages of committed keys listed.
+    listed: Vec<crate::job::KeyPage>,
     /// Staged writes (`None`: delete).
     writes: BTreeMap<String, Option<Vec<u8>>>,
     written: usize,
@@ -72,6 +74,7 @@ impl KvAttempt {
             source,
             function,
             reads: HashMap::new(),
+            listed: Vec::new(),
             writes: BTreeMap::new(),
             written: 0,
         }
@@ -151,6 +154,12 @@ impl KvAttempt {
             .source
             .keys(&self.function, skip, PAGE)
             .map_err(|e| other(format!("listing keys failed: {e}")))?;
+        // A listing is a read too: the success commits only if this page is unchanged then.
+        self.listed.push(crate::job::KeyPage {
+            skip,
+            limit: PAGE,
+            keys: committed.clone(),
+        });
         let next = (committed.len() == PAGE).then_some((skip + PAGE) as u64);
         let mut keys: Vec<String> = committed
             .into_iter()
@@ -179,6 +188,7 @@ impl KvAttempt {
         Some(KvChanges {
             function: self.function.clone(),
             reads,
+            listed: std::mem::take(&mut self.listed),
             writes: std::mem::take(&mut self.writes).into_iter().collect(),
         })
     }

@@ -88,7 +88,15 @@ impl<'txn> KvTables<'txn> {
                 .map_err(storage)?
                 .map_or(0, |v| v.value().0);
             if now != *seen {
-                return Ok(KvVerdict::Conflict(key.clone()));
+                return Ok(KvVerdict::Conflict(format!("key {key:?}")));
+            }
+        }
+        for page in &changes.listed {
+            if page_of(&self.values, f, page.skip, page.limit)? != page.keys {
+                return Ok(KvVerdict::Conflict(format!(
+                    "the listing of its keys from {}",
+                    page.skip
+                )));
             }
         }
         let mut bytes = self.meta(f, BYTES_SLOT)? as i64;
@@ -176,7 +184,7 @@ pub(crate) fn failure(verdict: KvVerdict) -> Option<crate::job::Outcome> {
         KvVerdict::Conflict(key) => Some(Outcome::Failed {
             kind: FailureKind::Conflict,
             message: format!(
-                "key {key:?} was changed by another commit after this attempt read it; nothing it did was kept, and it runs again"
+                "{key} was changed by another commit after this attempt read it; nothing it did was kept, and it runs again"
             ),
         }),
         KvVerdict::Full(message) => Some(Outcome::Failed {
@@ -205,6 +213,26 @@ pub(crate) fn get(
         }
         None => (0, None),
     })
+}
+
+/// The committed keys of `function` after skipping `skip`, at most `limit`, as a listing in
+/// the commit's own transaction sees them.
+fn page_of(
+    values: &impl ReadableTable<(&'static str, &'static str), (u64, &'static [u8])>,
+    function: &str,
+    skip: usize,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for row in values
+        .range((function, "")..=(function, "\u{10ffff}"))
+        .map_err(storage)?
+        .skip(skip)
+        .take(limit)
+    {
+        out.push(row.map_err(storage)?.0.value().1.to_string());
+    }
+    Ok(out)
 }
 
 /// Keys of `function` starting with `prefix`, in order, after skipping `skip`, at most

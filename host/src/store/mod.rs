@@ -85,6 +85,7 @@ pub use counts::Counts;
 pub use demand::Demand;
 pub use errors::*;
 use ids::{MAX_SHARDS, shard_of};
+pub use kv::KvVerdict;
 use reads::Waiters;
 pub(crate) use requests::AttemptStart;
 pub use requests::*;
