@@ -82,6 +82,82 @@ impl Leases {
     }
 }
 
+/// The lease transitions the writer applies: a renewal on record, and the attempts whose lease
+/// ran out failed.
+mod transitions {
+    use super::super::StoreError;
+    use super::super::ops::Effects;
+    use super::super::txn::Tables;
+    use super::super::writer::Writer;
+    use crate::job::{AttemptReport, FailureKind, JobId, JobStatus, Outcome, now_ms};
+
+    impl Writer {
+        /// Extends the lease of a running attempt, on record too (`lease_until`); a renewal from an
+        /// attempt that holds no lease (it ended or ran out) changes nothing.
+        pub(crate) fn renew(
+            &mut self,
+            id: JobId,
+            attempt: u32,
+            lease_until: u64,
+            t: &mut Tables<'_>,
+        ) -> Result<(), StoreError> {
+            let lease_until = lease_until.max(self.lease_floor);
+            if !self.leases.renew(id, attempt, lease_until) {
+                return Ok(());
+            }
+            if let Some(mut job) = t.job(id)?
+                && job.status == JobStatus::Running
+                && job.attempts == attempt
+            {
+                job.lease_until = Some(lease_until.max(job.lease_until.unwrap_or(0)));
+                t.put_job(id, &job)?;
+            }
+            Ok(())
+        }
+
+        /// Fails every attempt whose lease ran out (no word from it: its host stopped, hung, or
+        /// lost touch): the job is retried under its function's policy and handed out again.
+        pub(crate) fn expire_leases(
+            &mut self,
+            t: &mut Tables<'_>,
+            fx: &mut Effects,
+        ) -> Result<(), StoreError> {
+            let now = now_ms();
+            for (id, attempt, until) in self.leases.expired(now) {
+                debug_assert!(super::super::machine::lease_expired(until, now));
+                // Granted back if this batch does not commit.
+                fx.expired_leases.push((id, attempt, until));
+                let Some(job) = t.job(id)? else { continue };
+                let retry = self
+                    .shared
+                    .deployed
+                    .retry(&job.function)
+                    .unwrap_or(crate::manifest::Settings::DEFAULT.retry);
+                let started_at = job.started_at.unwrap_or(now);
+                let report = AttemptReport {
+                    outcome: Outcome::Failed {
+                        kind: FailureKind::Timeout,
+                        message: format!(
+                            "lease expired at {}: no word from attempt {attempt} (its host stopped, hung or lost touch); the job was handed out again",
+                            crate::job::rfc3339(job.lease_until.unwrap_or(now))
+                        ),
+                    },
+                    log: String::new(),
+                    started_at,
+                    finished_at: now,
+                    version: job.version.unwrap_or(0),
+                    emitted: Vec::new(),
+                    then: None,
+                    outbound: Vec::new(),
+                    kv: None,
+                };
+                self.finish(id, attempt, report, retry, t, fx)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,7 @@
 //! - `kv`: functions' key-value state (in shard 0), committed with the success that wrote it.
 //! - `errors`, `requests`: what operations take, answer and refuse.
 
+mod apply;
 mod blobs;
 mod broken;
 mod callbacks;

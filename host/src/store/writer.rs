@@ -6,9 +6,10 @@
 //! [`super::demand`]) and wakes long-polls. Under load, operations pile up during each fsync and
 //! the next batch takes them all: the fsync cost is shared, never paid per job.
 //!
-//! The writer is also the shard's clock: it wakes when the earliest `delayed` job is due and
-//! when the retention sweeper should run. The state changes themselves are in
-//! [`super::transitions`].
+//! The writer is also the shard's clock: it wakes when the earliest `delayed` job is due, when
+//! a lease runs out, and when the retention sweeper should run. Which transition each operation
+//! is: [`super::apply`]; the state changes themselves: [`super::transitions`] (and intake,
+//! outbox, ordering, callbacks, leases); a failed file: [`super::broken`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use super::catalog::Deployed;
 use super::counts::{CountDeltas, Unfinished};
 use super::demand::Demand;
 use super::ids::IdGenerator;
-pub(crate) use super::ops::{Effects, Op, Reply, answer, reject};
+pub(crate) use super::ops::{Effects, Op, reject};
 use super::txn::Tables;
 use super::{StoreError, StoreOptions, StoreStats, Waiters, storage};
 use crate::job::{JobId, QueuedJob, ReadyKey, now_ms};
@@ -433,123 +434,6 @@ impl Writer {
             .fetch_add((applied - started).as_micros() as u64, Relaxed);
         s.commit_us
             .fetch_add(applied.elapsed().as_micros() as u64, Relaxed);
-        Ok(())
-    }
-
-    fn apply(&mut self, op: Op, t: &mut Tables<'_>, fx: &mut Effects) -> Result<(), StoreError> {
-        match op {
-            Op::Submit { job, reply } => {
-                let result = self.submit(job, t, fx)?;
-                fx.replies.push(Reply::Submit(reply, result));
-            }
-            Op::SubmitBatch { jobs, reply } => {
-                let result = self.submit_batch(jobs, t, fx)?;
-                fx.replies.push(answer(reply, result));
-            }
-            Op::Publish { events, reply } => {
-                let result = self.publish(events, t, fx)?;
-                fx.replies.push(answer(reply, result));
-            }
-            // Kept until the commit (`Effects::held`): a failed one applies them again.
-            // Kept (before they are applied, so even a panic keeps them) until the commit.
-            Op::Start { id, start } => {
-                fx.held.push(Op::Start { id, start });
-                self.start(id, start, t, fx)?
-            }
-            Op::Renew {
-                id,
-                attempt,
-                lease_until,
-            } => {
-                fx.held.push(Op::Renew {
-                    id,
-                    attempt,
-                    lease_until,
-                });
-                self.renew(id, attempt, lease_until, t)?
-            }
-            Op::Finish {
-                id,
-                attempt,
-                report,
-                retry,
-            } => {
-                fx.held.push(Op::Finish {
-                    id,
-                    attempt,
-                    report: report.clone(),
-                    retry,
-                });
-                self.finish(id, attempt, report, retry, t, fx)?
-            }
-            Op::Cancel { id, reply } => {
-                let result = self.cancel(id, t, fx)?;
-                fx.replies.push(answer(reply, result));
-            }
-            Op::Redrive {
-                function,
-                ids,
-                limit,
-                reply,
-            } => {
-                let ids = t.dead_letters_of(&function, ids, limit)?;
-                for &id in &ids {
-                    self.redrive(&function, id, t, fx)?;
-                }
-                fx.replies.push(answer(reply, Ok(ids)));
-            }
-            Op::Purge {
-                function,
-                ids,
-                limit,
-                reply,
-            } => {
-                let ids = t.dead_letters_of(&function, ids, limit)?;
-                for &id in &ids {
-                    self.purge(&function, id, t, fx)?;
-                }
-                fx.replies.push(answer(reply, Ok(ids)));
-            }
-            Op::CancelFunction {
-                name,
-                reason,
-                reply,
-            } => {
-                let cancelled = self.cancel_function(&name, &reason, t, fx)?;
-                if self.shard == super::kv::KV_SHARD {
-                    // A deleted function's state goes with it.
-                    t.kv.open()?.remove_function(&name)?;
-                }
-                fx.replies.push(answer(reply, Ok(cancelled)));
-            }
-            Op::CallbackDone { id, result } => {
-                fx.held.push(Op::CallbackDone {
-                    id,
-                    result: result.clone(),
-                });
-                self.callback_done(id, result, t, fx)?
-            }
-            Op::KvCommit {
-                id,
-                attempt,
-                changes,
-                reply,
-            } => {
-                let verdict =
-                    t.kv.open()?
-                        .apply(&changes, Some((id, attempt)), self.max_kv_bytes)?;
-                fx.replies.push(answer(reply, Ok(verdict)));
-            }
-            Op::KvWrite { changes, reply } => {
-                let verdict = t.kv.open()?.apply(&changes, None, self.max_kv_bytes)?;
-                fx.replies.push(answer(reply, Ok(verdict)));
-            }
-            Op::Refill => {}
-            Op::Shutdown { reply } => {
-                fx.shutdown = true;
-                fx.replies.push(Reply::Shutdown(reply));
-            }
-        }
         Ok(())
     }
 }
