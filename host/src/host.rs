@@ -52,10 +52,9 @@ pub async fn run(
     // clears the directory's spool files.
     let store: Arc<dyn Backend> = Arc::new(Store::open(&config.data_dir, &config.store_options())?);
     let runtime = Arc::new(Runtime::new(&config).context("cannot set up the WebAssembly engine")?);
-    let (feed, callbacks) = store
-        .take_feed()
-        .zip(store.take_callbacks())
-        .expect("a freshly opened store has both feeds");
+    let callbacks = store
+        .take_callbacks()
+        .expect("a freshly opened store has its callback feed");
     let secrets = Arc::new(Secrets::new(
         crate::webhook::sign::SecretRecord::load(&*store).await?,
     ));
@@ -85,14 +84,12 @@ pub async fn run(
         config.max_instances,
         sandboxes.handle().clone(),
     );
-    // Each function gets its window of the ready queue (including jobs left by the previous
-    // process); the feed delivers them.
+    // Each function leases its window of the ready queue (including jobs left by the previous
+    // process).
     for record in store.functions()? {
         scheduler.function_updated(&record.name);
     }
     let functions = Arc::new(Functions::new(loader, scheduler.clone(), config.bounds()));
-    // The feed is consumed where attempts run, off the request path's threads.
-    let feeder = sandboxes.spawn(scheduler.clone().consume(feed));
 
     let stopping = CancellationToken::new();
     let grace = config.grace_period;
@@ -136,7 +133,6 @@ pub async fn run(
         attempts
     );
     store.shutdown().await;
-    feeder.abort();
     sending.abort();
     // Every task holding the store must be gone before `run` returns, so the data file is closed
     // (a restart in the same process reopens it).

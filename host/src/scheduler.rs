@@ -2,11 +2,12 @@
 //! queue (highest priority first, then oldest) and at most `max_concurrency` workers draining it,
 //! started no faster than `rate_per_second`, all sharing one host-wide pool of sandbox slots.
 //!
-//! It owns no durable state. The ready queue lives in the store; the scheduler holds at most
-//! [`HOLD`] jobs of each function (waiting or running) and tells the store, through its
-//! [`Demand`], when it has room for more: host memory does not grow with the queue. It tells the
-//! store when an attempt starts and how it ended, and relies on the store's fencing (attempt
-//! numbers and statuses) so a stale or cancelled attempt changes nothing.
+//! It owns no durable state. The ready queue lives in the store; the scheduler pulls: per
+//! function one task leases ready jobs from the store ([`crate::store::Dispatch::lease`]) while
+//! the function holds fewer than [`HOLD`] (waiting or running), so host memory does not grow
+//! with the queue. It tells the store when an attempt starts (renewing its lease while it runs)
+//! and how it ended, and relies on the store's fencing (attempt numbers and statuses) so a
+//! stale or cancelled attempt changes nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,12 +20,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{AttemptReport, FailureKind, JobId, Outcome, QueuedJob, ReadyKey, now_ms};
 use crate::runtime::Runtime;
-use crate::store::{Backend, CommitFeed, Demand};
+use crate::store::Backend;
 
 /// Jobs of one function the scheduler holds at most (waiting for a worker, or running); the
 /// rest of its queue waits in the store.
 pub const HOLD: usize = 1024;
 
+/// A function leases more jobs once it has room for at least this many (or holds none): under
+/// a backlog, one lease brings a batch instead of each finished job asking for one.
+const LEASE_AT_LEAST: usize = HOLD / 4;
 /// How long an attempt runs before its start is committed (and `running` shows). Shorter
 /// attempts skip that commit: their start is recorded with their end.
 const START_VISIBLE_AFTER: Duration = Duration::from_millis(20);
@@ -64,6 +68,8 @@ struct Inner {
     stop_starting: CancellationToken,
     /// Signalled whenever a worker exits.
     worker_exited: Notify,
+    /// The functions' leasing tasks: all gone once shutdown returns.
+    leasing: tokio_util::task::TaskTracker,
 }
 
 #[derive(Default)]
@@ -99,6 +105,10 @@ struct FunctionQueue {
     cancel: CancellationToken,
     /// False once deleted (kept so its exiting workers find their counts).
     deployed: bool,
+    /// Signalled when a job leaves the window (room for another lease).
+    room: Arc<Notify>,
+    /// Stops the task leasing this function's jobs (deleted).
+    leasing: CancellationToken,
 }
 
 impl Scheduler {
@@ -122,19 +132,13 @@ impl Scheduler {
                 abort_all: CancellationToken::new(),
                 stop_starting: CancellationToken::new(),
                 worker_exited: Notify::new(),
+                leasing: tokio_util::task::TaskTracker::new(),
             }),
         }
     }
 
-    /// Feeds jobs from the store's commits until the store closes.
-    pub async fn consume(self, mut feed: CommitFeed) {
-        while let Some(jobs) = feed.recv().await {
-            self.enqueue(jobs);
-        }
-    }
-
-    /// Queues durable jobs and starts workers for them, up to each function's limit.
-    pub fn enqueue(&self, jobs: Vec<QueuedJob>) {
+    /// Queues leased jobs and starts workers for them, up to each function's limit.
+    fn enqueue(&self, jobs: Vec<QueuedJob>) {
         if jobs.is_empty() || self.inner.stopping.load(Ordering::Relaxed) {
             return;
         }
@@ -180,10 +184,8 @@ impl Scheduler {
             .rate_per_second
             .map(|r| Duration::from_secs_f64(1.0 / r as f64));
         self.spawn_workers(&mut state, name);
-        drop(state);
         if new {
-            self.inner.demand().grant(name, HOLD);
-            self.inner.store.refill();
+            queue_leasing(&mut state, name, self);
         }
     }
 
@@ -196,8 +198,8 @@ impl Scheduler {
             queue.ready.clear();
             queue.cancel.cancel();
             queue.cancel = CancellationToken::new();
+            queue.leasing.cancel();
         }
-        self.inner.demand().remove(name);
     }
 
     /// Attempts of `function` running now.
@@ -253,6 +255,9 @@ impl Scheduler {
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.stop_starting.cancel();
+        // Leasing stops at once (a lease dropped unanswered gives its jobs back).
+        self.inner.leasing.close();
+        self.inner.leasing.wait().await;
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let exited = self.inner.worker_exited.notified();
@@ -426,10 +431,6 @@ impl Inner {
         (at > now).then_some(at)
     }
 
-    fn demand(&self) -> &Demand {
-        self.store.demand()
-    }
-
     /// A job left the scheduler (its finish is on its way to the store): its room in the
     /// function's window goes back to the store. `held`: the worker still counts as holding
     /// the job (it let go already when its attempt ended).
@@ -452,11 +453,71 @@ impl Inner {
         }
     }
 
-    /// One more job of `function` fits in the scheduler; if the store had stopped handing them
-    /// out, ask for more.
+    /// One more job of `function` fits in the scheduler: its leasing task may ask for more.
     fn release(&self, function: &str) {
-        if self.demand().grant(function, 1) == 0 {
-            self.store.refill();
+        if let Some(queue) = self.state.lock().functions.get(function) {
+            queue.room.notify_one();
+        }
+    }
+
+    /// Leases `function`'s ready jobs whenever its window has room, until it is deleted or the
+    /// host stops starting attempts.
+    async fn lease(self: Arc<Self>, scheduler: Scheduler, function: String) {
+        let Some((room, stop)) = self
+            .state
+            .lock()
+            .functions
+            .get(&function)
+            .map(|q| (q.room.clone(), q.leasing.clone()))
+        else {
+            return;
+        };
+        let mut failures = 0u32;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            // Wait for room for a batch (or an empty window).
+            let want = loop {
+                let freed = room.notified();
+                let held = match self.state.lock().functions.get(&function) {
+                    Some(q) if q.deployed => q.ready.len() + q.running,
+                    _ => return,
+                };
+                let free = HOLD.saturating_sub(held);
+                if free >= LEASE_AT_LEAST || (held == 0 && free > 0) {
+                    break free;
+                }
+                tokio::select! {
+                    _ = freed => {}
+                    _ = stop.cancelled() => return,
+                    _ = self.stop_starting.cancelled() => return,
+                }
+            };
+            let leased = tokio::select! {
+                leased = self.store.lease(&function, want) => leased,
+                _ = stop.cancelled() => return,
+                _ = self.stop_starting.cancelled() => return,
+            };
+            match leased {
+                Ok(jobs) => {
+                    failures = 0;
+                    scheduler.enqueue(jobs);
+                }
+                Err(e) => {
+                    // The store says what to do (a full disk, a backend out of reach): wait and ask again.
+                    failures += 1;
+                    let pause = Duration::from_millis(100 << failures.min(6));
+                    if failures == 1 {
+                        tracing::warn!(function = %function, error = %e, "cannot lease jobs; trying again");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.cancelled() => return,
+                        _ = self.stop_starting.cancelled() => return,
+                    }
+                }
+            }
         }
     }
 
@@ -509,8 +570,21 @@ impl FunctionQueue {
             last_start: None,
             cancel: CancellationToken::new(),
             deployed: false,
+            room: Arc::new(Notify::new()),
+            leasing: CancellationToken::new(),
         }
     }
+}
+
+/// Starts the task leasing a newly deployed function's jobs (one per function).
+fn queue_leasing(state: &mut State, name: &str, scheduler: &Scheduler) {
+    let Some(queue) = state.functions.get_mut(name) else {
+        return;
+    };
+    queue.leasing = CancellationToken::new();
+    let inner = scheduler.inner.clone();
+    let task = inner.clone().lease(scheduler.clone(), name.to_string());
+    inner.sandboxes.spawn(inner.leasing.track_future(task));
 }
 
 /// One worker lets go of a job it held.

@@ -3,8 +3,8 @@
 //! it in `tests/it/store_conformance.rs`; another backend runs the same checks with its own
 //! [`Open`] (see [`conformance_suite!`](crate::conformance_suite)).
 //!
-//! The checks play the scheduler's part: they grant credit, take ready jobs from the feed,
-//! start and finish attempts, and read back what is committed.
+//! The checks play the scheduler's part: they lease ready jobs, start and finish attempts, and
+//! read back what is committed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,22 +18,12 @@ use sluice::job::{
 use sluice::manifest::{RetryPolicy, Settings, Subscription};
 use sluice::output::Output;
 use sluice::store::{
-    Backend, CancelError, CommitFeed, DeadLetterSelection, DeleteError, DeployBase, FunctionRecord,
+    Backend, CancelError, DeadLetterSelection, DeleteError, DeployBase, FunctionRecord,
     IdempotencyKey, JobQuery, KvVerdict, NewEvent, NewJob, StoreError, SubmitError, Submitted,
 };
 
 /// Opens (or reopens) a backend on a directory.
 pub type Open = fn(&Path) -> Arc<dyn Backend>;
-
-/// A backend opened on `dir`, with the feed of ready jobs the one scheduler takes.
-fn start(open: Open, dir: &Path) -> (Arc<dyn Backend>, CommitFeed) {
-    let b = open(dir);
-    let feed = b
-        .take_feed()
-        .expect("a freshly opened backend has its feed");
-    assert!(b.take_feed().is_none(), "the feed is taken once");
-    (b, feed)
-}
 
 /// Generates one test per check of the suite for a backend's [`Open`].
 #[macro_export]
@@ -44,7 +34,7 @@ macro_rules! conformance_suite {
             an_unknown_function_is_refused_and_nothing_is_kept,
             idempotency_keys_answer_the_same_job_or_a_conflict,
             a_batch_is_accepted_whole_or_not_at_all,
-            ready_jobs_are_handed_out_within_credit_and_finish,
+            ready_jobs_are_leased_up_to_what_is_asked_and_finish,
             stale_attempts_are_fenced,
             an_expired_lease_hands_the_job_out_again,
             a_renewed_lease_keeps_its_attempt,
@@ -146,22 +136,27 @@ fn failure(kind: FailureKind) -> AttemptReport {
     })
 }
 
-/// Grants `n` credit to `function` and takes the jobs handed out (waits up to 10 s for `n`).
-async fn take(b: &dyn Backend, feed: &mut CommitFeed, function: &str, n: usize) -> Vec<JobId> {
-    b.demand().grant(function, n);
-    b.refill();
+/// Leases `n` jobs of `function` (waits up to 10 s for them).
+async fn take(b: &dyn Backend, function: &str, n: usize) -> Vec<JobId> {
     let mut got = Vec::new();
     while got.len() < n {
-        let jobs = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+        let jobs = tokio::time::timeout(Duration::from_secs(10), b.lease(function, n - got.len()))
             .await
-            .unwrap_or_else(|_| panic!("only {} of {n} ready jobs handed out", got.len()))
-            .expect("the feed closed");
+            .unwrap_or_else(|_| panic!("only {} of {n} ready jobs leased", got.len()))
+            .expect("leasing failed");
+        assert!(jobs.len() <= n - got.len(), "a lease brought more than asked for");
         for job in jobs {
             assert_eq!(job.function, function);
             got.push(job.id);
         }
     }
     got
+}
+
+/// True if a lease of `function` is answered within `wait` (the lease is dropped unanswered
+/// otherwise, which must give back nothing it holds).
+async fn leased_within(b: &dyn Backend, function: &str, wait: Duration) -> bool {
+    tokio::time::timeout(wait, b.lease(function, 1)).await.is_ok()
 }
 
 /// Waits until the job has `status` (fire-and-forget writes commit shortly).
@@ -191,15 +186,15 @@ async fn until_job(
 }
 
 pub async fn submits_are_durable_across_a_reopen(open: Open, dir: &Path) {
-    let (b, feed) = start(open, dir);
+    let b = open(dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     let id = b.submit(new_job("f", b"kept")).await.unwrap().id();
     let job = b.job(id).unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Queued);
     assert_eq!(b.counts("f").unwrap().status(JobStatus::Queued), 1);
     b.shutdown().await;
-    drop((b, feed));
-    let (b, _feed) = start(open, dir);
+    drop(b);
+    let b = open(dir);
     let job = b.job(id).unwrap().expect("accepted means durable");
     assert_eq!(
         (job.status, job.input.as_slice()),
@@ -210,7 +205,7 @@ pub async fn submits_are_durable_across_a_reopen(open: Open, dir: &Path) {
 }
 
 pub async fn an_unknown_function_is_refused_and_nothing_is_kept(open: Open, dir: &Path) {
-    let (b, _feed) = start(open, dir);
+    let b = open(dir);
     match b.submit(new_job("nobody", b"x")).await {
         Err(SubmitError::FunctionNotFound(name)) => assert_eq!(name, "nobody"),
         other => panic!("{other:?}"),
@@ -226,7 +221,7 @@ pub async fn an_unknown_function_is_refused_and_nothing_is_kept(open: Open, dir:
 }
 
 pub async fn idempotency_keys_answer_the_same_job_or_a_conflict(open: Open, dir: &Path) {
-    let (b, _feed) = start(open, dir);
+    let b = open(dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     let keyed = |hash: u8| NewJob {
         idempotency: Some(IdempotencyKey {
@@ -248,7 +243,7 @@ pub async fn idempotency_keys_answer_the_same_job_or_a_conflict(open: Open, dir:
 }
 
 pub async fn a_batch_is_accepted_whole_or_not_at_all(open: Open, dir: &Path) {
-    let (b, _feed) = start(open, dir);
+    let b = open(dir);
     deploy(
         &*b,
         "f",
@@ -283,23 +278,39 @@ pub async fn a_batch_is_accepted_whole_or_not_at_all(open: Open, dir: &Path) {
     b.shutdown().await;
 }
 
-pub async fn ready_jobs_are_handed_out_within_credit_and_finish(open: Open, dir: &Path) {
-    let (b, mut feed) = start(open, dir);
+pub async fn ready_jobs_are_leased_up_to_what_is_asked_and_finish(open: Open, dir: &Path) {
+    let b = open(dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(b.submit(new_job("f", b"in")).await.unwrap().id());
     }
-    // Within the credit (order holds per shard of a backend, not across them).
-    let first = take(&*b, &mut feed, "f", 2).await;
+    // Up to what is asked (order holds per shard of a backend, not across them).
+    let first = take(&*b, "f", 2).await;
     assert!(first.iter().all(|id| ids.contains(id)) && first[0] != first[1]);
-    // No credit left: the third stays in the table.
+    // The third is leased once, then nothing is left to lease; a lease dropped unanswered
+    // takes nothing with it: a job submitted after is leased by the next ask.
+    let third = take(&*b, "f", 1).await;
+    assert!(ids.contains(&third[0]) && !first.contains(&third[0]));
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), feed.recv())
-            .await
-            .is_err(),
-        "a job was handed out without credit"
+        !leased_within(&*b, "f", Duration::from_millis(200)).await,
+        "a leased job was handed out again"
     );
+    let fourth = b.submit(new_job("f", b"in")).await.unwrap().id();
+    assert_eq!(take(&*b, "f", 1).await, [fourth]);
+    // A lease answered but dropped before its answer was read gives the job back.
+    let fifth = b.submit(new_job("f", b"in")).await.unwrap().id();
+    let mut unread = b.lease("f", 1);
+    std::future::poll_fn(|cx| {
+        let _ = unread.as_mut().poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(unread);
+    assert_eq!(take(&*b, "f", 1).await, [fifth]);
+    // Leases of another function wait for its own jobs.
+    assert!(!leased_within(&*b, "g", Duration::from_millis(100)).await);
     for &id in &first {
         b.start(id, 1, now_ms(), now_ms() + 60_000, 1);
         b.finish(id, 1, success(b"out"), Settings::DEFAULT.retry);
@@ -313,15 +324,13 @@ pub async fn ready_jobs_are_handed_out_within_credit_and_finish(open: Open, dir:
     assert_eq!(done.output.as_deref(), Some(&b"out"[..]));
     assert_eq!(done.history.len(), 1);
     until(&*b, first[1], JobStatus::Succeeded).await;
-    let third = take(&*b, &mut feed, "f", 1).await;
-    assert!(ids.contains(&third[0]) && !first.contains(&third[0]));
     let counts = b.counts("f").unwrap();
     assert_eq!(counts.status(JobStatus::Succeeded), 2);
     b.shutdown().await;
 }
 
 pub async fn stale_attempts_are_fenced(open: Open, dir: &Path) {
-    let (b, mut feed) = start(open, dir);
+    let b = open(dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     let retry = RetryPolicy {
         max_attempts: 3,
@@ -329,7 +338,7 @@ pub async fn stale_attempts_are_fenced(open: Open, dir: &Path) {
         backoff_max_ms: 60_000,
     };
     let id = b.submit(new_job("f", b"in")).await.unwrap().id();
-    take(&*b, &mut feed, "f", 1).await;
+    take(&*b, "f", 1).await;
     b.start(id, 1, now_ms(), now_ms() + 10_000, 1);
     b.finish(id, 1, failure(FailureKind::Timeout), retry);
     let job = until(&*b, id, JobStatus::Delayed).await;
@@ -361,7 +370,7 @@ pub async fn stale_attempts_are_fenced(open: Open, dir: &Path) {
 
     // A finished job ignores a duplicate report of its own attempt.
     let id = b.submit(new_job("f", b"in")).await.unwrap().id();
-    take(&*b, &mut feed, "f", 1).await;
+    take(&*b, "f", 1).await;
     b.start(id, 1, now_ms(), now_ms() + 10_000, 1);
     b.finish(id, 1, success(b"first"), retry);
     b.finish(id, 1, failure(FailureKind::Trap), retry);
@@ -374,7 +383,7 @@ pub async fn stale_attempts_are_fenced(open: Open, dir: &Path) {
 }
 
 pub async fn an_expired_lease_hands_the_job_out_again(open: Open, dir: &Path) {
-    let (b, mut feed) = start(open, dir);
+    let b = open(dir);
     let settings = Settings {
         retry: RetryPolicy {
             max_attempts: 3,
@@ -385,7 +394,7 @@ pub async fn an_expired_lease_hands_the_job_out_again(open: Open, dir: &Path) {
     };
     deploy(&*b, "f", settings).await;
     let id = b.submit(new_job("f", b"in")).await.unwrap().id();
-    take(&*b, &mut feed, "f", 1).await;
+    take(&*b, "f", 1).await;
     // Attempt 1 starts with a short lease, then its host goes quiet: no renewal, no finish.
     let started = now_ms();
     b.start(id, 1, started, started + 300, 1);
@@ -401,14 +410,10 @@ pub async fn an_expired_lease_hands_the_job_out_again(open: Open, dir: &Path) {
     assert!(now_ms() >= started + 300, "not before the lease ran out");
     // Handed out again; the stale attempt's late report is fenced out, and does not end the
     // hold of the attempt now under way: the job is not handed out a third time.
-    assert_eq!(take(&*b, &mut feed, "f", 1).await, [id]);
+    assert_eq!(take(&*b, "f", 1).await, [id]);
     b.finish(id, 1, success(b"stale"), settings.retry);
-    b.demand().grant("f", 1);
-    b.refill();
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), feed.recv())
-            .await
-            .is_err(),
+        !leased_within(&*b, "f", Duration::from_millis(300)).await,
         "a held job was handed out again"
     );
     b.start(id, 2, now_ms(), now_ms() + 60_000, 1);
@@ -420,10 +425,10 @@ pub async fn an_expired_lease_hands_the_job_out_again(open: Open, dir: &Path) {
 }
 
 pub async fn a_renewed_lease_keeps_its_attempt(open: Open, dir: &Path) {
-    let (b, mut feed) = start(open, dir);
+    let b = open(dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     let id = b.submit(new_job("f", b"in")).await.unwrap().id();
-    take(&*b, &mut feed, "f", 1).await;
+    take(&*b, "f", 1).await;
     let started = now_ms();
     b.start(id, 1, started, started + 300, 1);
     // Renewed every 100 ms for a second: three times the lease.
@@ -449,7 +454,7 @@ pub async fn a_renewed_lease_keeps_its_attempt(open: Open, dir: &Path) {
 }
 
 pub async fn failures_retry_then_dead_letter_redrive_and_purge(open: Open, dir: &Path) {
-    let (b, mut feed) = start(open, dir);
+    let b = open(dir);
     let settings = Settings {
         retry: RetryPolicy {
             max_attempts: 2,
@@ -460,7 +465,7 @@ pub async fn failures_retry_then_dead_letter_redrive_and_purge(open: Open, dir: 
     };
     deploy(&*b, "f", settings).await;
     let id = b.submit(new_job("f", b"in")).await.unwrap().id();
-    take(&*b, &mut feed, "f", 1).await;
+    take(&*b, "f", 1).await;
     b.start(id, 1, now_ms(), now_ms() + 60_000, 1);
     b.finish(id, 1, failure(FailureKind::Retryable), settings.retry);
     // Delayed for its backoff (10 ms), then queued again.
@@ -471,7 +476,7 @@ pub async fn failures_retry_then_dead_letter_redrive_and_purge(open: Open, dir: 
     );
     assert!(job.history[0].retry_at.is_some());
     // Due after its backoff: handed out again.
-    assert_eq!(take(&*b, &mut feed, "f", 1).await, [id]);
+    assert_eq!(take(&*b, "f", 1).await, [id]);
     b.start(id, 2, now_ms(), now_ms() + 60_000, 1);
     b.finish(id, 2, failure(FailureKind::Retryable), settings.retry);
     let job = until(&*b, id, JobStatus::Dead).await;
@@ -494,7 +499,7 @@ pub async fn failures_retry_then_dead_letter_redrive_and_purge(open: Open, dir: 
         .unwrap();
     assert_eq!(redriven, [id]);
     assert_eq!(b.job(id).unwrap().unwrap().status, JobStatus::Queued);
-    assert_eq!(take(&*b, &mut feed, "f", 1).await, [id]);
+    assert_eq!(take(&*b, "f", 1).await, [id]);
     b.start(id, 1, now_ms(), now_ms() + 60_000, 1);
     b.finish(id, 1, failure(FailureKind::Permanent), settings.retry);
     until(&*b, id, JobStatus::Failed).await;
@@ -505,11 +510,11 @@ pub async fn failures_retry_then_dead_letter_redrive_and_purge(open: Open, dir: 
 }
 
 pub async fn cancel_takes_waiting_jobs_only(open: Open, dir: &Path) {
-    let (b, mut feed) = start(open, dir);
+    let b = open(dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     let running = b.submit(new_job("f", b"1")).await.unwrap().id();
     let waiting = b.submit(new_job("f", b"2")).await.unwrap().id();
-    take(&*b, &mut feed, "f", 1).await;
+    take(&*b, "f", 1).await;
     b.start(running, 1, now_ms(), now_ms() + 60_000, 1);
     until(&*b, running, JobStatus::Running).await;
     match b.cancel(running).await {
@@ -528,7 +533,7 @@ pub async fn cancel_takes_waiting_jobs_only(open: Open, dir: &Path) {
 }
 
 pub async fn a_publish_makes_one_delivery_per_matching_subscriber(open: Open, dir: &Path) {
-    let (b, _feed) = start(open, dir);
+    let b = open(dir);
     let subscribe = |types: &[&str]| {
         vec![Subscription {
             topic: "orders".into(),
@@ -601,7 +606,7 @@ pub async fn a_publish_makes_one_delivery_per_matching_subscriber(open: Open, di
 }
 
 pub async fn key_value_writes_bump_versions(open: Open, dir: &Path) {
-    let (b, _feed) = start(open, dir);
+    let b = open(dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     assert_eq!(b.kv_get("f", "count").unwrap(), (0, None));
     let set = |value: &[u8]| {
@@ -660,7 +665,7 @@ pub async fn key_value_writes_bump_versions(open: Open, dir: &Path) {
 }
 
 pub async fn the_catalog_keeps_versions_pauses_and_deletes(open: Open, dir: &Path) {
-    let (b, _feed) = start(open, dir);
+    let b = open(dir);
     let v1 = deploy(&*b, "f", Settings::DEFAULT).await;
     assert_eq!(v1.version, 1);
     let same = deploy(&*b, "f", Settings::DEFAULT).await;
@@ -760,7 +765,7 @@ pub async fn the_catalog_keeps_versions_pauses_and_deletes(open: Open, dir: &Pat
 }
 
 pub async fn secrets_and_settings_are_kept(open: Open, dir: &Path) {
-    let (b, feed) = start(open, dir);
+    let b = open(dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     b.put_secret("f", "token", b"sealed".to_vec(), 64)
         .await
@@ -770,8 +775,8 @@ pub async fn secrets_and_settings_are_kept(open: Open, dir: &Path) {
     let again = b.setting_or_init("signing", b"two".to_vec()).await.unwrap();
     assert_eq!(again, b"one", "the first value stays");
     b.shutdown().await;
-    drop((b, feed));
-    let (b, _feed) = start(open, dir);
+    drop(b);
+    let b = open(dir);
     let secrets = b.secrets("f").unwrap();
     assert_eq!(secrets.len(), 1);
     assert_eq!(secrets[0].name, "token");

@@ -120,7 +120,8 @@ impl Writer {
                 let verdict = t.kv.open()?.apply(&changes, None, self.max_kv_bytes)?;
                 fx.replies.push(answer(reply, Ok(verdict)));
             }
-            Op::Refill => {}
+            // Unclaims are taken out of the batch before (`Writer::unclaim`).
+            Op::Refill | Op::Unclaim { .. } => {}
             Op::Shutdown { reply } => {
                 fx.shutdown = true;
                 fx.replies.push(Reply::Shutdown(reply));

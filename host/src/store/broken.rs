@@ -73,7 +73,9 @@ impl Writer {
             self.claimed.remove(id);
         }
         if !fx.released.is_empty() {
-            self.overflow.extend(self.shared.deployed.names());
+            self.shared
+                .asks
+                .overflowing(self.shard, self.shared.deployed.names());
             self.refill_cursor.clear();
         }
     }

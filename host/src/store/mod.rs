@@ -9,8 +9,8 @@
 //! on a shard; deploy, save-artifact, remove-function on the catalog). A shard's writer batches
 //! whatever is waiting into one `Durability::Immediate` commit (group commit). An awaited
 //! operation is answered only after the commit that holds it: a `202 Accepted` always means
-//! durable. After each commit the writer hands newly queued jobs to the scheduler (the
-//! [`CommitFeed`]) and wakes long-polls waiting on jobs that became terminal.
+//! durable. After each commit the writer hands newly queued jobs to the scheduler's waiting
+//! leases ([`Store::lease`]) and wakes long-polls waiting on jobs that became terminal.
 //!
 //! Reads open their own read transaction and see only committed state, so a status is never shown
 //! before the commit that made it.
@@ -32,11 +32,12 @@
 //!   delivery state), `blobs` (claim checks), `retention` (the sweeper).
 //! - `txn`: the tables of one write transaction; `tables`, `legacy`: table definitions and
 //!   encodings (and earlier job formats).
-//! - `counts`, `demand`, `ids`: per-function counters, scheduler credit, job ids.
+//! - `counts`, `asks`, `ids`: per-function counters, leases asked for, job ids.
 //! - `kv`: functions' key-value state (in shard 0), committed with the success that wrote it.
 //! - `errors`, `requests`: what operations take, answer and refuse.
 
 mod apply;
+mod asks;
 mod blobs;
 mod broken;
 mod callbacks;
@@ -45,7 +46,6 @@ mod check;
 mod counts;
 mod datafile;
 mod dataset;
-mod demand;
 mod deployed;
 mod errors;
 mod ids;
@@ -83,7 +83,6 @@ use crate::manifest::RetryPolicy;
 use catalog::Catalog;
 pub use check::{FileCheck, check};
 pub use counts::Counts;
-pub use demand::Demand;
 pub use errors::*;
 use ids::{MAX_SHARDS, shard_of};
 pub use kv::KvVerdict;
@@ -97,8 +96,35 @@ pub use tables::{EventRecord, FunctionRecord};
 pub use tally::{BUCKETS_MS, FunctionTally, Histogram};
 use writer::{Op, Shared};
 
-/// Jobs that became queued in a commit, in commit order, for the scheduler.
-pub type CommitFeed = mpsc::UnboundedReceiver<Vec<QueuedJob>>;
+/// An ask waiting in [`Store::lease`]: dropped unanswered, it is retracted and gives back the
+/// jobs handed to it meanwhile.
+struct Ask<'a> {
+    store: &'a Store,
+    function: &'a str,
+    number: u64,
+    jobs: mpsc::UnboundedReceiver<Vec<QueuedJob>>,
+    taken: bool,
+}
+
+impl Drop for Ask<'_> {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        self.store.asks.retract(self.function, self.number);
+        let mut back: Vec<Vec<(JobId, String)>> = vec![Vec::new(); self.store.shards.len()];
+        while let Ok(jobs) = self.jobs.try_recv() {
+            for job in jobs {
+                back[shard_of(job.id)].push((job.id, job.function));
+            }
+        }
+        for (shard, jobs) in back.into_iter().enumerate() {
+            if !jobs.is_empty() {
+                self.store.shards[shard].send(Op::Unclaim { jobs });
+            }
+        }
+    }
+}
 
 /// Jobs whose webhook callback is due, for the webhook sender.
 pub type CallbackFeed = mpsc::UnboundedReceiver<Vec<JobId>>;
@@ -179,12 +205,10 @@ pub struct Store {
     stats: Arc<StoreStats>,
     /// Per-function outcomes and timings since start.
     tallies: Arc<tally::Tallies>,
-    /// The scheduler's feed of ready jobs, until taken.
-    feed: parking_lot::Mutex<Option<CommitFeed>>,
     /// The callback sender's feed of due callbacks, until taken.
     callbacks: parking_lot::Mutex<Option<CallbackFeed>>,
-    /// How many more ready jobs the scheduler takes, per function.
-    demand: Arc<Demand>,
+    /// Leases asked for and not yet answered.
+    asks: Arc<asks::Asks>,
     /// Unfinished input bytes, all shards together.
     queued_bytes: Arc<AtomicU64>,
     /// Blobs stored, and their bytes, all shards together.
@@ -214,13 +238,13 @@ impl Store {
         let catalog = Arc::new(Catalog::open(&catalog_path, cache)?);
         let dataset = dataset::settle(&catalog.db, data_dir, path_of, MAX_SHARDS, wanted, true)?;
         let count = dataset.shards;
-        let (feed_tx, feed) = mpsc::unbounded_channel();
         let (callbacks_tx, callbacks) = mpsc::unbounded_channel();
         let shared = Shared {
             waiters: Arc::new(Waiters::default()),
             stats: Arc::new(StoreStats::default()),
             deployed: catalog.deployed().clone(),
-            demand: Arc::new(Demand::default()),
+            // Every deployed function may have ready jobs left from before the start.
+            asks: Arc::new(asks::Asks::new(count, catalog.deployed().names())),
             queued_bytes: Arc::new(AtomicU64::new(0)),
             unfinished: Arc::default(),
             blob_totals: Arc::default(),
@@ -235,7 +259,6 @@ impl Store {
                 &dataset,
                 cache,
                 options,
-                feed_tx.clone(),
                 shared.clone(),
             )?);
         }
@@ -247,19 +270,12 @@ impl Store {
             waiters: shared.waiters,
             stats: shared.stats,
             tallies: shared.tallies,
-            demand: shared.demand,
+            asks: shared.asks,
             queued_bytes: shared.queued_bytes,
             blob_totals: shared.blob_totals,
-            feed: parking_lot::Mutex::new(Some(feed)),
             callbacks: parking_lot::Mutex::new(Some(callbacks)),
         };
         Ok(store)
-    }
-
-    /// Ready jobs handed to the scheduler after each commit (within its [`Demand`]); at start-up
-    /// this includes the jobs the previous process left queued or running. Taken once.
-    pub fn take_feed(&self) -> Option<CommitFeed> {
-        self.feed.lock().take()
     }
 
     /// Due webhook callbacks, for the sender (at start-up: those a previous process left).
@@ -268,16 +284,31 @@ impl Store {
         self.callbacks.lock().take()
     }
 
-    /// The scheduler's credit table: grant credit there, then call [`Store::refill`].
-    pub fn demand(&self) -> &Arc<Demand> {
-        &self.demand
-    }
-
-    /// Asks every shard to hand out ready jobs it kept back while the scheduler had no room.
-    pub fn refill(&self) {
-        for shard in &self.shards {
-            shard.send(Op::Refill);
+    /// Leases up to `max` ready jobs of `function`, in dispatch order (highest priority first,
+    /// then oldest), waiting until there is at least one. At start-up this includes the jobs
+    /// the previous process left queued or running. A job leased is not handed out again until
+    /// its attempt ends (or its lease runs out once started); dropping the future before it is
+    /// answered gives back whatever it was handed.
+    pub async fn lease(&self, function: &str, max: usize) -> Vec<QueuedJob> {
+        let asked = self.asks.register(function, max.max(1));
+        for shard in asked.poke {
+            self.shards[shard].send(Op::Refill);
         }
+        let mut ask = Ask {
+            store: self,
+            function,
+            number: asked.number,
+            jobs: asked.jobs,
+            taken: false,
+        };
+        let mut leased = ask.jobs.recv().await.unwrap_or_default();
+        self.asks.retract(function, ask.number);
+        // Jobs another shard handed out before the retraction came with this answer.
+        while let Ok(more) = ask.jobs.try_recv() {
+            leased.extend(more);
+        }
+        ask.taken = true;
+        leased
     }
 
     /// The shard holding a job, if the id names one of ours.

@@ -85,8 +85,12 @@ pub(crate) enum Op {
         changes: crate::job::KvChanges,
         reply: oneshot::Sender<Result<super::kv::KvVerdict, StoreError>>,
     },
-    /// The scheduler has room again: hand out ready jobs left in the table (changes nothing).
+    /// An ask waits for jobs this shard left in its table: hand them out (changes nothing).
     Refill,
+    /// Jobs handed out to an ask that was dropped before it took them: hand them out again.
+    Unclaim {
+        jobs: Vec<(JobId, String)>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -95,7 +99,7 @@ pub(crate) enum Op {
 impl Op {
     /// True for operations that write (a batch of only the others commits nothing).
     pub(crate) fn writes(&self) -> bool {
-        !matches!(self, Op::Refill | Op::Shutdown { .. })
+        !matches!(self, Op::Refill | Op::Unclaim { .. } | Op::Shutdown { .. })
     }
 }
 
@@ -168,7 +172,7 @@ pub(crate) struct Effects {
     /// Expired jobs and keys deleted.
     pub(crate) swept: u64,
     /// Jobs that became ready (or were read from the ready table to refill the scheduler), in
-    /// order; handed out within the scheduler's credit after the commit.
+    /// order; handed to the waiting leases after the commit.
     pub(crate) ready: Vec<QueuedJob>,
     /// Jobs the scheduler no longer holds (finished or cancelled) in this batch.
     pub(crate) released: Vec<JobId>,
@@ -224,6 +228,6 @@ pub(crate) fn reject(op: Op, fx: &mut Effects) {
         @ (Op::Finish { .. } | Op::Start { .. } | Op::Renew { .. } | Op::CallbackDone { .. }) => {
             fx.held.push(op)
         }
-        Op::Refill => {}
+        Op::Refill | Op::Unclaim { .. } => {}
     }
 }

@@ -7,7 +7,7 @@
 //! Three sides:
 //! - [`JobStore`]: what clients ask: submit (one, a batch, events to topics), cancel, redrive,
 //!   purge, reads and long-polls, blobs, key-value state.
-//! - [`Dispatch`]: what the scheduler and the sender ask: ready jobs within a credit, an
+//! - [`Dispatch`]: what the scheduler and the sender ask: leases on ready jobs, an
 //!   attempt's start (with a lease the store enforces), its renewal, its outcome (with what
 //!   it emitted), callbacks' results.
 //! - [`FunctionCatalog`]: what is deployed: deploy, configure, rollback, pause, remove,
@@ -18,18 +18,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::{
-    CallbackFeed, CallbackResult, CancelError, CommitFeed, Correlated, Counts, DeadLetterSelection,
-    DeleteError, Demand, DeployBase, EventRecord, FunctionRecord, FunctionTally, JobPage, JobQuery,
+    CallbackFeed, CallbackResult, CancelError, Correlated, Counts, DeadLetterSelection,
+    DeleteError, DeployBase, EventRecord, FunctionRecord, FunctionTally, JobPage, JobQuery,
     NewEvent, NewJob, Published, PutSecret, RollbackError, SealedSecret, Store, StoreError,
     StoreStats, SubmitError, Submitted, kv::KvVerdict,
 };
-use crate::job::{AttemptReport, Job, JobId, KvChanges};
+use crate::job::{AttemptReport, Job, JobId, KvChanges, QueuedJob};
 use crate::manifest::{RetryPolicy, Settings};
 
 /// A write in flight: resolves once it is durable (or refused).
@@ -108,18 +107,20 @@ pub trait JobStore: Send + Sync {
 
 /// The attempt side: what the scheduler and the callback sender ask.
 pub trait Dispatch: Send + Sync {
-    /// The ready jobs this backend hands out, in dispatch order, within the credit the
-    /// scheduler grants per function ([`Dispatch::demand`]): the one scheduler takes it once.
-    /// Asking for credit and receiving on the feed is a pull: the backend hands out only what
-    /// was asked for (redb: after each commit and on [`Dispatch::refill`]; a message broker: a
-    /// pull consumer's fetch).
-    fn take_feed(&self) -> Option<CommitFeed>;
+    /// Leases up to `max` ready jobs of `function` (at least one: it waits until one is ready),
+    /// in dispatch order: highest priority first, then oldest; a job behind its ordering key's
+    /// head is not ready. The scheduler pulls: it asks when it has room and holds what it gets
+    /// until each attempt starts ([`Dispatch::start`]) and ends ([`Dispatch::finish`]). A
+    /// leased job is handed to no one else meanwhile; a future dropped unanswered gives back
+    /// what it was handed. (redb: one host, a lease not yet started lasts while the process
+    /// does; a backend shared by several hosts also expires leases not started.)
+    fn lease<'a>(
+        &'a self,
+        function: &'a str,
+        max: usize,
+    ) -> Pending<'a, Result<Vec<QueuedJob>, StoreError>>;
     /// Due webhook callbacks, for the one sender (taken once).
     fn take_callbacks(&self) -> Option<CallbackFeed>;
-    /// The scheduler's credit table: ready jobs are handed out within it.
-    fn demand(&self) -> &Arc<Demand>;
-    /// Asks for ready jobs kept back while the scheduler had no credit.
-    fn refill(&self);
     /// Records an attempt's start (fenced by attempt number).
     fn start(&self, id: JobId, attempt: u32, at: u64, lease_until: u64, version: u32);
     /// Extends a running attempt's lease to `lease_until`. A lease that runs out fails its
@@ -317,17 +318,15 @@ impl JobStore for Store {
 }
 
 impl Dispatch for Store {
-    fn take_feed(&self) -> Option<CommitFeed> {
-        Store::take_feed(self)
+    fn lease<'a>(
+        &'a self,
+        function: &'a str,
+        max: usize,
+    ) -> Pending<'a, Result<Vec<QueuedJob>, StoreError>> {
+        Box::pin(async move { Ok(Store::lease(self, function, max).await) })
     }
     fn take_callbacks(&self) -> Option<CallbackFeed> {
         Store::take_callbacks(self)
-    }
-    fn demand(&self) -> &Arc<Demand> {
-        Store::demand(self)
-    }
-    fn refill(&self) {
-        Store::refill(self)
     }
     fn start(&self, id: JobId, attempt: u32, at: u64, lease_until: u64, version: u32) {
         Store::start(self, id, attempt, at, lease_until, version)

@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::counts::{self, Counts};
 use super::datafile::DataFile;
 use super::tables::*;
 use super::writer::{self, Op, Shared, Writer};
 use super::{Correlated, JobPage, JobQuery, MAX_SCAN, StoreError, StoreOptions, storage};
-use crate::job::{Job, JobId, MAX_PRIORITY, QueuedJob};
+use crate::job::{Job, JobId, MAX_PRIORITY};
 
 pub(crate) struct Shard {
     /// The shard's file, for read transactions (the writer thread holds the same one, and
@@ -33,14 +33,13 @@ pub(crate) struct Shard {
 
 impl Shard {
     /// Opens (or creates) shard `number`, requeues the jobs the previous process left running,
-    /// and starts its writer (which hands ready jobs out as the scheduler grants credit).
+    /// and starts its writer (which hands ready jobs out to the scheduler's asks).
     pub(crate) fn open(
         number: usize,
         path: &Path,
         dataset: &super::dataset::Dataset,
         cache_bytes: usize,
         options: &StoreOptions,
-        feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
         shared: Shared,
     ) -> Result<Shard, StoreError> {
         let db = Arc::new(DataFile::open(path.to_path_buf(), cache_bytes)?);
@@ -53,7 +52,7 @@ impl Shard {
         shared.blob_totals.count.fetch_add(blobs, Relaxed);
         shared.blob_totals.bytes.fetch_add(blob_bytes, Relaxed);
         let (ops, rx) = crossbeam_channel::unbounded();
-        let mut w = Writer::new(number, db.clone(), rx, options, feed, shared, next_due);
+        let mut w = Writer::new(number, db.clone(), rx, options, shared, next_due);
         let writer = std::thread::Builder::new()
             .name(format!("sluice-writer-{number}"))
             .spawn(move || w.run())

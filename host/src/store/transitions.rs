@@ -471,30 +471,23 @@ impl Writer {
                 self.cancel_job(id, &mut job, reason, t, fx)?;
             }
         }
-        self.overflow.remove(name);
+        self.shared.asks.drained(self.shard, name);
         self.refill_cursor.remove(name);
         Ok(ids)
     }
 
-    /// Reads ready jobs left in the table for every function the scheduler has room for, in
-    /// dispatch order, from where the last refill stopped. They are handed out after the commit.
+    /// Reads ready jobs left in the table for every function an ask waits for, in dispatch
+    /// order, from where the last refill stopped. They are handed out after the commit.
     pub(crate) fn refill(
         &mut self,
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        if self.overflow.is_empty() {
-            return Ok(());
-        }
-        let functions: Vec<String> = self.overflow.iter().cloned().collect();
+        let functions = self.shared.asks.wanted_overflow(self.shard);
         let mut in_batch: Option<HashSet<JobId>> = None;
-        for function in functions {
+        for (function, wanted) in functions {
             let pending = fx.ready.iter().filter(|j| j.function == function).count();
-            let want = self
-                .shared
-                .demand
-                .available(&function)
-                .saturating_sub(pending);
+            let want = wanted.saturating_sub(pending);
             if want == 0 {
                 continue;
             }

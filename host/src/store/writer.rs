@@ -2,8 +2,8 @@
 //!
 //! It takes every operation waiting in its queue, applies them in order inside one write
 //! transaction, commits with `Durability::Immediate` (one fsync for the whole batch), and only
-//! then answers the callers, hands ready jobs to the scheduler (within its credit, see
-//! [`super::demand`]) and wakes long-polls. Under load, operations pile up during each fsync and
+//! then answers the callers, hands ready jobs to the scheduler's waiting leases (see
+//! [`super::asks`]) and wakes long-polls. Under load, operations pile up during each fsync and
 //! the next batch takes them all: the fsync cost is shared, never paid per job.
 //!
 //! The writer is also the shard's clock: it wakes when the earliest `delayed` job is due, when
@@ -22,12 +22,11 @@ use tokio::sync::mpsc;
 use super::broken::{Broken, REOPEN_FIRST, REOPEN_MAX};
 use super::catalog::Deployed;
 use super::counts::{CountDeltas, Unfinished};
-use super::demand::Demand;
 use super::ids::IdGenerator;
 pub(crate) use super::ops::{Effects, Op, reject};
 use super::txn::Tables;
 use super::{StoreError, StoreOptions, StoreStats, Waiters, storage};
-use crate::job::{JobId, QueuedJob, ReadyKey, now_ms};
+use crate::job::{JobId, ReadyKey, now_ms};
 use crate::manifest::RetryPolicy;
 
 /// Most operations in one commit; more wait for the next.
@@ -41,7 +40,8 @@ pub(crate) struct Shared {
     pub(crate) waiters: Arc<Waiters>,
     pub(crate) stats: Arc<StoreStats>,
     pub(crate) deployed: Arc<Deployed>,
-    pub(crate) demand: Arc<Demand>,
+    /// The scheduler's asks for ready jobs, and the functions each shard kept jobs back for.
+    pub(crate) asks: Arc<super::asks::Asks>,
     /// Input bytes of unfinished jobs, all shards together (for the host-wide budget).
     pub(crate) queued_bytes: Arc<AtomicU64>,
     /// Unfinished jobs per function, all shards together (for `max_queued`).
@@ -59,7 +59,6 @@ pub(crate) struct Writer {
     rx: crossbeam_channel::Receiver<Op>,
     /// Longest a busy writer waits for the submits it expects before committing.
     commit_delay: Duration,
-    feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
     pub(crate) shared: Shared,
     /// This shard's job ids.
     pub(crate) ids: IdGenerator,
@@ -93,8 +92,6 @@ pub(crate) struct Writer {
     pub(crate) next_sweep: Instant,
     /// Jobs handed to the scheduler and not yet finished: never handed out twice.
     pub(crate) claimed: HashSet<JobId>,
-    /// Functions that may have ready jobs in the table that were not handed out.
-    pub(crate) overflow: HashSet<String>,
     /// Per function, the last ready-table key a refill read: every entry before it is handed
     /// out (or in the scheduler), so the next refill starts after it.
     pub(crate) refill_cursor: HashMap<String, ReadyKey>,
@@ -119,15 +116,12 @@ impl Writer {
         db: Arc<super::datafile::DataFile>,
         rx: crossbeam_channel::Receiver<Op>,
         options: &StoreOptions,
-        feed: mpsc::UnboundedSender<Vec<QueuedJob>>,
         shared: Shared,
         next_due: Option<u64>,
     ) -> Self {
         // Often enough that nothing outlives its period by more than a quarter of it.
         let sweep_every = (options.job_retention.min(options.idempotency_window) / 4)
             .clamp(Duration::from_millis(10), Duration::from_secs(30));
-        // Every deployed function may have ready jobs left from before the start.
-        let overflow = shared.deployed.names().into_iter().collect();
         Writer {
             db,
             rx,
@@ -145,13 +139,11 @@ impl Writer {
             callbacks_sending: HashSet::new(),
             sweep_every,
             next_sweep: Instant::now() + sweep_every,
-            feed,
             shared,
             ids: IdGenerator::new(shard),
             next_due,
             rng: fastrand::Rng::new(),
             claimed: HashSet::new(),
-            overflow,
             refill_cursor: HashMap::new(),
             broken: None,
             held: Vec::new(),
@@ -198,6 +190,7 @@ impl Writer {
             if answered >= 2 && !self.commit_delay.is_zero() && last_commit.elapsed() < BUSY_GAP {
                 self.gather(&mut batch, answered);
             }
+            self.unclaim(&mut batch);
             answered = batch
                 .iter()
                 .filter(|op| matches!(op, Op::Submit { .. }))
@@ -282,9 +275,14 @@ impl Writer {
                     self.claimed.remove(id);
                 }
                 for function in &fx.drained {
-                    self.overflow.remove(function);
+                    self.shared.asks.drained(self.shard, function);
                 }
-                self.hand_out(fx.ready);
+                self.shared.asks.hand_out(
+                    self.shard,
+                    std::mem::take(&mut fx.ready),
+                    &mut self.claimed,
+                    &mut self.refill_cursor,
+                );
                 self.shared.waiters.wake(&fx.terminal);
                 for id in &fx.callbacks_finished {
                     self.callbacks_sending.remove(id);
@@ -307,9 +305,10 @@ impl Writer {
                 self.next_due = Some(0);
                 self.next_callback = Some(0);
                 self.refill_cursor.clear();
-                for job in std::mem::take(&mut fx.ready) {
-                    self.overflow.insert(job.function);
-                }
+                let ready = std::mem::take(&mut fx.ready);
+                self.shared
+                    .asks
+                    .overflowing(self.shard, ready.into_iter().map(|j| j.function));
                 for reply in std::mem::take(&mut fx.replies) {
                     reply.fail(&e);
                 }
@@ -341,32 +340,23 @@ impl Writer {
         fx.shutdown
     }
 
-    /// Hands committed ready jobs to the scheduler while their function has credit; the rest
-    /// stay in the ready table for a later refill.
-    fn hand_out(&mut self, ready: Vec<QueuedJob>) {
-        if ready.is_empty() {
+    /// Applies the batch's unclaims (jobs an ask dropped before taking them) at once, whatever
+    /// becomes of the commit: they only change what this writer holds in memory.
+    fn unclaim(&mut self, batch: &mut Vec<Op>) {
+        if !batch.iter().any(|op| matches!(op, Op::Unclaim { .. })) {
             return;
         }
-        let mut out = Vec::with_capacity(ready.len());
-        {
-            let mut credit = self.shared.demand.lock();
-            for job in ready {
-                if self.claimed.contains(&job.id) {
-                    continue;
-                }
-                if Demand::take_one(&mut credit, &job.function) {
-                    self.claimed.insert(job.id);
-                    out.push(job);
-                } else {
-                    // Left in the table: the next refill must read from the start again.
-                    self.refill_cursor.remove(&job.function);
-                    self.overflow.insert(job.function.clone());
-                }
+        batch.retain_mut(|op| {
+            let Op::Unclaim { jobs } = op else {
+                return true;
+            };
+            for (id, function) in jobs.drain(..) {
+                self.claimed.remove(&id);
+                self.refill_cursor.remove(&function);
+                self.shared.asks.overflowing(self.shard, [function]);
             }
-        }
-        if !out.is_empty() {
-            let _ = self.feed.send(out);
-        }
+            false
+        });
     }
 
     fn apply_all(&mut self, batch: &mut Vec<Op>, fx: &mut Effects) -> Result<(), StoreError> {
