@@ -144,7 +144,10 @@ async fn take(b: &dyn Backend, function: &str, n: usize) -> Vec<JobId> {
             .await
             .unwrap_or_else(|_| panic!("only {} of {n} ready jobs leased", got.len()))
             .expect("leasing failed");
-        assert!(jobs.len() <= n - got.len(), "a lease brought more than asked for");
+        assert!(
+            jobs.len() <= n - got.len(),
+            "a lease brought more than asked for"
+        );
         for job in jobs {
             assert_eq!(job.function, function);
             got.push(job.id);
@@ -156,7 +159,9 @@ async fn take(b: &dyn Backend, function: &str, n: usize) -> Vec<JobId> {
 /// True if a lease of `function` is answered within `wait` (the lease is dropped unanswered
 /// otherwise, which must give back nothing it holds).
 async fn leased_within(b: &dyn Backend, function: &str, wait: Duration) -> bool {
-    tokio::time::timeout(wait, b.lease(function, 1)).await.is_ok()
+    tokio::time::timeout(wait, b.lease(function, 1))
+        .await
+        .is_ok()
 }
 
 /// Waits until the job has `status` (fire-and-forget writes commit shortly).

@@ -18,27 +18,16 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{AttemptReport, FailureKind, JobId, Outcome, QueuedJob, ReadyKey, now_ms};
+use crate::job::{JobId, QueuedJob, ReadyKey};
 use crate::runtime::Runtime;
 use crate::store::Backend;
+
+mod attempt;
+mod leasing;
 
 /// Jobs of one function the scheduler holds at most (waiting for a worker, or running); the
 /// rest of its queue waits in the store.
 pub const HOLD: usize = 1024;
-
-/// A function leases more jobs once it has room for at least this many (or holds none): under
-/// a backlog, one lease brings a batch instead of each finished job asking for one.
-const LEASE_AT_LEAST: usize = HOLD / 4;
-/// How long an attempt runs before its start is committed (and `running` shows). Shorter
-/// attempts skip that commit: their start is recorded with their end.
-const START_VISIBLE_AFTER: Duration = Duration::from_millis(20);
-
-/// How far past its `timeout_ms` the scheduler's own backstop lets an attempt run.
-const LEASE_GRACE: Duration = Duration::from_secs(2);
-/// How long the store's lease on a running attempt lasts without renewal; the scheduler renews
-/// it every third of that while the attempt runs. A lease that runs out (this host died, hung,
-/// or lost touch with the store) fails the attempt in the store and hands the job out again.
-const STORE_LEASE: Duration = Duration::from_secs(30);
 
 /// Hands queued jobs to sandboxes. Cheap to clone.
 #[derive(Clone)]
@@ -185,7 +174,7 @@ impl Scheduler {
             .map(|r| Duration::from_secs_f64(1.0 / r as f64));
         self.spawn_workers(&mut state, name);
         if new {
-            queue_leasing(&mut state, name, self);
+            leasing::queue_leasing(&mut state, name, self);
         }
     }
 
@@ -337,81 +326,7 @@ impl Inner {
                     _ = self.stop_starting.cancelled() => { self.done(&function, job.id, true); continue; }
                 }
             }
-            let attempt = job.attempts + 1;
-            let started_at = now_ms();
-            let timeout = Duration::from_millis(code.record.settings.timeout_ms);
-            // The runtime stops the attempt at its timeout; the lease is the backstop should
-            // it not (a host call that never returns): the attempt is dropped, its slot freed,
-            // and the job handed out again as a failed attempt.
-            let lease = timeout + LEASE_GRACE;
-            let lease_until = started_at + (START_VISIBLE_AFTER + STORE_LEASE).as_millis() as u64;
-            let blobs = self.blobs.clone();
-            let state = self.kv.clone();
-            let run =
-                tokio::time::timeout(lease, self.runtime.run(&code, &job, attempt, blobs, state));
-            tokio::pin!(run);
-            let expired = |at: u64| AttemptReport {
-                outcome: Outcome::Failed {
-                    kind: FailureKind::Timeout,
-                    message: format!(
-                        "lease expired after {} ms: the attempt was cancelled and the job handed out again",
-                        lease.as_millis()
-                    ),
-                },
-                log: String::new(),
-                started_at,
-                finished_at: at,
-                version: code.record.version,
-                emitted: Vec::new(),
-                then: None,
-                outbound: Vec::new(),
-                kv: None,
-            };
-            // Short attempts go from queued to terminal in one commit; `running` is recorded
-            // (and visible) only for attempts still running after START_VISIBLE_AFTER.
-            let report = tokio::select! {
-                report = tokio::time::timeout(START_VISIBLE_AFTER, &mut run) => match report {
-                    Ok(report) => Some(report),
-                    Err(_) => {
-                        self.store.start(
-                            job.id,
-                            attempt,
-                            started_at,
-                            lease_until,
-                            code.record.version,
-                        );
-                        // Renewed while the attempt runs; the store fails it if this stops.
-                        let renewing = async {
-                            let mut every = tokio::time::interval(STORE_LEASE / 3);
-                            every.tick().await;
-                            loop {
-                                every.tick().await;
-                                let until = now_ms() + STORE_LEASE.as_millis() as u64;
-                                self.store.renew(job.id, attempt, until);
-                            }
-                        };
-                        tokio::select! {
-                            report = &mut run => Some(report),
-                            _ = renewing => None,
-                            _ = cancel.cancelled() => None,
-                            _ = self.abort_all.cancelled() => None,
-                        }
-                    }
-                },
-                _ = cancel.cancelled() => None,
-                _ = self.abort_all.cancelled() => None,
-            };
-            let report = report.map(|r| r.unwrap_or_else(|_| expired(now_ms())));
-            let mut held = true;
-            if let Some(report) = report {
-                // The attempt is over: from here a cancel may win (the finish is then fenced
-                // out), but a job whose finish is committed is never shown as held.
-                release_hold(&mut self.state.lock().running, job.id);
-                held = false;
-                let report = self.store.settle_kv(job.id, attempt, report).await;
-                self.store
-                    .finish(job.id, attempt, report, code.record.settings.retry);
-            }
+            let held = self.attempt(&code, &job, &cancel).await;
             self.done(&function, job.id, held);
         }
         self.worker_exited.notify_waiters();
@@ -457,67 +372,6 @@ impl Inner {
     fn release(&self, function: &str) {
         if let Some(queue) = self.state.lock().functions.get(function) {
             queue.room.notify_one();
-        }
-    }
-
-    /// Leases `function`'s ready jobs whenever its window has room, until it is deleted or the
-    /// host stops starting attempts.
-    async fn lease(self: Arc<Self>, scheduler: Scheduler, function: String) {
-        let Some((room, stop)) = self
-            .state
-            .lock()
-            .functions
-            .get(&function)
-            .map(|q| (q.room.clone(), q.leasing.clone()))
-        else {
-            return;
-        };
-        let mut failures = 0u32;
-        loop {
-            if stop.is_cancelled() {
-                return;
-            }
-            // Wait for room for a batch (or an empty window).
-            let want = loop {
-                let freed = room.notified();
-                let held = match self.state.lock().functions.get(&function) {
-                    Some(q) if q.deployed => q.ready.len() + q.running,
-                    _ => return,
-                };
-                let free = HOLD.saturating_sub(held);
-                if free >= LEASE_AT_LEAST || (held == 0 && free > 0) {
-                    break free;
-                }
-                tokio::select! {
-                    _ = freed => {}
-                    _ = stop.cancelled() => return,
-                    _ = self.stop_starting.cancelled() => return,
-                }
-            };
-            let leased = tokio::select! {
-                leased = self.store.lease(&function, want) => leased,
-                _ = stop.cancelled() => return,
-                _ = self.stop_starting.cancelled() => return,
-            };
-            match leased {
-                Ok(jobs) => {
-                    failures = 0;
-                    scheduler.enqueue(jobs);
-                }
-                Err(e) => {
-                    // The store says what to do (a full disk, a backend out of reach): wait and ask again.
-                    failures += 1;
-                    let pause = Duration::from_millis(100 << failures.min(6));
-                    if failures == 1 {
-                        tracing::warn!(function = %function, error = %e, "cannot lease jobs; trying again");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = stop.cancelled() => return,
-                        _ = self.stop_starting.cancelled() => return,
-                    }
-                }
-            }
         }
     }
 
@@ -574,17 +428,6 @@ impl FunctionQueue {
             leasing: CancellationToken::new(),
         }
     }
-}
-
-/// Starts the task leasing a newly deployed function's jobs (one per function).
-fn queue_leasing(state: &mut State, name: &str, scheduler: &Scheduler) {
-    let Some(queue) = state.functions.get_mut(name) else {
-        return;
-    };
-    queue.leasing = CancellationToken::new();
-    let inner = scheduler.inner.clone();
-    let task = inner.clone().lease(scheduler.clone(), name.to_string());
-    inner.sandboxes.spawn(inner.leasing.track_future(task));
 }
 
 /// One worker lets go of a job it held.
