@@ -110,8 +110,8 @@ impl Loader {
     /// At start: makes every stored function runnable (from its cached artifact when this
     /// engine can use it) with its secrets. A secret that does not open stops the start.
     pub async fn load_all(&self) -> Result<(), FunctionsError> {
-        for record in self.store.functions()? {
-            let secrets = self.open_secrets(&record.name)?;
+        for record in self.store.functions().await? {
+            let secrets = self.open_secrets(&record.name).await?;
             if !secrets.is_empty() {
                 self.runtime.set_secrets(&record.name, secrets);
             }
@@ -123,9 +123,9 @@ impl Loader {
 }
 
 impl Loader {
-    fn open_secrets(&self, name: &str) -> Result<BTreeMap<String, String>, FunctionsError> {
+    async fn open_secrets(&self, name: &str) -> Result<BTreeMap<String, String>, FunctionsError> {
         let mut opened = BTreeMap::new();
-        for s in self.store.secrets(name)? {
+        for s in self.store.secrets(name).await? {
             let value = self
                 .vault
                 .open_value(name, &s.name, &s.sealed)
@@ -140,7 +140,8 @@ impl Loader {
     async fn compile(&self, wasm: Bytes) -> Result<Compiled, FunctionsError> {
         let cached = self
             .store
-            .artifact(&self.runtime.artifact_key(&crate::runtime::digest(&wasm)))?;
+            .artifact(&self.runtime.artifact_key(&crate::runtime::digest(&wasm)))
+            .await?;
         let runtime = self.runtime.clone();
         tokio::task::spawn_blocking(move || runtime.prepare(&wasm, cached))
             .await
@@ -152,18 +153,17 @@ impl Loader {
     /// again from the stored component (and the new artifact stored).
     async fn code(&self, record: FunctionRecord) -> Result<LoadedFunction, FunctionsError> {
         let key = self.runtime.artifact_key(&record.digest);
-        if let Some(artifact) = self.store.artifact(&key)? {
+        if let Some(artifact) = self.store.artifact(&key).await? {
             match self.runtime.load(record.clone(), &artifact) {
                 Ok(loaded) => return Ok(loaded),
                 Err(e) => tracing::warn!(function = %record.name, error = %e, "recompiling"),
             }
         }
-        let wasm =
-            self.store
-                .component(&record.digest)?
-                .ok_or(FunctionsError::ComponentMissing {
-                    version: record.version,
-                })?;
+        let wasm = self.store.component(&record.digest).await?.ok_or(
+            FunctionsError::ComponentMissing {
+                version: record.version,
+            },
+        )?;
         let compiled = self.compile(Bytes::from(wasm)).await?;
         self.store
             .save_artifact(key, compiled.artifact.clone())
@@ -228,7 +228,7 @@ impl Functions {
             // only if that is still current when the deploy commits).
             let (manifest, base) = match given {
                 Given::Whole(manifest) => (manifest.clone(), DeployBase::Anything),
-                Given::Changes(changes) => match self.parts.store.function(name)? {
+                Given::Changes(changes) => match self.parts.store.function(name).await? {
                     Some(current) => (
                         changes.over(manifest_of(&current)),
                         DeployBase::Current(Some(current.version)),
@@ -241,7 +241,7 @@ impl Functions {
             let then = manifest.then(name)?;
             let allowed_outbound_hosts = manifest.allowed_outbound_hosts()?;
             let config = manifest.config()?;
-            self.refuse_pipeline_cycle(name, then.as_deref())?;
+            self.refuse_pipeline_cycle(name, then.as_deref()).await?;
 
             let compiled = match &compiled {
                 Some(c) => c,
@@ -338,7 +338,8 @@ impl Functions {
         let current = self
             .parts
             .store
-            .function(name)?
+            .function(name)
+            .await?
             .ok_or_else(|| FunctionsError::NotFound(name.to_string()))?;
         let to = match to {
             Some(v) => v,
@@ -356,14 +357,16 @@ impl Functions {
         let target = self
             .parts
             .store
-            .versions(name)?
+            .versions(name)
+            .await?
             .into_iter()
             .find(|v| v.version == to)
             .ok_or_else(|| RollbackError::UnknownVersion {
                 name: name.to_string(),
                 to,
             })?;
-        self.refuse_pipeline_cycle(name, target.then.as_deref())?;
+        self.refuse_pipeline_cycle(name, target.then.as_deref())
+            .await?;
         let mut loaded = self.parts.code(target).await?;
         let record = self.parts.store.rollback(name, Some(to)).await?;
         loaded.record = record.clone();
@@ -413,36 +416,37 @@ impl Functions {
             PutSecret::NoFunction => return Err(FunctionsError::NotFound(name.to_string())),
             PutSecret::TooMany => return Err(FunctionsError::TooManySecrets(name.to_string())),
         }
-        self.reload_secrets(name)
+        self.reload_secrets(name).await
     }
 
     /// Removes a function's secret.
     pub async fn delete_secret(&self, name: &str, secret: &str) -> Result<(), FunctionsError> {
-        self.require(name)?;
+        self.require(name).await?;
         if !self.parts.store.delete_secret(name, secret).await? {
             return Err(FunctionsError::SecretNotFound {
                 function: name.to_string(),
                 secret: secret.to_string(),
             });
         }
-        self.reload_secrets(name)
+        self.reload_secrets(name).await
     }
 
     /// A function's secrets, sealed (names and when each was set are what may be shown).
-    pub fn secrets(&self, name: &str) -> Result<Vec<SealedSecret>, FunctionsError> {
-        self.require(name)?;
-        Ok(self.parts.store.secrets(name)?)
+    pub async fn secrets(&self, name: &str) -> Result<Vec<SealedSecret>, FunctionsError> {
+        self.require(name).await?;
+        Ok(self.parts.store.secrets(name).await?)
     }
 
-    fn require(&self, name: &str) -> Result<FunctionRecord, FunctionsError> {
+    async fn require(&self, name: &str) -> Result<FunctionRecord, FunctionsError> {
         self.parts
             .store
-            .function(name)?
+            .function(name)
+            .await?
             .ok_or_else(|| FunctionsError::NotFound(name.to_string()))
     }
 
-    fn reload_secrets(&self, name: &str) -> Result<(), FunctionsError> {
-        let opened = self.parts.open_secrets(name)?;
+    async fn reload_secrets(&self, name: &str) -> Result<(), FunctionsError> {
+        let opened = self.parts.open_secrets(name).await?;
         self.parts.runtime.set_secrets(name, opened);
         Ok(())
     }
@@ -450,7 +454,11 @@ impl Functions {
     /// Refuses `then = next` for function `name` when the deployed functions' `then`s lead from
     /// `next` back to `name`: such a pipeline would run forever (the hop limit is the backstop
     /// for cycles made by deploys racing each other).
-    fn refuse_pipeline_cycle(&self, name: &str, then: Option<&str>) -> Result<(), FunctionsError> {
+    async fn refuse_pipeline_cycle(
+        &self,
+        name: &str,
+        then: Option<&str>,
+    ) -> Result<(), FunctionsError> {
         let mut path = vec![name.to_string()];
         let mut next = then.map(str::to_string);
         while let Some(function) = next {
@@ -466,7 +474,12 @@ impl Functions {
                 // A cycle that does not pass through `name` (made by racing deploys).
                 break;
             }
-            next = self.parts.store.function(&function)?.and_then(|f| f.then);
+            next = self
+                .parts
+                .store
+                .function(&function)
+                .await?
+                .and_then(|f| f.then);
         }
         Ok(())
     }

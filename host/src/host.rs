@@ -86,7 +86,7 @@ pub async fn run(
     );
     // Each function leases its window of the ready queue (including jobs left by the previous
     // process).
-    for record in store.functions()? {
+    for record in store.functions().await? {
         scheduler.function_updated(&record.name);
     }
     let functions = Arc::new(Functions::new(loader, scheduler.clone(), config.bounds()));

@@ -178,7 +178,7 @@ async fn until_job(
 ) -> sluice::job::Job {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let job = b.job(id).unwrap().expect("the job exists");
+        let job = b.job(id).await.unwrap().expect("the job exists");
         if test(&job) {
             return job;
         }
@@ -194,18 +194,18 @@ pub async fn submits_are_durable_across_a_reopen(open: Open, dir: &Path) {
     let b = open(dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
     let id = b.submit(new_job("f", b"kept")).await.unwrap().id();
-    let job = b.job(id).unwrap().unwrap();
+    let job = b.job(id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Queued);
-    assert_eq!(b.counts("f").unwrap().status(JobStatus::Queued), 1);
+    assert_eq!(b.counts("f").await.unwrap().status(JobStatus::Queued), 1);
     b.shutdown().await;
     drop(b);
     let b = open(dir);
-    let job = b.job(id).unwrap().expect("accepted means durable");
+    let job = b.job(id).await.unwrap().expect("accepted means durable");
     assert_eq!(
         (job.status, job.input.as_slice()),
         (JobStatus::Queued, &b"kept"[..])
     );
-    assert_eq!(b.function("f").unwrap().unwrap().version, 1);
+    assert_eq!(b.function("f").await.unwrap().unwrap().version, 1);
     b.shutdown().await;
 }
 
@@ -220,6 +220,7 @@ pub async fn an_unknown_function_is_refused_and_nothing_is_kept(open: Open, dir:
             limit: 10,
             ..Default::default()
         })
+        .await
         .unwrap();
     assert!(page.jobs.is_empty());
     b.shutdown().await;
@@ -243,7 +244,7 @@ pub async fn idempotency_keys_answer_the_same_job_or_a_conflict(open: Open, dir:
         b.submit(keyed(2)).await,
         Err(SubmitError::IdempotencyConflict(_))
     ));
-    assert_eq!(b.counts("f").unwrap().status(JobStatus::Queued), 1);
+    assert_eq!(b.counts("f").await.unwrap().status(JobStatus::Queued), 1);
     b.shutdown().await;
 }
 
@@ -270,7 +271,7 @@ pub async fn a_batch_is_accepted_whole_or_not_at_all(open: Open, dir: &Path) {
         "{refused:?}"
     );
     assert_eq!(
-        b.counts("f").unwrap().status(JobStatus::Queued),
+        b.counts("f").await.unwrap().status(JobStatus::Queued),
         0,
         "none of it kept"
     );
@@ -279,7 +280,7 @@ pub async fn a_batch_is_accepted_whole_or_not_at_all(open: Open, dir: &Path) {
         .await
         .unwrap();
     assert_eq!(ids.len(), 2);
-    assert_eq!(b.counts("f").unwrap().status(JobStatus::Queued), 2);
+    assert_eq!(b.counts("f").await.unwrap().status(JobStatus::Queued), 2);
     b.shutdown().await;
 }
 
@@ -329,7 +330,7 @@ pub async fn ready_jobs_are_leased_up_to_what_is_asked_and_finish(open: Open, di
     assert_eq!(done.output.as_deref(), Some(&b"out"[..]));
     assert_eq!(done.history.len(), 1);
     until(&*b, first[1], JobStatus::Succeeded).await;
-    let counts = b.counts("f").unwrap();
+    let counts = b.counts("f").await.unwrap();
     assert_eq!(counts.status(JobStatus::Succeeded), 2);
     b.shutdown().await;
 }
@@ -370,7 +371,7 @@ pub async fn stale_attempts_are_fenced(open: Open, dir: &Path) {
         b.cancel(id).await.is_err(),
         "an ordered read-back: already cancelled"
     );
-    let job = b.job(id).unwrap().unwrap();
+    let job = b.job(id).await.unwrap().unwrap();
     assert_eq!((job.status, job.output), (JobStatus::Cancelled, None));
 
     // A finished job ignores a duplicate report of its own attempt.
@@ -380,10 +381,10 @@ pub async fn stale_attempts_are_fenced(open: Open, dir: &Path) {
     b.finish(id, 1, success(b"first"), retry);
     b.finish(id, 1, failure(FailureKind::Trap), retry);
     assert!(b.cancel(id).await.is_err());
-    let job = b.job(id).unwrap().unwrap();
+    let job = b.job(id).await.unwrap().unwrap();
     assert_eq!((job.status, job.attempts), (JobStatus::Succeeded, 1));
     assert_eq!(job.output.as_deref(), Some(&b"first"[..]));
-    assert!(b.job(JobId(u128::MAX)).unwrap().is_none());
+    assert!(b.job(JobId(u128::MAX)).await.unwrap().is_none());
     b.shutdown().await;
 }
 
@@ -493,6 +494,7 @@ pub async fn failures_retry_then_dead_letter_redrive_and_purge(open: Open, dir: 
             limit: 10,
             ..Default::default()
         })
+        .await
         .unwrap();
     assert_eq!(
         dead.jobs.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
@@ -503,14 +505,14 @@ pub async fn failures_retry_then_dead_letter_redrive_and_purge(open: Open, dir: 
         .await
         .unwrap();
     assert_eq!(redriven, [id]);
-    assert_eq!(b.job(id).unwrap().unwrap().status, JobStatus::Queued);
+    assert_eq!(b.job(id).await.unwrap().unwrap().status, JobStatus::Queued);
     assert_eq!(take(&*b, "f", 1).await, [id]);
     b.start(id, 1, now_ms(), now_ms() + 60_000, 1);
     b.finish(id, 1, failure(FailureKind::Permanent), settings.retry);
     until(&*b, id, JobStatus::Failed).await;
     let purged = b.purge("f", DeadLetterSelection::All).await.unwrap();
     assert_eq!(purged, [id]);
-    assert!(b.job(id).unwrap().is_none());
+    assert!(b.job(id).await.unwrap().is_none());
     b.shutdown().await;
 }
 
@@ -599,11 +601,12 @@ pub async fn a_publish_makes_one_delivery_per_matching_subscriber(open: Open, di
     assert_eq!(to, ["all", "placed"]);
     let record = b
         .event(published[0].event_id)
+        .await
         .unwrap()
         .expect("the event is kept");
     assert_eq!(record.deliveries.len(), 2);
     for (function, id) in &published[0].deliveries {
-        let job = b.job(*id).unwrap().unwrap();
+        let job = b.job(*id).await.unwrap().unwrap();
         assert_eq!(&job.function, function);
         assert_eq!(job.status, JobStatus::Queued);
     }
@@ -613,7 +616,7 @@ pub async fn a_publish_makes_one_delivery_per_matching_subscriber(open: Open, di
 pub async fn key_value_writes_bump_versions(open: Open, dir: &Path) {
     let b = open(dir);
     deploy(&*b, "f", Settings::DEFAULT).await;
-    assert_eq!(b.kv_get("f", "count").unwrap(), (0, None));
+    assert_eq!(b.kv_get("f", "count").await.unwrap(), (0, None));
     let set = |value: &[u8]| {
         let mut changes = KvChanges {
             function: "f".into(),
@@ -623,16 +626,16 @@ pub async fn key_value_writes_bump_versions(open: Open, dir: &Path) {
         changes
     };
     b.kv_write(set(b"1")).await.unwrap();
-    let (v1, value) = b.kv_get("f", "count").unwrap();
+    let (v1, value) = b.kv_get("f", "count").await.unwrap();
     assert_eq!(value.as_deref(), Some(&b"1"[..]));
     b.kv_write(set(b"2")).await.unwrap();
-    let (v2, value) = b.kv_get("f", "count").unwrap();
+    let (v2, value) = b.kv_get("f", "count").await.unwrap();
     assert!(
         v2 > v1,
         "every write bumps the key's version ({v1} -> {v2})"
     );
     assert_eq!(value.as_deref(), Some(&b"2"[..]));
-    assert_eq!(b.kv_keys("f", None, 0, 10).unwrap(), ["count"]);
+    assert_eq!(b.kv_keys("f", None, 0, 10).await.unwrap(), ["count"]);
     // A listing is a read: writes made after a page of keys was listed commit only if the page
     // is unchanged (a key added meanwhile is a conflict, not a lost update).
     let after_listing = |keys: &[&str]| KvChanges {
@@ -658,14 +661,21 @@ pub async fn key_value_writes_bump_versions(open: Open, dir: &Path) {
         ),
         "a stale listing conflicts"
     );
-    assert_eq!(b.kv_get("f", "keys").unwrap(), (0, None), "nothing applied");
+    assert_eq!(
+        b.kv_get("f", "keys").await.unwrap(),
+        (0, None),
+        "nothing applied"
+    );
     assert!(matches!(
         b.kv_write(after_listing(&["added", "count"]))
             .await
             .unwrap(),
         KvVerdict::Applied
     ));
-    assert_eq!(b.kv_get("f", "keys").unwrap().1.as_deref(), Some(&b"2"[..]));
+    assert_eq!(
+        b.kv_get("f", "keys").await.unwrap().1.as_deref(),
+        Some(&b"2"[..])
+    );
     b.shutdown().await;
 }
 
@@ -690,7 +700,7 @@ pub async fn the_catalog_keeps_versions_pauses_and_deletes(open: Open, dir: &Pat
     assert_eq!(v2.changes, ["max_concurrency 8 -> 2"]);
     let v3 = b.rollback("f", Some(1)).await.unwrap();
     assert_eq!((v3.version, v3.settings.max_concurrency), (3, 8));
-    assert_eq!(b.versions("f").unwrap().len(), 3);
+    assert_eq!(b.versions("f").await.unwrap().len(), 3);
     // A deploy of changes worked out from version 2 is refused now that 3 is current, and
     // stores nothing; one from version 3 is stored.
     let changed = record(
@@ -720,7 +730,7 @@ pub async fn the_catalog_keeps_versions_pauses_and_deletes(open: Open, dir: &Pat
         ),
         "{stale:?}"
     );
-    assert_eq!(b.function("f").unwrap().unwrap().version, 3);
+    assert_eq!(b.function("f").await.unwrap().unwrap().version, 3);
     let v4 = b
         .deploy(
             changed,
@@ -748,9 +758,9 @@ pub async fn the_catalog_keeps_versions_pauses_and_deletes(open: Open, dir: &Pat
         paused.paused && paused.version == 4,
         "pausing is no version"
     );
-    assert_eq!(b.artifact("f-artifact").unwrap(), Some(vec![1, 2, 3]));
+    assert_eq!(b.artifact("f-artifact").await.unwrap(), Some(vec![1, 2, 3]));
     assert_eq!(
-        b.component("f-digest").unwrap().as_deref(),
+        b.component("f-digest").await.unwrap().as_deref(),
         Some(&b"wasm"[..])
     );
 
@@ -760,8 +770,11 @@ pub async fn the_catalog_keeps_versions_pauses_and_deletes(open: Open, dir: &Pat
         Err(DeleteError::Busy { .. })
     ));
     assert_eq!(b.delete_function("f", true).await.unwrap(), [id]);
-    assert_eq!(b.job(id).unwrap().unwrap().status, JobStatus::Cancelled);
-    assert!(b.function("f").unwrap().is_none());
+    assert_eq!(
+        b.job(id).await.unwrap().unwrap().status,
+        JobStatus::Cancelled
+    );
+    assert!(b.function("f").await.unwrap().is_none());
     assert!(matches!(
         b.submit(new_job("f", b"x")).await,
         Err(SubmitError::FunctionNotFound(_))
@@ -782,7 +795,7 @@ pub async fn secrets_and_settings_are_kept(open: Open, dir: &Path) {
     b.shutdown().await;
     drop(b);
     let b = open(dir);
-    let secrets = b.secrets("f").unwrap();
+    let secrets = b.secrets("f").await.unwrap();
     assert_eq!(secrets.len(), 1);
     assert_eq!(secrets[0].name, "token");
     assert!(b.delete_secret("f", "token").await.unwrap());

@@ -21,7 +21,7 @@ pub(crate) async fn list(
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    require_function(&state, &name)?;
+    require_function(&state, &name).await?;
     let mut q = JobQuery {
         function: Some(name),
         dead_letters: true,
@@ -40,7 +40,7 @@ pub(crate) async fn list(
             }
         }
     }
-    Ok(Json(page_json("dead_letters", state.store.jobs(&q)?)))
+    Ok(Json(page_json("dead_letters", state.store.jobs(&q).await?)))
 }
 
 /// `POST /v1/functions/{name}/dead-letters/redrive` with `{"ids": [...]}` or `{"all": true}`.
@@ -49,7 +49,7 @@ pub(crate) async fn redrive(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let which = selection(&state, &name, body?)?;
+    let which = selection(&state, &name, body?).await?;
     let ids = state.store.redrive(&name, which).await?;
     Ok(Json(json!({ "redriven": strings(&ids) })))
 }
@@ -60,7 +60,7 @@ pub(crate) async fn purge(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let which = selection(&state, &name, body?)?;
+    let which = selection(&state, &name, body?).await?;
     let ids = state.store.purge(&name, which).await?;
     Ok(Json(json!({ "purged": strings(&ids) })))
 }
@@ -76,8 +76,12 @@ struct SelectionBody {
 }
 
 /// Reads which dead letters a request means; every given id must be a dead letter of `name`.
-fn selection(state: &AppState, name: &str, body: Bytes) -> Result<DeadLetterSelection, ApiError> {
-    require_function(state, name)?;
+async fn selection(
+    state: &AppState,
+    name: &str,
+    body: Bytes,
+) -> Result<DeadLetterSelection, ApiError> {
+    require_function(state, name).await?;
     const USAGE: &str = r#"send {"ids": ["JOB_ID", ...]} or {"all": true}"#;
     let body: SelectionBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("{e}: {USAGE}")))?;
@@ -88,7 +92,7 @@ fn selection(state: &AppState, name: &str, body: Bytes) -> Result<DeadLetterSele
                 let job_id: JobId = id.parse().map_err(|_| {
                     ApiError::bad_request("invalid_id", format!("{id:?} is not a job id"))
                 })?;
-                let is_dead_letter = state.store.job(job_id)?.is_some_and(|job| {
+                let is_dead_letter = state.store.job(job_id).await?.is_some_and(|job| {
                     job.function == name
                         && matches!(
                             job.status,
@@ -113,8 +117,8 @@ fn selection(state: &AppState, name: &str, body: Bytes) -> Result<DeadLetterSele
     }
 }
 
-fn require_function(state: &AppState, name: &str) -> Result<(), ApiError> {
-    match state.store.function(name)? {
+async fn require_function(state: &AppState, name: &str) -> Result<(), ApiError> {
+    match state.store.function(name).await? {
         Some(_) => Ok(()),
         None => Err(ApiError::function_not_found(name)),
     }

@@ -17,7 +17,8 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let secrets: Vec<Value> = state
         .functions
-        .secrets(&name)?
+        .secrets(&name)
+        .await?
         .iter()
         .map(|s| json!({ "name": s.name, "updated_at": rfc3339(s.updated_at) }))
         .collect();

@@ -168,8 +168,8 @@ fn manifest_from_query(query: &[(String, String)]) -> Result<Manifest, ApiError>
 /// `GET /v1/functions`.
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut functions = Vec::new();
-    for f in state.store.functions()? {
-        let pending = state.store.pending_count(&f.name)?;
+    for f in state.store.functions().await? {
+        let pending = state.store.pending_count(&f.name).await?;
         functions.push(function_json(&f, Some(pending)));
     }
     Ok(Json(json!({ "functions": functions })))
@@ -182,9 +182,10 @@ pub(crate) async fn show(
 ) -> Result<Json<Value>, ApiError> {
     let record = state
         .store
-        .function(&name)?
+        .function(&name)
+        .await?
         .ok_or_else(|| ApiError::function_not_found(&name))?;
-    let pending = state.store.pending_count(&name)?;
+    let pending = state.store.pending_count(&name).await?;
     Ok(Json(function_json(&record, Some(pending))))
 }
 
@@ -200,7 +201,8 @@ pub(crate) async fn configure(
     let body = body?;
     let current = state
         .store
-        .function(&name)?
+        .function(&name)
+        .await?
         .ok_or_else(|| ApiError::function_not_found(&name))?;
     let mut table = toml::Table::try_from(Manifest::from_settings(&current.settings))
         .expect("a manifest is a table");
@@ -271,7 +273,7 @@ pub(crate) async fn configure(
             })?;
     // New attempts use the new settings; the code stays loaded, nothing is compiled.
     let record = state.functions.configure(&name, &manifest).await?;
-    let pending = state.store.pending_count(&name)?;
+    let pending = state.store.pending_count(&name).await?;
     Ok(Json(function_json(&record, Some(pending))))
 }
 
@@ -283,16 +285,18 @@ pub(crate) async fn stats(
 ) -> Result<Json<Value>, ApiError> {
     let record = state
         .store
-        .function(&name)?
+        .function(&name)
+        .await?
         .ok_or_else(|| ApiError::function_not_found(&name))?;
-    let counts = state.store.counts(&name)?;
+    let counts = state.store.counts(&name).await?;
     // `running` is what runs now; jobs whose start is not committed yet count as queued in the
     // store.
     let running = state.scheduler.running_in(&name) as u64;
     let waiting = counts.status(JobStatus::Queued) + counts.status(JobStatus::Running);
     let oldest = state
         .store
-        .oldest_ready(&name)?
+        .oldest_ready(&name)
+        .await?
         .map(|at| now_ms().saturating_sub(at));
     Ok(Json(json!({
         "function": name,

@@ -116,11 +116,11 @@ pub(crate) async fn show(
             })?,
     };
     let job = if wait.is_zero() {
-        state.store.job(job_id)?
+        state.store.job(job_id).await?
     } else {
         tokio::select! {
             job = state.store.wait_terminal(job_id, wait) => job?,
-            _ = state.stopping.cancelled() => state.store.job(job_id)?,
+            _ = state.stopping.cancelled() => state.store.job(job_id).await?,
         }
     };
     let job = job.ok_or_else(|| ApiError::job_not_found(&id))?;
@@ -134,7 +134,7 @@ pub(crate) async fn show(
                 let (function, status) = if stage == job_id {
                     (Some(job.function.clone()), Some(job.status))
                 } else {
-                    match state.store.job(stage)? {
+                    match state.store.job(stage).await? {
                         Some(j) => (Some(j.function), Some(j.status)),
                         None => (None, None),
                     }
@@ -163,7 +163,8 @@ pub(crate) async fn output(
     let job_id = parse_id(&id)?;
     let job = state
         .store
-        .job(job_id)?
+        .job(job_id)
+        .await?
         .ok_or_else(|| ApiError::job_not_found(&id))?;
     let status = job.visible_status();
     let has_output = job.output.is_some() || job.output_blob.is_some();
@@ -233,8 +234,10 @@ fn blob_body(store: Arc<dyn crate::store::Backend>, blob: BlobRef) -> Body {
             if offset >= blob.size {
                 return None;
             }
+            // Off the request threads: a backend may read the piece from disk.
             let read = tokio::task::spawn_blocking(move || {
-                store.read_blob(&blob.digest, offset, STREAM_PIECE)
+                let handle = tokio::runtime::Handle::current();
+                handle.block_on(store.read_blob(&blob.digest, offset, STREAM_PIECE))
             })
             .await;
             let piece = match read {
@@ -287,16 +290,16 @@ pub(crate) async fn list(
         }
     }
     if let Some(correlation) = query.get("correlation_id") {
-        return correlated(&state, correlation);
+        return correlated(&state, correlation).await;
     }
-    let page = state.store.jobs(&q)?;
+    let page = state.store.jobs(&q).await?;
     Ok(Json(page_json("jobs", page)))
 }
 
 /// `GET /v1/jobs?correlation_id=ID`: every job and event the id names, oldest first, each with
 /// its parent (the event or job that caused it; none: a request).
-fn correlated(state: &AppState, correlation: &str) -> Result<Json<Value>, ApiError> {
-    let found = state.store.correlated(correlation)?;
+async fn correlated(state: &AppState, correlation: &str) -> Result<Json<Value>, ApiError> {
+    let found = state.store.correlated(correlation).await?;
     let jobs: Vec<Value> = found
         .jobs
         .iter()

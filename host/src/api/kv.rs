@@ -17,8 +17,8 @@ use crate::store::kv::KvVerdict;
 /// Most keys one listing answers.
 const MAX_LIST: usize = 1000;
 
-fn check_function(state: &AppState, name: &str) -> Result<(), ApiError> {
-    match state.store.function(name)? {
+async fn check_function(state: &AppState, name: &str) -> Result<(), ApiError> {
+    match state.store.function(name).await? {
         Some(_) => Ok(()),
         None => Err(ApiError::function_not_found(name)),
     }
@@ -49,9 +49,9 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_function(&state, &name)?;
+    check_function(&state, &name).await?;
     check_key(&key)?;
-    match state.store.kv_get(&name, &key)? {
+    match state.store.kv_get(&name, &key).await? {
         (_, Some(value)) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value)),
         (_, None) => Err(key_not_found(&name, &key)),
     }
@@ -64,7 +64,7 @@ pub(crate) async fn put(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let body = body?;
-    check_function(&state, &name)?;
+    check_function(&state, &name).await?;
     check_key(&key)?;
     if body.len() > MAX_VALUE {
         return Err(ApiError::bad_request(
@@ -83,9 +83,9 @@ pub(crate) async fn delete(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    check_function(&state, &name)?;
+    check_function(&state, &name).await?;
     check_key(&key)?;
-    if state.store.kv_get(&name, &key)?.1.is_none() {
+    if state.store.kv_get(&name, &key).await?.1.is_none() {
         return Err(key_not_found(&name, &key));
     }
     write(&state, &name, &key, None).await?;
@@ -121,7 +121,7 @@ pub(crate) async fn list(
     Path(name): Path<String>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    check_function(&state, &name)?;
+    check_function(&state, &name).await?;
     let mut prefix = None;
     let mut cursor = 0usize;
     let mut limit = 100usize;
@@ -146,7 +146,7 @@ pub(crate) async fn list(
             }
         }
     }
-    let keys = state.store.kv_keys(&name, prefix, cursor, limit)?;
+    let keys = state.store.kv_keys(&name, prefix, cursor, limit).await?;
     let next = (keys.len() == limit).then(|| (cursor + limit).to_string());
     Ok(Json(
         json!({ "function": name, "keys": keys, "next_cursor": next }),

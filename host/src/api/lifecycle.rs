@@ -24,11 +24,13 @@ pub(crate) async fn versions(
 ) -> Result<Json<Value>, ApiError> {
     let current = state
         .store
-        .function(&name)?
+        .function(&name)
+        .await?
         .ok_or_else(|| ApiError::function_not_found(&name))?;
     let versions: Vec<Value> = state
         .store
-        .versions(&name)?
+        .versions(&name)
+        .await?
         .iter()
         .map(|v| {
             json!({
@@ -86,7 +88,7 @@ pub(crate) async fn rollback(
         }
     };
     let record = state.functions.rollback(&name, to).await?;
-    let pending = state.store.pending_count(&name)?;
+    let pending = state.store.pending_count(&name).await?;
     Ok(Json(function_json(&record, Some(pending))))
 }
 
@@ -113,7 +115,7 @@ async fn set_paused(
     paused: bool,
 ) -> Result<Json<Value>, ApiError> {
     let record = state.functions.set_paused(&name, paused).await?;
-    let pending = state.store.pending_count(&name)?;
+    let pending = state.store.pending_count(&name).await?;
     Ok(Json(function_json(&record, Some(pending))))
 }
 

@@ -75,7 +75,7 @@ pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
     for (name, help, value) in counters {
         out.metric(name, help, "counter", [(None, value)]);
     }
-    let functions = state.store.functions().map(|f| f.len()).unwrap_or(0);
+    let functions = state.store.functions().await.map(|f| f.len()).unwrap_or(0);
     out.metric(
         "sluice_functions",
         "Deployed functions.",

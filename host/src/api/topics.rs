@@ -76,7 +76,7 @@ fn published_json(p: &Published) -> Value {
 /// `GET /v1/topics`: every topic some function subscribes to, with its subscriptions.
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut topics: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for f in state.store.functions()? {
+    for f in state.store.functions().await? {
         for sub in &f.subscriptions {
             topics
                 .entry(sub.topic.clone())
@@ -98,11 +98,11 @@ pub(crate) async fn show(
 ) -> Result<Json<Value>, ApiError> {
     event::validate_topic(&topic).map_err(|m| ApiError::bad_request("invalid_topic", m))?;
     let mut subscriptions = Vec::new();
-    for f in state.store.functions()? {
+    for f in state.store.functions().await? {
         let Some(sub) = f.subscriptions.iter().find(|s| s.topic == topic) else {
             continue;
         };
-        let counts = state.store.counts(&f.name)?;
+        let counts = state.store.counts(&f.name).await?;
         let running = state.scheduler.running_in(&f.name) as u64;
         let waiting = counts.status(JobStatus::Queued) + counts.status(JobStatus::Running);
         subscriptions.push(json!({
@@ -144,7 +144,7 @@ pub(crate) async fn show_event(
         )
     };
     let event_id: JobId = id.parse().map_err(|_| not_found())?;
-    let event = state.store.event(event_id)?.ok_or_else(not_found)?;
+    let event = state.store.event(event_id).await?.ok_or_else(not_found)?;
     Ok(Json(event_json(event_id, &event)))
 }
 

@@ -39,12 +39,10 @@ pub trait KvSource: Send + Sync {
 
 impl KvSource for super::StoreReads {
     fn get(&self, function: &str, key: &str) -> Result<(u64, Option<Vec<u8>>), String> {
-        self.0.kv_get(function, key).map_err(|e| e.to_string())
+        super::resolve(self.0.kv_get(function, key)).map_err(|e| e.to_string())
     }
     fn keys(&self, function: &str, skip: usize, limit: usize) -> Result<Vec<String>, String> {
-        self.0
-            .kv_keys(function, None, skip, limit)
-            .map_err(|e| e.to_string())
+        super::resolve(self.0.kv_keys(function, None, skip, limit)).map_err(|e| e.to_string())
     }
 }
 

@@ -176,9 +176,17 @@ pub struct StoreReads(pub Arc<dyn crate::store::Backend>);
 
 impl BlobSource for StoreReads {
     fn read(&self, digest: &[u8; 32], offset: u64, len: usize) -> Result<Option<Vec<u8>>, String> {
-        self.0
-            .read_blob(digest, offset, len)
-            .map_err(|e| e.to_string())
+        resolve(self.0.read_blob(digest, offset, len)).map_err(|e| e.to_string())
+    }
+}
+
+/// The answer of a store read made from a sandbox's (synchronous) host call: at once when the
+/// backend has it at hand (redb answers every read at once), else waited for on this thread.
+fn resolve<T>(mut read: crate::store::Pending<'_, T>) -> T {
+    use futures_util::FutureExt;
+    match (&mut read).now_or_never() {
+        Some(answer) => answer,
+        None => tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(read)),
     }
 }
 

@@ -31,7 +31,11 @@ use super::{
 use crate::job::{AttemptReport, Job, JobId, KvChanges, QueuedJob};
 use crate::manifest::{RetryPolicy, Settings};
 
-/// A write in flight: resolves once it is durable (or refused).
+/// A key's committed version (0: absent) and value.
+pub type Versioned = (u64, Option<Vec<u8>>);
+
+/// A store call in flight: a write resolves once it is durable (or refused), a read once
+/// answered.
 pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Jobs, events, blobs and key-value state, as clients see them.
@@ -57,7 +61,7 @@ pub trait JobStore: Send + Sync {
         which: DeadLetterSelection,
     ) -> Pending<'a, Result<Vec<JobId>, StoreError>>;
     /// One job, as last committed.
-    fn job(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+    fn job<'a>(&'a self, id: JobId) -> Pending<'a, Result<Option<Job>, StoreError>>;
     /// The job once it is terminal, or as it is after `timeout` (`None`: no such job).
     fn wait_terminal(
         &self,
@@ -65,38 +69,48 @@ pub trait JobStore: Send + Sync {
         timeout: Duration,
     ) -> Pending<'_, Result<Option<Job>, StoreError>>;
     /// A page of jobs, newest first.
-    fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError>;
+    fn jobs<'a>(&'a self, query: &'a JobQuery) -> Pending<'a, Result<JobPage, StoreError>>;
     /// Every job and event carrying a correlation id.
-    fn correlated(&self, correlation_id: &str) -> Result<Correlated, StoreError>;
+    fn correlated<'a>(
+        &'a self,
+        correlation_id: &'a str,
+    ) -> Pending<'a, Result<Correlated, StoreError>>;
     /// One published event.
-    fn event(&self, id: JobId) -> Result<Option<EventRecord>, StoreError>;
+    fn event<'a>(&'a self, id: JobId) -> Pending<'a, Result<Option<EventRecord>, StoreError>>;
     /// A function's jobs per status and unfinished bytes.
-    fn counts(&self, function: &str) -> Result<Counts, StoreError>;
+    fn counts<'a>(&'a self, function: &'a str) -> Pending<'a, Result<Counts, StoreError>>;
     /// A function's unfinished jobs.
-    fn pending_count(&self, function: &str) -> Result<u64, StoreError>;
+    fn pending_count<'a>(&'a self, function: &'a str) -> Pending<'a, Result<u64, StoreError>>;
     /// When the function's oldest ready job became ready.
-    fn oldest_ready(&self, function: &str) -> Result<Option<u64>, StoreError>;
+    fn oldest_ready<'a>(
+        &'a self,
+        function: &'a str,
+    ) -> Pending<'a, Result<Option<u64>, StoreError>>;
     /// Part of a stored blob (`None`: no such blob).
-    fn read_blob(
-        &self,
-        digest: &[u8; 32],
+    fn read_blob<'a>(
+        &'a self,
+        digest: &'a [u8; 32],
         offset: u64,
         len: usize,
-    ) -> Result<Option<Vec<u8>>, StoreError>;
+    ) -> Pending<'a, Result<Option<Vec<u8>>, StoreError>>;
     /// Blobs stored and their bytes.
     fn blob_totals(&self) -> (u64, u64);
     /// Input bytes of unfinished jobs, host-wide.
     fn queued_bytes(&self) -> u64;
     /// A function's key: its committed version (0: absent) and value.
-    fn kv_get(&self, function: &str, key: &str) -> Result<(u64, Option<Vec<u8>>), StoreError>;
+    fn kv_get<'a>(
+        &'a self,
+        function: &'a str,
+        key: &'a str,
+    ) -> Pending<'a, Result<Versioned, StoreError>>;
     /// A function's keys starting with `prefix`, in order.
-    fn kv_keys(
-        &self,
-        function: &str,
-        prefix: Option<&str>,
+    fn kv_keys<'a>(
+        &'a self,
+        function: &'a str,
+        prefix: Option<&'a str>,
         skip: usize,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError>;
+    ) -> Pending<'a, Result<Vec<String>, StoreError>>;
     /// Sets or deletes keys of a function's state, durably.
     fn kv_write(&self, changes: KvChanges) -> Pending<'_, Result<KvVerdict, StoreError>>;
     /// Counters of what the store has done since start.
@@ -178,15 +192,22 @@ pub trait FunctionCatalog: Send + Sync {
         force: bool,
     ) -> Pending<'a, Result<Vec<JobId>, DeleteError>>;
     /// One deployed function.
-    fn function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError>;
+    fn function<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pending<'a, Result<Option<FunctionRecord>, StoreError>>;
     /// Every deployed function.
-    fn functions(&self) -> Result<Vec<FunctionRecord>, StoreError>;
+    fn functions<'a>(&'a self) -> Pending<'a, Result<Vec<FunctionRecord>, StoreError>>;
     /// Every version of a function, oldest first.
-    fn versions(&self, name: &str) -> Result<Vec<FunctionRecord>, StoreError>;
+    fn versions<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pending<'a, Result<Vec<FunctionRecord>, StoreError>>;
     /// A stored component's bytes.
-    fn component(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn component<'a>(&'a self, digest: &'a str)
+    -> Pending<'a, Result<Option<Vec<u8>>, StoreError>>;
     /// A compiled artifact.
-    fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn artifact<'a>(&'a self, key: &'a str) -> Pending<'a, Result<Option<Vec<u8>>, StoreError>>;
     /// Stores a compiled artifact.
     fn save_artifact(&self, key: String, artifact: Vec<u8>) -> Pending<'_, Result<(), StoreError>>;
     /// Sets a function's sealed secret.
@@ -204,7 +225,10 @@ pub trait FunctionCatalog: Send + Sync {
         name: &'a str,
     ) -> Pending<'a, Result<bool, StoreError>>;
     /// A function's sealed secrets.
-    fn secrets(&self, function: &str) -> Result<Vec<SealedSecret>, StoreError>;
+    fn secrets<'a>(
+        &'a self,
+        function: &'a str,
+    ) -> Pending<'a, Result<Vec<SealedSecret>, StoreError>>;
     /// A host setting, stored as `initial` when there is none.
     fn setting_or_init<'a>(
         &'a self,
@@ -252,8 +276,8 @@ impl JobStore for Store {
     ) -> Pending<'a, Result<Vec<JobId>, StoreError>> {
         Box::pin(Store::purge(self, function, which))
     }
-    fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        Store::job(self, id)
+    fn job<'a>(&'a self, id: JobId) -> Pending<'a, Result<Option<Job>, StoreError>> {
+        Box::pin(std::future::ready(Store::job(self, id)))
     }
     fn wait_terminal(
         &self,
@@ -262,31 +286,39 @@ impl JobStore for Store {
     ) -> Pending<'_, Result<Option<Job>, StoreError>> {
         Box::pin(Store::wait_terminal(self, id, timeout))
     }
-    fn jobs(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
-        Store::jobs(self, query)
+    fn jobs<'a>(&'a self, query: &'a JobQuery) -> Pending<'a, Result<JobPage, StoreError>> {
+        Box::pin(std::future::ready(Store::jobs(self, query)))
     }
-    fn correlated(&self, correlation_id: &str) -> Result<Correlated, StoreError> {
-        Store::correlated(self, correlation_id)
+    fn correlated<'a>(
+        &'a self,
+        correlation_id: &'a str,
+    ) -> Pending<'a, Result<Correlated, StoreError>> {
+        Box::pin(std::future::ready(Store::correlated(self, correlation_id)))
     }
-    fn event(&self, id: JobId) -> Result<Option<EventRecord>, StoreError> {
-        Store::event(self, id)
+    fn event<'a>(&'a self, id: JobId) -> Pending<'a, Result<Option<EventRecord>, StoreError>> {
+        Box::pin(std::future::ready(Store::event(self, id)))
     }
-    fn counts(&self, function: &str) -> Result<Counts, StoreError> {
-        Store::counts(self, function)
+    fn counts<'a>(&'a self, function: &'a str) -> Pending<'a, Result<Counts, StoreError>> {
+        Box::pin(std::future::ready(Store::counts(self, function)))
     }
-    fn pending_count(&self, function: &str) -> Result<u64, StoreError> {
-        Store::pending_count(self, function)
+    fn pending_count<'a>(&'a self, function: &'a str) -> Pending<'a, Result<u64, StoreError>> {
+        Box::pin(std::future::ready(Store::pending_count(self, function)))
     }
-    fn oldest_ready(&self, function: &str) -> Result<Option<u64>, StoreError> {
-        Store::oldest_ready(self, function)
+    fn oldest_ready<'a>(
+        &'a self,
+        function: &'a str,
+    ) -> Pending<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(std::future::ready(Store::oldest_ready(self, function)))
     }
-    fn read_blob(
-        &self,
-        digest: &[u8; 32],
+    fn read_blob<'a>(
+        &'a self,
+        digest: &'a [u8; 32],
         offset: u64,
         len: usize,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        Store::read_blob(self, digest, offset, len)
+    ) -> Pending<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(std::future::ready(Store::read_blob(
+            self, digest, offset, len,
+        )))
     }
     fn blob_totals(&self) -> (u64, u64) {
         Store::blob_totals(self)
@@ -294,17 +326,23 @@ impl JobStore for Store {
     fn queued_bytes(&self) -> u64 {
         Store::queued_bytes(self)
     }
-    fn kv_get(&self, function: &str, key: &str) -> Result<(u64, Option<Vec<u8>>), StoreError> {
-        Store::kv_get(self, function, key)
+    fn kv_get<'a>(
+        &'a self,
+        function: &'a str,
+        key: &'a str,
+    ) -> Pending<'a, Result<Versioned, StoreError>> {
+        Box::pin(std::future::ready(Store::kv_get(self, function, key)))
     }
-    fn kv_keys(
-        &self,
-        function: &str,
-        prefix: Option<&str>,
+    fn kv_keys<'a>(
+        &'a self,
+        function: &'a str,
+        prefix: Option<&'a str>,
         skip: usize,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        Store::kv_keys(self, function, prefix, skip, limit)
+    ) -> Pending<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(std::future::ready(Store::kv_keys(
+            self, function, prefix, skip, limit,
+        )))
     }
     fn kv_write(&self, changes: KvChanges) -> Pending<'_, Result<KvVerdict, StoreError>> {
         Box::pin(Store::kv_write(self, changes))
@@ -396,20 +434,29 @@ impl FunctionCatalog for Store {
     ) -> Pending<'a, Result<Vec<JobId>, DeleteError>> {
         Box::pin(Store::delete_function(self, name, force))
     }
-    fn function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
-        Store::function(self, name)
+    fn function<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pending<'a, Result<Option<FunctionRecord>, StoreError>> {
+        Box::pin(std::future::ready(Store::function(self, name)))
     }
-    fn functions(&self) -> Result<Vec<FunctionRecord>, StoreError> {
-        Store::functions(self)
+    fn functions<'a>(&'a self) -> Pending<'a, Result<Vec<FunctionRecord>, StoreError>> {
+        Box::pin(std::future::ready(Store::functions(self)))
     }
-    fn versions(&self, name: &str) -> Result<Vec<FunctionRecord>, StoreError> {
-        Store::versions(self, name)
+    fn versions<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pending<'a, Result<Vec<FunctionRecord>, StoreError>> {
+        Box::pin(std::future::ready(Store::versions(self, name)))
     }
-    fn component(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Store::component(self, digest)
+    fn component<'a>(
+        &'a self,
+        digest: &'a str,
+    ) -> Pending<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(std::future::ready(Store::component(self, digest)))
     }
-    fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Store::artifact(self, key)
+    fn artifact<'a>(&'a self, key: &'a str) -> Pending<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(std::future::ready(Store::artifact(self, key)))
     }
     fn save_artifact(&self, key: String, artifact: Vec<u8>) -> Pending<'_, Result<(), StoreError>> {
         Box::pin(Store::save_artifact(self, key, artifact))
@@ -430,8 +477,11 @@ impl FunctionCatalog for Store {
     ) -> Pending<'a, Result<bool, StoreError>> {
         Box::pin(Store::delete_secret(self, function, name))
     }
-    fn secrets(&self, function: &str) -> Result<Vec<SealedSecret>, StoreError> {
-        Store::secrets(self, function)
+    fn secrets<'a>(
+        &'a self,
+        function: &'a str,
+    ) -> Pending<'a, Result<Vec<SealedSecret>, StoreError>> {
+        Box::pin(std::future::ready(Store::secrets(self, function)))
     }
     fn setting_or_init<'a>(
         &'a self,

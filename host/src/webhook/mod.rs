@@ -95,7 +95,7 @@ impl Sender {
     /// One delivery attempt of job `id`'s callback: after a slot at its destination (and its
     /// breaker's leave), then one of the sender's.
     async fn deliver(&self, id: JobId) -> CallbackResult {
-        let (url, msg_id, body) = match self.prepare(id) {
+        let (url, msg_id, body) = match self.prepare(id).await {
             Ok(ready) => ready,
             Err(result) => return result,
         };
@@ -116,8 +116,8 @@ impl Sender {
     }
 
     /// What job `id`'s callback sends: its checked URL, message id and signed-to-be body.
-    fn prepare(&self, id: JobId) -> Result<(Url, String, Vec<u8>), CallbackResult> {
-        let job = match self.store.job(id) {
+    async fn prepare(&self, id: JobId) -> Result<(Url, String, Vec<u8>), CallbackResult> {
+        let job = match self.store.job(id).await {
             Ok(Some(job)) => job,
             Ok(None) => {
                 return Err(CallbackResult::Failed {
