@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 /// Paths of the example components, built by `build.rs`.
 pub mod conformance;
+pub mod nats;
 
 pub mod components {
     /// `functions/echo`.

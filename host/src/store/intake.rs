@@ -190,7 +190,6 @@ impl Writer {
                 .insert((correlation.as_str(), id.0), KIND_JOB)
                 .map_err(storage)?;
         }
-        let correlation_id = new.correlation_id.unwrap_or_else(|| id.to_string());
         // A large input is stored once as a blob (a claim check); the job refers to it.
         let input_blob = match new.input_blob {
             Some(blob) => Some(blob),
@@ -202,47 +201,7 @@ impl Writer {
                 .open()?
                 .add_ref(blob, &new.input[..], &mut fx.blobs)?;
         }
-        let mut job = Job {
-            function: new.function,
-            status: if delayed.is_some() {
-                JobStatus::Delayed
-            } else {
-                JobStatus::Queued
-            },
-            attempts: 0,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            input_content_type: new.content_type,
-            input: if input_blob.is_some() {
-                Vec::new()
-            } else {
-                new.input.to_vec()
-            },
-            output_content_type: None,
-            output: None,
-            error: None,
-            log: String::new(),
-            correlation_id,
-            not_before: delayed,
-            priority: new.priority,
-            ready_at: now,
-            lease_until: None,
-            history: Vec::new(),
-            ordering_key: new.ordering_key,
-            ordering_seq: 0,
-            version: None,
-            event: new.event.map(|e| *e),
-            parent: new.parent,
-            pipeline: new.pipeline,
-            input_blob,
-            output_blob: None,
-            callback: new.callback.map(crate::job::Callback::new),
-            hops: new.hops,
-            outbound: Vec::new(),
-            conflicts: 0,
-            earlier_logs: Vec::new(),
-        };
+        let (mut job, input) = record_of(id, new, now, delayed, input_blob);
         if job.hops > self.max_hops {
             return self.insert_too_deep(id, job, now, t, fx);
         }
@@ -272,7 +231,7 @@ impl Writer {
                     input: if input_blob.is_some() {
                         Bytes::new()
                     } else {
-                        new.input
+                        input
                     },
                     created_at: now,
                     correlation_id: job.correlation_id,
@@ -341,4 +300,57 @@ impl Writer {
         t.put_job(id, &job)?;
         Ok(())
     }
+}
+
+/// The record of a job accepted as `id` at `now` (`delayed`: not before then; `input_blob`: its
+/// input is kept as that blob), and its input bytes.
+pub(crate) fn record_of(
+    id: JobId,
+    new: NewJob,
+    now: u64,
+    delayed: Option<u64>,
+    input_blob: Option<BlobRef>,
+) -> (Job, Bytes) {
+    let job = Job {
+        function: new.function,
+        status: if delayed.is_some() {
+            JobStatus::Delayed
+        } else {
+            JobStatus::Queued
+        },
+        attempts: 0,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        input_content_type: new.content_type,
+        input: if input_blob.is_some() {
+            Vec::new()
+        } else {
+            new.input.to_vec()
+        },
+        output_content_type: None,
+        output: None,
+        error: None,
+        log: String::new(),
+        correlation_id: new.correlation_id.unwrap_or_else(|| id.to_string()),
+        not_before: delayed,
+        priority: new.priority,
+        ready_at: now,
+        lease_until: None,
+        history: Vec::new(),
+        ordering_key: new.ordering_key,
+        ordering_seq: 0,
+        version: None,
+        event: new.event.map(|e| *e),
+        parent: new.parent,
+        pipeline: new.pipeline,
+        input_blob,
+        output_blob: None,
+        callback: new.callback.map(crate::job::Callback::new),
+        hops: new.hops,
+        outbound: Vec::new(),
+        conflicts: 0,
+        earlier_logs: Vec::new(),
+    };
+    (job, new.input)
 }

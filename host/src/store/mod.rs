@@ -54,6 +54,7 @@ pub mod kv;
 mod leases;
 mod legacy;
 mod machine;
+pub mod nats;
 mod ops;
 mod ordering;
 mod outbox;
@@ -69,6 +70,7 @@ mod tables;
 mod tally;
 mod transitions;
 mod txn;
+mod versions;
 mod writer;
 
 use std::collections::HashMap;

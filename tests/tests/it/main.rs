@@ -17,6 +17,7 @@ mod hostile;
 mod kill9;
 mod kv;
 mod lifecycle;
+mod nats_conformance;
 mod outbound;
 mod outbox;
 mod output_memory;

@@ -1,0 +1,605 @@
+//! The attempt side on JetStream: a lease is a delivery of the function's consumer (its ack
+//! wait the lease's length), a start and a renewal are in-progress acks, an outcome is a
+//! compare-and-set on the record, then an ack (ended) or a negative ack with the retry's delay.
+//! A delivery of a job still `running` is a lease that ran out: its attempt is failed as
+//! expired (under the retry policy) before the job is handed out again.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{NatsBackend, failed};
+use crate::job::{AttemptReport, FailureKind, JobId, Outcome, QueuedJob, now_ms};
+use crate::manifest::RetryPolicy;
+use crate::store::seam::{Dispatch, Pending};
+use crate::store::{CallbackFeed, CallbackResult, StoreError};
+
+/// The largest input or output kept in a job record (larger ones need claim checks, which
+/// this backend does not keep yet).
+pub(super) const MAX_INLINE: usize = 512 * 1024;
+
+/// Tasks applying starts, renewals and outcomes (each job's in order: a job always goes to the
+/// same task).
+const WORKERS: usize = 16;
+
+/// Deliveries of a queue message with no record (100 ms apart) before it is dropped: its
+/// submit wrote the message and stopped before the record (it was never answered `202`).
+const ORPHAN_AFTER_DELIVERIES: i64 = 600;
+
+/// A start, renewal or outcome, for the job's task.
+pub(super) enum Op {
+    Start {
+        id: JobId,
+        attempt: u32,
+        at: u64,
+        lease_until: u64,
+        version: u32,
+    },
+    Renew {
+        id: JobId,
+        attempt: u32,
+        lease_until: u64,
+    },
+    /// A client's cancel, after the job's earlier changes.
+    Cancel {
+        id: JobId,
+        reply: tokio::sync::oneshot::Sender<Result<crate::job::Job, crate::store::CancelError>>,
+    },
+    Finish {
+        id: JobId,
+        attempt: u32,
+        report: Box<AttemptReport>,
+        retry: RetryPolicy,
+    },
+}
+
+/// Starts the tasks that apply [`Op`]s; they end when the backend is dropped.
+pub(super) fn workers(backend: Weak<NatsBackend>) -> Vec<mpsc::UnboundedSender<Op>> {
+    (0..WORKERS)
+        .map(|_| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Op>();
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::new();
+                while let Some(op) = rx.recv().await {
+                    let Some(backend) = backend.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = backend.apply(op, &mut rng).await {
+                        tracing::warn!(error = %e, "a job's change did not reach NATS; its lease runs out and it runs again");
+                    }
+                }
+            });
+            tx
+        })
+        .collect()
+}
+
+impl NatsBackend {
+    /// Cancels a job after the changes sent for it before (a job's changes apply in order).
+    pub(super) async fn cancel_in_order(
+        &self,
+        id: JobId,
+    ) -> Result<crate::job::Job, crate::store::CancelError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(id, Op::Cancel { id, reply });
+        answer
+            .await
+            .unwrap_or(Err(crate::store::CancelError::Store(StoreError::Closed)))
+    }
+
+    fn send(&self, id: JobId, op: Op) {
+        let _ = self.dispatch[(id.0 % WORKERS as u128) as usize].send(op);
+    }
+
+    async fn apply(&self, op: Op, rng: &mut fastrand::Rng) -> Result<(), StoreError> {
+        match op {
+            Op::Renew {
+                id,
+                attempt,
+                lease_until,
+            } => {
+                let acker = self.held.lock().get(&id).cloned();
+                if let Some(acker) = acker {
+                    acker.ack_with(AckKind::Progress).await.map_err(|e| {
+                        crate::store::nats::failed_because(format!("renewing a lease: {e}"))
+                    })?;
+                }
+                loop {
+                    let Some((mut job, revision)) = self.record(id).await? else {
+                        return Ok(());
+                    };
+                    if job.status != crate::job::JobStatus::Running || job.attempts != attempt {
+                        return Ok(());
+                    }
+                    job.lease_until = Some(lease_until.max(job.lease_until.unwrap_or(0)));
+                    if self.replace(id, &job, revision).await? {
+                        return Ok(());
+                    }
+                }
+            }
+            Op::Cancel { id, reply } => {
+                let _ = reply.send(self.cancel_now(id).await);
+                Ok(())
+            }
+            Op::Start {
+                id,
+                attempt,
+                at,
+                lease_until,
+                version,
+            } => loop {
+                let Some((mut job, revision)) = self.record(id).await? else {
+                    return Ok(());
+                };
+                if !crate::store::machine::may_start(job.status, job.attempts, attempt) {
+                    return Ok(());
+                }
+                let from = job.status;
+                job.status = crate::job::JobStatus::Running;
+                job.attempts = attempt;
+                job.started_at = Some(at);
+                job.lease_until = Some(lease_until);
+                job.version = Some(version);
+                if self.replace(id, &job, revision).await? {
+                    self.running
+                        .put(Self::job_key(id), lease_until.to_string().into())
+                        .await
+                        .map_err(failed)?;
+                    self.moved(&job.function, Some(from), Some(job.status))
+                        .await?;
+                    return Ok(());
+                }
+            },
+            Op::Finish {
+                id,
+                attempt,
+                mut report,
+                retry,
+            } => {
+                self.finish_attempt(id, attempt, &mut report, retry, rng)
+                    .await
+            }
+        }
+    }
+
+    /// Records an attempt's end (fenced) and lets go of its delivery.
+    async fn finish_attempt(
+        &self,
+        id: JobId,
+        attempt: u32,
+        report: &mut AttemptReport,
+        retry: RetryPolicy,
+        rng: &mut fastrand::Rng,
+    ) -> Result<(), StoreError> {
+        refuse_unsupported(report);
+        loop {
+            let Some((mut job, revision)) = self.record(id).await? else {
+                self.release(id, None).await;
+                return Ok(());
+            };
+            if !crate::store::machine::is_current(job.status, job.attempts, attempt) {
+                if job.status.is_terminal() {
+                    self.release(id, None).await;
+                }
+                return Ok(());
+            }
+            let mut attempt_report = clone_report(report);
+            let settled =
+                crate::store::settle::settle(&mut job, attempt, &mut attempt_report, &retry, rng);
+            if let Some(crate::output::Output::Memory { bytes, .. }) = settled.output {
+                job.output = Some(bytes);
+            }
+            if self.replace(id, &job, revision).await? {
+                self.not_running(id).await;
+                self.moved(&job.function, Some(settled.from), Some(job.status))
+                    .await?;
+                let delay = settled
+                    .delayed_until
+                    .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+                self.release(id, Some(delay)).await;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Lets go of a job's delivery: acked (`None` or `Some(None)`: the job ended) or handed
+    /// out again after the delay.
+    async fn release(&self, id: JobId, again_after: Option<Option<Duration>>) {
+        let Some(acker) = self.held.lock().remove(&id) else {
+            return;
+        };
+        let result = match again_after.flatten() {
+            Some(delay) => acker.ack_with(AckKind::Nak(Some(delay))).await,
+            None => acker.double_ack().await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(%id, error = %e, "could not acknowledge a delivery; it is delivered again and fenced");
+        }
+    }
+
+    /// Leases up to `max` ready jobs of `function`, waiting until one is ready.
+    async fn lease_jobs(&self, function: &str, max: usize) -> Result<Vec<QueuedJob>, StoreError> {
+        loop {
+            let Some(consumer) = self.queue(function).await? else {
+                // Not deployed (yet): ask again in a moment.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            let mut batch = consumer
+                .fetch()
+                .max_messages(max.max(1))
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await
+                .map_err(failed)?;
+            // Deliveries drawn but not handed out yet go back at once if this future is dropped.
+            let mut drawn = Drawn(Vec::new());
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| {
+                    crate::store::nats::failed_because(format!("leasing {function}'s jobs: {e}"))
+                })?;
+                drawn.0.push(message);
+            }
+            let mut leased = Vec::new();
+            for message in std::mem::take(&mut drawn.0) {
+                if let Some(job) = self.admit(message).await? {
+                    leased.push(job);
+                }
+            }
+            if !leased.is_empty() {
+                return Ok(leased);
+            }
+        }
+    }
+
+    /// What a delivery becomes: a job handed out, or `None` (skipped: ended, not due, lease
+    /// expired and retried later, record not written yet).
+    async fn admit(
+        &self,
+        message: async_nats::jetstream::Message,
+    ) -> Result<Option<QueuedJob>, StoreError> {
+        let id = std::str::from_utf8(&message.payload)
+            .ok()
+            .and_then(|s| s.parse::<JobId>().ok());
+        let Some(id) = id else {
+            let _ = message.ack_with(AckKind::Term).await;
+            return Ok(None);
+        };
+        loop {
+            let Some((job, revision)) = self.record(id).await? else {
+                let delivered = message.info().map(|i| i.delivered).unwrap_or(0);
+                if delivered > ORPHAN_AFTER_DELIVERIES {
+                    // Its submit never wrote the record (never answered 202): drop it.
+                    let _ = message.ack_with(AckKind::Term).await;
+                } else {
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_millis(100))))
+                        .await;
+                }
+                return Ok(None);
+            };
+            let now = now_ms();
+            match job.status {
+                s if s.is_terminal() => {
+                    let _ = message.double_ack().await;
+                    return Ok(None);
+                }
+                crate::job::JobStatus::Delayed if job.not_before.is_some_and(|at| at > now) => {
+                    let wait = job.not_before.unwrap_or(now) - now;
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_millis(wait))))
+                        .await;
+                    return Ok(None);
+                }
+                crate::job::JobStatus::Running => {
+                    // Delivered again while running: the lease ran out (a host died or hung),
+                    // or is about to, renewed on record by a host whose acks were lost.
+                    if let Some(until) = job.lease_until.filter(|until| *until > now) {
+                        let wait = Duration::from_millis(until - now);
+                        let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+                        return Ok(None);
+                    }
+                    match self.expire(id).await? {
+                        Some(Some(wait)) => {
+                            let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+                            return Ok(None);
+                        }
+                        Some(None) => {
+                            let _ = message.double_ack().await;
+                            return Ok(None);
+                        }
+                        // Due again at once (or changed meanwhile): look again.
+                        None => continue,
+                    }
+                }
+                crate::job::JobStatus::Delayed => {
+                    // Due: queued again (as the embedded store's timer does) before it runs.
+                    let mut due = job.clone();
+                    due.status = crate::job::JobStatus::Queued;
+                    due.not_before = None;
+                    due.ready_at = now;
+                    if !self.replace(id, &due, revision).await? {
+                        continue;
+                    }
+                    self.moved(&due.function, Some(job.status), Some(due.status))
+                        .await?;
+                    let (acker_message, acker) = message.split();
+                    drop(acker_message);
+                    self.held.lock().insert(id, std::sync::Arc::new(acker));
+                    return Ok(Some(QueuedJob::from_job(id, due)));
+                }
+                _ => {
+                    let (acker_message, acker) = message.split();
+                    drop(acker_message);
+                    self.held.lock().insert(id, std::sync::Arc::new(acker));
+                    return Ok(Some(QueuedJob::from_job(id, job)));
+                }
+            }
+        }
+    }
+}
+
+impl NatsBackend {
+    /// Fails the running attempt of a job whose lease ran out, under its function's retry
+    /// policy. Returns what became of its delivery: `Some(Some(wait))` waits for a retry,
+    /// `Some(None)` ended, `None` ready again now (or the job was not expired after all).
+    pub(super) async fn expire(&self, id: JobId) -> Result<Option<Option<Duration>>, StoreError> {
+        loop {
+            let Some((mut job, revision)) = self.record(id).await? else {
+                self.not_running(id).await;
+                return Ok(Some(None));
+            };
+            let now = now_ms();
+            if job.status != crate::job::JobStatus::Running
+                || !crate::store::machine::lease_expired(job.lease_until.unwrap_or(0), now)
+            {
+                return Ok(None);
+            }
+            let retry = self
+                .function_record(&job.function)
+                .await?
+                .map(|f| f.settings.retry)
+                .unwrap_or(crate::manifest::Settings::DEFAULT.retry);
+            let attempt = job.attempts;
+            let mut report = AttemptReport {
+                outcome: Outcome::Failed {
+                    kind: FailureKind::Timeout,
+                    message: "lease expired: the host running the attempt stopped renewing it; the job was handed out again".into(),
+                },
+                log: String::new(),
+                started_at: job.started_at.unwrap_or(now),
+                finished_at: now,
+                version: job.version.unwrap_or(0),
+                emitted: Vec::new(),
+                then: None,
+                outbound: Vec::new(),
+                kv: None,
+            };
+            let settled = crate::store::settle::settle(
+                &mut job,
+                attempt,
+                &mut report,
+                &retry,
+                &mut fastrand::Rng::new(),
+            );
+            if !self.replace(id, &job, revision).await? {
+                continue;
+            }
+            self.not_running(id).await;
+            self.moved(&job.function, Some(settled.from), Some(job.status))
+                .await?;
+            return Ok(match settled.delayed_until {
+                Some(at) if at > now_ms() => Some(Some(Duration::from_millis(at - now_ms()))),
+                Some(_) => None,
+                None => Some(None),
+            });
+        }
+    }
+
+    /// Drops a job from the index of running attempts.
+    pub(super) async fn not_running(&self, id: JobId) {
+        let _ = self.running.purge(Self::job_key(id)).await;
+    }
+
+    /// Every `period`: fails the running attempts whose lease ran out (any host does; the
+    /// compare-and-set lets one win) and keeps this host's leased jobs that have not started
+    /// yet from being handed out elsewhere.
+    pub(super) async fn sweep(backend: Weak<NatsBackend>, period: Duration) {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let Some(backend) = backend.upgrade() else {
+                return;
+            };
+            if let Err(e) = backend.sweep_once().await {
+                tracing::warn!(error = %e, "sweeping expired leases failed; trying again");
+            }
+        }
+    }
+
+    async fn sweep_once(&self) -> Result<(), StoreError> {
+        use futures_util::TryStreamExt;
+        let held: Vec<_> = self.held.lock().values().cloned().collect();
+        for acker in held {
+            let _ = acker.ack_with(AckKind::Progress).await;
+        }
+        let keys: Vec<String> = self
+            .running
+            .keys()
+            .await
+            .map_err(failed)?
+            .try_collect()
+            .await
+            .map_err(failed)?;
+        let now = now_ms();
+        for key in keys {
+            let until = self
+                .running
+                .get(&key)
+                .await
+                .map_err(failed)?
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
+            if until.is_some_and(|until| !crate::store::machine::lease_expired(until, now)) {
+                continue;
+            }
+            let Some(id) = key.strip_prefix("j.").and_then(|s| s.parse::<JobId>().ok()) else {
+                continue;
+            };
+            if let Some(after) = self.expire(id).await? {
+                self.release(id, Some(after)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deliveries drawn and not yet handed out: negatively acked (delivered again at once) when
+/// dropped.
+struct Drawn(Vec<async_nats::jetstream::Message>);
+
+impl Drop for Drawn {
+    fn drop(&mut self) {
+        for message in self.0.drain(..) {
+            tokio::spawn(async move {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            });
+        }
+    }
+}
+
+/// What this backend cannot keep yet turns a success into a permanent failure that says so,
+/// rather than losing it quietly.
+fn refuse_unsupported(report: &mut AttemptReport) {
+    let large = match &report.outcome {
+        Outcome::Succeeded { output, .. } => match output {
+            crate::output::Output::Memory { bytes, .. } => bytes.len() > MAX_INLINE,
+            crate::output::Output::Spooled(_) => true,
+        },
+        Outcome::Failed { .. } => false,
+    };
+    let what = if large {
+        Some("an output over 512 KiB (a claim check)")
+    } else if !report.emitted.is_empty() {
+        Some("emitting jobs or events")
+    } else if report.then.is_some() {
+        Some("a pipeline's next stage")
+    } else if report.kv.is_some() {
+        Some("key-value state")
+    } else {
+        None
+    };
+    if let (Some(what), Outcome::Succeeded { .. }) = (what, &report.outcome) {
+        report.outcome = Outcome::Failed {
+            kind: FailureKind::Permanent,
+            message: format!("{what} is not supported by the NATS backend yet"),
+        };
+        report.emitted.clear();
+        report.then = None;
+        report.kv = None;
+    }
+}
+
+/// A copy of a report to settle again after a lost compare-and-set.
+fn clone_report(report: &AttemptReport) -> AttemptReport {
+    AttemptReport {
+        outcome: match &report.outcome {
+            Outcome::Succeeded {
+                output,
+                content_type,
+            } => Outcome::Succeeded {
+                output: match output {
+                    crate::output::Output::Memory { bytes, blob } => {
+                        crate::output::Output::Memory {
+                            bytes: bytes.clone(),
+                            blob: *blob,
+                        }
+                    }
+                    // Refused before (`refuse_unsupported`).
+                    crate::output::Output::Spooled(_) => {
+                        unreachable!("spooled outputs are refused")
+                    }
+                },
+                content_type: content_type.clone(),
+            },
+            Outcome::Failed { kind, message } => Outcome::Failed {
+                kind: *kind,
+                message: message.clone(),
+            },
+        },
+        log: report.log.clone(),
+        started_at: report.started_at,
+        finished_at: report.finished_at,
+        version: report.version,
+        emitted: Vec::new(),
+        then: None,
+        outbound: report.outbound.clone(),
+        kv: None,
+    }
+}
+
+impl Dispatch for NatsBackend {
+    fn lease<'a>(
+        &'a self,
+        function: &'a str,
+        max: usize,
+    ) -> Pending<'a, Result<Vec<QueuedJob>, StoreError>> {
+        Box::pin(self.lease_jobs(function, max))
+    }
+    fn take_callbacks(&self) -> Option<CallbackFeed> {
+        self.callbacks.lock().take()
+    }
+    fn start(&self, id: JobId, attempt: u32, at: u64, lease_until: u64, version: u32) {
+        self.send(
+            id,
+            Op::Start {
+                id,
+                attempt,
+                at,
+                lease_until,
+                version,
+            },
+        );
+        self.send(
+            id,
+            Op::Renew {
+                id,
+                attempt,
+                lease_until,
+            },
+        );
+    }
+    fn renew(&self, id: JobId, attempt: u32, lease_until: u64) {
+        self.send(
+            id,
+            Op::Renew {
+                id,
+                attempt,
+                lease_until,
+            },
+        );
+    }
+    fn finish(&self, id: JobId, attempt: u32, report: AttemptReport, retry: RetryPolicy) {
+        self.send(
+            id,
+            Op::Finish {
+                id,
+                attempt,
+                report: Box::new(report),
+                retry,
+            },
+        );
+    }
+    fn settle_kv(
+        &self,
+        _id: JobId,
+        _attempt: u32,
+        report: AttemptReport,
+    ) -> Pending<'_, AttemptReport> {
+        Box::pin(async move { report })
+    }
+    fn callback_done(&self, _id: JobId, _result: CallbackResult) {}
+}

@@ -1,0 +1,331 @@
+//! Jobs as clients see them on JetStream: submit (queue message, then record), reads, waits,
+//! cancel, counts.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sha2::Digest;
+
+use super::{NatsBackend, failed, failed_because, unsupported};
+use crate::job::{Job, JobId, JobStatus, KvChanges, now_ms};
+use crate::store::seam::{JobStore, Pending, Versioned};
+use crate::store::tables::{decode_job, encode_job};
+use crate::store::{
+    CancelError, Correlated, Counts, DeadLetterSelection, EventRecord, FunctionTally, JobPage,
+    JobQuery, KvVerdict, NewEvent, NewJob, Published, StoreError, StoreStats, SubmitError,
+    Submitted,
+};
+
+/// JetStream's error code for a message beyond a stream's limit with new messages refused.
+const MAXIMUM_MESSAGES_EXCEEDED: u64 = 10077;
+
+impl NatsBackend {
+    /// A job's record and its revision.
+    pub(super) async fn record(&self, id: JobId) -> Result<Option<(Job, u64)>, StoreError> {
+        let Some(entry) = self.jobs.entry(Self::job_key(id)).await.map_err(failed)? else {
+            return Ok(None);
+        };
+        if entry.operation != async_nats::jetstream::kv::Operation::Put {
+            return Ok(None);
+        }
+        let job = decode_job(&entry.value)
+            .map_err(|e| failed_because(format!("job {id} does not decode: {e}")))?;
+        Ok(Some((job, entry.revision)))
+    }
+
+    /// Replaces a job's record if it is still at `revision`; false when another change came
+    /// first (read it again).
+    pub(super) async fn replace(
+        &self,
+        id: JobId,
+        job: &Job,
+        revision: u64,
+    ) -> Result<bool, StoreError> {
+        match self
+            .jobs
+            .update(Self::job_key(id), encode_job(job).into(), revision)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+                Ok(false)
+            }
+            Err(e) => Err(failed(e)),
+        }
+    }
+
+    async fn submit_one(&self, new: NewJob) -> Result<Submitted, SubmitError> {
+        let Some(record) = self.function_record(&new.function).await? else {
+            return Err(SubmitError::FunctionNotFound(new.function));
+        };
+        if new.input.len() > super::dispatch::MAX_INLINE || new.input_blob.is_some() {
+            return Err(unsupported("an input over 512 KiB (a claim check)").into());
+        }
+        if new.ordering_key.is_some() {
+            return Err(unsupported("an ordering key").into());
+        }
+        let id = JobId(ulid::Ulid::new().0);
+        if let Some(key) = &new.idempotency {
+            let name = format!(
+                "{}.{}",
+                new.function,
+                hex::encode(&sha2::Sha256::digest(key.key.as_bytes())[..16])
+            );
+            let value = format!("{id}:{}", hex::encode(key.request_hash));
+            match self.keys.create(&name, value.into()).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+                    let stored = self.keys.get(&name).await.map_err(failed)?;
+                    let stored =
+                        String::from_utf8_lossy(stored.as_deref().unwrap_or_default()).into_owned();
+                    let (job, hash) = stored.split_once(':').unwrap_or_default();
+                    if hash != hex::encode(key.request_hash) {
+                        return Err(SubmitError::IdempotencyConflict(key.key.clone()));
+                    }
+                    let job: JobId = job.parse().map_err(|_| {
+                        failed_because(format!("idempotency key {name} is damaged"))
+                    })?;
+                    return Ok(Submitted::Existing(job));
+                }
+                Err(e) => return Err(failed(e).into()),
+            }
+        }
+        let now = now_ms();
+        let delayed = match crate::store::machine::on_submit(new.not_before, now) {
+            crate::store::machine::Accepted::Delayed(at) => Some(at),
+            crate::store::machine::Accepted::Queued => None,
+        };
+        let function = new.function.clone();
+        let (job, _) = crate::store::intake::record_of(id, new, now, delayed, None);
+        // The queue message first: a job whose record exists is always in its queue. A
+        // delivery that finds no record yet is asked for again shortly (see `lease`).
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string());
+        let published = self
+            .js
+            .publish_with_headers(
+                self.queue_subject(&function),
+                headers,
+                id.to_string().into(),
+            )
+            .await
+            .map_err(failed)?
+            .await;
+        if let Err(e) = published {
+            let code = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+                .map(|e| e.error_code().0);
+            if code == Some(MAXIMUM_MESSAGES_EXCEEDED) {
+                return Err(SubmitError::QueueFull {
+                    function,
+                    max_queued: record.settings.max_queued,
+                });
+            }
+            return Err(failed(e).into());
+        }
+        self.jobs
+            .put(Self::job_key(id), encode_job(&job).into())
+            .await
+            .map_err(failed)?;
+        self.moved(&function, None, Some(job.status)).await?;
+        Ok(Submitted::New(id))
+    }
+
+    async fn wait_for(&self, id: JobId, timeout: Duration) -> Result<Option<Job>, StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.jobs.watch(Self::job_key(id)).await.map_err(failed)?;
+        loop {
+            let Some((job, _)) = self.record(id).await? else {
+                return Ok(None);
+            };
+            if job.visible_status().is_terminal() {
+                return Ok(Some(job));
+            }
+            match tokio::time::timeout_at(deadline, changes.next()).await {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return Ok(self.record(id).await?.map(|(job, _)| job)),
+            }
+        }
+    }
+
+    /// Cancels a queued or delayed job now (see `cancel_in_order`).
+    pub(super) async fn cancel_now(&self, id: JobId) -> Result<Job, CancelError> {
+        loop {
+            let Some((mut job, revision)) = self.record(id).await? else {
+                return Err(CancelError::NotFound(id));
+            };
+            if !crate::store::machine::may_cancel(job.status) {
+                return Err(CancelError::NotCancellable {
+                    id,
+                    status: job.status,
+                });
+            }
+            let from = job.status;
+            job.status = JobStatus::Cancelled;
+            job.finished_at = Some(now_ms());
+            job.error = Some("cancelled by request".into());
+            // Its queue message is acked when a host next draws it.
+            if self.replace(id, &job, revision).await? {
+                self.moved(&job.function, Some(from), Some(job.status))
+                    .await?;
+                return Ok(job);
+            }
+        }
+    }
+
+    pub(super) async fn counts_of(&self, function: &str) -> Result<Counts, StoreError> {
+        let mut counts = Counts::default();
+        for status in JobStatus::ALL {
+            let value = match self
+                .counters
+                .direct_get_last_for_subject(self.count_subject(function, status))
+                .await
+            {
+                Ok(message) => counter_value(&message.payload),
+                Err(e)
+                    if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound =>
+                {
+                    0
+                }
+                Err(e) => return Err(failed(e)),
+            };
+            counts.0[crate::store::counts::slot(status)] = value.max(0) as u64;
+        }
+        Ok(counts)
+    }
+}
+
+/// A JetStream counter's value (`{"val":"12"}`).
+fn counter_value(payload: &[u8]) -> i64 {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v.get("val")?.as_str()?.parse().ok())
+        .unwrap_or(0)
+}
+
+impl JobStore for NatsBackend {
+    fn submit(&self, job: NewJob) -> Pending<'_, Result<Submitted, SubmitError>> {
+        Box::pin(self.submit_one(job))
+    }
+    fn submit_batch(&self, jobs: Vec<NewJob>) -> Pending<'_, Result<Vec<JobId>, SubmitError>> {
+        Box::pin(async move {
+            // All or nothing needs room for all: checked first (a concurrent submit may still
+            // take the room; then the batch is cut short with the error and what it accepted
+            // stays, a limit this backend does not close yet).
+            let mut wanted: std::collections::HashMap<&str, u64> = Default::default();
+            for job in &jobs {
+                *wanted.entry(job.function.as_str()).or_default() += 1;
+            }
+            for (function, n) in wanted {
+                let Some(record) = self.function_record(function).await? else {
+                    return Err(SubmitError::FunctionNotFound(function.into()));
+                };
+                let unfinished = self.counts_of(function).await?.unfinished();
+                if unfinished + n > record.settings.max_queued {
+                    return Err(SubmitError::QueueFull {
+                        function: function.into(),
+                        max_queued: record.settings.max_queued,
+                    });
+                }
+            }
+            let mut ids = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                ids.push(self.submit_one(job).await?.id());
+            }
+            Ok(ids)
+        })
+    }
+    fn publish(&self, _events: Vec<NewEvent>) -> Pending<'_, Result<Vec<Published>, SubmitError>> {
+        Box::pin(async { Err(unsupported("publishing events").into()) })
+    }
+    fn cancel(&self, id: JobId) -> Pending<'_, Result<Job, CancelError>> {
+        Box::pin(self.cancel_in_order(id))
+    }
+    fn redrive<'a>(
+        &'a self,
+        _function: &'a str,
+        _which: DeadLetterSelection,
+    ) -> Pending<'a, Result<Vec<JobId>, StoreError>> {
+        Box::pin(async { Err(unsupported("redriving dead letters")) })
+    }
+    fn purge<'a>(
+        &'a self,
+        _function: &'a str,
+        _which: DeadLetterSelection,
+    ) -> Pending<'a, Result<Vec<JobId>, StoreError>> {
+        Box::pin(async { Err(unsupported("purging dead letters")) })
+    }
+    fn job<'a>(&'a self, id: JobId) -> Pending<'a, Result<Option<Job>, StoreError>> {
+        Box::pin(async move { Ok(self.record(id).await?.map(|(job, _)| job)) })
+    }
+    fn wait_terminal(
+        &self,
+        id: JobId,
+        timeout: Duration,
+    ) -> Pending<'_, Result<Option<Job>, StoreError>> {
+        Box::pin(self.wait_for(id, timeout))
+    }
+    fn jobs<'a>(&'a self, _query: &'a JobQuery) -> Pending<'a, Result<JobPage, StoreError>> {
+        Box::pin(async { Err(unsupported("listing jobs")) })
+    }
+    fn correlated<'a>(
+        &'a self,
+        _correlation_id: &'a str,
+    ) -> Pending<'a, Result<Correlated, StoreError>> {
+        Box::pin(async { Err(unsupported("listing jobs by correlation id")) })
+    }
+    fn event<'a>(&'a self, _id: JobId) -> Pending<'a, Result<Option<EventRecord>, StoreError>> {
+        Box::pin(async { Err(unsupported("reading events")) })
+    }
+    fn counts<'a>(&'a self, function: &'a str) -> Pending<'a, Result<Counts, StoreError>> {
+        Box::pin(self.counts_of(function))
+    }
+    fn pending_count<'a>(&'a self, function: &'a str) -> Pending<'a, Result<u64, StoreError>> {
+        Box::pin(async move { Ok(self.counts_of(function).await?.unfinished()) })
+    }
+    fn oldest_ready<'a>(
+        &'a self,
+        _function: &'a str,
+    ) -> Pending<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn read_blob<'a>(
+        &'a self,
+        _digest: &'a [u8; 32],
+        _offset: u64,
+        _len: usize,
+    ) -> Pending<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async { Err(unsupported("a claim-checked payload")) })
+    }
+    fn blob_totals(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn queued_bytes(&self) -> u64 {
+        0
+    }
+    fn kv_get<'a>(
+        &'a self,
+        _function: &'a str,
+        _key: &'a str,
+    ) -> Pending<'a, Result<Versioned, StoreError>> {
+        Box::pin(async { Err(unsupported("key-value state")) })
+    }
+    fn kv_keys<'a>(
+        &'a self,
+        _function: &'a str,
+        _prefix: Option<&'a str>,
+        _skip: usize,
+        _limit: usize,
+    ) -> Pending<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async { Err(unsupported("key-value state")) })
+    }
+    fn kv_write(&self, _changes: KvChanges) -> Pending<'_, Result<KvVerdict, StoreError>> {
+        Box::pin(async { Err(unsupported("key-value state")) })
+    }
+    fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+    fn tallies(&self) -> Vec<(String, FunctionTally)> {
+        Vec::new()
+    }
+}

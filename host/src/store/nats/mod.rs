@@ -1,0 +1,333 @@
+//! The JetStream backend: the store's traits on a NATS cluster, so several hosts share one
+//! set of functions and jobs (`sluice serve --backend nats://...`, in progress: see
+//! docs/scale-out.md for what it does and does not do yet).
+//!
+//! Where things live (every name starts with the deployment's prefix, `sluice` by default, so
+//! several deployments share a cluster):
+//! - job records: KV bucket `<p>-jobs`, key `j.<id>`, the store's own job encoding; every change
+//!   is a compare-and-set on the record's revision, so two hosts never both apply a transition;
+//! - each function's queue: stream `<p>_q_<function>` (work queue, `max_queued` as its message
+//!   limit with new messages refused, so the cluster enforces it), one message per unfinished
+//!   job, deduplicated by job id, and one durable pull consumer `run` shared by every host: a
+//!   lease is a delivery, its expiry the consumer's ack wait, renewed with in-progress acks;
+//!   a retry is a negative ack with the retry's delay; the message is acked when the job ends;
+//! - idempotency keys: KV bucket `<p>-keys` (create-if-absent);
+//! - per-function counts per status: stream `<p>_counts` of JetStream counters;
+//! - the catalog: KV buckets `<p>-functions`, `<p>-versions`, `<p>-secrets`, `<p>-settings`;
+//!   components and compiled artifacts in object store `<p>-objects`.
+//!
+//! A write is answered once the cluster acknowledged it (stored on a majority of the stream's
+//! replicas with the server settings docs/scale-out.md lists).
+
+mod catalog;
+mod dispatch;
+mod jobs;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, kv, object_store::ObjectStore};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use super::{CallbackFeed, FunctionRecord, StoreError, StoreStats};
+use crate::job::JobStatus;
+
+/// How to reach the cluster and how to lay the data out on it.
+#[derive(Clone, Debug)]
+pub struct NatsOptions {
+    /// Server URLs (`nats://host:port`); the client also learns the cluster's other servers.
+    pub servers: Vec<String>,
+    /// Prefix of every stream, bucket and subject (one deployment's data).
+    pub prefix: String,
+    /// Replicas of every stream and bucket (3 on a 3-node cluster: a node may die).
+    pub replicas: usize,
+    /// How long a lease lasts without renewal (the consumer's ack wait).
+    pub lease: Duration,
+    /// A `.creds` file (JWT and nkey seed), if the cluster wants one.
+    pub credentials: Option<std::path::PathBuf>,
+    /// A CA certificate to trust (and require TLS), if the cluster uses a private CA.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// How long idempotency keys are remembered.
+    pub idempotency_window: Duration,
+}
+
+impl NatsOptions {
+    /// Options for `servers` (a comma-separated list of URLs) with the defaults.
+    pub fn new(servers: &str) -> NatsOptions {
+        NatsOptions {
+            servers: servers
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            prefix: "sluice".into(),
+            replicas: 1,
+            lease: Duration::from_secs(30),
+            credentials: None,
+            tls_ca: None,
+            idempotency_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The store on a NATS JetStream cluster. Open with [`NatsBackend::connect`].
+pub struct NatsBackend {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    options: NatsOptions,
+    jobs: kv::Store,
+    /// Running attempts and their lease ends, for the sweep that fails expired ones.
+    running: kv::Store,
+    keys: kv::Store,
+    functions: kv::Store,
+    versions: kv::Store,
+    secrets: kv::Store,
+    settings: kv::Store,
+    objects: ObjectStore,
+    counters: jetstream::stream::Stream,
+    /// Each function's queue consumer, once looked up.
+    queues: Mutex<HashMap<String, PullConsumer>>,
+    /// Deliveries this host holds (leased jobs), by job: acked when the job ends.
+    held: Arc<Mutex<HashMap<crate::job::JobId, Arc<async_nats::jetstream::message::Acker>>>>,
+    /// Starts, renewals and outcomes, applied in order per job by a few tasks.
+    dispatch: Vec<mpsc::UnboundedSender<dispatch::Op>>,
+    stats: StoreStats,
+    /// The callback feed (no callbacks are sent from this backend yet).
+    callbacks: Mutex<Option<CallbackFeed>>,
+    _callbacks_tx: mpsc::UnboundedSender<Vec<crate::job::JobId>>,
+}
+
+/// A backend failure, with its source.
+fn failed(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Arc::new(e))
+}
+
+/// A backend failure described in words.
+fn failed_because(message: String) -> StoreError {
+    StoreError::Backend(Arc::new(std::io::Error::other(message)))
+}
+
+/// What this backend does not do yet, as the error a caller sees.
+fn unsupported(what: &str) -> StoreError {
+    failed_because(format!(
+        "{what} is not supported by the NATS backend yet; use the embedded store (no --backend) for it"
+    ))
+}
+
+impl NatsBackend {
+    /// Connects to the cluster and creates (or finds) the streams and buckets.
+    pub async fn connect(options: NatsOptions) -> Result<Arc<NatsBackend>, StoreError> {
+        if options.servers.is_empty() {
+            return Err(failed_because(
+                "no NATS server given: --backend nats://HOST:PORT[,HOST:PORT...]".into(),
+            ));
+        }
+        let mut connect = async_nats::ConnectOptions::new()
+            .name("sluice")
+            .connection_timeout(Duration::from_secs(5));
+        if let Some(creds) = &options.credentials {
+            connect = connect.credentials_file(creds).await.map_err(failed)?;
+        }
+        if let Some(ca) = &options.tls_ca {
+            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let client = connect
+            .connect(options.servers.as_slice())
+            .await
+            .map_err(|e| {
+                failed_because(format!(
+                    "cannot reach NATS at {}: {e}",
+                    options.servers.join(",")
+                ))
+            })?;
+        let js = jetstream::new(client.clone());
+        let p = &options.prefix;
+        // A cluster that just started may still be electing its leaders: keep asking a while.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let bucket = |name: String, history: i64, max_age: Duration| kv::Config {
+            bucket: name,
+            history,
+            max_age,
+            num_replicas: options.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let kv_of = async |config: kv::Config| loop {
+            match js.create_key_value(config.clone()).await {
+                Ok(store) => return Ok(store),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "JetStream not ready yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(failed(e)),
+            }
+        };
+        let jobs = kv_of(bucket(format!("{p}-jobs"), 1, Duration::ZERO)).await?;
+        let running = kv_of(bucket(format!("{p}-running"), 1, Duration::ZERO)).await?;
+        let keys = kv_of(bucket(format!("{p}-keys"), 1, options.idempotency_window)).await?;
+        let functions = kv_of(bucket(format!("{p}-functions"), 1, Duration::ZERO)).await?;
+        let versions = kv_of(bucket(format!("{p}-versions"), 1, Duration::ZERO)).await?;
+        let secrets = kv_of(bucket(format!("{p}-secrets"), 1, Duration::ZERO)).await?;
+        let settings = kv_of(bucket(format!("{p}-settings"), 1, Duration::ZERO)).await?;
+        let objects = js
+            .create_object_store(jetstream::object_store::Config {
+                bucket: format!("{p}-objects"),
+                num_replicas: options.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(failed)?;
+        let counters = js
+            .create_or_update_stream(jetstream::stream::Config {
+                name: format!("{p}_counts"),
+                subjects: vec![format!("{p}.count.>")],
+                num_replicas: options.replicas,
+                allow_message_counter: true,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(failed)?;
+        let counters = js.get_stream(&counters.config.name).await.map_err(failed)?;
+        let (callbacks_tx, callbacks) = mpsc::unbounded_channel();
+        let sweep_every = (options.lease / 4).min(Duration::from_secs(1));
+        let backend = Arc::new_cyclic(|me: &std::sync::Weak<NatsBackend>| {
+            let dispatch = dispatch::workers(me.clone());
+            tokio::spawn(NatsBackend::sweep(me.clone(), sweep_every));
+            NatsBackend {
+                js,
+                client,
+                options,
+                jobs,
+                running,
+                keys,
+                functions,
+                versions,
+                secrets,
+                settings,
+                objects,
+                counters,
+                queues: Mutex::new(HashMap::new()),
+                held: Arc::default(),
+                dispatch,
+                stats: StoreStats::default(),
+                callbacks: Mutex::new(Some(callbacks)),
+                _callbacks_tx: callbacks_tx,
+            }
+        });
+        Ok(backend)
+    }
+
+    fn job_key(id: crate::job::JobId) -> String {
+        format!("j.{id}")
+    }
+
+    fn queue_subject(&self, function: &str) -> String {
+        format!("{}.q.{function}", self.options.prefix)
+    }
+
+    fn queue_stream(&self, function: &str) -> String {
+        format!("{}_q_{function}", self.options.prefix)
+    }
+
+    fn count_subject(&self, function: &str, status: JobStatus) -> String {
+        format!(
+            "{}.count.{function}.{}",
+            self.options.prefix,
+            status.as_str()
+        )
+    }
+
+    /// Creates or updates a function's queue for its settings (`max_queued` is the stream's
+    /// message limit: the cluster refuses a job beyond it).
+    async fn ensure_queue(&self, record: &FunctionRecord) -> Result<PullConsumer, StoreError> {
+        let stream = self
+            .js
+            .create_or_update_stream(jetstream::stream::Config {
+                name: self.queue_stream(&record.name),
+                subjects: vec![self.queue_subject(&record.name)],
+                retention: jetstream::stream::RetentionPolicy::WorkQueue,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: self.options.replicas,
+                discard: jetstream::stream::DiscardPolicy::New,
+                max_messages: i64::try_from(record.settings.max_queued).unwrap_or(i64::MAX),
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(failed)?;
+        let stream = self
+            .js
+            .get_stream(&stream.config.name)
+            .await
+            .map_err(failed)?;
+        let consumer = stream
+            .get_or_create_consumer(
+                "run",
+                jetstream::consumer::pull::Config {
+                    durable_name: Some("run".into()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.options.lease,
+                    max_ack_pending: 1_000_000,
+                    max_deliver: -1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(failed)?;
+        self.queues
+            .lock()
+            .insert(record.name.clone(), consumer.clone());
+        Ok(consumer)
+    }
+
+    /// A function's queue consumer (`None`: the function is not deployed).
+    async fn queue(&self, function: &str) -> Result<Option<PullConsumer>, StoreError> {
+        if let Some(consumer) = self.queues.lock().get(function) {
+            return Ok(Some(consumer.clone()));
+        }
+        match self.function_record(function).await? {
+            Some(record) => Ok(Some(self.ensure_queue(&record).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds `by` to a function's count of jobs with `status`.
+    async fn count(&self, function: &str, status: JobStatus, by: i64) -> Result<(), StoreError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Incr", format!("{by:+}"));
+        self.js
+            .publish_with_headers(
+                self.count_subject(function, status),
+                headers,
+                bytes::Bytes::new(),
+            )
+            .await
+            .map_err(failed)?
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    /// Moves one job of `function` from one status to another in the counts.
+    async fn moved(
+        &self,
+        function: &str,
+        from: Option<JobStatus>,
+        to: Option<JobStatus>,
+    ) -> Result<(), StoreError> {
+        if from == to {
+            return Ok(());
+        }
+        if let Some(from) = from {
+            self.count(function, from, -1).await?;
+        }
+        if let Some(to) = to {
+            self.count(function, to, 1).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,35 @@
+//! The store conformance suite ([`sluice_tests::conformance`]) against the JetStream backend on
+//! a real NATS server: the checks it passes so far (it does not do publish, dead-letter
+//! redrive, key-value state or job listings yet: docs/scale-out.md).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice::store::nats::{NatsBackend, NatsOptions};
+use sluice::store::{Backend, Pending};
+
+/// The JetStream backend on a one-node server of this test's own (the same one when reopened),
+/// with a 1 s lease so expiry shows within the checks' patience.
+fn open_nats(dir: &Path) -> Pending<'static, Arc<dyn Backend>> {
+    let url = sluice_tests::nats::server_for(dir);
+    Box::pin(async move {
+        let mut options = NatsOptions::new(&url);
+        options.lease = Duration::from_secs(1);
+        let backend: Arc<dyn Backend> = NatsBackend::connect(options).await.unwrap();
+        backend
+    })
+}
+
+sluice_tests::conformance_suite!(open_nats; only:
+    submits_are_durable_across_a_reopen,
+    idempotency_keys_answer_the_same_job_or_a_conflict,
+    a_batch_is_accepted_whole_or_not_at_all,
+    ready_jobs_are_leased_up_to_what_is_asked_and_finish,
+    stale_attempts_are_fenced,
+    an_expired_lease_hands_the_job_out_again,
+    a_renewed_lease_keeps_its_attempt,
+    cancel_takes_waiting_jobs_only,
+    the_catalog_keeps_versions_pauses_and_deletes,
+    secrets_and_settings_are_kept,
+);
