@@ -90,12 +90,16 @@ pub struct Config {
     pub callback_cool_down: Duration,
     /// API tokens and their scopes; none means an open API, served on loopback only.
     pub tokens: crate::access::Tokens,
+    /// Where jobs and functions live: `None` in redb files under `data_dir`; a NATS JetStream
+    /// cluster (shared by several hosts) otherwise.
+    pub backend: Option<crate::store::nats::NatsOptions>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from(".sluice"),
+            backend: None,
             grace_period: Duration::from_secs(30),
             max_body_bytes: 64 << 20,
             max_wait: Duration::from_secs(60),

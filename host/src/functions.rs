@@ -305,6 +305,33 @@ impl Functions {
         self.reconfigured(name, record)
     }
 
+    /// Follows a change another host made to a function (a deploy, new settings, a pause, a
+    /// delete, a secret): loads what the catalog holds now into the runtime and the scheduler.
+    pub async fn follow(&self, name: &str) -> Result<(), FunctionsError> {
+        let Some(record) = self.parts.store.function(name).await? else {
+            if self.parts.runtime.function(name).is_some() {
+                self.parts.runtime.remove(name);
+                self.scheduler.function_removed(name);
+            }
+            return Ok(());
+        };
+        let secrets = self.parts.open_secrets(name).await?;
+        self.parts.runtime.set_secrets(name, secrets);
+        let same_code = self
+            .parts
+            .runtime
+            .function(name)
+            .is_some_and(|loaded| loaded.record.digest == record.digest);
+        if same_code {
+            self.parts.runtime.reconfigure(record);
+        } else {
+            let loaded = self.parts.code(record).await?;
+            self.parts.runtime.install_loaded(loaded);
+        }
+        self.scheduler.function_updated(name);
+        Ok(())
+    }
+
     /// Pauses a function (jobs are accepted, none starts) or resumes it.
     pub async fn set_paused(
         &self,

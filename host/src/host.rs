@@ -50,7 +50,10 @@ pub async fn run(
     })?;
     // The store first: it refuses a data directory another host holds, before the runtime
     // clears the directory's spool files.
-    let store: Arc<dyn Backend> = Arc::new(Store::open(&config.data_dir, &config.store_options())?);
+    let store: Arc<dyn Backend> = match &config.backend {
+        None => Arc::new(Store::open(&config.data_dir, &config.store_options())?),
+        Some(nats) => crate::store::nats::NatsBackend::connect(nats.clone()).await?,
+    };
     let runtime = Arc::new(Runtime::new(&config).context("cannot set up the WebAssembly engine")?);
     let callbacks = store
         .take_callbacks()
@@ -90,6 +93,17 @@ pub async fn run(
         scheduler.function_updated(&record.name);
     }
     let functions = Arc::new(Functions::new(loader, scheduler.clone(), config.bounds()));
+    // A backend shared with other hosts tells of their deploys, settings and deletes.
+    let following = store.take_changes().map(|mut changes| {
+        let functions = functions.clone();
+        tokio::spawn(async move {
+            while let Some(name) = changes.recv().await {
+                if let Err(e) = functions.follow(&name).await {
+                    tracing::warn!(function = %name, error = %e, "cannot load a function changed by another host");
+                }
+            }
+        })
+    });
 
     let stopping = CancellationToken::new();
     let grace = config.grace_period;
@@ -134,6 +148,9 @@ pub async fn run(
     );
     store.shutdown().await;
     sending.abort();
+    if let Some(following) = following {
+        following.abort();
+    }
     // Every task holding the store must be gone before `run` returns, so the data file is closed
     // (a restart in the same process reopens it).
     tokio::task::spawn_blocking(move || {

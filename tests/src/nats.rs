@@ -78,6 +78,9 @@ struct Node {
 pub struct NatsCluster {
     nodes: Vec<Node>,
     dir: Dir,
+    /// The servers are killed by the kernel when the thread that started them ends (for
+    /// servers whose handle is leaked; a handle kills its servers when dropped).
+    orphan_safe: bool,
 }
 
 /// Where a cluster keeps its files: its own temporary directory, or one it was given.
@@ -97,7 +100,7 @@ impl Dir {
 
 /// The URL of a one-node server for one test's directory: started by the first call (its
 /// files in `dir/nats`), found again by later ones (a backend reopened on the same data), and
-/// killed when the test's process ends.
+/// killed when the calling thread (the test's main thread) ends.
 pub fn server_for(dir: &std::path::Path) -> String {
     let home = dir.join("nats");
     let url_file = home.join("url");
@@ -105,7 +108,7 @@ pub fn server_for(dir: &std::path::Path) -> String {
         return url;
     }
     std::fs::create_dir_all(&home).unwrap();
-    let cluster = NatsCluster::start(1, Dir::Given(home));
+    let cluster = NatsCluster::start(1, Dir::Given(home), true);
     let url = cluster.url();
     std::fs::write(&url_file, &url).unwrap();
     // The process outlives this handle; the kernel kills it with the test process.
@@ -116,15 +119,15 @@ pub fn server_for(dir: &std::path::Path) -> String {
 impl NatsCluster {
     /// One server.
     pub fn single() -> NatsCluster {
-        NatsCluster::start(1, Dir::Temporary(tempfile::tempdir().unwrap()))
+        NatsCluster::start(1, Dir::Temporary(tempfile::tempdir().unwrap()), false)
     }
 
     /// Three servers forming one JetStream cluster (streams and buckets can have 3 replicas).
     pub fn three() -> NatsCluster {
-        NatsCluster::start(3, Dir::Temporary(tempfile::tempdir().unwrap()))
+        NatsCluster::start(3, Dir::Temporary(tempfile::tempdir().unwrap()), false)
     }
 
-    fn start(n: usize, dir: Dir) -> NatsCluster {
+    fn start(n: usize, dir: Dir, orphan_safe: bool) -> NatsCluster {
         let nodes = (0..n)
             .map(|i| Node {
                 name: format!("n{}", i + 1),
@@ -134,7 +137,11 @@ impl NatsCluster {
                 process: None,
             })
             .collect();
-        let mut cluster = NatsCluster { nodes, dir };
+        let mut cluster = NatsCluster {
+            nodes,
+            dir,
+            orphan_safe,
+        };
         for i in 0..n {
             cluster.write_config(i);
             cluster.launch(i);
@@ -202,12 +209,15 @@ impl NatsCluster {
     fn launch(&mut self, i: usize) {
         let log = self.dir.path().join(format!("{}.log", self.nodes[i].name));
         let mut command = Command::new(server_binary());
-        // Killed with the test process, however it ends (a failed assertion, a timeout).
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
+        if self.orphan_safe {
+            // Killed with the thread that started it (the test's main thread), however the
+            // test ends.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
         }
         let child = command
             .arg("-c")

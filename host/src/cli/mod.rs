@@ -226,6 +226,22 @@ pub struct ServeArgs {
     /// than what is left of the attempt's timeout).
     #[arg(long, env = "SLUICE_OUTBOUND_TIMEOUT_MS", default_value_t = 30_000)]
     pub outbound_timeout_ms: u64,
+    /// Keep jobs and functions on a NATS JetStream cluster instead of the data directory's
+    /// files, so several hosts serve them together: `nats://HOST:PORT[,HOST:PORT...]`.
+    #[arg(long, env = "SLUICE_BACKEND")]
+    pub backend: Option<String>,
+    /// With --backend: the prefix of every stream and bucket (one deployment's data).
+    #[arg(long, env = "SLUICE_NATS_PREFIX", default_value = "sluice")]
+    pub nats_prefix: String,
+    /// With --backend: replicas of every stream and bucket (3 on a 3-node cluster).
+    #[arg(long, env = "SLUICE_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+    /// With --backend: a `.creds` file to authenticate with.
+    #[arg(long, env = "SLUICE_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// With --backend: a CA certificate to trust (TLS is then required).
+    #[arg(long, env = "SLUICE_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
     /// The address clients reach this host at (e.g. https://sluice.example): callbacks link
     /// large outputs under it (default: the listening address).
     #[arg(long, env = "SLUICE_PUBLIC_URL")]
@@ -275,7 +291,23 @@ impl ServeArgs {
             tokens =
                 tokens.merged(&crate::access::Tokens::from_file(path).map_err(anyhow::Error::msg)?);
         }
+        let backend = match &self.backend {
+            None => None,
+            Some(url) if url.starts_with("nats://") || url.starts_with("tls://") => {
+                let mut options = crate::store::nats::NatsOptions::new(url);
+                options.prefix = self.nats_prefix.clone();
+                options.replicas = self.nats_replicas.max(1);
+                options.credentials = self.nats_creds.clone();
+                options.tls_ca = self.nats_ca.clone();
+                options.idempotency_window = Duration::from_secs(self.idempotency_window_secs);
+                Some(options)
+            }
+            Some(other) => anyhow::bail!(
+                "--backend {other:?}: give NATS servers as nats://HOST:PORT[,HOST:PORT...] (or leave it out to keep everything in --data)"
+            ),
+        };
         Ok(Config {
+            backend,
             data_dir: self.data.clone(),
             grace_period: Duration::from_secs(self.grace_period),
             max_body_bytes: self.max_body_bytes,

@@ -235,6 +235,10 @@ pub trait FunctionCatalog: Send + Sync {
         key: &'a str,
         initial: Vec<u8>,
     ) -> Pending<'a, Result<Vec<u8>, StoreError>>;
+    /// Names of functions whose catalog entry or secrets changed, possibly on another host
+    /// sharing this backend, for the one functions service to follow (taken once; `None`:
+    /// nothing but this host changes the catalog).
+    fn take_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>>;
     /// Stores a host setting.
     fn set_setting<'a>(
         &'a self,
@@ -489,6 +493,9 @@ impl FunctionCatalog for Store {
         initial: Vec<u8>,
     ) -> Pending<'a, Result<Vec<u8>, StoreError>> {
         Box::pin(Store::setting_or_init(self, key, initial))
+    }
+    fn take_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        None
     }
     fn set_setting<'a>(
         &'a self,

@@ -25,6 +25,7 @@ mod pool_limits;
 mod readme;
 mod restart;
 mod sandbox;
+mod scale_out;
 mod scheduling;
 mod sdk_outside;
 mod storage_full;

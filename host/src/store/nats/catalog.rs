@@ -135,11 +135,12 @@ impl NatsBackend {
                 self.ensure_queue(&previous).await?;
                 return Ok(previous);
             };
+            // The queue exists before the record that lets jobs in (and other hosts lease).
+            self.ensure_queue(&next).await?;
             if self
                 .store_current(&next, current.as_ref().map(|(_, rev)| *rev), true)
                 .await?
             {
-                self.ensure_queue(&next).await?;
                 return Ok(next);
             }
         }
@@ -162,11 +163,11 @@ impl NatsBackend {
                 Ok(None) => return Ok(Some(Ok(current))),
                 Err(e) => return Ok(Some(Err(e))),
             };
+            self.ensure_queue(&next).await?;
             if self
                 .store_current(&next, Some(revision), new_version)
                 .await?
             {
-                self.ensure_queue(&next).await?;
                 return Ok(Some(Ok(next)));
             }
         }
@@ -472,6 +473,9 @@ impl FunctionCatalog for NatsBackend {
                 Err(e) => Err(failed(e)),
             }
         })
+    }
+    fn take_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        self.changes.lock().take()
     }
     fn set_setting<'a>(
         &'a self,

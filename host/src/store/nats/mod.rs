@@ -94,6 +94,8 @@ pub struct NatsBackend {
     held: Arc<Mutex<HashMap<crate::job::JobId, Arc<async_nats::jetstream::message::Acker>>>>,
     /// Starts, renewals and outcomes, applied in order per job by a few tasks.
     dispatch: Vec<mpsc::UnboundedSender<dispatch::Op>>,
+    /// Names of functions changed in the catalog (by any host), until taken.
+    changes: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     stats: StoreStats,
     /// The callback feed (no callbacks are sent from this backend yet).
     callbacks: Mutex<Option<CallbackFeed>>,
@@ -115,6 +117,35 @@ fn unsupported(what: &str) -> StoreError {
     failed_because(format!(
         "{what} is not supported by the NATS backend yet; use the embedded store (no --backend) for it"
     ))
+}
+
+/// Forwards the names of functions whose record or secrets change from now on.
+async fn watch_changes(
+    functions: &kv::Store,
+    secrets: &kv::Store,
+) -> Result<mpsc::UnboundedReceiver<String>, StoreError> {
+    use futures_util::StreamExt;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let records = functions.watch_all().await.map_err(failed)?;
+    let sealed = secrets.watch_all().await.map_err(failed)?;
+    // A secret's key is `<function>.<hex name>`.
+    let mut changed = futures_util::stream::select(
+        records.map(|e| e.map(|e| e.key)),
+        sealed.map(|e| e.map(|e| e.key.split('.').next().unwrap_or_default().to_string())),
+    );
+    tokio::spawn(async move {
+        while let Some(change) = changed.next().await {
+            match change {
+                Ok(name) => {
+                    if tx.send(name).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "watching the catalog failed"),
+            }
+        }
+    });
+    Ok(rx)
 }
 
 impl NatsBackend {
@@ -143,7 +174,11 @@ impl NatsBackend {
                     options.servers.join(",")
                 ))
             })?;
-        let js = jetstream::new(client.clone());
+        // Replicated writes on a busy cluster can take a while; a request still unanswered
+        // after this fails (503, retried by clients).
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(20))
+            .build(client.clone());
         let p = &options.prefix;
         // A cluster that just started may still be electing its leaders: keep asking a while.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -193,6 +228,7 @@ impl NatsBackend {
             .map_err(failed)?;
         let counters = js.get_stream(&counters.config.name).await.map_err(failed)?;
         let (callbacks_tx, callbacks) = mpsc::unbounded_channel();
+        let changes = watch_changes(&functions, &secrets).await?;
         let sweep_every = (options.lease / 4).min(Duration::from_secs(1));
         let backend = Arc::new_cyclic(|me: &std::sync::Weak<NatsBackend>| {
             let dispatch = dispatch::workers(me.clone());
@@ -213,6 +249,7 @@ impl NatsBackend {
                 queues: Mutex::new(HashMap::new()),
                 held: Arc::default(),
                 dispatch,
+                changes: Mutex::new(Some(changes)),
                 stats: StoreStats::default(),
                 callbacks: Mutex::new(Some(callbacks)),
                 _callbacks_tx: callbacks_tx,
@@ -244,6 +281,22 @@ impl NatsBackend {
     /// Creates or updates a function's queue for its settings (`max_queued` is the stream's
     /// message limit: the cluster refuses a job beyond it).
     async fn ensure_queue(&self, record: &FunctionRecord) -> Result<PullConsumer, StoreError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.make_queue(record).await {
+                Ok(consumer) => return Ok(consumer),
+                // A replicated stream being created by another host at the same moment can
+                // leave one request unanswered: look again.
+                Err(e) if tries < 3 => {
+                    tracing::debug!(function = %record.name, error = %e, "making the queue again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn make_queue(&self, record: &FunctionRecord) -> Result<PullConsumer, StoreError> {
         let stream = self
             .js
             .create_or_update_stream(jetstream::stream::Config {
@@ -284,15 +337,25 @@ impl NatsBackend {
         Ok(consumer)
     }
 
-    /// A function's queue consumer (`None`: the function is not deployed).
+    /// A function's queue consumer (`None`: the function is not deployed, or its deploy has
+    /// not made the queue yet). Only deploys and configures create or change queues.
     async fn queue(&self, function: &str) -> Result<Option<PullConsumer>, StoreError> {
         if let Some(consumer) = self.queues.lock().get(function) {
             return Ok(Some(consumer.clone()));
         }
-        match self.function_record(function).await? {
-            Some(record) => Ok(Some(self.ensure_queue(&record).await?)),
-            None => Ok(None),
-        }
+        let Ok(stream) = self.js.get_stream(self.queue_stream(function)).await else {
+            return Ok(None);
+        };
+        let Ok(consumer) = stream
+            .get_consumer::<jetstream::consumer::pull::Config>("run")
+            .await
+        else {
+            return Ok(None);
+        };
+        self.queues
+            .lock()
+            .insert(function.to_string(), consumer.clone());
+        Ok(Some(consumer))
     }
 
     /// Adds `by` to a function's count of jobs with `status`.
