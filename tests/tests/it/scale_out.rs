@@ -97,3 +97,107 @@ async fn jobs_submitted_on_one_host_run_and_are_polled_on_the_other() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The output probe gives for a sleep of `ms`: each job's is its own.
+fn slept(ms: u64) -> String {
+    serde_json::json!({"detail": format!("slept {ms} ms"), "ok": true}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_killed_under_load_leaves_its_jobs_to_the_other() {
+    let cluster = tokio::task::spawn_blocking(NatsCluster::three)
+        .await
+        .unwrap();
+    // Host A is a real process (it must die by SIGKILL); host B runs in this process.
+    let dir_a = tempfile::tempdir().unwrap();
+    let port = sluice_tests::free_port();
+    let url_a = format!("http://127.0.0.1:{port}");
+    let mut a = std::process::Command::new(sluice_tests::sluice_binary())
+        .arg("serve")
+        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SLUICE_DATA", dir_a.path())
+        .env("SLUICE_BACKEND", cluster.url())
+        .env("SLUICE_NATS_REPLICAS", "3")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cannot start sluice serve");
+    let http = reqwest::Client::new();
+    sluice_tests::wait_healthy(&http, &url_a).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let b = host_on(&cluster, &dir_b).await;
+    b.deploy(
+        "probe",
+        components::PROBE,
+        "max_concurrency=8&timeout_ms=10000",
+    )
+    .await;
+    until(&b, "/v1/functions/probe", "deployed", |s, _| s == 200).await;
+    let (status, _) = {
+        let r = http
+            .get(format!("{url_a}/v1/functions/probe"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), ())
+    };
+    assert_eq!(status, 200, "A knows the function");
+
+    // Jobs of 300 ms and more, submitted on both; both hosts lease and run them.
+    let mut accepted = Vec::new();
+    for n in 0..60u64 {
+        let ms = 300 + n;
+        let body = serde_json::json!({"action": "sleep", "ms": ms}).to_string();
+        let id = if n % 2 == 0 {
+            let r = http
+                .post(format!("{url_a}/v1/functions/probe/jobs"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        } else {
+            b.submit("probe", body, "application/json").await
+        };
+        accepted.push((id, ms));
+    }
+    // A is mid-attempt on some of them when it dies.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.kill().unwrap();
+    a.wait().unwrap();
+
+    // Every accepted job ends succeeded with its own output, on B, exactly once: attempts A
+    // ran are failed by their lease and run again.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut rerun = 0;
+    for (id, ms) in &accepted {
+        let job = loop {
+            let (status, job) = b.get(&format!("/v1/jobs/{id}?wait=10")).await;
+            assert_eq!(status, 200, "{job}");
+            if sluice_tests::is_terminal(&job) {
+                break job;
+            }
+            assert!(Instant::now() < deadline, "job {id} never finished: {job}");
+        };
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["output"], slept(*ms), "{job}");
+        let history = job["attempt_history"].as_array().unwrap();
+        let successes = history.iter().filter(|a| a["error"].is_null()).count();
+        assert_eq!(successes, 1, "one success on record: {job}");
+        if history.iter().any(|a| {
+            a["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("lease expired"))
+        }) {
+            rerun += 1;
+        }
+    }
+    assert!(rerun > 0, "A ran some of the jobs when it died");
+    b.stop().await;
+}
