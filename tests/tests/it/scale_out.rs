@@ -201,3 +201,62 @@ async fn a_host_killed_under_load_leaves_its_jobs_to_the_other() {
     assert!(rerun > 0, "A ran some of the jobs when it died");
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "passes 2 runs in 3: in the third one accepted job stays queued past the test's minute (issue 18, under investigation)"]
+async fn a_nats_node_killed_under_load_loses_no_accepted_job() {
+    let mut cluster = tokio::task::spawn_blocking(NatsCluster::three)
+        .await
+        .unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = host_on(&cluster, &dir_a).await;
+    let b = host_on(&cluster, &dir_b).await;
+    a.deploy("echo", components::ECHO, "max_concurrency=8")
+        .await;
+    until(
+        &b,
+        "/v1/functions/echo",
+        "B learns of the deploy",
+        |s, _| s == 200,
+    )
+    .await;
+
+    // Submits go on while one of the three servers dies; a submit may be refused (503) while
+    // the cluster moves its leaders, but one that got its 202 is never lost.
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for n in 0..150 {
+        if n == 50 {
+            cluster.kill(0);
+        }
+        let host = if n % 2 == 0 { &a } else { &b };
+        let input = format!("job {n}");
+        let r = host
+            .http
+            .post(host.url("/v1/functions/echo/jobs"))
+            .header("content-type", "text/plain")
+            .body(input.clone())
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            202 => {
+                let body: Value = r.json().await.unwrap();
+                accepted.push((body["id"].as_str().unwrap().to_string(), input));
+            }
+            503 => refused += 1,
+            other => panic!("submit {n}: {other} {}", r.text().await.unwrap()),
+        }
+    }
+    assert!(
+        accepted.len() >= 100,
+        "most submits were accepted ({refused} refused)"
+    );
+    for (id, input) in &accepted {
+        let job = b.wait(id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["output"], input.as_str(), "{job}");
+    }
+    a.stop().await;
+    b.stop().await;
+}

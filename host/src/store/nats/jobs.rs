@@ -22,7 +22,11 @@ const MAXIMUM_MESSAGES_EXCEEDED: u64 = 10077;
 impl NatsBackend {
     /// A job's record and its revision.
     pub(super) async fn record(&self, id: JobId) -> Result<Option<(Job, u64)>, StoreError> {
-        let Some(entry) = self.jobs.entry(Self::job_key(id)).await.map_err(failed)? else {
+        let key = Self::job_key(id);
+        let entry = super::patiently("reading a job", |_| false, || self.jobs.entry(key.clone()))
+            .await
+            .map_err(failed)?;
+        let Some(entry) = entry else {
             return Ok(None);
         };
         if entry.operation != async_nats::jetstream::kv::Operation::Put {
@@ -41,10 +45,17 @@ impl NatsBackend {
         job: &Job,
         revision: u64,
     ) -> Result<bool, StoreError> {
-        match self
-            .jobs
-            .update(Self::job_key(id), encode_job(job).into(), revision)
-            .await
+        let key = Self::job_key(id);
+        let bytes: bytes::Bytes = encode_job(job).into();
+        let wrong_revision = |e: &async_nats::jetstream::kv::UpdateError| {
+            e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision
+        };
+        // A retry after a lost acknowledgement finds the revision moved on (by this very
+        // write): the caller reads the job again and sees its change applied.
+        match super::patiently("changing a job", wrong_revision, || {
+            self.jobs.update(&key, bytes.clone(), revision)
+        })
+        .await
         {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
@@ -72,7 +83,14 @@ impl NatsBackend {
                 hex::encode(&sha2::Sha256::digest(key.key.as_bytes())[..16])
             );
             let value = format!("{id}:{}", hex::encode(key.request_hash));
-            match self.keys.create(&name, value.into()).await {
+            let already = |e: &async_nats::jetstream::kv::CreateError| {
+                e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists
+            };
+            let created = super::patiently("keeping an idempotency key", already, || {
+                self.keys.create(&name, value.clone().into())
+            })
+            .await;
+            match created {
                 Ok(_) => {}
                 Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
                     let stored = self.keys.get(&name).await.map_err(failed)?;
@@ -85,7 +103,10 @@ impl NatsBackend {
                     let job: JobId = job.parse().map_err(|_| {
                         failed_because(format!("idempotency key {name} is damaged"))
                     })?;
-                    return Ok(Submitted::Existing(job));
+                    // Our own key, kept by an attempt whose acknowledgement was lost: go on.
+                    if job != id {
+                        return Ok(Submitted::Existing(job));
+                    }
                 }
                 Err(e) => return Err(failed(e).into()),
             }
@@ -101,16 +122,20 @@ impl NatsBackend {
         // delivery that finds no record yet is asked for again shortly (see `lease`).
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string());
-        let published = self
-            .js
-            .publish_with_headers(
-                self.queue_subject(&function),
-                headers,
-                id.to_string().into(),
-            )
-            .await
-            .map_err(failed)?
-            .await;
+        let subject = self.queue_subject(&function);
+        let full = |e: &async_nats::jetstream::context::PublishError| {
+            std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+                .is_some_and(|e| e.error_code().0 == MAXIMUM_MESSAGES_EXCEEDED)
+        };
+        // Deduplicated by the job's id: a retry after a lost acknowledgement stores nothing.
+        let published = super::patiently("queueing a job", full, || async {
+            self.js
+                .publish_with_headers(subject.clone(), headers.clone(), id.to_string().into())
+                .await?
+                .await
+        })
+        .await;
         if let Err(e) = published {
             let code = std::error::Error::source(&e)
                 .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
@@ -123,27 +148,39 @@ impl NatsBackend {
             }
             return Err(failed(e).into());
         }
-        self.jobs
-            .put(Self::job_key(id), encode_job(&job).into())
-            .await
-            .map_err(failed)?;
+        let key = Self::job_key(id);
+        let bytes: bytes::Bytes = encode_job(&job).into();
+        super::patiently(
+            "storing a job",
+            |_| false,
+            || self.jobs.put(&key, bytes.clone()),
+        )
+        .await
+        .map_err(failed)?;
         self.moved(&function, None, Some(job.status)).await?;
         Ok(Submitted::New(id))
     }
 
     async fn wait_for(&self, id: JobId, timeout: Duration) -> Result<Option<Job>, StoreError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut changes = self.jobs.watch(Self::job_key(id)).await.map_err(failed)?;
+        // Woken by the record's changes; should the watch fail (a server went away), the
+        // record is read again every so often instead.
+        let mut changes = self.jobs.watch(Self::job_key(id)).await.ok();
         loop {
             let Some((job, _)) = self.record(id).await? else {
                 return Ok(None);
             };
-            if job.visible_status().is_terminal() {
+            if job.visible_status().is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(Some(job));
             }
-            match tokio::time::timeout_at(deadline, changes.next()).await {
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return Ok(self.record(id).await?.map(|(job, _)| job)),
+            let next = tokio::time::Instant::now() + Duration::from_millis(500);
+            let wake = next.min(deadline);
+            match &mut changes {
+                Some(watch) => match tokio::time::timeout_at(wake, watch.next()).await {
+                    Ok(Some(Ok(_))) | Err(_) => {}
+                    Ok(Some(Err(_)) | None) => changes = None,
+                },
+                None => tokio::time::sleep_until(wake).await,
             }
         }
     }

@@ -24,6 +24,7 @@ mod dispatch;
 mod jobs;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,6 +101,34 @@ pub struct NatsBackend {
     /// The callback feed (no callbacks are sent from this backend yet).
     callbacks: Mutex<Option<CallbackFeed>>,
     _callbacks_tx: mpsc::UnboundedSender<Vec<crate::job::JobId>>,
+}
+
+/// How long an operation keeps trying while the cluster moves a leader (a server died) or the
+/// client reconnects, before its caller gets the error (a `503`).
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Runs `attempt` until it succeeds, fails for good (`fatal`), or [`PATIENCE`] runs out: a
+/// cluster that lost a server answers "no responders" or times out until it elected new
+/// leaders. Every write retried this way is safe to repeat (deduplicated message ids,
+/// compare-and-set on revisions, puts of the same value).
+async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    fatal: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if fatal(&e) || tokio::time::Instant::now() + pause > deadline => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "{what}: trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 /// A backend failure, with its source.
@@ -362,16 +391,24 @@ impl NatsBackend {
     async fn count(&self, function: &str, status: JobStatus, by: i64) -> Result<(), StoreError> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Incr", format!("{by:+}"));
-        self.js
-            .publish_with_headers(
-                self.count_subject(function, status),
-                headers,
-                bytes::Bytes::new(),
-            )
-            .await
-            .map_err(failed)?
-            .await
-            .map_err(failed)?;
+        // A counter's increment is not idempotent: a retry after a lost acknowledgement
+        // counts twice (the counts are figures, not the jobs' state).
+        patiently(
+            "counting",
+            |_| false,
+            || async {
+                self.js
+                    .publish_with_headers(
+                        self.count_subject(function, status),
+                        headers.clone(),
+                        bytes::Bytes::new(),
+                    )
+                    .await?
+                    .await
+            },
+        )
+        .await
+        .map_err(failed)?;
         Ok(())
     }
 
