@@ -28,7 +28,14 @@ fn artifact_object(key: &str) -> String {
 impl NatsBackend {
     /// A function's current record and its revision.
     async fn current(&self, name: &str) -> Result<Option<(FunctionRecord, u64)>, StoreError> {
-        let Some(entry) = self.functions.entry(name).await.map_err(failed)? else {
+        let entry = super::patiently(
+            "reading a function",
+            |_| false,
+            || self.functions.entry(name),
+        )
+        .await
+        .map_err(failed)?;
+        let Some(entry) = entry else {
             return Ok(None);
         };
         if entry.operation != async_nats::jetstream::kv::Operation::Put {

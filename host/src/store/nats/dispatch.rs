@@ -21,6 +21,9 @@ use crate::store::{CallbackFeed, CallbackResult, StoreError};
 /// this backend does not keep yet).
 pub(super) const MAX_INLINE: usize = 512 * 1024;
 
+/// How long one pull waits for a job.
+const PULL_WAIT: Duration = Duration::from_millis(250);
+
 /// Tasks applying starts, renewals and outcomes (each job's in order: a job always goes to the
 /// same task).
 const WORKERS: usize = 16;
@@ -160,8 +163,16 @@ impl NatsBackend {
                 mut report,
                 retry,
             } => {
-                self.finish_attempt(id, attempt, &mut report, retry, rng)
-                    .await
+                let finished = self
+                    .finish_attempt(id, attempt, &mut report, retry, rng)
+                    .await;
+                if finished.is_err() {
+                    // The outcome did not land: the delivery goes back, so the job is handed
+                    // out again (or, had the outcome landed after all, acknowledged then).
+                    self.release(id, Some(Some(Duration::from_millis(100))))
+                        .await;
+                }
+                finished
             }
         }
     }
@@ -229,25 +240,45 @@ impl NatsBackend {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             };
+            // Short pulls: a pull waiting while the function runs its `max_concurrency` is not
+            // served when a slot frees (the next one is), so it must not wait long.
             let mut batch = consumer
                 .fetch()
                 .max_messages(max.max(1))
-                .expires(Duration::from_secs(2))
+                .expires(PULL_WAIT)
                 .messages()
                 .await
                 .map_err(failed)?;
             // Deliveries drawn but not handed out yet go back at once if this future is dropped.
             let mut drawn = Drawn(Vec::new());
+            let mut refused = false;
             while let Some(message) = batch.next().await {
-                let message = message.map_err(|e| {
-                    crate::store::nats::failed_because(format!("leasing {function}'s jobs: {e}"))
-                })?;
-                drawn.0.push(message);
+                match message {
+                    Ok(message) => drawn.0.push(message),
+                    // The pull ended early: the function runs its `max_concurrency` already
+                    // (the cluster answers 409), or a server is going away. Ask again shortly.
+                    Err(e) => {
+                        tracing::debug!(function, error = %e, "a pull ended early");
+                        refused = true;
+                        break;
+                    }
+                }
             }
+            if refused && drawn.0.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            // Each delivery on its own: one that cannot be looked at now (a server is going
+            // away) comes back after the lease time, and never costs the others their hand-out
+            // (a job admitted is held by this host: dropping it would strand it).
             let mut leased = Vec::new();
             for message in std::mem::take(&mut drawn.0) {
-                if let Some(job) = self.admit(message).await? {
-                    leased.push(job);
+                match self.admit(message).await {
+                    Ok(Some(job)) => leased.push(job),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(function, error = %e, "a delivery could not be looked at; it comes back after the lease time");
+                    }
                 }
             }
             if !leased.is_empty() {

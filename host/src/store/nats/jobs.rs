@@ -93,7 +93,13 @@ impl NatsBackend {
             match created {
                 Ok(_) => {}
                 Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
-                    let stored = self.keys.get(&name).await.map_err(failed)?;
+                    let stored = super::patiently(
+                        "reading an idempotency key",
+                        |_| false,
+                        || self.keys.get(&name),
+                    )
+                    .await
+                    .map_err(failed)?;
                     let stored =
                         String::from_utf8_lossy(stored.as_deref().unwrap_or_default()).into_owned();
                     let (job, hash) = stored.split_once(':').unwrap_or_default();

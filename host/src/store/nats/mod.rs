@@ -346,20 +346,24 @@ impl NatsBackend {
             .get_stream(&stream.config.name)
             .await
             .map_err(failed)?;
-        let consumer = stream
-            .get_or_create_consumer(
-                "run",
-                jetstream::consumer::pull::Config {
-                    durable_name: Some("run".into()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: self.options.lease,
-                    max_ack_pending: 1_000_000,
-                    max_deliver: -1,
-                    ..Default::default()
-                },
-            )
+        // `max_concurrency` holds cluster-wide, exactly: the cluster hands out at most that
+        // many of the function's jobs at once (deliveries not yet acknowledged), whichever
+        // hosts lease them.
+        let config = jetstream::consumer::pull::Config {
+            durable_name: Some("run".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.options.lease,
+            max_ack_pending: i64::from(record.settings.max_concurrency.max(1)),
+            max_deliver: -1,
+            ..Default::default()
+        };
+        let mut consumer: PullConsumer = stream
+            .get_or_create_consumer("run", config.clone())
             .await
             .map_err(failed)?;
+        if consumer.cached_info().config.max_ack_pending != config.max_ack_pending {
+            consumer = stream.update_consumer(config).await.map_err(failed)?;
+        }
         self.queues
             .lock()
             .insert(record.name.clone(), consumer.clone());
