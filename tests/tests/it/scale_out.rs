@@ -144,10 +144,10 @@ async fn a_host_killed_under_load_leaves_its_jobs_to_the_other() {
     };
     assert_eq!(status, 200, "A knows the function");
 
-    // Jobs of 300 ms and more, submitted on both; both hosts lease and run them.
+    // Jobs of 2 s and more, submitted on both; both hosts lease and run them.
     let mut accepted = Vec::new();
-    for n in 0..60u64 {
-        let ms = 300 + n;
+    for n in 0..24u64 {
+        let ms = 2000 + n;
         let body = serde_json::json!({"action": "sleep", "ms": ms}).to_string();
         let id = if n % 2 == 0 {
             let r = http
@@ -167,8 +167,34 @@ async fn a_host_killed_under_load_leaves_its_jobs_to_the_other() {
         };
         accepted.push((id, ms));
     }
-    // A is mid-attempt on some of them when it dies.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // A is mid-attempt on some of them when it dies: it runs one (the cluster shares eight
+    // slots between both hosts), whose start is on record a moment later.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = http
+            .get(format!("{url_a}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let running: f64 = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("sluice_attempts_running ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0);
+        if running >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never ran a job");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     a.kill().unwrap();
     a.wait().unwrap();
 

@@ -55,7 +55,7 @@ impl NatsBackend {
     }
 
     /// Stores `record` as the function's current record over `revision` (`None`: it is new);
-    /// false when another change came first. Its version is kept first.
+    /// false when another change came first. Its version is kept after.
     async fn store_current(
         &self,
         record: &FunctionRecord,
@@ -63,29 +63,37 @@ impl NatsBackend {
         new_version: bool,
     ) -> Result<bool, StoreError> {
         let bytes: Bytes = encode_function(record).into();
-        if new_version {
-            self.versions
-                .put(format!("{}.{}", record.name, record.version), bytes.clone())
-                .await
-                .map_err(failed)?;
-        }
         let stored = match revision {
             Some(revision) => self
                 .functions
-                .update(&record.name, bytes, revision)
+                .update(&record.name, bytes.clone(), revision)
                 .await
                 .map_err(|e| {
                     e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision
                 }),
             None => self
                 .functions
-                .create(&record.name, bytes)
+                .create(&record.name, bytes.clone())
                 .await
                 .map(|_| 0)
                 .map_err(|e| e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists),
         };
         match stored {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                // Kept once it won: two hosts racing for one version number never leave the
+                // loser's record under it.
+                if new_version {
+                    let key = format!("{}.{}", record.name, record.version);
+                    super::patiently(
+                        "keeping a version",
+                        |_| false,
+                        || self.versions.put(&key, bytes.clone()),
+                    )
+                    .await
+                    .map_err(failed)?;
+                }
+                Ok(true)
+            }
             Err(true) => Ok(false),
             Err(false) => Err(failed_because(format!(
                 "storing function {} failed",

@@ -105,11 +105,11 @@ impl NatsBackend {
                 attempt,
                 lease_until,
             } => {
-                let acker = self.held.lock().get(&id).cloned();
-                if let Some(acker) = acker {
-                    acker.ack_with(AckKind::Progress).await.map_err(|e| {
-                        crate::store::nats::failed_because(format!("renewing a lease: {e}"))
-                    })?;
+                let acker = self.held.lock().get(&id).map(|h| h.acker.clone());
+                if let Some(acker) = acker
+                    && let Err(e) = acker.ack_with(AckKind::Progress).await
+                {
+                    tracing::debug!(%id, error = %e, "renewing a delivery failed");
                 }
                 loop {
                     let Some((mut job, revision)) = self.record(id).await? else {
@@ -195,6 +195,17 @@ impl NatsBackend {
             if !crate::store::machine::is_current(job.status, job.attempts, attempt) {
                 if job.status.is_terminal() {
                     self.release(id, None).await;
+                } else if self
+                    .held
+                    .lock()
+                    .get(&id)
+                    .is_some_and(|h| h.attempt == attempt)
+                {
+                    // The delivery this host holds was for the attempt that ended (its lease
+                    // ran out and the job moved on): it goes back, due when the job is.
+                    let wait = job.not_before.map_or(0, |at| at.saturating_sub(now_ms()));
+                    self.release(id, Some(Some(Duration::from_millis(wait))))
+                        .await;
                 }
                 return Ok(());
             }
@@ -220,7 +231,7 @@ impl NatsBackend {
     /// Lets go of a job's delivery: acked (`None` or `Some(None)`: the job ended) or handed
     /// out again after the delay.
     async fn release(&self, id: JobId, again_after: Option<Option<Duration>>) {
-        let Some(acker) = self.held.lock().remove(&id) else {
+        let Some(Held { acker, .. }) = self.held.lock().remove(&id) else {
             return;
         };
         let result = match again_after.flatten() {
@@ -360,13 +371,21 @@ impl NatsBackend {
                         .await?;
                     let (acker_message, acker) = message.split();
                     drop(acker_message);
-                    self.held.lock().insert(id, std::sync::Arc::new(acker));
+                    let held = Held {
+                        attempt: due.attempts + 1,
+                        acker: std::sync::Arc::new(acker),
+                    };
+                    self.held.lock().insert(id, held);
                     return Ok(Some(QueuedJob::from_job(id, due)));
                 }
                 _ => {
                     let (acker_message, acker) = message.split();
                     drop(acker_message);
-                    self.held.lock().insert(id, std::sync::Arc::new(acker));
+                    let held = Held {
+                        attempt: job.attempts + 1,
+                        acker: std::sync::Arc::new(acker),
+                    };
+                    self.held.lock().insert(id, held);
                     return Ok(Some(QueuedJob::from_job(id, job)));
                 }
             }
@@ -376,8 +395,9 @@ impl NatsBackend {
 
 impl NatsBackend {
     /// Fails the running attempt of a job whose lease ran out, under its function's retry
-    /// policy. Returns what became of its delivery: `Some(Some(wait))` waits for a retry,
-    /// `Some(None)` ended, `None` ready again now (or the job was not expired after all).
+    /// policy. Returns what becomes of its delivery: `Some(Some(wait))` handed out again after
+    /// `wait` (a retry), `Some(None)` acknowledged (the job ended), `None`: the job was not
+    /// expired after all.
     pub(super) async fn expire(&self, id: JobId) -> Result<Option<Option<Duration>>, StoreError> {
         loop {
             let Some((mut job, revision)) = self.record(id).await? else {
@@ -423,11 +443,11 @@ impl NatsBackend {
             self.not_running(id).await;
             self.moved(&job.function, Some(settled.from), Some(job.status))
                 .await?;
-            return Ok(match settled.delayed_until {
-                Some(at) if at > now_ms() => Some(Some(Duration::from_millis(at - now_ms()))),
-                Some(_) => None,
-                None => Some(None),
-            });
+            return Ok(Some(
+                settled
+                    .delayed_until
+                    .map(|at| Duration::from_millis(at.saturating_sub(now_ms()))),
+            ));
         }
     }
 
@@ -452,12 +472,38 @@ impl NatsBackend {
         }
     }
 
+    /// Every `period` (a quarter of the lease): keeps this host's deliveries from running out
+    /// while their jobs wait in its scheduler or run, and lets go of those whose job ended
+    /// meanwhile (cancelled, possibly on another host). Apart from the expiry sweep, so a slow
+    /// sweep never lets a held delivery lapse.
+    pub(super) async fn keep_held(backend: Weak<NatsBackend>, period: Duration) {
+        let mut tick = tokio::time::interval(period.max(Duration::from_millis(100)));
+        loop {
+            tick.tick().await;
+            let Some(backend) = backend.upgrade() else {
+                return;
+            };
+            let held: Vec<_> = backend
+                .held
+                .lock()
+                .iter()
+                .map(|(id, h)| (*id, h.acker.clone()))
+                .collect();
+            for (_, acker) in &held {
+                let _ = acker.ack_with(AckKind::Progress).await;
+            }
+            for (id, _) in held {
+                if let Ok(Some((job, _))) = backend.record(id).await
+                    && job.status.is_terminal()
+                {
+                    backend.release(id, None).await;
+                }
+            }
+        }
+    }
+
     async fn sweep_once(&self) -> Result<(), StoreError> {
         use futures_util::TryStreamExt;
-        let held: Vec<_> = self.held.lock().values().cloned().collect();
-        for acker in held {
-            let _ = acker.ack_with(AckKind::Progress).await;
-        }
         let keys: Vec<String> = self
             .running
             .keys()
@@ -486,6 +532,12 @@ impl NatsBackend {
         }
         Ok(())
     }
+}
+
+/// A delivery this host holds: the attempt it was handed out for, and its acknowledger.
+pub(super) struct Held {
+    pub(super) attempt: u32,
+    pub(super) acker: std::sync::Arc<async_nats::jetstream::message::Acker>,
 }
 
 /// Deliveries drawn and not yet handed out: negatively acked (delivered again at once) when

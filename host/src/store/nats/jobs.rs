@@ -77,11 +77,7 @@ impl NatsBackend {
         }
         let id = JobId(ulid::Ulid::new().0);
         if let Some(key) = &new.idempotency {
-            let name = format!(
-                "{}.{}",
-                new.function,
-                hex::encode(&sha2::Sha256::digest(key.key.as_bytes())[..16])
-            );
+            let name = idempotency_name(&new.function, &key.key);
             let value = format!("{id}:{}", hex::encode(key.request_hash));
             let already = |e: &async_nats::jetstream::kv::CreateError| {
                 e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists
@@ -117,6 +113,28 @@ impl NatsBackend {
                 Err(e) => return Err(failed(e).into()),
             }
         }
+        let key_name = new
+            .idempotency
+            .as_ref()
+            .map(|key| idempotency_name(&new.function, &key.key));
+        let stored = self.store_new(id, new, record.settings.max_queued).await;
+        if stored.is_err()
+            && let Some(name) = key_name
+        {
+            // Not accepted: the key must not answer with a job that does not exist.
+            let _ = self.keys.purge(&name).await;
+        }
+        stored
+    }
+
+    /// Queues and stores a new job (the queue message first: a job whose record exists is
+    /// always in its queue; a delivery that finds no record yet is asked for again shortly).
+    async fn store_new(
+        &self,
+        id: JobId,
+        new: NewJob,
+        max_queued: u64,
+    ) -> Result<Submitted, SubmitError> {
         let now = now_ms();
         let delayed = match crate::store::machine::on_submit(new.not_before, now) {
             crate::store::machine::Accepted::Delayed(at) => Some(at),
@@ -149,7 +167,7 @@ impl NatsBackend {
             if code == Some(MAXIMUM_MESSAGES_EXCEEDED) {
                 return Err(SubmitError::QueueFull {
                     function,
-                    max_queued: record.settings.max_queued,
+                    max_queued,
                 });
             }
             return Err(failed(e).into());
@@ -236,6 +254,14 @@ impl NatsBackend {
         }
         Ok(counts)
     }
+}
+
+/// Where a function's idempotency key is kept.
+fn idempotency_name(function: &str, key: &str) -> String {
+    format!(
+        "{function}.{}",
+        hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16])
+    )
 }
 
 /// A JetStream counter's value (`{"val":"12"}`).

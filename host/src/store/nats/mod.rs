@@ -92,7 +92,7 @@ pub struct NatsBackend {
     /// Each function's queue consumer, once looked up.
     queues: Mutex<HashMap<String, PullConsumer>>,
     /// Deliveries this host holds (leased jobs), by job: acked when the job ends.
-    held: Arc<Mutex<HashMap<crate::job::JobId, Arc<async_nats::jetstream::message::Acker>>>>,
+    held: Arc<Mutex<HashMap<crate::job::JobId, dispatch::Held>>>,
     /// Starts, renewals and outcomes, applied in order per job by a few tasks.
     dispatch: Vec<mpsc::UnboundedSender<dispatch::Op>>,
     /// Names of functions changed in the catalog (by any host), until taken.
@@ -230,7 +230,13 @@ impl NatsBackend {
             }
         };
         let jobs = kv_of(bucket(format!("{p}-jobs"), 1, Duration::ZERO)).await?;
-        let running = kv_of(bucket(format!("{p}-running"), 1, Duration::ZERO)).await?;
+        // Entries of attempts that ended are purged; the markers purges leave expire.
+        let running = kv_of(bucket(
+            format!("{p}-running"),
+            1,
+            Duration::from_secs(24 * 3600),
+        ))
+        .await?;
         let keys = kv_of(bucket(format!("{p}-keys"), 1, options.idempotency_window)).await?;
         let functions = kv_of(bucket(format!("{p}-functions"), 1, Duration::ZERO)).await?;
         let versions = kv_of(bucket(format!("{p}-versions"), 1, Duration::ZERO)).await?;
@@ -262,6 +268,7 @@ impl NatsBackend {
         let backend = Arc::new_cyclic(|me: &std::sync::Weak<NatsBackend>| {
             let dispatch = dispatch::workers(me.clone());
             tokio::spawn(NatsBackend::sweep(me.clone(), sweep_every));
+            tokio::spawn(NatsBackend::keep_held(me.clone(), options.lease / 4));
             NatsBackend {
                 js,
                 client,
@@ -416,7 +423,9 @@ impl NatsBackend {
         Ok(())
     }
 
-    /// Moves one job of `function` from one status to another in the counts.
+    /// Moves one job of `function` from one status to another in the counts. The change it
+    /// counts is durable already: a count that fails is logged, never the caller's error (a
+    /// client told 503 for a stored job would submit it again).
     async fn moved(
         &self,
         function: &str,
@@ -426,11 +435,17 @@ impl NatsBackend {
         if from == to {
             return Ok(());
         }
-        if let Some(from) = from {
-            self.count(function, from, -1).await?;
-        }
-        if let Some(to) = to {
-            self.count(function, to, 1).await?;
+        let counted = async {
+            if let Some(from) = from {
+                self.count(function, from, -1).await?;
+            }
+            if let Some(to) = to {
+                self.count(function, to, 1).await?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        if let Err(e) = counted.await {
+            tracing::warn!(function, error = %e, "a count was not updated; the figures are off by one");
         }
         Ok(())
     }
