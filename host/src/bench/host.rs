@@ -21,11 +21,14 @@ pub(super) struct Counters {
 }
 
 impl BenchHost {
-    pub(super) async fn start(base: &Path) -> anyhow::Result<BenchHost> {
+    pub(super) async fn start(
+        base: &Path,
+        backend: Option<crate::store::nats::NatsOptions>,
+    ) -> anyhow::Result<BenchHost> {
         let dir = tempfile::Builder::new()
             .prefix("sluice-bench")
             .tempdir_in(base)?;
-        let mut host = BenchHost::start_in(dir.path()).await?;
+        let mut host = BenchHost::start_with(dir.path(), |c| c.backend = backend).await?;
         host._dir = Some(dir);
         Ok(host)
     }

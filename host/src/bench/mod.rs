@@ -81,6 +81,13 @@ pub struct BenchArgs {
     /// Jobs queued in the backlog scenario's deep queue.
     #[arg(long, default_value_t = 1_000_000)]
     pub backlog_jobs: usize,
+    /// Run the host on a NATS JetStream cluster (`nats://HOST:PORT[,...]`) instead of redb
+    /// files: the throughput and latency scenarios measure that backend.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// With --backend: replicas of every stream and bucket.
+    #[arg(long, default_value_t = 1)]
+    pub nats_replicas: usize,
 }
 
 /// A benchmark scenario.
@@ -134,7 +141,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut throughput = None;
     if wants(Scenario::Throughput) || wants(Scenario::Latency) {
-        let host = BenchHost::start(&base).await?;
+        let backend = args.backend.as_deref().map(|url| {
+            let mut options = crate::store::nats::NatsOptions::new(url);
+            options.replicas = args.nats_replicas.max(1);
+            // A prefix of its own: earlier runs' jobs and functions on the cluster stay apart.
+            options.prefix = format!("bench{}", crate::job::now_ms());
+            options
+        });
+        if let Some(b) = &backend {
+            eprintln!("backend: NATS JetStream at {}", b.servers.join(","));
+        }
+        let host = BenchHost::start(&base, backend).await?;
         host.deploy_echo("echo", &wasm, &echo.manifest).await?;
         // Warm up connections, caches and the pool; not measured.
         drive(host.addr, 2_000, args.clients).await?;

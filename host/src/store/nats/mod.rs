@@ -435,6 +435,14 @@ impl NatsBackend {
         if from == to {
             return Ok(());
         }
+        // This host's own figures (`/metrics`): what it accepted and ended.
+        use std::sync::atomic::Ordering::Relaxed;
+        if from.is_none() {
+            self.stats.accepted.fetch_add(1, Relaxed);
+        }
+        if to.is_some_and(|s| s.is_terminal()) {
+            self.stats.finished.fetch_add(1, Relaxed);
+        }
         let counted = async {
             if let Some(from) = from {
                 self.count(function, from, -1).await?;
