@@ -343,8 +343,27 @@ async fn delayed_retries_survive_a_restart() {
         "max_attempts=2&backoff_base_ms=1500&backoff_max_ms=1500",
     )
     .await;
-    let id = host.submit_json("probe", &fail(true)).await;
-    host.wait_status(&id, "delayed").await;
+    // The retry's delay is drawn from 0-1500 ms (full jitter): a draw of a few ms can end
+    // before it is seen; such a job is simply not the one this test restarts on.
+    let mut waiting = None;
+    for _ in 0..5 {
+        let id = host.submit_json("probe", &fail(true)).await;
+        loop {
+            let job = host.job(&id).await;
+            if job["status"] == "delayed" {
+                waiting = Some(id);
+                break;
+            }
+            if is_terminal(&job) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        if waiting.is_some() {
+            break;
+        }
+    }
+    let id = waiting.expect("one of five retries is seen waiting");
     let data = host.data_dir.clone();
     let _tmp = host.stop().await;
     let host = start_host_with(test_config(&data)).await;
