@@ -149,6 +149,7 @@ impl NatsCluster {
         for i in 0..n {
             cluster.wait_healthy(i);
         }
+        cluster.wait_for_peers();
         cluster
     }
 
@@ -174,6 +175,44 @@ impl NatsCluster {
         self.kill(i);
         self.launch(i);
         self.wait_healthy(i);
+    }
+
+    /// Waits until the meta leader sees every other server as a current peer: before that,
+    /// creating a stream with as many replicas as servers fails with "no suitable peers for
+    /// placement" (healthy servers are not yet known to be online).
+    fn wait_for_peers(&self) {
+        if self.nodes.len() < 2 {
+            return;
+        }
+        let others = self.nodes.len() - 1;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = self.nodes.iter().any(|node| {
+                let Some(jsz) = http_get(node.http_port, "/jsz") else {
+                    return false;
+                };
+                let Ok(jsz) = serde_json::from_str::<serde_json::Value>(&jsz) else {
+                    return false;
+                };
+                let meta = &jsz["meta_cluster"];
+                let peers = meta["replicas"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                meta["leader"].as_str() == Some(node.name.as_str())
+                    && peers.len() == others
+                    && peers
+                        .iter()
+                        .all(|p| p["current"] == true && p["offline"] != true)
+            });
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the NATS servers did not form a cluster of {} (logs in {})",
+                self.nodes.len(),
+                self.dir.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn write_config(&self, i: usize) {
@@ -271,17 +310,19 @@ fn free_port() -> u16 {
 
 /// True when `GET path` on the loopback port answers 200.
 fn http_ok(port: u16, path: &str) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+    http_get(port, path).is_some()
+}
+
+/// The body of `GET path` on the loopback port when it answers 200.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
+    stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .is_err()
-    {
-        return false;
-    }
+        .ok()?;
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+    let ok = answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200");
+    let body = answer.split_once("\r\n\r\n")?.1;
+    ok.then(|| body.to_string())
 }

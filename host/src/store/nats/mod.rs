@@ -131,6 +131,28 @@ async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     }
 }
 
+/// Runs `attempt` until it succeeds or `deadline` passes (a cluster that just started may
+/// still be electing its leaders or learning which servers are online).
+async fn until_ready<T, E, F>(
+    deadline: tokio::time::Instant,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, StoreError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+    F: Future<Output = Result<T, E>>,
+{
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "JetStream not ready yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(failed(e)),
+        }
+    }
+}
+
 /// A backend failure, with its source.
 fn failed(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Backend(Arc::new(e))
@@ -219,15 +241,8 @@ impl NatsBackend {
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         };
-        let kv_of = async |config: kv::Config| loop {
-            match js.create_key_value(config.clone()).await {
-                Ok(store) => return Ok(store),
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "JetStream not ready yet");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(failed(e)),
-            }
+        let kv_of = async |config: kv::Config| {
+            until_ready(deadline, || js.create_key_value(config.clone())).await
         };
         let jobs = kv_of(bucket(format!("{p}-jobs"), 1, Duration::ZERO)).await?;
         // Entries of attempts that ended are purged; the markers purges leave expire.
@@ -242,16 +257,17 @@ impl NatsBackend {
         let versions = kv_of(bucket(format!("{p}-versions"), 1, Duration::ZERO)).await?;
         let secrets = kv_of(bucket(format!("{p}-secrets"), 1, Duration::ZERO)).await?;
         let settings = kv_of(bucket(format!("{p}-settings"), 1, Duration::ZERO)).await?;
-        let objects = js
-            .create_object_store(jetstream::object_store::Config {
+        let objects = until_ready(deadline, || {
+            js.create_object_store(jetstream::object_store::Config {
                 bucket: format!("{p}-objects"),
                 num_replicas: options.replicas,
+                storage: jetstream::stream::StorageType::File,
                 ..Default::default()
             })
-            .await
-            .map_err(failed)?;
-        let counters = js
-            .create_or_update_stream(jetstream::stream::Config {
+        })
+        .await?;
+        let counters = until_ready(deadline, || {
+            js.create_or_update_stream(jetstream::stream::Config {
                 name: format!("{p}_counts"),
                 subjects: vec![format!("{p}.count.>")],
                 num_replicas: options.replicas,
@@ -259,9 +275,9 @@ impl NatsBackend {
                 allow_direct: true,
                 ..Default::default()
             })
-            .await
-            .map_err(failed)?;
-        let counters = js.get_stream(&counters.config.name).await.map_err(failed)?;
+        })
+        .await?;
+        let counters = until_ready(deadline, || js.get_stream(&counters.config.name)).await?;
         let (callbacks_tx, callbacks) = mpsc::unbounded_channel();
         let changes = watch_changes(&functions, &secrets).await?;
         let sweep_every = (options.lease / 4).min(Duration::from_secs(1));
@@ -317,19 +333,10 @@ impl NatsBackend {
     /// Creates or updates a function's queue for its settings (`max_queued` is the stream's
     /// message limit: the cluster refuses a job beyond it).
     async fn ensure_queue(&self, record: &FunctionRecord) -> Result<PullConsumer, StoreError> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.make_queue(record).await {
-                Ok(consumer) => return Ok(consumer),
-                // A replicated stream being created by another host at the same moment can
-                // leave one request unanswered: look again.
-                Err(e) if tries < 3 => {
-                    tracing::debug!(function = %record.name, error = %e, "making the queue again");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        // A replicated stream being created by another host at the same moment can leave a
+        // request unanswered, and a cluster whose servers just (re)started places no replicas
+        // until it knows them online ("no suitable peers"): ask again a while.
+        patiently("making a queue", |_| false, || self.make_queue(record)).await
     }
 
     async fn make_queue(&self, record: &FunctionRecord) -> Result<PullConsumer, StoreError> {
