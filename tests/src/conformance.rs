@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice::job::{
-    AttemptReport, DEFAULT_PRIORITY, FailureKind, JobId, JobStatus, KeyPage, KvChanges, Outcome,
+    AttemptReport, DEFAULT_PRIORITY, Emission, FailureKind, JobId, JobStatus, KeyPage, KvChanges, Outcome,
     now_ms,
 };
 use sluice::manifest::{RetryPolicy, Settings, Subscription};
@@ -41,6 +41,8 @@ macro_rules! conformance_suite {
             failures_retry_then_dead_letter_redrive_and_purge,
             cancel_takes_waiting_jobs_only,
             a_publish_makes_one_delivery_per_matching_subscriber,
+            a_success_keeps_what_it_emitted_and_a_failure_nothing,
+            deliveries_past_a_full_queue_all_run,
             key_value_writes_bump_versions,
             the_catalog_keeps_versions_pauses_and_deletes,
             secrets_and_settings_are_kept,
@@ -525,6 +527,170 @@ pub async fn failures_retry_then_dead_letter_redrive_and_purge(open: Open, dir: 
     let purged = b.purge("f", DeadLetterSelection::All).await.unwrap();
     assert_eq!(purged, [id]);
     assert!(b.job(id).await.unwrap().is_none());
+    b.shutdown().await;
+}
+
+pub async fn a_success_keeps_what_it_emitted_and_a_failure_nothing(open: Open, dir: &Path) {
+    let b = open(dir).await;
+    let retry = RetryPolicy {
+        max_attempts: 2,
+        backoff_base_ms: 1,
+        backoff_max_ms: 1,
+    };
+    let settings = Settings {
+        retry,
+        ..Settings::DEFAULT
+    };
+    deploy(&*b, "f", settings).await;
+    deploy(&*b, "next", Settings::DEFAULT).await;
+    b.deploy(
+        record(
+            "sink",
+            Settings::DEFAULT,
+            vec![Subscription {
+                topic: "done".into(),
+                types: Vec::new(),
+            }],
+        ),
+        Bytes::from_static(b"wasm"),
+        "sink-artifact".into(),
+        vec![1],
+        DeployBase::Anything,
+    )
+    .await
+    .unwrap();
+    let emits = || {
+        vec![
+            Emission::Enqueue {
+                function: "next".into(),
+                data: b"onward".to_vec(),
+                content_type: Some("text/plain".into()),
+                priority: DEFAULT_PRIORITY,
+                delay_ms: None,
+            },
+            Emission::Publish {
+                topic: "done".into(),
+                event_type: "f.done".into(),
+                data: b"{}".to_vec(),
+                content_type: Some("application/json".into()),
+            },
+            Emission::Enqueue {
+                function: "gone".into(),
+                data: b"nobody".to_vec(),
+                content_type: None,
+                priority: DEFAULT_PRIORITY,
+                delay_ms: None,
+            },
+        ]
+    };
+    let mut submitted = new_job("f", b"in");
+    submitted.correlation_id = Some("order-7".into());
+    let id = b.submit(submitted).await.unwrap().id();
+    // Attempt 1 fails: what it emitted is dropped.
+    take(&*b, "f", 1).await;
+    b.start(id, 1, now_ms(), now_ms() + 10_000, 1);
+    let mut failed = failure(FailureKind::Retryable);
+    failed.emitted = emits();
+    b.finish(id, 1, failed, retry);
+    until_job(&*b, id, "failed once", |j| j.history.len() == 1).await;
+    // Attempt 2 succeeds: what it emitted is kept, once.
+    take(&*b, "f", 1).await;
+    b.start(id, 2, now_ms(), now_ms() + 10_000, 1);
+    let mut succeeded = success(b"ok");
+    succeeded.emitted = emits();
+    b.finish(id, 2, succeeded, retry);
+    until(&*b, id, JobStatus::Succeeded).await;
+    let onward = take(&*b, "next", 1).await[0];
+    let job = b.job(onward).await.unwrap().unwrap();
+    assert_eq!(job.input, b"onward");
+    assert_eq!(job.correlation_id, "order-7", "emitted work keeps the correlation id");
+    assert_eq!(job.parent, Some(sluice::job::Parent::Job(id.0)));
+    assert_eq!(job.hops, 1);
+    let delivery = take(&*b, "sink", 1).await[0];
+    let job = b.job(delivery).await.unwrap().unwrap();
+    let event = job.event.expect("a delivery carries its event");
+    assert_eq!(event.id, format!("{id}-1"), "an emitted event's id is stable");
+    assert_eq!(event.topic, "done");
+    // Nothing more: the failed attempt emitted nothing.
+    assert!(!leased_within(&*b, "next", Duration::from_millis(700)).await);
+    assert!(!leased_within(&*b, "sink", Duration::from_millis(700)).await);
+    b.shutdown().await;
+}
+
+/// A publish is accepted whole even when a subscriber's queue is full: its deliveries wait
+/// (durably) and every one runs once there is room.
+pub async fn deliveries_past_a_full_queue_all_run(open: Open, dir: &Path) {
+    let b = open(dir).await;
+    let settings = Settings {
+        max_queued: 1,
+        ..Settings::DEFAULT
+    };
+    b.deploy(
+        record(
+            "sink",
+            settings,
+            vec![Subscription {
+                topic: "t".into(),
+                types: Vec::new(),
+            }],
+        ),
+        Bytes::from_static(b"wasm"),
+        "sink-artifact".into(),
+        vec![1],
+        DeployBase::Anything,
+    )
+    .await
+    .unwrap();
+    let event = |n: usize| {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            "application/cloudevents+json".parse().unwrap(),
+        );
+        let body = serde_json::json!({
+            "specversion": "1.0", "id": format!("e-{n}"), "source": "/s", "type": "t.n",
+            "data": {"n": n}
+        });
+        let mut events = sluice::event::parse(&headers, Bytes::from(body.to_string())).unwrap();
+        events[0].attributes.topic = "t".into();
+        NewEvent {
+            event: events.remove(0),
+            correlation_id: None,
+            priority: DEFAULT_PRIORITY,
+            parent: None,
+            blob: None,
+            callback: None,
+            hops: 0,
+        }
+    };
+    let mut deliveries = Vec::new();
+    for n in 0..3 {
+        let published = b.publish(vec![event(n)]).await.unwrap();
+        assert_eq!(published[0].deliveries.len(), 1);
+        deliveries.push(published[0].deliveries[0].1);
+    }
+    // Drained one at a time: each delivery runs, however long it waited.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut ran = Vec::new();
+    while ran.len() < deliveries.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {ran:?} of {deliveries:?} ran"
+        );
+        let Ok(leased) = tokio::time::timeout(Duration::from_secs(2), b.lease("sink", 1)).await
+        else {
+            continue;
+        };
+        for job in leased.expect("leasing failed") {
+            b.start(job.id, 1, now_ms(), now_ms() + 10_000, 1);
+            b.finish(job.id, 1, success(b"ok"), RetryPolicy::DEFAULT);
+            until(&*b, job.id, JobStatus::Succeeded).await;
+            ran.push(job.id);
+        }
+    }
+    ran.sort();
+    deliveries.sort();
+    assert_eq!(ran, deliveries, "each delivery ran once");
     b.shutdown().await;
 }
 

@@ -275,13 +275,7 @@ impl Writer {
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        job.status = JobStatus::Dead;
-        job.not_before = None;
-        job.finished_at = Some(now);
-        job.error = Some(format!(
-            "dead-lettered without running: it is {} jobs away from the request that began its chain, past the host's limit of {} (--max-hops). Does a handler enqueue or publish in a loop, or a pipeline lead back to itself? Redrive it to run it anyway",
-            job.hops, self.max_hops
-        ));
+        dead_too_deep(&mut job, self.max_hops, now);
         t.function_jobs
             .insert((job.function.as_str(), id.0), ())
             .map_err(storage)?;
@@ -300,6 +294,19 @@ impl Writer {
         t.put_job(id, &job)?;
         Ok(())
     }
+}
+
+/// Makes `job`, further than `max_hops` from its request, a dead letter that never ran: a
+/// handler or pipeline that enqueues or publishes in a loop ends there instead of running
+/// forever. A redrive runs it anyway (its own children end the same way).
+pub(crate) fn dead_too_deep(job: &mut Job, max_hops: u32, now: u64) {
+    job.status = JobStatus::Dead;
+    job.not_before = None;
+    job.finished_at = Some(now);
+    job.error = Some(format!(
+        "dead-lettered without running: it is {} jobs away from the request that began its chain, past the host's limit of {} (--max-hops). Does a handler enqueue or publish in a loop, or a pipeline lead back to itself? Redrive it to run it anyway",
+        job.hops, max_hops
+    ));
 }
 
 /// The record of a job accepted as `id` at `now` (`delayed`: not before then; `input_blob`: its

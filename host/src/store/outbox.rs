@@ -84,66 +84,9 @@ impl Writer {
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        let now = now_ms();
-        let mut events = Vec::new();
-        for (n, e) in emitted.into_iter().enumerate() {
-            match e {
-                Emission::Publish {
-                    topic,
-                    event_type,
-                    data,
-                    content_type,
-                } => events.push(NewEvent {
-                    event: CloudEvent {
-                        attributes: EventAttributes {
-                            topic,
-                            id: format!("{id}-{n}"),
-                            source: format!("/v1/functions/{}", job.function),
-                            event_type,
-                            subject: None,
-                            time: Some(rfc3339(now)),
-                            dataschema: None,
-                            extensions: Vec::new(),
-                        },
-                        content_type,
-                        data: data.into(),
-                    },
-                    correlation_id: Some(job.correlation_id.clone()),
-                    priority: job.priority,
-                    parent: Some(Parent::Job(id.0)),
-                    blob: None,
-                    callback: None,
-                    hops: job.hops + 1,
-                }),
-                Emission::Enqueue {
-                    function,
-                    data,
-                    content_type,
-                    priority,
-                    delay_ms,
-                } => {
-                    self.insert_child(
-                        NewJob {
-                            function,
-                            content_type,
-                            input: data.into(),
-                            correlation_id: Some(job.correlation_id.clone()),
-                            idempotency: None,
-                            priority,
-                            not_before: delay_ms.map(|d| now + d),
-                            ordering_key: None,
-                            event: None,
-                            parent: Some(Parent::Job(id.0)),
-                            pipeline: None,
-                            input_blob: None,
-                            callback: None,
-                            hops: job.hops + 1,
-                        },
-                        t,
-                        fx,
-                    )?;
-                }
-            }
+        let (events, jobs) = emitted_requests(id, job, emitted, now_ms());
+        for new in jobs {
+            self.insert_child(new, t, fx)?;
         }
         if !events.is_empty() {
             // The budget was checked for all of it before the success was recorded.
@@ -281,6 +224,74 @@ impl Writer {
         fx.terminal.push(head);
         Ok(())
     }
+}
+
+/// What job `id` (`job`) emitted with its success, as requests: events to publish and jobs to
+/// enqueue, all carrying the job's correlation id and the job as their parent, one hop further
+/// from the request. An emitted event's CloudEvents `id` is `{job id}-{n}`: stable, so a
+/// consumer can tell copies apart from repeats.
+pub(crate) fn emitted_requests(
+    id: JobId,
+    job: &Job,
+    emitted: Vec<Emission>,
+    now: u64,
+) -> (Vec<NewEvent>, Vec<NewJob>) {
+    let mut events = Vec::new();
+    let mut jobs = Vec::new();
+    for (n, e) in emitted.into_iter().enumerate() {
+        match e {
+            Emission::Publish {
+                topic,
+                event_type,
+                data,
+                content_type,
+            } => events.push(NewEvent {
+                event: CloudEvent {
+                    attributes: EventAttributes {
+                        topic,
+                        id: format!("{id}-{n}"),
+                        source: format!("/v1/functions/{}", job.function),
+                        event_type,
+                        subject: None,
+                        time: Some(rfc3339(now)),
+                        dataschema: None,
+                        extensions: Vec::new(),
+                    },
+                    content_type,
+                    data: data.into(),
+                },
+                correlation_id: Some(job.correlation_id.clone()),
+                priority: job.priority,
+                parent: Some(Parent::Job(id.0)),
+                blob: None,
+                callback: None,
+                hops: job.hops + 1,
+            }),
+            Emission::Enqueue {
+                function,
+                data,
+                content_type,
+                priority,
+                delay_ms,
+            } => jobs.push(NewJob {
+                function,
+                content_type,
+                input: data.into(),
+                correlation_id: Some(job.correlation_id.clone()),
+                idempotency: None,
+                priority,
+                not_before: delay_ms.map(|d| now + d),
+                ordering_key: None,
+                event: None,
+                parent: Some(Parent::Job(id.0)),
+                pipeline: None,
+                input_blob: None,
+                callback: None,
+                hops: job.hops + 1,
+            }),
+        }
+    }
+    (events, jobs)
 }
 
 /// What a success's emissions would queue (see [`Writer::emitted_cost`]).

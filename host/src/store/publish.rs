@@ -5,7 +5,7 @@ use super::tables::*;
 use super::txn::Tables;
 use super::writer::{Effects, Writer};
 use super::{NewEvent, NewJob, Published, StoreError, SubmitError, storage};
-use crate::job::{BlobRef, Parent, now_ms};
+use crate::job::{BlobRef, JobId, Parent, now_ms};
 
 impl Writer {
     /// Accepts events: each event's record and one delivery job per matching subscriber, or
@@ -55,39 +55,11 @@ impl Writer {
             let mut deliveries = Vec::with_capacity(subscribers.len());
             for function in subscribers {
                 let id = self.ids.generate();
-                self.insert_job(
-                    id,
-                    NewJob {
-                        function: function.clone(),
-                        content_type: new.event.content_type.clone(),
-                        input: new.event.data.clone(),
-                        correlation_id: Some(correlation_id.clone()),
-                        idempotency: None,
-                        priority: new.priority,
-                        not_before: None,
-                        ordering_key: None,
-                        event: Some(Box::new(new.event.attributes.clone())),
-                        parent: Some(Parent::Event(event_id.0)),
-                        pipeline: None,
-                        input_blob: blob,
-                        callback: new.callback.clone(),
-                        hops: new.hops,
-                    },
-                    now,
-                    t,
-                    fx,
-                )?;
+                let delivery = delivery_of(&new, function.clone(), event_id, &correlation_id, blob);
+                self.insert_job(id, delivery, now, t, fx)?;
                 deliveries.push((function, id));
             }
-            let record = EventRecord {
-                attributes: new.event.attributes,
-                content_type: new.event.content_type,
-                size: new.event.data.len() as u64,
-                correlation_id,
-                parent: new.parent,
-                published_at: now,
-                deliveries: deliveries.iter().map(|(f, id)| (f.clone(), id.0)).collect(),
-            };
+            let record = event_record_of(new, correlation_id, now, &deliveries);
             t.events
                 .open()?
                 .insert(event_id.0, encode_event(&record).as_slice())
@@ -101,5 +73,49 @@ impl Writer {
             });
         }
         Ok(Ok(out))
+    }
+}
+
+/// The job that delivers event `new` (published as `event_id`) to subscriber `function`.
+pub(crate) fn delivery_of(
+    new: &NewEvent,
+    function: String,
+    event_id: JobId,
+    correlation_id: &str,
+    blob: Option<BlobRef>,
+) -> NewJob {
+    NewJob {
+        function,
+        content_type: new.event.content_type.clone(),
+        input: new.event.data.clone(),
+        correlation_id: Some(correlation_id.to_string()),
+        idempotency: None,
+        priority: new.priority,
+        not_before: None,
+        ordering_key: None,
+        event: Some(Box::new(new.event.attributes.clone())),
+        parent: Some(Parent::Event(event_id.0)),
+        pipeline: None,
+        input_blob: blob,
+        callback: new.callback.clone(),
+        hops: new.hops,
+    }
+}
+
+/// The record of event `new`, accepted at `now` with its delivery jobs.
+pub(crate) fn event_record_of(
+    new: NewEvent,
+    correlation_id: String,
+    now: u64,
+    deliveries: &[(String, JobId)],
+) -> EventRecord {
+    EventRecord {
+        attributes: new.event.attributes,
+        content_type: new.event.content_type,
+        size: new.event.data.len() as u64,
+        correlation_id,
+        parent: new.parent,
+        published_at: now,
+        deliveries: deliveries.iter().map(|(f, id)| (f.clone(), id.0)).collect(),
     }
 }

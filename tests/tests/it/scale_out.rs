@@ -344,3 +344,101 @@ async fn max_concurrency_holds_across_hosts() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A function's stats on `host`, once `field` reaches `want` (counts are JetStream counters,
+/// updated just after each change).
+async fn until_count(host: &TestHost, function: &str, field: &str, want: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, stats) = host.get(&format!("/v1/functions/{function}/stats")).await;
+        if stats[field] == want {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{function} {field} is not {want}: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Events published on either host reach every subscriber once, and what handlers emit (the
+/// shop's choreography: order.placed -> payment -> inventory -> shipping) flows through
+/// both hosts: each step runs exactly once per order, and what one host accepted is read
+/// back on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_and_what_handlers_emit_flow_across_hosts() {
+    let cluster = tokio::task::spawn_blocking(NatsCluster::three)
+        .await
+        .unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = host_on(&cluster, &dir_a).await;
+    let b = host_on(&cluster, &dir_b).await;
+    for (name, component, manifest) in [
+        ("payment", components::PAYMENT, components::PAYMENT_MANIFEST),
+        (
+            "inventory",
+            components::INVENTORY,
+            components::INVENTORY_MANIFEST,
+        ),
+        ("shipping", components::SHIPPING, components::SHIPPING_MANIFEST),
+    ] {
+        a.deploy_manifest(name, component, &std::fs::read_to_string(manifest).unwrap())
+            .await;
+        until(&b, &format!("/v1/functions/{name}"), "B learns of it", |s, _| {
+            s == 200
+        })
+        .await;
+    }
+
+    const ORDERS: u64 = 12;
+    let mut published = Vec::new();
+    for n in 0..ORDERS {
+        let (on, other) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let event = serde_json::json!({
+            "specversion": "1.0", "id": format!("order-{n}"), "source": "/storefront",
+            "type": "order.placed", "datacontenttype": "application/json",
+            "data": {"order_id": format!("o-{n}"), "amount_cents": 1200, "card": "ok"},
+        });
+        let r = on
+            .http
+            .post(on.url("/v1/topics/shop/events"))
+            .header("content-type", "application/cloudevents+json")
+            .body(event.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        let answer: Value = r.json().await.unwrap();
+        let deliveries = answer["deliveries"].as_array().unwrap().clone();
+        assert_eq!(deliveries.len(), 1, "payment subscribes: {answer}");
+        assert_eq!(deliveries[0]["function"], "payment");
+        published.push((answer, other));
+    }
+    for (answer, other) in &published {
+        // The event's record and its delivery, read on the host that did not accept it.
+        let event_id = answer["event_id"].as_str().unwrap();
+        let (status, record) = other.get(&format!("/v1/events/{event_id}")).await;
+        assert_eq!(status, 200, "{record}");
+        assert_eq!(record["type"], "order.placed");
+        let job = other
+            .wait(answer["deliveries"][0]["job_id"].as_str().unwrap())
+            .await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["parent"]["kind"], "event", "{job}");
+        assert_eq!(job["attempts"], 1, "{job}");
+    }
+    // Every step ran once per order, and nothing else ran.
+    for function in ["payment", "inventory", "shipping"] {
+        let stats = until_count(&b, function, "succeeded", ORDERS).await;
+        for other in ["queued", "running", "failed", "dead", "cancelled"] {
+            assert_eq!(stats[other], 0, "{function}: {stats}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, stats) = a.get("/v1/functions/shipping/stats").await;
+    assert_eq!(stats["succeeded"], ORDERS, "no step ran twice: {stats}");
+
+    a.stop().await;
+    b.stop().await;
+}

@@ -75,11 +75,11 @@ impl NatsBackend {
                 .functions
                 .create(&record.name, bytes.clone())
                 .await
-                .map(|_| 0)
                 .map_err(|e| e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists),
         };
         match stored {
-            Ok(_) => {
+            Ok(revision) => {
+                self.saw(record, revision);
                 // Kept once it won: two hosts racing for one version number never leave the
                 // loser's record under it.
                 if new_version {
@@ -346,6 +346,7 @@ impl FunctionCatalog for NatsBackend {
             }
             // Submits stop first; then every job still in its queue is cancelled.
             self.functions.delete(name).await.map_err(failed)?;
+            self.view.write().remove(name);
             self.queues.lock().remove(name);
             let cancelled = self.cancel_queue(name).await?;
             let _ = self.js.delete_stream(self.queue_stream(name)).await;

@@ -187,6 +187,7 @@ impl NatsBackend {
         rng: &mut fastrand::Rng,
     ) -> Result<(), StoreError> {
         refuse_unsupported(report);
+        let emitted = std::mem::take(&mut report.emitted);
         loop {
             let Some((mut job, revision)) = self.record(id).await? else {
                 self.release(id, None).await;
@@ -210,12 +211,44 @@ impl NatsBackend {
                 return Ok(());
             }
             let mut attempt_report = clone_report(report);
+            // What a success emitted is planned before the success is recorded: what cannot
+            // be kept fails the attempt instead (for good: the same emits would fail again).
+            let mut planned = None;
+            if matches!(attempt_report.outcome, Outcome::Succeeded { .. }) && !emitted.is_empty()
+            {
+                let plan = self.plan_emitted(id, &job, emitted.clone()).and_then(|fanout| {
+                    let entry = fanout.encode();
+                    self.check_size(&entry)?;
+                    Ok((fanout, bytes::Bytes::from(entry)))
+                });
+                match plan {
+                    Ok(plan) => planned = Some(plan),
+                    Err(e) => {
+                        attempt_report.outcome = Outcome::Failed {
+                            kind: FailureKind::Permanent,
+                            message: format!(
+                                "the handler succeeded, but what it emitted cannot be kept: {e}"
+                            ),
+                        }
+                    }
+                }
+            }
             let settled =
                 crate::store::settle::settle(&mut job, attempt, &mut attempt_report, &retry, rng);
             if let Some(crate::output::Output::Memory { bytes, .. }) = settled.output {
                 job.output = Some(bytes);
             }
-            if self.replace(id, &job, revision).await? {
+            let planned = planned.filter(|_| job.status == crate::job::JobStatus::Succeeded);
+            let key = Self::outbox_key(id);
+            let stored = match &planned {
+                // The success and what it emitted land together, or neither does.
+                Some((_, entry)) => {
+                    self.replace_with_outbox(id, &job, revision, &key, entry.clone())
+                        .await?
+                }
+                None => self.replace(id, &job, revision).await?,
+            };
+            if stored {
                 self.not_running(id).await;
                 self.moved(&job.function, Some(settled.from), Some(job.status))
                     .await?;
@@ -223,6 +256,9 @@ impl NatsBackend {
                     .delayed_until
                     .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
                 self.release(id, Some(delay)).await;
+                if let Some((fanout, _)) = &planned {
+                    self.fan_out(&key, fanout, false).await;
+                }
                 return Ok(());
             }
         }
@@ -566,8 +602,6 @@ fn refuse_unsupported(report: &mut AttemptReport) {
     };
     let what = if large {
         Some("an output over 512 KiB (a claim check)")
-    } else if !report.emitted.is_empty() {
-        Some("emitting jobs or events")
     } else if report.then.is_some() {
         Some("a pipeline's next stage")
     } else if report.kv.is_some() {
@@ -580,7 +614,6 @@ fn refuse_unsupported(report: &mut AttemptReport) {
             kind: FailureKind::Permanent,
             message: format!("{what} is not supported by the NATS backend yet"),
         };
-        report.emitted.clear();
         report.then = None;
         report.kv = None;
     }

@@ -144,34 +144,13 @@ impl NatsBackend {
         let (job, _) = crate::store::intake::record_of(id, new, now, delayed, None);
         // The queue message first: a job whose record exists is always in its queue. A
         // delivery that finds no record yet is asked for again shortly (see `lease`).
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string());
-        let subject = self.queue_subject(&function);
-        let full = |e: &async_nats::jetstream::context::PublishError| {
-            std::error::Error::source(e)
-                .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
-                .is_some_and(|e| e.error_code().0 == MAXIMUM_MESSAGES_EXCEEDED)
-        };
-        // Deduplicated by the job's id: a retry after a lost acknowledgement stores nothing.
-        let published = super::patiently("queueing a job", full, || async {
-            self.js
-                .publish_with_headers(subject.clone(), headers.clone(), id.to_string().into())
-                .await?
-                .await
-        })
-        .await;
-        if let Err(e) = published {
-            let code = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
-                .map(|e| e.error_code().0);
-            if code == Some(MAXIMUM_MESSAGES_EXCEEDED) {
-                return Err(SubmitError::QueueFull {
-                    function,
-                    max_queued,
-                });
-            }
-            return Err(failed(e).into());
-        }
+        self.enqueue(id, &function).await.map_err(|e| match e {
+            SubmitError::QueueFull { function, .. } => SubmitError::QueueFull {
+                function,
+                max_queued,
+            },
+            e => e,
+        })?;
         let key = Self::job_key(id);
         let bytes: bytes::Bytes = encode_job(&job).into();
         super::patiently(
@@ -183,6 +162,34 @@ impl NatsBackend {
         .map_err(failed)?;
         self.moved(&function, None, Some(job.status)).await?;
         Ok(Submitted::New(id))
+    }
+
+    /// Puts job `id` in `function`'s queue (deduplicated by the id: a retry after a lost
+    /// acknowledgement, or a second host carrying out the same outbox entry, queues it once).
+    pub(super) async fn enqueue(&self, id: JobId, function: &str) -> Result<(), SubmitError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string());
+        let subject = self.queue_subject(function);
+        let full = |e: &async_nats::jetstream::context::PublishError| {
+            std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+                .is_some_and(|e| e.error_code().0 == MAXIMUM_MESSAGES_EXCEEDED)
+        };
+        let published = super::patiently("queueing a job", full, || async {
+            self.js
+                .publish_with_headers(subject.clone(), headers.clone(), id.to_string().into())
+                .await?
+                .await
+        })
+        .await;
+        match published {
+            Ok(_) => Ok(()),
+            Err(e) if full(&e) => Err(SubmitError::QueueFull {
+                function: function.into(),
+                max_queued: 0,
+            }),
+            Err(e) => Err(failed(e).into()),
+        }
     }
 
     async fn wait_for(&self, id: JobId, timeout: Duration) -> Result<Option<Job>, StoreError> {
@@ -304,8 +311,8 @@ impl JobStore for NatsBackend {
             Ok(ids)
         })
     }
-    fn publish(&self, _events: Vec<NewEvent>) -> Pending<'_, Result<Vec<Published>, SubmitError>> {
-        Box::pin(async { Err(unsupported("publishing events").into()) })
+    fn publish(&self, events: Vec<NewEvent>) -> Pending<'_, Result<Vec<Published>, SubmitError>> {
+        Box::pin(self.publish_events(events))
     }
     fn cancel(&self, id: JobId) -> Pending<'_, Result<Job, CancelError>> {
         Box::pin(self.cancel_in_order(id))
@@ -343,8 +350,8 @@ impl JobStore for NatsBackend {
     ) -> Pending<'a, Result<Correlated, StoreError>> {
         Box::pin(async { Err(unsupported("listing jobs by correlation id")) })
     }
-    fn event<'a>(&'a self, _id: JobId) -> Pending<'a, Result<Option<EventRecord>, StoreError>> {
-        Box::pin(async { Err(unsupported("reading events")) })
+    fn event<'a>(&'a self, id: JobId) -> Pending<'a, Result<Option<EventRecord>, StoreError>> {
+        Box::pin(self.event_record(id))
     }
     fn counts<'a>(&'a self, function: &'a str) -> Pending<'a, Result<Counts, StoreError>> {
         Box::pin(self.counts_of(function))

@@ -6,6 +6,8 @@
 //! several deployments share a cluster):
 //! - job records: KV bucket `<p>-jobs`, key `j.<id>`, the store's own job encoding; every change
 //!   is a compare-and-set on the record's revision, so two hosts never both apply a transition;
+//!   events' records (`e.<id>`) and outbox entries (`o.<id>`: what a publish or a successful
+//!   attempt causes, see [`fanout`]) in the same bucket, whose stream takes atomic batches;
 //! - each function's queue: stream `<p>_q_<function>` (work queue, `max_queued` as its message
 //!   limit with new messages refused, so the cluster enforces it), one message per unfinished
 //!   job, deduplicated by job id, and one durable pull consumer `run` shared by every host: a
@@ -19,8 +21,10 @@
 //! A write is answered once the cluster acknowledged it (stored on a majority of the stream's
 //! replicas with the server settings docs/scale-out.md lists).
 
+mod batch;
 mod catalog;
 mod dispatch;
+mod fanout;
 mod jobs;
 
 use std::collections::HashMap;
@@ -52,6 +56,8 @@ pub struct NatsOptions {
     pub tls_ca: Option<std::path::PathBuf>,
     /// How long idempotency keys are remembered.
     pub idempotency_window: Duration,
+    /// How many jobs a chain of emits may grow before its next job is a dead letter.
+    pub max_hops: u32,
 }
 
 impl NatsOptions {
@@ -70,6 +76,7 @@ impl NatsOptions {
             credentials: None,
             tls_ca: None,
             idempotency_window: Duration::from_secs(24 * 3600),
+            max_hops: 64,
         }
     }
 }
@@ -95,6 +102,9 @@ pub struct NatsBackend {
     held: Arc<Mutex<HashMap<crate::job::JobId, dispatch::Held>>>,
     /// Starts, renewals and outcomes, applied in order per job by a few tasks.
     dispatch: Vec<mpsc::UnboundedSender<dispatch::Op>>,
+    /// The catalog as this host last saw it (records and their revisions): whom a topic's
+    /// events go to, and which functions a handler may enqueue to.
+    view: CatalogView,
     /// Names of functions changed in the catalog (by any host), until taken.
     changes: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     stats: StoreStats,
@@ -170,18 +180,38 @@ fn unsupported(what: &str) -> StoreError {
     ))
 }
 
-/// Forwards the names of functions whose record or secrets change from now on.
+/// The catalog as a host sees it: function records by name, with their revisions.
+type CatalogView = Arc<parking_lot::RwLock<HashMap<String, (FunctionRecord, u64)>>>;
+
+/// Keeps `view` in step with the functions bucket (its current records first), and forwards
+/// the names of functions whose record or secrets change from now on.
 async fn watch_changes(
     functions: &kv::Store,
     secrets: &kv::Store,
+    view: &CatalogView,
 ) -> Result<mpsc::UnboundedReceiver<String>, StoreError> {
     use futures_util::StreamExt;
     let (tx, rx) = mpsc::unbounded_channel();
     let records = functions.watch_all().await.map_err(failed)?;
     let sealed = secrets.watch_all().await.map_err(failed)?;
+    // Watching first, then reading what is there: nothing falls between (an older record
+    // never replaces a newer one).
+    let mut names = functions.keys().await.map_err(failed)?;
+    while let Some(name) = names.next().await {
+        let name = name.map_err(failed)?;
+        if let Some(entry) = functions.entry(&name).await.map_err(failed)? {
+            see(view, &entry);
+        }
+    }
+    let view = view.clone();
     // A secret's key is `<function>.<hex name>`.
     let mut changed = futures_util::stream::select(
-        records.map(|e| e.map(|e| e.key)),
+        records.map(move |e| {
+            e.map(|e| {
+                see(&view, &e);
+                e.key
+            })
+        }),
         sealed.map(|e| e.map(|e| e.key.split('.').next().unwrap_or_default().to_string())),
     );
     tokio::spawn(async move {
@@ -197,6 +227,55 @@ async fn watch_changes(
         }
     });
     Ok(rx)
+}
+
+/// Applies one entry of the functions bucket to `view`, unless it has seen a later one.
+fn see(view: &CatalogView, entry: &kv::Entry) {
+    let mut view = view.write();
+    if view
+        .get(&entry.key)
+        .is_some_and(|(_, revision)| *revision >= entry.revision)
+    {
+        return;
+    }
+    if entry.operation != kv::Operation::Put {
+        view.remove(&entry.key);
+        return;
+    }
+    match super::tables::decode_function(&entry.value) {
+        Ok(record) => {
+            view.insert(entry.key.clone(), (record, entry.revision));
+        }
+        Err(e) => tracing::warn!(function = %entry.key, error = %e, "a function record does not decode"),
+    }
+}
+
+impl NatsBackend {
+    /// The functions subscribed to `topic` for events of `event_type`, by name.
+    pub(super) fn subscribers(&self, topic: &str, event_type: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .view
+            .read()
+            .values()
+            .filter(|(record, _)| {
+                record
+                    .subscriptions
+                    .iter()
+                    .any(|s| s.topic == topic && s.matches(event_type))
+            })
+            .map(|(record, _)| record.name.clone())
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Notes a record this host just stored (its own writes reach the view at once).
+    pub(super) fn saw(&self, record: &FunctionRecord, revision: u64) {
+        let mut view = self.view.write();
+        if view.get(&record.name).is_none_or(|(_, r)| *r < revision) {
+            view.insert(record.name.clone(), (record.clone(), revision));
+        }
+    }
 }
 
 impl NatsBackend {
@@ -241,10 +320,25 @@ impl NatsBackend {
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         };
+        // A bucket made before keeps its stream's settings (the jobs bucket's stream has
+        // atomic batches switched on, which a plain create would call a different config).
         let kv_of = async |config: kv::Config| {
-            until_ready(deadline, || js.create_key_value(config.clone())).await
+            until_ready(deadline, || async {
+                match js.create_key_value(config.clone()).await {
+                    Ok(store) => Ok(store),
+                    Err(e) => js.get_key_value(&config.bucket).await.map_err(|_| e),
+                }
+            })
+            .await
         };
         let jobs = kv_of(bucket(format!("{p}-jobs"), 1, Duration::ZERO)).await?;
+        // An attempt's success and what it emitted are one atomic batch on this stream.
+        let jobs_stream = until_ready(deadline, || js.get_stream(format!("KV_{p}-jobs"))).await?;
+        if !jobs_stream.cached_info().config.allow_atomic_publish {
+            let mut config = jobs_stream.cached_info().config.clone();
+            config.allow_atomic_publish = true;
+            until_ready(deadline, || js.update_stream(config.clone())).await?;
+        }
         // Entries of attempts that ended are purged; the markers purges leave expire.
         let running = kv_of(bucket(
             format!("{p}-running"),
@@ -279,12 +373,14 @@ impl NatsBackend {
         .await?;
         let counters = until_ready(deadline, || js.get_stream(&counters.config.name)).await?;
         let (callbacks_tx, callbacks) = mpsc::unbounded_channel();
-        let changes = watch_changes(&functions, &secrets).await?;
+        let view = Arc::default();
+        let changes = watch_changes(&functions, &secrets, &view).await?;
         let sweep_every = (options.lease / 4).min(Duration::from_secs(1));
         let backend = Arc::new_cyclic(|me: &std::sync::Weak<NatsBackend>| {
             let dispatch = dispatch::workers(me.clone());
             tokio::spawn(NatsBackend::sweep(me.clone(), sweep_every));
             tokio::spawn(NatsBackend::keep_held(me.clone(), options.lease / 4));
+            tokio::spawn(NatsBackend::sweep_outbox(me.clone(), Duration::from_secs(1)));
             NatsBackend {
                 js,
                 client,
@@ -299,6 +395,7 @@ impl NatsBackend {
                 objects,
                 counters,
                 queues: Mutex::new(HashMap::new()),
+                view,
                 held: Arc::default(),
                 dispatch,
                 changes: Mutex::new(Some(changes)),

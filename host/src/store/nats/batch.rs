@@ -1,0 +1,93 @@
+//! Atomic batch publish (JetStream, server 2.12 and later, ADR-50): several messages to one
+//! stream that are stored all together or not at all. async-nats 0.52 has the headers but no
+//! API for it; this is the wire protocol: the first message is a request (an empty reply is
+//! "go on"), middle ones are plain publishes, the last carries `Nats-Batch-Commit: 1` and is
+//! answered with the stream's acknowledgement of the whole batch. The stream needs
+//! `allow_atomic` set.
+
+use async_nats::header::{NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE};
+use async_nats::jetstream;
+use async_nats::{HeaderMap, HeaderValue};
+
+/// One message of a batch.
+pub(super) struct Part {
+    /// Its subject (in the stream).
+    pub(super) subject: String,
+    /// The sequence the subject's last message must have (a compare-and-set), checked when
+    /// the batch commits.
+    pub(super) expected_subject_sequence: Option<u64>,
+    /// Its payload.
+    pub(super) payload: bytes::Bytes,
+}
+
+/// How a batch ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Committed {
+    /// Every message is stored.
+    Yes,
+    /// A subject's last sequence was not the one expected: nothing is stored.
+    WrongSequence,
+}
+
+/// JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence` check.
+const WRONG_LAST_SEQUENCE: u64 = 10071;
+
+/// Publishes `parts` (at least one, at most 1000) to one stream as one atomic batch. An error
+/// says nothing was stored, or (a lost reply) that it is unknown: the caller reads again.
+pub(super) async fn publish_atomic(
+    js: &jetstream::Context,
+    parts: Vec<Part>,
+) -> Result<Committed, String> {
+    assert!(!parts.is_empty(), "an atomic batch needs a message");
+    let client = js.client();
+    let batch = ulid::Ulid::new().to_string();
+    let n = parts.len();
+    for (i, part) in parts.into_iter().enumerate() {
+        let sequence = i as u64 + 1;
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_BATCH_ID, batch.as_str());
+        headers.insert(NATS_BATCH_SEQUENCE, HeaderValue::from(sequence));
+        if let Some(expected) = part.expected_subject_sequence {
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                HeaderValue::from(expected),
+            );
+        }
+        if i + 1 == n {
+            headers.insert(NATS_BATCH_COMMIT, "1");
+            let reply = client
+                .request_with_headers(part.subject, headers, part.payload)
+                .await
+                .map_err(|e| format!("committing an atomic batch: {e}"))?;
+            return verdict(&reply.payload);
+        } else if i == 0 {
+            let reply = client
+                .request_with_headers(part.subject, headers, part.payload)
+                .await
+                .map_err(|e| format!("starting an atomic batch: {e}"))?;
+            if !reply.payload.is_empty() {
+                return verdict(&reply.payload);
+            }
+        } else {
+            client
+                .publish_with_headers(part.subject, headers, part.payload)
+                .await
+                .map_err(|e| format!("publishing in an atomic batch: {e}"))?;
+        }
+    }
+    unreachable!("the last part commits")
+}
+
+/// Reads the stream's answer to a batch's commit (or to its first message, when refused).
+fn verdict(reply: &[u8]) -> Result<Committed, String> {
+    let answer: serde_json::Value = serde_json::from_slice(reply)
+        .map_err(|e| format!("an atomic batch's answer does not parse: {e}"))?;
+    match answer.get("error") {
+        None if answer.get("seq").is_some() => Ok(Committed::Yes),
+        None => Err(format!("an atomic batch's answer says nothing: {answer}")),
+        Some(error) if error["err_code"].as_u64() == Some(WRONG_LAST_SEQUENCE) => {
+            Ok(Committed::WrongSequence)
+        }
+        Some(error) => Err(format!("the cluster refused an atomic batch: {error}")),
+    }
+}
