@@ -5,7 +5,7 @@
 //! A job's attempts are fenced by number: only the current attempt may start or finish it, so a
 //! stale attempt (cancelled, superseded, or whose outcome was lost) changes nothing.
 
-use crate::job::{FailureKind, JobStatus, MAX_CONFLICTS};
+use crate::job::{FailureKind, Job, JobStatus, MAX_CONFLICTS};
 use crate::manifest::RetryPolicy;
 
 /// True when attempt `attempt` may start a job that shows `status` after `attempts` attempts:
@@ -69,6 +69,20 @@ pub(crate) fn may_cancel(status: JobStatus) -> bool {
 /// True when a job showing `status` is a dead letter, which a redrive queues again.
 pub(crate) fn is_dead_letter(status: JobStatus) -> bool {
     matches!(status, JobStatus::Failed | JobStatus::Dead)
+}
+
+/// A dead letter redriven at `now`: queued again under the same id, its attempts counted from
+/// zero, its last end forgotten (its attempt history stays).
+pub(crate) fn redriven(job: &mut Job, now: u64) {
+    job.status = JobStatus::Queued;
+    job.attempts = 0;
+    job.conflicts = 0;
+    job.started_at = None;
+    job.finished_at = None;
+    job.error = None;
+    job.output = None;
+    job.output_content_type = None;
+    job.ready_at = now;
 }
 
 /// Where a new job starts: `delayed` while its not-before time is ahead, else `queued`.

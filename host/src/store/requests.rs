@@ -128,7 +128,7 @@ pub(crate) struct AttemptStart {
 }
 
 /// A page of jobs, newest first.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct JobPage {
     /// The jobs found, as summaries.
     pub jobs: Vec<(JobId, JobSummary)>,

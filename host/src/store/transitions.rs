@@ -264,15 +264,7 @@ impl Writer {
         fx.counts
             .moved(function, Some(job.status), Some(JobStatus::Queued));
         fx.counts.bytes(function, job.input_size() as i64);
-        job.status = JobStatus::Queued;
-        job.attempts = 0;
-        job.conflicts = 0;
-        job.started_at = None;
-        job.finished_at = None;
-        job.error = None;
-        job.output = None;
-        job.output_content_type = None;
-        job.ready_at = now_ms();
+        super::machine::redriven(&mut job, now_ms());
         // It will end again: that end gets its own callback.
         if let Some(callback) = &mut job.callback {
             t.forget_callback_row(id, callback)?;

@@ -1,6 +1,6 @@
 //! The store conformance suite ([`sluice_tests::conformance`]) against the JetStream backend on
-//! a real NATS server: the checks it passes so far (it does not do dead-letter redrive,
-//! key-value state or job listings yet: docs/scale-out.md).
+//! a real NATS server: the checks it passes so far (it does not do key-value state or
+//! listings other than dead letters yet: docs/scale-out.md).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,6 +30,7 @@ sluice_tests::conformance_suite!(open_nats; only:
     an_expired_lease_hands_the_job_out_again,
     a_renewed_lease_keeps_its_attempt,
     cancel_takes_waiting_jobs_only,
+    failures_retry_then_dead_letter_redrive_and_purge,
     a_publish_makes_one_delivery_per_matching_subscriber,
     a_success_keeps_what_it_emitted_and_a_failure_nothing,
     deliveries_past_a_full_queue_all_run,

@@ -442,3 +442,89 @@ async fn events_and_what_handlers_emit_flow_across_hosts() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Dead letters made on one host are listed (newest first, in pages), redriven and purged on
+/// the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_are_listed_redriven_and_purged_on_any_host() {
+    let cluster = tokio::task::spawn_blocking(NatsCluster::three)
+        .await
+        .unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = host_on(&cluster, &dir_a).await;
+    let b = host_on(&cluster, &dir_b).await;
+    // A buggy version of "orders": every job fails for good.
+    a.deploy("orders", components::PROBE, "max_attempts=1")
+        .await;
+    let fail = serde_json::json!({"action": "fail", "retryable": false});
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(a.submit_json("orders", &fail).await);
+    }
+    for id in &ids {
+        assert_eq!(b.wait(id).await["status"], "failed");
+    }
+    let listed = |page: &Value| -> Vec<String> {
+        page["dead_letters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"))
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (status, page) = b.get("/v1/functions/orders/dead-letters?limit=3").await;
+    assert_eq!(status, 200, "{page}");
+    let mut all = listed(&page);
+    assert_eq!(all.len(), 3);
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let (_, page) = b
+        .get(&format!("/v1/functions/orders/dead-letters?limit=3&cursor={cursor}"))
+        .await;
+    all.extend(listed(&page));
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(all, newest_first);
+
+    // The fix, deployed on B; one dead letter redriven on B runs (on either host).
+    b.deploy("orders", components::ECHO, "max_attempts=1").await;
+    until(&a, "/v1/functions/orders", "A learns of the fix", |_, f| {
+        f["version"] == 2
+    })
+    .await;
+    let (status, body) = b
+        .post_json(
+            "/v1/functions/orders/dead-letters/redrive",
+            &serde_json::json!({ "ids": [ids[0]] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["redriven"], serde_json::json!([ids[0]]));
+    let job = a.wait(&ids[0]).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1, "attempts count from zero again: {job}");
+    assert_eq!(job["attempt_history"].as_array().unwrap().len(), 2);
+
+    // The rest purged on A: gone everywhere, and no longer listed.
+    let (status, body) = a
+        .post_json(
+            "/v1/functions/orders/dead-letters/purge",
+            &serde_json::json!({ "all": true }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut purged: Vec<String> = body["purged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    purged.sort();
+    assert_eq!(purged, ids[1..].to_vec());
+    let (status, _) = b.get(&format!("/v1/jobs/{}", ids[1])).await;
+    assert_eq!(status, 404);
+    let (_, page) = b.get("/v1/functions/orders/dead-letters").await;
+    assert_eq!(listed(&page), Vec::<String>::new());
+
+    a.stop().await;
+    b.stop().await;
+}

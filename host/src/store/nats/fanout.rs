@@ -272,6 +272,9 @@ impl NatsBackend {
         if careful && self.record(id).await?.is_some() {
             return Ok(true);
         }
+        if crate::store::machine::is_dead_letter(job.status) {
+            self.index_dead_letter(&job.function, id).await?;
+        }
         if !job.status.is_terminal() {
             match self.enqueue(id, &job.function).await {
                 Ok(()) => {}

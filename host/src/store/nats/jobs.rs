@@ -45,6 +45,10 @@ impl NatsBackend {
         job: &Job,
         revision: u64,
     ) -> Result<bool, StoreError> {
+        // A dead letter is in the index before its record says so (see `dead_letters`).
+        if crate::store::machine::is_dead_letter(job.status) {
+            self.index_dead_letter(&job.function, id).await?;
+        }
         let key = Self::job_key(id);
         let bytes: bytes::Bytes = encode_job(job).into();
         let wrong_revision = |e: &async_nats::jetstream::kv::UpdateError| {
@@ -167,8 +171,18 @@ impl NatsBackend {
     /// Puts job `id` in `function`'s queue (deduplicated by the id: a retry after a lost
     /// acknowledgement, or a second host carrying out the same outbox entry, queues it once).
     pub(super) async fn enqueue(&self, id: JobId, function: &str) -> Result<(), SubmitError> {
+        self.enqueue_as(id, function, &id.to_string()).await
+    }
+
+    /// Puts job `id` in `function`'s queue, deduplicated by `message_id`.
+    pub(super) async fn enqueue_as(
+        &self,
+        id: JobId,
+        function: &str,
+        message_id: &str,
+    ) -> Result<(), SubmitError> {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string());
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
         let subject = self.queue_subject(function);
         let full = |e: &async_nats::jetstream::context::PublishError| {
             std::error::Error::source(e)
@@ -319,17 +333,17 @@ impl JobStore for NatsBackend {
     }
     fn redrive<'a>(
         &'a self,
-        _function: &'a str,
-        _which: DeadLetterSelection,
+        function: &'a str,
+        which: DeadLetterSelection,
     ) -> Pending<'a, Result<Vec<JobId>, StoreError>> {
-        Box::pin(async { Err(unsupported("redriving dead letters")) })
+        Box::pin(self.redrive_dead(function, which))
     }
     fn purge<'a>(
         &'a self,
-        _function: &'a str,
-        _which: DeadLetterSelection,
+        function: &'a str,
+        which: DeadLetterSelection,
     ) -> Pending<'a, Result<Vec<JobId>, StoreError>> {
-        Box::pin(async { Err(unsupported("purging dead letters")) })
+        Box::pin(self.purge_dead(function, which))
     }
     fn job<'a>(&'a self, id: JobId) -> Pending<'a, Result<Option<Job>, StoreError>> {
         Box::pin(async move { Ok(self.record(id).await?.map(|(job, _)| job)) })
@@ -341,8 +355,15 @@ impl JobStore for NatsBackend {
     ) -> Pending<'_, Result<Option<Job>, StoreError>> {
         Box::pin(self.wait_for(id, timeout))
     }
-    fn jobs<'a>(&'a self, _query: &'a JobQuery) -> Pending<'a, Result<JobPage, StoreError>> {
-        Box::pin(async { Err(unsupported("listing jobs")) })
+    fn jobs<'a>(&'a self, query: &'a JobQuery) -> Pending<'a, Result<JobPage, StoreError>> {
+        Box::pin(async move {
+            if super::dead_letters::wants_dead_letters(query) {
+                return self.dead_letter_page(query).await;
+            }
+            Err(unsupported(
+                "listing jobs other than a function's dead letters (?function=NAME&status=dead)",
+            ))
+        })
     }
     fn correlated<'a>(
         &'a self,

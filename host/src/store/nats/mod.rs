@@ -23,6 +23,7 @@
 
 mod batch;
 mod catalog;
+mod dead_letters;
 mod dispatch;
 mod fanout;
 mod jobs;
@@ -87,6 +88,8 @@ pub struct NatsBackend {
     client: async_nats::Client,
     options: NatsOptions,
     jobs: kv::Store,
+    /// The jobs bucket's stream (its index keys are listed and removed through it).
+    jobs_stream: jetstream::stream::Stream,
     /// Running attempts and their lease ends, for the sweep that fails expired ones.
     running: kv::Store,
     keys: kv::Store,
@@ -339,6 +342,7 @@ impl NatsBackend {
             config.allow_atomic_publish = true;
             until_ready(deadline, || js.update_stream(config.clone())).await?;
         }
+        let jobs_stream = until_ready(deadline, || js.get_stream(format!("KV_{p}-jobs"))).await?;
         // Entries of attempts that ended are purged; the markers purges leave expire.
         let running = kv_of(bucket(
             format!("{p}-running"),
@@ -386,6 +390,7 @@ impl NatsBackend {
                 client,
                 options,
                 jobs,
+                jobs_stream,
                 running,
                 keys,
                 functions,
