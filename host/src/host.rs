@@ -52,7 +52,12 @@ pub async fn run(
     // clears the directory's spool files.
     let store: Arc<dyn Backend> = match &config.backend {
         None => Arc::new(Store::open(&config.data_dir, &config.store_options())?),
-        Some(nats) => crate::store::nats::NatsBackend::connect(nats.clone()).await?,
+        Some(nats) => {
+            let mut options = nats.clone();
+            options.max_hops = config.max_hops;
+            options.callback_retry = config.callback_retry;
+            crate::store::nats::NatsBackend::connect(options).await?
+        }
     };
     let runtime = Arc::new(Runtime::new(&config).context("cannot set up the WebAssembly engine")?);
     let callbacks = store

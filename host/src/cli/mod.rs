@@ -300,7 +300,6 @@ impl ServeArgs {
                 options.credentials = self.nats_creds.clone();
                 options.tls_ca = self.nats_ca.clone();
                 options.idempotency_window = Duration::from_secs(self.idempotency_window_secs);
-                options.max_hops = self.max_hops;
                 Some(options)
             }
             Some(other) => anyhow::bail!(

@@ -8,7 +8,8 @@ use redb::ReadableTable;
 use super::txn::Tables;
 use super::writer::{Effects, Writer};
 use super::{StoreError, storage};
-use crate::job::{CallbackState, Job, JobId, bounded_error, now_ms};
+use crate::job::{Callback, CallbackState, Job, JobId, bounded_error, now_ms};
+use crate::manifest::RetryPolicy;
 
 /// Due callbacks handed to the sender per commit at most.
 const MAX_HAND_OUT: usize = 1000;
@@ -60,16 +61,10 @@ impl Writer {
         job: &mut Job,
         t: &mut Tables<'_>,
     ) -> Result<(), StoreError> {
-        let visible = job.visible_status();
-        let Some(callback) = &mut job.callback else {
-            return Ok(());
-        };
-        if !super::machine::callback_due(visible, callback.state) {
+        let now = now_ms();
+        if !mark_due(job, now) {
             return Ok(());
         }
-        let now = now_ms();
-        callback.state = CallbackState::Pending;
-        callback.next_at = Some(now);
         t.callbacks
             .open()?
             .insert((now, id.0), ())
@@ -123,42 +118,75 @@ impl Writer {
         if let Some(at) = callback.next_at.take() {
             t.callbacks.open()?.remove((at, id.0)).map_err(storage)?;
         }
-        callback.attempts += 1;
-        let now = now_ms();
-        let (delivered, retry) = match &result {
-            CallbackResult::Delivered => (true, false),
-            CallbackResult::Failed { retry, .. } => (false, *retry),
-        };
-        let next = super::machine::after_delivery(
-            delivered,
-            retry,
-            callback.attempts,
-            &self.callback_retry,
-        );
-        match result {
-            CallbackResult::Delivered => {
-                callback.state = CallbackState::Delivered;
-                callback.delivered_at = Some(now);
-                callback.last_error = None;
-            }
-            CallbackResult::Failed { error, .. } => {
-                callback.last_error = Some(bounded_error(&error));
-                if next == super::machine::AfterDelivery::RetryLater {
-                    let at = now
-                        + self
-                            .callback_retry
-                            .delay_ms(callback.attempts - 1, &mut self.rng);
-                    callback.next_at = Some(at);
-                    t.callbacks
-                        .open()?
-                        .insert((at, id.0), ())
-                        .map_err(storage)?;
-                    self.next_callback = Some(self.next_callback.map_or(at, |d| d.min(at)));
-                } else {
-                    callback.state = CallbackState::Failed;
-                }
-            }
+        let again = record_delivery(callback, result, now_ms(), &self.callback_retry, &mut self.rng);
+        if let Some(at) = again {
+            t.callbacks
+                .open()?
+                .insert((at, id.0), ())
+                .map_err(storage)?;
+            self.next_callback = Some(self.next_callback.map_or(at, |d| d.min(at)));
         }
         t.put_job(id, &job)
     }
+}
+
+/// Marks `job`'s callback due at `now` when its end (as the API shows it) calls for one; true
+/// when it did (the caller hands it to a sender).
+pub(crate) fn mark_due(job: &mut Job, now: u64) -> bool {
+    let visible = job.visible_status();
+    let Some(callback) = &mut job.callback else {
+        return false;
+    };
+    if !super::machine::callback_due(visible, callback.state) {
+        return false;
+    }
+    callback.state = CallbackState::Pending;
+    callback.next_at = Some(now);
+    true
+}
+
+/// Records one delivery attempt of a pending callback at `now`: delivered, given up, or due
+/// again after the `policy`'s delay (returned, also kept as its `next_at`).
+pub(crate) fn record_delivery(
+    callback: &mut Callback,
+    result: CallbackResult,
+    now: u64,
+    policy: &RetryPolicy,
+    rng: &mut fastrand::Rng,
+) -> Option<u64> {
+    callback.attempts += 1;
+    callback.next_at = None;
+    let (delivered, retry) = match &result {
+        CallbackResult::Delivered => (true, false),
+        CallbackResult::Failed { retry, .. } => (false, *retry),
+    };
+    let next = super::machine::after_delivery(delivered, retry, callback.attempts, policy);
+    match result {
+        CallbackResult::Delivered => {
+            callback.state = CallbackState::Delivered;
+            callback.delivered_at = Some(now);
+            callback.last_error = None;
+            None
+        }
+        CallbackResult::Failed { error, .. } => {
+            callback.last_error = Some(bounded_error(&error));
+            if next == super::machine::AfterDelivery::RetryLater {
+                let at = now + policy.delay_ms(callback.attempts - 1, rng);
+                callback.next_at = Some(at);
+                Some(at)
+            } else {
+                callback.state = CallbackState::Failed;
+                None
+            }
+        }
+    }
+}
+
+/// A redriven job's callback: its next end is a new delivery (a new round, its own
+/// `webhook-id`), waiting again.
+pub(crate) fn next_round(callback: &mut Callback) {
+    *callback = Callback {
+        round: callback.round + 1,
+        ..Callback::new(std::mem::take(&mut callback.url))
+    };
 }

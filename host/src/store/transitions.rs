@@ -268,10 +268,7 @@ impl Writer {
         // It will end again: that end gets its own callback.
         if let Some(callback) = &mut job.callback {
             t.forget_callback_row(id, callback)?;
-            *callback = crate::job::Callback {
-                round: callback.round + 1,
-                ..crate::job::Callback::new(std::mem::take(&mut callback.url))
-            };
+            super::callbacks::next_round(callback);
         }
         // Back at the end of its key's queue, behind the jobs submitted since.
         let seq = self.ids.generate().0;

@@ -11,10 +11,20 @@ use sluice_tests::{TestHost, components, start_host_with, test_config};
 
 /// A host on the cluster, with its own (local-only) data directory.
 async fn host_on(cluster: &NatsCluster, dir: &tempfile::TempDir) -> TestHost {
+    host_with(cluster, dir, |_| {}).await
+}
+
+/// A host on the cluster with more settings.
+async fn host_with(
+    cluster: &NatsCluster,
+    dir: &tempfile::TempDir,
+    tune: impl FnOnce(&mut sluice::Config),
+) -> TestHost {
     let mut config = test_config(dir.path());
     let mut nats = NatsOptions::new(&cluster.url());
     nats.replicas = 3;
     config.backend = Some(nats);
+    tune(&mut config);
     start_host_with(config).await
 }
 
@@ -524,6 +534,93 @@ async fn dead_letters_are_listed_redriven_and_purged_on_any_host() {
     assert_eq!(status, 404);
     let (_, page) = b.get("/v1/functions/orders/dead-letters").await;
     assert_eq!(listed(&page), Vec::<String>::new());
+
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Webhook callbacks are sent once across hosts: whichever host ran the job, one host sends
+/// its callback (retried after failures, with one `webhook-id`), signed with the secret every
+/// host shares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callbacks_are_sent_once_across_hosts() {
+    let cluster = tokio::task::spawn_blocking(NatsCluster::three)
+        .await
+        .unwrap();
+    let receiver = sluice_tests::Receiver::start().await;
+    receiver
+        .fail_first
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tune = |config: &mut sluice::Config| {
+        config.allow_callback_hosts = vec![format!("127.0.0.1:{}", receiver.port)];
+        config.callback_retry = sluice::manifest::RetryPolicy {
+            max_attempts: 10,
+            backoff_base_ms: 20,
+            backoff_max_ms: 50,
+        };
+    };
+    let a = host_with(&cluster, &dir_a, tune).await;
+    let b = host_with(&cluster, &dir_b, tune).await;
+    a.deploy("echo", components::ECHO, "").await;
+    until(&b, "/v1/functions/echo", "deployed", |s, _| s == 200).await;
+
+    const JOBS: usize = 10;
+    let mut ids = Vec::new();
+    for n in 0..JOBS {
+        let on = if n % 2 == 0 { &a } else { &b };
+        let r = on
+            .http
+            .post(on.url("/v1/functions/echo/jobs"))
+            .header("content-type", "text/plain")
+            .header("sluice-callback", receiver.url("/hook"))
+            .body(format!("job {n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        let answer: Value = r.json().await.unwrap();
+        ids.push(answer["id"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (n, id) in ids.iter().enumerate() {
+        let other = if n % 2 == 0 { &b } else { &a };
+        loop {
+            let job = other.job(id).await;
+            if job["callback"]["state"] == "delivered" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "callback not delivered: {job}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Settled: no host sends anything more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = receiver.requests();
+    assert_eq!(
+        got.len(),
+        JOBS + 3,
+        "one delivery per job, plus the three the receiver failed"
+    );
+    let secret = b.get("/v1/secret").await.1["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut delivered_for = Vec::new();
+    for r in &got {
+        standardwebhooks::Webhook::new(&secret)
+            .unwrap()
+            .verify(&r.body, &r.headers)
+            .expect("signed with the shared secret");
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["data"]["status"], "succeeded");
+        delivered_for.push(body["data"]["id"].as_str().unwrap().to_string());
+    }
+    delivered_for.sort();
+    delivered_for.dedup();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(delivered_for, expected, "every job called back");
 
     a.stop().await;
     b.stop().await;

@@ -160,6 +160,9 @@ impl NatsBackend {
                 Err(e) => return Err(failed_because(e.to_string())),
             }
             crate::store::machine::redriven(&mut job, now_ms());
+            if let Some(callback) = &mut job.callback {
+                crate::store::callbacks::next_round(callback);
+            }
             if self.replace(id, &job, revision).await? {
                 self.moved(function, Some(from), Some(job.status)).await?;
                 self.unindex(function, id).await;

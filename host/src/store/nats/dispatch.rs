@@ -57,6 +57,8 @@ pub(super) enum Op {
         report: Box<AttemptReport>,
         retry: RetryPolicy,
     },
+    /// A webhook delivery attempt's result.
+    CallbackDone { id: JobId, result: CallbackResult },
 }
 
 /// Starts the tasks that apply [`Op`]s; they end when the backend is dropped.
@@ -128,6 +130,7 @@ impl NatsBackend {
                 let _ = reply.send(self.cancel_now(id).await);
                 Ok(())
             }
+            Op::CallbackDone { id, result } => self.callback_result(id, result, rng).await,
             Op::Start {
                 id,
                 attempt,
@@ -239,6 +242,7 @@ impl NatsBackend {
                 job.output = Some(bytes);
             }
             let planned = planned.filter(|_| job.status == crate::job::JobStatus::Succeeded);
+            self.schedule_callback(id, &mut job).await?;
             let key = Self::outbox_key(id);
             let stored = match &planned {
                 // The success and what it emitted land together, or neither does.
@@ -318,18 +322,23 @@ impl NatsBackend {
             // Each delivery on its own: one that cannot be looked at now (a server is going
             // away) comes back after the lease time, and never costs the others their hand-out
             // (a job admitted is held by this host: dropping it would strand it).
-            let mut leased = Vec::new();
+            // Admitted jobs are held by this host: should this future be dropped before it
+            // answers, they go back.
+            let mut leased = Admitted {
+                backend: self.me.clone(),
+                jobs: Vec::new(),
+            };
             for message in std::mem::take(&mut drawn.0) {
                 match self.admit(message).await {
-                    Ok(Some(job)) => leased.push(job),
+                    Ok(Some(job)) => leased.jobs.push(job),
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(function, error = %e, "a delivery could not be looked at; it comes back after the lease time");
                     }
                 }
             }
-            if !leased.is_empty() {
-                return Ok(leased);
+            if !leased.jobs.is_empty() {
+                return Ok(std::mem::take(&mut leased.jobs));
             }
         }
     }
@@ -473,6 +482,7 @@ impl NatsBackend {
                 &retry,
                 &mut fastrand::Rng::new(),
             );
+            self.schedule_callback(id, &mut job).await?;
             if !self.replace(id, &job, revision).await? {
                 continue;
             }
@@ -590,6 +600,31 @@ impl Drop for Drawn {
     }
 }
 
+/// Jobs admitted by a lease and not yet handed out: given back (handed out again at once)
+/// when dropped.
+struct Admitted {
+    backend: Weak<NatsBackend>,
+    jobs: Vec<QueuedJob>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        let ids: Vec<JobId> = self.jobs.drain(..).map(|job| job.id).collect();
+        let backend = self.backend.clone();
+        tokio::spawn(async move {
+            let Some(backend) = backend.upgrade() else {
+                return;
+            };
+            for id in ids {
+                backend.release(id, Some(Some(Duration::ZERO))).await;
+            }
+        });
+    }
+}
+
 /// What this backend cannot keep yet turns a success into a permanent failure that says so,
 /// rather than losing it quietly.
 fn refuse_unsupported(report: &mut AttemptReport) {
@@ -666,7 +701,9 @@ impl Dispatch for NatsBackend {
         Box::pin(self.lease_jobs(function, max))
     }
     fn take_callbacks(&self) -> Option<CallbackFeed> {
-        self.callbacks.lock().take()
+        let (feed, tx) = self.callbacks.lock().take()?;
+        tokio::spawn(NatsBackend::pull_callbacks(self.me.clone(), tx));
+        Some(feed)
     }
     fn start(&self, id: JobId, attempt: u32, at: u64, lease_until: u64, version: u32) {
         self.send(
@@ -717,5 +754,7 @@ impl Dispatch for NatsBackend {
     ) -> Pending<'_, AttemptReport> {
         Box::pin(async move { report })
     }
-    fn callback_done(&self, _id: JobId, _result: CallbackResult) {}
+    fn callback_done(&self, id: JobId, result: CallbackResult) {
+        self.send(id, Op::CallbackDone { id, result });
+    }
 }

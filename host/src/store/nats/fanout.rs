@@ -275,6 +275,9 @@ impl NatsBackend {
         if crate::store::machine::is_dead_letter(job.status) {
             self.index_dead_letter(&job.function, id).await?;
         }
+        let mut job = job.clone();
+        self.schedule_callback(id, &mut job).await?;
+        let job = &job;
         if !job.status.is_terminal() {
             match self.enqueue(id, &job.function).await {
                 Ok(()) => {}

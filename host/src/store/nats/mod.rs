@@ -22,6 +22,7 @@
 //! replicas with the server settings docs/scale-out.md lists).
 
 mod batch;
+mod callbacks;
 mod catalog;
 mod dead_letters;
 mod dispatch;
@@ -59,6 +60,8 @@ pub struct NatsOptions {
     pub idempotency_window: Duration,
     /// How many jobs a chain of emits may grow before its next job is a dead letter.
     pub max_hops: u32,
+    /// How webhook callbacks are retried.
+    pub callback_retry: crate::manifest::RetryPolicy,
 }
 
 impl NatsOptions {
@@ -78,6 +81,11 @@ impl NatsOptions {
             tls_ca: None,
             idempotency_window: Duration::from_secs(24 * 3600),
             max_hops: 64,
+            callback_retry: crate::manifest::RetryPolicy {
+                max_attempts: 10,
+                backoff_base_ms: 1000,
+                backoff_max_ms: 3_600_000,
+            },
         }
     }
 }
@@ -111,9 +119,14 @@ pub struct NatsBackend {
     /// Names of functions changed in the catalog (by any host), until taken.
     changes: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     stats: StoreStats,
-    /// The callback feed (no callbacks are sent from this backend yet).
-    callbacks: Mutex<Option<CallbackFeed>>,
-    _callbacks_tx: mpsc::UnboundedSender<Vec<crate::job::JobId>>,
+    /// The callback feed and its sending end, until this host's sender takes the feed.
+    callbacks: Mutex<Option<(CallbackFeed, mpsc::UnboundedSender<Vec<crate::job::JobId>>)>>,
+    /// The consumer handing due callbacks to one host at a time.
+    callback_consumer: PullConsumer,
+    /// Callback messages this host's sender holds, by job.
+    callbacks_held: Mutex<HashMap<crate::job::JobId, async_nats::jetstream::message::Acker>>,
+    /// This backend, for tasks started later.
+    me: std::sync::Weak<NatsBackend>,
 }
 
 /// How long an operation keeps trying while the cluster moves a leader (a server died) or the
@@ -377,6 +390,10 @@ impl NatsBackend {
         .await?;
         let counters = until_ready(deadline, || js.get_stream(&counters.config.name)).await?;
         let (callbacks_tx, callbacks) = mpsc::unbounded_channel();
+        let callback_consumer = until_ready(deadline, || async {
+            NatsBackend::callback_queue(&js, p, options.replicas).await
+        })
+        .await?;
         let view = Arc::default();
         let changes = watch_changes(&functions, &secrets, &view).await?;
         let sweep_every = (options.lease / 4).min(Duration::from_secs(1));
@@ -405,8 +422,10 @@ impl NatsBackend {
                 dispatch,
                 changes: Mutex::new(Some(changes)),
                 stats: StoreStats::default(),
-                callbacks: Mutex::new(Some(callbacks)),
-                _callbacks_tx: callbacks_tx,
+                callbacks: Mutex::new(Some((callbacks, callbacks_tx))),
+                callback_consumer,
+                callbacks_held: Mutex::new(HashMap::new()),
+                me: me.clone(),
             }
         });
         Ok(backend)
