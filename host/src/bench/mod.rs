@@ -24,6 +24,7 @@
 mod host;
 pub mod load;
 mod outbound;
+mod scale_out;
 mod storage;
 
 use std::net::SocketAddr;
@@ -88,6 +89,9 @@ pub struct BenchArgs {
     /// With --backend: replicas of every stream and bucket.
     #[arg(long, default_value_t = 1)]
     pub nats_replicas: usize,
+    /// The scale-out scenario's `max_concurrency` for echo (cluster-wide).
+    #[arg(long, default_value_t = 64)]
+    pub scale_concurrency: u32,
 }
 
 /// A benchmark scenario.
@@ -108,6 +112,8 @@ pub enum Scenario {
     Backlog,
     /// One outbound HTTP call from a handler against the same call from plain Rust.
     Outbound,
+    /// With --backend: throughput of one host, then two, on the same cluster.
+    ScaleOut,
 }
 
 /// A peer system to compare with.
@@ -129,7 +135,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let wasm = std::fs::read(&echo.wasm)?;
     let all = args.scenarios.is_empty();
     // The retention scenario takes a while: only when asked for.
-    let slow = [Scenario::Retention, Scenario::Backlog, Scenario::Outbound];
+    let slow = [
+        Scenario::Retention,
+        Scenario::Backlog,
+        Scenario::Outbound,
+        Scenario::ScaleOut,
+    ];
     let wants = |s: Scenario| (all && !slow.contains(&s)) || args.scenarios.contains(&s);
     let mut report = Report::default();
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -236,6 +247,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             outbound::scenario(&base, &probe, (args.jobs / 4).max(1000), args.clients).await?,
         );
     }
+    if wants(Scenario::ScaleOut) {
+        let url = args
+            .backend
+            .as_deref()
+            .context("the scale-out scenario needs --backend nats://HOST:PORT[,...]")?;
+        let mut options = crate::store::nats::NatsOptions::new(url);
+        options.replicas = args.nats_replicas.max(1);
+        options.prefix = format!("bench{}", crate::job::now_ms());
+        report.add(
+            "scale_out",
+            scale_out::scenario(
+                &base,
+                options,
+                &wasm,
+                &echo.manifest,
+                args.jobs,
+                args.clients,
+                args.scale_concurrency,
+            )
+            .await?,
+        );
+    }
     if let Some(Peer::Bullmq) = args.peer {
         let mut off: Vec<f64> = Vec::new();
         let mut always: Vec<f64> = Vec::new();
@@ -306,7 +339,7 @@ async fn throughput_scenario(
 
 /// Submits `jobs` echo jobs from `clients` keep-alive connections as fast as they are answered;
 /// returns the ids in submit order.
-async fn drive(addr: SocketAddr, jobs: usize, clients: usize) -> anyhow::Result<Vec<String>> {
+pub(super) async fn drive(addr: SocketAddr, jobs: usize, clients: usize) -> anyhow::Result<Vec<String>> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..clients {
@@ -524,6 +557,6 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-fn round3(x: f64) -> f64 {
+pub(super) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }

@@ -137,11 +137,22 @@ impl NatsBackend {
                 at,
                 lease_until,
                 version,
-            } => loop {
-                let Some((mut job, revision)) = self.record(id).await? else {
+            } => {
+                let mut hint = true;
+                loop {
+                let found = if std::mem::take(&mut hint) {
+                    self.record_hint(id).await?
+                } else {
+                    self.record(id).await?
+                };
+                let Some((mut job, revision)) = found else {
                     return Ok(());
                 };
                 if !crate::store::machine::may_start(job.status, job.attempts, attempt) {
+                    // A stale hint says nothing: look at the record itself.
+                    if self.known.lock().remove(&id).is_some() {
+                        continue;
+                    }
                     return Ok(());
                 }
                 let from = job.status;
@@ -159,7 +170,8 @@ impl NatsBackend {
                         .await?;
                     return Ok(());
                 }
-            },
+                }
+            }
             Op::Finish {
                 id,
                 attempt,
@@ -191,12 +203,22 @@ impl NatsBackend {
     ) -> Result<(), StoreError> {
         refuse_unsupported(report);
         let emitted = std::mem::take(&mut report.emitted);
+        let mut hint = true;
         loop {
-            let Some((mut job, revision)) = self.record(id).await? else {
+            let found = if std::mem::take(&mut hint) {
+                self.record_hint(id).await?
+            } else {
+                self.record(id).await?
+            };
+            let Some((mut job, revision)) = found else {
                 self.release(id, None).await;
                 return Ok(());
             };
             if !crate::store::machine::is_current(job.status, job.attempts, attempt) {
+                // A stale hint says nothing: look at the record itself.
+                if self.known.lock().remove(&id).is_some() {
+                    continue;
+                }
                 if job.status.is_terminal() {
                     self.release(id, None).await;
                 } else if self
@@ -274,6 +296,7 @@ impl NatsBackend {
         let Some(Held { acker, .. }) = self.held.lock().remove(&id) else {
             return;
         };
+        self.known.lock().remove(&id);
         let result = match again_after.flatten() {
             Some(delay) => acker.ack_with(AckKind::Nak(Some(delay))).await,
             None => acker.double_ack().await,
@@ -316,7 +339,7 @@ impl NatsBackend {
                 }
             }
             if refused && drawn.0.is_empty() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
             // Each delivery on its own: one that cannot be looked at now (a server is going
@@ -424,6 +447,7 @@ impl NatsBackend {
                     return Ok(Some(QueuedJob::from_job(id, due)));
                 }
                 _ => {
+                    self.noted(id, &job, revision);
                     let (acker_message, acker) = message.split();
                     drop(acker_message);
                     let held = Held {

@@ -37,6 +37,28 @@ impl NatsBackend {
         Ok(Some((job, entry.revision)))
     }
 
+    /// A job's record as this host last saw it (see `known`), else as stored.
+    pub(super) async fn record_hint(&self, id: JobId) -> Result<Option<(Job, u64)>, StoreError> {
+        if let Some(known) = self.known.lock().get(&id) {
+            return Ok(Some(known.clone()));
+        }
+        self.record(id).await
+    }
+
+    /// Notes a job's record as this host just wrote or read it; forgotten once it ended.
+    pub(super) fn noted(&self, id: JobId, job: &Job, revision: u64) {
+        let mut known = self.known.lock();
+        if job.status.is_terminal() {
+            known.remove(&id);
+            return;
+        }
+        // A bound, should jobs be dropped unseen (their entries are only hints).
+        if known.len() >= 100_000 {
+            known.clear();
+        }
+        known.insert(id, (job.clone(), revision));
+    }
+
     /// Replaces a job's record if it is still at `revision`; false when another change came
     /// first (read it again).
     pub(super) async fn replace(
@@ -61,8 +83,12 @@ impl NatsBackend {
         })
         .await
         {
-            Ok(_) => Ok(true),
+            Ok(revision) => {
+                self.noted(id, job, revision);
+                Ok(true)
+            }
             Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+                self.known.lock().remove(&id);
                 Ok(false)
             }
             Err(e) => Err(failed(e)),

@@ -109,6 +109,10 @@ pub struct NatsBackend {
     counters: jetstream::stream::Stream,
     /// Each function's queue consumer, once looked up.
     queues: Mutex<HashMap<String, PullConsumer>>,
+    /// The last record this host read or wrote of each job it is working on, with its
+    /// revision: a change tries it first (a compare-and-set refuses it if it is stale), saving
+    /// a read per step.
+    known: Mutex<HashMap<crate::job::JobId, (crate::job::Job, u64)>>,
     /// Deliveries this host holds (leased jobs), by job: acked when the job ends.
     held: Arc<Mutex<HashMap<crate::job::JobId, dispatch::Held>>>,
     /// Starts, renewals and outcomes, applied in order per job by a few tasks.
@@ -417,6 +421,7 @@ impl NatsBackend {
                 objects,
                 counters,
                 queues: Mutex::new(HashMap::new()),
+                known: Mutex::new(HashMap::new()),
                 view,
                 held: Arc::default(),
                 dispatch,
@@ -530,24 +535,17 @@ impl NatsBackend {
     async fn count(&self, function: &str, status: JobStatus, by: i64) -> Result<(), StoreError> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Incr", format!("{by:+}"));
-        // A counter's increment is not idempotent: a retry after a lost acknowledgement
-        // counts twice (the counts are figures, not the jobs' state).
-        patiently(
-            "counting",
-            |_| false,
-            || async {
-                self.js
-                    .publish_with_headers(
-                        self.count_subject(function, status),
-                        headers.clone(),
-                        bytes::Bytes::new(),
-                    )
-                    .await?
-                    .await
-            },
-        )
-        .await
-        .map_err(failed)?;
+        // Sent without waiting for the stream's acknowledgement: the counts are figures, not
+        // the jobs' state, and a job's path should not wait on them (one lost while a server
+        // fails over leaves a figure off by one).
+        self.client
+            .publish_with_headers(
+                self.count_subject(function, status),
+                headers,
+                bytes::Bytes::new(),
+            )
+            .await
+            .map_err(failed)?;
         Ok(())
     }
 
