@@ -196,13 +196,31 @@ async fn until_job(
     }
 }
 
+/// Waits until `function` counts `n` jobs in `status` (at once in one store; a moment later
+/// where the counts are kept apart from the jobs' records). A count that passes `n` never
+/// comes back to it in these checks: waiting does not hide an overcount.
+async fn until_count(b: &dyn Backend, function: &str, status: JobStatus, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = b.counts(function).await.unwrap().status(status);
+        if got == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{function} counts {got} {status:?} jobs, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn submits_are_durable_across_a_reopen(open: Open, dir: &Path) {
     let b = open(dir).await;
     deploy(&*b, "f", Settings::DEFAULT).await;
     let id = b.submit(new_job("f", b"kept")).await.unwrap().id();
     let job = b.job(id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Queued);
-    assert_eq!(b.counts("f").await.unwrap().status(JobStatus::Queued), 1);
+    until_count(&*b, "f", JobStatus::Queued, 1).await;
     b.shutdown().await;
     drop(b);
     let b = open(dir).await;
@@ -250,7 +268,7 @@ pub async fn idempotency_keys_answer_the_same_job_or_a_conflict(open: Open, dir:
         b.submit(keyed(2)).await,
         Err(SubmitError::IdempotencyConflict(_))
     ));
-    assert_eq!(b.counts("f").await.unwrap().status(JobStatus::Queued), 1);
+    until_count(&*b, "f", JobStatus::Queued, 1).await;
     b.shutdown().await;
 }
 
@@ -286,7 +304,7 @@ pub async fn a_batch_is_accepted_whole_or_not_at_all(open: Open, dir: &Path) {
         .await
         .unwrap();
     assert_eq!(ids.len(), 2);
-    assert_eq!(b.counts("f").await.unwrap().status(JobStatus::Queued), 2);
+    until_count(&*b, "f", JobStatus::Queued, 2).await;
     b.shutdown().await;
 }
 
@@ -336,16 +354,7 @@ pub async fn ready_jobs_are_leased_up_to_what_is_asked_and_finish(open: Open, di
     assert_eq!(done.output.as_deref(), Some(&b"out"[..]));
     assert_eq!(done.history.len(), 1);
     until(&*b, first[1], JobStatus::Succeeded).await;
-    // Counts follow the jobs (at once in one store; a moment later where the count is kept
-    // apart from the job's record).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while b.counts("f").await.unwrap().status(JobStatus::Succeeded) != 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "counts never showed both successes"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_count(&*b, "f", JobStatus::Succeeded, 2).await;
     b.shutdown().await;
 }
 

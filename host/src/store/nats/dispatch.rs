@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{NatsBackend, failed};
+use async_nats::jetstream::consumer::PullConsumer;
 use crate::job::{AttemptReport, FailureKind, JobId, Outcome, QueuedJob, now_ms};
 use crate::manifest::RetryPolicy;
 use crate::store::seam::{Dispatch, Pending};
@@ -25,8 +26,11 @@ pub(super) const MAX_INLINE: usize = 512 * 1024;
 const PULL_WAIT: Duration = Duration::from_millis(250);
 
 /// Tasks applying starts, renewals and outcomes (each job's in order: a job always goes to the
-/// same task).
-const WORKERS: usize = 16;
+/// same task). Each waits on the cluster's answers, so there are many.
+const WORKERS: usize = 64;
+
+/// Deliveries of one pull looked at (their records read) at once.
+const ADMIT_AT_ONCE: usize = 32;
 
 /// Deliveries of a queue message with no record (100 ms apart) before it is dropped: its
 /// submit wrote the message and stopped before the record (it was never answered `202`).
@@ -162,12 +166,13 @@ impl NatsBackend {
                 job.lease_until = Some(lease_until);
                 job.version = Some(version);
                 if self.replace(id, &job, revision).await? {
-                    self.running
-                        .put(Self::job_key(id), lease_until.to_string().into())
-                        .await
-                        .map_err(failed)?;
-                    self.moved(&job.function, Some(from), Some(job.status))
-                        .await?;
+                    let (running, counted) = tokio::join!(
+                        self.running
+                            .put(Self::job_key(id), lease_until.to_string().into()),
+                        self.moved(&job.function, Some(from), Some(job.status))
+                    );
+                    running.map_err(failed)?;
+                    counted?;
                     return Ok(());
                 }
                 }
@@ -275,13 +280,15 @@ impl NatsBackend {
                 None => self.replace(id, &job, revision).await?,
             };
             if stored {
-                self.not_running(id).await;
-                self.moved(&job.function, Some(settled.from), Some(job.status))
-                    .await?;
                 let delay = settled
                     .delayed_until
                     .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
-                self.release(id, Some(delay)).await;
+                let (_, counted, _) = tokio::join!(
+                    self.not_running(id),
+                    self.moved(&job.function, Some(settled.from), Some(job.status)),
+                    self.release(id, Some(delay))
+                );
+                counted?;
                 if let Some((fanout, _)) = &planned {
                     self.fan_out(&key, fanout, false).await;
                 }
@@ -314,29 +321,17 @@ impl NatsBackend {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             };
-            // Short pulls: a pull waiting while the function runs its `max_concurrency` is not
-            // served when a slot frees (the next one is), so it must not wait long.
-            let mut batch = consumer
-                .fetch()
-                .max_messages(max.max(1))
-                .expires(PULL_WAIT)
-                .messages()
-                .await
-                .map_err(failed)?;
             // Deliveries drawn but not handed out yet go back at once if this future is dropped.
             let mut drawn = Drawn(Vec::new());
-            let mut refused = false;
-            while let Some(message) = batch.next().await {
-                match message {
-                    Ok(message) => drawn.0.push(message),
-                    // The pull ended early: the function runs its `max_concurrency` already
-                    // (the cluster answers 409), or a server is going away. Ask again shortly.
-                    Err(e) => {
-                        tracing::debug!(function, error = %e, "a pull ended early");
-                        refused = true;
-                        break;
-                    }
-                }
+            // First a pull for one job, answered as soon as one is ready (a pull for more would
+            // wait its whole expiry for them). Short: a pull waiting while the function runs its
+            // `max_concurrency` is not served when a slot frees (the next one is).
+            let mut refused = self.pull(&consumer, 1, PULL_WAIT, &mut drawn).await?;
+            // Then whatever else is ready now, at once.
+            if !refused && !drawn.0.is_empty() && max > 1 {
+                refused = self
+                    .pull(&consumer, max - 1, Duration::from_millis(50), &mut drawn)
+                    .await?;
             }
             if refused && drawn.0.is_empty() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -351,8 +346,13 @@ impl NatsBackend {
                 backend: self.me.clone(),
                 jobs: Vec::new(),
             };
-            for message in std::mem::take(&mut drawn.0) {
-                match self.admit(message).await {
+            // Looked at together (a record read each); each admitted job is kept as soon as
+            // its look ends, so a drop gives every one of them back.
+            let mut looks = futures_util::stream::iter(std::mem::take(&mut drawn.0))
+                .map(|message| self.admit(message))
+                .buffer_unordered(ADMIT_AT_ONCE);
+            while let Some(admitted) = looks.next().await {
+                match admitted {
                     Ok(Some(job)) => leased.jobs.push(job),
                     Ok(None) => {}
                     Err(e) => {
@@ -360,10 +360,42 @@ impl NatsBackend {
                     }
                 }
             }
+            drop(looks);
+            // In queue order (the looks end in any order).
+            leased.jobs.sort_by_key(|job| job.id);
             if !leased.jobs.is_empty() {
                 return Ok(std::mem::take(&mut leased.jobs));
             }
         }
+    }
+
+    /// Pulls up to `max` deliveries into `drawn`, waiting up to `wait` for the first. True
+    /// when the pull ended early: the function runs its `max_concurrency` already (the
+    /// cluster answers 409) or a server is going away.
+    async fn pull(
+        &self,
+        consumer: &PullConsumer,
+        max: usize,
+        wait: Duration,
+        drawn: &mut Drawn,
+    ) -> Result<bool, StoreError> {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(max)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(failed)?;
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(message) => drawn.0.push(message),
+                Err(e) => {
+                    tracing::debug!(error = %e, "a pull ended early");
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// What a delivery becomes: a job handed out, or `None` (skipped: ended, not due, lease
