@@ -74,6 +74,13 @@ impl BenchHost {
             {
                 break;
             }
+            if task.is_finished() {
+                return match task.await {
+                    Ok(Err(e)) => Err(e.context("the benchmark host stopped while starting")),
+                    Ok(Ok(())) => bail!("the benchmark host stopped while starting"),
+                    Err(e) => bail!("the benchmark host failed while starting: {e}"),
+                };
+            }
             if Instant::now() > deadline {
                 bail!("the benchmark host did not start");
             }

@@ -5,6 +5,8 @@
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
+use futures_util::StreamExt;
+
 use super::{NatsBackend, failed, failed_because};
 use crate::job::{JobId, now_ms};
 use crate::manifest::Settings;
@@ -228,20 +230,29 @@ impl NatsBackend {
         Ok(cancelled)
     }
 
-    /// Every key of a bucket starting with `prefix`.
-    async fn keys_of(
+    /// The keys of a bucket starting with `prefix` that have ever been written (deleted ones
+    /// too while their markers last: callers read each entry). One request for the stream's
+    /// subjects, no consumer (a consumer per listing piles up on a busy cluster: a stream takes
+    /// 1,000 at most).
+    pub(super) async fn keys_of(
         bucket: &async_nats::jetstream::kv::Store,
         prefix: &str,
     ) -> Result<Vec<String>, StoreError> {
-        use futures_util::TryStreamExt;
-        let keys: Vec<String> = bucket
-            .keys()
-            .await
-            .map_err(failed)?
-            .try_collect()
-            .await
-            .map_err(failed)?;
-        Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
+        let filter = format!("{}{prefix}>", bucket.prefix);
+        let mut subjects = super::patiently("listing keys", |_| false, || {
+            bucket.stream.info_with_subjects(filter.clone())
+        })
+        .await
+        .map_err(failed)?;
+        let mut keys = Vec::new();
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(failed)?;
+            if let Some(key) = subject.strip_prefix(bucket.prefix.as_str()) {
+                keys.push(key.to_string());
+            }
+        }
+        keys.sort_unstable();
+        Ok(keys)
     }
 }
 
@@ -361,13 +372,14 @@ impl FunctionCatalog for NatsBackend {
         Box::pin(self.function_record(name))
     }
     fn functions<'a>(&'a self) -> Pending<'a, Result<Vec<FunctionRecord>, StoreError>> {
+        // As this host's catalog watch has it (listed often: `/metrics`, `/v1/functions`).
         Box::pin(async move {
-            let mut records = Vec::new();
-            for name in Self::keys_of(&self.functions, "").await? {
-                if let Some(record) = self.function_record(&name).await? {
-                    records.push(record);
-                }
-            }
+            let mut records: Vec<FunctionRecord> = self
+                .view
+                .read()
+                .values()
+                .map(|(record, _)| record.clone())
+                .collect();
             records.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(records)
         })

@@ -555,7 +555,10 @@ impl NatsBackend {
 
     /// Drops a job from the index of running attempts.
     pub(super) async fn not_running(&self, id: JobId) {
-        let _ = self.running.purge(Self::job_key(id)).await;
+        let subject = format!("$KV.{}-running.{}", self.options.prefix, Self::job_key(id));
+        if let Err(e) = self.running_stream.purge().filter(subject).await {
+            tracing::debug!(%id, error = %e, "an ended attempt stays in the running index; the sweep drops it");
+        }
     }
 
     /// Every `period`: fails the running attempts whose lease ran out (any host does; the
@@ -605,15 +608,7 @@ impl NatsBackend {
     }
 
     async fn sweep_once(&self) -> Result<(), StoreError> {
-        use futures_util::TryStreamExt;
-        let keys: Vec<String> = self
-            .running
-            .keys()
-            .await
-            .map_err(failed)?
-            .try_collect()
-            .await
-            .map_err(failed)?;
+        let keys = Self::keys_of(&self.running, "j.").await?;
         let now = now_ms();
         for key in keys {
             let until = self
@@ -628,8 +623,17 @@ impl NatsBackend {
             let Some(id) = key.strip_prefix("j.").and_then(|s| s.parse::<JobId>().ok()) else {
                 continue;
             };
-            if let Some(after) = self.expire(id).await? {
-                self.release(id, Some(after)).await;
+            match self.expire(id).await? {
+                Some(after) => self.release(id, Some(after)).await,
+                // Not running any more (its end's purge of the entry did not land): drop it.
+                None if self
+                    .record(id)
+                    .await?
+                    .is_none_or(|(job, _)| job.status != crate::job::JobStatus::Running) =>
+                {
+                    self.not_running(id).await
+                }
+                None => {}
             }
         }
         Ok(())

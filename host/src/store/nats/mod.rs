@@ -100,6 +100,9 @@ pub struct NatsBackend {
     jobs_stream: jetstream::stream::Stream,
     /// Running attempts and their lease ends, for the sweep that fails expired ones.
     running: kv::Store,
+    /// Its stream: an ended attempt's entry is purged from it without a trace (a KV purge
+    /// leaves a marker, which every sweep would read again).
+    running_stream: jetstream::stream::Stream,
     keys: kv::Store,
     functions: kv::Store,
     versions: kv::Store,
@@ -360,13 +363,16 @@ impl NatsBackend {
             until_ready(deadline, || js.update_stream(config.clone())).await?;
         }
         let jobs_stream = until_ready(deadline, || js.get_stream(format!("KV_{p}-jobs"))).await?;
-        // Entries of attempts that ended are purged; the markers purges leave expire.
+        // Entries of attempts that ended are purged from its stream (see `not_running`); a day's
+        // age drops any left behind.
         let running = kv_of(bucket(
             format!("{p}-running"),
             1,
             Duration::from_secs(24 * 3600),
         ))
         .await?;
+        let running_stream =
+            until_ready(deadline, || js.get_stream(format!("KV_{p}-running"))).await?;
         let keys = kv_of(bucket(format!("{p}-keys"), 1, options.idempotency_window)).await?;
         let functions = kv_of(bucket(format!("{p}-functions"), 1, Duration::ZERO)).await?;
         let versions = kv_of(bucket(format!("{p}-versions"), 1, Duration::ZERO)).await?;
@@ -413,6 +419,7 @@ impl NatsBackend {
                 jobs,
                 jobs_stream,
                 running,
+                running_stream,
                 keys,
                 functions,
                 versions,
