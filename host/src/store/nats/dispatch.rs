@@ -25,6 +25,10 @@ pub(super) const MAX_INLINE: usize = 512 * 1024;
 /// How long one pull waits for a job.
 const PULL_WAIT: Duration = Duration::from_millis(250);
 
+/// How long the pull for the rest of a lease waits for jobs said to be waiting (fewer come
+/// when the function's `max_concurrency` is reached: the pull then ends at this expiry).
+const REST_WAIT: Duration = Duration::from_millis(5);
+
 /// Tasks applying starts, renewals and outcomes (each job's in order: a job always goes to the
 /// same task). Each waits on the cluster's answers, so there are many.
 const WORKERS: usize = 64;
@@ -327,10 +331,16 @@ impl NatsBackend {
             // wait its whole expiry for them). Short: a pull waiting while the function runs its
             // `max_concurrency` is not served when a slot frees (the next one is).
             let mut refused = self.pull(&consumer, 1, PULL_WAIT, &mut drawn).await?;
-            // Then whatever else is ready now, at once.
-            if !refused && !drawn.0.is_empty() && max > 1 {
+            // Then whatever else is ready now: as many as the first delivery says are waiting
+            // (a pull for more than are delivered waits out its expiry, so that is short).
+            let waiting = drawn
+                .0
+                .first()
+                .and_then(|m| m.info().ok())
+                .map_or(0, |info| info.pending as usize);
+            if !refused && waiting > 0 && max > 1 {
                 refused = self
-                    .pull(&consumer, max - 1, Duration::from_millis(50), &mut drawn)
+                    .pull(&consumer, (max - 1).min(waiting), REST_WAIT, &mut drawn)
                     .await?;
             }
             if refused && drawn.0.is_empty() {
