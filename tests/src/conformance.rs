@@ -43,6 +43,7 @@ macro_rules! conformance_suite {
             a_publish_makes_one_delivery_per_matching_subscriber,
             a_success_keeps_what_it_emitted_and_a_failure_nothing,
             deliveries_past_a_full_queue_all_run,
+            a_waiting_job_does_not_hold_a_slot,
             key_value_writes_bump_versions,
             the_catalog_keeps_versions_pauses_and_deletes,
             secrets_and_settings_are_kept,
@@ -700,6 +701,40 @@ pub async fn deliveries_past_a_full_queue_all_run(open: Open, dir: &Path) {
     ran.sort();
     deliveries.sort();
     assert_eq!(ran, deliveries, "each delivery ran once");
+    b.shutdown().await;
+}
+
+/// A job waiting for its time does not take one of its function's `max_concurrency` slots:
+/// with one slot, a job submitted after it runs first, and it runs once due.
+pub async fn a_waiting_job_does_not_hold_a_slot(open: Open, dir: &Path) {
+    let b = open(dir).await;
+    let settings = Settings {
+        max_concurrency: 1,
+        ..Settings::DEFAULT
+    };
+    deploy(&*b, "f", settings).await;
+    let due = now_ms() + 3_000;
+    let later = b
+        .submit(NewJob {
+            not_before: Some(due),
+            ..new_job("f", b"later")
+        })
+        .await
+        .unwrap()
+        .id();
+    let now = b.submit(new_job("f", b"now")).await.unwrap().id();
+    assert_eq!(take(&*b, "f", 1).await, [now], "the waiting job is not handed out");
+    assert!(now_ms() < due, "leased before the waiting job was due");
+    assert_eq!(
+        b.job(later).await.unwrap().unwrap().status,
+        JobStatus::Delayed
+    );
+    b.start(now, 1, now_ms(), now_ms() + 10_000, 1);
+    b.finish(now, 1, success(b"done"), RetryPolicy::DEFAULT);
+    until(&*b, now, JobStatus::Succeeded).await;
+    // Once due, it is handed out.
+    assert_eq!(take(&*b, "f", 1).await, [later]);
+    assert!(now_ms() >= due, "not before its time");
     b.shutdown().await;
 }
 

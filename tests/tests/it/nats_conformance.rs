@@ -34,6 +34,7 @@ sluice_tests::conformance_suite!(open_nats; only:
     a_publish_makes_one_delivery_per_matching_subscriber,
     a_success_keeps_what_it_emitted_and_a_failure_nothing,
     deliveries_past_a_full_queue_all_run,
+    a_waiting_job_does_not_hold_a_slot,
     the_catalog_keeps_versions_pauses_and_deletes,
     secrets_and_settings_are_kept,
 );

@@ -207,27 +207,33 @@ impl NatsBackend {
             else {
                 continue;
             };
-            loop {
-                let Some((mut job, revision)) = self.record(id).await? else {
-                    break;
-                };
-                if job.status.is_terminal() {
-                    break;
-                }
-                let from = job.status;
-                job.status = crate::job::JobStatus::Cancelled;
-                job.finished_at = Some(now_ms());
-                job.error = Some(format!("cancelled: function {name} was deleted"));
-                self.schedule_callback(id, &mut job).await?;
-                if self.replace(id, &job, revision).await? {
-                    self.not_running(id).await;
-                    self.moved(name, Some(from), Some(job.status)).await?;
-                    cancelled.push(id);
-                    break;
-                }
+            if self.cancel_deleted(id, name).await? {
+                cancelled.push(id);
             }
         }
         Ok(cancelled)
+    }
+
+    /// Cancels job `id` of deleted function `name` unless it ended; true if it did.
+    pub(super) async fn cancel_deleted(&self, id: JobId, name: &str) -> Result<bool, StoreError> {
+        loop {
+            let Some((mut job, revision)) = self.record(id).await? else {
+                return Ok(false);
+            };
+            if job.status.is_terminal() {
+                return Ok(false);
+            }
+            let from = job.status;
+            job.status = crate::job::JobStatus::Cancelled;
+            job.finished_at = Some(now_ms());
+            job.error = Some(format!("cancelled: function {name} was deleted"));
+            self.schedule_callback(id, &mut job).await?;
+            if self.replace(id, &job, revision).await? {
+                self.not_running(id).await;
+                self.moved(name, Some(from), Some(job.status)).await?;
+                return Ok(true);
+            }
+        }
     }
 
     /// The keys of a bucket starting with `prefix` that have ever been written (deleted ones

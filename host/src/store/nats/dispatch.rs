@@ -287,10 +287,16 @@ impl NatsBackend {
                 let delay = settled
                     .delayed_until
                     .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+                let released = async {
+                    match delay {
+                        Some(delay) => self.release_until(id, &job.function, delay).await,
+                        None => self.release(id, None).await,
+                    }
+                };
                 let (_, counted, _) = tokio::join!(
                     self.not_running(id),
                     self.moved(&job.function, Some(settled.from), Some(job.status)),
-                    self.release(id, Some(delay))
+                    released
                 );
                 counted?;
                 if let Some((fanout, _)) = &planned {
@@ -303,7 +309,7 @@ impl NatsBackend {
 
     /// Lets go of a job's delivery: acked (`None` or `Some(None)`: the job ended) or handed
     /// out again after the delay.
-    async fn release(&self, id: JobId, again_after: Option<Option<Duration>>) {
+    pub(super) async fn release(&self, id: JobId, again_after: Option<Option<Duration>>) {
         let Some(Held { acker, .. }) = self.held.lock().remove(&id) else {
             return;
         };
@@ -442,8 +448,7 @@ impl NatsBackend {
                 }
                 crate::job::JobStatus::Delayed if job.not_before.is_some_and(|at| at > now) => {
                     let wait = job.not_before.unwrap_or(now) - now;
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_millis(wait))))
+                    self.later(message, id, &job.function, Duration::from_millis(wait))
                         .await;
                     return Ok(None);
                 }
@@ -457,7 +462,7 @@ impl NatsBackend {
                     }
                     match self.expire(id).await? {
                         Some(Some(wait)) => {
-                            let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+                            self.later(message, id, &job.function, wait).await;
                             return Ok(None);
                         }
                         Some(None) => {
@@ -634,6 +639,13 @@ impl NatsBackend {
                 continue;
             };
             match self.expire(id).await? {
+                Some(Some(wait)) if self.held.lock().contains_key(&id) => {
+                    let function = self.record_hint(id).await?.map(|(job, _)| job.function);
+                    match function {
+                        Some(function) => self.release_until(id, &function, wait).await,
+                        None => self.release(id, None).await,
+                    }
+                }
                 Some(after) => self.release(id, Some(after)).await,
                 // Not running any more (its end's purge of the entry did not land): drop it.
                 None if self

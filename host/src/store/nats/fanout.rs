@@ -279,7 +279,7 @@ impl NatsBackend {
         self.schedule_callback(id, &mut job).await?;
         let job = &job;
         if !job.status.is_terminal() {
-            match self.enqueue(id, &job.function).await {
+            match self.enqueue_new(id, job).await {
                 Ok(()) => {}
                 Err(SubmitError::QueueFull { .. }) => return Ok(false),
                 Err(SubmitError::Store(e)) => return Err(e),

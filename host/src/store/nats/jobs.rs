@@ -174,7 +174,7 @@ impl NatsBackend {
         let (job, _) = crate::store::intake::record_of(id, new, now, delayed, None);
         // The queue message first: a job whose record exists is always in its queue. A
         // delivery that finds no record yet is asked for again shortly (see `lease`).
-        self.enqueue(id, &function).await.map_err(|e| match e {
+        self.enqueue_new(id, &job).await.map_err(|e| match e {
             SubmitError::QueueFull { function, .. } => SubmitError::QueueFull {
                 function,
                 max_queued,
@@ -209,7 +209,19 @@ impl NatsBackend {
     ) -> Result<(), SubmitError> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
-        let subject = self.queue_subject(function);
+        self.publish_to_queue(function, self.queue_subject(function), headers, id)
+            .await
+    }
+
+    /// Publishes job `id` to a subject of `function`'s queue stream, durably: refused when
+    /// the queue holds `max_queued` messages.
+    pub(super) async fn publish_to_queue(
+        &self,
+        function: &str,
+        subject: String,
+        headers: async_nats::HeaderMap,
+        id: JobId,
+    ) -> Result<(), SubmitError> {
         let full = |e: &async_nats::jetstream::context::PublishError| {
             std::error::Error::source(e)
                 .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())

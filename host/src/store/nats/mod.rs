@@ -28,6 +28,7 @@ mod dead_letters;
 mod dispatch;
 mod fanout;
 mod jobs;
+mod timers;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -128,6 +129,8 @@ pub struct NatsBackend {
     stats: StoreStats,
     /// The callback feed and its sending end, until this host's sender takes the feed.
     callbacks: Mutex<Option<(CallbackFeed, mpsc::UnboundedSender<Vec<crate::job::JobId>>)>>,
+    /// The consumer handing due timers (jobs whose wait is over) to one host at a time.
+    timer_consumer: PullConsumer,
     /// The consumer handing due callbacks to one host at a time.
     callback_consumer: PullConsumer,
     /// Callback messages this host's sender holds, by job.
@@ -400,6 +403,10 @@ impl NatsBackend {
         .await?;
         let counters = until_ready(deadline, || js.get_stream(&counters.config.name)).await?;
         let (callbacks_tx, callbacks) = mpsc::unbounded_channel();
+        let timer_consumer = until_ready(deadline, || async {
+            NatsBackend::timer_queue(&js, p, options.replicas).await
+        })
+        .await?;
         let callback_consumer = until_ready(deadline, || async {
             NatsBackend::callback_queue(&js, p, options.replicas).await
         })
@@ -412,6 +419,7 @@ impl NatsBackend {
             tokio::spawn(NatsBackend::sweep(me.clone(), sweep_every));
             tokio::spawn(NatsBackend::keep_held(me.clone(), options.lease / 4));
             tokio::spawn(NatsBackend::sweep_outbox(me.clone(), Duration::from_secs(1)));
+            tokio::spawn(NatsBackend::pull_timers(me.clone()));
             NatsBackend {
                 js,
                 client,
@@ -436,6 +444,7 @@ impl NatsBackend {
                 stats: StoreStats::default(),
                 callbacks: Mutex::new(Some((callbacks, callbacks_tx))),
                 callback_consumer,
+                timer_consumer,
                 callbacks_held: Mutex::new(HashMap::new()),
                 me: me.clone(),
             }
