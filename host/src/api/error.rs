@@ -85,6 +85,13 @@ impl From<StoreError> for ApiError {
         if let StoreError::Changed { .. } = e {
             return ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string());
         }
+        if let StoreError::Unsupported(_) = e {
+            return ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_supported_by_backend",
+                e.to_string(),
+            );
+        }
         // Every request fails the same way while a disk is full: a line per second at most.
         static LOGGED: crate::logging::Sampled = crate::logging::Sampled::per_second();
         if let Some(suppressed) = LOGGED.admit() {

@@ -14,6 +14,15 @@ pub enum StoreError {
     /// not decode).
     #[error("storage error: {0}; check the data directory's disk and permissions")]
     Storage(String),
+    /// The cluster the store lives on (NATS JetStream) did not answer or refused; the source
+    /// says how.
+    #[error(
+        "cluster storage error: {0}; retry shortly, and check that the NATS servers are up and JetStream has its leaders (nats-server's /healthz)"
+    )]
+    Cluster(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
+    /// What was asked is not done by this backend (yet).
+    #[error("{0}")]
+    Unsupported(String),
     /// The host is shutting down and no longer writes.
     #[error("the host is shutting down; retry against the restarted host")]
     Closed,

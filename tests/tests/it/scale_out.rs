@@ -535,6 +535,18 @@ async fn dead_letters_are_listed_redriven_and_purged_on_any_host() {
     let (_, page) = b.get("/v1/functions/orders/dead-letters").await;
     assert_eq!(listed(&page), Vec::<String>::new());
 
+    // What this backend does not do yet is refused with a clear answer, not a retry hint.
+    let (status, body) = b.get("/v1/jobs?function=orders").await;
+    assert_eq!(status, 501, "{body}");
+    assert_eq!(body["error"]["code"], "not_supported_by_backend");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not supported by the NATS backend yet"),
+        "{body}"
+    );
+
     a.stop().await;
     b.stop().await;
 }

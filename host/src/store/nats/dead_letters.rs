@@ -97,8 +97,8 @@ impl NatsBackend {
     /// A page of a function's dead letters (`failed` or `dead`), newest first.
     pub(super) async fn dead_letter_page(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
         let Some(function) = &query.function else {
-            return Err(failed_because(
-                "listing dead letters needs a function".into(),
+            return Err(StoreError::Unsupported(
+                "listing dead letters needs a function (?function=NAME)".into(),
             ));
         };
         let limit = query.limit.max(1);

@@ -201,7 +201,7 @@ impl NatsBackend {
     pub(super) fn check_size(&self, entry: &[u8]) -> Result<(), StoreError> {
         let limit = self.client.server_info().max_payload;
         if entry.len() + 1024 > limit {
-            return Err(failed_because(format!(
+            return Err(StoreError::Unsupported(format!(
                 "what this causes ({} bytes: every new job's input and every event's record) is more than the cluster takes in one message ({limit} bytes, the server's max_payload); publish or emit less at once",
                 entry.len()
             )));

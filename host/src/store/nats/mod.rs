@@ -189,20 +189,20 @@ where
     }
 }
 
-/// A backend failure, with its source.
+/// A cluster failure, with its source.
 fn failed(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Backend(Arc::new(e))
+    StoreError::Cluster(Arc::new(e))
 }
 
-/// A backend failure described in words.
+/// A cluster failure described in words.
 fn failed_because(message: String) -> StoreError {
-    StoreError::Backend(Arc::new(std::io::Error::other(message)))
+    StoreError::Cluster(Arc::new(std::io::Error::other(message)))
 }
 
-/// What this backend does not do yet, as the error a caller sees.
+/// What this backend does not do yet, as the error a caller sees (`501`).
 fn unsupported(what: &str) -> StoreError {
-    failed_because(format!(
-        "{what} is not supported by the NATS backend yet; use the embedded store (no --backend) for it"
+    StoreError::Unsupported(format!(
+        "{what} is not supported by the NATS backend yet; use the embedded store (no --backend) for it (docs/scale-out.md lists what works across hosts)"
     ))
 }
 
