@@ -414,6 +414,7 @@ async fn events_and_what_handlers_emit_flow_across_hosts() {
             .http
             .post(on.url("/v1/topics/shop/events"))
             .header("content-type", "application/cloudevents+json")
+            .header("sluice-correlation-id", format!("order-{n}"))
             .body(event.to_string())
             .send()
             .await
@@ -448,6 +449,45 @@ async fn events_and_what_handlers_emit_flow_across_hosts() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, stats) = a.get("/v1/functions/shipping/stats").await;
     assert_eq!(stats["succeeded"], ORDERS, "no step ran twice: {stats}");
+
+    // Who caused what, read on either host: each order's jobs and events under its
+    // correlation id.
+    for n in 0..ORDERS {
+        let on = if n % 2 == 0 { &b } else { &a };
+        let path = format!("/v1/jobs?correlation_id=order-{n}");
+        // The last event is fanned out just after the step that emitted it ends.
+        until(on, &path, "the whole chain is listed", |s, l| {
+            s == 200 && l["events"].as_array().is_some_and(|e| e.len() == 4)
+        })
+        .await;
+        let (status, listing) = on.get(&path).await;
+        assert_eq!(status, 200, "{listing}");
+        let mut functions: Vec<&str> = listing["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["function"].as_str().unwrap())
+            .collect();
+        functions.sort();
+        assert_eq!(functions, ["inventory", "payment", "shipping"], "{listing}");
+        let mut types: Vec<&str> = listing["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        types.sort();
+        assert_eq!(
+            types,
+            [
+                "order.placed",
+                "order.shipped",
+                "payment.completed",
+                "stock.reserved"
+            ],
+            "{listing}"
+        );
+    }
 
     a.stop().await;
     b.stop().await;

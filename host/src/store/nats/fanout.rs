@@ -248,6 +248,15 @@ impl NatsBackend {
             }
         }
         for (id, record) in &fanout.events {
+            if record.correlation_id != id.to_string()
+                && let Err(e) = self
+                    .index_correlated(&record.correlation_id, 'e', *id)
+                    .await
+            {
+                tracing::debug!(%id, error = %e, "an event's correlation index did not land yet; the outbox sweep tries again");
+                done = false;
+                continue;
+            }
             let created = self
                 .jobs
                 .create(Self::event_key(*id), encode_event(record).into())
@@ -274,6 +283,10 @@ impl NatsBackend {
         }
         if crate::store::machine::is_dead_letter(job.status) {
             self.index_dead_letter(&job.function, id).await?;
+        }
+        // Caused by a request or job: it carries their correlation id.
+        if job.correlation_id != id.to_string() {
+            self.index_correlated(&job.correlation_id, 'j', id).await?;
         }
         let mut job = job.clone();
         self.schedule_callback(id, &mut job).await?;

@@ -171,6 +171,11 @@ impl NatsBackend {
             crate::store::machine::Accepted::Queued => None,
         };
         let function = new.function.clone();
+        // A correlation id from elsewhere is indexed (before the record); the job's own id
+        // needs no index.
+        if let Some(correlation_id) = &new.correlation_id {
+            self.index_correlated(correlation_id, 'j', id).await?;
+        }
         let (job, _) = crate::store::intake::record_of(id, new, now, delayed, None);
         // The queue message first: a job whose record exists is always in its queue. A
         // delivery that finds no record yet is asked for again shortly (see `lease`).
@@ -406,9 +411,9 @@ impl JobStore for NatsBackend {
     }
     fn correlated<'a>(
         &'a self,
-        _correlation_id: &'a str,
+        correlation_id: &'a str,
     ) -> Pending<'a, Result<Correlated, StoreError>> {
-        Box::pin(async { Err(unsupported("listing jobs by correlation id")) })
+        Box::pin(self.correlated_with(correlation_id))
     }
     fn event<'a>(&'a self, id: JobId) -> Pending<'a, Result<Option<EventRecord>, StoreError>> {
         Box::pin(self.event_record(id))

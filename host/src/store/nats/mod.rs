@@ -24,6 +24,7 @@
 mod batch;
 mod callbacks;
 mod catalog;
+mod correlation;
 mod dead_letters;
 mod dispatch;
 mod fanout;
