@@ -13,6 +13,7 @@
 //! - `up`: the one-command demo: build the examples, start a host, deploy them.
 
 pub mod client;
+mod cluster;
 pub mod examples;
 mod jobs;
 mod kv;
@@ -434,6 +435,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
+/// Waits until `url` answers `/healthz` (30 s at most).
+async fn wait_healthy(url: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{url}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the host on {url} did not start within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -677,3 +677,98 @@ async fn callbacks_are_sent_once_across_hosts() {
     a.stop().await;
     b.stop().await;
 }
+
+/// `sluice up --cluster` (the real binary): three NATS servers and two hosts on one machine,
+/// the examples deployed; a job submitted on the second host runs and is read on the first;
+/// SIGTERM stops hosts and servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_up_cluster_starts_servers_and_two_hosts() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let data = tempfile::tempdir().unwrap();
+    // Two host ports in a row and 23 server ports from a base, free a moment ago.
+    let (port, base) = loop {
+        let port = sluice_tests::free_port();
+        let base = sluice_tests::free_port();
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if port < 65000
+            && base < 65000
+            && free(port + 1)
+            && (0..3).all(|i| free(base + i) && free(base + 10 + i) && free(base + 20 + i))
+            && (base..base + 23).all(|p| p != port && p != port + 1)
+        {
+            break (port, base);
+        }
+    };
+    let mut up = std::process::Command::new(sluice_tests::sluice_binary())
+        .args(["up", "--cluster", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--cluster-port", &base.to_string(), "--data"])
+        .arg(data.path())
+        .env("SLUICE_NATS_SERVER", sluice_tests::nats::server_binary())
+        .current_dir(&root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (url_a, url_b) = (
+        format!("http://127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{}", port + 1),
+    );
+    let http = reqwest::Client::new();
+    sluice_tests::wait_healthy(&http, &url_b).await;
+    // `up` deploys once both hosts serve: wait until the second lists every example.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let listed: Option<Value> = match http.get(format!("{url_b}/v1/functions")).send().await {
+            Ok(r) => r.json().await.ok(),
+            Err(_) => None,
+        };
+        if listed.is_some_and(|l| l["functions"].as_array().is_some_and(|f| f.len() >= 10)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "up did not deploy the examples");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = http
+        .post(format!("{url_b}/v1/functions/echo/jobs"))
+        .header("content-type", "text/plain")
+        .body("across")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job: Value = http
+        .get(format!("{url_a}/v1/jobs/{id}?wait=20"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["output"], "across");
+
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &up.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || up.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "sluice up exited with {status}");
+    // Its servers went with it: their client ports are free again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", base)).is_ok() {
+        assert!(Instant::now() < deadline, "a NATS server outlived sluice up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
