@@ -76,6 +76,25 @@ async fn jobs_submitted_on_one_host_run_and_are_polled_on_the_other() {
         assert_eq!(job["attempts"], 1, "ran once: {job}");
     }
 
+    // A large input and output are claim checks: stored once in the object store, read back
+    // on the other host.
+    let large = "x".repeat(600 * 1024);
+    let id = a.submit("echo", large.clone(), "text/plain").await;
+    let job = b.wait(&id).await;
+    assert_eq!(job["status"], "succeeded", "{}", job["error"]);
+    assert_eq!(job["input_size"], large.len());
+    assert_eq!(job["output_size"], large.len());
+    let output = b
+        .http
+        .get(b.url(&format!("/v1/jobs/{id}/output")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(output == large, "the output read back on B is the input ({} bytes)", output.len());
+
     // A redeploy with new settings on B reaches A: one version, two hosts.
     let f = b
         .deploy("echo", components::ECHO, "max_concurrency=2")

@@ -104,7 +104,7 @@ impl NatsBackend {
         }
     }
 
-    async fn put_object(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    pub(super) async fn put_object(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let mut reader = bytes;
         self.objects.put(name, &mut reader).await.map_err(failed)?;
         Ok(())

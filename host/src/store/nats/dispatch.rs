@@ -18,8 +18,8 @@ use crate::manifest::RetryPolicy;
 use crate::store::seam::{Dispatch, Pending};
 use crate::store::{CallbackFeed, CallbackResult, StoreError};
 
-/// The largest input or output kept in a job record (larger ones need claim checks, which
-/// this backend does not keep yet).
+/// The largest input or output kept in a job record (larger ones are claim checks: blobs in
+/// the object store).
 pub(super) const MAX_INLINE: usize = 512 * 1024;
 
 /// How long one pull waits for a job.
@@ -269,8 +269,19 @@ impl NatsBackend {
             }
             let settled =
                 crate::store::settle::settle(&mut job, attempt, &mut attempt_report, &retry, rng);
-            if let Some(crate::output::Output::Memory { bytes, .. }) = settled.output {
-                job.output = Some(bytes);
+            // A large output is stored once, as a blob (a claim check).
+            if let Some(crate::output::Output::Memory { bytes, blob }) = settled.output {
+                let blob = blob.or_else(|| {
+                    (bytes.len() > MAX_INLINE).then(|| crate::job::BlobRef::of(&bytes))
+                });
+                match blob {
+                    Some(blob) => {
+                        self.keep_blob(blob, &bytes).await?;
+                        job.output_blob = Some(blob);
+                        job.output = None;
+                    }
+                    None => job.output = Some(bytes),
+                }
             }
             let planned = planned.filter(|_| job.status == crate::job::JobStatus::Succeeded);
             self.schedule_callback(id, &mut job).await?;
@@ -710,15 +721,15 @@ impl Drop for Admitted {
 /// What this backend cannot keep yet turns a success into a permanent failure that says so,
 /// rather than losing it quietly.
 fn refuse_unsupported(report: &mut AttemptReport) {
-    let large = match &report.outcome {
-        Outcome::Succeeded { output, .. } => match output {
-            crate::output::Output::Memory { bytes, .. } => bytes.len() > MAX_INLINE,
-            crate::output::Output::Spooled(_) => true,
-        },
-        Outcome::Failed { .. } => false,
-    };
-    let what = if large {
-        Some("an output over 512 KiB (a claim check)")
+    let spooled = matches!(
+        &report.outcome,
+        Outcome::Succeeded {
+            output: crate::output::Output::Spooled(_),
+            ..
+        }
+    );
+    let what = if spooled {
+        Some("an output streamed with OutputWriter")
     } else if report.then.is_some() {
         Some("a pipeline's next stage")
     } else if report.kv.is_some() {

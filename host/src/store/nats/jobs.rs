@@ -99,8 +99,16 @@ impl NatsBackend {
         let Some(record) = self.function_record(&new.function).await? else {
             return Err(SubmitError::FunctionNotFound(new.function));
         };
-        if new.input.len() > super::dispatch::MAX_INLINE || new.input_blob.is_some() {
-            return Err(unsupported("an input over 512 KiB (a claim check)").into());
+        // A large input is stored once, as a blob; the job carries its reference.
+        let input_blob = match new.input_blob {
+            Some(blob) => Some(blob),
+            None if new.input.len() > super::dispatch::MAX_INLINE => {
+                Some(crate::job::BlobRef::of(&new.input))
+            }
+            None => None,
+        };
+        if let Some(blob) = input_blob {
+            self.keep_blob(blob, &new.input).await?;
         }
         if new.ordering_key.is_some() {
             return Err(unsupported("an ordering key").into());
@@ -147,7 +155,9 @@ impl NatsBackend {
             .idempotency
             .as_ref()
             .map(|key| idempotency_name(&new.function, &key.key));
-        let stored = self.store_new(id, new, record.settings.max_queued).await;
+        let stored = self
+            .store_new(id, new, input_blob, record.settings.max_queued)
+            .await;
         if stored.is_err()
             && let Some(name) = key_name
         {
@@ -163,6 +173,7 @@ impl NatsBackend {
         &self,
         id: JobId,
         new: NewJob,
+        input_blob: Option<crate::job::BlobRef>,
         max_queued: u64,
     ) -> Result<Submitted, SubmitError> {
         let now = now_ms();
@@ -176,7 +187,7 @@ impl NatsBackend {
         if let Some(correlation_id) = &new.correlation_id {
             self.index_correlated(correlation_id, 'j', id).await?;
         }
-        let (job, _) = crate::store::intake::record_of(id, new, now, delayed, None);
+        let (job, _) = crate::store::intake::record_of(id, new, now, delayed, input_blob);
         // The queue message first: a job whose record exists is always in its queue. A
         // delivery that finds no record yet is asked for again shortly (see `lease`).
         self.enqueue_new(id, &job).await.map_err(|e| match e {
@@ -432,11 +443,11 @@ impl JobStore for NatsBackend {
     }
     fn read_blob<'a>(
         &'a self,
-        _digest: &'a [u8; 32],
-        _offset: u64,
-        _len: usize,
+        digest: &'a [u8; 32],
+        offset: u64,
+        len: usize,
     ) -> Pending<'a, Result<Option<Vec<u8>>, StoreError>> {
-        Box::pin(async { Err(unsupported("a claim-checked payload")) })
+        Box::pin(self.blob_part(digest, offset, len))
     }
     fn blob_totals(&self) -> (u64, u64) {
         (0, 0)

@@ -22,6 +22,7 @@
 //! replicas with the server settings docs/scale-out.md lists).
 
 mod batch;
+mod blobs;
 mod callbacks;
 mod catalog;
 mod correlation;
