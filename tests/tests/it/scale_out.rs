@@ -791,3 +791,65 @@ async fn sluice_up_cluster_starts_servers_and_two_hosts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A pipeline's stages run on either host; its head, read on the other host, stands for the
+/// chain: the last stage's output, every stage listed, a failing stage's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipelines_run_across_hosts() {
+    let cluster = tokio::task::spawn_blocking(NatsCluster::three)
+        .await
+        .unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = host_on(&cluster, &dir_a).await;
+    let b = host_on(&cluster, &dir_b).await;
+    a.deploy_manifest("stage-three", components::INSPECT, "name = \"stage-three\"\n")
+        .await;
+    a.deploy_manifest(
+        "stage-two",
+        components::INSPECT,
+        "name = \"stage-two\"\nthen = \"stage-three\"\n",
+    )
+    .await;
+    a.deploy_manifest(
+        "stage-one",
+        components::ECHO,
+        "name = \"stage-one\"\nthen = \"stage-two\"\n",
+    )
+    .await;
+    a.deploy_manifest("bad-two", components::PROBE, "name = \"bad-two\"\nmax_attempts = 1\n")
+        .await;
+    a.deploy_manifest("bad-one", components::ECHO, "name = \"bad-one\"\nthen = \"bad-two\"\n")
+        .await;
+    until(&b, "/v1/functions/bad-one", "B learns of the last deploy", |s, _| {
+        s == 200
+    })
+    .await;
+
+    let id = a.submit("stage-one", "hello", "text/plain").await;
+    let job = b.wait(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let stages = job["pipeline"]["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages
+        .iter()
+        .map(|s| s["function"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["stage-one", "stage-two", "stage-three"], "{job}");
+    assert!(stages.iter().all(|s| s["status"] == "succeeded"), "{job}");
+    let three: Value = serde_json::from_str(job["output"].as_str().unwrap()).unwrap();
+    let two: Value = serde_json::from_str(three["data"].as_str().unwrap()).unwrap();
+    assert_eq!(two["data"], "hello", "each stage saw the one before");
+    let stage_two = a.job(stages[1]["job_id"].as_str().unwrap()).await;
+    assert_eq!(stage_two["pipeline"]["head"], id.as_str());
+
+    // A failing stage ends the chain with its status and error.
+    let fail = serde_json::json!({"action": "fail", "retryable": false}).to_string();
+    let id = b.submit("bad-one", fail, "application/json").await;
+    let job = a.wait(&id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap_or("").contains("bad-two"),
+        "the head names the failing stage: {job}"
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -283,11 +283,22 @@ impl NatsBackend {
                     None => job.output = Some(bytes),
                 }
             }
-            let planned = planned.filter(|_| job.status == crate::job::JobStatus::Succeeded);
+            // What the outcome causes: a success's emits, a pipeline's next stage or end.
+            let mut fanout = planned
+                .filter(|_| job.status == crate::job::JobStatus::Succeeded)
+                .map(|(fanout, _)| fanout)
+                .unwrap_or_default();
+            if job.status.is_terminal() {
+                self.plan_pipeline(id, &mut job, attempt_report.then.take(), &mut fanout);
+            }
+            let planned = (!fanout.is_empty()).then(|| {
+                let entry = bytes::Bytes::from(fanout.encode());
+                (fanout, entry)
+            });
             self.schedule_callback(id, &mut job).await?;
             let key = Self::outbox_key(id);
             let stored = match &planned {
-                // The success and what it emitted land together, or neither does.
+                // The outcome and what it causes land together, or neither does.
                 Some((_, entry)) => {
                     self.replace_with_outbox(id, &job, revision, &key, entry.clone())
                         .await?
@@ -730,8 +741,6 @@ fn refuse_unsupported(report: &mut AttemptReport) {
     );
     let what = if spooled {
         Some("an output streamed with OutputWriter")
-    } else if report.then.is_some() {
-        Some("a pipeline's next stage")
     } else if report.kv.is_some() {
         Some("key-value state")
     } else {
@@ -742,7 +751,6 @@ fn refuse_unsupported(report: &mut AttemptReport) {
             kind: FailureKind::Permanent,
             message: format!("{what} is not supported by the NATS backend yet"),
         };
-        report.then = None;
         report.kv = None;
     }
 }
@@ -779,7 +787,7 @@ fn clone_report(report: &AttemptReport) -> AttemptReport {
         finished_at: report.finished_at,
         version: report.version,
         emitted: Vec::new(),
-        then: None,
+        then: report.then.clone(),
         outbound: report.outbound.clone(),
         kv: None,
     }

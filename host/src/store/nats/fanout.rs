@@ -34,16 +34,18 @@ pub(super) struct Fanout {
     pub(super) jobs: Vec<(JobId, Job)>,
     /// Published events' records.
     pub(super) events: Vec<(JobId, EventRecord)>,
+    /// A change to a pipeline's head (a stage added, the chain ended).
+    pub(super) head: Option<super::pipelines::HeadChange>,
 }
 
 impl Fanout {
     /// True when it causes nothing.
     pub(super) fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.events.is_empty()
+        self.jobs.is_empty() && self.events.is_empty() && self.head.is_none()
     }
 
     /// Its stored form: a version byte, then each list as a count and length-prefixed
-    /// (id, record) pairs.
+    /// (id, record) pairs, then the head change (JSON), if any.
     pub(super) fn encode(&self) -> Vec<u8> {
         let mut out = vec![1u8];
         let put = |out: &mut Vec<u8>, items: Vec<(JobId, Vec<u8>)>| {
@@ -65,6 +67,9 @@ impl Fanout {
                 .map(|(id, e)| (*id, encode_event(e)))
                 .collect(),
         );
+        if let Some(head) = &self.head {
+            out.extend_from_slice(&serde_json::to_vec(head).expect("JSON values serialise"));
+        }
         out
     }
 
@@ -99,7 +104,11 @@ impl Fanout {
             .into_iter()
             .map(|(id, b)| Ok((id, decode_event(&b)?)))
             .collect::<Result<_, String>>()?;
-        Ok(Fanout { jobs, events })
+        let head = match rest.is_empty() {
+            true => None,
+            false => Some(serde_json::from_slice(rest).map_err(|e| e.to_string())?),
+        };
+        Ok(Fanout { jobs, events, head })
     }
 }
 
@@ -269,6 +278,12 @@ impl NatsBackend {
                     done = false;
                 }
             }
+        }
+        if let Some(head) = &fanout.head
+            && let Err(e) = self.change_head(head).await
+        {
+            tracing::debug!(key, error = %e, "a pipeline's head did not change yet; the outbox sweep tries again");
+            done = false;
         }
         if done && let Err(e) = self.jobs.purge(key).await {
             tracing::debug!(key, error = %e, "an outbox entry was not removed; the sweep finds it done");

@@ -30,6 +30,7 @@ mod dead_letters;
 mod dispatch;
 mod fanout;
 mod jobs;
+mod pipelines;
 mod timers;
 
 use std::collections::HashMap;

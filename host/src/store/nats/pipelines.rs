@@ -1,0 +1,186 @@
+//! Pipelines (`then`) on JetStream: a stage that succeeds makes the next function's job from
+//! its output; the head (the job the client submitted) stands for the chain and takes the
+//! last stage's end. The same rules as the embedded store (`store::machine::pipeline_step`).
+//!
+//! A stage's own record changes with its outcome (one compare-and-set); the next stage's job
+//! and the change to the head's record travel in the stage's outbox entry (see `fanout`),
+//! written with that outcome, so a host that dies in between leaves them to the sweep. The
+//! head's change is idempotent: a stage is added once, the chain ends once.
+
+use serde::{Deserialize, Serialize};
+
+use super::NatsBackend;
+use super::fanout::Fanout;
+use crate::job::{BlobRef, Job, JobId, JobStatus, Parent, Pipeline, now_ms};
+use crate::store::machine::{PipelineStep, pipeline_step};
+use crate::store::{NewJob, StoreError};
+
+/// A change to a pipeline's head, carried in an outbox entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct HeadChange {
+    /// The head's job id.
+    pub(super) head: u128,
+    /// A stage to add to its list.
+    pub(super) add_stage: Option<u128>,
+    /// How the chain ended, with the last stage's output.
+    pub(super) end: Option<ChainEnd>,
+}
+
+/// The end of a chain, as its head takes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct ChainEnd {
+    pub(super) status: JobStatus,
+    pub(super) output: Option<Vec<u8>>,
+    pub(super) output_blob: Option<BlobRef>,
+    pub(super) output_content_type: Option<String>,
+    pub(super) error: Option<String>,
+    pub(super) finished_at: Option<u64>,
+}
+
+impl NatsBackend {
+    /// Moves a pipeline on after job `id` (`job`, as its outcome leaves it) ended with `then`
+    /// as its version's next function: its own record's pipeline changes here; the next
+    /// stage and the head's change go in `fanout`.
+    pub(super) fn plan_pipeline(
+        &self,
+        id: JobId,
+        job: &mut Job,
+        then: Option<String>,
+        fanout: &mut Fanout,
+    ) {
+        let head = match &job.pipeline {
+            Some(Pipeline::Stage { head }) => Some(JobId(*head)),
+            Some(Pipeline::Head { .. }) => Some(id),
+            None => None,
+        };
+        match pipeline_step(head.is_some(), job.status, then) {
+            PipelineStep::NextStage(next) => {
+                let head = head.unwrap_or(id);
+                let stage = self.plan_job(
+                    NewJob {
+                        function: next,
+                        content_type: job.output_content_type.clone(),
+                        input: job.output.clone().unwrap_or_default().into(),
+                        correlation_id: Some(job.correlation_id.clone()),
+                        idempotency: None,
+                        priority: job.priority,
+                        not_before: None,
+                        ordering_key: None,
+                        event: None,
+                        parent: Some(Parent::Job(id.0)),
+                        pipeline: Some(Pipeline::Stage { head: head.0 }),
+                        // A large output goes on as the same blob, not a copy.
+                        input_blob: job.output_blob,
+                        callback: None,
+                        hops: job.hops + 1,
+                    },
+                    now_ms(),
+                    fanout,
+                );
+                // A stage that ended as it was made (its function is gone, or the chain is
+                // too long) ends the chain with it.
+                let ended = fanout
+                    .jobs
+                    .iter()
+                    .find(|(j, _)| *j == stage)
+                    .map(|(_, s)| s)
+                    .filter(|s| s.status.is_terminal())
+                    .map(|s| (s.status, s.function.clone(), s.error.clone()));
+                let end = ended.map(|(status, function, error)| ChainEnd {
+                    status,
+                    output: None,
+                    output_blob: None,
+                    output_content_type: None,
+                    error: Some(format!(
+                        "stage {stage} ({function}) ended {}: {}",
+                        status.as_str(),
+                        error.unwrap_or_default()
+                    )),
+                    finished_at: Some(now_ms()),
+                });
+                if head == id {
+                    if let Some(end) = &end {
+                        job.error = end.error.clone();
+                    }
+                    job.pipeline = Some(Pipeline::Head {
+                        stages: vec![id.0, stage.0],
+                        ended: end.map(|e| e.status),
+                    });
+                } else {
+                    fanout.head = Some(HeadChange {
+                        head: head.0,
+                        add_stage: Some(stage.0),
+                        end,
+                    });
+                }
+            }
+            PipelineStep::End(status) => match head {
+                Some(head) if head == id => {
+                    if let Some(Pipeline::Head { ended, .. }) = &mut job.pipeline {
+                        *ended = Some(status);
+                    }
+                }
+                Some(head) => {
+                    fanout.head = Some(HeadChange {
+                        head: head.0,
+                        add_stage: None,
+                        end: Some(ChainEnd {
+                            status,
+                            output: job.output.clone(),
+                            output_blob: job.output_blob,
+                            output_content_type: job.output_content_type.clone(),
+                            error: job.error.as_ref().map(|e| {
+                                format!(
+                                    "stage {id} ({}) ended {}: {e}",
+                                    job.function,
+                                    status.as_str()
+                                )
+                            }),
+                            finished_at: job.finished_at,
+                        }),
+                    });
+                }
+                None => {}
+            },
+            PipelineStep::None => {}
+        }
+    }
+
+    /// Applies a change to a pipeline's head (again and again gives the same head).
+    pub(super) async fn change_head(&self, change: &HeadChange) -> Result<(), StoreError> {
+        let id = JobId(change.head);
+        loop {
+            let Some((mut head, revision)) = self.record(id).await? else {
+                return Ok(());
+            };
+            let Some(Pipeline::Head { stages, ended }) = &mut head.pipeline else {
+                return Ok(());
+            };
+            let mut changed = false;
+            if let Some(stage) = change.add_stage
+                && !stages.contains(&stage)
+            {
+                stages.push(stage);
+                changed = true;
+            }
+            if let Some(end) = &change.end
+                && ended.is_none()
+            {
+                *ended = Some(end.status);
+                head.output = end.output.clone();
+                head.output_blob = end.output_blob;
+                head.output_content_type = end.output_content_type.clone();
+                head.error = end.error.clone();
+                head.finished_at = end.finished_at;
+                changed = true;
+            }
+            if !changed {
+                return Ok(());
+            }
+            self.schedule_callback(id, &mut head).await?;
+            if self.replace(id, &head, revision).await? {
+                return Ok(());
+            }
+        }
+    }
+}
