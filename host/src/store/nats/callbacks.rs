@@ -185,6 +185,42 @@ impl NatsBackend {
         result: CallbackResult,
         rng: &mut fastrand::Rng,
     ) -> Result<(), StoreError> {
+        // The handle first: an error below must not leave it held (the message comes back
+        // after the ack wait, to any host).
+        let acker = self.callbacks_held.lock().remove(&id);
+        let recorded = self.record_callback(id, result, rng).await;
+        let Some(acker) = acker else {
+            return recorded.map(|_| ());
+        };
+        let again = match recorded {
+            Ok(again) => again,
+            Err(e) => {
+                let _ = acker
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return Err(e);
+            }
+        };
+        let acked = match again {
+            Some(at) => {
+                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                acker.ack_with(AckKind::Nak(Some(wait))).await
+            }
+            None => acker.double_ack().await,
+        };
+        if let Err(e) = acked {
+            tracing::debug!(%id, error = %e, "acknowledging a callback failed; it is looked at again");
+        }
+        Ok(())
+    }
+
+    /// Records a delivery attempt on the job's callback; returns when to try again.
+    async fn record_callback(
+        &self,
+        id: JobId,
+        result: CallbackResult,
+        rng: &mut fastrand::Rng,
+    ) -> Result<Option<u64>, StoreError> {
         let again = loop {
             let Some((mut job, revision)) = self.record(id).await? else {
                 break None;
@@ -206,19 +242,6 @@ impl NatsBackend {
                 break again;
             }
         };
-        let Some(acker) = self.callbacks_held.lock().remove(&id) else {
-            return Ok(());
-        };
-        let acked = match again {
-            Some(at) => {
-                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
-                acker.ack_with(AckKind::Nak(Some(wait))).await
-            }
-            None => acker.double_ack().await,
-        };
-        if let Err(e) = acked {
-            tracing::debug!(%id, error = %e, "acknowledging a callback failed; it is looked at again");
-        }
-        Ok(())
+        Ok(again)
     }
 }

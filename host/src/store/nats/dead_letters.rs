@@ -8,10 +8,11 @@
 
 use futures_util::StreamExt;
 
-use super::{NatsBackend, failed, failed_because};
+use super::fanout::Fanout;
+use super::{NatsBackend, failed};
 use crate::job::{JobId, JobStatus, JobSummary, now_ms};
 use crate::store::machine::is_dead_letter;
-use crate::store::{DeadLetterSelection, JobPage, JobQuery, StoreError, SubmitError};
+use crate::store::{DeadLetterSelection, JobPage, JobQuery, StoreError};
 
 impl NatsBackend {
     /// The index key of a dead letter.
@@ -145,27 +146,27 @@ impl NatsBackend {
         let mut todo = self.selected(function, which).await?;
         while let Some((id, mut job, revision)) = todo.pop() {
             let from = job.status;
-            // The queue message first, deduplicated per record revision: hosts redriving the
-            // same dead letter at once queue it once, and only one record change wins.
-            match self.enqueue_as(id, function, &format!("{id}.{revision}")).await {
-                Ok(()) => {}
-                Err(SubmitError::QueueFull { .. }) => {
-                    return Err(failed_because(format!(
-                        "function {function}'s queue is full (max_queued): redrove {} dead letters, {} are left; redrive the rest once some jobs finish",
-                        redriven.len(),
-                        todo.len() + 1
-                    )));
-                }
-                Err(SubmitError::Store(e)) => return Err(e),
-                Err(e) => return Err(failed_because(e.to_string())),
-            }
             crate::store::machine::redriven(&mut job, now_ms());
             if let Some(callback) = &mut job.callback {
                 crate::store::callbacks::next_round(callback);
             }
-            if self.replace(id, &job, revision).await? {
+            // The record and the order to queue it again land together (an outbox entry):
+            // a queue message sent first could be drawn while the record still says the job
+            // ended, and be dropped. Hosts redriving it at once queue it once (the message id
+            // names the revision redriven).
+            let requeue = Fanout {
+                requeue: vec![(id.0, function.to_string(), format!("{id}.{revision}"))],
+                ..Fanout::default()
+            };
+            let key = format!("{}.r{revision}", Self::outbox_key(id));
+            let entry = bytes::Bytes::from(requeue.encode());
+            if self
+                .replace_with_outbox(id, &job, revision, &key, entry)
+                .await?
+            {
                 self.moved(function, Some(from), Some(job.status)).await?;
                 self.unindex(function, id).await;
+                self.fan_out(&key, &requeue, false).await;
                 redriven.push(id);
             } else if let Some((job, revision)) = self.record(id).await?
                 && is_dead_letter(job.status)

@@ -36,16 +36,29 @@ pub(super) struct Fanout {
     pub(super) events: Vec<(JobId, EventRecord)>,
     /// A change to a pipeline's head (a stage added, the chain ended).
     pub(super) head: Option<super::pipelines::HeadChange>,
+    /// Jobs whose record exists to put back in their queue (a redrive): (job, function,
+    /// message id).
+    pub(super) requeue: Vec<(u128, String, String)>,
+}
+
+/// The parts of an entry kept as JSON after its lists.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Trailer {
+    head: Option<super::pipelines::HeadChange>,
+    requeue: Vec<(u128, String, String)>,
 }
 
 impl Fanout {
     /// True when it causes nothing.
     pub(super) fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.events.is_empty() && self.head.is_none()
+        self.jobs.is_empty()
+            && self.events.is_empty()
+            && self.head.is_none()
+            && self.requeue.is_empty()
     }
 
     /// Its stored form: a version byte, then each list as a count and length-prefixed
-    /// (id, record) pairs, then the head change (JSON), if any.
+    /// (id, record) pairs, then the head change and the jobs to queue again (JSON), if any.
     pub(super) fn encode(&self) -> Vec<u8> {
         let mut out = vec![1u8];
         let put = |out: &mut Vec<u8>, items: Vec<(JobId, Vec<u8>)>| {
@@ -67,8 +80,12 @@ impl Fanout {
                 .map(|(id, e)| (*id, encode_event(e)))
                 .collect(),
         );
-        if let Some(head) = &self.head {
-            out.extend_from_slice(&serde_json::to_vec(head).expect("JSON values serialise"));
+        if self.head.is_some() || !self.requeue.is_empty() {
+            let trailer = Trailer {
+                head: self.head.clone(),
+                requeue: self.requeue.clone(),
+            };
+            out.extend_from_slice(&serde_json::to_vec(&trailer).expect("JSON values serialise"));
         }
         out
     }
@@ -104,11 +121,16 @@ impl Fanout {
             .into_iter()
             .map(|(id, b)| Ok((id, decode_event(&b)?)))
             .collect::<Result<_, String>>()?;
-        let head = match rest.is_empty() {
-            true => None,
-            false => Some(serde_json::from_slice(rest).map_err(|e| e.to_string())?),
+        let trailer: Trailer = match rest.is_empty() {
+            true => Trailer::default(),
+            false => serde_json::from_slice(rest).map_err(|e| e.to_string())?,
         };
-        Ok(Fanout { jobs, events, head })
+        Ok(Fanout {
+            jobs,
+            events,
+            head: trailer.head,
+            requeue: trailer.requeue,
+        })
     }
 }
 
@@ -279,13 +301,22 @@ impl NatsBackend {
                 }
             }
         }
+        for (id, function, message_id) in &fanout.requeue {
+            if let Err(e) = self.enqueue_as(JobId(*id), function, message_id).await {
+                tracing::debug!(id, error = %e, "a job was not queued again yet; the outbox sweep tries again");
+                done = false;
+            }
+        }
         if let Some(head) = &fanout.head
             && let Err(e) = self.change_head(head).await
         {
             tracing::debug!(key, error = %e, "a pipeline's head did not change yet; the outbox sweep tries again");
             done = false;
         }
-        if done && let Err(e) = self.jobs.purge(key).await {
+        // Removed from the stream without a trace (a purge marker would be replayed by every
+        // host's outbox watch, forever).
+        let subject = format!("$KV.{}-jobs.{key}", self.options.prefix);
+        if done && let Err(e) = self.jobs_stream.purge().filter(subject).await {
             tracing::debug!(key, error = %e, "an outbox entry was not removed; the sweep finds it done");
         }
     }
@@ -429,7 +460,9 @@ impl NatsBackend {
                             })
                             .collect();
                         for key in due {
-                            backend.finish_entry(&key).await;
+                            if !backend.finish_entry(&key).await {
+                                seen.remove(&key);
+                            }
                         }
                     }
                 }
@@ -437,14 +470,14 @@ impl NatsBackend {
         }
     }
 
-    /// Finishes one outbox entry found by the sweep.
-    async fn finish_entry(&self, key: &str) {
+    /// Finishes one outbox entry found by the sweep; false when it is gone.
+    async fn finish_entry(&self, key: &str) -> bool {
         let entry = match self.jobs.get(key).await {
             Ok(Some(entry)) => entry,
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(e) => {
                 tracing::debug!(key, error = %e, "reading an outbox entry failed; trying again later");
-                return;
+                return true;
             }
         };
         match Fanout::decode(&entry) {
@@ -453,5 +486,6 @@ impl NatsBackend {
                 tracing::error!(key, error = %e, "an outbox entry does not decode; it is kept for inspection")
             }
         }
+        true
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::NatsBackend;
 use super::fanout::Fanout;
-use crate::job::{BlobRef, Job, JobId, JobStatus, Parent, Pipeline, now_ms};
+use crate::job::{Job, JobId, JobStatus, Parent, Pipeline, now_ms};
 use crate::store::machine::{PipelineStep, pipeline_step};
 use crate::store::{NewJob, StoreError};
 
@@ -26,13 +26,13 @@ pub(super) struct HeadChange {
     pub(super) end: Option<ChainEnd>,
 }
 
-/// The end of a chain, as its head takes it.
+/// The end of a chain, as its head takes it: its status, error and end time, and the stage
+/// whose output the head takes (read from that stage's record when the change is applied, so
+/// a large output never travels in the entry).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct ChainEnd {
     pub(super) status: JobStatus,
-    pub(super) output: Option<Vec<u8>>,
-    pub(super) output_blob: Option<BlobRef>,
-    pub(super) output_content_type: Option<String>,
+    pub(super) last_stage: Option<u128>,
     pub(super) error: Option<String>,
     pub(super) finished_at: Option<u64>,
 }
@@ -88,9 +88,7 @@ impl NatsBackend {
                     .map(|s| (s.status, s.function.clone(), s.error.clone()));
                 let end = ended.map(|(status, function, error)| ChainEnd {
                     status,
-                    output: None,
-                    output_blob: None,
-                    output_content_type: None,
+                    last_stage: None,
                     error: Some(format!(
                         "stage {stage} ({function}) ended {}: {}",
                         status.as_str(),
@@ -126,9 +124,7 @@ impl NatsBackend {
                         add_stage: None,
                         end: Some(ChainEnd {
                             status,
-                            output: job.output.clone(),
-                            output_blob: job.output_blob,
-                            output_content_type: job.output_content_type.clone(),
+                            last_stage: Some(id.0),
                             error: job.error.as_ref().map(|e| {
                                 format!(
                                     "stage {id} ({}) ended {}: {e}",
@@ -167,12 +163,18 @@ impl NatsBackend {
                 && ended.is_none()
             {
                 *ended = Some(end.status);
-                head.output = end.output.clone();
-                head.output_blob = end.output_blob;
-                head.output_content_type = end.output_content_type.clone();
                 head.error = end.error.clone();
                 head.finished_at = end.finished_at;
                 changed = true;
+            }
+            let ending = changed && change.end.is_some();
+            // The head takes the last stage's output (a large one as the same blob).
+            if ending && let Some(stage) = change.end.as_ref().and_then(|e| e.last_stage) {
+                if let Some((last, _)) = self.record(JobId(stage)).await? {
+                    head.output = last.output;
+                    head.output_blob = last.output_blob;
+                    head.output_content_type = last.output_content_type;
+                }
             }
             if !changed {
                 return Ok(());
