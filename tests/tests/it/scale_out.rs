@@ -841,6 +841,30 @@ async fn pipelines_run_across_hosts() {
     let stage_two = a.job(stages[1]["job_id"].as_str().unwrap()).await;
     assert_eq!(stage_two["pipeline"]["head"], id.as_str());
 
+    // A stage cancelled while it waits ends the chain as cancelled.
+    b.post("/v1/functions/stage-two/pause", "").await;
+    until(&a, "/v1/functions/stage-two", "A learns of the pause", |_, f| {
+        f["paused"] == true
+    })
+    .await;
+    let id = a.submit("stage-one", "held", "text/plain").await;
+    let mut waiting = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while waiting.is_none() {
+        let job = b.job(&id).await;
+        if job["pipeline"]["stages"].as_array().is_some_and(|s| s.len() == 2) {
+            waiting = job["pipeline"]["stages"][1]["job_id"].as_str().map(String::from);
+        }
+        assert!(Instant::now() < deadline, "no second stage: {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stage = waiting.unwrap();
+    let (status, body) = b.delete(&format!("/v1/jobs/{stage}")).await;
+    assert!(status == 200 || status == 204, "{status} {body}");
+    let job = a.wait(&id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    b.post("/v1/functions/stage-two/resume", "").await;
+
     // A failing stage ends the chain with its status and error.
     let fail = serde_json::json!({"action": "fail", "retryable": false}).to_string();
     let id = b.submit("bad-one", fail, "application/json").await;

@@ -227,8 +227,7 @@ impl NatsBackend {
             job.status = crate::job::JobStatus::Cancelled;
             job.finished_at = Some(now_ms());
             job.error = Some(format!("cancelled: function {name} was deleted"));
-            self.schedule_callback(id, &mut job).await?;
-            if self.replace(id, &job, revision).await? {
+            if self.replace_ending(id, &mut job, revision).await? {
                 self.not_running(id).await;
                 self.moved(name, Some(from), Some(job.status)).await?;
                 return Ok(true);

@@ -575,8 +575,7 @@ impl NatsBackend {
                 &retry,
                 &mut fastrand::Rng::new(),
             );
-            self.schedule_callback(id, &mut job).await?;
-            if !self.replace(id, &job, revision).await? {
+            if !self.replace_ending(id, &mut job, revision).await? {
                 continue;
             }
             self.not_running(id).await;

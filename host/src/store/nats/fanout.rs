@@ -337,14 +337,33 @@ impl NatsBackend {
         let mut job = job.clone();
         self.schedule_callback(id, &mut job).await?;
         let job = &job;
-        if !job.status.is_terminal() {
+        let mut gone;
+        let job = if job.status.is_terminal() {
+            job
+        } else {
             match self.enqueue_new(id, job).await {
-                Ok(()) => {}
+                Ok(()) => job,
                 Err(SubmitError::QueueFull { .. }) => return Ok(false),
+                // Its function was deleted since: it ends `cancelled`, saying so.
+                Err(_)
+                    if !self.view.read().contains_key(&job.function)
+                        && self.function_record(&job.function).await?.is_none() =>
+                {
+                    gone = job.clone();
+                    gone.status = JobStatus::Cancelled;
+                    gone.not_before = None;
+                    gone.finished_at = Some(now_ms());
+                    gone.error = Some(format!(
+                        "cancelled: function {:?} is not deployed",
+                        job.function
+                    ));
+                    self.schedule_callback(id, &mut gone).await?;
+                    &gone
+                }
                 Err(SubmitError::Store(e)) => return Err(e),
                 Err(e) => return Err(failed_because(e.to_string())),
             }
-        }
+        };
         let created = self
             .jobs
             .create(Self::job_key(id), encode_job(job).into())

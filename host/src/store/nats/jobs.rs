@@ -300,9 +300,8 @@ impl NatsBackend {
             job.status = JobStatus::Cancelled;
             job.finished_at = Some(now_ms());
             job.error = Some("cancelled by request".into());
-            self.schedule_callback(id, &mut job).await?;
             // Its queue message is acked when a host next draws it.
-            if self.replace(id, &job, revision).await? {
+            if self.replace_ending(id, &mut job, revision).await? {
                 self.moved(&job.function, Some(from), Some(job.status))
                     .await?;
                 return Ok(job);

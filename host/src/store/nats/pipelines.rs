@@ -142,6 +142,36 @@ impl NatsBackend {
         }
     }
 
+    /// Records job `id`'s new state over `revision` after an end that is not an attempt's
+    /// outcome (its lease ran out for good, a cancel): its callback scheduled, and the change
+    /// its pipeline's head takes in an outbox entry written with it. False when another change
+    /// came first.
+    pub(super) async fn replace_ending(
+        &self,
+        id: JobId,
+        job: &mut Job,
+        revision: u64,
+    ) -> Result<bool, StoreError> {
+        let mut fanout = Fanout::default();
+        if job.status.is_terminal() {
+            self.plan_pipeline(id, job, None, &mut fanout);
+        }
+        self.schedule_callback(id, job).await?;
+        if fanout.is_empty() {
+            return self.replace(id, job, revision).await;
+        }
+        let key = format!("{}.e{revision}", Self::outbox_key(id));
+        let entry = bytes::Bytes::from(fanout.encode());
+        if !self
+            .replace_with_outbox(id, job, revision, &key, entry)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.fan_out(&key, &fanout, false).await;
+        Ok(true)
+    }
+
     /// Applies a change to a pipeline's head (again and again gives the same head).
     pub(super) async fn change_head(&self, change: &HeadChange) -> Result<(), StoreError> {
         let id = JobId(change.head);
