@@ -56,6 +56,7 @@ pub async fn run(
             let mut options = nats.clone();
             options.max_hops = config.max_hops;
             options.callback_retry = config.callback_retry;
+            options.max_kv_bytes = config.max_kv_bytes;
             crate::store::nats::NatsBackend::connect(options).await?
         }
     };

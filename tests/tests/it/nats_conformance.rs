@@ -1,6 +1,6 @@
 //! The store conformance suite ([`sluice_tests::conformance`]) against the JetStream backend on
-//! a real NATS server: the checks it passes so far (it does not do key-value state or
-//! listings other than dead letters yet: docs/scale-out.md).
+//! a real NATS server: the checks it passes so far (it does not do
+//! listings other than dead letters and correlations yet: docs/scale-out.md).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,4 +37,5 @@ sluice_tests::conformance_suite!(open_nats; only:
     a_waiting_job_does_not_hold_a_slot,
     the_catalog_keeps_versions_pauses_and_deletes,
     secrets_and_settings_are_kept,
+    key_value_writes_bump_versions,
 );

@@ -877,3 +877,79 @@ async fn pipelines_run_across_hosts() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Key-value state is one state across hosts: 120 visits submitted half to each host (a
+/// plain read-modify-write of a counter, 8 attempts at a time on each) end at exactly 120 and
+/// every visit saw a different count, so no update was lost between hosts and none applied
+/// twice; what the API writes on one host is read and listed on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_value_state_is_one_state_across_hosts() {
+    let cluster = tokio::task::spawn_blocking(NatsCluster::three)
+        .await
+        .unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = host_on(&cluster, &dir_a).await;
+    let b = host_on(&cluster, &dir_b).await;
+    a.deploy("visits", components::VISITS, "max_concurrency=16")
+        .await;
+    until(&b, "/v1/functions/visits", "B learns of the deploy", |s, _| {
+        s == 200
+    })
+    .await;
+    let mut submits = Vec::new();
+    for i in 0..120 {
+        let host = if i % 2 == 0 { &a } else { &b };
+        let (http, url) = (host.http.clone(), host.url("/v1/functions/visits/jobs"));
+        let visitor = if i % 3 == 0 { "ada" } else { "" };
+        submits.push(tokio::spawn(async move {
+            let r = http.post(url).body(visitor).send().await.unwrap();
+            assert_eq!(r.status(), 202);
+            let body: Value = r.json().await.unwrap();
+            body["id"].as_str().unwrap().to_string()
+        }));
+    }
+    let mut counts = std::collections::BTreeSet::new();
+    let mut conflicts = 0;
+    for (i, s) in submits.into_iter().enumerate() {
+        let id = s.await.unwrap();
+        let job = if i % 2 == 0 { b.wait(&id).await } else { a.wait(&id).await };
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let output: Value = serde_json::from_str(job["output"].as_str().unwrap()).unwrap();
+        counts.insert(output["visits"].as_u64().unwrap());
+        conflicts += job["kv_conflicts"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(counts, (1..=120).collect());
+    for host in [&a, &b] {
+        let (status, _, body) = host.get_raw("/v1/functions/visits/kv/visits").await;
+        assert_eq!((status, body), (200, b"120".to_vec()));
+        let (status, _, body) = host.get_raw("/v1/functions/visits/kv/visitor/ada").await;
+        assert_eq!((status, body), (200, b"40".to_vec()));
+    }
+    eprintln!("{conflicts} attempts ran again after a conflict");
+    // The operator API: written on A, read, listed and deleted on B.
+    let (status, _) = a.put("/v1/functions/visits/kv/note/1", "x").await;
+    assert_eq!(status, 200);
+    a.put("/v1/functions/visits/kv/note/2", "y").await;
+    let (_, list) = b.get("/v1/functions/visits/kv?prefix=note/").await;
+    assert_eq!(list["keys"], serde_json::json!(["note/1", "note/2"]), "{list}");
+    let (_, all) = b.get("/v1/functions/visits/kv").await;
+    assert_eq!(
+        all["keys"],
+        serde_json::json!(["note/1", "note/2", "visitor/ada", "visits"]),
+        "{all}"
+    );
+    let (status, _) = b.delete("/v1/functions/visits/kv/note/1").await;
+    assert_eq!(status, 200);
+    let (status, _, _) = a.get_raw("/v1/functions/visits/kv/note/1").await;
+    assert_eq!(status, 404);
+    let (_, list) = a.get("/v1/functions/visits/kv?prefix=note/").await;
+    assert_eq!(list["keys"], serde_json::json!(["note/2"]), "{list}");
+    // A deleted function's state goes with it.
+    let (status, _) = a.delete("/v1/functions/visits?force=true").await;
+    assert_eq!(status, 200);
+    a.deploy("visits", components::VISITS, "").await;
+    let (_, list) = b.get("/v1/functions/visits/kv").await;
+    assert_eq!(list["keys"], serde_json::json!([]), "{list}");
+    a.stop().await;
+    b.stop().await;
+}

@@ -16,6 +16,11 @@ pub(super) struct Part {
     /// The sequence the subject's last message must have (a compare-and-set), checked when
     /// the batch commits.
     pub(super) expected_subject_sequence: Option<u64>,
+    /// The subject whose last sequence is checked, when not this message's own (wildcards
+    /// allowed: the last message of any subject matching).
+    pub(super) check_subject: Option<String>,
+    /// Further headers (`KV-Operation`, `Nats-TTL`).
+    pub(super) headers: Vec<(&'static str, String)>,
     /// Its payload.
     pub(super) payload: bytes::Bytes,
 }
@@ -31,6 +36,8 @@ pub(super) enum Committed {
 
 /// JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence` check.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
+/// Its code when another batch checking or writing the same subject is still being applied.
+const SUBJECT_IN_FLIGHT: u64 = 10164;
 
 /// Publishes `parts` (at least one, at most 1000) to one stream as one atomic batch. An error
 /// says nothing was stored, or (a lost reply) that it is unknown: the caller reads again.
@@ -52,6 +59,15 @@ pub(super) async fn publish_atomic(
                 "Nats-Expected-Last-Subject-Sequence",
                 HeaderValue::from(expected),
             );
+            if let Some(subject) = &part.check_subject {
+                headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence-Subject",
+                    subject.as_str(),
+                );
+            }
+        }
+        for (name, value) in &part.headers {
+            headers.insert(*name, value.as_str());
         }
         if i + 1 == n {
             headers.insert(NATS_BATCH_COMMIT, "1");
@@ -85,7 +101,12 @@ fn verdict(reply: &[u8]) -> Result<Committed, String> {
     match answer.get("error") {
         None if answer.get("seq").is_some() => Ok(Committed::Yes),
         None => Err(format!("an atomic batch's answer says nothing: {answer}")),
-        Some(error) if error["err_code"].as_u64() == Some(WRONG_LAST_SEQUENCE) => {
+        Some(error)
+            if matches!(
+                error["err_code"].as_u64(),
+                Some(WRONG_LAST_SEQUENCE | SUBJECT_IN_FLIGHT)
+            ) =>
+        {
             Ok(Committed::WrongSequence)
         }
         Some(error) => Err(format!("the cluster refused an atomic batch: {error}")),

@@ -738,13 +738,7 @@ fn refuse_unsupported(report: &mut AttemptReport) {
             ..
         }
     );
-    let what = if spooled {
-        Some("an output streamed with OutputWriter")
-    } else if report.kv.is_some() {
-        Some("key-value state")
-    } else {
-        None
-    };
+    let what = spooled.then_some("an output streamed with OutputWriter");
     if let (Some(what), Outcome::Succeeded { .. }) = (what, &report.outcome) {
         report.outcome = Outcome::Failed {
             kind: FailureKind::Permanent,
@@ -848,11 +842,40 @@ impl Dispatch for NatsBackend {
     }
     fn settle_kv(
         &self,
-        _id: JobId,
+        id: JobId,
         _attempt: u32,
-        report: AttemptReport,
+        mut report: AttemptReport,
     ) -> Pending<'_, AttemptReport> {
-        Box::pin(async move { report })
+        Box::pin(async move {
+            if !matches!(report.outcome, Outcome::Succeeded { .. }) {
+                report.kv = None;
+                return report;
+            }
+            let Some(changes) = report.kv.take() else {
+                return report;
+            };
+            let failed = match self
+                .state_write(&changes, Some(id), self.options.max_kv_bytes)
+                .await
+            {
+                Ok(verdict) => crate::store::kv::failure(verdict),
+                Err(StoreError::Unsupported(message)) => Some(Outcome::Failed {
+                    kind: FailureKind::Permanent,
+                    message,
+                }),
+                Err(e) => Some(Outcome::Failed {
+                    kind: FailureKind::Retryable,
+                    message: format!(
+                        "its key-value writes could not be committed ({e}); it runs again"
+                    ),
+                }),
+            };
+            if let Some(outcome) = failed {
+                report.outcome = outcome;
+                report.emitted.clear();
+            }
+            report
+        })
     }
     fn callback_done(&self, id: JobId, result: CallbackResult) {
         self.send(id, Op::CallbackDone { id, result });

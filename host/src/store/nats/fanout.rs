@@ -414,11 +414,15 @@ impl NatsBackend {
                     super::batch::Part {
                         subject: format!("{bucket}.{}", Self::job_key(id)),
                         expected_subject_sequence: Some(revision),
+                        check_subject: None,
+                        headers: Vec::new(),
                         payload: record.clone(),
                     },
                     super::batch::Part {
                         subject: format!("{bucket}.{key}"),
                         expected_subject_sequence: None,
+                        check_subject: None,
+                        headers: Vec::new(),
                         payload: entry.clone(),
                     },
                 ],

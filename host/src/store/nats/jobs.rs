@@ -340,7 +340,7 @@ fn idempotency_name(function: &str, key: &str) -> String {
 }
 
 /// A JetStream counter's value (`{"val":"12"}`).
-fn counter_value(payload: &[u8]) -> i64 {
+pub(super) fn counter_value(payload: &[u8]) -> i64 {
     serde_json::from_slice::<serde_json::Value>(payload)
         .ok()
         .and_then(|v| v.get("val")?.as_str()?.parse().ok())
@@ -456,22 +456,25 @@ impl JobStore for NatsBackend {
     }
     fn kv_get<'a>(
         &'a self,
-        _function: &'a str,
-        _key: &'a str,
+        function: &'a str,
+        key: &'a str,
     ) -> Pending<'a, Result<Versioned, StoreError>> {
-        Box::pin(async { Err(unsupported("key-value state")) })
+        Box::pin(self.state_get(function, key))
     }
     fn kv_keys<'a>(
         &'a self,
-        _function: &'a str,
-        _prefix: Option<&'a str>,
-        _skip: usize,
-        _limit: usize,
+        function: &'a str,
+        prefix: Option<&'a str>,
+        skip: usize,
+        limit: usize,
     ) -> Pending<'a, Result<Vec<String>, StoreError>> {
-        Box::pin(async { Err(unsupported("key-value state")) })
+        Box::pin(self.state_keys(function, prefix, skip, limit))
     }
-    fn kv_write(&self, _changes: KvChanges) -> Pending<'_, Result<KvVerdict, StoreError>> {
-        Box::pin(async { Err(unsupported("key-value state")) })
+    fn kv_write(&self, changes: KvChanges) -> Pending<'_, Result<KvVerdict, StoreError>> {
+        Box::pin(async move {
+            self.state_write(&changes, None, self.options.max_kv_bytes)
+                .await
+        })
     }
     fn stats(&self) -> &StoreStats {
         &self.stats

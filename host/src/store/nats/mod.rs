@@ -31,6 +31,7 @@ mod dispatch;
 mod fanout;
 mod jobs;
 mod pipelines;
+mod state;
 mod timers;
 
 use std::collections::HashMap;
@@ -66,6 +67,8 @@ pub struct NatsOptions {
     pub max_hops: u32,
     /// How webhook callbacks are retried.
     pub callback_retry: crate::manifest::RetryPolicy,
+    /// Most bytes of key-value state one function holds.
+    pub max_kv_bytes: u64,
 }
 
 impl NatsOptions {
@@ -90,6 +93,7 @@ impl NatsOptions {
                 backoff_base_ms: 1000,
                 backoff_max_ms: 3_600_000,
             },
+            max_kv_bytes: 256 << 20,
         }
     }
 }
@@ -380,6 +384,17 @@ impl NatsBackend {
         let running_stream =
             until_ready(deadline, || js.get_stream(format!("KV_{p}-running"))).await?;
         let keys = kv_of(bucket(format!("{p}-keys"), 1, options.idempotency_window)).await?;
+        // Functions' key-value state: commits are atomic batches; deletions and job markers
+        // expire (see `state`).
+        kv_of(bucket(format!("{p}-state"), 1, Duration::ZERO)).await?;
+        let state_stream = until_ready(deadline, || js.get_stream(format!("KV_{p}-state"))).await?;
+        let state_config = &state_stream.cached_info().config;
+        if !state_config.allow_atomic_publish || !state_config.allow_message_ttl {
+            let mut config = state_config.clone();
+            config.allow_atomic_publish = true;
+            config.allow_message_ttl = true;
+            until_ready(deadline, || js.update_stream(config.clone())).await?;
+        }
         let functions = kv_of(bucket(format!("{p}-functions"), 1, Duration::ZERO)).await?;
         let versions = kv_of(bucket(format!("{p}-versions"), 1, Duration::ZERO)).await?;
         let secrets = kv_of(bucket(format!("{p}-secrets"), 1, Duration::ZERO)).await?;
