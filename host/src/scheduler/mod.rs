@@ -311,6 +311,14 @@ impl Inner {
                     _ = self.stop_starting.cancelled() => { self.done(&function, job.id, true); continue; }
                 }
             }
+            // A rate shared by several hosts: the cluster's reservation too.
+            if let Some(at) = self.shared_pace(&function).await {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = cancel.cancelled() => { self.done(&function, job.id, true); continue; }
+                    _ = self.stop_starting.cancelled() => { self.done(&function, job.id, true); continue; }
+                }
+            }
             let _slot = self
                 .slots
                 .clone()
@@ -330,6 +338,27 @@ impl Inner {
             self.done(&function, job.id, held);
         }
         self.worker_exited.notify_waiters();
+    }
+
+    /// Under a rate limit kept by a store several hosts share: when this attempt may start by
+    /// the store's reservation. A store that cannot answer leaves the host's own pacing alone
+    /// (logged): the rate then holds per host.
+    async fn shared_pace(&self, function: &str) -> Option<tokio::time::Instant> {
+        let interval = self.state.lock().functions.get(function)?.interval?;
+        match self.store.reserve_start(function, interval).await {
+            Ok(Some(at_us)) => {
+                let now_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64);
+                let wait = Duration::from_micros(at_us.saturating_sub(now_us));
+                (!wait.is_zero()).then(|| tokio::time::Instant::now() + wait)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(function, error = %e, "the shared start rate was not reserved; pacing on this host only");
+                None
+            }
+        }
     }
 
     /// Under a rate limit: when this attempt may actually start (at least one interval after the

@@ -135,6 +135,17 @@ pub trait Dispatch: Send + Sync {
     ) -> Pending<'a, Result<Vec<QueuedJob>, StoreError>>;
     /// Due webhook callbacks, for the one sender (taken once).
     fn take_callbacks(&self) -> Option<CallbackFeed>;
+    /// Reserves the next start of an attempt of `function` under a rate shared by every host
+    /// (one start per `interval`): when it may start, in µs since the Unix epoch. `None`: this
+    /// store serves one host, whose scheduler paces the function alone.
+    fn reserve_start<'a>(
+        &'a self,
+        function: &'a str,
+        interval: std::time::Duration,
+    ) -> Pending<'a, Result<Option<u64>, StoreError>> {
+        let _ = (function, interval);
+        Box::pin(async { Ok(None) })
+    }
     /// Records an attempt's start (fenced by attempt number).
     fn start(&self, id: JobId, attempt: u32, at: u64, lease_until: u64, version: u32);
     /// Extends a running attempt's lease to `lease_until`. A lease that runs out fails its

@@ -953,3 +953,49 @@ async fn key_value_state_is_one_state_across_hosts() {
     a.stop().await;
     b.stop().await;
 }
+
+/// `rate_per_second` holds for the cluster, not per host: 16 jobs of a function limited to 4
+/// starts a second, submitted half to each host, start at least 250 ms apart whichever host
+/// runs them (per-host pacing would start two at a time, in half the time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_per_second_holds_across_hosts() {
+    let cluster = tokio::task::spawn_blocking(NatsCluster::three)
+        .await
+        .unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = host_on(&cluster, &dir_a).await;
+    let b = host_on(&cluster, &dir_b).await;
+    a.deploy("echo", components::ECHO, "rate_per_second=4&max_concurrency=8")
+        .await;
+    until(&b, "/v1/functions/echo", "B learns of the deploy", |s, body| {
+        s == 200 && body["rate_per_second"] == 4
+    })
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..16 {
+        let host = if n % 2 == 0 { &a } else { &b };
+        ids.push(host.submit("echo", format!("{n}"), "text/plain").await);
+    }
+    let mut starts = Vec::new();
+    for id in &ids {
+        let job = a.wait(id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        starts.push(sluice_tests::millis(&job["started_at"]));
+    }
+    starts.sort_unstable();
+    // Starts are reserved 250 ms apart; a start recorded a few ms late shortens the next gap.
+    for pair in starts.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 230,
+            "two starts {} ms apart under 4 a second: {starts:?}",
+            pair[1] - pair[0]
+        );
+    }
+    assert!(
+        starts[15] - starts[0] >= 3_700,
+        "16 starts at 4 a second span 3.75 s, not {} ms",
+        starts[15] - starts[0]
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -794,6 +794,13 @@ impl Dispatch for NatsBackend {
     ) -> Pending<'a, Result<Vec<QueuedJob>, StoreError>> {
         Box::pin(self.lease_jobs(function, max))
     }
+    fn reserve_start<'a>(
+        &'a self,
+        function: &'a str,
+        interval: std::time::Duration,
+    ) -> Pending<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move { Ok(Some(self.reserve(function, interval).await?)) })
+    }
     fn take_callbacks(&self) -> Option<CallbackFeed> {
         let (feed, tx) = self.callbacks.lock().take()?;
         tokio::spawn(NatsBackend::pull_callbacks(self.me.clone(), tx));

@@ -30,6 +30,7 @@ mod dead_letters;
 mod dispatch;
 mod fanout;
 mod jobs;
+mod pace;
 mod pipelines;
 mod state;
 mod timers;
@@ -112,6 +113,8 @@ pub struct NatsBackend {
     /// leaves a marker, which every sweep would read again).
     running_stream: jetstream::stream::Stream,
     keys: kv::Store,
+    /// Each rate-limited function's next free start (see `pace`).
+    pace: kv::Store,
     functions: kv::Store,
     versions: kv::Store,
     secrets: kv::Store,
@@ -384,6 +387,8 @@ impl NatsBackend {
         let running_stream =
             until_ready(deadline, || js.get_stream(format!("KV_{p}-running"))).await?;
         let keys = kv_of(bucket(format!("{p}-keys"), 1, options.idempotency_window)).await?;
+        // A pace older than an hour is in the past anyway.
+        let pace = kv_of(bucket(format!("{p}-pace"), 1, Duration::from_secs(3600))).await?;
         // Functions' key-value state: commits are atomic batches; deletions and job markers
         // expire (see `state`).
         kv_of(bucket(format!("{p}-state"), 1, Duration::ZERO)).await?;
@@ -447,6 +452,7 @@ impl NatsBackend {
                 running,
                 running_stream,
                 keys,
+                pace,
                 functions,
                 versions,
                 secrets,
