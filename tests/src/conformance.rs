@@ -45,6 +45,7 @@ macro_rules! conformance_suite {
             deliveries_past_a_full_queue_all_run,
             a_waiting_job_does_not_hold_a_slot,
             key_value_writes_bump_versions,
+            jobs_are_listed_newest_first_in_pages,
             the_catalog_keeps_versions_pauses_and_deletes,
             secrets_and_settings_are_kept,
         );
@@ -898,6 +899,74 @@ pub async fn key_value_writes_bump_versions(open: Open, dir: &Path) {
         b.kv_get("f", "keys").await.unwrap().1.as_deref(),
         Some(&b"2"[..])
     );
+    b.shutdown().await;
+}
+
+/// Every job of `query` page after page (following `next_cursor`), in the order listed.
+async fn every_page(b: &dyn Backend, mut query: JobQuery) -> Vec<JobId> {
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        let page = b.jobs(&query).await.unwrap();
+        assert!(page.jobs.len() <= query.limit, "a page passed its limit");
+        out.extend(page.jobs.iter().map(|(id, _)| *id));
+        match page.next_cursor {
+            Some(cursor) => query.before = Some(cursor),
+            None => return out,
+        }
+    }
+    panic!("listing {query:?} never ended");
+}
+
+pub async fn jobs_are_listed_newest_first_in_pages(open: Open, dir: &Path) {
+    let b = open(dir).await;
+    deploy(&*b, "f", Settings::DEFAULT).await;
+    deploy(&*b, "g", Settings::DEFAULT).await;
+    let mut of_f = Vec::new();
+    let mut of_g = Vec::new();
+    for i in 0..10 {
+        if i % 3 == 2 {
+            of_g.push(b.submit(new_job("g", b"in")).await.unwrap().id());
+        } else {
+            of_f.push(b.submit(new_job("f", b"in")).await.unwrap().id());
+        }
+    }
+    let done = take(&*b, "f", 1).await[0];
+    b.start(done, 1, now_ms(), now_ms() + 60_000, 1);
+    b.finish(done, 1, success(b"out"), Settings::DEFAULT.retry);
+    until(&*b, done, JobStatus::Succeeded).await;
+    let newest_first = |ids: &[JobId]| {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids
+    };
+    let query = |function: Option<&str>, status: Option<JobStatus>, limit: usize| JobQuery {
+        function: function.map(String::from),
+        status,
+        limit,
+        ..Default::default()
+    };
+    // A function's jobs, newest first, each once, in pages of 3.
+    assert_eq!(
+        every_page(&*b, query(Some("f"), None, 3)).await,
+        newest_first(&of_f)
+    );
+    // By status: the one that succeeded; the rest, still queued.
+    assert_eq!(
+        every_page(&*b, query(Some("f"), Some(JobStatus::Succeeded), 3)).await,
+        [done]
+    );
+    let queued: Vec<JobId> = of_f.iter().copied().filter(|id| *id != done).collect();
+    assert_eq!(
+        every_page(&*b, query(Some("f"), Some(JobStatus::Queued), 2)).await,
+        newest_first(&queued)
+    );
+    // Every function's.
+    let all: Vec<JobId> = of_f.iter().chain(&of_g).copied().collect();
+    assert_eq!(
+        every_page(&*b, query(None, None, 4)).await,
+        newest_first(&all)
+    );
+    assert!(every_page(&*b, query(Some("nobody"), None, 4)).await.is_empty());
     b.shutdown().await;
 }
 

@@ -367,6 +367,9 @@ impl FunctionCatalog for NatsBackend {
             self.queues.lock().remove(name);
             let cancelled = self.cancel_queue(name).await?;
             let _ = self.js.delete_stream(self.queue_stream(name)).await;
+            if let Err(e) = self.forget_notes(name).await {
+                tracing::warn!(function = name, error = %e, "a deleted function's job notes were not removed");
+            }
             if let Err(e) = self.forget_state(name).await {
                 tracing::warn!(function = name, error = %e, "a deleted function's key-value state was not removed");
             }

@@ -364,6 +364,7 @@ impl NatsBackend {
                 Err(e) => return Err(failed_because(e.to_string())),
             }
         };
+        self.note_job(&job.function, id).await;
         let created = self
             .jobs
             .create(Self::job_key(id), encode_job(job).into())

@@ -199,6 +199,7 @@ impl NatsBackend {
         })?;
         let key = Self::job_key(id);
         let bytes: bytes::Bytes = encode_job(&job).into();
+        self.note_job(&function, id).await;
         super::patiently(
             "storing a job",
             |_| false,
@@ -414,9 +415,7 @@ impl JobStore for NatsBackend {
             if super::dead_letters::wants_dead_letters(query) {
                 return self.dead_letter_page(query).await;
             }
-            Err(unsupported(
-                "listing jobs other than a function's dead letters (?function=NAME&status=dead)",
-            ))
+            self.job_page(query).await
         })
     }
     fn correlated<'a>(

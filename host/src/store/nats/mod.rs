@@ -27,9 +27,11 @@ mod callbacks;
 mod catalog;
 mod correlation;
 mod dead_letters;
+mod direct;
 mod dispatch;
 mod fanout;
 mod jobs;
+mod listing;
 mod pace;
 mod pipelines;
 mod state;
@@ -70,6 +72,9 @@ pub struct NatsOptions {
     pub callback_retry: crate::manifest::RetryPolicy,
     /// Most bytes of key-value state one function holds.
     pub max_kv_bytes: u64,
+    /// The first window of time a page of a job listing reads back (doubled until the page is
+    /// full): about the time a page's worth of jobs takes to arrive.
+    pub listing_window: Duration,
 }
 
 impl NatsOptions {
@@ -95,6 +100,7 @@ impl NatsOptions {
                 backoff_max_ms: 3_600_000,
             },
             max_kv_bytes: 256 << 20,
+            listing_window: Duration::from_secs(10),
         }
     }
 }
@@ -425,6 +431,19 @@ impl NatsBackend {
         })
         .await?;
         let counters = until_ready(deadline, || js.get_stream(&counters.config.name)).await?;
+        // Notes of new jobs, for listings (see `listing`).
+        until_ready(deadline, || {
+            js.get_or_create_stream(jetstream::stream::Config {
+                name: format!("{p}_index"),
+                subjects: vec![format!("{p}.i.>")],
+                num_replicas: options.replicas,
+                storage: jetstream::stream::StorageType::File,
+                allow_direct: true,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+        })
+        .await?;
         let (callbacks_tx, callbacks) = mpsc::unbounded_channel();
         let timer_consumer = until_ready(deadline, || async {
             NatsBackend::timer_queue(&js, p, options.replicas).await

@@ -30,9 +30,9 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures_util::StreamExt;
 
 use super::batch::{Committed, Part};
+use super::direct::header;
 use super::{NatsBackend, failed, failed_because, unsupported};
 use crate::job::{JobId, KvChanges};
 use crate::store::seam::Versioned;
@@ -88,10 +88,6 @@ enum Listing {
     TooMany,
 }
 
-fn header<'a>(headers: &'a Option<HeaderMap>, name: &str) -> Option<&'a str> {
-    headers.as_ref()?.get(name).map(|v| v.as_str())
-}
-
 fn is_deletion(headers: &Option<HeaderMap>) -> bool {
     matches!(header(headers, "KV-Operation"), Some("DEL" | "PURGE"))
 }
@@ -135,9 +131,7 @@ impl NatsBackend {
             }
             _ => {}
         }
-        let sequence = header(&reply.headers, "Nats-Sequence")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| failed_because("a direct get's answer has no sequence".into()))?;
+        let sequence = super::direct::sequence(&reply)?;
         Ok(Some(Last {
             sequence,
             deleted: is_deletion(&reply.headers),
@@ -151,36 +145,20 @@ impl NatsBackend {
         if up_to > 0 {
             request["up_to_seq"] = up_to.into();
         }
-        let inbox = self.client.new_inbox();
-        let mut replies = self.client.subscribe(inbox.clone()).await.map_err(failed)?;
-        self.client
-            .publish_with_reply(self.state_api(), inbox, request.to_string().into())
-            .await
-            .map_err(failed)?;
-        let mut found = Vec::new();
-        loop {
-            let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
-                .await
-                .map_err(|_| failed_because("listing keys: the cluster did not answer".into()))?
-                .ok_or_else(|| failed_because("listing keys: the answer was cut".into()))?;
-            match reply.status.map(|s| s.as_u16()) {
-                Some(204) => return Ok(Listing::Found(found)),
-                Some(404) => return Ok(Listing::Found(Vec::new())),
-                Some(413) => return Ok(Listing::TooMany),
-                Some(503) => return Err(failed_because("listing keys: no responders".into())),
-                Some(code) if code >= 300 => {
-                    return Err(failed_because(format!(
-                        "listing keys: {code} {}",
-                        reply.description.unwrap_or_default()
-                    )));
-                }
-                _ => {
-                    let subject = header(&reply.headers, "Nats-Subject")
-                        .ok_or_else(|| failed_because("a listed key has no subject".into()))?;
-                    found.push((subject.to_string(), is_deletion(&reply.headers)));
-                }
-            }
+        let stream = format!("KV_{}-state", self.options.prefix);
+        let (found, end) = super::direct::batch(&self.client, &stream, &request).await?;
+        if let super::direct::End::TooMany = end {
+            return Ok(Listing::TooMany);
         }
+        found
+            .into_iter()
+            .map(|m| {
+                let subject = header(&m.headers, "Nats-Subject")
+                    .ok_or_else(|| failed_because("a listed key has no subject".into()))?;
+                Ok((subject.to_string(), is_deletion(&m.headers)))
+            })
+            .collect::<Result<_, StoreError>>()
+            .map(Listing::Found)
     }
 
     /// Keys of `function` under `prefix` (subject tokens, `""` for all), in order, until
