@@ -80,6 +80,11 @@ impl Spool {
         self.0.blob
     }
 
+    /// The file holding the bytes (for a reader of its own, e.g. an upload).
+    pub fn path(&self) -> &std::path::Path {
+        &self.0.path
+    }
+
     /// Calls `each` with the bytes in pieces of `piece` bytes (the last may be shorter), in
     /// order, reading one piece at a time. Fails when the file is shorter or longer than its
     /// recorded size.

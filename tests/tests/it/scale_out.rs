@@ -595,16 +595,27 @@ async fn dead_letters_are_listed_redriven_and_purged_on_any_host() {
     assert_eq!(listed(&page), Vec::<String>::new());
 
     // What this backend does not do yet is refused with a clear answer, not a retry hint.
-    let (status, body) = b.get("/v1/jobs?function=orders").await;
-    assert_eq!(status, 501, "{body}");
-    assert_eq!(body["error"]["code"], "not_supported_by_backend");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not supported by the NATS backend yet"),
-        "{body}"
-    );
+    for (header, value, what) in [
+        ("sluice-ordering-key", "k", "an ordering key"),
+        ("sluice-priority", "9", "a priority other than 5"),
+    ] {
+        let r = b
+            .http
+            .post(b.url("/v1/functions/orders/jobs"))
+            .header(header, value)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 501);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_supported_by_backend");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(what) && message.contains("not supported by the NATS backend yet"),
+            "{body}"
+        );
+    }
 
     a.stop().await;
     b.stop().await;
@@ -996,6 +1007,116 @@ async fn rate_per_second_holds_across_hosts() {
         "16 starts at 4 a second span 3.75 s, not {} ms",
         starts[15] - starts[0]
     );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// An output streamed with `OutputWriter` (3 MiB, past any message a server takes) is stored
+/// as a claim check by the host that ran it and read back whole on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streamed_outputs_are_read_back_on_the_other_host() {
+    use sha2::Digest;
+    let cluster = tokio::task::spawn_blocking(NatsCluster::three)
+        .await
+        .unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = host_on(&cluster, &dir_a).await;
+    let b = host_on(&cluster, &dir_b).await;
+    a.deploy("probe", components::PROBE, "timeout_ms=60000")
+        .await;
+    until(&b, "/v1/functions/probe", "B learns of the deploy", |s, _| {
+        s == 200
+    })
+    .await;
+    let id = a
+        .submit("probe", r#"{"action":"produce","mb":3}"#, "application/json")
+        .await;
+    let job = b.wait(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["output_size"], 3 << 20);
+    let output = b
+        .http
+        .get(b.url(&format!("/v1/jobs/{id}/output")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let piece: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let mut expected = sha2::Sha256::new();
+    for _ in 0..3 {
+        expected.update(&piece);
+    }
+    assert_eq!(output.len(), 3 << 20);
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&output)),
+        hex::encode(expected.finalize()),
+        "the output read on B is what the handler streamed on A"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// An event over 512 KiB (past what one message of the outbox may carry with its deliveries)
+/// is one claim check: published on A, each subscriber's delivery reads it whole, and the
+/// deliveries and the event's record are read back on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_events_reach_every_subscriber_as_one_claim_check() {
+    let cluster = tokio::task::spawn_blocking(NatsCluster::three)
+        .await
+        .unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = host_on(&cluster, &dir_a).await;
+    let b = host_on(&cluster, &dir_b).await;
+    for name in ["copy-1", "copy-2"] {
+        a.deploy_manifest(
+            name,
+            components::ECHO,
+            &format!("name = \"{name}\"\n[[subscribe]]\ntopic = \"big\"\n"),
+        )
+        .await;
+        until(&b, &format!("/v1/functions/{name}"), "B learns of it", |s, _| s == 200).await;
+    }
+    let data = "y".repeat(700 * 1024);
+    let r = a
+        .http
+        .post(a.url("/v1/topics/big/events"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "large-1")
+        .header("ce-source", "/tests")
+        .header("ce-type", "blob.made")
+        .header("content-type", "text/plain")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let answer: Value = r.json().await.unwrap();
+    let deliveries = answer["deliveries"].as_array().unwrap().clone();
+    assert_eq!(deliveries.len(), 2, "{answer}");
+    for delivery in &deliveries {
+        let id = delivery["job_id"].as_str().unwrap();
+        let job = b.wait(id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["input_size"], data.len());
+        assert_eq!(job["output_size"], data.len());
+        let output = b
+            .http
+            .get(b.url(&format!("/v1/jobs/{id}/output")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(output == data, "a delivery's output is the event's data ({} bytes)", output.len());
+    }
+    let (status, event) = b
+        .get(&format!("/v1/events/{}", answer["event_id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(event["size"], data.len(), "{event}");
     a.stop().await;
     b.stop().await;
 }

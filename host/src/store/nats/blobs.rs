@@ -28,6 +28,27 @@ impl NatsBackend {
         super::patiently("storing a blob", |_| false, || self.put_object(&name, bytes)).await
     }
 
+    /// Stores an output streamed to a spool file as its blob (read from the file, never whole
+    /// in memory; once: a blob already stored is left as it is).
+    pub(super) async fn keep_spool(&self, spool: &crate::output::Spool) -> Result<(), StoreError> {
+        let blob = spool.blob();
+        let name = Self::blob_name(&blob.digest);
+        if self
+            .objects
+            .info(&name)
+            .await
+            .is_ok_and(|info| !info.deleted && info.size as u64 == blob.size)
+        {
+            return Ok(());
+        }
+        super::patiently("storing a streamed output", |_| false, || async {
+            let mut file = tokio::fs::File::open(spool.path()).await.map_err(failed)?;
+            self.objects.put(name.as_str(), &mut file).await.map_err(failed)?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+    }
+
     /// `len` bytes of a blob from `offset` (`None`: no such blob).
     pub(super) async fn blob_part(
         &self,

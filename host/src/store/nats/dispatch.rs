@@ -210,7 +210,14 @@ impl NatsBackend {
         retry: RetryPolicy,
         rng: &mut fastrand::Rng,
     ) -> Result<(), StoreError> {
-        refuse_unsupported(report);
+        // An output streamed to a spool file goes to the object store first (its claim check).
+        if let Outcome::Succeeded {
+            output: crate::output::Output::Spooled(spool),
+            ..
+        } = &report.outcome
+        {
+            self.keep_spool(spool).await?;
+        }
         let emitted = std::mem::take(&mut report.emitted);
         let mut hint = true;
         loop {
@@ -256,7 +263,13 @@ impl NatsBackend {
                     Ok((fanout, bytes::Bytes::from(entry)))
                 });
                 match plan {
-                    Ok(plan) => planned = Some(plan),
+                    Ok(plan) => {
+                        // Large inputs it causes are stored before the entry naming them.
+                        for (blob, bytes) in &plan.0.blobs {
+                            self.keep_blob(*blob, bytes).await?;
+                        }
+                        planned = Some(plan)
+                    }
                     Err(e) => {
                         attempt_report.outcome = Outcome::Failed {
                             kind: FailureKind::Permanent,
@@ -269,7 +282,12 @@ impl NatsBackend {
             }
             let settled =
                 crate::store::settle::settle(&mut job, attempt, &mut attempt_report, &retry, rng);
-            // A large output is stored once, as a blob (a claim check).
+            // A large output is stored once, as a blob (a claim check); a streamed one is
+            // stored already.
+            if let Some(crate::output::Output::Spooled(spool)) = &settled.output {
+                job.output_blob = Some(spool.blob());
+                job.output = None;
+            }
             if let Some(crate::output::Output::Memory { bytes, blob }) = settled.output {
                 let blob = blob.or_else(|| {
                     (bytes.len() > MAX_INLINE).then(|| crate::job::BlobRef::of(&bytes))
@@ -728,26 +746,6 @@ impl Drop for Admitted {
     }
 }
 
-/// What this backend cannot keep yet turns a success into a permanent failure that says so,
-/// rather than losing it quietly.
-fn refuse_unsupported(report: &mut AttemptReport) {
-    let spooled = matches!(
-        &report.outcome,
-        Outcome::Succeeded {
-            output: crate::output::Output::Spooled(_),
-            ..
-        }
-    );
-    let what = spooled.then_some("an output streamed with OutputWriter");
-    if let (Some(what), Outcome::Succeeded { .. }) = (what, &report.outcome) {
-        report.outcome = Outcome::Failed {
-            kind: FailureKind::Permanent,
-            message: format!("{what} is not supported by the NATS backend yet"),
-        };
-        report.kv = None;
-    }
-}
-
 /// A copy of a report to settle again after a lost compare-and-set.
 fn clone_report(report: &AttemptReport) -> AttemptReport {
     AttemptReport {
@@ -763,9 +761,8 @@ fn clone_report(report: &AttemptReport) -> AttemptReport {
                             blob: *blob,
                         }
                     }
-                    // Refused before (`refuse_unsupported`).
-                    crate::output::Output::Spooled(_) => {
-                        unreachable!("spooled outputs are refused")
+                    crate::output::Output::Spooled(spool) => {
+                        crate::output::Output::Spooled(spool.clone())
                     }
                 },
                 content_type: content_type.clone(),

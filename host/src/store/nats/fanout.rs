@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use super::{NatsBackend, failed, failed_because, unsupported};
+use super::{NatsBackend, failed, failed_because};
 use crate::job::{Emission, Job, JobId, JobStatus, now_ms};
 use crate::store::tables::{EventRecord, decode_event, decode_job, encode_event, encode_job};
 use crate::store::{NewEvent, NewJob, Published, StoreError, SubmitError};
@@ -39,6 +39,9 @@ pub(super) struct Fanout {
     /// Jobs whose record exists to put back in their queue (a redrive): (job, function,
     /// message id).
     pub(super) requeue: Vec<(u128, String, String)>,
+    /// Large inputs (of new jobs, of events' deliveries) to store as blobs before the entry
+    /// is written; not part of the entry, which carries their references.
+    pub(super) blobs: Vec<(crate::job::BlobRef, bytes::Bytes)>,
 }
 
 /// The parts of an entry kept as JSON after its lists.
@@ -130,6 +133,7 @@ impl Fanout {
             events,
             head: trailer.head,
             requeue: trailer.requeue,
+            blobs: Vec::new(),
         })
     }
 }
@@ -153,7 +157,17 @@ impl NatsBackend {
             crate::store::machine::Accepted::Delayed(at) => Some(at),
             crate::store::machine::Accepted::Queued => None,
         };
-        let (mut job, _) = crate::store::intake::record_of(id, new, now, delayed, None);
+        // A large input is a claim check, stored before the entry that names it.
+        let blob = match new.input_blob {
+            Some(blob) => Some(blob),
+            None if new.input.len() > super::dispatch::MAX_INLINE => {
+                let blob = crate::job::BlobRef::of(&new.input);
+                fanout.blobs.push((blob, new.input.clone()));
+                Some(blob)
+            }
+            None => None,
+        };
+        let (mut job, _) = crate::store::intake::record_of(id, new, now, delayed, blob);
         if !self.view.read().contains_key(&job.function) {
             job.status = JobStatus::Cancelled;
             job.not_before = None;
@@ -178,12 +192,20 @@ impl NatsBackend {
         fanout: &mut Fanout,
     ) -> Result<Vec<Published>, StoreError> {
         let mut out = Vec::with_capacity(events.len());
+        for new in &events {
+            super::jobs::supported(false, new.priority)?;
+        }
         for new in events {
-            if new.blob.is_some() || new.event.data.len() > super::dispatch::MAX_INLINE {
-                return Err(unsupported("an event over 512 KiB (a claim check)"));
-            }
             let a = &new.event.attributes;
             let subscribers = self.subscribers(&a.topic, &a.event_type);
+            // A large event is one blob all its deliveries name (a claim check).
+            let blob = new.blob.or_else(|| {
+                (new.event.data.len() > super::dispatch::MAX_INLINE && !subscribers.is_empty())
+                    .then(|| crate::job::BlobRef::of(&new.event.data))
+            });
+            if let Some(blob) = blob {
+                fanout.blobs.push((blob, new.event.data.clone()));
+            }
             let event_id = JobId(ulid::Ulid::new().0);
             let correlation_id = new
                 .correlation_id
@@ -196,7 +218,7 @@ impl NatsBackend {
                     function.clone(),
                     event_id,
                     &correlation_id,
-                    None,
+                    blob,
                 );
                 deliveries.push((function, self.plan_job(delivery, now, fanout)));
             }
@@ -221,6 +243,9 @@ impl NatsBackend {
         let now = now_ms();
         let (events, jobs) = crate::store::outbox::emitted_requests(id, job, emitted, now);
         let mut fanout = Fanout::default();
+        for new in &jobs {
+            super::jobs::supported(new.ordering_key.is_some(), new.priority)?;
+        }
         for new in jobs {
             self.plan_job(new, now, &mut fanout);
         }
@@ -253,6 +278,9 @@ impl NatsBackend {
         let key = Self::outbox_key(published[0].event_id);
         let entry: bytes::Bytes = fanout.encode().into();
         self.check_size(&entry)?;
+        for (blob, bytes) in &fanout.blobs {
+            self.keep_blob(*blob, bytes).await?;
+        }
         super::patiently("keeping an outbox entry", |_| false, || {
             self.jobs.put(&key, entry.clone())
         })
