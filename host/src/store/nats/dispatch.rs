@@ -824,14 +824,22 @@ impl Dispatch for NatsBackend {
         );
     }
     fn renew(&self, id: JobId, attempt: u32, lease_until: u64) {
-        self.send(
-            id,
-            Op::Renew {
+        // Out of the job's order, so a renewal never waits behind other jobs' outcomes on the
+        // same worker: it is fenced (a compare-and-set on a record still `running` in this
+        // attempt), so one that lands after the attempt ended changes nothing.
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let op = Op::Renew {
                 id,
                 attempt,
                 lease_until,
-            },
-        );
+            };
+            if let Err(e) = me.apply(op, &mut fastrand::Rng::new()).await {
+                tracing::warn!(%id, error = %e, "a lease was not renewed; it is tried again shortly");
+            }
+        });
     }
     fn finish(&self, id: JobId, attempt: u32, report: AttemptReport, retry: RetryPolicy) {
         self.send(
