@@ -18,7 +18,13 @@ fn need(method: &Method, route: &str) -> Need {
         "/v1/functions/{name}/jobs" | "/v1/functions/{name}/jobs:batch" => Need::Submit,
         "/v1/topics/{topic}/events" => Need::Submit,
         "/v1/jobs/{id}" if *method == Method::DELETE => Need::Submit,
-        "/v1/jobs" | "/v1/jobs/{id}" | "/v1/jobs/{id}/output" | "/v1/events/{id}" if read => {
+        "/v1/jobs"
+        | "/v1/jobs/{id}"
+        | "/v1/jobs/{id}/output"
+        | "/v1/jobs/{id}/events"
+        | "/v1/events/{id}"
+            if read =>
+        {
             Need::ReadJobs
         }
         "/v1/secret" | "/v1/secret/rotate" => Need::Admin,

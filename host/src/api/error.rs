@@ -24,6 +24,11 @@ pub struct ApiError {
 const RETRY_AFTER_FULL_SECS: u64 = 1;
 
 impl ApiError {
+    /// Its HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// An error with the given status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {

@@ -283,6 +283,12 @@ pub(crate) async fn stats(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    stats_of(&state, &name).await.map(Json)
+}
+
+/// A function's figures now, as `GET /v1/functions/{name}/stats` shows them.
+pub(crate) async fn stats_of(state: &AppState, name: &str) -> Result<Value, ApiError> {
+    let name = name.to_string();
     let record = state
         .store
         .function(&name)
@@ -298,7 +304,7 @@ pub(crate) async fn stats(
         .oldest_ready(&name)
         .await?
         .map(|at| now_ms().saturating_sub(at));
-    Ok(Json(json!({
+    Ok(json!({
         "function": name,
         "version": record.version,
         "paused": record.paused,
@@ -314,7 +320,7 @@ pub(crate) async fn stats(
         "max_queued": record.settings.max_queued,
         "max_concurrency": record.settings.max_concurrency,
         "rate_per_second": record.settings.rate_per_second,
-    })))
+    }))
 }
 
 #[derive(serde::Deserialize)]

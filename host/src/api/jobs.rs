@@ -88,7 +88,7 @@ pub(crate) async fn submit(
     Ok(response)
 }
 
-fn parse_id(id: &str) -> Result<JobId, ApiError> {
+pub(crate) fn parse_id(id: &str) -> Result<JobId, ApiError> {
     id.parse().map_err(|_| ApiError::job_not_found(id))
 }
 

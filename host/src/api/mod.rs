@@ -15,6 +15,7 @@
 //! - `secret`: the webhook signing secret: show, rotate.
 //! - `function_secrets`: a function's secrets: set, remove, list names.
 //! - `kv`: a function's key-value state: get, set, delete, list keys.
+//! - `streams`: Server-Sent Events of a job's status changes and a function's figures.
 //! - `metrics`: `GET /metrics` in the Prometheus text format.
 //! - `listen`: accepting connections: a bound on how many, timeouts for slow and idle ones.
 
@@ -32,6 +33,7 @@ mod lifecycle;
 pub(crate) mod listen;
 mod metrics;
 mod secret;
+mod streams;
 mod topics;
 
 use std::sync::Arc;
@@ -138,6 +140,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(functions::delete),
         )
         .route("/v1/functions/{name}/stats", get(functions::stats))
+        .route("/v1/functions/{name}/events", get(streams::function_events))
         .route("/v1/functions/{name}/kv", get(kv::list))
         .route(
             "/v1/functions/{name}/kv/{*key}",
@@ -166,6 +169,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/v1/jobs/{id}/output", get(jobs::output))
+        .route("/v1/jobs/{id}/events", get(streams::job_events))
         .route("/v1/secret", get(secret::show))
         .route("/v1/secret/rotate", post(secret::rotate))
         .route("/v1/topics", get(topics::list))

@@ -30,4 +30,5 @@ mod scheduling;
 mod sdk_outside;
 mod storage_full;
 mod store_conformance;
+mod streams;
 mod topics;
