@@ -20,6 +20,7 @@
 //! - [`guard`]: the SSRF guard: what the host may connect to on a user's behalf.
 //! - [`vault`]: function secrets sealed with the host's key before they are stored.
 //! - [`api`]: the HTTP API (axum).
+//! - [`ui`]: the operator console at `/ui`: embedded pages on the same API, a cookie session.
 //! - [`host`]: wires them together: [`run`] serves a listener until a shutdown signal.
 //! - [`bench`]: `sluice bench`: the performance scenarios and the peer comparison.
 //! - [`cli`]: the `sluice` command line (serve, deploy, invoke, job, functions, up, bench).
@@ -40,6 +41,7 @@ pub mod output;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;
+pub mod ui;
 pub mod vault;
 pub mod webhook;
 

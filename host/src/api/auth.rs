@@ -15,6 +15,7 @@ fn need(method: &Method, route: &str) -> Need {
     let read = *method == Method::GET || *method == Method::HEAD;
     match route {
         "/healthz" => Need::Open,
+        _ if route.starts_with("/ui") => Need::Open,
         "/v1/functions/{name}/jobs" | "/v1/functions/{name}/jobs:batch" => Need::Submit,
         "/v1/topics/{topic}/events" => Need::Submit,
         "/v1/jobs/{id}" if *method == Method::DELETE => Need::Submit,
@@ -49,12 +50,38 @@ pub(crate) async fn require(
     if need == Need::Open {
         return next.run(request).await;
     }
-    let presented = request
+    let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    let Some(scopes) = presented.and_then(|t| tokens.scopes_of(t)) else {
+    // The console's session: the token in an `HttpOnly` cookie (see `crate::ui`). A change
+    // made with it must also carry the CSRF token its page read from the other cookie: a page
+    // of another site can make the browser send cookies (not with `SameSite=Strict`, but
+    // older browsers ignore it) and cannot read or send that header.
+    let session = match bearer {
+        Some(_) => None,
+        None => crate::ui::session_token(request.headers()),
+    };
+    if session.is_some() && !(request.method() == Method::GET || request.method() == Method::HEAD) {
+        let expected = cookie(request.headers(), CSRF_COOKIE);
+        let sent = request
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if expected.is_none() || sent != expected.as_deref() {
+            let whole = drain(request).await;
+            let response = ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf_check_failed",
+                "a change made with the console's session cookie needs the x-sluice-csrf header set to the sluice_csrf cookie (the console sends it; other clients send Authorization: Bearer <token> instead)",
+            )
+            .into_response();
+            return close_unless(whole, response);
+        }
+    }
+    let presented = bearer.map(str::to_string).or(session);
+    let Some(scopes) = presented.and_then(|t| tokens.scopes_of(&t)) else {
         let whole = drain(request).await;
         let mut response = ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -81,6 +108,26 @@ pub(crate) async fn require(
         return close_unless(whole, response);
     }
     next.run(request).await
+}
+
+/// The cookie holding the console's session (the API token), `HttpOnly`.
+pub(crate) const SESSION_COOKIE: &str = "sluice_session";
+/// The cookie holding the console's CSRF token, readable by its page.
+pub(crate) const CSRF_COOKIE: &str = "sluice_csrf";
+/// The header a console page sends the CSRF token in.
+pub(crate) const CSRF_HEADER: &str = "x-sluice-csrf";
+
+/// The value of cookie `name` in a request's `Cookie` headers.
+pub(crate) fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// Most bytes of a refused request's body the host reads before answering: an unauthenticated
@@ -129,6 +176,18 @@ mod tests {
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(bearer_token("Bearer "), None);
         assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            "a=1; sluice_session=tok; sluice_csrf=\"x\"".parse().unwrap(),
+        );
+        assert_eq!(cookie(&headers, "sluice_session").as_deref(), Some("tok"));
+        assert_eq!(cookie(&headers, "sluice_csrf").as_deref(), Some("x"));
+        assert_eq!(cookie(&headers, "b"), None);
     }
 
     #[test]

@@ -320,6 +320,7 @@ pub(crate) async fn stats_of(state: &AppState, name: &str) -> Result<Value, ApiE
         "max_queued": record.settings.max_queued,
         "max_concurrency": record.settings.max_concurrency,
         "rate_per_second": record.settings.rate_per_second,
+        "recent": state.recent.of(&name),
     }))
 }
 

@@ -12,7 +12,10 @@ pub(crate) fn summary_json(id: JobId, summary: &JobSummary) -> Value {
     v
 }
 
-/// A job as the API shows it; `full` adds the log and the inline output.
+/// Bytes of a job's input shown as `input_preview`.
+pub(crate) const INPUT_PREVIEW: usize = 2048;
+
+/// A job as the API shows it; `full` adds the log, the inline output and the input's start.
 pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
     let status = job.visible_status();
     let succeeded = status == JobStatus::Succeeded;
@@ -83,6 +86,12 @@ pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
             .and_then(|o| std::str::from_utf8(o).ok());
         v["output"] = inline.into();
         v["log"] = job.log.as_str().into();
+        // The start of an input held in the record (not a claim check), as text.
+        let preview = (job.input_blob.is_none()).then(|| {
+            let head = &job.input[..job.input.len().min(INPUT_PREVIEW)];
+            String::from_utf8_lossy(head).into_owned()
+        });
+        v["input_preview"] = preview.into();
     }
     v
 }

@@ -16,6 +16,7 @@
 //! - `function_secrets`: a function's secrets: set, remove, list names.
 //! - `kv`: a function's key-value state: get, set, delete, list keys.
 //! - `streams`: Server-Sent Events of a job's status changes and a function's figures.
+//! - `recent`: each function's outcomes over the last minutes (throughput, error rate).
 //! - `metrics`: `GET /metrics` in the Prometheus text format.
 //! - `listen`: accepting connections: a bound on how many, timeouts for slow and idle ones.
 
@@ -32,6 +33,7 @@ mod kv;
 mod lifecycle;
 pub(crate) mod listen;
 mod metrics;
+mod recent;
 mod secret;
 mod streams;
 mod topics;
@@ -74,6 +76,8 @@ pub struct AppParts {
     pub(crate) allow_callbacks: AllowList,
     /// Deploys, changes and removes functions (catalog, runtime and scheduler in step).
     pub(crate) functions: Arc<crate::functions::Functions>,
+    /// Each function's outcomes over the last minutes.
+    pub(crate) recent: Arc<recent::Recent>,
 }
 
 impl AppState {
@@ -90,7 +94,10 @@ impl AppState {
         let allow_callbacks =
             AllowList::parse(&config.allow_callback_hosts, crate::guard::CALLBACK)
                 .unwrap_or_default();
+        let recent = Arc::new(recent::Recent::default());
+        recent.start(store.clone(), stopping.clone());
         AppState(Arc::new(AppParts {
+            recent,
             store,
             runtime,
             scheduler,
@@ -186,6 +193,7 @@ pub fn router(state: AppState) -> Router {
         ))
     };
     routes
+        .merge(crate::ui::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
