@@ -299,13 +299,24 @@ impl Drop for NatsCluster {
     }
 }
 
-/// A loopback port free a moment ago.
+/// A loopback port free a moment ago, from 20000-31999: below the kernel's range of
+/// ephemeral ports (32768 and up on Linux), whose ports any outgoing connection may take as
+/// its source meanwhile (the server would then fail to listen). Drawn at random per call, so
+/// tests running at once rarely draw the same, and checked free.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let noise = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64)
+            ^ (u64::from(std::process::id()) * 7_919)
+            ^ DRAWS.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729);
+        let port = 20_000 + (noise % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// True when `GET path` on the loopback port answers 200.

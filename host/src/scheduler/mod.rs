@@ -299,20 +299,19 @@ impl Inner {
     async fn work(self: Arc<Self>, function: String, mut cancel: CancellationToken) {
         while let Some((job, start_at)) = self.next_job(&function, &mut cancel) {
             // A job whose function was deleted is already cancelled in the store: skip it.
-            let Some(code) = self.runtime.function(&function) else {
+            let Some(mut code) = self.runtime.function(&function) else {
                 self.done(&function, job.id, true);
                 continue;
             };
+            // Another host deployed a newer version: this host's copy follows within moments
+            // (see `functions`); the attempt waits for it rather than run the old code.
+            if let Some(current) = self.store.catalog_version(&function)
+                && current > code.record.version
+            {
+                code = self.newer_code(&function, current).await.unwrap_or(code);
+            }
             // Paced by the function's rate limit (the start time was reserved under the lock).
             if let Some(at) = start_at {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = cancel.cancelled() => { self.done(&function, job.id, true); continue; }
-                    _ = self.stop_starting.cancelled() => { self.done(&function, job.id, true); continue; }
-                }
-            }
-            // A rate shared by several hosts: the cluster's reservation too.
-            if let Some(at) = self.shared_pace(&function).await {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
                     _ = cancel.cancelled() => { self.done(&function, job.id, true); continue; }
@@ -325,6 +324,15 @@ impl Inner {
                 .acquire_owned()
                 .await
                 .expect("the slot semaphore is never closed");
+            // A rate shared by several hosts: the cluster's reservation, taken with the slot in
+            // hand, so the start follows the time reserved.
+            if let Some(at) = self.shared_pace(&function).await {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = cancel.cancelled() => { self.done(&function, job.id, true); continue; }
+                    _ = self.stop_starting.cancelled() => { self.done(&function, job.id, true); continue; }
+                }
+            }
             // The reservation above paces without holding a slot; this makes the actual starts
             // at least one interval apart even when a worker was slow to get its slot.
             if let Some(at) = self.pace(&function) {
@@ -338,6 +346,24 @@ impl Inner {
             self.done(&function, job.id, held);
         }
         self.worker_exited.notify_waiters();
+    }
+
+    /// `function`'s code once this host has loaded `version` or later (10 s at most).
+    async fn newer_code(
+        &self,
+        function: &str,
+        version: u32,
+    ) -> Option<Arc<crate::runtime::LoadedFunction>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            match self.runtime.function(function) {
+                Some(code) if code.record.version >= version => return Some(code),
+                None => return None,
+                Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        tracing::warn!(function, version, "version not loaded here within 10 s; running the one loaded");
+        None
     }
 
     /// Under a rate limit kept by a store several hosts share: when this attempt may start by

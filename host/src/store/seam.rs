@@ -135,6 +135,13 @@ pub trait Dispatch: Send + Sync {
     ) -> Pending<'a, Result<Vec<QueuedJob>, StoreError>>;
     /// Due webhook callbacks, for the one sender (taken once).
     fn take_callbacks(&self) -> Option<CallbackFeed>;
+    /// The version of `function` the catalog holds now, where other hosts deploy too (a host
+    /// whose loaded code is older waits for its copy before it starts an attempt). `None`:
+    /// this host deploys alone and loads every deploy before it is answered.
+    fn catalog_version(&self, function: &str) -> Option<u32> {
+        let _ = function;
+        None
+    }
     /// Reserves the next start of an attempt of `function` under a rate shared by every host
     /// (one start per `interval`): when it may start, in µs since the Unix epoch. `None`: this
     /// store serves one host, whose scheduler paces the function alone.

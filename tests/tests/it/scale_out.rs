@@ -955,6 +955,13 @@ async fn key_value_state_is_one_state_across_hosts() {
     assert_eq!(status, 404);
     let (_, list) = a.get("/v1/functions/visits/kv?prefix=note/").await;
     assert_eq!(list["keys"], serde_json::json!(["note/2"]), "{list}");
+    // A value of 1 MiB (past what one message of the servers takes) is kept as a blob.
+    let big: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let (status, body) = a.put("/v1/functions/visits/kv/big", big.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, read) = b.get_raw("/v1/functions/visits/kv/big").await;
+    assert_eq!(status, 200);
+    assert!(read == big, "the 1 MiB value read on B is the one written on A");
     // A deleted function's state goes with it.
     let (status, _) = a.delete("/v1/functions/visits?force=true").await;
     assert_eq!(status, 200);

@@ -30,7 +30,9 @@ pub(super) struct Part {
 pub(super) enum Committed {
     /// Every message is stored.
     Yes,
-    /// A subject's last sequence was not the one expected: nothing is stored.
+    /// A subject's last sequence was not the one expected, or the stream could not take the
+    /// batch right now (another batch on the same subject in flight, too many batches in
+    /// flight): nothing is stored; read again and retry.
     WrongSequence,
 }
 
@@ -38,6 +40,12 @@ pub(super) enum Committed {
 const WRONG_LAST_SEQUENCE: u64 = 10071;
 /// Its code when another batch checking or writing the same subject is still being applied.
 const SUBJECT_IN_FLIGHT: u64 = 10164;
+/// A check that cannot be made right now (the subject's state is being recovered).
+const CHECK_UNAVAILABLE: u64 = 10163;
+/// The batch lost a message on the way (it can be sent again whole).
+const INCOMPLETE_BATCH: u64 = 10176;
+/// Too many batches in flight on the stream.
+const TOO_MANY_IN_FLIGHT: u64 = 10210;
 
 /// Publishes `parts` (at least one, at most 1000) to one stream as one atomic batch. An error
 /// says nothing was stored, or (a lost reply) that it is unknown: the caller reads again.
@@ -104,7 +112,13 @@ fn verdict(reply: &[u8]) -> Result<Committed, String> {
         Some(error)
             if matches!(
                 error["err_code"].as_u64(),
-                Some(WRONG_LAST_SEQUENCE | SUBJECT_IN_FLIGHT)
+                Some(
+                    WRONG_LAST_SEQUENCE
+                        | SUBJECT_IN_FLIGHT
+                        | CHECK_UNAVAILABLE
+                        | INCOMPLETE_BATCH
+                        | TOO_MANY_IN_FLIGHT
+                )
             ) =>
         {
             Ok(Committed::WrongSequence)

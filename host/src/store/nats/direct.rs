@@ -13,8 +13,9 @@ use crate::store::StoreError;
 
 /// How a batched answer ended.
 pub(super) enum End {
-    /// Every message asked for came; `pending` more match after the last.
-    Complete { pending: u64 },
+    /// Every message asked for came; `pending` more match after the last; a multi-subject
+    /// get's answer is a snapshot at stream sequence `snapshot` (0 for other gets).
+    Complete { pending: u64, snapshot: u64 },
     /// Nothing matched.
     NotFound,
     /// More subjects matched than one answer holds (1,024, for a multi-subject get).
@@ -60,10 +61,13 @@ pub(super) async fn batch(
             .ok_or_else(|| failed_because(format!("reading {stream}: the answer was cut")))?;
         match reply.status.map(|s| s.as_u16()) {
             Some(204) => {
-                let pending = header(&reply.headers, "Nats-Num-Pending")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                return Ok((found, End::Complete { pending }));
+                let number = |name| {
+                    header(&reply.headers, name)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0)
+                };
+                let (pending, snapshot) = (number("Nats-Num-Pending"), number("Nats-UpTo-Sequence"));
+                return Ok((found, End::Complete { pending, snapshot }));
             }
             Some(404) => return Ok((found, End::NotFound)),
             Some(413) => return Ok((found, End::TooMany)),

@@ -791,6 +791,9 @@ impl Dispatch for NatsBackend {
     ) -> Pending<'a, Result<Vec<QueuedJob>, StoreError>> {
         Box::pin(self.lease_jobs(function, max))
     }
+    fn catalog_version(&self, function: &str) -> Option<u32> {
+        self.view.read().get(function).map(|(record, _)| record.version)
+    }
     fn reserve_start<'a>(
         &'a self,
         function: &'a str,
@@ -855,7 +858,7 @@ impl Dispatch for NatsBackend {
     fn settle_kv(
         &self,
         id: JobId,
-        _attempt: u32,
+        attempt: u32,
         mut report: AttemptReport,
     ) -> Pending<'_, AttemptReport> {
         Box::pin(async move {
@@ -866,6 +869,34 @@ impl Dispatch for NatsBackend {
             let Some(changes) = report.kv.take() else {
                 return report;
             };
+            // Writes are committed only for an attempt whose success can still be recorded:
+            // the job's current attempt, with emits this backend can keep (the finish fails
+            // the others, and their writes must not stay behind).
+            match self.record(id).await {
+                Ok(Some((job, _))) => {
+                    let current =
+                        crate::store::machine::is_current(job.status, job.attempts, attempt);
+                    let keepable = report.emitted.is_empty()
+                        || self
+                            .plan_emitted(id, &job, report.emitted.clone())
+                            .and_then(|fanout| self.check_size(&fanout.encode()))
+                            .is_ok();
+                    if !current || !keepable {
+                        return report;
+                    }
+                }
+                Ok(None) => return report,
+                Err(e) => {
+                    report.outcome = Outcome::Failed {
+                        kind: FailureKind::Retryable,
+                        message: format!(
+                            "its key-value writes could not be committed ({e}); it runs again"
+                        ),
+                    };
+                    report.emitted.clear();
+                    return report;
+                }
+            }
             let failed = match self
                 .state_write(&changes, Some(id), self.options.max_kv_bytes)
                 .await

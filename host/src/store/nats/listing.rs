@@ -25,6 +25,9 @@ use crate::store::{JobPage, JobQuery, StoreError};
 
 /// How long after its id's time a job's note may be stored and still be found behind a cursor.
 const LATE: Duration = Duration::from_secs(60);
+/// How far a host's clock (which dates job ids) may run ahead of the servers' (which date
+/// notes): notes are read from this much before the window they settle.
+const SKEW: Duration = Duration::from_secs(5);
 /// Notes asked for per request.
 const BATCH: u64 = 500;
 
@@ -120,7 +123,7 @@ impl NatsBackend {
                 }
             }
             match (end, last) {
-                (End::Complete { pending }, Some(last)) if pending > 0 => {
+                (End::Complete { pending, .. }, Some(last)) if pending > 0 => {
                     request = serde_json::json!({
                         "seq": last + 1,
                         "next_by_subj": filter,
@@ -165,10 +168,11 @@ impl NatsBackend {
         // Ids at or above this one are looked at.
         let mut below = query.before.unwrap_or(JobId(u128::MAX));
         loop {
-            let (ids, first) = self.notes_since(&filter, from, stop).await?;
+            let read_from = from.saturating_sub(SKEW.as_millis() as u64);
+            let (ids, first) = self.notes_since(&filter, read_from, stop).await?;
             stop = first.unwrap_or(stop);
             candidates.extend(ids.into_iter().filter(|id| *id < below));
-            let everything = from <= oldest;
+            let everything = read_from <= oldest;
             // Every job made since `from` is among the candidates now.
             let settled = if everything { 0 } else { from };
             let ready: Vec<JobId> = candidates

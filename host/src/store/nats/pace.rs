@@ -46,11 +46,20 @@ impl NatsBackend {
             };
             let at = next.max(now_us());
             let value = bytes::Bytes::from((at + step).to_string());
-            let taken = match revision {
-                0 => self.pace.create(function, value).await.is_ok(),
-                r => self.pace.update(function, value, r).await.is_ok(),
+            // Only a lost compare-and-set is tried again at once; other errors are the caller's.
+            let lost = match revision {
+                0 => match self.pace.create(function, value).await {
+                    Ok(_) => false,
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => true,
+                    Err(e) => return Err(failed(e)),
+                },
+                r => match self.pace.update(function, value, r).await {
+                    Ok(_) => false,
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => true,
+                    Err(e) => return Err(failed(e)),
+                },
             };
-            if taken {
+            if !lost {
                 return Ok(at);
             }
         }

@@ -19,8 +19,10 @@
 //! checks the sequence it read: if anything moved in between, nothing is stored and the commit
 //! starts over (a key the attempt itself read having moved is a conflict: the job runs again).
 //!
-//! Limits: a batch holds at most 1,000 messages (about 450 keys written by one attempt) and a
-//! value at most the server's `max_payload` less a little; the bytes a function holds are a
+//! A value larger than one message takes (the servers' `max_payload` less 4 KiB) is a blob in
+//! the object store, named by a `Sluice-Blob` header on its message.
+//!
+//! Limits: a batch holds at most 1,000 messages (about 450 keys written by one attempt); the bytes a function holds are a
 //! JetStream counter updated after each commit (a host dying in between leaves it off by that
 //! commit); a listing that checks the key index through a wildcard does not see commits that
 //! are proposed but not yet applied on a clustered stream (a window of a few milliseconds).
@@ -78,12 +80,36 @@ struct Last {
     sequence: u64,
     deleted: bool,
     payload: Bytes,
+    /// A value too large for one message is a blob in the object store; this names it.
+    blob: Option<crate::job::BlobRef>,
+}
+
+impl Last {
+    /// The value's size in bytes.
+    fn size(&self) -> usize {
+        self.blob.map_or(self.payload.len(), |b| b.size as usize)
+    }
+}
+
+/// The header naming a value's blob: `<sha-256 hex>:<size>`.
+const BLOB_HEADER: &str = "Sluice-Blob";
+
+fn blob_of(headers: &Option<HeaderMap>) -> Option<crate::job::BlobRef> {
+    let (digest, size) = header(headers, BLOB_HEADER)?.split_once(':')?;
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(digest, &mut bytes).ok()?;
+    Some(crate::job::BlobRef {
+        digest: bytes,
+        size: size.parse().ok()?,
+    })
 }
 
 /// One answer of a multi-subject direct get.
 enum Listing {
-    /// The last message of every subject matched: (subject, deleted).
-    Found(Vec<(String, bool)>),
+    /// The last message of every subject matched: (subject, deleted), and the stream sequence
+    /// the answer is a snapshot at (the replica that answered had everything up to it; `None`
+    /// when nothing matched, which says nothing of how current it was).
+    Found(Vec<(String, bool)>, Option<u64>),
     /// More subjects matched than one answer holds (1,024).
     TooMany,
 }
@@ -135,6 +161,7 @@ impl NatsBackend {
         Ok(Some(Last {
             sequence,
             deleted: is_deletion(&reply.headers),
+            blob: blob_of(&reply.headers),
             payload: reply.payload,
         }))
     }
@@ -147,18 +174,20 @@ impl NatsBackend {
         }
         let stream = format!("KV_{}-state", self.options.prefix);
         let (found, end) = super::direct::batch(&self.client, &stream, &request).await?;
-        if let super::direct::End::TooMany = end {
-            return Ok(Listing::TooMany);
-        }
-        found
+        let snapshot = match end {
+            super::direct::End::TooMany => return Ok(Listing::TooMany),
+            super::direct::End::Complete { snapshot, .. } => Some(snapshot),
+            super::direct::End::NotFound => None,
+        };
+        let found = found
             .into_iter()
             .map(|m| {
                 let subject = header(&m.headers, "Nats-Subject")
                     .ok_or_else(|| failed_because("a listed key has no subject".into()))?;
                 Ok((subject.to_string(), is_deletion(&m.headers)))
             })
-            .collect::<Result<_, StoreError>>()
-            .map(Listing::Found)
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Listing::Found(found, snapshot))
     }
 
     /// Keys of `function` under `prefix` (subject tokens, `""` for all), in order, until
@@ -168,7 +197,7 @@ impl NatsBackend {
         function: &str,
         prefix: &str,
         need: usize,
-        up_to: &mut u64,
+        at_least: u64,
         out: &mut Vec<String>,
     ) -> Result<(), StoreError> {
         let space = self.state_space("k", function);
@@ -177,8 +206,30 @@ impl NatsBackend {
         } else {
             vec![format!("{space}{prefix}"), format!("{space}{prefix}.>")]
         };
-        match self.last_of_each(&filters, *up_to).await? {
-            Listing::Found(found) => {
+        // A replica a little behind answers an older snapshot: ask again until it has caught
+        // up with `at_least` (a listing a commit checks must not miss what its check covers).
+        // Nothing at all under the whole function while a check expects something there is
+        // as stale as an older snapshot.
+        let stale = |answer: &Listing| match answer {
+            Listing::Found(_, Some(snapshot)) => *snapshot < at_least,
+            Listing::Found(_, None) => prefix.is_empty() && at_least > 0,
+            Listing::TooMany => false,
+        };
+        let mut answer = self.last_of_each(&filters, 0).await?;
+        for _ in 0..50 {
+            if !stale(&answer) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            answer = self.last_of_each(&filters, 0).await?;
+        }
+        if stale(&answer) {
+            return Err(failed_because(format!(
+                "listing keys: the servers answered snapshots older than {at_least} for a second"
+            )));
+        }
+        match answer {
+            Listing::Found(found, _) => {
                 let mut keys: Vec<String> = found
                     .into_iter()
                     .filter(|(_, deleted)| !deleted)
@@ -189,17 +240,7 @@ impl NatsBackend {
                 Ok(())
             }
             Listing::TooMany => {
-                // One snapshot for all the pieces.
-                if *up_to == 0 {
-                    *up_to = self
-                        .js
-                        .get_stream(format!("KV_{}-state", self.options.prefix))
-                        .await
-                        .map_err(failed)?
-                        .cached_info()
-                        .state
-                        .last_sequence;
-                }
+                // Each piece is a snapshot of its own, each at least `at_least`.
                 if !prefix.is_empty() {
                     let exact = format!("{space}{prefix}");
                     if let Some(last) = self.last(&exact).await?
@@ -217,7 +258,7 @@ impl NatsBackend {
                         true => format!("{byte:02x}"),
                         false => format!("{prefix}.{byte:02x}"),
                     };
-                    Box::pin(self.collect_keys(function, &next, need, up_to, out)).await?;
+                    Box::pin(self.collect_keys(function, &next, need, at_least, out)).await?;
                 }
                 Ok(())
             }
@@ -233,11 +274,23 @@ impl NatsBackend {
         skip: usize,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
+        self.keys_at_least(function, prefix, skip, limit, 0).await
+    }
+
+    /// [`NatsBackend::state_keys`] from a snapshot at stream sequence `at_least` or later.
+    async fn keys_at_least(
+        &self,
+        function: &str,
+        prefix: Option<&str>,
+        skip: usize,
+        limit: usize,
+        at_least: u64,
+    ) -> Result<Vec<String>, StoreError> {
         let prefix = prefix.unwrap_or("");
         // Whole bytes as tokens; a prefix ending inside a character still matches by bytes.
         let mut keys = Vec::new();
         let need = skip.saturating_add(limit);
-        self.collect_keys(function, &tokens(prefix), need, &mut 0, &mut keys)
+        self.collect_keys(function, &tokens(prefix), need, at_least, &mut keys)
             .await?;
         Ok(keys
             .into_iter()
@@ -257,6 +310,21 @@ impl NatsBackend {
             match self.last(&self.state_subject("v", function, key)).await? {
                 None => (0, None),
                 Some(last) if last.deleted => (last.sequence, None),
+                Some(Last {
+                    sequence,
+                    blob: Some(blob),
+                    ..
+                }) => {
+                    let value = self
+                        .blob_part(&blob.digest, 0, blob.size as usize)
+                        .await?
+                        .ok_or_else(|| {
+                            failed_because(format!(
+                                "key {key:?} of {function}: its value's blob is missing"
+                            ))
+                        })?;
+                    (sequence, Some(value))
+                }
                 Some(last) => (last.sequence, Some(last.payload.to_vec())),
             },
         )
@@ -284,10 +352,12 @@ impl NatsBackend {
         job: Option<JobId>,
         max_bytes: u64,
     ) -> Result<KvVerdict, StoreError> {
-        for _ in 0..TRIES {
+        for try_ in 0..TRIES {
             if let Some(verdict) = self.try_state_write(changes, job, max_bytes).await? {
                 return Ok(verdict);
             }
+            // Others commit to the same keys (or the stream is busy): let them finish.
+            tokio::time::sleep(Duration::from_millis(2 << try_) + Duration::from_micros(fastrand::u64(0..2000))).await;
         }
         Ok(KvVerdict::Conflict(
             "its keys, written by other commits at the same time,".into(),
@@ -338,7 +408,9 @@ impl NatsBackend {
             // The index's last sequence first: a key that comes or goes after it is a
             // conflict at commit, even one this listing already shows.
             let watermark = self.last(&index).await?.map_or(0, |l| l.sequence);
-            let now = self.state_keys(f, None, page.skip, page.limit).await?;
+            let now = self
+                .keys_at_least(f, None, page.skip, page.limit, watermark)
+                .await?;
             if now != page.keys {
                 return Ok(Some(KvVerdict::Conflict(format!(
                     "the listing of its keys from {}",
@@ -380,7 +452,7 @@ impl NatsBackend {
             let (version, old) = match &last {
                 None => (0, None),
                 Some(l) if l.deleted => (l.sequence, None),
-                Some(l) => (l.sequence, Some(l.payload.len())),
+                Some(l) => (l.sequence, Some(l.size())),
             };
             if let Some(seen) = reads.get(key)
                 && *seen != version
@@ -393,19 +465,23 @@ impl NatsBackend {
             let index = self.state_subject("k", f, key);
             match (value, old.is_some()) {
                 (Some(value), existed) => {
-                    if value.len() > max_value {
-                        return Err(unsupported(&format!(
-                            "a value over {max_value} bytes (the servers' max_payload less headers; this one has {})",
-                            value.len()
-                        )));
-                    }
                     delta += (value.len() + key.len()) as i64 + KEY_OVERHEAD as i64;
+                    // A value one message cannot carry goes to the object store (stored before
+                    // the batch that names it; content-addressed, so a retry stores nothing).
+                    let (payload, headers) = if value.len() > max_value {
+                        let blob = crate::job::BlobRef::of(value);
+                        self.keep_blob(blob, value).await?;
+                        let named = format!("{}:{}", hex::encode(blob.digest), blob.size);
+                        (Bytes::new(), vec![(BLOB_HEADER, named)])
+                    } else {
+                        (Bytes::copy_from_slice(value), Vec::new())
+                    };
                     parts.push(Part {
                         subject,
                         expected_subject_sequence: Some(version),
                         check_subject: None,
-                        headers: Vec::new(),
-                        payload: Bytes::copy_from_slice(value),
+                        headers,
+                        payload,
                     });
                     if !existed {
                         parts.push(Part {
