@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Paths of the example components, built by `build.rs`.
+pub mod browser;
 pub mod conformance;
 pub mod nats;
 

@@ -5,6 +5,7 @@ mod binary;
 mod callbacks;
 mod claim_checks;
 mod config_secrets;
+mod console;
 mod connections;
 mod core_loop;
 mod crash_safety;
