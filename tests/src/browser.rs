@@ -6,9 +6,6 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The Playwright release the browser tests use.
-pub const PLAYWRIGHT_VERSION: &str = "1.65.3";
-
 /// The Chromium binary: `$SLUICE_CHROMIUM`, else `chromium` on the `PATH`.
 pub fn chromium() -> PathBuf {
     if let Some(path) = std::env::var_os("SLUICE_CHROMIUM") {
@@ -40,36 +37,7 @@ pub fn chromium() -> PathBuf {
 
 /// Makes sure Python can import Playwright (installing it for this user when it cannot).
 pub fn playwright() {
-    let importable = || {
-        Command::new("python3")
-            .args(["-c", "import playwright.sync_api"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if importable() {
-        return;
-    }
-    with_lock("playwright", || {
-        if importable() {
-            return;
-        }
-        let package = format!("playwright=={PLAYWRIGHT_VERSION}");
-        let pip = |extra: &[&str]| {
-            Command::new("python3")
-                .args(["-m", "pip", "install", "--user", "--quiet"])
-                .args(extra)
-                .arg(&package)
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !pip(&[]) {
-            pip(&["--break-system-packages"]);
-        }
-    });
-    assert!(
-        importable(),
-        "no Playwright for Python: run `python3 -m pip install --user playwright=={PLAYWRIGHT_VERSION}`"
-    );
+    crate::python::ensure(crate::python::PLAYWRIGHT);
 }
 
 /// Runs `install` while holding a lock file (other test processes wait).

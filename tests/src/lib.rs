@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 pub mod browser;
 pub mod conformance;
 pub mod nats;
+pub mod python;
 
 pub mod components {
     /// `functions/echo`.

@@ -14,7 +14,7 @@ pub use crate::access::{Need, Scopes, Tokens};
 fn need(method: &Method, route: &str) -> Need {
     let read = *method == Method::GET || *method == Method::HEAD;
     match route {
-        "/healthz" => Need::Open,
+        "/healthz" | "/v1/openapi.json" => Need::Open,
         _ if route.starts_with("/ui") => Need::Open,
         "/v1/functions/{name}/jobs" | "/v1/functions/{name}/jobs:batch" => Need::Submit,
         "/v1/topics/{topic}/events" => Need::Submit,

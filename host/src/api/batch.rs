@@ -19,6 +19,10 @@ const MAX_BATCH_ITEMS: usize = 1000;
 /// `POST /v1/functions/{name}/jobs:batch`: a JSON array of up to 1000 items, each a JSON value
 /// (the job's input) or `{"data": ..., "content_type": ..., "priority": ..., "delay": ...}`.
 /// Answers 202 with every job, in order, after one durable commit; all or nothing.
+#[utoipa::path(post, path = "/v1/functions/{name}/jobs:batch", tag = "jobs", params(("name" = String, Path, description = "Function name", example = "echo")),
+    request_body(content = Vec<Object>, description = "Up to 1000 items: each an input, or {\"data\", \"content_type\", \"priority\", \"delay\"}"),
+    responses((status = 202, description = "All accepted, or none", body = super::openapi::BatchAccepted),
+        (status = 429, description = "Not all fit in the queue: none accepted", body = super::openapi::ErrorBody)))]
 pub(crate) async fn submit_batch(
     State(state): State<AppState>,
     Path(name): Path<String>,

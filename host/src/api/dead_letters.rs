@@ -16,6 +16,9 @@ use crate::job::JobId;
 use crate::store::{DeadLetterSelection, JobQuery};
 
 /// `GET /v1/functions/{name}/dead-letters?limit=&cursor=`: newest first.
+#[utoipa::path(get, path = "/v1/functions/{name}/dead-letters", tag = "dead-letters",
+    params(("name" = String, Path, description = "Function name", example = "echo"), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, description = "Failed and dead jobs, newest first", body = super::openapi::DeadLetterPage)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -44,6 +47,9 @@ pub(crate) async fn list(
 }
 
 /// `POST /v1/functions/{name}/dead-letters/redrive` with `{"ids": [...]}` or `{"all": true}`.
+#[utoipa::path(post, path = "/v1/functions/{name}/dead-letters/redrive", tag = "dead-letters", params(("name" = String, Path, description = "Function name", example = "echo")),
+    request_body(content = super::openapi::Selection),
+    responses((status = 200, description = "Queued again (same ids, attempts from zero)", body = super::openapi::Redriven)))]
 pub(crate) async fn redrive(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -55,6 +61,9 @@ pub(crate) async fn redrive(
 }
 
 /// `POST /v1/functions/{name}/dead-letters/purge` with `{"ids": [...]}` or `{"all": true}`.
+#[utoipa::path(post, path = "/v1/functions/{name}/dead-letters/purge", tag = "dead-letters", params(("name" = String, Path, description = "Function name", example = "echo")),
+    request_body(content = super::openapi::Selection),
+    responses((status = 200, description = "Deleted for good", body = super::openapi::Purged)))]
 pub(crate) async fn purge(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -11,6 +11,8 @@ use super::{ApiError, AppState};
 use crate::job::rfc3339;
 
 /// `GET /v1/functions/{name}/secrets`: names and when each was set; never the values.
+#[utoipa::path(get, path = "/v1/functions/{name}/secrets", tag = "secrets", params(("name" = String, Path, description = "Function name", example = "echo")),
+    responses((status = 200, description = "Secret names (never values)", body = super::openapi::SecretNames)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -27,6 +29,10 @@ pub(crate) async fn list(
 
 /// `PUT /v1/functions/{name}/secrets/{secret}`: sets a secret to the body (UTF-8 text).
 /// Answered once it is durable; the function's next attempts read it.
+#[utoipa::path(put, path = "/v1/functions/{name}/secrets/{secret}", tag = "secrets",
+    params(("name" = String, Path, description = "Function name", example = "echo"), ("secret" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "Stored, sealed", body = super::openapi::SecretStored)))]
 pub(crate) async fn put(
     State(state): State<AppState>,
     Path((name, secret)): Path<(String, String)>,
@@ -40,6 +46,9 @@ pub(crate) async fn put(
 }
 
 /// `DELETE /v1/functions/{name}/secrets/{secret}`.
+#[utoipa::path(delete, path = "/v1/functions/{name}/secrets/{secret}", tag = "secrets",
+    params(("name" = String, Path, description = "Function name", example = "echo"), ("secret" = String, Path)),
+    responses((status = 200, description = "Removed", body = super::openapi::SecretDeleted)))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Path((name, secret)): Path<(String, String)>,

@@ -30,6 +30,14 @@ use crate::manifest::Manifest;
 use crate::store::FunctionRecord;
 
 /// `PUT /v1/functions/{name}`.
+#[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path, description = "Function name", example = "echo")),
+    request_body(content = Vec<u8>, content_type = "application/wasm",
+        description = "The component (settings as query parameters: max_concurrency, timeout_ms, ...); or multipart/form-data with `component` and a `manifest` (sluice.toml)"),
+    responses(
+        (status = 201, description = "Deployed as a new function", body = super::openapi::Function),
+        (status = 200, description = "Deployed as a new version (or the same code and settings again)", body = super::openapi::Function),
+        (status = 409, description = "A deploy of changes raced another deploy", body = super::openapi::ErrorBody)))]
 pub(crate) async fn deploy(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -56,7 +64,10 @@ pub(crate) async fn deploy(
         }
     } else {
         let wasm = Bytes::from_request(request, &state).await?;
-        if !(content_type.starts_with("application/wasm") || content_type.is_empty()) {
+        if !(content_type.starts_with("application/wasm")
+            || content_type.starts_with("application/octet-stream")
+            || content_type.is_empty())
+        {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -166,6 +177,8 @@ fn manifest_from_query(query: &[(String, String)]) -> Result<Manifest, ApiError>
 }
 
 /// `GET /v1/functions`.
+#[utoipa::path(get, path = "/v1/functions", tag = "functions",
+    responses((status = 200, description = "Every deployed function", body = super::openapi::FunctionList)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut functions = Vec::new();
     for f in state.store.functions().await? {
@@ -176,6 +189,8 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
 }
 
 /// `GET /v1/functions/{name}`.
+#[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name", example = "echo")),
+    responses((status = 200, description = "The function", body = super::openapi::Function)))]
 pub(crate) async fn show(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -192,6 +207,9 @@ pub(crate) async fn show(
 /// `PATCH /v1/functions/{name}`: changes settings without redeploying the code. Body: a JSON
 /// object of manifest keys (`{"max_concurrency": 2, "rate_per_second": null}`; `null` unsets
 /// `rate_per_second`), or the same keys as query parameters. Makes a new version.
+#[utoipa::path(patch, path = "/v1/functions/{name}", tag = "functions", params(("name" = String, Path, description = "Function name", example = "echo")),
+    request_body(content = Object, description = "Manifest keys to change, e.g. {\"max_concurrency\": 4, \"rate_per_second\": null} (or the same as query parameters)"),
+    responses((status = 200, description = "The new version", body = super::openapi::Function)))]
 pub(crate) async fn configure(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -279,6 +297,8 @@ pub(crate) async fn configure(
 
 /// `GET /v1/functions/{name}/stats`: jobs per status from counters kept with every status
 /// change (never a scan), attempts running now, and the age of the oldest queued job.
+#[utoipa::path(get, path = "/v1/functions/{name}/stats", tag = "functions", params(("name" = String, Path, description = "Function name", example = "echo")),
+    responses((status = 200, description = "Its figures now", body = super::openapi::Stats)))]
 pub(crate) async fn stats(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -331,6 +351,10 @@ pub(crate) struct DeleteQuery {
 }
 
 /// `DELETE /v1/functions/{name}[?force=true]`.
+#[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path, description = "Function name", example = "echo"), ("force" = Option<bool>, Query, description = "Cancel its unfinished jobs")),
+    responses((status = 200, description = "Deleted", body = super::openapi::Deleted),
+        (status = 409, description = "It has unfinished jobs (pass force=true)", body = super::openapi::ErrorBody)))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,

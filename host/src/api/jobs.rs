@@ -23,6 +23,24 @@ use crate::store::{CancelError, JobPage, JobQuery, NewJob, Submitted};
 /// `POST /v1/functions/{name}/jobs`: answers 202 once the job is durable (200 with the original
 /// answer when an `Idempotency-Key` repeats a request within its window, 409 when it comes with
 /// a different request).
+#[utoipa::path(post, path = "/v1/functions/{name}/jobs", tag = "jobs",
+    params(("name" = String, Path, description = "Function name", example = "echo"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key and body answer the first job (200)"),
+        ("Sluice-Priority" = Option<u8>, Header, description = "0 (lowest) to 9, default 5"),
+        ("Sluice-Delay" = Option<u64>, Header, description = "Seconds before it may start"),
+        ("Sluice-Not-Before" = Option<String>, Header, description = "RFC 3339 time before which it does not start"),
+        ("Sluice-Callback" = Option<String>, Header, description = "A URL the host POSTs the outcome to, signed"),
+        ("Sluice-Ordering-Key" = Option<String>, Header, description = "Jobs with one key run one at a time, in order"),
+        ("Sluice-Correlation-Id" = Option<String>, Header),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context: its trace id becomes the correlation id")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The job's input, any content type"),
+    responses(
+        (status = 202, description = "Accepted: stored durably", body = super::openapi::Accepted),
+        (status = 200, description = "An earlier submit with the same idempotency key", body = super::openapi::Accepted),
+        (status = 409, description = "The idempotency key was used with another body", body = super::openapi::ErrorBody),
+        (status = 429, description = "The function's queue is full (max_queued)", body = super::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 501, description = "Not supported by this host's store backend", body = super::openapi::ErrorBody)))]
 pub(crate) async fn submit(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -94,6 +112,9 @@ pub(crate) fn parse_id(id: &str) -> Result<JobId, ApiError> {
 
 /// `GET /v1/jobs/{id}[?wait=SECONDS]`: with `wait`, answers as soon as the job is terminal or the
 /// wait (capped by the host) is over.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id (26-character ULID)"), ("wait" = Option<f64>, Query, description = "Seconds to wait for it to be terminal (at most 60)")),
+    responses((status = 200, description = "The job", body = super::openapi::Job)))]
 pub(crate) async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -156,6 +177,9 @@ pub(crate) async fn show(
 }
 
 /// `GET /v1/jobs/{id}/output`: the raw output with the handler's content type, once succeeded.
+#[utoipa::path(get, path = "/v1/jobs/{id}/output", tag = "jobs", params(("id" = String, Path, description = "Job id (26-character ULID)")),
+    responses((status = 200, description = "The output bytes, with the handler's content type", content_type = "*/*", body = Vec<u8>),
+        (status = 409, description = "Not succeeded (yet)", body = super::openapi::ErrorBody)))]
 pub(crate) async fn output(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -258,6 +282,12 @@ fn blob_body(store: Arc<dyn crate::store::Backend>, blob: BlobRef) -> Body {
 }
 
 /// `GET /v1/jobs?function=&status=&limit=&cursor=`: newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    params(("function" = Option<String>, Query), ("status" = Option<super::openapi::Status>, Query),
+        ("limit" = Option<u32>, Query, description = "1-1000, default 50"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+        ("correlation_id" = Option<String>, Query, description = "Every job and event of this correlation id instead (a Correlated answer)")),
+    responses((status = 200, description = "Jobs newest first (or, with correlation_id, a Correlated object)", body = super::openapi::JobPage)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -347,6 +377,9 @@ pub(crate) fn parse_cursor(value: &str) -> Result<JobId, ApiError> {
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels a queued or delayed job (409 for any other status).
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id (26-character ULID)")),
+    responses((status = 200, description = "Cancelled", body = super::openapi::Job),
+        (status = 409, description = "Running or terminal: not cancellable", body = super::openapi::ErrorBody)))]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,

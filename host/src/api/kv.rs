@@ -45,6 +45,9 @@ fn key_not_found(name: &str, key: &str) -> ApiError {
 }
 
 /// `GET /v1/functions/{name}/kv/{key}`: the value as stored (`application/octet-stream`).
+#[utoipa::path(get, path = "/v1/functions/{name}/kv/{key}", tag = "kv",
+    params(("name" = String, Path, description = "Function name", example = "echo"), ("key" = String, Path)),
+    responses((status = 200, description = "The value as stored", content_type = "application/octet-stream", body = Vec<u8>)))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
@@ -58,6 +61,11 @@ pub(crate) async fn get(
 }
 
 /// `PUT /v1/functions/{name}/kv/{key}`: sets the key to the body.
+#[utoipa::path(put, path = "/v1/functions/{name}/kv/{key}", tag = "kv",
+    params(("name" = String, Path, description = "Function name", example = "echo"), ("key" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "Stored", body = super::openapi::KvStored),
+        (status = 507, description = "The function's state would pass its bound", body = super::openapi::ErrorBody)))]
 pub(crate) async fn put(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
@@ -79,6 +87,9 @@ pub(crate) async fn put(
 }
 
 /// `DELETE /v1/functions/{name}/kv/{key}`.
+#[utoipa::path(delete, path = "/v1/functions/{name}/kv/{key}", tag = "kv",
+    params(("name" = String, Path, description = "Function name", example = "echo"), ("key" = String, Path)),
+    responses((status = 200, description = "Deleted", body = super::openapi::KvDeleted)))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
@@ -116,6 +127,10 @@ async fn write(
 
 /// `GET /v1/functions/{name}/kv?prefix=&cursor=&limit=`: keys in order; `next_cursor` (the
 /// number of keys to skip) while there are more.
+#[utoipa::path(get, path = "/v1/functions/{name}/kv", tag = "kv",
+    params(("name" = String, Path, description = "Function name", example = "echo"), ("prefix" = Option<String>, Query), ("cursor" = Option<u64>, Query, description = "Keys to skip (the previous page's next_cursor)"),
+        ("limit" = Option<u32>, Query, description = "1-1000, default 100")),
+    responses((status = 200, description = "Keys in order", body = super::openapi::KvKeys)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -18,6 +18,8 @@ use crate::job::rfc3339;
 use crate::store::RollbackError;
 
 /// `GET /v1/functions/{name}/versions`: every version, oldest first.
+#[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "functions", params(("name" = String, Path, description = "Function name", example = "echo")),
+    responses((status = 200, description = "Every version, oldest first", body = super::openapi::Versions)))]
 pub(crate) async fn versions(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -62,6 +64,11 @@ pub(crate) struct RollbackQuery {
 /// `POST /v1/functions/{name}/rollback[?to=N]` (or body `{"version": N}`): makes version N (by
 /// default the one before the current) current again, code and settings together, as a new
 /// version. The code is loaded from its stored compiled artifact: nothing is recompiled.
+#[utoipa::path(post, path = "/v1/functions/{name}/rollback", tag = "functions",
+    params(("name" = String, Path, description = "Function name", example = "echo"), ("to" = Option<u32>, Query, description = "The version to make current again (default: the one before)")),
+    request_body(content = Option<Object>, description = "Or {\"version\": N}"),
+    responses((status = 200, description = "The new current version", body = super::openapi::Function),
+        (status = 409, description = "No earlier version", body = super::openapi::ErrorBody)))]
 pub(crate) async fn rollback(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -94,6 +101,8 @@ pub(crate) async fn rollback(
 
 /// `POST /v1/functions/{name}/pause`: jobs are still accepted (queued durably); none starts.
 /// Running attempts finish.
+#[utoipa::path(post, path = "/v1/functions/{name}/pause", tag = "functions", params(("name" = String, Path, description = "Function name", example = "echo")),
+    responses((status = 200, description = "Paused: it starts no job", body = super::openapi::Function)))]
 pub(crate) async fn pause(
     state: State<AppState>,
     name: Path<String>,
@@ -102,6 +111,8 @@ pub(crate) async fn pause(
 }
 
 /// `POST /v1/functions/{name}/resume`: starts jobs again.
+#[utoipa::path(post, path = "/v1/functions/{name}/resume", tag = "functions", params(("name" = String, Path, description = "Function name", example = "echo")),
+    responses((status = 200, description = "Resumed", body = super::openapi::Function)))]
 pub(crate) async fn resume(
     state: State<AppState>,
     name: Path<String>,

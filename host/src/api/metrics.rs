@@ -10,6 +10,8 @@ use axum::response::IntoResponse;
 use super::AppState;
 
 /// Renders every metric.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = Exposition::default();
     let s = state.store.stats();

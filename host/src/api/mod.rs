@@ -17,6 +17,7 @@
 //! - `kv`: a function's key-value state: get, set, delete, list keys.
 //! - `streams`: Server-Sent Events of a job's status changes and a function's figures.
 //! - `recent`: each function's outcomes over the last minutes (throughput, error rate).
+//! - `openapi`: the API's OpenAPI 3.1 description, generated from the handlers.
 //! - `metrics`: `GET /metrics` in the Prometheus text format.
 //! - `listen`: accepting connections: a bound on how many, timeouts for slow and idle ones.
 
@@ -33,6 +34,7 @@ mod kv;
 mod lifecycle;
 pub(crate) mod listen;
 mod metrics;
+pub(crate) mod openapi;
 mod recent;
 mod secret;
 mod streams;
@@ -137,6 +139,7 @@ pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
     let routes = Router::new()
         .route("/healthz", get(health))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(metrics::render))
         .route("/v1/functions", get(functions::list))
         .route(
@@ -200,6 +203,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `GET /healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "The host serves", body = openapi::Health)))]
 async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }

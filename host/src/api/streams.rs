@@ -30,6 +30,8 @@ fn event(name: &str, data: &Value) -> Result<Event, Infallible> {
 }
 
 /// `GET /v1/jobs/{id}/events`.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path, description = "Job id (26-character ULID)")),
+    responses((status = 200, description = "Server-Sent Events: `status` (a Job) at each change until terminal", content_type = "text/event-stream", body = super::openapi::ServerSentEvent)))]
 pub(crate) async fn job_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -87,6 +89,8 @@ pub(crate) async fn job_events(
 }
 
 /// `GET /v1/functions/{name}/events`.
+#[utoipa::path(get, path = "/v1/functions/{name}/events", tag = "functions", params(("name" = String, Path, description = "Function name", example = "echo")),
+    responses((status = 200, description = "Server-Sent Events: `stats` (a Stats object) as the figures change; `end` when the function is deleted", content_type = "text/event-stream", body = super::openapi::ServerSentEvent)))]
 pub(crate) async fn function_events(
     State(state): State<AppState>,
     Path(name): Path<String>,

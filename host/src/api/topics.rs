@@ -21,6 +21,11 @@ use crate::job::{JobId, JobStatus, rfc3339};
 use crate::store::{EventRecord, NewEvent, Published};
 
 /// `POST /v1/topics/{topic}/events`: one event (structured or binary mode) or a batch.
+#[utoipa::path(post, path = "/v1/topics/{topic}/events", tag = "topics",
+    params(("topic" = String, Path), ("ce-specversion" = Option<String>, Header, description = "Binary mode: ce-* headers, the data as the body"),
+        ("ce-type" = Option<String>, Header), ("ce-source" = Option<String>, Header), ("ce-id" = Option<String>, Header)),
+    request_body(content = Object, content_type = "application/cloudevents+json", description = "A CloudEvent (structured mode); application/cloudevents-batch+json for several"),
+    responses((status = 202, description = "Accepted: one delivery job per matching subscriber", body = super::openapi::Published)))]
 pub(crate) async fn publish(
     State(state): State<AppState>,
     Path(topic): Path<String>,
@@ -74,6 +79,8 @@ fn published_json(p: &Published) -> Value {
 }
 
 /// `GET /v1/topics`: every topic some function subscribes to, with its subscriptions.
+#[utoipa::path(get, path = "/v1/topics", tag = "topics",
+    responses((status = 200, description = "Topics with subscribers", body = super::openapi::Topics)))]
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut topics: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for f in state.store.functions().await? {
@@ -92,6 +99,8 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
 }
 
 /// `GET /v1/topics/{topic}`: its subscriptions, each with its function's backlog.
+#[utoipa::path(get, path = "/v1/topics/{topic}", tag = "topics", params(("topic" = String, Path)),
+    responses((status = 200, description = "Its subscribers and their backlogs", body = super::openapi::Topic)))]
 pub(crate) async fn show(
     State(state): State<AppState>,
     Path(topic): Path<String>,
@@ -132,6 +141,8 @@ pub(crate) async fn show(
 }
 
 /// `GET /v1/events/{id}`: a published event (attributes, not data) and its deliveries.
+#[utoipa::path(get, path = "/v1/events/{id}", tag = "topics", params(("id" = String, Path, description = "The event's Sluice id")),
+    responses((status = 200, description = "The event's record", body = super::openapi::Event)))]
 pub(crate) async fn show_event(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -19,6 +19,7 @@ mod kill9;
 mod kv;
 mod lifecycle;
 mod nats_conformance;
+mod openapi;
 mod outbound;
 mod outbox;
 mod output_memory;
