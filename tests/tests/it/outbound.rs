@@ -77,7 +77,11 @@ async fn an_allowed_origin_gets_keyed_requests_recorded_on_the_attempt() {
     assert_eq!(calls[0]["origin"], upstream.url(""));
     assert_eq!(calls[0]["path"], "/hook", "the query is never recorded");
     assert_eq!(calls[0]["status"], 200);
-    assert!(!job.to_string().contains("s3cret"));
+    // Nothing the host recorded holds the query (the input, shown as `input_preview`, is the
+    // caller's own and holds it).
+    let mut recorded = job.clone();
+    recorded["input_preview"] = Value::Null;
+    assert!(!recorded.to_string().contains("s3cret"));
 
     let (_, answer) = probe(
         &host,
