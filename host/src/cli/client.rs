@@ -77,6 +77,16 @@ impl Client {
         }
     }
 
+    /// A request to `path` on the host (sent with [`Client::send_json`], which adds the token).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    /// Sends a request built with [`Client::request`]: the JSON answer, or the host's error.
+    pub async fn send_json(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        self.send(request).await
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),

@@ -43,6 +43,10 @@ pub struct InvokeArgs {
     /// Ordering key: jobs with the same key run one at a time, in submission order.
     #[arg(long)]
     pub ordering_key: Option<String>,
+    /// Submit one job per line of this file (`-` for stdin), its input the line, up to 1000
+    /// jobs per request (each request all or nothing), with a progress bar; prints each id.
+    #[arg(long, conflicts_with_all = ["data", "data_file", "wait", "idempotency_key"])]
+    pub lines: Option<PathBuf>,
     #[command(flatten)]
     pub host: HostArgs,
     /// Print JSON.
@@ -88,6 +92,10 @@ pub struct JobsArgs {
     /// Most jobs to show.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// Follow the listing until interrupted: on a terminal it is redrawn every second; in a
+    /// pipe each job is printed when it appears and whenever its status changes.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
     #[command(flatten)]
     pub host: HostArgs,
     /// Print JSON.
@@ -120,6 +128,9 @@ pub struct JobArgs {
 }
 
 pub(super) async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.lines {
+        return invoke_lines(&args, path).await;
+    }
     let data = match (&args.data, &args.data_file) {
         (Some(d), _) => d.clone().into_bytes(),
         (None, Some(p)) if p.as_os_str() == "-" => {
@@ -161,7 +172,65 @@ pub(super) async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// `sluice invoke NAME --lines FILE`: one job per line, in batches.
+async fn invoke_lines(args: &InvokeArgs, path: &std::path::Path) -> anyhow::Result<()> {
+    let text = if path.as_os_str() == "-" {
+        let mut buf = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf)?;
+        buf
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        bail!("{} has no lines: nothing to submit", path.display());
+    }
+    let client = Client::for_host(&args.host);
+    let bar = super::progress::bar(lines.len() as u64, "submitting");
+    let mut ids = Vec::with_capacity(lines.len());
+    for chunk in lines.chunks(1000) {
+        let items: Vec<Value> = chunk
+            .iter()
+            .map(|line| serde_json::json!({"data": line, "content_type": args.content_type}))
+            .collect();
+        let mut request = client.request(
+            reqwest::Method::POST,
+            &format!("/v1/functions/{}/jobs:batch", args.name),
+        );
+        for (name, value) in args.headers() {
+            request = request.header(name, value);
+        }
+        let answer = client
+            .send_json(request.json(&items))
+            .await
+            .with_context(|| {
+                format!(
+                    "{} of {} jobs were accepted before this batch was refused (whole: none of it)",
+                    ids.len(),
+                    lines.len()
+                )
+            })?;
+        for job in answer["jobs"].as_array().into_iter().flatten() {
+            ids.push(job["id"].as_str().unwrap_or("?").to_string());
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::json!({ "ids": ids }));
+    } else {
+        for id in &ids {
+            println!("{id}");
+        }
+        eprintln!("accepted {} jobs of {}", ids.len(), args.name);
+    }
+    Ok(())
+}
+
 pub(super) async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
+    if args.watch {
+        return watch_jobs(args).await;
+    }
     let client = Client::for_host(&args.host);
     let mut path = format!("/v1/jobs?limit={}", args.limit);
     let query = [
@@ -210,6 +279,70 @@ pub(super) async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
         eprintln!("more: the API's ?cursor={cursor} continues the listing");
     }
     Ok(())
+}
+
+/// `sluice jobs --watch`.
+async fn watch_jobs(args: JobsArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let client = Client::for_host(&args.host);
+    let mut path = format!("/v1/jobs?limit={}", args.limit);
+    for (key, value) in [
+        ("function", &args.function),
+        ("status", &args.status),
+        ("correlation_id", &args.correlation_id),
+    ] {
+        if let Some(v) = value {
+            path.push_str(&format!("&{key}={}", urlencode(v)));
+        }
+    }
+    let terminal = std::io::stdout().is_terminal();
+    let mut seen: std::collections::HashMap<String, (String, u64)> = Default::default();
+    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let page = client.call(reqwest::Method::GET, &path, None).await?;
+        let jobs = page["jobs"].as_array().cloned().unwrap_or_default();
+        let line = |j: &Value| {
+            format!(
+                "{:<26}  {:<20}  {:<10}  {:>8}  {}",
+                j["id"].as_str().unwrap_or("?"),
+                j["function"].as_str().unwrap_or("?"),
+                j["status"].as_str().unwrap_or("?"),
+                j["attempts"],
+                j["created_at"].as_str().unwrap_or("")
+            )
+        };
+        if terminal {
+            // Clear, home, the table.
+            print!("\x1b[2J\x1b[H");
+            println!(
+                "{:<26}  {:<20}  {:<10}  {:>8}  CREATED",
+                "ID", "FUNCTION", "STATUS", "ATTEMPTS"
+            );
+            for j in &jobs {
+                println!("{}", line(j));
+            }
+            println!("\n{} jobs, refreshed every second; Ctrl-C stops", jobs.len());
+        } else {
+            // Oldest first, so a pipe reads them in the order they came.
+            for j in jobs.iter().rev() {
+                let id = j["id"].as_str().unwrap_or("?").to_string();
+                let now = (
+                    j["status"].as_str().unwrap_or("?").to_string(),
+                    j["attempts"].as_u64().unwrap_or(0),
+                );
+                if seen.get(&id) != Some(&now) {
+                    println!("{}", line(j));
+                    seen.insert(id, now);
+                }
+            }
+        }
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = &mut stop => return Ok(()),
+        }
+    }
 }
 
 /// Percent-encodes a query value.

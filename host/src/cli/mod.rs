@@ -7,6 +7,7 @@
 //! - `examples`: building and finding the example functions in `functions/`.
 //! - `lifecycle`: versions, rollback, pause, resume.
 //! - `topics`: list topics, publish events.
+//! - `progress`: progress bars on a terminal.
 //! - `ops`: operating functions and jobs (stats, config, dead letters, cancel).
 //! - `kv`: a function's key-value state: get, set, del, list.
 //! - `secrets`: a function's secrets: set, del, list names.
@@ -19,6 +20,7 @@ mod jobs;
 mod kv;
 mod lifecycle;
 mod ops;
+mod progress;
 mod secrets;
 mod topics;
 mod up;

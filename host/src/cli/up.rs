@@ -109,7 +109,9 @@ pub(super) async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let client = Client::new(&url);
+    let deploying = super::progress::bar(examples.len() as u64, "deploying");
     for example in &examples {
+        deploying.set_message(example.name.clone());
         let wasm = std::fs::read(&example.wasm)
             .with_context(|| format!("cannot read {}", example.wasm.display()))?;
         let deployed = tokio::select! {
@@ -122,11 +124,16 @@ pub(super) async fn run(args: UpArgs) -> anyhow::Result<()> {
             Err(_) if stop.is_cancelled() => break,
             Err(e) => return Err(e),
         };
-        eprintln!(
-            "deployed {:<12} version {} ({} bytes)",
-            example.name, f["version"], f["size"]
+        super::progress::say(
+            &deploying,
+            &format!(
+                "deployed {:<12} version {} ({} bytes)",
+                example.name, f["version"], f["size"]
+            ),
         );
+        deploying.inc(1);
     }
+    deploying.finish_and_clear();
     println!(
         r#"
 Sluice is up on {url} (data in {data}). Try:

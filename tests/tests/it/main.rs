@@ -3,6 +3,7 @@
 
 mod binary;
 mod callbacks;
+mod cli_follow;
 mod claim_checks;
 mod config_secrets;
 mod console;

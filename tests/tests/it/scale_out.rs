@@ -973,7 +973,7 @@ async fn key_value_state_is_one_state_across_hosts() {
 }
 
 /// `rate_per_second` holds for the cluster, not per host: 16 jobs of a function limited to 4
-/// starts a second, submitted half to each host, start at least 250 ms apart whichever host
+/// starts a second, submitted half to each host, start about 250 ms apart whichever host
 /// runs them (per-host pacing would start two at a time, in half the time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_per_second_holds_across_hosts() {
@@ -1001,16 +1001,25 @@ async fn rate_per_second_holds_across_hosts() {
         starts.push(sluice_tests::millis(&job["started_at"]));
     }
     starts.sort_unstable();
-    // Starts are reserved 250 ms apart; a start recorded a few ms late shortens the next gap.
+    // Starts are reserved 250 ms apart; a start made late (a busy machine) shortens the gap to
+    // the next, so gaps are checked with slack. Paced per host, two hosts would start about
+    // two at a time: gaps near zero and half the span.
     for pair in starts.windows(2) {
         assert!(
-            pair[1] - pair[0] >= 230,
+            pair[1] - pair[0] >= 150,
             "two starts {} ms apart under 4 a second: {starts:?}",
             pair[1] - pair[0]
         );
     }
+    for five in starts.windows(5) {
+        assert!(
+            five[4] - five[0] >= 900,
+            "five starts within {} ms under 4 a second: {starts:?}",
+            five[4] - five[0]
+        );
+    }
     assert!(
-        starts[15] - starts[0] >= 3_700,
+        starts[15] - starts[0] >= 3_600,
         "16 starts at 4 a second span 3.75 s, not {} ms",
         starts[15] - starts[0]
     );
