@@ -110,6 +110,73 @@ pub(crate) async fn require(
     next.run(request).await
 }
 
+/// Middleware on every route, tokens or not: refuses a change a browser sends from another
+/// site (its `Origin` names another host, or `Sec-Fetch-Site` says `cross-site`), so a page
+/// an operator visits cannot make their browser submit, rotate or pause; and, with no tokens
+/// (the host on loopback), refuses a request for a name other than a loopback one, so a
+/// page cannot reach the open API through a name that resolves to 127.0.0.1 (DNS
+/// rebinding). Clients other than browsers send neither header and are not affected.
+pub(crate) async fn same_site(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let change = !(request.method() == Method::GET || request.method() == Method::HEAD);
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    let foreign_origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| *o != "null")
+        .is_some_and(|origin| {
+            let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+            !authority.eq_ignore_ascii_case(&host)
+        });
+    if change && (cross_site || foreign_origin) {
+        let whole = drain(request).await;
+        let response = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_site_refused",
+            "a change sent by a page of another site is refused; call the API from your own client, or use the console served by this host",
+        )
+        .into_response();
+        return close_unless(whole, response);
+    }
+    if state.config.tokens.is_empty() && !host.is_empty() && !loopback_name(&host) {
+        let whole = drain(request).await;
+        let response = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_refused",
+            format!(
+                "this host has no API tokens, so it answers only requests for a loopback name (localhost, 127.0.0.1, [::1]), not {host:?}: configure --tokens to serve other names"
+            ),
+        )
+        .into_response();
+        return close_unless(whole, response);
+    }
+    next.run(request).await
+}
+
+/// True for `localhost`, `127.x.x.x` and `[::1]`, with or without a port.
+fn loopback_name(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name == "localhost"
+        || name == "::1"
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The cookie holding the console's session (the API token), `HttpOnly`.
 pub(crate) const SESSION_COOKIE: &str = "sluice_session";
 /// The cookie holding the console's CSRF token, readable by its page.
@@ -176,6 +243,16 @@ mod tests {
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(bearer_token("Bearer "), None);
         assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    #[test]
+    fn loopback_names_are_known() {
+        for host in ["localhost", "localhost:8080", "127.0.0.1:9", "127.1.2.3", "[::1]:8080", "[::1]"] {
+            assert!(loopback_name(host), "{host}");
+        }
+        for host in ["evil.example", "evil.example:8080", "10.0.0.1:80", "localhost.evil.example"] {
+            assert!(!loopback_name(host), "{host}");
+        }
     }
 
     #[test]

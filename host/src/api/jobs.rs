@@ -287,7 +287,7 @@ fn blob_body(store: Arc<dyn crate::store::Backend>, blob: BlobRef) -> Body {
         ("limit" = Option<u32>, Query, description = "1-1000, default 50"),
         ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
         ("correlation_id" = Option<String>, Query, description = "Every job and event of this correlation id instead (a Correlated answer)")),
-    responses((status = 200, description = "Jobs newest first (or, with correlation_id, a Correlated object)", body = super::openapi::JobPage)))]
+    responses((status = 200, description = "Jobs newest first (or, with correlation_id, a Correlated object)", body = super::openapi::JobListing)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,

@@ -199,6 +199,10 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::ui::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::same_site,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

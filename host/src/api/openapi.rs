@@ -117,6 +117,22 @@ pub(crate) struct Correlated {
     events: Vec<Event>,
 }
 
+/// `GET /v1/jobs`: a page of jobs, or with `correlation_id` everything of that id.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub(crate) enum JobListing {
+    Page(JobPage),
+    Correlated(Correlated),
+}
+
+/// A publish's answer: one event's, or a batch's.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub(crate) enum PublishAnswer {
+    One(Published),
+    Batch(PublishedBatch),
+}
+
 /// A page of dead letters, newest first.
 #[derive(ToSchema)]
 pub(crate) struct DeadLetterPage {

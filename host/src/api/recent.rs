@@ -18,7 +18,8 @@ pub(crate) const EVERY: Duration = Duration::from_secs(5);
 /// How far back they are kept.
 const KEPT: Duration = Duration::from_secs(10 * 60);
 
-/// One sample: when, and how many jobs had succeeded and failed (`failed` + `dead`) by then.
+/// One sample: when, and how many jobs had succeeded and failed (`failed` + `dead`) by then
+/// (a count that can fall, as after a purge, reads as nothing ended in that interval).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Sample {
     at: u64,
@@ -39,8 +40,25 @@ impl Recent {
             return;
         };
         let now = now_ms();
+        let names: Vec<String> = functions.iter().map(|f| f.name.clone()).collect();
         let mut fresh = Vec::with_capacity(functions.len());
+        // Outcomes this host's store has seen since start only grow (the status counts fall
+        // when retention deletes finished jobs, or a dead letter is redriven or purged): they
+        // are used where the store keeps them; the counts otherwise.
+        let tallies: HashMap<String, crate::store::FunctionTally> =
+            store.tallies().into_iter().collect();
         for f in functions {
+            if let Some(t) = tallies.get(&f.name) {
+                fresh.push((
+                    f.name,
+                    Sample {
+                        at: now,
+                        succeeded: t.succeeded,
+                        failed: t.failed + t.dead,
+                    },
+                ));
+                continue;
+            }
             if let Ok(counts) = store.counts(&f.name).await {
                 fresh.push((
                     f.name,
@@ -53,7 +71,8 @@ impl Recent {
             }
         }
         let mut samples = self.samples.lock();
-        samples.retain(|name, _| fresh.iter().any(|(n, _)| n == name));
+        // Deleted functions are forgotten; one whose counts failed this round keeps its past.
+        samples.retain(|name, _| names.contains(name));
         for (name, sample) in fresh {
             let kept = samples.entry(name).or_default();
             kept.push_back(sample);

@@ -25,7 +25,7 @@ use crate::store::{EventRecord, NewEvent, Published};
     params(("topic" = String, Path), ("ce-specversion" = Option<String>, Header, description = "Binary mode: ce-* headers, the data as the body"),
         ("ce-type" = Option<String>, Header), ("ce-source" = Option<String>, Header), ("ce-id" = Option<String>, Header)),
     request_body(content = Object, content_type = "application/cloudevents+json", description = "A CloudEvent (structured mode); application/cloudevents-batch+json for several"),
-    responses((status = 202, description = "Accepted: one delivery job per matching subscriber", body = super::openapi::Published)))]
+    responses((status = 202, description = "Accepted: one delivery job per matching subscriber (for a batch, per event)", body = super::openapi::PublishAnswer)))]
 pub(crate) async fn publish(
     State(state): State<AppState>,
     Path(topic): Path<String>,

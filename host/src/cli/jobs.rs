@@ -93,7 +93,8 @@ pub struct JobsArgs {
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
     /// Follow the listing until interrupted: on a terminal it is redrawn every second; in a
-    /// pipe each job is printed when it appears and whenever its status changes.
+    /// pipe each job of the newest `--limit` is printed when it appears and whenever its status
+    /// changes.
     #[arg(long, conflicts_with = "json")]
     pub watch: bool,
     #[command(flatten)]
@@ -182,17 +183,46 @@ async fn invoke_lines(args: &InvokeArgs, path: &std::path::Path) -> anyhow::Resu
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
     };
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    // (Blank lines are skipped: a trailing newline is not a job.)
     if lines.is_empty() {
         bail!("{} has no lines: nothing to submit", path.display());
     }
+    // Each line is an input: parsed for a JSON content type (so it is sent as that JSON, not
+    // as a string of it), its text otherwise.
+    let json = args.content_type.contains("json");
+    let mut items = Vec::with_capacity(lines.len());
+    for (n, line) in lines.iter().enumerate() {
+        let data = if json {
+            serde_json::from_str::<Value>(line).with_context(|| {
+                format!(
+                    "line {} of {} is not JSON (pass --content-type text/plain to send lines as text)",
+                    n + 1,
+                    path.display()
+                )
+            })?
+        } else {
+            Value::String(line.to_string())
+        };
+        items.push(serde_json::json!({"data": data, "content_type": args.content_type}));
+    }
     let client = Client::for_host(&args.host);
     let bar = super::progress::bar(lines.len() as u64, "submitting");
-    let mut ids = Vec::with_capacity(lines.len());
-    for chunk in lines.chunks(1000) {
-        let items: Vec<Value> = chunk
-            .iter()
-            .map(|line| serde_json::json!({"data": line, "content_type": args.content_type}))
-            .collect();
+    let mut ids: Vec<String> = Vec::with_capacity(lines.len());
+    // Batches of at most 1000 items and about 8 MiB (under the host's body limit).
+    let mut rest = &items[..];
+    while !rest.is_empty() {
+        let mut take = 0;
+        let mut bytes = 0;
+        while take < rest.len() && take < 1000 {
+            let size = rest[take].to_string().len() + 1;
+            if take > 0 && bytes + size > 8 << 20 {
+                break;
+            }
+            bytes += size;
+            take += 1;
+        }
+        let (chunk, later) = rest.split_at(take);
+        rest = later;
         let mut request = client.request(
             reqwest::Method::POST,
             &format!("/v1/functions/{}/jobs:batch", args.name),
@@ -200,20 +230,26 @@ async fn invoke_lines(args: &InvokeArgs, path: &std::path::Path) -> anyhow::Resu
         for (name, value) in args.headers() {
             request = request.header(name, value);
         }
-        let answer = client
-            .send_json(request.json(&items))
-            .await
-            .with_context(|| {
-                format!(
-                    "{} of {} jobs were accepted before this batch was refused (whole: none of it)",
+        match client.send_json(request.json(&chunk)).await {
+            Ok(answer) => {
+                for job in answer["jobs"].as_array().into_iter().flatten() {
+                    ids.push(job["id"].as_str().unwrap_or("?").to_string());
+                }
+                bar.inc(chunk.len() as u64);
+            }
+            Err(e) => {
+                bar.finish_and_clear();
+                // What was accepted is printed, so the rest can be sent again.
+                for id in &ids {
+                    println!("{id}");
+                }
+                return Err(e.context(format!(
+                    "the first {} lines were accepted (their ids are printed); the batch from line {} was refused whole",
                     ids.len(),
-                    lines.len()
-                )
-            })?;
-        for job in answer["jobs"].as_array().into_iter().flatten() {
-            ids.push(job["id"].as_str().unwrap_or("?").to_string());
+                    ids.len() + 1
+                )));
+            }
         }
-        bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     if args.json {
@@ -323,7 +359,9 @@ async fn watch_jobs(args: JobsArgs) -> anyhow::Result<()> {
             }
             println!("\n{} jobs, refreshed every second; Ctrl-C stops", jobs.len());
         } else {
-            // Oldest first, so a pipe reads them in the order they came.
+            // Oldest first, so a pipe reads them in the order they came; jobs that left the
+            // page (newer ones pushed them past --limit) are forgotten.
+            seen.retain(|id, _| jobs.iter().any(|j| j["id"].as_str() == Some(id.as_str())));
             for j in jobs.iter().rev() {
                 let id = j["id"].as_str().unwrap_or("?").to_string();
                 let now = (

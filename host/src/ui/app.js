@@ -91,7 +91,7 @@ function percent(value) {
 
 // ---- views ------------------------------------------------------------------------------
 
-async function overview() {
+async function overview(mine) {
   main().innerHTML = `<h1>Functions</h1><div id="functions"><p class="muted">Loading…</p></div>`;
   async function refresh() {
     const list = await api("GET", "/v1/functions");
@@ -121,16 +121,19 @@ async function overview() {
       </tbody></table>`;
   }
   await refresh();
-  poll(refresh, 2000);
+  poll(refresh, 2000, mine);
 }
 
-function poll(refresh, ms) {
+// Live updates of the view of route `mine`: nothing, if the page moved on while it loaded.
+function poll(refresh, ms, mine) {
+  if (mine !== generation) return;
   setLive(true);
   const timer = setInterval(() => refresh().catch(report), ms);
   cleanups.push(() => clearInterval(timer));
 }
 
-function stream(path, handlers) {
+function stream(mine, path, handlers) {
+  if (mine !== generation) return null;
   const source = new EventSource(path);
   source.onopen = () => setLive(true);
   source.onerror = () => setLive(false);
@@ -141,8 +144,9 @@ function stream(path, handlers) {
   return source;
 }
 
-async function functionPage(name) {
+async function functionPage(name, mine) {
   const f = await api("GET", `/v1/functions/${enc(name)}`);
+  if (mine !== generation) return;
   main().innerHTML = `
     <div class="row"><h1>${esc(name)}</h1><span id="paused"></span>
       <span style="flex:1"></span><button id="toggle-pause" type="button"></button></div>
@@ -244,7 +248,7 @@ async function functionPage(name) {
   }
 
   let last = null;
-  stream(`/v1/functions/${enc(name)}/events`, {
+  stream(mine, `/v1/functions/${enc(name)}/events`, {
     stats: (s) => {
       document.getElementById("figures").innerHTML = [
         ["queued", s.queued], ["delayed", s.delayed], ["running", s.running], ["succeeded", s.succeeded],
@@ -275,7 +279,7 @@ function jobTable(jobs) {
     </tbody></table>`;
 }
 
-async function jobPage(id) {
+async function jobPage(id, mine) {
   main().innerHTML = `<div id="job"><p class="muted">Loading…</p></div>`;
   let shown = null;
   async function render() {
@@ -290,6 +294,8 @@ async function jobPage(id) {
         output = `<p>${esc(j.output_size)} bytes of ${esc(j.output_content_type || "output")}: <a href="${esc(j.output_url)}" target="_blank" rel="noopener">download</a></p>`;
       }
     }
+    // What this render shows: the live stream re-renders when it moves on from here.
+    shown = `${j.status}/${j.attempts}`;
     const attempts = (j.attempt_history || []).slice().reverse();
     box.innerHTML = `
       <div class="row"><h1 class="mono">${esc(j.id)}</h1><span id="job-status">${status(j.status)}</span>
@@ -331,14 +337,9 @@ async function jobPage(id) {
     correlationTree(j.correlation_id, document.getElementById("correlated"), id).catch(report);
   }
   await render();
-  stream(`/v1/jobs/${enc(id)}/events`, {
+  stream(mine, `/v1/jobs/${enc(id)}/events`, {
     status: (j, source) => {
-      const key = `${j.status}/${j.attempts}`;
-      if (key !== shown) {
-        const first = shown === null;
-        shown = key;
-        if (!first) render().catch(report);
-      }
+      if (`${j.status}/${j.attempts}` !== shown) render().catch(report);
       if (["succeeded", "failed", "dead", "cancelled"].includes(j.status)) {
         source.close();
         setLive(false);
@@ -367,14 +368,14 @@ async function correlationTree(correlationId, box, current) {
   box.innerHTML = nodes.length ? render(null, 0) : `<p class="muted">Nothing else.</p>`;
 }
 
-async function correlationPage(id) {
+async function correlationPage(id, mine) {
   main().innerHTML = `<h1>Correlation <span class="mono">${esc(id)}</span></h1><div class="card" id="tree"></div>`;
   async function refresh() { await correlationTree(id, document.getElementById("tree"), null); }
   await refresh();
-  poll(refresh, 2000);
+  poll(refresh, 2000, mine);
 }
 
-async function topicsPage() {
+async function topicsPage(mine) {
   main().innerHTML = `<h1>Topics</h1><div id="topics"><p class="muted">Loading…</p></div>`;
   async function refresh() {
     const list = await api("GET", "/v1/topics");
@@ -390,7 +391,7 @@ async function topicsPage() {
       </tbody></table></div>`).join("") : `<p class="muted">No subscriptions yet.</p>`;
   }
   await refresh();
-  poll(refresh, 2000);
+  poll(refresh, 2000, mine);
 }
 
 // ---- plumbing ---------------------------------------------------------------------------
@@ -409,22 +410,30 @@ function act(button, run) {
   };
 }
 
+let generation = 0;
+
 async function route() {
   for (const c of cleanups.splice(0)) c();
   setLive(false);
+  const mine = ++generation;
   const hash = location.hash.replace(/^#/, "") || "/";
-  const parts = hash.split("/").filter(Boolean).map(decodeURIComponent);
+  let parts;
+  try {
+    parts = hash.split("/").filter(Boolean).map(decodeURIComponent);
+  } catch (_) {
+    parts = ["?"];
+  }
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active",
     (a.dataset.nav === "overview" && (parts.length === 0 || parts[0] === "functions")) || a.dataset.nav === parts[0]));
   try {
-    if (parts.length === 0) await overview();
-    else if (parts[0] === "functions" && parts[1]) await functionPage(parts[1]);
-    else if (parts[0] === "jobs" && parts[1]) await jobPage(parts[1]);
-    else if (parts[0] === "correlation" && parts[1]) await correlationPage(parts[1]);
-    else if (parts[0] === "topics") await topicsPage();
+    if (parts.length === 0) await overview(mine);
+    else if (parts[0] === "functions" && parts[1]) await functionPage(parts[1], mine);
+    else if (parts[0] === "jobs" && parts[1]) await jobPage(parts[1], mine);
+    else if (parts[0] === "correlation" && parts[1]) await correlationPage(parts[1], mine);
+    else if (parts[0] === "topics") await topicsPage(mine);
     else main().innerHTML = `<p>Nothing here. <a href="#/">Functions</a></p>`;
   } catch (e) {
-    if (e instanceof SignIn) return;
+    if (e instanceof SignIn || mine !== generation) return;
     main().innerHTML = `<p class="error">${esc(e.message)}</p>`;
   }
 }

@@ -41,6 +41,37 @@ async fn invoke_lines_submits_a_file_in_batches() {
         assert_eq!(job["status"], "succeeded", "{job}");
         assert_eq!(job["output"], lines[n].as_str());
     }
+    // JSON lines (the default content type) are sent as that JSON, not as strings of it; a
+    // line that is not JSON is refused before anything is sent.
+    let json_file = dir.path().join("inputs.jsonl");
+    std::fs::write(&json_file, "{\"n\": 1}\n[2, 3]\n").unwrap();
+    let out = Command::new(sluice_binary())
+        .args(["invoke", "echo", "--lines"])
+        .arg(&json_file)
+        .env("SLUICE_URL", &host.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json_ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    let first = host.wait(&json_ids[0]).await;
+    assert_eq!(first["input_content_type"], "application/json");
+    assert_eq!(first["output"], "{\"n\":1}");
+    std::fs::write(&json_file, "{\"n\": 1}\nnot json\n").unwrap();
+    let out = Command::new(sluice_binary())
+        .args(["invoke", "echo", "--lines"])
+        .arg(&json_file)
+        .env("SLUICE_URL", &host.url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A file of nothing is refused, saying so.
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, "\n").unwrap();

@@ -64,3 +64,47 @@ async fn an_operator_redrives_a_dead_letter_in_a_real_browser() {
     }
     host.stop().await;
 }
+
+/// What a page of another site could make an operator's browser do is refused: a change with
+/// a foreign `Origin` or `Sec-Fetch-Site: cross-site`; and the open API (no tokens) answers
+/// only loopback names, so a name that resolves to 127.0.0.1 (DNS rebinding) reaches nothing.
+/// Same-origin changes and clients that send neither header work as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_requests_are_refused() {
+    let host = sluice_tests::start_host().await;
+    host.deploy("echo", components::ECHO, "").await;
+    let post = |headers: Vec<(&'static str, String)>| {
+        let mut r = host.http.post(host.url("/v1/functions/echo/pause"));
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, body["error"]["code"].as_str().unwrap_or("").to_string())
+        }
+    };
+    let own = host.url.clone();
+    assert_eq!(
+        post(vec![("origin", "http://evil.example".into())]).await,
+        (403, "cross_site_refused".into())
+    );
+    assert_eq!(
+        post(vec![("sec-fetch-site", "cross-site".into())]).await,
+        (403, "cross_site_refused".into())
+    );
+    assert_eq!(post(vec![("origin", own)]).await.0, 200, "same origin");
+    assert_eq!(post(vec![]).await.0, 200, "no browser headers");
+    let r = host
+        .http
+        .get(host.url("/v1/functions"))
+        .header("host", "rebound.example:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "host_refused", "{body}");
+    host.stop().await;
+}
