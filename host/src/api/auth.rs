@@ -113,9 +113,9 @@ pub(crate) async fn require(
 /// Middleware on every route, tokens or not: refuses a change a browser sends from another
 /// site (its `Origin` names another host, or `Sec-Fetch-Site` says `cross-site`), so a page
 /// an operator visits cannot make their browser submit, rotate or pause; and, with no tokens
-/// (the host on loopback), refuses a request for a name other than a loopback one, so a
-/// page cannot reach the open API through a name that resolves to 127.0.0.1 (DNS
-/// rebinding). Clients other than browsers send neither header and are not affected.
+/// (the host on loopback), refuses a browser's request for a name other than a loopback one,
+/// so a page cannot reach the open API through a name that resolves to 127.0.0.1 (DNS
+/// rebinding). Clients other than browsers send none of these headers and are not affected.
 pub(crate) async fn same_site(
     State(state): State<AppState>,
     request: Request,
@@ -149,7 +149,12 @@ pub(crate) async fn same_site(
         .into_response();
         return close_unless(whole, response);
     }
-    if state.config.tokens.is_empty() && !host.is_empty() && !loopback_name(&host) {
+    // A browser's request (it says where it comes from; other clients do not).
+    let from_browser = headers.contains_key("sec-fetch-site")
+        || headers.contains_key("sec-fetch-mode")
+        || headers.contains_key(header::ORIGIN);
+    if state.config.tokens.is_empty() && from_browser && !host.is_empty() && !loopback_name(&host)
+    {
         let whole = drain(request).await;
         let response = ApiError::new(
             StatusCode::FORBIDDEN,

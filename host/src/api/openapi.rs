@@ -106,6 +106,7 @@ pub(crate) struct Attempt {
 pub(crate) struct JobPage {
     jobs: Vec<Job>,
     /// Pass as `cursor` for the next page; `null` when done.
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
@@ -137,6 +138,7 @@ pub(crate) enum PublishAnswer {
 #[derive(ToSchema)]
 pub(crate) struct DeadLetterPage {
     dead_letters: Vec<Job>,
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
@@ -270,6 +272,7 @@ pub(crate) struct SigningSecret {
 pub(crate) struct KvKeys {
     function: String,
     keys: Vec<String>,
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 

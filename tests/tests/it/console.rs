@@ -67,7 +67,8 @@ async fn an_operator_redrives_a_dead_letter_in_a_real_browser() {
 
 /// What a page of another site could make an operator's browser do is refused: a change with
 /// a foreign `Origin` or `Sec-Fetch-Site: cross-site`; and the open API (no tokens) answers
-/// only loopback names, so a name that resolves to 127.0.0.1 (DNS rebinding) reaches nothing.
+/// a browser only for loopback names, so a name that resolves to 127.0.0.1 (DNS rebinding)
+/// reaches nothing.
 /// Same-origin changes and clients that send neither header work as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_site_requests_are_refused() {
@@ -100,6 +101,7 @@ async fn cross_site_requests_are_refused() {
         .http
         .get(host.url("/v1/functions"))
         .header("host", "rebound.example:8080")
+        .header("sec-fetch-site", "same-origin")
         .send()
         .await
         .unwrap();
