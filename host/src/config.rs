@@ -80,6 +80,9 @@ pub struct Config {
     /// callbacks link large outputs under it. Unset: the listening address, unless that is
     /// unspecified (0.0.0.0), in which case the link is relative.
     pub public_url: Option<String>,
+    /// Where to send spans (`--otlp-endpoint`, an OTLP/HTTP base URL such as
+    /// `http://collector:4318`); unset, none are exported (`traceparent` headers go out anyway).
+    pub otlp_endpoint: Option<String>,
     /// How failed callbacks are retried (attempts, backoff with full jitter).
     pub callback_retry: RetryPolicy,
     /// How long one callback attempt may take.
@@ -126,6 +129,7 @@ impl Default for Config {
             max_kv_bytes: 256 << 20,
             outbound: crate::runtime::outbound::OutboundLimits::DEFAULT,
             public_url: None,
+            otlp_endpoint: None,
             callback_retry: RetryPolicy {
                 max_attempts: 10,
                 backoff_base_ms: 1000,
@@ -219,6 +223,13 @@ impl Config {
         {
             return Err(ConfigError(format!(
                 "public_url {url:?} must start with http:// or https:// (e.g. https://sluice.example)"
+            )));
+        }
+        if let Some(url) = &self.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError(format!(
+                "otlp_endpoint {url:?} must start with http:// or https:// (e.g. http://localhost:4318)"
             )));
         }
         if self.callback_retry.max_attempts == 0 {

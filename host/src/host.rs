@@ -67,6 +67,8 @@ pub async fn run(
     let secrets = Arc::new(Secrets::new(
         crate::webhook::sign::SecretRecord::load(&*store).await?,
     ));
+    let tracer = crate::trace::Tracer::new(config.otlp_endpoint.as_deref());
+    let api_tracer = tracer.clone();
     let sender = Sender::new(
         store.clone(),
         secrets.clone(),
@@ -76,6 +78,7 @@ pub async fn run(
         public_base(config.public_url.as_deref(), addr),
         config.callback_per_destination,
         config.callback_cool_down,
+        tracer.clone(),
     );
     let sending = tokio::spawn(sender.run(callbacks));
     let key_file = config
@@ -92,6 +95,7 @@ pub async fn run(
         runtime.clone(),
         config.max_instances,
         sandboxes.handle().clone(),
+        tracer,
     );
     // Each function leases its window of the ready queue (including jobs left by the previous
     // process).
@@ -122,6 +126,7 @@ pub async fn run(
         stopping.clone(),
         secrets,
         functions,
+        api_tracer,
     );
     let signal = {
         let stopping = stopping.clone();

@@ -20,6 +20,7 @@
 //! - [`guard`]: the SSRF guard: what the host may connect to on a user's behalf.
 //! - [`vault`]: function secrets sealed with the host's key before they are stored.
 //! - [`api`]: the HTTP API (axum).
+//! - [`trace`]: W3C trace context through a job's life; spans exported over OTLP/HTTP.
 //! - [`ui`]: the operator console at `/ui`: embedded pages on the same API, a cookie session.
 //! - [`host`]: wires them together: [`run`] serves a listener until a shutdown signal.
 //! - [`bench`]: `sluice bench`: the performance scenarios and the peer comparison.
@@ -41,6 +42,7 @@ pub mod output;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;
+pub mod trace;
 pub mod ui;
 pub mod vault;
 pub mod webhook;

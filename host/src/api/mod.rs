@@ -80,6 +80,8 @@ pub struct AppParts {
     pub(crate) functions: Arc<crate::functions::Functions>,
     /// Each function's outcomes over the last minutes.
     pub(crate) recent: Arc<recent::Recent>,
+    /// Where spans of published events go.
+    pub(crate) tracer: crate::trace::Tracer,
 }
 
 impl AppState {
@@ -92,6 +94,7 @@ impl AppState {
         stopping: CancellationToken,
         secrets: Arc<Secrets>,
         functions: Arc<crate::functions::Functions>,
+        tracer: crate::trace::Tracer,
     ) -> Self {
         let allow_callbacks =
             AllowList::parse(&config.allow_callback_hosts, crate::guard::CALLBACK)
@@ -100,6 +103,7 @@ impl AppState {
         recent.start(store.clone(), stopping.clone());
         AppState(Arc::new(AppParts {
             recent,
+            tracer,
             store,
             runtime,
             scheduler,

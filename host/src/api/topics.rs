@@ -58,7 +58,29 @@ pub(crate) async fn publish(
         });
     }
     let events = new_events;
+    let topics: Vec<String> = events.iter().map(|e| e.event.attributes.event_type.clone()).collect();
+    let started = crate::job::now_ms();
     let published = state.store.publish(events).await?;
+    // Each event is a span its deliveries' jobs hang under (see `crate::trace`).
+    for (p, event_type) in published.iter().zip(topics) {
+        let correlation = correlation_id.clone().unwrap_or_else(|| p.event_id.to_string());
+        state.tracer.record(crate::trace::Span {
+            trace: crate::trace::trace_id_of(&correlation),
+            id: crate::trace::span_id("event", p.event_id, 0),
+            parent: None,
+            name: format!("publish {topic}"),
+            kind: crate::trace::kind::PRODUCER,
+            start_ms: started,
+            end_ms: crate::job::now_ms(),
+            attributes: vec![
+                ("sluice.event.id", json!(p.event_id.to_string())),
+                ("sluice.topic", json!(topic)),
+                ("cloudevents.event_type", json!(event_type)),
+                ("sluice.deliveries", json!(p.deliveries.len())),
+            ],
+            error: None,
+        });
+    }
     let body = match mode {
         Mode::Batch => {
             json!({ "events": published.iter().map(published_json).collect::<Vec<_>>() })

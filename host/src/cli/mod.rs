@@ -249,6 +249,10 @@ pub struct ServeArgs {
     /// large outputs under it (default: the listening address).
     #[arg(long, env = "SLUICE_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Send spans of jobs, attempts, outbound requests and callbacks to this OTLP/HTTP
+    /// endpoint (e.g. http://localhost:4318; JSON to /v1/traces).
+    #[arg(long, env = "SLUICE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Callback deliveries in flight to one receiver (URL origin) at most, so a slow receiver
     /// cannot hold the sender's slots.
     #[arg(long, env = "SLUICE_CALLBACK_PER_DESTINATION", default_value_t = 8)]
@@ -343,6 +347,7 @@ impl ServeArgs {
                 timeout: Duration::from_millis(self.outbound_timeout_ms),
             },
             public_url: self.public_url.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
             callback_per_destination: self.callback_per_destination,
             callback_cool_down: Duration::from_secs(self.callback_cool_down),
             callback_retry: crate::manifest::RetryPolicy {

@@ -385,6 +385,8 @@ pub struct QueuedJob {
     pub event: Option<Box<EventAttributes>>,
     /// A large input stored as a blob (`input` is then empty): read it in chunks.
     pub input_blob: Option<BlobRef>,
+    /// The event or job that caused it (none: a request).
+    pub parent: Option<Parent>,
 }
 
 impl QueuedJob {
@@ -402,6 +404,7 @@ impl QueuedJob {
             correlation_id: job.correlation_id,
             event: job.event.map(Box::new),
             input_blob: job.input_blob,
+            parent: job.parent,
         }
     }
 

@@ -29,6 +29,7 @@ impl Runtime {
             f.allowed_hosts.clone(),
             job.id,
             attempt,
+            crate::trace::trace_id_of(&job.correlation_id),
             std::time::Instant::now() + timeout,
             log.clone(),
         );

@@ -204,6 +204,7 @@ pub async fn measure(
         correlation_id: "bench".into(),
         event: None,
         input_blob: None,
+        parent: None,
     };
 
     let engine = Engine::new(&engine_config(config))?;

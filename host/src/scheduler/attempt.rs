@@ -100,10 +100,98 @@ impl Inner {
             // out), but a job whose finish is committed is never shown as held.
             release_hold(&mut self.state.lock().running, job.id);
             held = false;
+            self.trace_attempt(code, job, attempt, &report);
             let report = self.store.settle_kv(job.id, attempt, report).await;
             self.store
                 .finish(job.id, attempt, report, code.record.settings.retry);
         }
         held
+    }
+}
+
+impl Inner {
+    /// Records the spans of an attempt that ended: its job's (with the first attempt), its own,
+    /// and its outbound requests' (see `crate::trace`).
+    fn trace_attempt(
+        &self,
+        code: &LoadedFunction,
+        job: &QueuedJob,
+        attempt: u32,
+        report: &AttemptReport,
+    ) {
+        use crate::trace::{Span, kind, span_id};
+        use serde_json::json;
+        if !self.tracer.is_on() {
+            return;
+        }
+        let trace = crate::trace::trace_id_of(&job.correlation_id);
+        let job_span = span_id("job", job.id, 0);
+        if attempt == 1 {
+            let parent = match job.parent {
+                Some(crate::job::Parent::Job(p)) => Some(span_id("job", crate::job::JobId(p), 0)),
+                Some(crate::job::Parent::Event(e)) => {
+                    Some(span_id("event", crate::job::JobId(e), 0))
+                }
+                None => None,
+            };
+            self.tracer.record(Span {
+                trace,
+                id: job_span,
+                parent,
+                name: format!("job {}", job.function),
+                kind: kind::PRODUCER,
+                start_ms: job.created_at,
+                end_ms: job.created_at,
+                attributes: vec![
+                    ("sluice.job.id", json!(job.id.to_string())),
+                    ("sluice.function", json!(job.function)),
+                    ("sluice.correlation_id", json!(job.correlation_id)),
+                ],
+                error: None,
+            });
+        }
+        let attempt_span = span_id("attempt", job.id, u64::from(attempt));
+        let error = match &report.outcome {
+            Outcome::Failed { message, .. } => Some(message.clone()),
+            Outcome::Succeeded { .. } => None,
+        };
+        self.tracer.record(Span {
+            trace,
+            id: attempt_span,
+            parent: Some(job_span),
+            name: job.function.clone(),
+            kind: kind::CONSUMER,
+            start_ms: report.started_at,
+            end_ms: report.finished_at,
+            attributes: vec![
+                ("sluice.job.id", json!(job.id.to_string())),
+                ("sluice.function", json!(job.function)),
+                ("sluice.attempt", json!(attempt)),
+                ("sluice.version", json!(code.record.version)),
+            ],
+            error,
+        });
+        for (n, call) in report
+            .outbound
+            .iter()
+            .filter(|c| c.attempt == attempt)
+            .enumerate()
+        {
+            self.tracer.record(Span {
+                trace,
+                id: crate::trace::call_span(job.id, attempt, n as u32 + 1),
+                parent: Some(attempt_span),
+                name: call.method.clone(),
+                kind: kind::CLIENT,
+                start_ms: call.at,
+                end_ms: call.at + u64::from(call.duration_ms),
+                attributes: vec![
+                    ("http.request.method", json!(call.method)),
+                    ("url.full", json!(format!("{}{}", call.origin, call.path))),
+                    ("http.response.status_code", json!(call.status)),
+                ],
+                error: call.error.clone(),
+            });
+        }
     }
 }

@@ -36,6 +36,8 @@ pub struct Scheduler {
 }
 
 struct Inner {
+    /// Where spans of jobs and attempts go.
+    tracer: crate::trace::Tracer,
     /// Where attempts run: threads of lower OS priority than the API and the writer, so a burst
     /// of events never delays accepting (and answering) requests.
     sandboxes: tokio::runtime::Handle,
@@ -107,9 +109,11 @@ impl Scheduler {
         runtime: Arc<Runtime>,
         slots: u32,
         sandboxes: tokio::runtime::Handle,
+        tracer: crate::trace::Tracer,
     ) -> Scheduler {
         Scheduler {
             inner: Arc::new(Inner {
+                tracer,
                 sandboxes,
                 blobs: Arc::new(crate::runtime::StoreReads(store.clone())),
                 kv: Arc::new(crate::runtime::StoreReads(store.clone())),

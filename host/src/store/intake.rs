@@ -237,6 +237,7 @@ impl Writer {
                     correlation_id: job.correlation_id,
                     event: job.event.map(Box::new),
                     input_blob,
+                    parent: job.parent,
                 });
             }
         }

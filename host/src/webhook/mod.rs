@@ -48,13 +48,23 @@ pub struct Sender {
     public_base: String,
     /// Clients by (host, checked addresses).
     clients: PinnedClients,
+    /// Where each delivery's span goes (each request also carries its `traceparent`).
+    tracer: crate::trace::Tracer,
+}
+
+/// A callback delivery's place in its job's trace.
+struct CallbackTrace {
+    trace: crate::trace::TraceId,
+    span: crate::trace::SpanId,
 }
 
 impl Sender {
     /// A sender signing with `secrets`, refusing targets the guard denies unless `allow` names
     /// them, giving each attempt `timeout`, linking large outputs under `public_base`, with
     /// at most `per_destination` deliveries in flight to one receiver origin and a breaker
-    /// that pauses a failing one for `cool_down`.
+    /// that pauses a failing one for `cool_down`, recording a span of each delivery with
+    /// `tracer`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn Backend>,
         secrets: Arc<Secrets>,
@@ -63,8 +73,10 @@ impl Sender {
         public_base: String,
         per_destination: usize,
         cool_down: Duration,
+        tracer: crate::trace::Tracer,
     ) -> Sender {
         Sender {
+            tracer,
             store,
             secrets,
             allow,
@@ -95,7 +107,7 @@ impl Sender {
     /// One delivery attempt of job `id`'s callback: after a slot at its destination (and its
     /// breaker's leave), then one of the sender's.
     async fn deliver(&self, id: JobId) -> CallbackResult {
-        let (url, msg_id, body) = match self.prepare(id).await {
+        let (url, msg_id, body, trace) = match self.prepare(id).await {
             Ok(ready) => ready,
             Err(result) => return result,
         };
@@ -104,8 +116,28 @@ impl Sender {
             .turn(&url.origin().ascii_serialization())
             .await;
         let slot = self.slots.acquire().await;
-        let result = self.post(url, &msg_id, &body).await;
+        let started = now_ms();
+        let shown = url.to_string();
+        let result = self.post(url, &msg_id, &body, &trace).await;
         drop(slot);
+        self.tracer.record(crate::trace::Span {
+            trace: trace.trace,
+            id: trace.span,
+            parent: Some(crate::trace::span_id("job", id, 0)),
+            name: "callback POST".into(),
+            kind: crate::trace::kind::CLIENT,
+            start_ms: started,
+            end_ms: now_ms(),
+            attributes: vec![
+                ("sluice.job.id", serde_json::json!(id.to_string())),
+                ("url.full", serde_json::json!(shown)),
+                ("webhook.id", serde_json::json!(msg_id)),
+            ],
+            error: match &result {
+                CallbackResult::Failed { error, .. } => Some(error.clone()),
+                CallbackResult::Delivered => None,
+            },
+        });
         let health = match &result {
             CallbackResult::Delivered => Some(true),
             CallbackResult::Failed { retry: true, .. } => Some(false),
@@ -116,7 +148,10 @@ impl Sender {
     }
 
     /// What job `id`'s callback sends: its checked URL, message id and signed-to-be body.
-    async fn prepare(&self, id: JobId) -> Result<(Url, String, Vec<u8>), CallbackResult> {
+    async fn prepare(
+        &self,
+        id: JobId,
+    ) -> Result<(Url, String, Vec<u8>, CallbackTrace), CallbackResult> {
         let job = match self.store.job(id).await {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -146,11 +181,22 @@ impl Sender {
                 error: e,
                 retry: false,
             })?;
-        Ok((url, msg_id, body))
+        // Each delivery attempt is a span of the job's trace.
+        let trace = CallbackTrace {
+            trace: crate::trace::trace_id_of(&job.correlation_id),
+            span: crate::trace::span_id("callback", id, u64::from(callback.attempts) + 1),
+        };
+        Ok((url, msg_id, body, trace))
     }
 
     /// POSTs the signed body, following redirects hop by hop through the guard.
-    async fn post(&self, mut url: Url, msg_id: &str, body: &[u8]) -> CallbackResult {
+    async fn post(
+        &self,
+        mut url: Url,
+        msg_id: &str,
+        body: &[u8],
+        trace: &CallbackTrace,
+    ) -> CallbackResult {
         for _ in 0..=MAX_REDIRECTS {
             let addrs = match guard::resolve(&url, &self.allow, guard::CALLBACK).await {
                 Ok(a) => a,
@@ -180,6 +226,10 @@ impl Sender {
                 .header("content-type", "application/json")
                 .header("user-agent", concat!("sluice/", env!("CARGO_PKG_VERSION")))
                 .header("webhook-id", msg_id)
+                .header(
+                    "traceparent",
+                    crate::trace::traceparent(&trace.trace, &trace.span),
+                )
                 .header("webhook-timestamp", timestamp.to_string())
                 .header("webhook-signature", signature)
                 .body(body.to_vec())

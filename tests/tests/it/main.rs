@@ -35,3 +35,4 @@ mod storage_full;
 mod store_conformance;
 mod streams;
 mod topics;
+mod traces;

@@ -77,6 +77,8 @@ pub(crate) struct OutboundHooks {
     /// The job's id: the stem of each request's idempotency key.
     job: JobId,
     attempt: u32,
+    /// The job's trace: each request carries a `traceparent` naming its own span in it.
+    trace: crate::trace::TraceId,
     /// When the attempt times out: no request outlives it.
     deadline: Instant,
     /// Requests sent so far.
@@ -92,6 +94,7 @@ impl OutboundHooks {
         allowed: Arc<[AllowedHost]>,
         job: JobId,
         attempt: u32,
+        trace: crate::trace::TraceId,
         deadline: Instant,
         log: LogSink,
     ) -> Self {
@@ -100,6 +103,7 @@ impl OutboundHooks {
             allowed,
             job,
             attempt,
+            trace,
             deadline,
             sent: 0,
             log,
@@ -183,6 +187,15 @@ impl WasiHttpHooks for OutboundHooks {
             && let Ok(key) = http::HeaderValue::from_str(&format!("{}.{n}", self.job))
         {
             parts.headers.insert("idempotency-key", key);
+        }
+        // The trace goes on, under this request's own span (unless the handler set one).
+        if !parts.headers.contains_key("traceparent")
+            && let Ok(value) = http::HeaderValue::from_str(&crate::trace::traceparent(
+                &self.trace,
+                &crate::trace::call_span(self.job, self.attempt, n),
+            ))
+        {
+            parts.headers.insert("traceparent", value);
         }
         // The URL as the client sends it: the guest cannot set Host (wasi-http forbids it), and
         // the client writes it from the URL.
