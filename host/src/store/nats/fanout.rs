@@ -25,6 +25,8 @@ use crate::store::{NewEvent, NewJob, Published, StoreError, SubmitError};
 /// How old an outbox entry is before any host's sweep finishes it (the host that wrote it
 /// normally has, within milliseconds).
 pub(super) const SWEEP_AFTER: Duration = Duration::from_secs(5);
+/// Every how many sweep ticks the outbox is also listed (in case its watch stalled).
+const RELIST_EVERY: u64 = 5;
 
 /// What one write causes: new jobs (records as they are stored) and events' records.
 #[derive(Default)]
@@ -471,6 +473,7 @@ impl NatsBackend {
     pub(super) async fn sweep_outbox(backend: Weak<NatsBackend>, period: Duration) {
         let mut seen: HashMap<String, Instant> = HashMap::new();
         let mut tick = tokio::time::interval(period);
+        let mut ticks: u64 = 0;
         loop {
             let watch = {
                 let Some(backend) = backend.upgrade() else {
@@ -503,6 +506,15 @@ impl NatsBackend {
                         let Some(backend) = backend.upgrade() else {
                             return;
                         };
+                        // The watch is a convenience: a consumer that stalled (a busy server
+                        // can drop an ordered consumer without the client noticing) would
+                        // strand entries. Every few ticks the stream's subjects are listed too.
+                        ticks += 1;
+                        if ticks % RELIST_EVERY == 0 {
+                            for key in backend.outbox_keys().await {
+                                seen.entry(key).or_insert_with(Instant::now);
+                            }
+                        }
                         let due: Vec<String> = seen
                             .iter_mut()
                             .filter(|(_, at)| at.elapsed() >= SWEEP_AFTER)
@@ -520,6 +532,29 @@ impl NatsBackend {
                 }
             }
         }
+    }
+
+    /// The outbox entries now, by listing the jobs stream's subjects (no consumer).
+    async fn outbox_keys(&self) -> Vec<String> {
+        let prefix = format!("$KV.{}-jobs.", self.options.prefix);
+        let mut subjects = match self
+            .jobs_stream
+            .info_with_subjects(format!("{prefix}o.>"))
+            .await
+        {
+            Ok(subjects) => subjects,
+            Err(e) => {
+                tracing::debug!(error = %e, "listing the outbox failed; the watch goes on");
+                return Vec::new();
+            }
+        };
+        let mut keys = Vec::new();
+        while let Some(Ok((subject, _))) = subjects.next().await {
+            if let Some(key) = subject.strip_prefix(&prefix) {
+                keys.push(key.to_string());
+            }
+        }
+        keys
     }
 
     /// Finishes one outbox entry found by the sweep; false when it is gone.
