@@ -303,7 +303,7 @@ impl Drop for NatsCluster {
 /// ephemeral ports (32768 and up on Linux), whose ports any outgoing connection may take as
 /// its source meanwhile (the server would then fail to listen). Drawn at random per call, so
 /// tests running at once rarely draw the same, and checked free.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static DRAWS: AtomicU64 = AtomicU64::new(0);
     loop {

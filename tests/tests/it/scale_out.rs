@@ -727,10 +727,11 @@ async fn sluice_up_cluster_starts_servers_and_two_hosts() {
         .unwrap()
         .to_path_buf();
     let data = tempfile::tempdir().unwrap();
-    // Two host ports in a row and 23 server ports from a base, free a moment ago.
+    // Two host ports in a row and 23 server ports from a base, free a moment ago, below the
+    // ephemeral range (where any outgoing connection may take one meanwhile).
     let (port, base) = loop {
-        let port = sluice_tests::free_port();
-        let base = sluice_tests::free_port();
+        let port = sluice_tests::nats::free_port();
+        let base = sluice_tests::nats::free_port();
         let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
         if port < 65000
             && base < 65000
