@@ -434,13 +434,11 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
-/// A TCP port free on loopback right now.
+/// A TCP port free on loopback right now, for a process to listen on: drawn below the
+/// kernel's ephemeral range (see [`nats::free_port`]), so no outgoing connection takes it
+/// before that process binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    nats::free_port()
 }
 
 /// Polls `{url}/healthz` until it answers 200 (panics after 30 s).
