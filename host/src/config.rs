@@ -53,6 +53,9 @@ pub struct Config {
     /// Most client connections open at once; further ones wait in the listen backlog. Never
     /// more than half the process's file-descriptor limit, whatever is asked.
     pub max_connections: usize,
+    /// Server-Sent Event streams open at once (`/v1/jobs/{id}/events`,
+    /// `/v1/functions/{name}/events`); more are answered 503 with `Retry-After`.
+    pub max_event_streams: usize,
     /// Threads running attempts (at a lower OS priority than the API and the writer).
     pub sandbox_threads: usize,
     /// Bound on a job's captured log (stdout, stderr and log lines), in bytes.
@@ -120,6 +123,7 @@ impl Default for Config {
             component_limits: ComponentLimits::default(),
             header_timeout: Duration::from_secs(15),
             max_connections: 10_000,
+            max_event_streams: 1_000,
             sandbox_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             claim_check_bytes: 256 << 10,
             max_output_bytes: 256 << 20,
@@ -249,6 +253,9 @@ impl Config {
         }
         if self.callback_per_destination == 0 {
             return fail("callback_per_destination must be at least 1");
+        }
+        if self.max_event_streams == 0 {
+            return fail("max_event_streams must be at least 1");
         }
         if self.max_connections == 0 {
             return fail("max_connections must be at least 1");

@@ -82,6 +82,8 @@ pub struct AppParts {
     pub(crate) recent: Arc<recent::Recent>,
     /// Where spans of published events go.
     pub(crate) tracer: crate::trace::Tracer,
+    /// Server-Sent Event streams that may still open (`max_event_streams`).
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -101,9 +103,11 @@ impl AppState {
                 .unwrap_or_default();
         let recent = Arc::new(recent::Recent::default());
         recent.start(store.clone(), stopping.clone());
+        let streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams));
         AppState(Arc::new(AppParts {
             recent,
             tracer,
+            streams,
             store,
             runtime,
             scheduler,

@@ -7,6 +7,9 @@
 //!   `GET /v1/functions/{name}/stats` shows them) now and every second while they change, a
 //!   comment every 15 s keeping the connection open, until the client leaves, the function is
 //!   deleted (an `end` event) or the host stops.
+//!
+//! At most `--max-event-streams` are open at once (each holds a connection and reads the store
+//! every fraction of a second); more are answered `503 too_many_streams` with `Retry-After`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -25,6 +28,21 @@ const JOB_POLL: Duration = Duration::from_millis(200);
 /// How often a function's figures are read again.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
+/// A place among the streams open at once, held while the stream lives.
+fn place(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            format!(
+                "{} event streams are open, the most this host keeps (--max-event-streams): retry later, or poll",
+                state.config.max_event_streams
+            ),
+        )
+        .retry_after(5)
+    })
+}
+
 fn event(name: &str, data: &Value) -> Result<Event, Infallible> {
     Ok(Event::default().event(name).data(data.to_string()))
 }
@@ -42,7 +60,9 @@ pub(crate) async fn job_events(
         .job(job_id)
         .await?
         .ok_or_else(|| ApiError::job_not_found(&id))?;
+    let place = place(&state)?;
     struct Watch {
+        _place: tokio::sync::OwnedSemaphorePermit,
         state: AppState,
         id: JobId,
         /// What was last sent: (status, attempts), or nothing yet.
@@ -51,6 +71,7 @@ pub(crate) async fn job_events(
         done: bool,
     }
     let watch = Watch {
+        _place: place,
         state,
         id: job_id,
         sent: None,
@@ -96,7 +117,9 @@ pub(crate) async fn function_events(
     Path(name): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let first = super::functions::stats_of(&state, &name).await?;
+    let place = place(&state)?;
     struct Watch {
+        _place: tokio::sync::OwnedSemaphorePermit,
         state: AppState,
         name: String,
         sent: Option<Value>,
@@ -104,6 +127,7 @@ pub(crate) async fn function_events(
         done: bool,
     }
     let watch = Watch {
+        _place: place,
         state,
         name,
         sent: None,

@@ -155,6 +155,9 @@ pub struct ServeArgs {
     /// the process's file-descriptor limit.
     #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Server-Sent Event streams open at once (job and function events); more get 503.
+    #[arg(long, env = "SLUICE_MAX_EVENT_STREAMS", default_value_t = 1_000)]
+    pub max_event_streams: usize,
     /// Core module instances one component may have (deploys of larger ones get 400).
     #[arg(long, env = "SLUICE_MAX_CORE_INSTANCES", default_value_t = 20)]
     pub max_core_instances: u32,
@@ -329,6 +332,7 @@ impl ServeArgs {
             max_hops: self.max_hops,
             header_timeout: Duration::from_secs(self.header_timeout),
             max_connections: self.max_connections,
+            max_event_streams: self.max_event_streams,
             component_limits: crate::config::ComponentLimits {
                 core_instances: self.max_core_instances,
                 memories: self.max_memories,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice_tests::{TestHost, components, start_host};
+use sluice_tests::{TestHost, components, start_host, start_host_with, test_config};
 
 /// An open event stream, read event by event.
 struct Events {
@@ -144,5 +144,46 @@ async fn a_functions_stream_pushes_its_figures() {
         }
     }
     assert!(events.next().await.is_none());
+    host.stop().await;
+}
+
+/// Streams are bounded (`max_event_streams`): past the bound a stream is refused with 503 and
+/// `Retry-After`; a closed stream frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.max_event_streams = 2;
+    let host = start_host_with(config).await;
+    host.deploy("echo", components::ECHO, "").await;
+    let first = Events::open(&host, "/v1/functions/echo/events").await;
+    let _second = Events::open(&host, "/v1/functions/echo/events").await;
+    let r = host
+        .http
+        .get(host.url("/v1/functions/echo/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_streams", "{body}");
+    // Closing one frees its place (the host notices the closed connection at its next event
+    // or keep-alive: a second at most here, as figures are read every second).
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = host
+            .http
+            .get(host.url("/v1/functions/echo/events"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no place freed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     host.stop().await;
 }
