@@ -5,8 +5,11 @@
 //! pipeline stages) carries that correlation id on, so one trace id spans them all. Span ids
 //! are derived from the job (and attempt, and call) they stand for, so every host names the
 //! same span the same way without storing anything:
-//! - a job's span (`PRODUCER`, exported when its first attempt starts), under the job or the
-//!   event that caused it;
+//! - a job's span (`PRODUCER`, exported when its first attempt starts), under the caller's
+//!   span for a traced request (the `traceparent`'s parent id, kept on the job), the attempt
+//!   that enqueued it or whose output it carries on, or the event it delivers;
+//! - an event's span (`PRODUCER`): a published one's when the API accepts it, under the
+//!   caller's; an emitted one's when the attempt that emitted it ends, under that attempt's;
 //! - each attempt's span (`CONSUMER`), under its job's;
 //! - each outbound HTTP request's span (`CLIENT`), under its attempt's: the request carries a
 //!   `traceparent` naming it, so the service called continues the trace;
@@ -14,9 +17,6 @@
 //!
 //! With `--otlp-endpoint URL` the host sends finished spans to `URL/v1/traces` (OTLP/HTTP,
 //! JSON encoding) in batches; without it nothing is exported and only the headers are sent.
-//! Not yet: the span of the caller that submitted (the `traceparent`'s parent) is not kept, so
-//! a job's span starts the Sluice part of the trace; an event emitted by a handler has no span
-//! of its own (its deliveries name it as their parent).
 
 use std::time::Duration;
 
@@ -58,6 +58,27 @@ pub fn span_id(kind: &str, id: JobId, n: u64) -> SpanId {
         out[7] = 1;
     }
     out
+}
+
+/// The span of attempt `attempt` of job `job`.
+pub fn attempt_span(job: JobId, attempt: u32) -> SpanId {
+    span_id("attempt", job, u64::from(attempt))
+}
+
+/// The span of the `n`th event (from 0) that attempt `attempt` of job `job` emitted: its
+/// deliveries' spans hang under it (the event's Sluice id is not known when it is recorded).
+pub fn emit_span(job: JobId, attempt: u32, n: u32) -> SpanId {
+    span_id("emit", job, (u64::from(attempt) << 32) | u64::from(n))
+}
+
+/// A span id as a job record keeps it.
+pub fn span_number(span: &SpanId) -> u64 {
+    u64::from_be_bytes(*span)
+}
+
+/// The span id a job record keeps as a number.
+pub fn span_of_number(n: u64) -> SpanId {
+    n.to_be_bytes()
 }
 
 /// The span of attempt `attempt`'s request number `n` (from 1).

@@ -113,6 +113,7 @@ pub fn new_job(function: &str, input: &'static [u8]) -> NewJob {
         input_blob: None,
         callback: None,
         hops: 0,
+        trace_parent: None,
     }
 }
 
@@ -672,6 +673,7 @@ pub async fn deliveries_past_a_full_queue_all_run(open: Open, dir: &Path) {
             blob: None,
             callback: None,
             hops: 0,
+            trace_parent: None,
         }
     };
     let mut deliveries = Vec::new();
@@ -815,6 +817,7 @@ pub async fn a_publish_makes_one_delivery_per_matching_subscriber(open: Open, di
                     blob: None,
                     callback: None,
                     hops: 0,
+                    trace_parent: None,
                 })
                 .collect(),
         )

@@ -43,6 +43,7 @@ pub(crate) async fn submit_batch(
         )));
     }
     let correlation_id = correlation_id(&headers)?;
+    let trace_parent = super::headers::caller_span(&headers, correlation_id.as_deref());
     let default_priority = priority(&headers)?;
     let default_not_before = not_before(&headers)?;
     // One key for the whole batch: its jobs keep their order within the key.
@@ -74,6 +75,7 @@ pub(crate) async fn submit_batch(
             input_blob: None,
             callback: callback.clone(),
             hops: 0,
+            trace_parent,
         });
     }
     let ids = state.store.submit_batch(jobs).await?;

@@ -111,8 +111,14 @@ pub(crate) fn idempotency_key(
     }))
 }
 
-/// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
-pub(crate) fn traceparent(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// A W3C `traceparent` header's trace id (32 hex digits) and parent span.
+pub(crate) struct TraceContext {
+    trace: String,
+    parent: u64,
+}
+
+/// A W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), checked.
+fn traceparent(headers: &HeaderMap) -> Result<Option<TraceContext>, ApiError> {
     let Some(value) = headers.get("traceparent") else {
         return Ok(None);
     };
@@ -132,12 +138,24 @@ pub(crate) fn traceparent(headers: &HeaderMap) -> Result<Option<String>, ApiErro
                 && hex(parent, 16)
                 && hex(flags, 2) =>
         {
-            Ok(Some(trace.to_string()))
+            Ok(Some(TraceContext {
+                trace: trace.to_string(),
+                parent: u64::from_str_radix(parent, 16).expect("16 hex digits"),
+            }))
         }
         _ => Err(ApiError::bad_request(
             "invalid_header",
             "traceparent must be a W3C trace context: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>",
         )),
+    }
+}
+
+/// The caller's span, from a `traceparent` naming the trace `correlation_id` stands for (a
+/// `Sluice-Correlation-Id` of another trace leaves the caller's span out of Sluice's trace).
+pub(crate) fn caller_span(headers: &HeaderMap, correlation_id: Option<&str>) -> Option<u64> {
+    match traceparent(headers) {
+        Ok(Some(t)) if Some(t.trace.as_str()) == correlation_id && t.parent != 0 => Some(t.parent),
+        _ => None,
     }
 }
 
@@ -176,7 +194,7 @@ pub(crate) fn ordering_key(headers: &HeaderMap) -> Result<Option<String>, ApiErr
 /// else none (the store uses the new job's or event's own id).
 pub(crate) fn correlation_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("sluice-correlation-id") else {
-        return traceparent(headers);
+        return Ok(traceparent(headers)?.map(|t| t.trace));
     };
     match value.to_str() {
         Ok(s)

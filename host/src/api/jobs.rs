@@ -54,6 +54,7 @@ pub(crate) async fn submit(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let correlation_id = correlation_id(&headers)?;
+    let trace_parent = super::headers::caller_span(&headers, correlation_id.as_deref());
     let idempotency = idempotency_key(&headers, content_type.as_deref(), &input)?;
     let priority = priority(&headers)?;
     let not_before = not_before(&headers)?;
@@ -76,6 +77,7 @@ pub(crate) async fn submit(
             input_blob,
             callback,
             hops: 0,
+            trace_parent,
         })
         .await?;
     // A repeated request with the same idempotency key gets the original answer, as 200.

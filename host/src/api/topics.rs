@@ -41,6 +41,7 @@ pub(crate) async fn publish(
     );
     let events = event::parse(&headers, body)?;
     let correlation_id = correlation_id(&headers)?;
+    let caller = super::headers::caller_span(&headers, correlation_id.as_deref());
     let callback = super::headers::callback(&state, &headers)?;
     let priority = super::headers::priority(&headers)?;
     let mut new_events = Vec::with_capacity(events.len());
@@ -55,6 +56,8 @@ pub(crate) async fn publish(
             blob,
             callback: callback.clone(),
             hops: 0,
+            // Its deliveries hang under the event's span.
+            trace_parent: None,
         });
     }
     let events = new_events;
@@ -67,7 +70,7 @@ pub(crate) async fn publish(
         state.tracer.record(crate::trace::Span {
             trace: crate::trace::trace_id_of(&correlation),
             id: crate::trace::span_id("event", p.event_id, 0),
-            parent: None,
+            parent: caller.map(crate::trace::span_of_number),
             name: format!("publish {topic}"),
             kind: crate::trace::kind::PRODUCER,
             start_ms: started,

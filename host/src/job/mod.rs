@@ -177,6 +177,10 @@ pub struct Job {
     /// The logs of earlier attempts (`log` is the latest one's), each cut to
     /// [`MAX_EARLIER_LOG`] bytes, for the attempts still in `history`.
     pub earlier_logs: Vec<AttemptLog>,
+    /// The caller's span when a traced request (a W3C `traceparent` naming the trace its
+    /// correlation id is) caused it, or the span of the emitted event it delivers: its own
+    /// span hangs under this one (see `crate::trace`).
+    pub trace_parent: Option<u64>,
 }
 
 /// A job as listings show it: its record without the input, output and log (left empty), and
@@ -387,6 +391,8 @@ pub struct QueuedJob {
     pub input_blob: Option<BlobRef>,
     /// The event or job that caused it (none: a request).
     pub parent: Option<Parent>,
+    /// The span its own hangs under, when not its parent's (see [`Job::trace_parent`]).
+    pub trace_parent: Option<u64>,
 }
 
 impl QueuedJob {
@@ -405,6 +411,7 @@ impl QueuedJob {
             event: job.event.map(Box::new),
             input_blob: job.input_blob,
             parent: job.parent,
+            trace_parent: job.trace_parent,
         }
     }
 

@@ -205,6 +205,7 @@ pub async fn measure(
         event: None,
         input_blob: None,
         parent: None,
+        trace_parent: None,
     };
 
     let engine = Engine::new(&engine_config(config))?;

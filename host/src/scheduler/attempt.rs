@@ -127,12 +127,15 @@ impl Inner {
         let trace = crate::trace::trace_id_of(&job.correlation_id);
         let job_span = span_id("job", job.id, 0);
         if attempt == 1 {
-            let parent = match job.parent {
-                Some(crate::job::Parent::Job(p)) => Some(span_id("job", crate::job::JobId(p), 0)),
-                Some(crate::job::Parent::Event(e)) => {
+            let parent = match (job.trace_parent, job.parent) {
+                (Some(span), _) => Some(crate::trace::span_of_number(span)),
+                (None, Some(crate::job::Parent::Job(p))) => {
+                    Some(span_id("job", crate::job::JobId(p), 0))
+                }
+                (None, Some(crate::job::Parent::Event(e))) => {
                     Some(span_id("event", crate::job::JobId(e), 0))
                 }
-                None => None,
+                (None, None) => None,
             };
             self.tracer.record(Span {
                 trace,
@@ -150,7 +153,7 @@ impl Inner {
                 error: None,
             });
         }
-        let attempt_span = span_id("attempt", job.id, u64::from(attempt));
+        let attempt_span = crate::trace::attempt_span(job.id, attempt);
         let error = match &report.outcome {
             Outcome::Failed { message, .. } => Some(message.clone()),
             Outcome::Succeeded { .. } => None,
@@ -171,6 +174,32 @@ impl Inner {
             ],
             error,
         });
+        // Events emitted with a success (their deliveries' spans hang under these).
+        if matches!(report.outcome, Outcome::Succeeded { .. }) {
+            let published = report.emitted.iter().enumerate().filter_map(|(n, e)| match e {
+                crate::job::Emission::Publish {
+                    topic, event_type, ..
+                } => Some((n, topic, event_type)),
+                crate::job::Emission::Enqueue { .. } => None,
+            });
+            for (n, topic, event_type) in published {
+                self.tracer.record(Span {
+                    trace,
+                    id: crate::trace::emit_span(job.id, attempt, n as u32),
+                    parent: Some(attempt_span),
+                    name: format!("publish {topic}"),
+                    kind: kind::PRODUCER,
+                    start_ms: report.finished_at,
+                    end_ms: report.finished_at,
+                    attributes: vec![
+                        ("sluice.topic", json!(topic)),
+                        ("cloudevents.event_id", json!(format!("{}-{n}", job.id))),
+                        ("cloudevents.event_type", json!(event_type)),
+                    ],
+                    error: None,
+                });
+            }
+        }
         for (n, call) in report
             .outbound
             .iter()

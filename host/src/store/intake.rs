@@ -238,6 +238,7 @@ impl Writer {
                     event: job.event.map(Box::new),
                     input_blob,
                     parent: job.parent,
+                    trace_parent: job.trace_parent,
                 });
             }
         }
@@ -359,6 +360,7 @@ pub(crate) fn record_of(
         outbound: Vec::new(),
         conflicts: 0,
         earlier_logs: Vec::new(),
+        trace_parent: new.trace_parent,
     };
     (job, new.input)
 }

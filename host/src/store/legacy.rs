@@ -86,25 +86,33 @@ pub(crate) fn decode_v3(bytes: &[u8]) -> Result<Job, String> {
         outbound: Vec::new(),
         conflicts: 0,
         earlier_logs: Vec::new(),
+        trace_parent: None,
     })
 }
 
-/// Decodes a format-4 job: today's layout without its last four fields, `hops` (a chain that
-/// began before the upgrade counts from there), `outbound`, `conflicts` and `earlier_logs`.
+/// Decodes a format-4 job: today's layout without its last five fields, `hops` (a chain that
+/// began before the upgrade counts from there), `outbound`, `conflicts`, `earlier_logs` and
+/// `trace_parent`.
 pub(crate) fn decode_v4(bytes: &[u8]) -> Result<Job, String> {
-    // postcard writes a u32 and a sequence's length as varints: 0 is one zero byte.
+    // postcard writes a u32, a sequence's length and `None` as one zero byte.
+    with_zeros(bytes, 5)
+}
+
+/// Decodes a format-5 job: today's layout without its last four fields, `outbound`,
+/// `conflicts`, `earlier_logs` and `trace_parent`.
+pub(crate) fn decode_v5(bytes: &[u8]) -> Result<Job, String> {
     with_zeros(bytes, 4)
 }
 
-/// Decodes a format-5 job: today's layout without its last three fields, `outbound`,
-/// `conflicts` and `earlier_logs`.
-pub(crate) fn decode_v5(bytes: &[u8]) -> Result<Job, String> {
-    with_zeros(bytes, 3)
+/// Decodes a format-6 job: today's layout without `earlier_logs` (no earlier attempt's log
+/// was kept then) and `trace_parent`.
+pub(crate) fn decode_v6(bytes: &[u8]) -> Result<Job, String> {
+    with_zeros(bytes, 2)
 }
 
-/// Decodes a format-6 job: today's layout without `earlier_logs` (no earlier attempt's log
-/// was kept then).
-pub(crate) fn decode_v6(bytes: &[u8]) -> Result<Job, String> {
+/// Decodes a format-7 job: today's layout without `trace_parent` (its span starts the
+/// Sluice part of its trace).
+pub(crate) fn decode_v7(bytes: &[u8]) -> Result<Job, String> {
     with_zeros(bytes, 1)
 }
 
@@ -155,27 +163,34 @@ mod tests {
             outbound: Vec::new(),
             conflicts: 0,
             earlier_logs: Vec::new(),
+            trace_parent: None,
         }
     }
 
-    /// A record written before `hops` existed (format 4: the same fields without the last
-    /// two) reads back with `hops: 0`; one written before `outbound` (format 5) with no
-    /// outbound calls; today's format keeps both.
+    /// A record written before `hops` existed (format 4) reads back with `hops: 0`; one
+    /// written before `outbound` (format 5) with no outbound calls; formats 6 and 7 without
+    /// earlier logs and trace parent; today's format keeps them all.
     #[test]
     fn older_formats_read_with_their_missing_fields_empty() {
         let today = crate::store::tables::encode_job(&job(0));
-        let mut v4 = today[..today.len() - 4].to_vec();
+        let mut v4 = today[..today.len() - 5].to_vec();
         v4[0] = 4;
         let read = crate::store::tables::decode_job(&v4).unwrap();
         assert_eq!(format!("{read:?}"), format!("{:?}", job(0)));
         let deep = crate::store::tables::encode_job(&job(300));
-        let mut v5 = deep[..deep.len() - 3].to_vec();
+        let mut v5 = deep[..deep.len() - 4].to_vec();
         v5[0] = 5;
         assert_eq!(crate::store::tables::decode_job(&v5).unwrap().hops, 300);
-        let mut v6 = deep[..deep.len() - 1].to_vec();
-        v6[0] = 6;
-        let read = crate::store::tables::decode_job(&v6).unwrap();
-        assert_eq!(format!("{read:?}"), format!("{:?}", job(300)));
+        for (format, cut) in [(6, 2), (7, 1)] {
+            let mut old = deep[..deep.len() - cut].to_vec();
+            old[0] = format;
+            let read = crate::store::tables::decode_job(&old).unwrap();
+            assert_eq!(format!("{read:?}"), format!("{:?}", job(300)));
+        }
+        let mut traced = job(1);
+        traced.trace_parent = Some(0x00f0_67aa_0ba9_02b7);
+        let read = crate::store::tables::decode_job(&crate::store::tables::encode_job(&traced));
+        assert_eq!(read.unwrap().trace_parent, traced.trace_parent);
         let mut called = job(300);
         called.outbound.push(crate::job::OutboundCall {
             attempt: 1,
@@ -207,7 +222,7 @@ mod tests {
         assert!(summary.job.input.is_empty() && summary.job.output.is_none());
         assert!(summary.job.log.is_empty());
         assert_eq!(format!("{:?}", summary.job), format!("{:?}", expected.job));
-        let mut v4 = today[..today.len() - 4].to_vec();
+        let mut v4 = today[..today.len() - 5].to_vec();
         v4[0] = 4;
         let old = crate::store::tables::decode_job_summary(&v4).unwrap();
         assert_eq!(old.input_size, 300_000);

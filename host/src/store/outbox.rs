@@ -8,6 +8,7 @@ use super::writer::{Effects, Writer};
 use super::{NewEvent, NewJob, StoreError, SubmitError};
 use crate::event::{CloudEvent, EventAttributes};
 use crate::job::{Emission, Job, JobId, Parent, Pipeline, now_ms, rfc3339};
+use crate::trace::{attempt_span, emit_span, span_number};
 
 impl Writer {
     /// What a success would add to the queues: the jobs it enqueues (and the next pipeline
@@ -140,23 +141,7 @@ impl Writer {
         if let super::machine::PipelineStep::NextStage(next) = step {
             let head = head.unwrap_or(id);
             let stage = self.insert_child(
-                NewJob {
-                    function: next,
-                    content_type: job.output_content_type.clone(),
-                    // A large output goes on as the same blob, not a copy.
-                    input: job.output.clone().unwrap_or_default().into(),
-                    correlation_id: Some(job.correlation_id.clone()),
-                    idempotency: None,
-                    priority: job.priority,
-                    not_before: None,
-                    ordering_key: None,
-                    event: None,
-                    parent: Some(Parent::Job(id.0)),
-                    pipeline: Some(Pipeline::Stage { head: head.0 }),
-                    input_blob: job.output_blob,
-                    callback: None,
-                    hops: job.hops + 1,
-                },
+                next_stage(id, job, next, head),
                 t,
                 fx,
             )?;
@@ -226,9 +211,31 @@ impl Writer {
     }
 }
 
+/// The job of pipeline stage `function` after job `id` (`job`, succeeded) of the chain headed
+/// by `head`: its output goes on as the input (a large one as the same blob, not a copy).
+pub(crate) fn next_stage(id: JobId, job: &Job, function: String, head: JobId) -> NewJob {
+    NewJob {
+        function,
+        content_type: job.output_content_type.clone(),
+        input: job.output.clone().unwrap_or_default().into(),
+        correlation_id: Some(job.correlation_id.clone()),
+        idempotency: None,
+        priority: job.priority,
+        not_before: None,
+        ordering_key: None,
+        event: None,
+        parent: Some(Parent::Job(id.0)),
+        pipeline: Some(Pipeline::Stage { head: head.0 }),
+        input_blob: job.output_blob,
+        callback: None,
+        hops: job.hops + 1,
+        trace_parent: Some(span_number(&attempt_span(id, job.attempts))),
+    }
+}
+
 /// What job `id` (`job`) emitted with its success, as requests: events to publish and jobs to
 /// enqueue, all carrying the job's correlation id and the job as their parent, one hop further
-/// from the request. An emitted event's CloudEvents `id` is `{job id}-{n}`: stable, so a
+/// from the request, their spans under the attempt's (`job.attempts`, the one that succeeded). An emitted event's CloudEvents `id` is `{job id}-{n}`: stable, so a
 /// consumer can tell copies apart from repeats.
 pub(crate) fn emitted_requests(
     id: JobId,
@@ -266,6 +273,7 @@ pub(crate) fn emitted_requests(
                 blob: None,
                 callback: None,
                 hops: job.hops + 1,
+                trace_parent: Some(span_number(&emit_span(id, job.attempts, n as u32))),
             }),
             Emission::Enqueue {
                 function,
@@ -288,6 +296,7 @@ pub(crate) fn emitted_requests(
                 input_blob: None,
                 callback: None,
                 hops: job.hops + 1,
+                trace_parent: Some(span_number(&attempt_span(id, job.attempts))),
             }),
         }
     }

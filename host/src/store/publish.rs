@@ -99,6 +99,7 @@ pub(crate) fn delivery_of(
         input_blob: blob,
         callback: new.callback.clone(),
         hops: new.hops,
+        trace_parent: new.trace_parent,
     }
 }
 

@@ -74,6 +74,9 @@ pub struct NewJob {
     pub callback: Option<String>,
     /// Jobs between it and the request that began its chain (0 for a request's own job).
     pub hops: u32,
+    /// The span its own hangs under when not its parent's: a traced caller's (see
+    /// [`crate::job::Job::trace_parent`]).
+    pub trace_parent: Option<u64>,
 }
 
 /// A publish of one event to a topic, as the API hands it to the store.
@@ -94,6 +97,9 @@ pub struct NewEvent {
     /// Hops of its delivery jobs (0 for a client's event, the emitting job's + 1 for a
     /// handler's).
     pub hops: u32,
+    /// The span its deliveries' spans hang under when not the event's own (a handler's
+    /// event: the span the scheduler records for it, see `crate::trace::emit_span`).
+    pub trace_parent: Option<u64>,
 }
 
 /// What a publish did with one event.

@@ -245,7 +245,7 @@ impl FunctionRecord {
 pub(crate) const BYTES_SLOT: u8 = 7;
 
 /// First byte of every stored job: bump it when [`Job`]'s layout changes, and decode old ones.
-const JOB_FORMAT: u8 = 7;
+const JOB_FORMAT: u8 = 8;
 
 pub(crate) fn encode_job(job: &Job) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + job.input.len() + job.log.len());
@@ -257,6 +257,7 @@ pub(crate) fn encode_job(job: &Job) -> Vec<u8> {
 pub(crate) fn decode_job(bytes: &[u8]) -> Result<Job, String> {
     match bytes.split_first() {
         Some((&JOB_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((7, rest)) => super::legacy::decode_v7(rest),
         Some((6, rest)) => super::legacy::decode_v6(rest),
         Some((5, rest)) => super::legacy::decode_v5(rest),
         Some((4, rest)) => super::legacy::decode_v4(rest),
@@ -312,6 +313,7 @@ pub(crate) fn decode_job_summary(bytes: &[u8]) -> Result<JobSummary, String> {
             outbound: v.outbound,
             conflicts: v.conflicts,
             earlier_logs: Vec::new(),
+            trace_parent: None,
         },
         input_size,
         output_size,

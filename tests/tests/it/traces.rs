@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 use sluice_tests::{Receiver, components, start_host_with, test_config};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+/// The caller's span, the `traceparent`'s parent id.
+const CALLER: &str = "00f067aa0ba902b7";
 
 /// Every span the collector received so far, flattened.
 fn spans(collector: &Receiver) -> Vec<Value> {
@@ -104,6 +106,7 @@ async fn a_trace_runs_from_submit_through_attempts_requests_and_callbacks() {
         assert_eq!(span["traceId"], TRACE, "{span}");
     }
     assert_eq!(job_span["name"], "job probe");
+    assert_eq!(job_span["parentSpanId"], CALLER, "the job is under the caller's span");
     assert_eq!(attempt["parentSpanId"], job_span["spanId"], "the attempt is under its job");
     assert_eq!(attempt["name"], "probe");
     assert_eq!(client["parentSpanId"], attempt["spanId"], "the request is under its attempt");
@@ -143,10 +146,54 @@ async fn a_trace_runs_from_submit_through_attempts_requests_and_callbacks() {
         let delivered = got.iter().find(|s| s["name"] == "job inspect");
         if let (Some(event), Some(delivered)) = (event, delivered) {
             assert_eq!(event["traceId"], TRACE);
+            assert_eq!(event["parentSpanId"], CALLER, "the event is under the caller's span");
             assert_eq!(delivered["parentSpanId"], event["spanId"], "{delivered}");
             break;
         }
         assert!(Instant::now() < deadline, "spans so far: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An event a handler emits with its success is a span under that attempt; its delivery
+    // and the job the handler enqueued hang under it and under the attempt.
+    let r = host
+        .http
+        .post(host.url("/v1/functions/probe/jobs"))
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+        .body(json!({"action": "emit", "topic": "audit", "fail_until": 2}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let emitter = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(host.wait(&emitter).await["status"], "succeeded");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = spans(&collector);
+        let of_emitter = |s: &&Value| s["attributes"].to_string().contains(&emitter);
+        let attempts: Vec<&Value> = got.iter().filter(|s| s["kind"] == 5).filter(of_emitter).collect();
+        let second = attempts.iter().find(|s| s["attributes"].to_string().contains("\"intValue\":\"2\""));
+        let emitted = second.and_then(|a| {
+            got.iter()
+                .find(|s| s["name"] == "publish audit" && s["parentSpanId"] == a["spanId"])
+        });
+        if let (Some(attempt), Some(emitted)) = (second, emitted) {
+            assert_eq!(emitted["traceId"], TRACE);
+            assert!(emitted["attributes"].to_string().contains(&format!("{emitter}-0")), "{emitted}");
+            let under = |parent: &Value| {
+                got.iter()
+                    .filter(|s| s["name"] == "job inspect" && s["parentSpanId"] == *parent)
+                    .count()
+            };
+            if under(&emitted["spanId"]) == 1 && under(&attempt["spanId"]) == 1 {
+                // Only the successful attempt's emissions count: none hangs under the first.
+                let first = attempts.iter().find(|s| s["spanId"] != attempt["spanId"]).unwrap();
+                assert_eq!(under(&first["spanId"]), 0);
+                assert!(!got.iter().any(|s| s["parentSpanId"] == first["spanId"] && s["kind"] == 4));
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "spans so far: {got:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     host.stop().await;

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::NatsBackend;
 use super::fanout::Fanout;
-use crate::job::{Job, JobId, JobStatus, Parent, Pipeline, now_ms};
+use crate::job::{Job, JobId, JobStatus, Pipeline, now_ms};
 use crate::store::machine::{PipelineStep, pipeline_step};
-use crate::store::{NewJob, StoreError};
+use crate::store::StoreError;
 
 /// A change to a pipeline's head, carried in an outbox entry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,23 +57,7 @@ impl NatsBackend {
             PipelineStep::NextStage(next) => {
                 let head = head.unwrap_or(id);
                 let stage = self.plan_job(
-                    NewJob {
-                        function: next,
-                        content_type: job.output_content_type.clone(),
-                        input: job.output.clone().unwrap_or_default().into(),
-                        correlation_id: Some(job.correlation_id.clone()),
-                        idempotency: None,
-                        priority: job.priority,
-                        not_before: None,
-                        ordering_key: None,
-                        event: None,
-                        parent: Some(Parent::Job(id.0)),
-                        pipeline: Some(Pipeline::Stage { head: head.0 }),
-                        // A large output goes on as the same blob, not a copy.
-                        input_blob: job.output_blob,
-                        callback: None,
-                        hops: job.hops + 1,
-                    },
+                    crate::store::outbox::next_stage(id, job, next, head),
                     now_ms(),
                     fanout,
                 );
