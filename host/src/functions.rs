@@ -191,6 +191,7 @@ fn manifest_of(record: &FunctionRecord) -> Manifest {
     Manifest {
         subscribe: record.subscriptions.clone(),
         then: record.then.clone(),
+        concurrency_key: record.concurrency_key.clone(),
         allowed_outbound_hosts: record.allowed_outbound_hosts.clone(),
         config: record.config.clone(),
         ..Manifest::from_settings(&record.settings)
@@ -252,6 +253,7 @@ impl Functions {
                 settings,
                 subscriptions,
                 then,
+                concurrency_key: manifest.concurrency_key.clone(),
                 digest: compiled.digest.clone(),
                 size: wasm.len() as u64,
                 deployed_at: now_ms(),

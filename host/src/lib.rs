@@ -26,12 +26,16 @@
 //! - [`bench`]: `sluice bench`: the performance scenarios and the peer comparison.
 //! - [`cli`]: the `sluice` command line (serve, deploy, invoke, job, functions, up, bench).
 
+// The function document (`api::functions`) is one `json!` with many keys.
+#![recursion_limit = "256"]
+
 pub mod access;
 pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod flow;
 pub mod functions;
 pub mod guard;
 pub mod host;

@@ -30,6 +30,14 @@ pub struct Manifest {
     pub max_queued: Option<u64>,
     /// Most attempts started per second (smoothed); unset means unlimited.
     pub rate_per_second: Option<u32>,
+    /// Where a job's concurrency key comes from when its submit sends no
+    /// `Sluice-Concurrency-Key`: `{ header = "x-tenant" }` or `{ json = "/tenant" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<crate::flow::KeyRule>,
+    /// Most attempts of one concurrency key running at once (unset: `max_concurrency`).
+    pub key_concurrency: Option<u32>,
+    /// Most attempts of one concurrency key started per second; unset means unlimited.
+    pub key_rate_per_second: Option<u32>,
     /// Topics whose events this function receives: `[[subscribe]] topic = "orders"`, with an
     /// optional `types = ["order.placed", "order.*"]` filter.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -97,6 +105,12 @@ pub struct Settings {
     /// Most attempts started per second, evenly spaced; `None` means unlimited.
     #[serde(default)]
     pub rate_per_second: Option<u32>,
+    /// Most attempts of one concurrency key running at once; `None` means `max_concurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_concurrency: Option<u32>,
+    /// Most attempts of one concurrency key started per second; `None` means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rate_per_second: Option<u32>,
 }
 
 fn default_max_queued() -> u64 {
@@ -112,7 +126,15 @@ impl Settings {
         retry: RetryPolicy::DEFAULT,
         max_queued: 1_000_000,
         rate_per_second: None,
+        key_concurrency: None,
+        key_rate_per_second: None,
     };
+
+    /// How many unfinished jobs of one concurrency key the ready queue takes at once (the
+    /// rest wait in the key's queue): `key_concurrency`, else `max_concurrency`.
+    pub fn key_window(&self) -> u32 {
+        self.key_concurrency.unwrap_or(self.max_concurrency).max(1)
+    }
 }
 
 /// When a failed attempt is tried again: exponential backoff with full jitter, up to
@@ -191,6 +213,9 @@ pub enum ManifestError {
         /// Name the deploy used.
         deploy: String,
     },
+    /// The `concurrency_key` rule is invalid.
+    #[error("invalid concurrency_key: {0}")]
+    ConcurrencyKey(String),
     /// `then` is invalid.
     #[error("invalid then: {0}")]
     Then(String),
@@ -246,6 +271,9 @@ impl Manifest {
             backoff_max_ms: Some(settings.retry.backoff_max_ms),
             max_queued: Some(settings.max_queued),
             rate_per_second: settings.rate_per_second,
+            concurrency_key: None,
+            key_concurrency: settings.key_concurrency,
+            key_rate_per_second: settings.key_rate_per_second,
             subscribe: Vec::new(),
             then: None,
             allowed_outbound_hosts: Vec::new(),
@@ -273,6 +301,9 @@ impl Manifest {
             backoff_max_ms: self.backoff_max_ms.or(base.backoff_max_ms),
             max_queued: self.max_queued.or(base.max_queued),
             rate_per_second: self.rate_per_second.or(base.rate_per_second),
+            concurrency_key: self.concurrency_key.clone().or(base.concurrency_key),
+            key_concurrency: self.key_concurrency.or(base.key_concurrency),
+            key_rate_per_second: self.key_rate_per_second.or(base.key_rate_per_second),
             subscribe: if self.subscribe.is_empty() {
                 base.subscribe
             } else {
@@ -396,6 +427,8 @@ impl Manifest {
             },
             max_queued: self.max_queued.unwrap_or(d.max_queued),
             rate_per_second: self.rate_per_second,
+            key_concurrency: self.key_concurrency,
+            key_rate_per_second: self.key_rate_per_second,
         };
         check(
             "max_concurrency",
@@ -413,6 +446,15 @@ impl Manifest {
         check("max_queued", settings.max_queued, 1, 100_000_000)?;
         if let Some(rate) = settings.rate_per_second {
             check("rate_per_second", rate.into(), 1, 1_000_000)?;
+        }
+        if let Some(n) = settings.key_concurrency {
+            check("key_concurrency", n.into(), 1, bounds.max_concurrency.into())?;
+        }
+        if let Some(rate) = settings.key_rate_per_second {
+            check("key_rate_per_second", rate.into(), 1, 1_000_000)?;
+        }
+        if let Some(rule) = &self.concurrency_key {
+            rule.validate().map_err(ManifestError::ConcurrencyKey)?;
         }
         let retry = settings.retry;
         check("max_attempts", retry.max_attempts.into(), 1, 100)?;
@@ -459,6 +501,8 @@ name = "notify"
 max_concurrency = 2
 allowed_outbound_hosts = ["https://hooks.example.com", "http://127.0.0.1:9000"]
 then = "next"
+concurrency_key = { json = "/tenant" }
+key_concurrency = 2
 [[subscribe]]
 topic = "deploys"
 types = ["deploy.*"]
@@ -471,6 +515,8 @@ url = "https://hooks.example.com/x"
         assert_eq!(again.config, m.config);
         assert_eq!(again.subscribe, m.subscribe);
         assert_eq!(again.then.as_deref(), Some("next"));
+        assert_eq!(again.concurrency_key, Some(crate::flow::KeyRule::Json("/tenant".into())));
+        assert_eq!(again.key_concurrency, Some(2));
         assert_eq!(
             again.config().unwrap()["url"],
             "https://hooks.example.com/x"

@@ -78,6 +78,7 @@ pub fn record(name: &str, settings: Settings, subscriptions: Vec<Subscription>) 
         paused: false,
         subscriptions,
         then: None,
+        concurrency_key: None,
         allowed_outbound_hosts: Vec::new(),
         config: Default::default(),
         changes: Vec::new(),
@@ -114,6 +115,7 @@ pub fn new_job(function: &str, input: &'static [u8]) -> NewJob {
         callback: None,
         hops: 0,
         trace_parent: None,
+        concurrency_key: None,
     }
 }
 

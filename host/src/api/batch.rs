@@ -55,6 +55,7 @@ pub(crate) async fn submit_batch(
     for (i, item) in items.into_iter().enumerate() {
         let item = BatchItem::parse(item, default_priority, default_not_before, now)
             .map_err(|m| bad(format!("item {i}: {m}")))?;
+        let concurrency_key = super::headers::concurrency_key(&state, &name, &headers, &item.input)?;
         statuses.push(if item.not_before.is_some() {
             "delayed"
         } else {
@@ -76,6 +77,7 @@ pub(crate) async fn submit_batch(
             callback: callback.clone(),
             hops: 0,
             trace_parent,
+            concurrency_key,
         });
     }
     let ids = state.store.submit_batch(jobs).await?;

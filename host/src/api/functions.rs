@@ -256,7 +256,7 @@ pub(crate) async fn configure(
         }
         if matches!(
             key.as_str(),
-            "allowed_outbound_hosts" | "config" | "subscribe" | "then"
+            "allowed_outbound_hosts" | "config" | "subscribe" | "then" | "concurrency_key"
         ) {
             return Err(ApiError::bad_request(
                 "invalid_manifest",
@@ -392,6 +392,9 @@ pub(crate) fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Va
         "backoff_max_ms": f.settings.retry.backoff_max_ms,
         "max_queued": f.settings.max_queued,
         "rate_per_second": f.settings.rate_per_second,
+        "key_concurrency": f.settings.key_concurrency,
+        "key_rate_per_second": f.settings.key_rate_per_second,
+        "concurrency_key": f.concurrency_key,
         "subscriptions": f.subscriptions,
         "then": f.then,
         "allowed_outbound_hosts": f.allowed_outbound_hosts,

@@ -173,6 +173,33 @@ pub(crate) fn callback(state: &AppState, headers: &HeaderMap) -> Result<Option<S
     Ok(Some(url.to_string()))
 }
 
+/// A submit's concurrency key (see `crate::flow`): `Sluice-Concurrency-Key`, else what the
+/// function's `concurrency_key` rule finds in the request's headers or in `input`.
+pub(crate) fn concurrency_key(
+    state: &AppState,
+    function: &str,
+    headers: &HeaderMap,
+    input: &[u8],
+) -> Result<Option<String>, ApiError> {
+    if let Some(value) = headers.get("sluice-concurrency-key") {
+        return match value.to_str() {
+            Ok(s) if crate::flow::valid_key(s) => Ok(Some(s.to_string())),
+            _ => Err(ApiError::bad_request(
+                "invalid_header",
+                format!(
+                    "Sluice-Concurrency-Key must be 1 to {} visible characters",
+                    crate::flow::MAX_KEY_LEN
+                ),
+            )),
+        };
+    }
+    Ok(state
+        .runtime
+        .function(function)
+        .and_then(|code| code.record.concurrency_key.clone())
+        .and_then(|rule| rule.key_of(Some(headers), input)))
+}
+
 /// `Sluice-Ordering-Key`: jobs of a function with the same key run one at a time, in order.
 pub(crate) fn ordering_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("sluice-ordering-key") else {

@@ -38,6 +38,7 @@ pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
         "lease_until": job.lease_until.map(rfc3339),
         "priority": job.priority,
         "ordering_key": job.ordering_key,
+        "concurrency_key": job.concurrency_key,
         "version": job.version,
         "parent": job.parent.map(|p| p.to_json()),
         "hops": job.hops,

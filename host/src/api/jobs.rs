@@ -31,6 +31,7 @@ use crate::store::{CancelError, JobPage, JobQuery, NewJob, Submitted};
         ("Sluice-Not-Before" = Option<String>, Header, description = "RFC 3339 time before which it does not start"),
         ("Sluice-Callback" = Option<String>, Header, description = "A URL the host POSTs the outcome to, signed"),
         ("Sluice-Ordering-Key" = Option<String>, Header, description = "Jobs with one key run one at a time, in order"),
+        ("Sluice-Concurrency-Key" = Option<String>, Header, description = "Jobs with one key run at most key_concurrency at once; keys take turns"),
         ("Sluice-Correlation-Id" = Option<String>, Header),
         ("traceparent" = Option<String>, Header, description = "W3C trace context: its trace id becomes the correlation id")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The job's input, any content type"),
@@ -60,6 +61,7 @@ pub(crate) async fn submit(
     let not_before = not_before(&headers)?;
     let ordering_key = ordering_key(&headers)?;
     let callback = callback(&state, &headers)?;
+    let concurrency_key = super::headers::concurrency_key(&state, &name, &headers, &input)?;
     let submitted = state
         .store
         .submit(NewJob {
@@ -78,6 +80,7 @@ pub(crate) async fn submit(
             callback,
             hops: 0,
             trace_parent,
+            concurrency_key,
         })
         .await?;
     // A repeated request with the same idempotency key gets the original answer, as 200.

@@ -70,6 +70,7 @@ pub(crate) struct Job {
     lease_until: Option<String>,
     priority: u8,
     ordering_key: Option<String>,
+    concurrency_key: Option<String>,
     version: Option<u32>,
     /// `{"kind": "event" | "job", "id": ...}`; `null` for a request.
     parent: Option<Value>,
@@ -184,6 +185,10 @@ pub(crate) struct Function {
     backoff_max_ms: u64,
     max_queued: u64,
     rate_per_second: Option<u32>,
+    key_concurrency: Option<u32>,
+    key_rate_per_second: Option<u32>,
+    /// `{"header": NAME}` or `{"json": POINTER}`: where jobs take their concurrency key from.
+    concurrency_key: Option<Value>,
     subscriptions: Value,
     then: Option<String>,
     allowed_outbound_hosts: Vec<String>,

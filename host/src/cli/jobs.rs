@@ -43,6 +43,10 @@ pub struct InvokeArgs {
     /// Ordering key: jobs with the same key run one at a time, in submission order.
     #[arg(long)]
     pub ordering_key: Option<String>,
+    /// Concurrency key: jobs with the same key run at most `key_concurrency` at once, and keys
+    /// take turns.
+    #[arg(long)]
+    pub concurrency_key: Option<String>,
     /// Submit one job per line of this file (`-` for stdin), its input the line, up to 1000
     /// jobs per request (each request all or nothing), with a progress bar; prints each id.
     #[arg(long, conflicts_with_all = ["data", "data_file", "wait", "idempotency_key"])]
@@ -67,6 +71,7 @@ impl InvokeArgs {
             ("sluice-callback", &self.callback),
             ("sluice-correlation-id", &self.correlation_id),
             ("sluice-ordering-key", &self.ordering_key),
+            ("sluice-concurrency-key", &self.concurrency_key),
         ];
         for (name, value) in pairs {
             if let Some(v) = value {

@@ -181,6 +181,11 @@ pub struct Job {
     /// correlation id is) caused it, or the span of the emitted event it delivers: its own
     /// span hangs under this one (see `crate::trace`).
     pub trace_parent: Option<u64>,
+    /// Its concurrency key: jobs of one key run at most `key_concurrency` at once and take
+    /// turns with other keys (see `crate::flow`).
+    pub concurrency_key: Option<String>,
+    /// Its place in its concurrency key's queue (set when it joins it).
+    pub concurrency_seq: u128,
 }
 
 /// A job as listings show it: its record without the input, output and log (left empty), and
@@ -393,6 +398,8 @@ pub struct QueuedJob {
     pub parent: Option<Parent>,
     /// The span its own hangs under, when not its parent's (see [`Job::trace_parent`]).
     pub trace_parent: Option<u64>,
+    /// Its concurrency key, if any.
+    pub concurrency_key: Option<String>,
 }
 
 impl QueuedJob {
@@ -412,6 +419,7 @@ impl QueuedJob {
             input_blob: job.input_blob,
             parent: job.parent,
             trace_parent: job.trace_parent,
+            concurrency_key: job.concurrency_key,
         }
     }
 

@@ -181,6 +181,7 @@ pub async fn measure(
         },
         subscriptions: Vec::new(),
         then: None,
+        concurrency_key: None,
         digest: compiled.digest.clone(),
         size: wasm.len() as u64,
         deployed_at: 0,
@@ -206,6 +207,7 @@ pub async fn measure(
         input_blob: None,
         parent: None,
         trace_parent: None,
+        concurrency_key: None,
     };
 
     let engine = Engine::new(&engine_config(config))?;

@@ -23,6 +23,7 @@ use crate::runtime::Runtime;
 use crate::store::Backend;
 
 mod attempt;
+mod keys;
 mod leasing;
 
 /// Jobs of one function the scheduler holds at most (waiting for a worker, or running); the
@@ -98,6 +99,8 @@ struct FunctionQueue {
     deployed: bool,
     /// Signalled when a job leaves the window (room for another lease).
     room: Arc<Notify>,
+    /// Its concurrency keys' limits and what each runs.
+    keys: keys::Keys,
     /// Stops the task leasing this function's jobs (deleted).
     leasing: CancellationToken,
 }
@@ -176,6 +179,9 @@ impl Scheduler {
         queue.interval = settings
             .rate_per_second
             .map(|r| Duration::from_secs_f64(1.0 / r as f64));
+        queue
+            .keys
+            .configure(settings.key_concurrency, settings.key_rate_per_second);
         self.spawn_workers(&mut state, name);
         if new {
             leasing::queue_leasing(&mut state, name, self);
@@ -304,7 +310,7 @@ impl Inner {
         while let Some((job, start_at)) = self.next_job(&function, &mut cancel) {
             // A job whose function was deleted is already cancelled in the store: skip it.
             let Some(mut code) = self.runtime.function(&function) else {
-                self.done(&function, job.id, true);
+                self.done(&job, true);
                 continue;
             };
             // Another host deployed a newer version: this host's copy follows within moments
@@ -318,8 +324,8 @@ impl Inner {
             if let Some(at) = start_at {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
-                    _ = cancel.cancelled() => { self.done(&function, job.id, true); continue; }
-                    _ = self.stop_starting.cancelled() => { self.done(&function, job.id, true); continue; }
+                    _ = cancel.cancelled() => { self.done(&job, true); continue; }
+                    _ = self.stop_starting.cancelled() => { self.done(&job, true); continue; }
                 }
             }
             let _slot = self
@@ -333,8 +339,8 @@ impl Inner {
             if let Some(at) = self.shared_pace(&function).await {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
-                    _ = cancel.cancelled() => { self.done(&function, job.id, true); continue; }
-                    _ = self.stop_starting.cancelled() => { self.done(&function, job.id, true); continue; }
+                    _ = cancel.cancelled() => { self.done(&job, true); continue; }
+                    _ = self.stop_starting.cancelled() => { self.done(&job, true); continue; }
                 }
             }
             // The reservation above paces without holding a slot; this makes the actual starts
@@ -342,12 +348,12 @@ impl Inner {
             if let Some(at) = self.pace(&function) {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
-                    _ = cancel.cancelled() => { self.done(&function, job.id, true); continue; }
-                    _ = self.stop_starting.cancelled() => { self.done(&function, job.id, true); continue; }
+                    _ = cancel.cancelled() => { self.done(&job, true); continue; }
+                    _ = self.stop_starting.cancelled() => { self.done(&job, true); continue; }
                 }
             }
             let held = self.attempt(&code, &job, &cancel).await;
-            self.done(&function, job.id, held);
+            self.done(&job, held);
         }
         self.worker_exited.notify_waiters();
     }
@@ -408,15 +414,19 @@ impl Inner {
     /// A job left the scheduler (its finish is on its way to the store): its room in the
     /// function's window goes back to the store. `held`: the worker still counts as holding
     /// the job (it let go already when its attempt ended).
-    fn done(&self, function: &str, id: JobId, held: bool) {
+    fn done(&self, job: &QueuedJob, held: bool) {
+        let function = job.function.as_str();
         let deployed = {
             let mut state = self.state.lock();
             if held {
-                release_hold(&mut state.running, id);
+                release_hold(&mut state.running, job.id);
             }
             match state.functions.get_mut(function) {
                 Some(queue) => {
                     queue.running = queue.running.saturating_sub(1);
+                    if let Some(key) = &job.concurrency_key {
+                        queue.keys.ended(key, tokio::time::Instant::now());
+                    }
                     queue.deployed
                 }
                 None => false,
@@ -448,20 +458,25 @@ impl Inner {
         let stopping = self.stopping.load(Ordering::Relaxed);
         if let Some(queue) = state.functions.get_mut(function) {
             // A lowered limit retires the surplus workers.
+            let now = tokio::time::Instant::now();
             if !stopping
                 && !queue.paused
                 && queue.workers <= queue.limit
-                && let Some((_, job)) = queue.ready.pop_first()
+                && let Some((place, key_start)) = queue.keys.pick(&queue.ready, now)
+                && let Some(job) = queue.ready.remove(&place)
             {
                 *cancel = queue.cancel.clone();
                 queue.running += 1;
+                if let Some(key) = &job.concurrency_key {
+                    queue.keys.started(key, now);
+                }
                 let start_at = queue.interval.map(|interval| {
-                    let at = queue.next_start.max(tokio::time::Instant::now());
+                    let at = queue.next_start.max(key_start.unwrap_or(now));
                     queue.next_start = at + interval;
                     at
                 });
                 *state.running.entry(job.id).or_default() += 1;
-                return Some((job, start_at));
+                return Some((job, start_at.or(key_start)));
             }
             queue.workers -= 1;
         }
@@ -485,6 +500,7 @@ impl FunctionQueue {
             deployed: false,
             room: Arc::new(Notify::new()),
             leasing: CancellationToken::new(),
+            keys: keys::Keys::default(),
         }
     }
 }

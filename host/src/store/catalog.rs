@@ -25,6 +25,11 @@ struct Entry {
     max_queued: u64,
     subscriptions: Vec<Subscription>,
     retry: crate::manifest::RetryPolicy,
+    /// Unfinished jobs of one concurrency key let into the ready queue at once.
+    key_window: u32,
+    /// Where jobs take their concurrency key from, for jobs the store makes itself
+    /// (deliveries, emitted jobs, pipeline stages): a JSON rule reads their input.
+    key_rule: Option<crate::flow::KeyRule>,
 }
 
 impl Deployed {
@@ -35,6 +40,20 @@ impl Deployed {
     /// The function's `max_queued`, if it is deployed.
     pub(crate) fn max_queued(&self, name: &str) -> Option<u64> {
         self.0.read().get(name).map(|e| e.max_queued)
+    }
+
+    /// How many unfinished jobs of one of the function's concurrency keys the ready queue
+    /// takes at once (1 when it is not deployed).
+    pub(crate) fn key_window(&self, name: &str) -> u32 {
+        self.0.read().get(name).map_or(1, |e| e.key_window)
+    }
+
+    /// The concurrency key the function's JSON rule finds in `input`, if it has one.
+    pub(crate) fn key_of(&self, name: &str, input: &[u8]) -> Option<String> {
+        match self.0.read().get(name)?.key_rule.as_ref()? {
+            rule @ crate::flow::KeyRule::Json(_) => rule.key_of(None, input),
+            crate::flow::KeyRule::Header(_) => None,
+        }
     }
 
     /// The function's retry policy, if it is deployed.
@@ -70,6 +89,8 @@ impl Deployed {
                 max_queued: record.settings.max_queued,
                 subscriptions: record.subscriptions.clone(),
                 retry: record.settings.retry,
+                key_window: record.settings.key_window(),
+                key_rule: record.concurrency_key.clone(),
             },
         );
     }

@@ -201,12 +201,19 @@ impl Writer {
                 .open()?
                 .add_ref(blob, &new.input[..], &mut fx.blobs)?;
         }
+        let mut new = new;
+        if new.concurrency_key.is_none() && input_blob.is_none() {
+            new.concurrency_key = self.shared.deployed.key_of(&new.function, &new.input);
+        }
         let (mut job, input) = record_of(id, new, now, delayed, input_blob);
         if job.hops > self.max_hops {
             return self.insert_too_deep(id, job, now, t, fx);
         }
         // A job id is a fresh, increasing number: it is also the job's place in its key's queue.
         t.join_key(id, &mut job, id.0)?;
+        if delayed.is_none() {
+            self.join_concurrency(id, &mut job, t)?;
+        }
         t.put_job(id, &job)?;
         t.function_jobs
             .insert((job.function.as_str(), id.0), ())
@@ -217,7 +224,7 @@ impl Writer {
         match delayed {
             Some(at) => self.delay(id, at, t)?,
             // Behind its key's head: it enters the ready queue when the jobs before it end.
-            None if !t.may_run(id, &job)? => {}
+            None if !self.admits(id, &job, t)? => {}
             None => {
                 t.ready_insert(id, &job)?;
                 self.note_ready(&job.function, id, &job);
@@ -239,6 +246,7 @@ impl Writer {
                     input_blob,
                     parent: job.parent,
                     trace_parent: job.trace_parent,
+                    concurrency_key: job.concurrency_key,
                 });
             }
         }
@@ -361,6 +369,8 @@ pub(crate) fn record_of(
         conflicts: 0,
         earlier_logs: Vec::new(),
         trace_parent: new.trace_parent,
+        concurrency_key: new.concurrency_key,
+        concurrency_seq: 0,
     };
     (job, new.input)
 }

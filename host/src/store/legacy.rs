@@ -87,33 +87,35 @@ pub(crate) fn decode_v3(bytes: &[u8]) -> Result<Job, String> {
         conflicts: 0,
         earlier_logs: Vec::new(),
         trace_parent: None,
+        concurrency_key: None,
+        concurrency_seq: 0,
     })
 }
 
-/// Decodes a format-4 job: today's layout without its last five fields, `hops` (a chain that
-/// began before the upgrade counts from there), `outbound`, `conflicts`, `earlier_logs` and
-/// `trace_parent`.
+/// Decodes a format-4 job: today's layout without its last seven fields, `hops` (a chain that
+/// began before the upgrade counts from there), `outbound`, `conflicts`, `earlier_logs`,
+/// `trace_parent`, `concurrency_key` and `concurrency_seq`.
 pub(crate) fn decode_v4(bytes: &[u8]) -> Result<Job, String> {
     // postcard writes a u32, a sequence's length and `None` as one zero byte.
-    with_zeros(bytes, 5)
+    with_zeros(bytes, 7)
 }
 
-/// Decodes a format-5 job: today's layout without its last four fields, `outbound`,
-/// `conflicts`, `earlier_logs` and `trace_parent`.
+/// Decodes a format-5 job: today's layout without its last six fields, `outbound`,
+/// `conflicts`, `earlier_logs`, `trace_parent`, `concurrency_key` and `concurrency_seq`.
 pub(crate) fn decode_v5(bytes: &[u8]) -> Result<Job, String> {
-    with_zeros(bytes, 4)
+    with_zeros(bytes, 6)
 }
 
 /// Decodes a format-6 job: today's layout without `earlier_logs` (no earlier attempt's log
-/// was kept then) and `trace_parent`.
+/// was kept then), `trace_parent`, `concurrency_key` and `concurrency_seq`.
 pub(crate) fn decode_v6(bytes: &[u8]) -> Result<Job, String> {
-    with_zeros(bytes, 2)
+    with_zeros(bytes, 4)
 }
 
 /// Decodes a format-7 job: today's layout without `trace_parent` (its span starts the
-/// Sluice part of its trace).
+/// Sluice part of its trace), `concurrency_key` and `concurrency_seq`.
 pub(crate) fn decode_v7(bytes: &[u8]) -> Result<Job, String> {
-    with_zeros(bytes, 1)
+    with_zeros(bytes, 3)
 }
 
 /// Decodes today's layout from an older record that lacks its last `n` fields, each of which
@@ -164,6 +166,8 @@ mod tests {
             conflicts: 0,
             earlier_logs: Vec::new(),
             trace_parent: None,
+            concurrency_key: None,
+            concurrency_seq: 0,
         }
     }
 
@@ -173,15 +177,15 @@ mod tests {
     #[test]
     fn older_formats_read_with_their_missing_fields_empty() {
         let today = crate::store::tables::encode_job(&job(0));
-        let mut v4 = today[..today.len() - 5].to_vec();
+        let mut v4 = today[..today.len() - 7].to_vec();
         v4[0] = 4;
         let read = crate::store::tables::decode_job(&v4).unwrap();
         assert_eq!(format!("{read:?}"), format!("{:?}", job(0)));
         let deep = crate::store::tables::encode_job(&job(300));
-        let mut v5 = deep[..deep.len() - 4].to_vec();
+        let mut v5 = deep[..deep.len() - 6].to_vec();
         v5[0] = 5;
         assert_eq!(crate::store::tables::decode_job(&v5).unwrap().hops, 300);
-        for (format, cut) in [(6, 2), (7, 1)] {
+        for (format, cut) in [(6, 4), (7, 3)] {
             let mut old = deep[..deep.len() - cut].to_vec();
             old[0] = format;
             let read = crate::store::tables::decode_job(&old).unwrap();
@@ -189,8 +193,10 @@ mod tests {
         }
         let mut traced = job(1);
         traced.trace_parent = Some(0x00f0_67aa_0ba9_02b7);
+        traced.concurrency_key = Some("tenant-a".into());
+        traced.concurrency_seq = 99;
         let read = crate::store::tables::decode_job(&crate::store::tables::encode_job(&traced));
-        assert_eq!(read.unwrap().trace_parent, traced.trace_parent);
+        assert_eq!(format!("{:?}", read.unwrap()), format!("{traced:?}"));
         let mut called = job(300);
         called.outbound.push(crate::job::OutboundCall {
             attempt: 1,
@@ -222,7 +228,7 @@ mod tests {
         assert!(summary.job.input.is_empty() && summary.job.output.is_none());
         assert!(summary.job.log.is_empty());
         assert_eq!(format!("{:?}", summary.job), format!("{:?}", expected.job));
-        let mut v4 = today[..today.len() - 5].to_vec();
+        let mut v4 = today[..today.len() - 7].to_vec();
         v4[0] = 4;
         let old = crate::store::tables::decode_job_summary(&v4).unwrap();
         assert_eq!(old.input_size, 300_000);

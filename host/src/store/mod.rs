@@ -50,6 +50,7 @@ mod deployed;
 mod errors;
 mod ids;
 mod intake;
+mod keys;
 pub mod kv;
 mod leases;
 mod legacy;
@@ -332,12 +333,17 @@ impl Store {
     /// Accepts jobs of one function together (one commit), or none of them.
     pub async fn submit_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>, SubmitError> {
         // Jobs with ordering keys go to their key's shard (a batch carries at most one key).
-        let keyed = jobs
+        let n = self.shards.len();
+        let ordered = jobs
             .iter()
             .find_map(|j| j.ordering_key.as_deref().map(|k| (j.function.as_str(), k)));
-        let shard = match keyed {
-            Some((function, key)) => &self.shards[ordering_shard(function, key, self.shards.len())],
-            None => self.least_busy(),
+        let limited = jobs
+            .iter()
+            .find_map(|j| j.concurrency_key.as_deref().map(|k| (j.function.as_str(), k)));
+        let shard = match (ordered, limited) {
+            (Some((function, key)), _) => &self.shards[ordering_shard(function, key, n)],
+            (None, Some((function, key))) => &self.shards[concurrency_shard(function, key, n)],
+            (None, None) => self.least_busy(),
         };
         shard.call(|reply| Op::SubmitBatch { jobs, reply }).await?
     }
@@ -357,10 +363,11 @@ impl Store {
     /// the shard that key names, where the key's record lives.
     pub async fn submit(&self, job: NewJob) -> Result<Submitted, SubmitError> {
         let n = self.shards.len();
-        let shard = match (&job.ordering_key, &job.idempotency) {
-            (Some(key), _) => &self.shards[ordering_shard(&job.function, key, n)],
-            (None, Some(key)) => &self.shards[key_shard(&job.function, &key.key, n)],
-            (None, None) => self.least_busy(),
+        let shard = match (&job.ordering_key, &job.idempotency, &job.concurrency_key) {
+            (Some(key), _, _) => &self.shards[ordering_shard(&job.function, key, n)],
+            (None, Some(key), _) => &self.shards[key_shard(&job.function, &key.key, n)],
+            (None, None, Some(key)) => &self.shards[concurrency_shard(&job.function, key, n)],
+            (None, None, None) => self.least_busy(),
         };
         shard.call(|reply| Op::Submit { job, reply }).await?
     }
@@ -527,6 +534,14 @@ fn key_shard(function: &str, key: &str, shards: usize) -> usize {
 /// The shard holding a function's ordering key's queue: stable across restarts.
 fn ordering_shard(function: &str, key: &str, shards: usize) -> usize {
     key_shard(function, &format!("\0ordering\0{key}"), shards)
+}
+
+/// The shard holding a concurrency key's queue: a key's jobs submitted by clients all go
+/// there, so its window holds across shards. (Jobs the store makes itself, whose rule finds
+/// a key in their input, stay on their parent's shard: with several shards such a key's
+/// window is per shard, and the scheduler still bounds the key's attempts exactly.)
+fn concurrency_shard(function: &str, key: &str, shards: usize) -> usize {
+    key_shard(function, &format!("\0concurrency\0{key}"), shards)
 }
 
 /// The file of job shard `n`.

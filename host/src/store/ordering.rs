@@ -82,14 +82,16 @@ impl Tables<'_> {
 }
 
 impl Writer {
-    /// A job with an ordering key ended: it leaves its key's queue, and the next job of the key
-    /// (if queued) enters the ready queue. A delayed next job enters it when it is due.
+    /// A job ended: it leaves its concurrency key's queue (see `super::keys`) and its ordering
+    /// key's, and the next job of the ordering key (if queued) enters the ready queue. A
+    /// delayed next job enters it when it is due.
     pub(crate) fn release_key(
         &mut self,
         job: &Job,
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
+        self.release_concurrency(job, t, fx)?;
         let Some(key) = &job.ordering_key else {
             return Ok(());
         };
@@ -103,7 +105,9 @@ impl Writer {
         let Some(mut waiting) = t.job(next)? else {
             return Ok(());
         };
-        if super::machine::next_head_enters_ready(waiting.status) {
+        if super::machine::next_head_enters_ready(waiting.status)
+            && self.admits(next, &waiting, t)?
+        {
             waiting.ready_at = now_ms();
             t.ready_insert(next, &waiting)?;
             t.put_job(next, &waiting)?;

@@ -230,6 +230,8 @@ pub(crate) fn next_stage(id: JobId, job: &Job, function: String, head: JobId) ->
         callback: None,
         hops: job.hops + 1,
         trace_parent: Some(span_number(&attempt_span(id, job.attempts))),
+        // The next function's rule, if it has one, finds the stage's key.
+        concurrency_key: None,
     }
 }
 
@@ -297,6 +299,7 @@ pub(crate) fn emitted_requests(
                 callback: None,
                 hops: job.hops + 1,
                 trace_parent: Some(span_number(&attempt_span(id, job.attempts))),
+                concurrency_key: None,
             }),
         }
     }

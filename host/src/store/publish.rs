@@ -100,6 +100,7 @@ pub(crate) fn delivery_of(
         callback: new.callback.clone(),
         hops: new.hops,
         trace_parent: new.trace_parent,
+        concurrency_key: None,
     }
 }
 

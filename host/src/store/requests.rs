@@ -77,6 +77,8 @@ pub struct NewJob {
     /// The span its own hangs under when not its parent's: a traced caller's (see
     /// [`crate::job::Job::trace_parent`]).
     pub trace_parent: Option<u64>,
+    /// `Sluice-Concurrency-Key` (or what the function's rule found): see `crate::flow`.
+    pub concurrency_key: Option<String>,
 }
 
 /// A publish of one event to a topic, as the API hands it to the store.

@@ -25,6 +25,9 @@
 //! - `ordering`: (function, ordering key, seq) -> job id: each key's unfinished jobs in
 //!   submission order. Only the first (the key's head) is ever in `ready`; when it ends, the
 //!   next one enters `ready`.
+//! - `concurrency`: (function, concurrency key, seq) -> job id: each key's unfinished jobs
+//!   that are due, in the order they became due. Only the first `key_concurrency` of a key
+//!   are ever in `ready` (see [`super::keys`]).
 //! - `events`: Sluice event id -> [`EventRecord`]: each published event (attributes, not data)
 //!   and the delivery jobs it made; in `finished` from the moment it is published, so the
 //!   sweeper deletes it after the job retention period.
@@ -67,6 +70,8 @@ pub(crate) const IDEMPOTENCY_TIMES: TableDefinition<(u64, &str, &str), ()> =
     TableDefinition::new("idempotency_times");
 pub(crate) const ORDERING: TableDefinition<(&str, &str, u128), u128> =
     TableDefinition::new("ordering");
+pub(crate) const CONCURRENCY: TableDefinition<(&str, &str, u128), u128> =
+    TableDefinition::new("concurrency");
 pub(crate) const VERSIONS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("versions");
 pub(crate) const EVENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("events");
 pub(crate) const CORRELATED: TableDefinition<(&str, u128), u8> = TableDefinition::new("correlated");
@@ -105,6 +110,10 @@ pub struct FunctionRecord {
     /// The next stage of its pipeline: on success, its output becomes a job of this function.
     #[serde(default)]
     pub then: Option<String>,
+    /// Where its jobs take their concurrency key from when a submit names none (part of a
+    /// version, like the settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<crate::flow::KeyRule>,
     /// A paused function accepts jobs but starts none (not part of a version: pausing is
     /// operation, not configuration).
     #[serde(default)]
@@ -183,6 +192,29 @@ impl FunctionRecord {
             rate(a.rate_per_second),
             rate(b.rate_per_second),
         );
+        let keyed = |n: Option<u32>, unset: &str| n.map_or(unset.to_string(), |n| n.to_string());
+        setting(
+            "key_concurrency",
+            keyed(a.key_concurrency, "max_concurrency"),
+            keyed(b.key_concurrency, "max_concurrency"),
+        );
+        setting(
+            "key_rate_per_second",
+            keyed(a.key_rate_per_second, "unlimited"),
+            keyed(b.key_rate_per_second, "unlimited"),
+        );
+        if previous.concurrency_key != self.concurrency_key {
+            let rule = |r: &Option<crate::flow::KeyRule>| match r {
+                Some(crate::flow::KeyRule::Header(h)) => format!("header {h}"),
+                Some(crate::flow::KeyRule::Json(p)) => format!("json {p}"),
+                None => "none".into(),
+            };
+            out.push(format!(
+                "concurrency_key {} -> {}",
+                rule(&previous.concurrency_key),
+                rule(&self.concurrency_key)
+            ));
+        }
         let topics = |subs: &[crate::manifest::Subscription]| -> Vec<String> {
             subs.iter()
                 .map(|s| {
@@ -313,7 +345,9 @@ pub(crate) fn decode_job_summary(bytes: &[u8]) -> Result<JobSummary, String> {
             outbound: v.outbound,
             conflicts: v.conflicts,
             earlier_logs: Vec::new(),
-            trace_parent: None,
+            trace_parent: v.trace_parent,
+            concurrency_key: v.concurrency_key,
+            concurrency_seq: v.concurrency_seq,
         },
         input_size,
         output_size,
@@ -357,6 +391,12 @@ struct JobView<'a> {
     hops: u32,
     outbound: Vec<crate::job::OutboundCall>,
     conflicts: u32,
+    /// Earlier logs, borrowed and skipped.
+    #[serde(borrow)]
+    _earlier_logs: Vec<(u32, u64, &'a str)>,
+    trace_parent: Option<u64>,
+    concurrency_key: Option<String>,
+    concurrency_seq: u128,
 }
 
 pub(crate) fn encode_function(record: &FunctionRecord) -> Vec<u8> {

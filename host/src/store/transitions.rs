@@ -273,8 +273,10 @@ impl Writer {
         // Back at the end of its key's queue, behind the jobs submitted since.
         let seq = self.ids.generate().0;
         t.join_key(id, &mut job, seq)?;
+        job.concurrency_seq = 0;
+        self.join_concurrency(id, &mut job, t)?;
         t.put_job(id, &job)?;
-        if t.may_run(id, &job)? {
+        if self.admits(id, &job, t)? {
             t.ready_insert(id, &job)?;
             self.note_ready(function, id, &job);
             fx.ready.push(QueuedJob::from_job(id, job));
@@ -336,14 +338,16 @@ impl Writer {
             job.status = JobStatus::Queued;
             job.not_before = None;
             job.ready_at = now;
+            self.join_concurrency(id, &mut job, t)?;
             t.put_job(id, &job)?;
             fx.counts.moved(
                 &job.function,
                 Some(JobStatus::Delayed),
                 Some(JobStatus::Queued),
             );
-            // Behind its key's head, it waits (queued) for the jobs before it.
-            if t.may_run(id, &job)? {
+            // Behind its key's head, or past its concurrency key's window, it waits (queued)
+            // for the jobs before it.
+            if self.admits(id, &job, t)? {
                 t.ready_insert(id, &job)?;
                 self.note_ready(&job.function.clone(), id, &job);
                 fx.ready.push(QueuedJob::from_job(id, job));
@@ -383,7 +387,7 @@ impl Writer {
         // Jobs waiting behind their key's head are in neither index; emptying the key queues
         // first also keeps each cancel from handing the next job of its key out.
         let mut seen: HashSet<JobId> = ids.iter().copied().collect();
-        for id in t.take_keyed(name)? {
+        for id in t.take_keyed(name)?.into_iter().chain(t.take_concurrency(name)?) {
             if seen.insert(id) {
                 ids.push(id);
             }

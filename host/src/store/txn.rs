@@ -53,6 +53,7 @@ pub(crate) struct Tables<'txn> {
     pub(crate) idempotency: Lazy<'txn, Table<'txn, (&'static str, &'static str), &'static [u8]>>,
     pub(crate) idempotency_times: Lazy<'txn, Table<'txn, (u64, &'static str, &'static str), ()>>,
     pub(crate) ordering: Lazy<'txn, Table<'txn, (&'static str, &'static str, u128), u128>>,
+    pub(crate) concurrency: Lazy<'txn, Table<'txn, (&'static str, &'static str, u128), u128>>,
     pub(crate) events: Lazy<'txn, Table<'txn, u128, &'static [u8]>>,
     pub(crate) correlated: Lazy<'txn, Table<'txn, (&'static str, u128), u8>>,
     pub(crate) counts: Table<'txn, (&'static str, u8), u64>,
@@ -75,6 +76,7 @@ impl<'txn> Tables<'txn> {
                 txn.open_table(IDEMPOTENCY_TIMES).map_err(storage)
             }),
             ordering: Lazy::new(txn, |txn| txn.open_table(ORDERING).map_err(storage)),
+            concurrency: Lazy::new(txn, |txn| txn.open_table(CONCURRENCY).map_err(storage)),
             events: Lazy::new(txn, |txn| txn.open_table(EVENTS).map_err(storage)),
             correlated: Lazy::new(txn, |txn| txn.open_table(CORRELATED).map_err(storage)),
             counts: txn.open_table(COUNTS).map_err(storage)?,
@@ -91,6 +93,7 @@ impl<'txn> Tables<'txn> {
         self.idempotency.open()?;
         self.idempotency_times.open()?;
         self.ordering.open()?;
+        self.concurrency.open()?;
         self.events.open()?;
         self.correlated.open()?;
         self.blobs.open()?;

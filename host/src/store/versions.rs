@@ -79,6 +79,7 @@ pub(crate) fn rolled_back(current: &FunctionRecord, target: FunctionRecord) -> F
         settings: target.settings,
         subscriptions: target.subscriptions,
         then: target.then,
+        concurrency_key: target.concurrency_key,
         digest: target.digest,
         size: target.size,
         deployed_at: crate::job::now_ms(),

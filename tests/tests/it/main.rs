@@ -14,6 +14,7 @@ mod data_files;
 mod emissions;
 mod errors;
 mod failures;
+mod flow_control;
 mod group_commit;
 mod hostile;
 mod kill9;
