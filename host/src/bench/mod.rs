@@ -12,6 +12,9 @@
 //!   deep queue against a shallow one, host memory.
 //! - `outbound` (only when named): one outbound HTTP call from a handler against the same
 //!   call from plain Rust.
+//! - `fairness` (only when named): one concurrency key with 100,000 jobs queued; another
+//!   key's job latency (p50, p99) while it drains, against a newcomer behind the same backlog
+//!   without keys.
 //! - `--peer bullmq`: runs the BullMQ + Redis script (persistence off, then `FSYNC=always`) and
 //!   prints the throughput ratios.
 //!
@@ -21,6 +24,7 @@
 //! - `outbound`: the outbound HTTP scenario.
 //! - `storage`: the scenarios about the data files: retention, a deep backlog.
 
+mod fairness;
 mod host;
 pub mod load;
 mod outbound;
@@ -89,6 +93,9 @@ pub struct BenchArgs {
     /// With --backend: replicas of every stream and bucket.
     #[arg(long, default_value_t = 1)]
     pub nats_replicas: usize,
+    /// Jobs of the noisy key in the fairness scenario.
+    #[arg(long, default_value_t = 100_000)]
+    pub fairness_jobs: usize,
     /// The scale-out scenario's `max_concurrency` for echo (cluster-wide).
     #[arg(long, default_value_t = 64)]
     pub scale_concurrency: u32,
@@ -114,6 +121,8 @@ pub enum Scenario {
     Outbound,
     /// With --backend: throughput of one host, then two, on the same cluster.
     ScaleOut,
+    /// One noisy concurrency key with a deep backlog: another key's job latency.
+    Fairness,
 }
 
 /// A peer system to compare with.
@@ -140,6 +149,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Backlog,
         Scenario::Outbound,
         Scenario::ScaleOut,
+        Scenario::Fairness,
     ];
     let wants = |s: Scenario| (all && !slow.contains(&s)) || args.scenarios.contains(&s);
     let mut report = Report::default();
@@ -238,6 +248,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.add(
             "backlog",
             backlog_scenario(&base, &wasm, &echo.manifest, args.backlog_jobs).await?,
+        );
+    }
+    if wants(Scenario::Fairness) {
+        report.add(
+            "fairness",
+            fairness::scenario(&base, &wasm, &echo.manifest, args.fairness_jobs).await?,
         );
     }
     if wants(Scenario::Outbound) {

@@ -10,6 +10,49 @@ use tokio::time::Instant;
 
 use crate::job::{QueuedJob, ReadyKey};
 
+/// One function's window of ready jobs, in dispatch order, knowing how many have a key.
+#[derive(Default)]
+pub(super) struct Ready {
+    jobs: BTreeMap<ReadyKey, QueuedJob>,
+    /// Jobs in `jobs` with a concurrency key (none: the first job is always the next).
+    keyed: usize,
+}
+
+impl Ready {
+    /// Adds a leased job.
+    pub(super) fn insert(&mut self, job: QueuedJob) {
+        let keyed = job.concurrency_key.is_some();
+        if self.jobs.insert(job.ready_key(), job).is_none() && keyed {
+            self.keyed += 1;
+        }
+    }
+
+    /// Takes the job at `place` out.
+    pub(super) fn remove(&mut self, place: &ReadyKey) -> Option<QueuedJob> {
+        let job = self.jobs.remove(place)?;
+        if job.concurrency_key.is_some() {
+            self.keyed -= 1;
+        }
+        Some(job)
+    }
+
+    /// The place of job `id`, if it is in the window.
+    pub(super) fn place_of(&self, id: crate::job::JobId) -> Option<ReadyKey> {
+        self.jobs.iter().find(|(_, j)| j.id == id).map(|(k, _)| *k)
+    }
+
+    /// Drops every job.
+    pub(super) fn clear(&mut self) {
+        self.jobs.clear();
+        self.keyed = 0;
+    }
+
+    /// Jobs in the window.
+    pub(super) fn len(&self) -> usize {
+        self.jobs.len()
+    }
+}
+
 /// One function's keys: their limits and what each key runs now.
 #[derive(Default)]
 pub(super) struct Keys {
@@ -19,6 +62,8 @@ pub(super) struct Keys {
     interval: Option<Duration>,
     /// Keys with attempts running or a start reserved ahead.
     active: HashMap<String, KeyState>,
+    /// Attempts without a key running now (they take turns with the keys as one more key).
+    unkeyed: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -38,34 +83,56 @@ impl Keys {
         self.interval = rate.map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
     }
 
-    /// The job to start next: the first in dispatch order whose key (if any) is under its
-    /// limit and may start now; else, among those only its rate holds back, the one that may
-    /// start soonest; `None` when every ready job's key is at its limit.
-    pub(super) fn pick(&self, ready: &BTreeMap<ReadyKey, QueuedJob>, now: Instant) -> Option<Pick> {
-        let mut later: Option<Pick> = None;
-        for (place, job) in ready {
-            let Some(key) = &job.concurrency_key else {
-                return Some((*place, None));
+    /// The job to start next. Without keyed jobs in the window, the first. Else, among the
+    /// jobs of the first priority whose key (if any) is under its limit and may start now, the
+    /// one whose key runs the fewest attempts (the first such in dispatch order): keys take
+    /// turns, and a key that just arrived goes first. Failing that, among those only their
+    /// key's rate holds back, the one that may start soonest; `None` when every ready job's
+    /// key is at its limit.
+    pub(super) fn pick(&self, ready: &Ready, now: Instant) -> Option<Pick> {
+        if ready.keyed == 0 {
+            return ready.jobs.first_key_value().map(|(place, _)| (*place, None));
+        }
+        let mut best: Option<(ReadyKey, usize)> = None;
+        let mut later: Option<(ReadyKey, Instant)> = None;
+        for (place, job) in &ready.jobs {
+            if best.is_some_and(|(b, _)| b.0 != place.0) {
+                break;
+            }
+            let (running, next_start) = match &job.concurrency_key {
+                None => (self.unkeyed, None),
+                Some(key) => match self.active.get(key) {
+                    Some(s) => (s.running, Some(s.next_start)),
+                    None => (0, None),
+                },
             };
-            let state = self.active.get(key);
-            if let (Some(limit), Some(s)) = (self.limit, state)
-                && s.running >= limit
-            {
+            if job.concurrency_key.is_some() && self.limit.is_some_and(|l| running >= l) {
                 continue;
             }
-            match state.map(|s| s.next_start).filter(|at| *at > now) {
-                None => return Some((*place, None)),
-                Some(at) if later.is_none_or(|(_, l)| l.is_some_and(|l| at < l)) => {
-                    later = Some((*place, Some(at)));
+            if let Some(at) = next_start.filter(|at| *at > now) {
+                if later.is_none_or(|(_, l)| at < l) {
+                    later = Some((*place, at));
                 }
-                Some(_) => {}
+                continue;
+            }
+            if best.is_none_or(|(_, r)| running < r) {
+                best = Some((*place, running));
+                if running == 0 {
+                    break;
+                }
             }
         }
-        later
+        best.map(|(place, _)| (place, None))
+            .or(later.map(|(place, at)| (place, Some(at))))
     }
 
-    /// An attempt of `key` was taken: it counts as running, and the key's next start moves on.
-    pub(super) fn started(&mut self, key: &str, now: Instant) {
+    /// An attempt of `key` (or one without a key) was taken: it counts as running, and the
+    /// key's next start moves on.
+    pub(super) fn started(&mut self, key: Option<&str>, now: Instant) {
+        let Some(key) = key else {
+            self.unkeyed += 1;
+            return;
+        };
         let interval = self.interval;
         let state = self.active.entry(key.to_string()).or_insert(KeyState {
             running: 0,
@@ -77,8 +144,12 @@ impl Keys {
         }
     }
 
-    /// An attempt of `key` ended (or was never started).
-    pub(super) fn ended(&mut self, key: &str, now: Instant) {
+    /// An attempt of `key` (or one without a key) ended, or was never started.
+    pub(super) fn ended(&mut self, key: Option<&str>, now: Instant) {
+        let Some(key) = key else {
+            self.unkeyed = self.unkeyed.saturating_sub(1);
+            return;
+        };
         if let Some(state) = self.active.get_mut(key) {
             state.running = state.running.saturating_sub(1);
             if state.running == 0 && state.next_start <= now {
@@ -119,46 +190,68 @@ mod tests {
         }
     }
 
+    fn window(jobs: &[(u128, Option<&str>)]) -> Ready {
+        let mut ready = Ready::default();
+        for &(id, key) in jobs {
+            ready.insert(job(id, key));
+        }
+        ready
+    }
+
+    fn id_at(ready: &Ready, place: ReadyKey) -> JobId {
+        ready.jobs[&place].id
+    }
+
     #[test]
     fn keys_at_their_limit_are_passed_over_and_rates_pace_starts() {
         let now = Instant::now();
         let mut keys = Keys::default();
         keys.configure(Some(1), None);
-        let mut ready = BTreeMap::new();
-        for (id, key) in [(1, Some("a")), (2, Some("a")), (3, Some("b")), (4, None)] {
-            let j = job(id, key);
-            ready.insert(j.ready_key(), j);
-        }
+        let mut ready = window(&[(1, Some("a")), (2, Some("a")), (3, Some("b")), (4, None)]);
         let (first, at) = keys.pick(&ready, now).unwrap();
-        assert_eq!((ready[&first].id, at), (JobId(1), None));
+        assert_eq!((id_at(&ready, first), at), (JobId(1), None));
         ready.remove(&first);
-        keys.started("a", now);
+        keys.started(Some("a"), now);
         // a is at its limit: b's job goes next, then the unkeyed one; a's waits.
         let (next, _) = keys.pick(&ready, now).unwrap();
-        assert_eq!(ready[&next].id, JobId(3));
+        assert_eq!(id_at(&ready, next), JobId(3));
         ready.remove(&next);
-        keys.started("b", now);
+        keys.started(Some("b"), now);
         let (next, _) = keys.pick(&ready, now).unwrap();
-        assert_eq!(ready[&next].id, JobId(4));
+        assert_eq!(id_at(&ready, next), JobId(4));
         ready.remove(&next);
+        keys.started(None, now);
         assert!(keys.pick(&ready, now).is_none(), "only a's second job is left");
-        keys.ended("a", now);
+        keys.ended(Some("a"), now);
         assert_eq!(keys.running("a"), 0);
-        assert_eq!(ready[&keys.pick(&ready, now).unwrap().0].id, JobId(2));
+        assert_eq!(id_at(&ready, keys.pick(&ready, now).unwrap().0), JobId(2));
 
         // Two starts a second: the second start of a key waits half a second.
         let mut paced = Keys::default();
         paced.configure(None, Some(2));
-        paced.started("a", now);
-        let mut ready = BTreeMap::new();
-        let j = job(5, Some("a"));
-        ready.insert(j.ready_key(), j);
+        paced.started(Some("a"), now);
+        let mut ready = window(&[(5, Some("a"))]);
         let (_, at) = paced.pick(&ready, now).unwrap();
         assert_eq!(at, Some(now + Duration::from_millis(500)));
         // Another key is not held back by a's pace.
-        let j = job(6, Some("b"));
-        ready.insert(j.ready_key(), j);
+        ready.insert(job(6, Some("b")));
         let (place, at) = paced.pick(&ready, now).unwrap();
-        assert_eq!((ready[&place].id, at), (JobId(6), None));
+        assert_eq!((id_at(&ready, place), at), (JobId(6), None));
+    }
+
+    /// Without a key limit, the key running the fewest attempts goes first: a newcomer is not
+    /// queued behind a busy key's ready jobs.
+    #[test]
+    fn the_least_busy_key_goes_first() {
+        let now = Instant::now();
+        let mut keys = Keys::default();
+        for _ in 0..3 {
+            keys.started(Some("noisy"), now);
+        }
+        let ready = window(&[(1, Some("noisy")), (2, Some("noisy")), (3, Some("quiet"))]);
+        assert_eq!(id_at(&ready, keys.pick(&ready, now).unwrap().0), JobId(3));
+        // With no keyed job in the window, the first job goes (the fast path).
+        let plain = window(&[(7, None), (8, None)]);
+        assert_eq!(id_at(&plain, keys.pick(&plain, now).unwrap().0), JobId(7));
     }
 }

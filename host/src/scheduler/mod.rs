@@ -9,7 +9,7 @@
 //! and how it ended, and relies on the store's fencing (attempt numbers and statuses) so a
 //! stale or cancelled attempt changes nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{JobId, QueuedJob, ReadyKey};
+use crate::job::{JobId, QueuedJob};
 use crate::runtime::Runtime;
 use crate::store::Backend;
 
@@ -78,7 +78,7 @@ struct State {
 /// One function's window of ready jobs, its workers and its pace.
 struct FunctionQueue {
     /// Jobs ready to start, in dispatch order.
-    ready: BTreeMap<ReadyKey, QueuedJob>,
+    ready: keys::Ready,
     /// Workers draining `ready` now.
     workers: usize,
     /// Attempts running now.
@@ -152,7 +152,7 @@ impl Scheduler {
             if touched.last() != Some(&job.function) {
                 touched.push(job.function.clone());
             }
-            queue.ready.insert(job.ready_key(), job);
+            queue.ready.insert(job);
         }
         for name in touched {
             self.spawn_workers(&mut state, &name);
@@ -227,12 +227,7 @@ impl Scheduler {
         let Some(queue) = state.functions.get_mut(function) else {
             return;
         };
-        let key = queue
-            .ready
-            .iter()
-            .find(|(_, j)| j.id == id)
-            .map(|(k, _)| *k);
-        if let Some(key) = key {
+        if let Some(key) = queue.ready.place_of(id) {
             queue.ready.remove(&key);
             drop(state);
             self.inner.release(function);
@@ -424,9 +419,9 @@ impl Inner {
             match state.functions.get_mut(function) {
                 Some(queue) => {
                     queue.running = queue.running.saturating_sub(1);
-                    if let Some(key) = &job.concurrency_key {
-                        queue.keys.ended(key, tokio::time::Instant::now());
-                    }
+                    queue
+                        .keys
+                        .ended(job.concurrency_key.as_deref(), tokio::time::Instant::now());
                     queue.deployed
                 }
                 None => false,
@@ -467,9 +462,7 @@ impl Inner {
             {
                 *cancel = queue.cancel.clone();
                 queue.running += 1;
-                if let Some(key) = &job.concurrency_key {
-                    queue.keys.started(key, now);
-                }
+                queue.keys.started(job.concurrency_key.as_deref(), now);
                 let start_at = queue.interval.map(|interval| {
                     let at = queue.next_start.max(key_start.unwrap_or(now));
                     queue.next_start = at + interval;
@@ -488,7 +481,7 @@ impl Inner {
 impl FunctionQueue {
     fn new() -> Self {
         FunctionQueue {
-            ready: BTreeMap::new(),
+            ready: keys::Ready::default(),
             workers: 0,
             running: 0,
             limit: 1,

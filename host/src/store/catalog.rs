@@ -25,7 +25,9 @@ struct Entry {
     max_queued: u64,
     subscriptions: Vec<Subscription>,
     retry: crate::manifest::RetryPolicy,
-    /// Unfinished jobs of one concurrency key let into the ready queue at once.
+    /// Unfinished jobs of one concurrency key let into the ready queue at once: twice its
+    /// `key_concurrency` (the scheduler runs at most that many; the rest are its next turns,
+    /// started without waiting for the commit that ends the ones before).
     key_window: u32,
     /// Where jobs take their concurrency key from, for jobs the store makes itself
     /// (deliveries, emitted jobs, pipeline stages): a JSON rule reads their input.
@@ -89,7 +91,7 @@ impl Deployed {
                 max_queued: record.settings.max_queued,
                 subscriptions: record.subscriptions.clone(),
                 retry: record.settings.retry,
-                key_window: record.settings.key_window(),
+                key_window: record.settings.key_window().saturating_mul(2),
                 key_rule: record.concurrency_key.clone(),
             },
         );

@@ -1,8 +1,12 @@
 //! Concurrency keys' queues: a key's unfinished jobs that are due wait in the `concurrency`
-//! table in the order they became due, and only its first `key_concurrency` (the key's window,
-//! `Settings::key_window`) are ever in the ready queue. The transition that ends one lets the
+//! table in the order they became due, and only its first places (the key's window: twice
+//! `Settings::key_window`, the scheduler running at most half of them) are ever in the ready
+//! queue. The transition that ends one lets the
 //! next in, in the same transaction, at the back of the ready queue: keys with work take turns
 //! however many jobs each has queued (see `crate::flow`).
+//!
+//! Each place records whether its job was let in (`admitted`), so a release reads only the
+//! key's window of places and loads just the jobs that enter now.
 //!
 //! A job joins its key's queue when it is due (submitted without a delay, or promoted when its
 //! delay ran out), so a job delayed for an hour holds no place; one waiting for a retry keeps
@@ -13,16 +17,16 @@ use redb::ReadableTable;
 use super::txn::Tables;
 use super::writer::{Effects, Writer};
 use super::{StoreError, storage};
-use crate::job::{Job, JobId, JobStatus, QueuedJob, now_ms, ready_key};
+use crate::job::{Job, JobId, JobStatus, QueuedJob, now_ms};
 
 impl Tables<'_> {
-    /// The first `n` jobs of a concurrency key's queue (its window when `n` is the window).
-    pub(crate) fn key_window(
+    /// The first `n` places of a concurrency key's queue: (seq, job, admitted).
+    fn key_window(
         &mut self,
         function: &str,
         key: &str,
         n: usize,
-    ) -> Result<Vec<(u128, JobId)>, StoreError> {
+    ) -> Result<Vec<(u128, JobId, bool)>, StoreError> {
         let mut out = Vec::with_capacity(n.min(64));
         for row in self
             .concurrency
@@ -32,7 +36,8 @@ impl Tables<'_> {
             .take(n)
         {
             let (k, v) = row.map_err(storage)?;
-            out.push((k.value().2, JobId(v.value())));
+            let (id, admitted) = v.value();
+            out.push((k.value().2, JobId(id), admitted));
         }
         Ok(out)
     }
@@ -51,7 +56,7 @@ impl Tables<'_> {
             if f != function {
                 break;
             }
-            rows.push((key.to_string(), seq, JobId(v.value())));
+            rows.push((key.to_string(), seq, JobId(v.value().0)));
         }
         for (key, seq, _) in &rows {
             self.concurrency
@@ -62,14 +67,19 @@ impl Tables<'_> {
         Ok(rows.into_iter().map(|(_, _, id)| id).collect())
     }
 
-    /// True when the job is in the ready table.
-    fn is_ready(&mut self, id: JobId, job: &Job) -> Result<bool, StoreError> {
-        let (rank, at, _) = ready_key(job.priority, job.ready_at, id);
-        Ok(self
-            .ready
-            .get((job.function.as_str(), rank, at, id.0))
-            .map_err(storage)?
-            .is_some())
+    /// Records that the job in place `seq` of a key's queue was let into the ready queue.
+    fn mark_admitted(
+        &mut self,
+        function: &str,
+        key: &str,
+        seq: u128,
+        id: JobId,
+    ) -> Result<(), StoreError> {
+        self.concurrency
+            .open()?
+            .insert((function, key, seq), (id.0, true))
+            .map_err(storage)?;
+        Ok(())
     }
 }
 
@@ -92,13 +102,14 @@ impl Writer {
         job.concurrency_seq = seq;
         t.concurrency
             .open()?
-            .insert((job.function.as_str(), key.as_str(), seq), id.0)
+            .insert((job.function.as_str(), key.as_str(), seq), (id.0, false))
             .map_err(storage)?;
         Ok(())
     }
 
-    /// True when a due job may enter the ready queue: it is its ordering key's head (if it has
-    /// one) and within its concurrency key's window (if it has one).
+    /// Whether a due job may enter the ready queue: it is its ordering key's head (if it has
+    /// one) and within its concurrency key's window (if it has one), where its place is then
+    /// marked as let in. The caller puts it in the ready queue when this says yes.
     pub(crate) fn admits(
         &mut self,
         id: JobId,
@@ -112,45 +123,56 @@ impl Writer {
             return Ok(true);
         };
         let window = self.shared.deployed.key_window(&job.function) as usize;
-        Ok(t
+        let place = t
             .key_window(&job.function, key, window)?
-            .iter()
-            .any(|(_, j)| *j == id))
+            .into_iter()
+            .find(|(_, j, _)| *j == id);
+        match place {
+            Some((seq, _, admitted)) => {
+                if !admitted {
+                    t.mark_admitted(&job.function, key, seq, id)?;
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// A job with a concurrency key ended: it leaves its key's queue, and the queued jobs now
-    /// in the key's window that are not in the ready queue yet enter it (at its back).
+    /// in the key's window that were not let in yet enter the ready queue (at its back).
     pub(crate) fn release_concurrency(
         &mut self,
         job: &Job,
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        let Some(key) = job.concurrency_key.clone() else {
+        let Some(key) = job.concurrency_key.as_deref() else {
             return Ok(());
         };
         if job.concurrency_seq == 0 {
             return Ok(());
         }
+        let function = job.function.as_str();
         t.concurrency
             .open()?
-            .remove((job.function.as_str(), key.as_str(), job.concurrency_seq))
+            .remove((function, key, job.concurrency_seq))
             .map_err(storage)?;
-        let window = self.shared.deployed.key_window(&job.function) as usize;
-        for (_, next) in t.key_window(&job.function, &key, window)? {
+        let window = self.shared.deployed.key_window(function) as usize;
+        for (seq, next, admitted) in t.key_window(function, key, window)? {
+            if admitted {
+                continue;
+            }
             let Some(mut waiting) = t.job(next)? else {
                 continue;
             };
-            if waiting.status != JobStatus::Queued
-                || t.is_ready(next, &waiting)?
-                || !t.may_run(next, &waiting)?
-            {
+            if waiting.status != JobStatus::Queued || !t.may_run(next, &waiting)? {
                 continue;
             }
+            t.mark_admitted(function, key, seq, next)?;
             waiting.ready_at = now_ms();
             t.ready_insert(next, &waiting)?;
             t.put_job(next, &waiting)?;
-            self.note_ready(&waiting.function, next, &waiting);
+            self.note_ready(function, next, &waiting);
             fx.ready.push(QueuedJob::from_job(next, waiting));
         }
         Ok(())

@@ -25,9 +25,9 @@
 //! - `ordering`: (function, ordering key, seq) -> job id: each key's unfinished jobs in
 //!   submission order. Only the first (the key's head) is ever in `ready`; when it ends, the
 //!   next one enters `ready`.
-//! - `concurrency`: (function, concurrency key, seq) -> job id: each key's unfinished jobs
-//!   that are due, in the order they became due. Only the first `key_concurrency` of a key
-//!   are ever in `ready` (see [`super::keys`]).
+//! - `concurrency`: (function, concurrency key, seq) -> (job id, admitted): each key's
+//!   unfinished jobs that are due, in the order they became due. Only the first
+//!   `key_concurrency` of a key are ever let into `ready` (`admitted`, see [`super::keys`]).
 //! - `events`: Sluice event id -> [`EventRecord`]: each published event (attributes, not data)
 //!   and the delivery jobs it made; in `finished` from the moment it is published, so the
 //!   sweeper deletes it after the job retention period.
@@ -70,7 +70,7 @@ pub(crate) const IDEMPOTENCY_TIMES: TableDefinition<(u64, &str, &str), ()> =
     TableDefinition::new("idempotency_times");
 pub(crate) const ORDERING: TableDefinition<(&str, &str, u128), u128> =
     TableDefinition::new("ordering");
-pub(crate) const CONCURRENCY: TableDefinition<(&str, &str, u128), u128> =
+pub(crate) const CONCURRENCY: TableDefinition<(&str, &str, u128), (u128, bool)> =
     TableDefinition::new("concurrency");
 pub(crate) const VERSIONS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("versions");
 pub(crate) const EVENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("events");

@@ -53,7 +53,8 @@ pub(crate) struct Tables<'txn> {
     pub(crate) idempotency: Lazy<'txn, Table<'txn, (&'static str, &'static str), &'static [u8]>>,
     pub(crate) idempotency_times: Lazy<'txn, Table<'txn, (u64, &'static str, &'static str), ()>>,
     pub(crate) ordering: Lazy<'txn, Table<'txn, (&'static str, &'static str, u128), u128>>,
-    pub(crate) concurrency: Lazy<'txn, Table<'txn, (&'static str, &'static str, u128), u128>>,
+    pub(crate) concurrency:
+        Lazy<'txn, Table<'txn, (&'static str, &'static str, u128), (u128, bool)>>,
     pub(crate) events: Lazy<'txn, Table<'txn, u128, &'static [u8]>>,
     pub(crate) correlated: Lazy<'txn, Table<'txn, (&'static str, u128), u8>>,
     pub(crate) counts: Table<'txn, (&'static str, u8), u64>,
