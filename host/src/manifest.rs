@@ -38,6 +38,11 @@ pub struct Manifest {
     pub key_concurrency: Option<u32>,
     /// Most attempts of one concurrency key started per second; unset means unlimited.
     pub key_rate_per_second: Option<u32>,
+    /// How long a submit with a `Sluice-Debounce-Key` waits, replaced by a newer one with the
+    /// same key within that time; unset: the function takes no debounce keys.
+    pub debounce_ms: Option<u64>,
+    /// The longest a burst of debounced submits delays a run, from its first submit.
+    pub debounce_max_ms: Option<u64>,
     /// Topics whose events this function receives: `[[subscribe]] topic = "orders"`, with an
     /// optional `types = ["order.placed", "order.*"]` filter.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -111,6 +116,13 @@ pub struct Settings {
     /// Most attempts of one concurrency key started per second; `None` means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_rate_per_second: Option<u32>,
+    /// How long a debounced submit waits for a newer one with the same key; `None`: the
+    /// function takes no debounce keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce_ms: Option<u64>,
+    /// The longest a burst of debounced submits delays a run; `None`: no bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce_max_ms: Option<u64>,
 }
 
 fn default_max_queued() -> u64 {
@@ -128,6 +140,8 @@ impl Settings {
         rate_per_second: None,
         key_concurrency: None,
         key_rate_per_second: None,
+        debounce_ms: None,
+        debounce_max_ms: None,
     };
 
     /// How many unfinished jobs of one concurrency key the ready queue takes at once (the
@@ -274,6 +288,8 @@ impl Manifest {
             concurrency_key: None,
             key_concurrency: settings.key_concurrency,
             key_rate_per_second: settings.key_rate_per_second,
+            debounce_ms: settings.debounce_ms,
+            debounce_max_ms: settings.debounce_max_ms,
             subscribe: Vec::new(),
             then: None,
             allowed_outbound_hosts: Vec::new(),
@@ -304,6 +320,8 @@ impl Manifest {
             concurrency_key: self.concurrency_key.clone().or(base.concurrency_key),
             key_concurrency: self.key_concurrency.or(base.key_concurrency),
             key_rate_per_second: self.key_rate_per_second.or(base.key_rate_per_second),
+            debounce_ms: self.debounce_ms.or(base.debounce_ms),
+            debounce_max_ms: self.debounce_max_ms.or(base.debounce_max_ms),
             subscribe: if self.subscribe.is_empty() {
                 base.subscribe
             } else {
@@ -429,6 +447,8 @@ impl Manifest {
             rate_per_second: self.rate_per_second,
             key_concurrency: self.key_concurrency,
             key_rate_per_second: self.key_rate_per_second,
+            debounce_ms: self.debounce_ms,
+            debounce_max_ms: self.debounce_max_ms,
         };
         check(
             "max_concurrency",
@@ -452,6 +472,19 @@ impl Manifest {
         }
         if let Some(rate) = settings.key_rate_per_second {
             check("key_rate_per_second", rate.into(), 1, 1_000_000)?;
+        }
+        if let Some(wait) = settings.debounce_ms {
+            check("debounce_ms", wait, 1, 86_400_000)?;
+        }
+        if let Some(max) = settings.debounce_max_ms {
+            let Some(wait) = settings.debounce_ms else {
+                return Err(ManifestError::Range {
+                    key: "debounce_max_ms",
+                    value: max,
+                    range: "it only with debounce_ms".into(),
+                });
+            };
+            check("debounce_max_ms", max, wait, 86_400_000)?;
         }
         if let Some(rule) = &self.concurrency_key {
             rule.validate().map_err(ManifestError::ConcurrencyKey)?;

@@ -116,6 +116,7 @@ pub fn new_job(function: &str, input: &'static [u8]) -> NewJob {
         hops: 0,
         trace_parent: None,
         concurrency_key: None,
+        debounce_key: None,
     }
 }
 

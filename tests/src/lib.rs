@@ -372,7 +372,7 @@ impl TestHost {
 pub fn is_terminal(job: &Value) -> bool {
     matches!(
         job["status"].as_str(),
-        Some("succeeded" | "failed" | "dead" | "cancelled")
+        Some("succeeded" | "failed" | "dead" | "cancelled" | "superseded")
     )
 }
 

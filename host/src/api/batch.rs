@@ -49,6 +49,11 @@ pub(crate) async fn submit_batch(
     // One key for the whole batch: its jobs keep their order within the key.
     let ordering_key = ordering_key(&headers)?;
     let callback = callback(&state, &headers)?;
+    if headers.contains_key("sluice-debounce-key") {
+        return Err(bad(
+            "Sluice-Debounce-Key is for single submits (each replaces the key's waiting job): send them one by one".into(),
+        ));
+    }
     let now = now_ms();
     let mut jobs = Vec::with_capacity(items.len());
     let mut statuses = Vec::with_capacity(items.len());
@@ -78,6 +83,7 @@ pub(crate) async fn submit_batch(
             hops: 0,
             trace_parent,
             concurrency_key,
+            debounce_key: None,
         });
     }
     let ids = state.store.submit_batch(jobs).await?;

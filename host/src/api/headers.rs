@@ -200,6 +200,52 @@ pub(crate) fn concurrency_key(
         .and_then(|rule| rule.key_of(Some(headers), input)))
 }
 
+/// `Sluice-Debounce-Key`: a newer submit with the same key replaces the waiting job (see
+/// `store::debounce`). The function must debounce (`debounce_ms`); a key cannot go with an
+/// ordering key or a delay of the request's own.
+pub(crate) fn debounce_key(
+    state: &AppState,
+    function: &str,
+    headers: &HeaderMap,
+) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("sluice-debounce-key") else {
+        return Ok(None);
+    };
+    let key = match value.to_str() {
+        Ok(s) if crate::flow::valid_key(s) => s.to_string(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_header",
+                format!(
+                    "Sluice-Debounce-Key must be 1 to {} visible characters",
+                    crate::flow::MAX_KEY_LEN
+                ),
+            ));
+        }
+    };
+    for other in ["sluice-ordering-key", "sluice-delay", "sluice-not-before"] {
+        if headers.contains_key(other) {
+            return Err(ApiError::bad_request(
+                "invalid_header",
+                format!("Sluice-Debounce-Key cannot go with {other}: the debounce sets when the job runs"),
+            ));
+        }
+    }
+    let debounces = state
+        .runtime
+        .function(function)
+        .is_some_and(|code| code.record.settings.debounce_ms.is_some());
+    if !debounces && state.runtime.function(function).is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_header",
+            format!(
+                "function {function} does not debounce: deploy it with debounce_ms = N (and optionally debounce_max_ms) to use Sluice-Debounce-Key"
+            ),
+        ));
+    }
+    Ok(Some(key))
+}
+
 /// `Sluice-Ordering-Key`: jobs of a function with the same key run one at a time, in order.
 pub(crate) fn ordering_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("sluice-ordering-key") else {

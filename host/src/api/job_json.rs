@@ -39,6 +39,8 @@ pub(crate) fn job_json(id: JobId, job: &Job, full: bool) -> Value {
         "priority": job.priority,
         "ordering_key": job.ordering_key,
         "concurrency_key": job.concurrency_key,
+        "debounce_key": job.debounce_key,
+        "superseded_by": job.superseded_by.map(|id| crate::job::JobId(id).to_string()),
         "version": job.version,
         "parent": job.parent.map(|p| p.to_json()),
         "hops": job.hops,

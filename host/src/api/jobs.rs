@@ -62,6 +62,7 @@ pub(crate) async fn submit(
     let ordering_key = ordering_key(&headers)?;
     let callback = callback(&state, &headers)?;
     let concurrency_key = super::headers::concurrency_key(&state, &name, &headers, &input)?;
+    let debounce_key = super::headers::debounce_key(&state, &name, &headers)?;
     let submitted = state
         .store
         .submit(NewJob {
@@ -81,6 +82,7 @@ pub(crate) async fn submit(
             hops: 0,
             trace_parent,
             concurrency_key,
+            debounce_key,
         })
         .await?;
     // A repeated request with the same idempotency key gets the original answer, as 200.

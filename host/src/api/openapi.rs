@@ -39,6 +39,7 @@ pub(crate) enum Status {
     Failed,
     Dead,
     Cancelled,
+    Superseded,
 }
 
 /// A submit's answer.
@@ -71,6 +72,9 @@ pub(crate) struct Job {
     priority: u8,
     ordering_key: Option<String>,
     concurrency_key: Option<String>,
+    debounce_key: Option<String>,
+    /// The job that replaced it (status `superseded`).
+    superseded_by: Option<String>,
     version: Option<u32>,
     /// `{"kind": "event" | "job", "id": ...}`; `null` for a request.
     parent: Option<Value>,
@@ -189,6 +193,8 @@ pub(crate) struct Function {
     key_rate_per_second: Option<u32>,
     /// `{"header": NAME}` or `{"json": POINTER}`: where jobs take their concurrency key from.
     concurrency_key: Option<Value>,
+    debounce_ms: Option<u64>,
+    debounce_max_ms: Option<u64>,
     subscriptions: Value,
     then: Option<String>,
     allowed_outbound_hosts: Vec<String>,
@@ -215,6 +221,7 @@ pub(crate) struct Stats {
     failed: u64,
     dead: u64,
     cancelled: u64,
+    superseded: u64,
     oldest_queued_age_ms: Option<u64>,
     queued_bytes: u64,
     max_queued: u64,

@@ -441,10 +441,8 @@ pub(super) async fn logs(args: LogsArgs) -> anyhow::Result<()> {
 async fn wait_terminal(client: &Client, id: &str) -> anyhow::Result<Value> {
     loop {
         let job = client.job(id, 30).await?;
-        if matches!(
-            job["status"].as_str(),
-            Some("succeeded" | "failed" | "dead" | "cancelled")
-        ) {
+        let status = job["status"].as_str().and_then(|s| s.parse::<crate::job::JobStatus>().ok());
+        if status.is_some_and(crate::job::JobStatus::is_terminal) {
             return Ok(job);
         }
     }

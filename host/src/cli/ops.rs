@@ -149,6 +149,7 @@ pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
         "failed",
         "dead",
         "cancelled",
+        "superseded",
     ] {
         println!("  {key:<10} {}", s[key]);
     }

@@ -36,7 +36,7 @@ impl FromStr for JobId {
     }
 }
 
-/// Where a job is in its life. The last four are terminal: a job never leaves them.
+/// Where a job is in its life. The last five are terminal: a job never leaves them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
@@ -54,11 +54,14 @@ pub enum JobStatus {
     Dead,
     /// Cancelled before it could finish (e.g. its function was force-deleted).
     Cancelled,
+    /// Replaced, before it started, by a newer job with the same debounce key
+    /// ([`Job::superseded_by`] names it).
+    Superseded,
 }
 
 impl JobStatus {
     /// Every status, in life-cycle order.
-    pub const ALL: [JobStatus; 7] = [
+    pub const ALL: [JobStatus; 8] = [
         JobStatus::Queued,
         JobStatus::Delayed,
         JobStatus::Running,
@@ -66,13 +69,18 @@ impl JobStatus {
         JobStatus::Failed,
         JobStatus::Dead,
         JobStatus::Cancelled,
+        JobStatus::Superseded,
     ];
 
     /// True for the statuses a job never leaves.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Dead | JobStatus::Cancelled
+            JobStatus::Succeeded
+                | JobStatus::Failed
+                | JobStatus::Dead
+                | JobStatus::Cancelled
+                | JobStatus::Superseded
         )
     }
 
@@ -86,6 +94,7 @@ impl JobStatus {
             JobStatus::Failed => "failed",
             JobStatus::Dead => "dead",
             JobStatus::Cancelled => "cancelled",
+            JobStatus::Superseded => "superseded",
         }
     }
 }
@@ -186,6 +195,10 @@ pub struct Job {
     pub concurrency_key: Option<String>,
     /// Its place in its concurrency key's queue (set when it joins it).
     pub concurrency_seq: u128,
+    /// Its debounce key: a newer submit with the same key, while this job waits, replaces it.
+    pub debounce_key: Option<String>,
+    /// The job that replaced it (status `superseded`).
+    pub superseded_by: Option<u128>,
 }
 
 /// A job as listings show it: its record without the input, output and log (left empty), and

@@ -32,6 +32,8 @@ struct Entry {
     /// Where jobs take their concurrency key from, for jobs the store makes itself
     /// (deliveries, emitted jobs, pipeline stages): a JSON rule reads their input.
     key_rule: Option<crate::flow::KeyRule>,
+    /// `debounce_ms` and `debounce_max_ms`, when it debounces.
+    debounce: Option<(u64, Option<u64>)>,
 }
 
 impl Deployed {
@@ -56,6 +58,11 @@ impl Deployed {
             rule @ crate::flow::KeyRule::Json(_) => rule.key_of(None, input),
             crate::flow::KeyRule::Header(_) => None,
         }
+    }
+
+    /// The function's `debounce_ms` and `debounce_max_ms`, when it is deployed and debounces.
+    pub(crate) fn debounce(&self, name: &str) -> Option<(u64, Option<u64>)> {
+        self.0.read().get(name)?.debounce
     }
 
     /// The function's retry policy, if it is deployed.
@@ -93,6 +100,10 @@ impl Deployed {
                 retry: record.settings.retry,
                 key_window: record.settings.key_window().saturating_mul(2),
                 key_rule: record.concurrency_key.clone(),
+                debounce: record
+                    .settings
+                    .debounce_ms
+                    .map(|wait| (wait, record.settings.debounce_max_ms)),
             },
         );
     }

@@ -179,6 +179,12 @@ impl Writer {
         t: &mut Tables<'_>,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
+        let mut new = new;
+        if let Some(key) = new.debounce_key.clone()
+            && let Some(due) = self.debounce(id, &new.function, &key, now, t, fx)?
+        {
+            new.not_before = Some(due);
+        }
         let delayed = match super::machine::on_submit(new.not_before, now) {
             super::machine::Accepted::Delayed(at) => Some(at),
             super::machine::Accepted::Queued => None,
@@ -201,7 +207,6 @@ impl Writer {
                 .open()?
                 .add_ref(blob, &new.input[..], &mut fx.blobs)?;
         }
-        let mut new = new;
         if new.concurrency_key.is_none() && input_blob.is_none() {
             new.concurrency_key = self.shared.deployed.key_of(&new.function, &new.input);
         }
@@ -371,6 +376,8 @@ pub(crate) fn record_of(
         trace_parent: new.trace_parent,
         concurrency_key: new.concurrency_key,
         concurrency_seq: 0,
+        debounce_key: new.debounce_key,
+        superseded_by: None,
     };
     (job, new.input)
 }

@@ -89,33 +89,36 @@ pub(crate) fn decode_v3(bytes: &[u8]) -> Result<Job, String> {
         trace_parent: None,
         concurrency_key: None,
         concurrency_seq: 0,
+        debounce_key: None,
+        superseded_by: None,
     })
 }
 
-/// Decodes a format-4 job: today's layout without its last seven fields, `hops` (a chain that
-/// began before the upgrade counts from there), `outbound`, `conflicts`, `earlier_logs`,
-/// `trace_parent`, `concurrency_key` and `concurrency_seq`.
+/// Decodes a format-4 job: today's layout without its last nine fields, `hops` (a chain that
+/// began before the upgrade counts from there), `outbound`, `conflicts`, `earlier_logs`
+/// and the five fields format 8 added (see [`decode_v7`]).
 pub(crate) fn decode_v4(bytes: &[u8]) -> Result<Job, String> {
     // postcard writes a u32, a sequence's length and `None` as one zero byte.
-    with_zeros(bytes, 7)
+    with_zeros(bytes, 9)
 }
 
-/// Decodes a format-5 job: today's layout without its last six fields, `outbound`,
-/// `conflicts`, `earlier_logs`, `trace_parent`, `concurrency_key` and `concurrency_seq`.
+/// Decodes a format-5 job: today's layout without its last eight fields, `outbound`,
+/// `conflicts`, `earlier_logs` and the five fields format 8 added (see [`decode_v7`]).
 pub(crate) fn decode_v5(bytes: &[u8]) -> Result<Job, String> {
-    with_zeros(bytes, 6)
+    with_zeros(bytes, 8)
 }
 
 /// Decodes a format-6 job: today's layout without `earlier_logs` (no earlier attempt's log
-/// was kept then), `trace_parent`, `concurrency_key` and `concurrency_seq`.
+/// was kept then) and the four fields format 8 added (see [`decode_v7`]).
 pub(crate) fn decode_v6(bytes: &[u8]) -> Result<Job, String> {
-    with_zeros(bytes, 4)
+    with_zeros(bytes, 6)
 }
 
 /// Decodes a format-7 job: today's layout without `trace_parent` (its span starts the
-/// Sluice part of its trace), `concurrency_key` and `concurrency_seq`.
+/// Sluice part of its trace), `concurrency_key`, `concurrency_seq`, `debounce_key` and
+/// `superseded_by`.
 pub(crate) fn decode_v7(bytes: &[u8]) -> Result<Job, String> {
-    with_zeros(bytes, 3)
+    with_zeros(bytes, 5)
 }
 
 /// Decodes today's layout from an older record that lacks its last `n` fields, each of which
@@ -168,6 +171,8 @@ mod tests {
             trace_parent: None,
             concurrency_key: None,
             concurrency_seq: 0,
+            debounce_key: None,
+            superseded_by: None,
         }
     }
 
@@ -177,15 +182,15 @@ mod tests {
     #[test]
     fn older_formats_read_with_their_missing_fields_empty() {
         let today = crate::store::tables::encode_job(&job(0));
-        let mut v4 = today[..today.len() - 7].to_vec();
+        let mut v4 = today[..today.len() - 9].to_vec();
         v4[0] = 4;
         let read = crate::store::tables::decode_job(&v4).unwrap();
         assert_eq!(format!("{read:?}"), format!("{:?}", job(0)));
         let deep = crate::store::tables::encode_job(&job(300));
-        let mut v5 = deep[..deep.len() - 6].to_vec();
+        let mut v5 = deep[..deep.len() - 8].to_vec();
         v5[0] = 5;
         assert_eq!(crate::store::tables::decode_job(&v5).unwrap().hops, 300);
-        for (format, cut) in [(6, 4), (7, 3)] {
+        for (format, cut) in [(6, 6), (7, 5)] {
             let mut old = deep[..deep.len() - cut].to_vec();
             old[0] = format;
             let read = crate::store::tables::decode_job(&old).unwrap();
@@ -195,6 +200,8 @@ mod tests {
         traced.trace_parent = Some(0x00f0_67aa_0ba9_02b7);
         traced.concurrency_key = Some("tenant-a".into());
         traced.concurrency_seq = 99;
+        traced.debounce_key = Some("d".into());
+        traced.superseded_by = Some(7);
         let read = crate::store::tables::decode_job(&crate::store::tables::encode_job(&traced));
         assert_eq!(format!("{:?}", read.unwrap()), format!("{traced:?}"));
         let mut called = job(300);
@@ -228,7 +235,7 @@ mod tests {
         assert!(summary.job.input.is_empty() && summary.job.output.is_none());
         assert!(summary.job.log.is_empty());
         assert_eq!(format!("{:?}", summary.job), format!("{:?}", expected.job));
-        let mut v4 = today[..today.len() - 7].to_vec();
+        let mut v4 = today[..today.len() - 9].to_vec();
         v4[0] = 4;
         let old = crate::store::tables::decode_job_summary(&v4).unwrap();
         assert_eq!(old.input_size, 300_000);

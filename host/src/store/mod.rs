@@ -46,6 +46,7 @@ mod check;
 mod counts;
 mod datafile;
 mod dataset;
+mod debounce;
 mod deployed;
 mod errors;
 mod ids;
@@ -363,11 +364,18 @@ impl Store {
     /// the shard that key names, where the key's record lives.
     pub async fn submit(&self, job: NewJob) -> Result<Submitted, SubmitError> {
         let n = self.shards.len();
-        let shard = match (&job.ordering_key, &job.idempotency, &job.concurrency_key) {
-            (Some(key), _, _) => &self.shards[ordering_shard(&job.function, key, n)],
-            (None, Some(key), _) => &self.shards[key_shard(&job.function, &key.key, n)],
-            (None, None, Some(key)) => &self.shards[concurrency_shard(&job.function, key, n)],
-            (None, None, None) => self.least_busy(),
+        let f = job.function.as_str();
+        let shard = if let Some(key) = &job.ordering_key {
+            &self.shards[ordering_shard(f, key, n)]
+        } else if let Some(key) = &job.debounce_key {
+            // The key's waiting job is on this shard (an idempotency key is looked up here too).
+            &self.shards[key_shard(f, &format!("\0debounce\0{key}"), n)]
+        } else if let Some(key) = &job.idempotency {
+            &self.shards[key_shard(f, &key.key, n)]
+        } else if let Some(key) = &job.concurrency_key {
+            &self.shards[concurrency_shard(f, key, n)]
+        } else {
+            self.least_busy()
         };
         shard.call(|reply| Op::Submit { job, reply }).await?
     }

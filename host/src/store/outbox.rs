@@ -232,6 +232,7 @@ pub(crate) fn next_stage(id: JobId, job: &Job, function: String, head: JobId) ->
         trace_parent: Some(span_number(&attempt_span(id, job.attempts))),
         // The next function's rule, if it has one, finds the stage's key.
         concurrency_key: None,
+        debounce_key: None,
     }
 }
 
@@ -300,6 +301,7 @@ pub(crate) fn emitted_requests(
                 hops: job.hops + 1,
                 trace_parent: Some(span_number(&attempt_span(id, job.attempts))),
                 concurrency_key: None,
+                debounce_key: None,
             }),
         }
     }

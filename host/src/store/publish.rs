@@ -101,6 +101,7 @@ pub(crate) fn delivery_of(
         hops: new.hops,
         trace_parent: new.trace_parent,
         concurrency_key: None,
+        debounce_key: None,
     }
 }
 

@@ -79,6 +79,8 @@ pub struct NewJob {
     pub trace_parent: Option<u64>,
     /// `Sluice-Concurrency-Key` (or what the function's rule found): see `crate::flow`.
     pub concurrency_key: Option<String>,
+    /// `Sluice-Debounce-Key`: a newer submit with the key replaces this job while it waits.
+    pub debounce_key: Option<String>,
 }
 
 /// A publish of one event to a topic, as the API hands it to the store.

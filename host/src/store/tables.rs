@@ -28,6 +28,8 @@
 //! - `concurrency`: (function, concurrency key, seq) -> (job id, admitted): each key's
 //!   unfinished jobs that are due, in the order they became due. Only the first
 //!   `key_concurrency` of a key are ever let into `ready` (`admitted`, see [`super::keys`]).
+//! - `debounce`: (function, debounce key) -> (job id, burst began ms): each key's job waiting
+//!   to run, which a newer submit with the key replaces (see [`super::debounce`]).
 //! - `events`: Sluice event id -> [`EventRecord`]: each published event (attributes, not data)
 //!   and the delivery jobs it made; in `finished` from the moment it is published, so the
 //!   sweeper deletes it after the job retention period.
@@ -72,6 +74,8 @@ pub(crate) const ORDERING: TableDefinition<(&str, &str, u128), u128> =
     TableDefinition::new("ordering");
 pub(crate) const CONCURRENCY: TableDefinition<(&str, &str, u128), (u128, bool)> =
     TableDefinition::new("concurrency");
+pub(crate) const DEBOUNCE: TableDefinition<(&str, &str), (u128, u64)> =
+    TableDefinition::new("debounce");
 pub(crate) const VERSIONS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("versions");
 pub(crate) const EVENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("events");
 pub(crate) const CORRELATED: TableDefinition<(&str, u128), u8> = TableDefinition::new("correlated");
@@ -203,6 +207,9 @@ impl FunctionRecord {
             keyed(a.key_rate_per_second, "unlimited"),
             keyed(b.key_rate_per_second, "unlimited"),
         );
+        let ms = |n: Option<u64>| n.map_or("none".to_string(), |n| n.to_string());
+        setting("debounce_ms", ms(a.debounce_ms), ms(b.debounce_ms));
+        setting("debounce_max_ms", ms(a.debounce_max_ms), ms(b.debounce_max_ms));
         if previous.concurrency_key != self.concurrency_key {
             let rule = |r: &Option<crate::flow::KeyRule>| match r {
                 Some(crate::flow::KeyRule::Header(h)) => format!("header {h}"),
@@ -348,6 +355,8 @@ pub(crate) fn decode_job_summary(bytes: &[u8]) -> Result<JobSummary, String> {
             trace_parent: v.trace_parent,
             concurrency_key: v.concurrency_key,
             concurrency_seq: v.concurrency_seq,
+            debounce_key: v.debounce_key,
+            superseded_by: v.superseded_by,
         },
         input_size,
         output_size,
@@ -397,6 +406,8 @@ struct JobView<'a> {
     trace_parent: Option<u64>,
     concurrency_key: Option<String>,
     concurrency_seq: u128,
+    debounce_key: Option<String>,
+    superseded_by: Option<u128>,
 }
 
 pub(crate) fn encode_function(record: &FunctionRecord) -> Vec<u8> {

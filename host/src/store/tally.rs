@@ -84,7 +84,7 @@ impl Tallies {
                         JobStatus::Succeeded => t.succeeded += 1,
                         JobStatus::Failed => t.failed += 1,
                         JobStatus::Dead => t.dead += 1,
-                        JobStatus::Cancelled => t.cancelled += 1,
+                        JobStatus::Cancelled | JobStatus::Superseded => t.cancelled += 1,
                         _ => {}
                     }
                 }

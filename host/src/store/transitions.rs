@@ -220,6 +220,7 @@ impl Writer {
                 if let Some(at) = job.not_before {
                     t.delayed.open()?.remove((at, id.0)).map_err(storage)?;
                 }
+                self.forget_debounce(id, job, t)?;
             }
             _ => return Ok(()),
         }
@@ -338,6 +339,7 @@ impl Writer {
             job.status = JobStatus::Queued;
             job.not_before = None;
             job.ready_at = now;
+            self.forget_debounce(id, &job, t)?;
             self.join_concurrency(id, &mut job, t)?;
             t.put_job(id, &job)?;
             fx.counts.moved(

@@ -55,6 +55,7 @@ pub(crate) struct Tables<'txn> {
     pub(crate) ordering: Lazy<'txn, Table<'txn, (&'static str, &'static str, u128), u128>>,
     pub(crate) concurrency:
         Lazy<'txn, Table<'txn, (&'static str, &'static str, u128), (u128, bool)>>,
+    pub(crate) debounce: Lazy<'txn, Table<'txn, (&'static str, &'static str), (u128, u64)>>,
     pub(crate) events: Lazy<'txn, Table<'txn, u128, &'static [u8]>>,
     pub(crate) correlated: Lazy<'txn, Table<'txn, (&'static str, u128), u8>>,
     pub(crate) counts: Table<'txn, (&'static str, u8), u64>,
@@ -78,6 +79,7 @@ impl<'txn> Tables<'txn> {
             }),
             ordering: Lazy::new(txn, |txn| txn.open_table(ORDERING).map_err(storage)),
             concurrency: Lazy::new(txn, |txn| txn.open_table(CONCURRENCY).map_err(storage)),
+            debounce: Lazy::new(txn, |txn| txn.open_table(DEBOUNCE).map_err(storage)),
             events: Lazy::new(txn, |txn| txn.open_table(EVENTS).map_err(storage)),
             correlated: Lazy::new(txn, |txn| txn.open_table(CORRELATED).map_err(storage)),
             counts: txn.open_table(COUNTS).map_err(storage)?,
@@ -95,6 +97,7 @@ impl<'txn> Tables<'txn> {
         self.idempotency_times.open()?;
         self.ordering.open()?;
         self.concurrency.open()?;
+        self.debounce.open()?;
         self.events.open()?;
         self.correlated.open()?;
         self.blobs.open()?;

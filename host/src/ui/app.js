@@ -160,7 +160,7 @@ async function functionPage(name, mine) {
     <h2>Versions</h2><div id="versions"></div>`;
   const settings = ["max_concurrency", "timeout_ms", "memory_mb", "max_attempts", "backoff_base_ms",
     "backoff_max_ms", "max_queued", "rate_per_second", "key_concurrency", "key_rate_per_second",
-    "concurrency_key", "then", "allowed_outbound_hosts"];
+    "concurrency_key", "debounce_ms", "debounce_max_ms", "then", "allowed_outbound_hosts"];
   document.getElementById("settings").innerHTML = `<dl>
     <dt>version</dt><dd>v${esc(f.version)} (${esc(f.change)}), deployed ${when(f.deployed_at)}</dd>
     <dt>digest</dt><dd class="mono">${esc(f.digest)}</dd>
@@ -258,7 +258,7 @@ async function functionPage(name, mine) {
       ].map(([k, v]) => `<div class="figure" data-figure="${esc(k)}"><b>${esc(v)}</b><span>${esc(k)}</span></div>`).join("")
         + `<div class="figure"><b>${spark(s.recent.per_minute)}</b><span>last minutes</span></div>`;
       if (s.paused !== paused) { paused = s.paused; showPaused(); }
-      const key = JSON.stringify([s.queued, s.delayed, s.running, s.succeeded, s.failed, s.dead, s.cancelled]);
+      const key = JSON.stringify([s.queued, s.delayed, s.running, s.succeeded, s.failed, s.dead, s.cancelled, s.superseded]);
       if (key !== last) {
         last = key;
         deadLetters().catch(report);
@@ -309,6 +309,8 @@ async function jobPage(id, mine) {
         <dt>started</dt><dd>${when(j.started_at)}</dd>
         <dt>finished</dt><dd>${when(j.finished_at)} (${duration(j.started_at, j.finished_at)})</dd>
         <dt>correlation id</dt><dd><a class="mono" href="#/correlation/${enc(j.correlation_id)}">${esc(j.correlation_id)}</a></dd>
+        ${j.superseded_by ? `<dt>superseded by</dt><dd><a class="mono" href="#/jobs/${enc(j.superseded_by)}">${esc(j.superseded_by)}</a></dd>` : ""}
+        ${j.concurrency_key ? `<dt>concurrency key</dt><dd class="mono">${esc(j.concurrency_key)}</dd>` : ""}
         <dt>parent</dt><dd>${j.parent ? `${esc(j.parent.kind)} <a class="mono" href="#/${j.parent.kind === "job" ? "jobs" : "correlation"}/${enc(j.parent.kind === "job" ? j.parent.id : j.correlation_id)}">${esc(j.parent.id)}</a>` : "a request"}</dd>
         ${j.event ? `<dt>event</dt><dd>${esc(j.event.type)} on ${esc(j.event.topic)} (${esc(j.event.id)})</dd>` : ""}
         ${j.not_before ? `<dt>not before</dt><dd>${when(j.not_before)}</dd>` : ""}
@@ -341,7 +343,7 @@ async function jobPage(id, mine) {
   stream(mine, `/v1/jobs/${enc(id)}/events`, {
     status: (j, source) => {
       if (`${j.status}/${j.attempts}` !== shown) render().catch(report);
-      if (["succeeded", "failed", "dead", "cancelled"].includes(j.status)) {
+      if (["succeeded", "failed", "dead", "cancelled", "superseded"].includes(j.status)) {
         source.close();
         setLive(false);
       }

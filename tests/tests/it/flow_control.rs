@@ -221,3 +221,97 @@ async fn rules_find_keys_and_a_key_rate_spaces_starts() {
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("start it with /"), "{body}");
 }
+
+/// Submits with a debounce key; returns the job id.
+async fn submit_debounced(host: &TestHost, key: &str) -> String {
+    let r = host
+        .http
+        .post(host.url("/v1/functions/probe/jobs"))
+        .header("sluice-debounce-key", key)
+        .body(sleep(1).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+/// A newer submit with the same debounce key replaces the waiting job (which ends
+/// `superseded`, naming its successor); the last one runs `debounce_ms` after its submit; a
+/// steady stream still runs once per `debounce_max_ms`; misuse is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debounced_submits_replace_the_waiting_job() {
+    let host = start_host().await;
+    host.deploy("probe", components::PROBE, "debounce_ms=300&debounce_max_ms=1000")
+        .await;
+    let a = submit_debounced(&host, "doc-1").await;
+    let b = submit_debounced(&host, "doc-1").await;
+    let other = submit_debounced(&host, "doc-2").await;
+    let c = submit_debounced(&host, "doc-1").await;
+    let job_a = host.wait(&a).await;
+    assert_eq!(job_a["status"], "superseded", "{job_a}");
+    assert_eq!(job_a["superseded_by"], b.as_str());
+    assert_eq!(job_a["attempts"], 0);
+    assert_eq!(host.wait(&b).await["superseded_by"], c.as_str());
+    let last = host.wait(&c).await;
+    assert_eq!(last["status"], "succeeded", "{last}");
+    assert_eq!(last["debounce_key"], "doc-1");
+    let waited = millis(&last["started_at"]) - millis(&last["created_at"]);
+    assert!(waited >= 299, "ran {waited} ms after its submit");
+    assert_eq!(host.wait(&other).await["status"], "succeeded", "another key is its own");
+
+    // A stream every 100 ms for 1.5 s: the 1 s bound runs one mid-stream, the last runs after.
+    let mut stream = Vec::new();
+    for _ in 0..15 {
+        stream.push(submit_debounced(&host, "stream").await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut ran = 0;
+    for id in &stream {
+        let job = host.wait(id).await;
+        match job["status"].as_str() {
+            Some("succeeded") => ran += 1,
+            Some("superseded") => {}
+            _ => panic!("{job}"),
+        }
+    }
+    assert!(ran >= 2 && ran < 15, "{ran} of the stream ran");
+    let (_, stats) = host.get("/v1/functions/probe/stats").await;
+    assert_eq!(stats["superseded"], 2 + 15 - ran, "{stats}");
+
+    // Misuse: with a delay, in a batch, on a function that does not debounce.
+    let r = host
+        .http
+        .post(host.url("/v1/functions/probe/jobs"))
+        .header("sluice-debounce-key", "x")
+        .header("sluice-delay", "5")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_error(&r.json().await.unwrap(), "invalid_header");
+    let r = host
+        .http
+        .post(host.url("/v1/functions/probe/jobs:batch"))
+        .header("sluice-debounce-key", "x")
+        .body("[{}]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    host.deploy("echo", components::ECHO, "").await;
+    let r = host
+        .http
+        .post(host.url("/v1/functions/echo/jobs"))
+        .header("sluice-debounce-key", "x")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("debounce_ms"), "{body}");
+}

@@ -195,7 +195,7 @@ impl NatsBackend {
     ) -> Result<Vec<Published>, StoreError> {
         let mut out = Vec::with_capacity(events.len());
         for new in &events {
-            super::jobs::supported(false, false, new.priority)?;
+            super::jobs::supported_priority(new.priority)?;
         }
         for new in events {
             let a = &new.event.attributes;
@@ -246,7 +246,7 @@ impl NatsBackend {
         let (events, jobs) = crate::store::outbox::emitted_requests(id, job, emitted, now);
         let mut fanout = Fanout::default();
         for new in &jobs {
-            super::jobs::supported(new.ordering_key.is_some(), new.concurrency_key.is_some(), new.priority)?;
+            super::jobs::supported(&new)?;
         }
         for new in jobs {
             self.plan_job(new, now, &mut fanout);

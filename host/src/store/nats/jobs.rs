@@ -110,7 +110,7 @@ impl NatsBackend {
         if let Some(blob) = input_blob {
             self.keep_blob(blob, &new.input).await?;
         }
-        supported(new.ordering_key.is_some(), new.concurrency_key.is_some(), new.priority)?;
+        supported(&new)?;
         let id = JobId(ulid::Ulid::new().0);
         if let Some(key) = &new.idempotency {
             let name = idempotency_name(&new.function, &key.key);
@@ -331,14 +331,23 @@ impl NatsBackend {
 }
 
 /// Refuses what this backend cannot honour yet (each function's queue is one first-in,
-/// first-out stream): an ordering key, a concurrency key, a priority other than the default.
-pub(super) fn supported(ordering_key: bool, concurrency_key: bool, priority: u8) -> Result<(), StoreError> {
-    if ordering_key {
-        return Err(unsupported("an ordering key"));
+/// first-out stream): an ordering, concurrency or debounce key, a priority other than the
+/// default.
+pub(super) fn supported(job: &NewJob) -> Result<(), StoreError> {
+    for (given, what) in [
+        (job.ordering_key.is_some(), "an ordering key"),
+        (job.concurrency_key.is_some(), "a concurrency key"),
+        (job.debounce_key.is_some(), "a debounce key"),
+    ] {
+        if given {
+            return Err(unsupported(what));
+        }
     }
-    if concurrency_key {
-        return Err(unsupported("a concurrency key"));
-    }
+    supported_priority(job.priority)
+}
+
+/// Refuses a priority other than the default (each function's queue is one stream).
+pub(super) fn supported_priority(priority: u8) -> Result<(), StoreError> {
     if priority != crate::job::DEFAULT_PRIORITY {
         return Err(unsupported(&format!(
             "a priority other than {} (this one is {priority}; each function's queue is first in, first out)",
@@ -375,7 +384,7 @@ impl JobStore for NatsBackend {
             // stays, a limit this backend does not close yet).
             let mut wanted: std::collections::HashMap<&str, u64> = Default::default();
             for job in &jobs {
-                supported(job.ordering_key.is_some(), job.concurrency_key.is_some(), job.priority)?;
+                supported(job)?;
                 *wanted.entry(job.function.as_str()).or_default() += 1;
             }
             for (function, n) in wanted {
