@@ -43,6 +43,11 @@ pub struct Manifest {
     pub debounce_ms: Option<u64>,
     /// The longest a burst of debounced submits delays a run, from its first submit.
     pub debounce_max_ms: Option<u64>,
+    /// Failed attempts in a row that open the function's circuit breaker (nothing starts for
+    /// `breaker_cooldown_ms`, then one probe); unset: no breaker.
+    pub breaker_failures: Option<u32>,
+    /// How long an open breaker holds starts back, in milliseconds (default 30000).
+    pub breaker_cooldown_ms: Option<u64>,
     /// Topics whose events this function receives: `[[subscribe]] topic = "orders"`, with an
     /// optional `types = ["order.placed", "order.*"]` filter.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -123,6 +128,12 @@ pub struct Settings {
     /// The longest a burst of debounced submits delays a run; `None`: no bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debounce_max_ms: Option<u64>,
+    /// Failed attempts in a row that open the circuit breaker; `None`: no breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker_failures: Option<u32>,
+    /// How long an open breaker holds starts back; `None`: 30 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker_cooldown_ms: Option<u64>,
 }
 
 fn default_max_queued() -> u64 {
@@ -142,6 +153,8 @@ impl Settings {
         key_rate_per_second: None,
         debounce_ms: None,
         debounce_max_ms: None,
+        breaker_failures: None,
+        breaker_cooldown_ms: None,
     };
 
     /// How many unfinished jobs of one concurrency key the ready queue takes at once (the
@@ -290,6 +303,8 @@ impl Manifest {
             key_rate_per_second: settings.key_rate_per_second,
             debounce_ms: settings.debounce_ms,
             debounce_max_ms: settings.debounce_max_ms,
+            breaker_failures: settings.breaker_failures,
+            breaker_cooldown_ms: settings.breaker_cooldown_ms,
             subscribe: Vec::new(),
             then: None,
             allowed_outbound_hosts: Vec::new(),
@@ -322,6 +337,8 @@ impl Manifest {
             key_rate_per_second: self.key_rate_per_second.or(base.key_rate_per_second),
             debounce_ms: self.debounce_ms.or(base.debounce_ms),
             debounce_max_ms: self.debounce_max_ms.or(base.debounce_max_ms),
+            breaker_failures: self.breaker_failures.or(base.breaker_failures),
+            breaker_cooldown_ms: self.breaker_cooldown_ms.or(base.breaker_cooldown_ms),
             subscribe: if self.subscribe.is_empty() {
                 base.subscribe
             } else {
@@ -449,6 +466,8 @@ impl Manifest {
             key_rate_per_second: self.key_rate_per_second,
             debounce_ms: self.debounce_ms,
             debounce_max_ms: self.debounce_max_ms,
+            breaker_failures: self.breaker_failures,
+            breaker_cooldown_ms: self.breaker_cooldown_ms,
         };
         check(
             "max_concurrency",
@@ -485,6 +504,12 @@ impl Manifest {
                 });
             };
             check("debounce_max_ms", max, wait, 86_400_000)?;
+        }
+        if let Some(n) = settings.breaker_failures {
+            check("breaker_failures", n.into(), 1, 10_000)?;
+        }
+        if let Some(ms) = settings.breaker_cooldown_ms {
+            check("breaker_cooldown_ms", ms, 1, 86_400_000)?;
         }
         if let Some(rule) = &self.concurrency_key {
             rule.validate().map_err(ManifestError::ConcurrencyKey)?;

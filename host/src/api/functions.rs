@@ -341,6 +341,7 @@ pub(crate) async fn stats_of(state: &AppState, name: &str) -> Result<Value, ApiE
         "max_queued": record.settings.max_queued,
         "max_concurrency": record.settings.max_concurrency,
         "rate_per_second": record.settings.rate_per_second,
+        "circuit_breaker": state.scheduler.breaker(&name),
         "recent": state.recent.of(&name),
     }))
 }
@@ -398,6 +399,8 @@ pub(crate) fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Va
         "concurrency_key": f.concurrency_key,
         "debounce_ms": f.settings.debounce_ms,
         "debounce_max_ms": f.settings.debounce_max_ms,
+        "breaker_failures": f.settings.breaker_failures,
+        "breaker_cooldown_ms": f.settings.breaker_cooldown_ms,
         "subscriptions": f.subscriptions,
         "then": f.then,
         "allowed_outbound_hosts": f.allowed_outbound_hosts,

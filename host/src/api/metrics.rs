@@ -123,6 +123,23 @@ pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
         "gauge",
         workers,
     );
+    let breakers = state.scheduler.breakers();
+    out.metric(
+        "sluice_circuit_open",
+        "1 while the function's circuit breaker holds starts back (open or half-open), per function.",
+        "gauge",
+        breakers
+            .iter()
+            .map(|(name, open, _)| (Some(name.as_str()), if *open { 1.0 } else { 0.0 })),
+    );
+    out.metric(
+        "sluice_circuit_opened_total",
+        "Times the function's circuit breaker opened since the host started, per function.",
+        "counter",
+        breakers
+            .iter()
+            .map(|(name, _, opened)| (Some(name.as_str()), *opened as f64)),
+    );
     let tallies = state.store.tallies();
     let _ = writeln!(
         out.text,

@@ -195,6 +195,8 @@ pub(crate) struct Function {
     concurrency_key: Option<Value>,
     debounce_ms: Option<u64>,
     debounce_max_ms: Option<u64>,
+    breaker_failures: Option<u32>,
+    breaker_cooldown_ms: Option<u64>,
     subscriptions: Value,
     then: Option<String>,
     allowed_outbound_hosts: Vec<String>,
@@ -227,7 +229,23 @@ pub(crate) struct Stats {
     max_queued: u64,
     max_concurrency: u32,
     rate_per_second: Option<u32>,
+    /// The function's circuit breaker on the host answering (`null`: not loaded here).
+    circuit_breaker: Option<CircuitBreaker>,
     recent: Recent,
+}
+
+/// A circuit breaker's state on the host answering.
+#[derive(ToSchema)]
+pub(crate) struct CircuitBreaker {
+    /// `off` (no `breaker_failures`), `closed`, `open` or `half_open`.
+    state: String,
+    /// Failed attempts in a row (the threshold, once open).
+    consecutive_failures: u32,
+    /// When open: milliseconds until the probe may start.
+    probe_in_ms: Option<u64>,
+    /// Times it opened since the host started.
+    opened_total: u64,
+    last_opened_at: Option<String>,
 }
 
 /// Outcomes over the last minutes (sampled every 5 s by the host answering).

@@ -23,6 +23,7 @@ use crate::runtime::Runtime;
 use crate::store::Backend;
 
 mod attempt;
+mod breaker;
 mod keys;
 mod leasing;
 
@@ -101,6 +102,10 @@ struct FunctionQueue {
     room: Arc<Notify>,
     /// Its concurrency keys' limits and what each runs.
     keys: keys::Keys,
+    /// Its circuit breaker.
+    breaker: breaker::Breaker,
+    /// A worker waits for the open breaker's cool-down to end (the others retired).
+    breaker_waiter: bool,
     /// Stops the task leasing this function's jobs (deleted).
     leasing: CancellationToken,
 }
@@ -182,6 +187,9 @@ impl Scheduler {
         queue
             .keys
             .configure(settings.key_concurrency, settings.key_rate_per_second);
+        queue
+            .breaker
+            .configure(settings.breaker_failures, settings.breaker_cooldown_ms);
         self.spawn_workers(&mut state, name);
         if new {
             leasing::queue_leasing(&mut state, name, self);
@@ -214,6 +222,26 @@ impl Scheduler {
     /// True while a worker holds the job (its attempt is starting or running).
     pub fn is_running(&self, id: JobId) -> bool {
         self.inner.state.lock().running.contains_key(&id)
+    }
+
+    /// The function's circuit breaker as stats show it (`None`: not loaded here).
+    pub fn breaker(&self, function: &str) -> Option<serde_json::Value> {
+        let state = self.inner.state.lock();
+        let queue = state.functions.get(function)?;
+        Some(queue.breaker.to_json(tokio::time::Instant::now()))
+    }
+
+    /// Per function: whether its breaker holds starts back, and how often it opened.
+    pub fn breakers(&self) -> Vec<(String, bool, u64)> {
+        let state = self.inner.state.lock();
+        let mut out: Vec<_> = state
+            .functions
+            .iter()
+            .filter(|(_, q)| q.deployed)
+            .map(|(name, q)| (name.clone(), q.breaker.is_open(), q.breaker.opened()))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Attempts held by workers right now, host-wide.
@@ -302,7 +330,22 @@ impl Scheduler {
 impl Inner {
     /// One worker: runs the function's ready jobs one after another until none is left.
     async fn work(self: Arc<Self>, function: String, mut cancel: CancellationToken) {
-        while let Some((job, start_at)) = self.next_job(&function, &mut cancel) {
+        loop {
+            let (job, start_at) = match self.next_job(&function, &mut cancel) {
+                Next::Job(job, start_at) => (job, start_at),
+                Next::Retire => break,
+                Next::WaitForBreaker(until) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => {}
+                        _ = cancel.cancelled() => {}
+                        _ = self.stop_starting.cancelled() => {}
+                    }
+                    if let Some(q) = self.state.lock().functions.get_mut(&function) {
+                        q.breaker_waiter = false;
+                    }
+                    continue;
+                }
+            };
             // A job whose function was deleted is already cancelled in the store: skip it.
             let Some(mut code) = self.runtime.function(&function) else {
                 self.done(&job, true);
@@ -419,6 +462,8 @@ impl Inner {
             match state.functions.get_mut(function) {
                 Some(queue) => {
                     queue.running = queue.running.saturating_sub(1);
+                    // A probe that never reported lets another probe.
+                    queue.breaker.probe_dropped();
                     queue
                         .keys
                         .ended(job.concurrency_key.as_deref(), tokio::time::Instant::now());
@@ -443,12 +488,9 @@ impl Inner {
     /// retired under the same lock, so an `enqueue` racing with it never counts a worker that is
     /// about to leave and always starts a new one for its job.
     ///
-    /// Also returns when the attempt may start under the function's rate limit, if later than now.
-    fn next_job(
-        &self,
-        function: &str,
-        cancel: &mut CancellationToken,
-    ) -> Option<(QueuedJob, Option<tokio::time::Instant>)> {
+    /// Also returns when the attempt may start under the function's rate limit, if later than
+    /// now. While the function's breaker is open, one worker waits for the cool-down to end.
+    fn next_job(&self, function: &str, cancel: &mut CancellationToken) -> Next {
         let mut state = self.state.lock();
         let stopping = self.stopping.load(Ordering::Relaxed);
         if let Some(queue) = state.functions.get_mut(function) {
@@ -458,8 +500,20 @@ impl Inner {
                 && !queue.paused
                 && queue.workers <= queue.limit
                 && let Some((place, key_start)) = queue.keys.pick(&queue.ready, now)
-                && let Some(job) = queue.ready.remove(&place)
             {
+                match queue.breaker.gate(now) {
+                    breaker::Gate::Pass | breaker::Gate::Probe => {}
+                    breaker::Gate::Closed(Some(until)) if !queue.breaker_waiter => {
+                        queue.breaker_waiter = true;
+                        return Next::WaitForBreaker(until);
+                    }
+                    breaker::Gate::Closed(_) => {
+                        queue.workers -= 1;
+                        state.workers -= 1;
+                        return Next::Retire;
+                    }
+                }
+                let job = queue.ready.remove(&place).expect("picked from the window");
                 *cancel = queue.cancel.clone();
                 queue.running += 1;
                 queue.keys.started(job.concurrency_key.as_deref(), now);
@@ -469,12 +523,12 @@ impl Inner {
                     at
                 });
                 *state.running.entry(job.id).or_default() += 1;
-                return Some((job, start_at.or(key_start)));
+                return Next::Job(job, start_at.or(key_start));
             }
             queue.workers -= 1;
         }
         state.workers -= 1;
-        None
+        Next::Retire
     }
 }
 
@@ -494,8 +548,20 @@ impl FunctionQueue {
             room: Arc::new(Notify::new()),
             leasing: CancellationToken::new(),
             keys: keys::Keys::default(),
+            breaker: breaker::Breaker::default(),
+            breaker_waiter: false,
         }
     }
+}
+
+/// What a worker does next.
+enum Next {
+    /// Run this job (not before the time given).
+    Job(QueuedJob, Option<tokio::time::Instant>),
+    /// Wait for the open breaker's cool-down to end, then ask again.
+    WaitForBreaker(tokio::time::Instant),
+    /// Leave (counted out already).
+    Retire,
 }
 
 /// One worker lets go of a job it held.

@@ -210,6 +210,9 @@ impl FunctionRecord {
         let ms = |n: Option<u64>| n.map_or("none".to_string(), |n| n.to_string());
         setting("debounce_ms", ms(a.debounce_ms), ms(b.debounce_ms));
         setting("debounce_max_ms", ms(a.debounce_max_ms), ms(b.debounce_max_ms));
+        let failures = |n: Option<u32>| n.map_or("none".to_string(), |n| n.to_string());
+        setting("breaker_failures", failures(a.breaker_failures), failures(b.breaker_failures));
+        setting("breaker_cooldown_ms", ms(a.breaker_cooldown_ms), ms(b.breaker_cooldown_ms));
         if previous.concurrency_key != self.concurrency_key {
             let rule = |r: &Option<crate::flow::KeyRule>| match r {
                 Some(crate::flow::KeyRule::Header(h)) => format!("header {h}"),

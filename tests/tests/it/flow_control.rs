@@ -315,3 +315,60 @@ async fn debounced_submits_replace_the_waiting_job() {
     let body: Value = r.json().await.unwrap();
     assert!(body["error"]["message"].as_str().unwrap().contains("debounce_ms"), "{body}");
 }
+
+/// The function's breaker as its stats show it.
+async fn breaker(host: &TestHost) -> Value {
+    let (status, stats) = host.get("/v1/functions/probe/stats").await;
+    assert_eq!(status, 200, "{stats}");
+    stats["circuit_breaker"].clone()
+}
+
+/// After `breaker_failures` failed attempts in a row the function starts nothing for the
+/// cool-down (its jobs wait, queued); then one probe: a failed probe opens it again, a
+/// successful one closes it. Permanent failures (bad input) do not count. Stats and metrics
+/// show the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_breaker_opens_probes_and_closes() {
+    let host = start_host().await;
+    host.deploy(
+        "probe",
+        components::PROBE,
+        "max_concurrency=1&max_attempts=1&breaker_failures=3&breaker_cooldown_ms=800",
+    )
+    .await;
+    let fail = |retryable: bool| json!({"action": "fail", "retryable": retryable});
+    for _ in 0..4 {
+        let id = host.submit_json("probe", &fail(false)).await;
+        assert_eq!(host.wait(&id).await["status"], "failed");
+    }
+    assert_eq!(breaker(&host).await["state"], "closed", "permanent failures do not count");
+    for n in 1..=3 {
+        let id = host.submit_json("probe", &fail(true)).await;
+        assert_eq!(host.wait(&id).await["status"], "dead");
+        let b = breaker(&host).await;
+        let expected = if n < 3 { "closed" } else { "open" };
+        assert_eq!(b["state"], expected, "after {n} failures: {b}");
+    }
+    let metrics = String::from_utf8(host.get_raw("/metrics").await.2).unwrap();
+    assert!(metrics.contains("sluice_circuit_open{function=\"probe\"} 1"), "{metrics}");
+
+    // The probe fails: open again.
+    let probe = host.submit_json("probe", &fail(true)).await;
+    let job = host.wait(&probe).await;
+    assert_eq!(job["status"], "dead");
+    let b = breaker(&host).await;
+    assert_eq!(b["state"], "open", "{b}");
+    assert_eq!(b["opened_total"], 2);
+
+    // A good job waits out the cool-down, then probes and closes the breaker.
+    let good = host.submit_json("probe", &sleep(1)).await;
+    assert_eq!(host.job(&good).await["status"], "queued");
+    let job = host.wait(&good).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let waited = millis(&job["started_at"]) - millis(&job["created_at"]);
+    assert!(waited >= 400, "the probe started {waited} ms after its submit");
+    assert_eq!(breaker(&host).await["state"], "closed");
+    let metrics = String::from_utf8(host.get_raw("/metrics").await.2).unwrap();
+    assert!(metrics.contains("sluice_circuit_open{function=\"probe\"} 0"), "{metrics}");
+    assert!(metrics.contains("sluice_circuit_opened_total{function=\"probe\"} 2"), "{metrics}");
+}
