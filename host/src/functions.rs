@@ -192,6 +192,7 @@ fn manifest_of(record: &FunctionRecord) -> Manifest {
         subscribe: record.subscriptions.clone(),
         then: record.then.clone(),
         concurrency_key: record.concurrency_key.clone(),
+        schedule: record.schedules.clone(),
         allowed_outbound_hosts: record.allowed_outbound_hosts.clone(),
         config: record.config.clone(),
         ..Manifest::from_settings(&record.settings)
@@ -240,6 +241,7 @@ impl Functions {
             let settings = manifest.validate(name, &self.bounds)?;
             let subscriptions = manifest.subscriptions()?;
             let then = manifest.then(name)?;
+            let schedules = manifest.schedules()?;
             let allowed_outbound_hosts = manifest.allowed_outbound_hosts()?;
             let config = manifest.config()?;
             self.refuse_pipeline_cycle(name, then.as_deref()).await?;
@@ -254,6 +256,7 @@ impl Functions {
                 subscriptions,
                 then,
                 concurrency_key: manifest.concurrency_key.clone(),
+                schedules,
                 digest: compiled.digest.clone(),
                 size: wasm.len() as u64,
                 deployed_at: now_ms(),

@@ -44,6 +44,7 @@ mod logging;
 pub mod manifest;
 pub mod output;
 pub mod runtime;
+pub mod schedule;
 pub mod scheduler;
 pub mod store;
 pub mod trace;

@@ -55,6 +55,10 @@ pub struct Manifest {
     /// The next stage of a pipeline: on success, the output becomes a job of this function.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub then: Option<String>,
+    /// Cron triggers: `[[schedule]] cron = "*/5 * * * *"`, with an optional `timezone`,
+    /// `data` (the jobs' JSON input) and `catch_up` policy (see `crate::schedule`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<crate::schedule::Schedule>,
     /// Origins the handler may send HTTP requests to, e.g. `["https://api.example.com",
     /// "http://127.0.0.1:9000", "https://*.example.org"]`; none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -243,6 +247,9 @@ pub enum ManifestError {
     /// The `concurrency_key` rule is invalid.
     #[error("invalid concurrency_key: {0}")]
     ConcurrencyKey(String),
+    /// A `[[schedule]]` entry is invalid.
+    #[error("invalid schedule: {0}")]
+    Schedule(String),
     /// `then` is invalid.
     #[error("invalid then: {0}")]
     Then(String),
@@ -307,6 +314,7 @@ impl Manifest {
             breaker_cooldown_ms: settings.breaker_cooldown_ms,
             subscribe: Vec::new(),
             then: None,
+            schedule: Vec::new(),
             allowed_outbound_hosts: Vec::new(),
             config: Default::default(),
         }
@@ -345,6 +353,11 @@ impl Manifest {
                 self.subscribe.clone()
             },
             then: self.then.clone().or(base.then),
+            schedule: if self.schedule.is_empty() {
+                base.schedule
+            } else {
+                self.schedule.clone()
+            },
             allowed_outbound_hosts: pick_list(
                 &self.allowed_outbound_hosts,
                 base.allowed_outbound_hosts,
@@ -426,6 +439,21 @@ impl Manifest {
             }
         }
         Ok(self.subscribe.clone())
+    }
+
+    /// Validates the `[[schedule]]` entries and returns them.
+    pub fn schedules(&self) -> Result<Vec<crate::schedule::Schedule>, ManifestError> {
+        if self.schedule.len() > crate::schedule::MAX_SCHEDULES {
+            return Err(ManifestError::Schedule(format!(
+                "{} entries: a function may have at most {}",
+                self.schedule.len(),
+                crate::schedule::MAX_SCHEDULES
+            )));
+        }
+        for s in &self.schedule {
+            s.validate().map_err(ManifestError::Schedule)?;
+        }
+        Ok(self.schedule.clone())
     }
 
     /// Renders the manifest as TOML (what `sluice deploy` sends).

@@ -79,6 +79,7 @@ pub fn record(name: &str, settings: Settings, subscriptions: Vec<Subscription>) 
         subscriptions,
         then: None,
         concurrency_key: None,
+        schedules: Vec::new(),
         allowed_outbound_hosts: Vec::new(),
         config: Default::default(),
         changes: Vec::new(),

@@ -256,7 +256,12 @@ pub(crate) async fn configure(
         }
         if matches!(
             key.as_str(),
-            "allowed_outbound_hosts" | "config" | "subscribe" | "then" | "concurrency_key"
+            "allowed_outbound_hosts"
+                | "config"
+                | "subscribe"
+                | "then"
+                | "concurrency_key"
+                | "schedule"
         ) {
             return Err(ApiError::bad_request(
                 "invalid_manifest",
@@ -402,6 +407,7 @@ pub(crate) fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Va
         "breaker_failures": f.settings.breaker_failures,
         "breaker_cooldown_ms": f.settings.breaker_cooldown_ms,
         "subscriptions": f.subscriptions,
+        "schedules": f.schedules,
         "then": f.then,
         "allowed_outbound_hosts": f.allowed_outbound_hosts,
         "config": f.config,

@@ -36,6 +36,7 @@ pub(crate) mod listen;
 mod metrics;
 pub(crate) mod openapi;
 mod recent;
+mod schedules;
 mod secret;
 mod streams;
 mod topics;
@@ -84,6 +85,8 @@ pub struct AppParts {
     pub(crate) tracer: crate::trace::Tracer,
     /// Server-Sent Event streams that may still open (`max_event_streams`).
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
+    /// Fires the functions' cron triggers.
+    pub(crate) clock: Arc<crate::schedule::Clock>,
 }
 
 impl AppState {
@@ -104,7 +107,10 @@ impl AppState {
         let recent = Arc::new(recent::Recent::default());
         recent.start(store.clone(), stopping.clone());
         let streams = Arc::new(tokio::sync::Semaphore::new(config.max_event_streams));
+        let clock = Arc::new(crate::schedule::Clock::default());
+        tokio::spawn(clock.clone().run(store.clone(), stopping.clone()));
         AppState(Arc::new(AppParts {
+            clock,
             recent,
             tracer,
             streams,
@@ -191,6 +197,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/secret", get(secret::show))
         .route("/v1/secret/rotate", post(secret::rotate))
         .route("/v1/topics", get(topics::list))
+        .route("/v1/schedules", get(schedules::list))
         .route("/v1/topics/{topic}", get(topics::show))
         .route("/v1/topics/{topic}/events", post(topics::publish))
         .route("/v1/events/{id}", get(topics::show_event));

@@ -198,6 +198,8 @@ pub(crate) struct Function {
     breaker_failures: Option<u32>,
     breaker_cooldown_ms: Option<u64>,
     subscriptions: Value,
+    /// Its cron triggers: `[{"cron", "timezone", "data", "catch_up"}]`.
+    schedules: Value,
     then: Option<String>,
     allowed_outbound_hosts: Vec<String>,
     config: Value,
@@ -359,6 +361,28 @@ pub(crate) struct Event {
     deliveries: Vec<Delivery>,
 }
 
+/// One cron trigger.
+#[derive(ToSchema)]
+pub(crate) struct ScheduleEntry {
+    function: String,
+    /// Its place among the function's `[[schedule]]` entries.
+    index: u32,
+    cron: String,
+    timezone: String,
+    /// `none`, `one` or `all`.
+    catch_up: String,
+    data: Value,
+    paused: bool,
+    next_fire_at: Option<String>,
+    /// The last fire this host made (or when it first saw the entry).
+    last_fire_at: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct Schedules {
+    schedules: Vec<ScheduleEntry>,
+}
+
 #[derive(ToSchema)]
 pub(crate) struct Topics {
     topics: Vec<Value>,
@@ -410,6 +434,7 @@ pub(crate) struct Health {
         super::jobs::submit, super::batch::submit_batch, super::jobs::list, super::jobs::show,
         super::jobs::cancel, super::jobs::output, super::streams::job_events,
         super::dead_letters::list, super::dead_letters::redrive, super::dead_letters::purge,
+        super::schedules::list,
         super::topics::list, super::topics::show, super::topics::publish, super::topics::show_event,
         super::secret::show, super::secret::rotate,
         super::metrics::render, openapi_json,

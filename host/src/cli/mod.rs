@@ -7,6 +7,7 @@
 //! - `examples`: building and finding the example functions in `functions/`.
 //! - `lifecycle`: versions, rollback, pause, resume.
 //! - `topics`: list topics, publish events.
+//! - `schedules`: list the functions' cron triggers.
 //! - `progress`: progress bars on a terminal.
 //! - `ops`: operating functions and jobs (stats, config, dead letters, cancel).
 //! - `kv`: a function's key-value state: get, set, del, list.
@@ -22,6 +23,7 @@ mod lifecycle;
 mod ops;
 mod progress;
 mod secrets;
+mod schedules;
 mod topics;
 mod up;
 
@@ -78,6 +80,8 @@ enum Command {
     Resume(lifecycle::FunctionArgs),
     /// List topics and their subscriptions, or show one topic's subscribers and backlog.
     Topics(topics::TopicsArgs),
+    /// List every function's cron triggers (`[[schedule]]`) with their next and last fire.
+    Schedules(schedules::SchedulesArgs),
     /// Publish a CloudEvent to a topic.
     Publish(topics::PublishArgs),
     /// A function's key-value state: get, set, del, list.
@@ -409,6 +413,7 @@ pub fn main() -> ExitCode {
             Command::Pause(args) => lifecycle::set_paused(args, true).await,
             Command::Resume(args) => lifecycle::set_paused(args, false).await,
             Command::Topics(args) => topics::topics(args).await,
+            Command::Schedules(args) => schedules::schedules(args).await,
             Command::Publish(args) => topics::publish(args).await,
             Command::Secret(args) => ops::secret(args).await,
             Command::Kv(args) => kv::kv(args).await,

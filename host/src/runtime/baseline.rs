@@ -182,6 +182,7 @@ pub async fn measure(
         subscriptions: Vec::new(),
         then: None,
         concurrency_key: None,
+        schedules: Vec::new(),
         digest: compiled.digest.clone(),
         size: wasm.len() as u64,
         deployed_at: 0,

@@ -118,6 +118,9 @@ pub struct FunctionRecord {
     /// version, like the settings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_key: Option<crate::flow::KeyRule>,
+    /// Its cron triggers (part of a version, like the settings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<crate::schedule::Schedule>,
     /// A paused function accepts jobs but starts none (not part of a version: pausing is
     /// operation, not configuration).
     #[serde(default)]
@@ -213,6 +216,17 @@ impl FunctionRecord {
         let failures = |n: Option<u32>| n.map_or("none".to_string(), |n| n.to_string());
         setting("breaker_failures", failures(a.breaker_failures), failures(b.breaker_failures));
         setting("breaker_cooldown_ms", ms(a.breaker_cooldown_ms), ms(b.breaker_cooldown_ms));
+        if previous.schedules != self.schedules {
+            let crons = |s: &[crate::schedule::Schedule]| {
+                let list: Vec<&str> = s.iter().map(|s| s.cron.as_str()).collect();
+                format!("[{}]", list.join(", "))
+            };
+            out.push(format!(
+                "schedules {} -> {}",
+                crons(&previous.schedules),
+                crons(&self.schedules)
+            ));
+        }
         if previous.concurrency_key != self.concurrency_key {
             let rule = |r: &Option<crate::flow::KeyRule>| match r {
                 Some(crate::flow::KeyRule::Header(h)) => format!("header {h}"),

@@ -80,6 +80,7 @@ pub(crate) fn rolled_back(current: &FunctionRecord, target: FunctionRecord) -> F
         subscriptions: target.subscriptions,
         then: target.then,
         concurrency_key: target.concurrency_key,
+        schedules: target.schedules,
         digest: target.digest,
         size: target.size,
         deployed_at: crate::job::now_ms(),

@@ -30,6 +30,7 @@ mod readme;
 mod restart;
 mod sandbox;
 mod scale_out;
+mod schedules;
 mod scheduling;
 mod sdk_outside;
 mod storage_full;
