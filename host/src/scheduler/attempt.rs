@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Inner, release_hold};
+use super::{Inner, State, release_hold};
 use crate::job::{AttemptReport, FailureKind, Outcome, QueuedJob, now_ms};
 use crate::runtime::LoadedFunction;
 
@@ -98,9 +98,12 @@ impl Inner {
         if let Some(report) = report {
             // The attempt is over: from here a cancel may win (the finish is then fenced
             // out), but a job whose finish is committed is never shown as held.
-            release_hold(&mut self.state.lock().running, job.id);
+            {
+                let mut state = self.state.lock();
+                release_hold(&mut state.running, job.id);
+                judge(&mut state, job, &report);
+            }
             held = false;
-            self.judge(job, &report);
             self.trace_attempt(code, job, attempt, &report);
             let report = self.store.settle_kv(job.id, attempt, report).await;
             self.store
@@ -111,34 +114,6 @@ impl Inner {
 }
 
 impl Inner {
-    /// Tells the function's circuit breaker how an attempt ended. A permanent failure (the
-    /// handler refusing its input) says nothing about the function's health and is not
-    /// counted; every other failure is, and a success closes the breaker.
-    fn judge(&self, job: &QueuedJob, report: &AttemptReport) {
-        let failed = match &report.outcome {
-            Outcome::Succeeded { .. } => false,
-            Outcome::Failed {
-                kind: FailureKind::Permanent,
-                ..
-            } => return,
-            Outcome::Failed { .. } => true,
-        };
-        let mut state = self.state.lock();
-        let Some(queue) = state.functions.get_mut(&job.function) else {
-            return;
-        };
-        if let Some(until) = queue.breaker.record(failed, tokio::time::Instant::now()) {
-            let seconds = until
-                .saturating_duration_since(tokio::time::Instant::now())
-                .as_secs_f64();
-            tracing::warn!(
-                function = %job.function,
-                seconds,
-                "circuit breaker open: attempts failed in a row; nothing starts until a probe after the cool-down"
-            );
-        }
-    }
-
     /// Records the spans of an attempt that ended: its job's (with the first attempt), its own,
     /// and its outbound requests' (see `crate::trace`).
     fn trace_attempt(
@@ -251,5 +226,31 @@ impl Inner {
                 error: call.error.clone(),
             });
         }
+    }
+}
+
+/// Tells the function's circuit breaker how an attempt ended. A permanent failure (the handler
+/// refusing its input) says nothing about the function's health and is not counted; every
+/// other failure is, and a success closes the breaker.
+fn judge(state: &mut State, job: &QueuedJob, report: &AttemptReport) {
+    let failed = match &report.outcome {
+        Outcome::Succeeded { .. } => false,
+        Outcome::Failed {
+            kind: FailureKind::Permanent,
+            ..
+        } => return,
+        Outcome::Failed { .. } => true,
+    };
+    let Some(queue) = state.functions.get_mut(&job.function) else {
+        return;
+    };
+    let now = tokio::time::Instant::now();
+    if let Some(until) = queue.breaker.record(failed, now) {
+        let seconds = until.saturating_duration_since(now).as_secs_f64();
+        tracing::warn!(
+            function = %job.function,
+            seconds,
+            "circuit breaker open: attempts failed in a row; nothing starts until a probe after the cool-down"
+        );
     }
 }
