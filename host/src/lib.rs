@@ -7,6 +7,8 @@
 //! - [`access`]: API tokens and their scopes.
 //! - [`config`]: host settings, validated once at start-up.
 //! - [`manifest`]: a function's `sluice.toml`: name and limits.
+//! - [`flow`]: concurrency keys: where a job's key comes from.
+//! - [`schedule`]: cron triggers (`[[schedule]]`) and the clock that fires them.
 //! - [`event`]: CloudEvents published to topics: parsing and what a delivery keeps.
 //! - [`job`]: the job, its id, statuses and attempt outcomes.
 //! - [`output`]: an attempt's output bytes, spooled to disk while large.
@@ -15,7 +17,8 @@
 //! - [`runtime`]: owns wasmtime: compiles, caches and runs components in limited sandboxes.
 //! - [`functions`]: the functions service: deploy, configure, pause, rollback, remove,
 //!   secrets, load at start; keeps catalog, runtime and scheduler in step.
-//! - [`scheduler`]: hands queued jobs to sandboxes, at most `max_concurrency` per function.
+//! - [`scheduler`]: hands queued jobs to sandboxes, at most `max_concurrency` per function,
+//!   keys taking turns, behind each function's circuit breaker.
 //! - [`webhook`]: signed callbacks to `Sluice-Callback` URLs, behind the SSRF guard.
 //! - [`guard`]: the SSRF guard: what the host may connect to on a user's behalf.
 //! - [`vault`]: function secrets sealed with the host's key before they are stored.
