@@ -193,6 +193,7 @@ fn manifest_of(record: &FunctionRecord) -> Manifest {
         then: record.then.clone(),
         concurrency_key: record.concurrency_key.clone(),
         schedule: record.schedules.clone(),
+        key_weights: record.key_weights.clone(),
         allowed_outbound_hosts: record.allowed_outbound_hosts.clone(),
         config: record.config.clone(),
         ..Manifest::from_settings(&record.settings)
@@ -242,6 +243,7 @@ impl Functions {
             let subscriptions = manifest.subscriptions()?;
             let then = manifest.then(name)?;
             let schedules = manifest.schedules()?;
+            let key_weights = manifest.key_weights()?;
             let allowed_outbound_hosts = manifest.allowed_outbound_hosts()?;
             let config = manifest.config()?;
             self.refuse_pipeline_cycle(name, then.as_deref()).await?;
@@ -257,6 +259,7 @@ impl Functions {
                 then,
                 concurrency_key: manifest.concurrency_key.clone(),
                 schedules,
+                key_weights,
                 digest: compiled.digest.clone(),
                 size: wasm.len() as u64,
                 deployed_at: now_ms(),

@@ -38,6 +38,10 @@ pub struct Manifest {
     pub key_concurrency: Option<u32>,
     /// Most attempts of one concurrency key started per second; unset means unlimited.
     pub key_rate_per_second: Option<u32>,
+    /// Weights of concurrency keys (1 to 100, default 1): a key of weight `w` takes `w` turns
+    /// for one of a weight-1 key and may run `w × key_concurrency` attempts.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub key_weights: std::collections::BTreeMap<String, u32>,
     /// How long a submit with a `Sluice-Debounce-Key` waits, replaced by a newer one with the
     /// same key within that time; unset: the function takes no debounce keys.
     pub debounce_ms: Option<u64>,
@@ -73,6 +77,9 @@ pub struct Manifest {
 pub const MAX_CONFIG_ENTRIES: usize = 64;
 /// Most bytes of `[config]` names and values together.
 pub const MAX_CONFIG_BYTES: usize = 64 << 10;
+
+/// Most `key_weights` entries one function declares.
+pub const MAX_KEY_WEIGHTS: usize = 1000;
 
 /// Most subscriptions one function declares.
 pub const MAX_SUBSCRIPTIONS: usize = 32;
@@ -308,6 +315,7 @@ impl Manifest {
             concurrency_key: None,
             key_concurrency: settings.key_concurrency,
             key_rate_per_second: settings.key_rate_per_second,
+            key_weights: Default::default(),
             debounce_ms: settings.debounce_ms,
             debounce_max_ms: settings.debounce_max_ms,
             breaker_failures: settings.breaker_failures,
@@ -343,6 +351,11 @@ impl Manifest {
             concurrency_key: self.concurrency_key.clone().or(base.concurrency_key),
             key_concurrency: self.key_concurrency.or(base.key_concurrency),
             key_rate_per_second: self.key_rate_per_second.or(base.key_rate_per_second),
+            key_weights: if self.key_weights.is_empty() {
+                base.key_weights
+            } else {
+                self.key_weights.clone()
+            },
             debounce_ms: self.debounce_ms.or(base.debounce_ms),
             debounce_max_ms: self.debounce_max_ms.or(base.debounce_max_ms),
             breaker_failures: self.breaker_failures.or(base.breaker_failures),
@@ -439,6 +452,26 @@ impl Manifest {
             }
         }
         Ok(self.subscribe.clone())
+    }
+
+    /// Validates `key_weights` and returns them.
+    pub fn key_weights(&self) -> Result<std::collections::BTreeMap<String, u32>, ManifestError> {
+        if self.key_weights.len() > MAX_KEY_WEIGHTS {
+            return Err(ManifestError::ConcurrencyKey(format!(
+                "key_weights has {} entries: at most {MAX_KEY_WEIGHTS}",
+                self.key_weights.len()
+            )));
+        }
+        for (key, weight) in &self.key_weights {
+            if !crate::flow::valid_key(key) {
+                return Err(ManifestError::ConcurrencyKey(format!(
+                    "key_weights: {key:?} is not a concurrency key (1 to {} visible characters)",
+                    crate::flow::MAX_KEY_LEN
+                )));
+            }
+            check("key_weights", u64::from(*weight), 1, 100)?;
+        }
+        Ok(self.key_weights.clone())
     }
 
     /// Validates the `[[schedule]]` entries and returns them.

@@ -80,6 +80,7 @@ pub fn record(name: &str, settings: Settings, subscriptions: Vec<Subscription>) 
         then: None,
         concurrency_key: None,
         schedules: Vec::new(),
+        key_weights: Default::default(),
         allowed_outbound_hosts: Vec::new(),
         config: Default::default(),
         changes: Vec::new(),

@@ -262,6 +262,7 @@ pub(crate) async fn configure(
                 | "then"
                 | "concurrency_key"
                 | "schedule"
+                | "key_weights"
         ) {
             return Err(ApiError::bad_request(
                 "invalid_manifest",
@@ -402,6 +403,7 @@ pub(crate) fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Va
         "key_concurrency": f.settings.key_concurrency,
         "key_rate_per_second": f.settings.key_rate_per_second,
         "concurrency_key": f.concurrency_key,
+        "key_weights": f.key_weights,
         "debounce_ms": f.settings.debounce_ms,
         "debounce_max_ms": f.settings.debounce_max_ms,
         "breaker_failures": f.settings.breaker_failures,

@@ -193,6 +193,8 @@ pub(crate) struct Function {
     key_rate_per_second: Option<u32>,
     /// `{"header": NAME}` or `{"json": POINTER}`: where jobs take their concurrency key from.
     concurrency_key: Option<Value>,
+    /// Weights of concurrency keys: `{"premium": 4}`.
+    key_weights: Value,
     debounce_ms: Option<u64>,
     debounce_max_ms: Option<u64>,
     breaker_failures: Option<u32>,

@@ -183,6 +183,7 @@ pub async fn measure(
         then: None,
         concurrency_key: None,
         schedules: Vec::new(),
+        key_weights: Default::default(),
         digest: compiled.digest.clone(),
         size: wasm.len() as u64,
         deployed_at: 0,

@@ -64,6 +64,8 @@ pub(super) struct Keys {
     active: HashMap<String, KeyState>,
     /// Attempts without a key running now (they take turns with the keys as one more key).
     unkeyed: usize,
+    /// Weights of keys that have one (others weigh 1).
+    weights: std::collections::BTreeMap<String, u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -78,25 +80,39 @@ pub(super) type Pick = (ReadyKey, Option<Instant>);
 
 impl Keys {
     /// Applies the function's settings.
-    pub(super) fn configure(&mut self, limit: Option<u32>, rate: Option<u32>) {
+    pub(super) fn configure(
+        &mut self,
+        limit: Option<u32>,
+        rate: Option<u32>,
+        weights: std::collections::BTreeMap<String, u32>,
+    ) {
         self.limit = limit.map(|n| n as usize);
         self.interval = rate.map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
+        self.weights = weights;
+    }
+
+    /// A key's weight (1 unless the manifest gives it one).
+    fn weight(&self, key: Option<&str>) -> usize {
+        key.and_then(|k| self.weights.get(k))
+            .map_or(1, |w| (*w).max(1) as usize)
     }
 
     /// The job to start next. Without keyed jobs in the window, the first. Else, among the
-    /// jobs of the first priority whose key (if any) is under its limit and may start now, the
-    /// one whose key runs the fewest attempts (the first such in dispatch order): keys take
-    /// turns, and a key that just arrived goes first. Failing that, among those only their
+    /// jobs of the first priority whose key (if any) is under its limit (`key_concurrency`
+    /// times its weight) and may start now, the one whose key runs the fewest attempts for its
+    /// weight (the first such in dispatch order): keys take turns, a key of weight 3 three for
+    /// one, and a key that just arrived goes first. Failing that, among those only their
     /// key's rate holds back, the one that may start soonest; `None` when every ready job's
     /// key is at its limit.
     pub(super) fn pick(&self, ready: &Ready, now: Instant) -> Option<Pick> {
         if ready.keyed == 0 {
             return ready.jobs.first_key_value().map(|(place, _)| (*place, None));
         }
-        let mut best: Option<(ReadyKey, usize)> = None;
+        // (place, running, weight): compared as running / weight.
+        let mut best: Option<(ReadyKey, usize, usize)> = None;
         let mut later: Option<(ReadyKey, Instant)> = None;
         for (place, job) in &ready.jobs {
-            if best.is_some_and(|(b, _)| b.0 != place.0) {
+            if best.is_some_and(|(b, _, _)| b.0 != place.0) {
                 break;
             }
             let (running, next_start) = match &job.concurrency_key {
@@ -106,7 +122,8 @@ impl Keys {
                     None => (0, None),
                 },
             };
-            if job.concurrency_key.is_some() && self.limit.is_some_and(|l| running >= l) {
+            let weight = self.weight(job.concurrency_key.as_deref());
+            if job.concurrency_key.is_some() && self.limit.is_some_and(|l| running >= l * weight) {
                 continue;
             }
             if let Some(at) = next_start.filter(|at| *at > now) {
@@ -115,14 +132,14 @@ impl Keys {
                 }
                 continue;
             }
-            if best.is_none_or(|(_, r)| running < r) {
-                best = Some((*place, running));
+            if best.is_none_or(|(_, r, w)| running * w < r * weight) {
+                best = Some((*place, running, weight));
                 if running == 0 {
                     break;
                 }
             }
         }
-        best.map(|(place, _)| (place, None))
+        best.map(|(place, _, _)| (place, None))
             .or(later.map(|(place, at)| (place, Some(at))))
     }
 
@@ -206,7 +223,7 @@ mod tests {
     fn keys_at_their_limit_are_passed_over_and_rates_pace_starts() {
         let now = Instant::now();
         let mut keys = Keys::default();
-        keys.configure(Some(1), None);
+        keys.configure(Some(1), None, Default::default());
         let mut ready = window(&[(1, Some("a")), (2, Some("a")), (3, Some("b")), (4, None)]);
         let (first, at) = keys.pick(&ready, now).unwrap();
         assert_eq!((id_at(&ready, first), at), (JobId(1), None));
@@ -228,7 +245,7 @@ mod tests {
 
         // Two starts a second: the second start of a key waits half a second.
         let mut paced = Keys::default();
-        paced.configure(None, Some(2));
+        paced.configure(None, Some(2), Default::default());
         paced.started(Some("a"), now);
         let mut ready = window(&[(5, Some("a"))]);
         let (_, at) = paced.pick(&ready, now).unwrap();
@@ -250,6 +267,17 @@ mod tests {
         }
         let ready = window(&[(1, Some("noisy")), (2, Some("noisy")), (3, Some("quiet"))]);
         assert_eq!(id_at(&ready, keys.pick(&ready, now).unwrap().0), JobId(3));
+        // A key of weight 4 running 3 goes before a key of weight 1 running 1.
+        let mut weighted = Keys::default();
+        weighted.configure(Some(1), None, [("heavy".to_string(), 4)].into());
+        for _ in 0..3 {
+            weighted.started(Some("heavy"), now);
+        }
+        weighted.started(Some("light"), now);
+        let ready = window(&[(4, Some("light")), (5, Some("heavy"))]);
+        assert_eq!(id_at(&ready, weighted.pick(&ready, now).unwrap().0), JobId(5));
+        weighted.started(Some("heavy"), now);
+        assert!(weighted.pick(&ready, now).is_none(), "heavy at 4 x 1, light at 1");
         // With no keyed job in the window, the first job goes (the fast path).
         let plain = window(&[(7, None), (8, None)]);
         assert_eq!(id_at(&plain, keys.pick(&plain, now).unwrap().0), JobId(7));

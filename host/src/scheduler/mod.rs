@@ -184,9 +184,11 @@ impl Scheduler {
         queue.interval = settings
             .rate_per_second
             .map(|r| Duration::from_secs_f64(1.0 / r as f64));
-        queue
-            .keys
-            .configure(settings.key_concurrency, settings.key_rate_per_second);
+        queue.keys.configure(
+            settings.key_concurrency,
+            settings.key_rate_per_second,
+            code.record.key_weights.clone(),
+        );
         queue
             .breaker
             .configure(settings.breaker_failures, settings.breaker_cooldown_ms);

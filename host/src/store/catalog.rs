@@ -29,6 +29,8 @@ struct Entry {
     /// `key_concurrency` (the scheduler runs at most that many; the rest are its next turns,
     /// started without waiting for the commit that ends the ones before).
     key_window: u32,
+    /// Weights of keys that have one (others weigh 1): their windows grow with them.
+    key_weights: std::collections::BTreeMap<String, u32>,
     /// Where jobs take their concurrency key from, for jobs the store makes itself
     /// (deliveries, emitted jobs, pipeline stages): a JSON rule reads their input.
     key_rule: Option<crate::flow::KeyRule>,
@@ -46,10 +48,13 @@ impl Deployed {
         self.0.read().get(name).map(|e| e.max_queued)
     }
 
-    /// How many unfinished jobs of one of the function's concurrency keys the ready queue
-    /// takes at once (1 when it is not deployed).
-    pub(crate) fn key_window(&self, name: &str) -> u32 {
-        self.0.read().get(name).map_or(1, |e| e.key_window)
+    /// How many unfinished jobs of the function's concurrency key `key` the ready queue takes
+    /// at once: its window times the key's weight (1 when the function is not deployed).
+    pub(crate) fn key_window(&self, name: &str, key: &str) -> u32 {
+        self.0.read().get(name).map_or(1, |e| {
+            e.key_window
+                .saturating_mul(e.key_weights.get(key).copied().unwrap_or(1))
+        })
     }
 
     /// The concurrency key the function's JSON rule finds in `input`, if it has one.
@@ -100,6 +105,7 @@ impl Deployed {
                 retry: record.settings.retry,
                 key_window: record.settings.key_window().saturating_mul(2),
                 key_rule: record.concurrency_key.clone(),
+                key_weights: record.key_weights.clone(),
                 debounce: record
                     .settings
                     .debounce_ms

@@ -122,7 +122,7 @@ impl Writer {
         let Some(key) = &job.concurrency_key else {
             return Ok(true);
         };
-        let window = self.shared.deployed.key_window(&job.function) as usize;
+        let window = self.shared.deployed.key_window(&job.function, key) as usize;
         let place = t
             .key_window(&job.function, key, window)?
             .into_iter()
@@ -157,7 +157,7 @@ impl Writer {
             .open()?
             .remove((function, key, job.concurrency_seq))
             .map_err(storage)?;
-        let window = self.shared.deployed.key_window(function) as usize;
+        let window = self.shared.deployed.key_window(function, key) as usize;
         for (seq, next, admitted) in t.key_window(function, key, window)? {
             if admitted {
                 continue;

@@ -118,6 +118,9 @@ pub struct FunctionRecord {
     /// version, like the settings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_key: Option<crate::flow::KeyRule>,
+    /// Weights of its concurrency keys (part of a version, like the settings).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub key_weights: std::collections::BTreeMap<String, u32>,
     /// Its cron triggers (part of a version, like the settings).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<crate::schedule::Schedule>,
@@ -216,6 +219,12 @@ impl FunctionRecord {
         let failures = |n: Option<u32>| n.map_or("none".to_string(), |n| n.to_string());
         setting("breaker_failures", failures(a.breaker_failures), failures(b.breaker_failures));
         setting("breaker_cooldown_ms", ms(a.breaker_cooldown_ms), ms(b.breaker_cooldown_ms));
+        if previous.key_weights != self.key_weights {
+            out.push(format!(
+                "key_weights {:?} -> {:?}",
+                previous.key_weights, self.key_weights
+            ));
+        }
         if previous.schedules != self.schedules {
             let crons = |s: &[crate::schedule::Schedule]| {
                 let list: Vec<&str> = s.iter().map(|s| s.cron.as_str()).collect();

@@ -81,6 +81,7 @@ pub(crate) fn rolled_back(current: &FunctionRecord, target: FunctionRecord) -> F
         then: target.then,
         concurrency_key: target.concurrency_key,
         schedules: target.schedules,
+        key_weights: target.key_weights,
         digest: target.digest,
         size: target.size,
         deployed_at: crate::job::now_ms(),

@@ -372,3 +372,37 @@ async fn a_circuit_breaker_opens_probes_and_closes() {
     assert!(metrics.contains("sluice_circuit_open{function=\"probe\"} 0"), "{metrics}");
     assert!(metrics.contains("sluice_circuit_opened_total{function=\"probe\"} 2"), "{metrics}");
 }
+
+/// `key_weights`: a key of weight 3 runs three attempts at once where a weight-1 key runs
+/// one (`key_concurrency = 1`), side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_keys_run_in_proportion() {
+    let host = start_host().await;
+    host.deploy_manifest(
+        "probe",
+        components::PROBE,
+        "name = \"probe\"\nmax_concurrency = 8\nkey_concurrency = 1\nkey_weights = { premium = 3 }\n",
+    )
+    .await;
+    let (_, f) = host.get("/v1/functions/probe").await;
+    assert_eq!(f["key_weights"], json!({"premium": 3}), "{f}");
+    let mut premium = Vec::new();
+    let mut basic = Vec::new();
+    for _ in 0..9 {
+        premium.push(submit_keyed(&host, "probe", "premium", &sleep(150)).await);
+    }
+    for _ in 0..3 {
+        basic.push(submit_keyed(&host, "probe", "basic", &sleep(150)).await);
+    }
+    let sp = spans(&host, &premium).await;
+    let sb = spans(&host, &basic).await;
+    assert_eq!(max_overlap(&sp), 3, "premium: {sp:?}");
+    assert_eq!(max_overlap(&sb), 1, "basic: {sb:?}");
+    let all: Vec<(u64, u64)> = sp.iter().chain(&sb).copied().collect();
+    assert_eq!(max_overlap(&all), 4, "{all:?}");
+
+    let (status, body) = host
+        .deploy_manifest_raw("probe", components::PROBE, "key_weights = { premium = 0 }\n")
+        .await;
+    assert_eq!(status, 400, "{body}");
+}
