@@ -20,6 +20,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("shipping", "SHIPPING"),
     ("compensation", "COMPENSATION"),
     ("checksum", "CHECKSUM"),
+    ("ledger", "LEDGER"),
 ];
 
 fn main() {

@@ -27,6 +27,8 @@
 //! - [`config`]: the manifest's `[config]` values and the function's secrets.
 //! - [`kv`]: the function's key-value state, committed with the handler's success.
 //! - [`handler`]: the attribute macro that exports your function.
+//! - [`batch_handler`]: the same for a function that takes a batch of events at once
+//!   (deploy it with `batch = { max_size = 100, max_wait_ms = 200 }`).
 #![deny(missing_docs)]
 
 // The generated bindings name this crate by its public path, also from inside it.
@@ -46,7 +48,7 @@ pub use emit::{Enqueue, enqueue, enqueue_json, publish, publish_json};
 pub use event::Event;
 pub use payload::{OutputWriter, PayloadReader};
 pub use response::{Error, Response};
-pub use sluice_sdk_macro::handler;
+pub use sluice_sdk_macro::{batch_handler, handler};
 
 /// Re-exported so handler crates can use serde without declaring it (`sluice_sdk::serde`).
 pub use serde;
@@ -63,7 +65,8 @@ pub mod __private {
     pub mod bindings {
         wit_bindgen::generate!({
             path: "wit",
-            world: "sluice:platform/handler",
+            // The superset world: every handler also answers batches (see the macros).
+            world: "sluice:platform/batch-handler",
             pub_export_macro: true,
             export_macro_name: "__export_sluice_handler",
             default_bindings_module: "::sluice_sdk::__private::bindings",
@@ -97,6 +100,45 @@ pub mod __private {
         let result = handler(Event::from_raw(event));
         // Rust's stdout is line-buffered: without this, a trailing `print!` would be lost.
         let _ = std::io::Write::flush(&mut std::io::stdout());
+        raw(result)
+    }
+
+    /// A single handler asked for a batch: each event in turn.
+    pub fn run_each<R, E>(
+        events: Vec<RawEvent>,
+        handler: impl Fn(Event) -> Result<R, E>,
+    ) -> Vec<Result<RawResponse, RawError>>
+    where
+        R: Into<Response>,
+        E: Into<Error>,
+    {
+        events.into_iter().map(|e| run(e, &handler)).collect()
+    }
+
+    /// Calls the user's batch handler: one result per event, in order (a handler that returns
+    /// another number fails the events it gave no result for, or that it gave too many).
+    pub fn run_batch<R, E>(
+        events: Vec<RawEvent>,
+        handler: impl FnOnce(Vec<Event>) -> Vec<Result<R, E>>,
+    ) -> Vec<Result<RawResponse, RawError>>
+    where
+        R: Into<Response>,
+        E: Into<Error>,
+    {
+        let n = events.len();
+        let results = handler(events.into_iter().map(Event::from_raw).collect());
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let given = results.len();
+        let mut out: Vec<_> = results.into_iter().take(n).map(raw).collect();
+        while out.len() < n {
+            out.push(Err(RawError::Permanent(format!(
+                "the batch handler returned {given} results for {n} events"
+            ))));
+        }
+        out
+    }
+
+    fn raw<R: Into<Response>, E: Into<Error>>(result: Result<R, E>) -> Result<RawResponse, RawError> {
         match result {
             Ok(response) => Ok(response.into().into_raw()),
             Err(error) => Err(error.into().into_raw()),

@@ -252,6 +252,12 @@ impl Functions {
                 Some(c) => c,
                 None => compiled.insert(self.parts.compile(wasm.clone()).await?),
             };
+            if settings.batch_max_size.is_some() && !compiled.takes_batches() {
+                return Err(ManifestError::Batch(
+                    "this component has no handle-batch export: build it with sluice-sdk's #[batch_handler] (or #[handler] of this SDK version), or deploy without batch".into(),
+                )
+                .into());
+            }
             let record = FunctionRecord {
                 name: name.to_string(),
                 settings,

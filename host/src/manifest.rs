@@ -50,6 +50,11 @@ pub struct Manifest {
     /// Failed attempts in a row that open the function's circuit breaker (nothing starts for
     /// `breaker_cooldown_ms`, then one probe); unset: no breaker.
     pub breaker_failures: Option<u32>,
+    /// Batch consumption: `{ max_size = 100, max_wait_ms = 200 }` hands the handler's
+    /// `handle-batch` up to `max_size` events at once, waiting up to `max_wait_ms` to fill a
+    /// batch; unset: one event per attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSpec>,
     /// How long an open breaker holds starts back, in milliseconds (default 30000).
     pub breaker_cooldown_ms: Option<u64>,
     /// Topics whose events this function receives: `[[subscribe]] topic = "orders"`, with an
@@ -145,6 +150,24 @@ pub struct Settings {
     /// How long an open breaker holds starts back; `None`: 30 s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker_cooldown_ms: Option<u64>,
+    /// Most events handed to `handle-batch` at once; `None`: one event per attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_max_size: Option<u32>,
+    /// How long a batch waits to fill up, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_max_wait_ms: Option<u64>,
+}
+
+/// `batch = { max_size = 100, max_wait_ms = 200 }` in a manifest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Most events per batch (1 to 1000, default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u32>,
+    /// How long a batch waits to fill up, in milliseconds (0 to 60000, default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<u64>,
 }
 
 fn default_max_queued() -> u64 {
@@ -166,6 +189,8 @@ impl Settings {
         debounce_max_ms: None,
         breaker_failures: None,
         breaker_cooldown_ms: None,
+        batch_max_size: None,
+        batch_max_wait_ms: None,
     };
 
     /// How many unfinished jobs of one concurrency key the ready queue takes at once (the
@@ -251,6 +276,9 @@ pub enum ManifestError {
         /// Name the deploy used.
         deploy: String,
     },
+    /// `batch` does not fit the component.
+    #[error("invalid batch: {0}")]
+    Batch(String),
     /// The `concurrency_key` rule is invalid.
     #[error("invalid concurrency_key: {0}")]
     ConcurrencyKey(String),
@@ -320,6 +348,10 @@ impl Manifest {
             debounce_max_ms: settings.debounce_max_ms,
             breaker_failures: settings.breaker_failures,
             breaker_cooldown_ms: settings.breaker_cooldown_ms,
+            batch: settings.batch_max_size.map(|n| BatchSpec {
+                max_size: Some(n),
+                max_wait_ms: settings.batch_max_wait_ms,
+            }),
             subscribe: Vec::new(),
             then: None,
             schedule: Vec::new(),
@@ -360,6 +392,7 @@ impl Manifest {
             debounce_max_ms: self.debounce_max_ms.or(base.debounce_max_ms),
             breaker_failures: self.breaker_failures.or(base.breaker_failures),
             breaker_cooldown_ms: self.breaker_cooldown_ms.or(base.breaker_cooldown_ms),
+            batch: self.batch.or(base.batch),
             subscribe: if self.subscribe.is_empty() {
                 base.subscribe
             } else {
@@ -529,6 +562,8 @@ impl Manifest {
             debounce_max_ms: self.debounce_max_ms,
             breaker_failures: self.breaker_failures,
             breaker_cooldown_ms: self.breaker_cooldown_ms,
+            batch_max_size: self.batch.map(|b| b.max_size.unwrap_or(100)),
+            batch_max_wait_ms: self.batch.map(|b| b.max_wait_ms.unwrap_or(200)),
         };
         check(
             "max_concurrency",
@@ -565,6 +600,12 @@ impl Manifest {
                 });
             };
             check("debounce_max_ms", max, wait, 86_400_000)?;
+        }
+        if let Some(n) = settings.batch_max_size {
+            check("batch.max_size", n.into(), 1, 1000)?;
+        }
+        if let Some(ms) = settings.batch_max_wait_ms {
+            check("batch.max_wait_ms", ms, 0, 60_000)?;
         }
         if let Some(n) = settings.breaker_failures {
             check("breaker_failures", n.into(), 1, 10_000)?;

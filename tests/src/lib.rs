@@ -19,6 +19,8 @@ pub mod python;
 pub mod components {
     /// `functions/echo`.
     pub const ECHO: &str = env!("SLUICE_COMPONENT_ECHO");
+    /// `functions/ledger`: a batch handler.
+    pub const LEDGER: &str = env!("SLUICE_COMPONENT_LEDGER");
     /// `functions/counter`.
     pub const COUNTER: &str = env!("SLUICE_COMPONENT_COUNTER");
     /// `functions/order-total`.
@@ -31,6 +33,8 @@ pub mod components {
     pub const ORDER_TOTAL_MANIFEST: &str = env!("SLUICE_MANIFEST_ORDER_TOTAL");
     /// `functions/echo/sluice.toml`.
     pub const ECHO_MANIFEST: &str = env!("SLUICE_MANIFEST_ECHO");
+    /// `functions/ledger/sluice.toml`.
+    pub const LEDGER_MANIFEST: &str = env!("SLUICE_MANIFEST_LEDGER");
     /// `functions/counter/sluice.toml`.
     pub const COUNTER_MANIFEST: &str = env!("SLUICE_MANIFEST_COUNTER");
     /// `functions/payment`: the choreography's first step.

@@ -38,6 +38,67 @@ pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
             > {
                 ::sluice_sdk::__private::run(event, #name)
             }
+
+            fn handle_batch(
+                events: ::std::vec::Vec<::sluice_sdk::__private::RawEvent>,
+            ) -> ::std::vec::Vec<::core::result::Result<
+                ::sluice_sdk::__private::RawResponse,
+                ::sluice_sdk::__private::RawError,
+            >> {
+                ::sluice_sdk::__private::run_each(events, #name)
+            }
+        }
+
+        ::sluice_sdk::__private::export!(__SluiceHandler);
+    }
+    .into()
+}
+
+/// Exports a function as the component's Sluice batch handler: it receives up to the
+/// manifest's `batch.max_size` events at once and returns one result per event, in order.
+///
+/// The function takes `Vec<sluice_sdk::Event>` and returns `Vec<Result<R, E>>` where
+/// `R: Into<sluice_sdk::Response>` and `E: Into<sluice_sdk::Error>`. Each event's job keeps
+/// its own status, retries and dead letter. One handler per component.
+#[proc_macro_attribute]
+pub fn batch_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        let attr = proc_macro2::TokenStream::from(attr);
+        return syn::Error::new(attr.span(), "#[batch_handler] takes no arguments")
+            .to_compile_error()
+            .into();
+    }
+    let function = parse_macro_input!(item as ItemFn);
+    if let Err(e) = check_signature(&function) {
+        return e.to_compile_error().into();
+    }
+    let name = &function.sig.ident;
+    quote! {
+        #function
+
+        #[doc(hidden)]
+        struct __SluiceHandler;
+
+        impl ::sluice_sdk::__private::Guest for __SluiceHandler {
+            fn handle(
+                event: ::sluice_sdk::__private::RawEvent,
+            ) -> ::core::result::Result<
+                ::sluice_sdk::__private::RawResponse,
+                ::sluice_sdk::__private::RawError,
+            > {
+                ::sluice_sdk::__private::run_batch(::std::vec![event], #name)
+                    .pop()
+                    .expect("one result for one event")
+            }
+
+            fn handle_batch(
+                events: ::std::vec::Vec<::sluice_sdk::__private::RawEvent>,
+            ) -> ::std::vec::Vec<::core::result::Result<
+                ::sluice_sdk::__private::RawResponse,
+                ::sluice_sdk::__private::RawError,
+            >> {
+                ::sluice_sdk::__private::run_batch(events, #name)
+            }
         }
 
         ::sluice_sdk::__private::export!(__SluiceHandler);

@@ -263,6 +263,7 @@ pub(crate) async fn configure(
                 | "concurrency_key"
                 | "schedule"
                 | "key_weights"
+                | "batch"
         ) {
             return Err(ApiError::bad_request(
                 "invalid_manifest",
@@ -408,6 +409,10 @@ pub(crate) fn function_json(f: &FunctionRecord, pending_jobs: Option<u64>) -> Va
         "debounce_max_ms": f.settings.debounce_max_ms,
         "breaker_failures": f.settings.breaker_failures,
         "breaker_cooldown_ms": f.settings.breaker_cooldown_ms,
+        "batch": f.settings.batch_max_size.map(|n| json!({
+            "max_size": n,
+            "max_wait_ms": f.settings.batch_max_wait_ms,
+        })),
         "subscriptions": f.subscriptions,
         "schedules": f.schedules,
         "then": f.then,

@@ -199,6 +199,8 @@ pub(crate) struct Function {
     debounce_max_ms: Option<u64>,
     breaker_failures: Option<u32>,
     breaker_cooldown_ms: Option<u64>,
+    /// `{"max_size", "max_wait_ms"}` when it takes batches.
+    batch: Option<Value>,
     subscriptions: Value,
     /// Its cron triggers: `[{"cron", "timezone", "data", "catch_up"}]`.
     schedules: Value,

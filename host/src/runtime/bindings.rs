@@ -8,6 +8,26 @@ wasmtime::component::bindgen!({
     with: { "wasi:keyvalue/store.bucket": super::kv::Bucket },
 });
 
+/// The batch world: everything `handler` is, plus `handle-batch`, over the same imports (so
+/// one linker and one set of host implementations serve both).
+pub mod batch {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sluice:platform/batch-handler",
+        exports: { default: async },
+        with: {
+            "sluice:platform/types": super::sluice::platform::types,
+            "sluice:platform/log": super::sluice::platform::log,
+            "sluice:platform/emit": super::sluice::platform::emit,
+            "sluice:platform/payload": super::sluice::platform::payload,
+            "wasi:config/store": super::wasi::config::store,
+            "wasi:keyvalue/store": super::wasi::keyvalue::store,
+            "wasi:keyvalue/atomics": super::wasi::keyvalue::atomics,
+            "wasi:keyvalue/batch": super::wasi::keyvalue::batch,
+        },
+    });
+}
+
 pub use sluice::platform::log::Level;
 pub use sluice::platform::types::{BlobRef as RawBlobRef, Payload};
 pub use wasi::config::store::Error as ConfigError;
@@ -103,7 +123,7 @@ impl sluice::platform::payload::Host for Sandbox {
         let mut key = [0u8; 32];
         hex::decode_to_slice(&digest, &mut key)
             .map_err(|_| format!("{digest:?} is not a blob digest (64 hex digits)"))?;
-        if self.readable != Some(key) {
+        if !self.readable.contains(&key) {
             return Err(format!(
                 "blob {digest} is not this job's input: a handler reads only the payload it was handed (event.data)"
             ));

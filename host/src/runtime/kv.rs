@@ -58,6 +58,8 @@ pub(crate) struct KvAttempt {
     /// Staged writes (`None`: delete).
     writes: BTreeMap<String, Option<Vec<u8>>>,
     written: usize,
+    /// Why writes are refused here (a batch), if so.
+    read_only: Option<&'static str>,
 }
 
 type Outcome<T> = Result<T, store::Error>;
@@ -75,6 +77,15 @@ impl KvAttempt {
             listed: Vec::new(),
             writes: BTreeMap::new(),
             written: 0,
+            read_only: None,
+        }
+    }
+
+    /// The same, refusing every write with `why`.
+    pub(crate) fn read_only(source: Arc<dyn KvSource>, function: String, why: &'static str) -> Self {
+        KvAttempt {
+            read_only: Some(why),
+            ..KvAttempt::new(source, function)
         }
     }
 
@@ -104,6 +115,9 @@ impl KvAttempt {
     }
 
     fn stage(&mut self, key: String, value: Option<Vec<u8>>) -> Outcome<()> {
+        if let Some(why) = self.read_only {
+            return Err(other(why));
+        }
         Self::check_key(&key)?;
         let size = value.as_ref().map_or(0, Vec::len);
         if size > MAX_VALUE {
@@ -128,6 +142,9 @@ impl KvAttempt {
     }
 
     fn increment(&mut self, key: String, delta: u64) -> Outcome<u64> {
+        if let Some(why) = self.read_only {
+            return Err(other(why));
+        }
         let current = match self.get(&key)? {
             None => 0,
             Some(bytes) => std::str::from_utf8(&bytes)

@@ -35,6 +35,7 @@ use crate::job::{AttemptReport, FailureKind, Outcome, QueuedJob, now_ms};
 use crate::output::{OutputSink, SpoolDir};
 use crate::store::FunctionRecord;
 use bindings::{Event, Handler, HandlerError, HandlerPre, Payload, RawBlobRef};
+use bindings::batch::{BatchHandler, BatchHandlerPre};
 use sandbox::{LogSink, MemoryLimit, Sandbox};
 
 /// How often the epoch advances: the granularity of timeouts and of yielding to other tasks.
@@ -82,7 +83,7 @@ pub struct Compiled {
     /// The serialized artifact, to store so later starts skip compiling.
     pub artifact: Vec<u8>,
     /// Ready to instantiate.
-    pre: HandlerPre<Sandbox>,
+    pre: Linked,
 }
 
 /// A function ready to run: its record and its pre-linked component.
@@ -90,7 +91,7 @@ pub struct LoadedFunction {
     /// The function as stored (settings, digest, version).
     pub record: FunctionRecord,
     /// Linked once; each attempt only instantiates.
-    pre: HandlerPre<Sandbox>,
+    pre: Linked,
     /// Its `allowed_outbound_hosts`, parsed once.
     allowed_hosts: Arc<[outbound::allowed::AllowedHost]>,
     /// What `wasi:config/store` answers: its `[config]` values and its secrets (a secret wins
@@ -126,7 +127,7 @@ impl Functions {
 }
 
 impl LoadedFunction {
-    fn new(record: FunctionRecord, pre: HandlerPre<Sandbox>) -> LoadedFunction {
+    fn new(record: FunctionRecord, pre: Linked) -> LoadedFunction {
         // Stored entries were validated at deploy; one that no longer parses allows nothing.
         let allowed_hosts = record
             .allowed_outbound_hosts
@@ -313,12 +314,18 @@ impl Runtime {
         Ok(LoadedFunction::new(record, pre))
     }
 
-    fn link(&self, component: &Component) -> Result<HandlerPre<Sandbox>, ComponentError> {
+    fn link(&self, component: &Component) -> Result<Linked, ComponentError> {
         let pre = self
             .linker
             .instantiate_pre(component)
             .map_err(|e| ComponentError::WrongWorld(format!("{e:#}")))?;
-        HandlerPre::new(pre).map_err(|e| ComponentError::WrongWorld(format!("{e:#}")))
+        // A component of the batch world (it also answers single events) takes batches.
+        if let Ok(batch) = BatchHandlerPre::new(pre.clone()) {
+            return Ok(Linked::Batch(batch));
+        }
+        HandlerPre::new(pre)
+            .map(Linked::Single)
+            .map_err(|e| ComponentError::WrongWorld(format!("{e:#}")))
     }
 
     /// A compiled component as `record`'s code, not yet current.
@@ -367,6 +374,85 @@ impl Runtime {
     /// The current code of a function.
     pub fn function(&self, name: &str) -> Option<Arc<LoadedFunction>> {
         self.functions.read().loaded.get(name).cloned()
+    }
+}
+
+/// A component linked once: of the `handler` world, or of `batch-handler` (which also
+/// answers single events).
+#[derive(Clone)]
+enum Linked {
+    Single(HandlerPre<Sandbox>),
+    Batch(BatchHandlerPre<Sandbox>),
+}
+
+/// One attempt's instance of a linked component.
+enum Instance {
+    Single(bindings::Handler),
+    Batch(BatchHandler),
+}
+
+impl Linked {
+    /// A fresh instance in `store`, or why it could not start.
+    async fn instantiate(
+        &self,
+        store: &mut wasmtime::Store<Sandbox>,
+    ) -> Result<Instance, (FailureKind, String)> {
+        let instance = match self {
+            Linked::Single(pre) => pre.instantiate_async(store).await.map(Instance::Single),
+            Linked::Batch(pre) => pre.instantiate_async(store).await.map(Instance::Batch),
+        };
+        instance.map_err(|e| {
+            (
+                FailureKind::Instantiate,
+                format!("cannot start the sandbox: {e:#}"),
+            )
+        })
+    }
+}
+
+impl Instance {
+    /// Calls `handle`.
+    async fn handle(
+        &self,
+        store: &mut wasmtime::Store<Sandbox>,
+        event: &Event,
+    ) -> wasmtime::Result<Result<bindings::Response, HandlerError>> {
+        match self {
+            Instance::Single(h) => h.call_handle(store, event).await,
+            Instance::Batch(h) => h.call_handle(store, event).await,
+        }
+    }
+
+    /// Calls `handle-batch` (a component of the `handler` world is asked event by event).
+    async fn handle_batch(
+        &self,
+        store: &mut wasmtime::Store<Sandbox>,
+        events: &[Event],
+    ) -> wasmtime::Result<Vec<Result<bindings::Response, HandlerError>>> {
+        match self {
+            Instance::Batch(h) => h.call_handle_batch(store, events).await,
+            Instance::Single(h) => {
+                let mut out = Vec::with_capacity(events.len());
+                for event in events {
+                    out.push(h.call_handle(&mut *store, event).await?);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl LoadedFunction {
+    /// True when its component exports `handle-batch` (the batch world).
+    pub fn takes_batches(&self) -> bool {
+        matches!(self.pre, Linked::Batch(_))
+    }
+}
+
+impl Compiled {
+    /// True when the component exports `handle-batch` (the batch world).
+    pub fn takes_batches(&self) -> bool {
+        matches!(self.pre, Linked::Batch(_))
     }
 }
 

@@ -26,9 +26,9 @@ pub(crate) struct Sandbox {
     pub(crate) emitted: Staged,
     /// Where large payloads are read from.
     pub(crate) blobs: std::sync::Arc<dyn super::BlobSource>,
-    /// The one blob this attempt may read: its own job's input, if that is a blob. Another
-    /// function's payload is not readable by guessing or learning its digest.
-    pub(crate) readable: Option<[u8; 32]>,
+    /// The blobs this attempt may read: its own jobs' inputs that are blobs (one job's, or a
+    /// batch's). Another function's payload is not readable by guessing or learning its digest.
+    pub(crate) readable: Vec<[u8; 32]>,
     /// Output the handler streamed out (`write-output`): in memory while small, then spooled.
     pub(crate) output: crate::output::OutputSink,
     /// wasi-http state (field size limits).
@@ -52,11 +52,24 @@ pub(crate) const MAX_EMITTED_BYTES: usize = 16 << 20;
 pub(crate) struct Staged {
     pub(crate) items: Vec<crate::job::Emission>,
     bytes: usize,
+    /// Why nothing may be emitted here (a batch), if so.
+    refused: Option<&'static str>,
 }
 
 impl Staged {
+    /// Refuses every emission with `why`.
+    pub(crate) fn refusing(why: &'static str) -> Staged {
+        Staged {
+            refused: Some(why),
+            ..Staged::default()
+        }
+    }
+
     /// Stages one emission, or says which limit it would pass.
     pub(crate) fn push(&mut self, e: crate::job::Emission) -> Result<(), String> {
+        if let Some(why) = self.refused {
+            return Err(why.to_string());
+        }
         if self.items.len() >= MAX_EMISSIONS {
             return Err(format!(
                 "an attempt may emit at most {MAX_EMISSIONS} events and jobs"

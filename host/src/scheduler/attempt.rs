@@ -21,16 +21,17 @@ const LEASE_GRACE: Duration = Duration::from_secs(2);
 const STORE_LEASE: Duration = Duration::from_secs(30);
 
 impl Inner {
-    /// Runs the job's next attempt and reports its end to the store (nothing, if it was
-    /// cancelled). Returns whether the worker still holds the job (it lets go once the attempt
-    /// is over, before its finish is committed).
+    /// Runs the next attempt of each of `jobs` (one job, or a batch handed to `handle-batch`
+    /// together) and reports each end to the store (nothing, if cancelled). Returns, per job,
+    /// whether the worker still holds it (it lets go once the attempt is over, before its
+    /// finish is committed).
     pub(super) async fn attempt(
         &self,
         code: &LoadedFunction,
-        job: &QueuedJob,
+        jobs: &[QueuedJob],
         cancel: &CancellationToken,
-    ) -> bool {
-        let attempt = job.attempts + 1;
+    ) -> Vec<bool> {
+        let attempts: Vec<u32> = jobs.iter().map(|j| j.attempts + 1).collect();
         let started_at = now_ms();
         let timeout = Duration::from_millis(code.record.settings.timeout_ms);
         // The runtime stops the attempt at its timeout; the lease is the backstop should
@@ -40,7 +41,18 @@ impl Inner {
         let lease_until = started_at + (START_VISIBLE_AFTER + STORE_LEASE).as_millis() as u64;
         let blobs = self.blobs.clone();
         let state = self.kv.clone();
-        let run = tokio::time::timeout(lease, self.runtime.run(code, job, attempt, blobs, state));
+        let running = async {
+            match jobs {
+                [job] => vec![self.runtime.run(code, job, attempts[0], blobs, state).await],
+                _ => {
+                    let jobs: Vec<&QueuedJob> = jobs.iter().collect();
+                    self.runtime
+                        .run_batch(code, &jobs, &attempts, blobs, state)
+                        .await
+                }
+            }
+        };
+        let run = tokio::time::timeout(lease, running);
         tokio::pin!(run);
         let expired = |at: u64| AttemptReport {
             outcome: Outcome::Failed {
@@ -61,17 +73,19 @@ impl Inner {
         };
         // Short attempts go from queued to terminal in one commit; `running` is recorded
         // (and visible) only for attempts still running after START_VISIBLE_AFTER.
-        let report = tokio::select! {
-            report = tokio::time::timeout(START_VISIBLE_AFTER, &mut run) => match report {
-                Ok(report) => Some(report),
+        let reports = tokio::select! {
+            reports = tokio::time::timeout(START_VISIBLE_AFTER, &mut run) => match reports {
+                Ok(reports) => Some(reports),
                 Err(_) => {
-                    self.store.start(
-                        job.id,
-                        attempt,
-                        started_at,
-                        lease_until,
-                        code.record.version,
-                    );
+                    for (job, attempt) in jobs.iter().zip(&attempts) {
+                        self.store.start(
+                            job.id,
+                            *attempt,
+                            started_at,
+                            lease_until,
+                            code.record.version,
+                        );
+                    }
                     // Renewed while the attempt runs; the store fails it if this stops.
                     let renewing = async {
                         let mut every = tokio::time::interval(STORE_LEASE / 3);
@@ -79,11 +93,13 @@ impl Inner {
                         loop {
                             every.tick().await;
                             let until = now_ms() + STORE_LEASE.as_millis() as u64;
-                            self.store.renew(job.id, attempt, until);
+                            for (job, attempt) in jobs.iter().zip(&attempts) {
+                                self.store.renew(job.id, *attempt, until);
+                            }
                         }
                     };
                     tokio::select! {
-                        report = &mut run => Some(report),
+                        reports = &mut run => Some(reports),
                         _ = renewing => None,
                         _ = cancel.cancelled() => None,
                         _ = self.abort_all.cancelled() => None,
@@ -93,9 +109,12 @@ impl Inner {
             _ = cancel.cancelled() => None,
             _ = self.abort_all.cancelled() => None,
         };
-        let report = report.map(|r| r.unwrap_or_else(|_| expired(now_ms())));
-        let mut held = true;
-        if let Some(report) = report {
+        let Some(reports) = reports else {
+            return vec![true; jobs.len()];
+        };
+        let reports =
+            reports.unwrap_or_else(|_| jobs.iter().map(|_| expired(now_ms())).collect());
+        for ((job, attempt), report) in jobs.iter().zip(&attempts).zip(reports) {
             // The attempt is over: from here a cancel may win (the finish is then fenced
             // out), but a job whose finish is committed is never shown as held.
             {
@@ -103,13 +122,12 @@ impl Inner {
                 release_hold(&mut state.running, job.id);
                 judge(&mut state, job, &report);
             }
-            held = false;
-            self.trace_attempt(code, job, attempt, &report);
-            let report = self.store.settle_kv(job.id, attempt, report).await;
+            self.trace_attempt(code, job, *attempt, &report);
+            let report = self.store.settle_kv(job.id, *attempt, report).await;
             self.store
-                .finish(job.id, attempt, report, code.record.settings.retry);
+                .finish(job.id, *attempt, report, code.record.settings.retry);
         }
-        held
+        vec![false; jobs.len()]
     }
 }
 

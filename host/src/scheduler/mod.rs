@@ -361,13 +361,16 @@ impl Inner {
                 code = self.newer_code(&function, current).await.unwrap_or(code);
             }
             // Paced by the function's rate limit (the start time was reserved under the lock).
+            let mut batch = vec![job];
             if let Some(at) = start_at {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
-                    _ = cancel.cancelled() => { self.done(&job, true); continue; }
-                    _ = self.stop_starting.cancelled() => { self.done(&job, true); continue; }
+                    _ = cancel.cancelled() => { self.done_all(&batch); continue; }
+                    _ = self.stop_starting.cancelled() => { self.done_all(&batch); continue; }
                 }
             }
+            // A batch function: more of its ready jobs join this one, for a while.
+            self.gather(&function, &code, &mut batch, &cancel).await;
             let _slot = self
                 .slots
                 .clone()
@@ -379,8 +382,8 @@ impl Inner {
             if let Some(at) = self.shared_pace(&function).await {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
-                    _ = cancel.cancelled() => { self.done(&job, true); continue; }
-                    _ = self.stop_starting.cancelled() => { self.done(&job, true); continue; }
+                    _ = cancel.cancelled() => { self.done_all(&batch); continue; }
+                    _ = self.stop_starting.cancelled() => { self.done_all(&batch); continue; }
                 }
             }
             // The reservation above paces without holding a slot; this makes the actual starts
@@ -388,12 +391,14 @@ impl Inner {
             if let Some(at) = self.pace(&function) {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
-                    _ = cancel.cancelled() => { self.done(&job, true); continue; }
-                    _ = self.stop_starting.cancelled() => { self.done(&job, true); continue; }
+                    _ = cancel.cancelled() => { self.done_all(&batch); continue; }
+                    _ = self.stop_starting.cancelled() => { self.done_all(&batch); continue; }
                 }
             }
-            let held = self.attempt(&code, &job, &cancel).await;
-            self.done(&job, held);
+            let held = self.attempt(&code, &batch, &cancel).await;
+            for (job, held) in batch.iter().zip(held) {
+                self.done(job, held);
+            }
         }
         self.worker_exited.notify_waiters();
     }
@@ -476,6 +481,68 @@ impl Inner {
         };
         if deployed {
             self.release(function);
+        }
+    }
+
+    /// Jobs taken for an attempt that will not start (cancelled, or the host stops).
+    fn done_all(&self, jobs: &[QueuedJob]) {
+        for job in jobs {
+            self.done(job, true);
+        }
+    }
+
+    /// For a function that takes batches (`batch.max_size` above 1, a component with
+    /// `handle-batch`): adds its ready jobs to `batch` until it is full or `batch.max_wait_ms`
+    /// passed since the first, each counted as taken like the first.
+    async fn gather(
+        &self,
+        function: &str,
+        code: &crate::runtime::LoadedFunction,
+        batch: &mut Vec<QueuedJob>,
+        cancel: &CancellationToken,
+    ) {
+        let settings = code.record.settings;
+        let Some(max) = settings.batch_max_size.filter(|n| *n > 1 && code.takes_batches()) else {
+            return;
+        };
+        let max = max as usize;
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(settings.batch_max_wait_ms.unwrap_or(0));
+        loop {
+            self.take_more(function, max, batch);
+            if batch.len() >= max || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            let next = (tokio::time::Instant::now() + Duration::from_millis(5)).min(deadline);
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = cancel.cancelled() => return,
+                _ = self.stop_starting.cancelled() => return,
+            }
+        }
+    }
+
+    /// Moves ready jobs of `function` that may start now into `batch`, up to `max` in all.
+    fn take_more(&self, function: &str, max: usize, batch: &mut Vec<QueuedJob>) {
+        let mut state = self.state.lock();
+        let State {
+            functions, running, ..
+        } = &mut *state;
+        let Some(queue) = functions.get_mut(function) else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        while batch.len() < max && !queue.paused && !self.stopping.load(Ordering::Relaxed) {
+            let Some((place, None)) = queue.keys.pick(&queue.ready, now) else {
+                return;
+            };
+            let Some(job) = queue.ready.remove(&place) else {
+                return;
+            };
+            queue.running += 1;
+            queue.keys.started(job.concurrency_key.as_deref(), now);
+            *running.entry(job.id).or_default() += 1;
+            batch.push(job);
         }
     }
 

@@ -219,6 +219,8 @@ impl FunctionRecord {
         let failures = |n: Option<u32>| n.map_or("none".to_string(), |n| n.to_string());
         setting("breaker_failures", failures(a.breaker_failures), failures(b.breaker_failures));
         setting("breaker_cooldown_ms", ms(a.breaker_cooldown_ms), ms(b.breaker_cooldown_ms));
+        setting("batch.max_size", failures(a.batch_max_size), failures(b.batch_max_size));
+        setting("batch.max_wait_ms", ms(a.batch_max_wait_ms), ms(b.batch_max_wait_ms));
         if previous.key_weights != self.key_weights {
             out.push(format!(
                 "key_weights {:?} -> {:?}",

@@ -160,7 +160,7 @@ async function functionPage(name, mine) {
     <h2>Versions</h2><div id="versions"></div>`;
   const settings = ["max_concurrency", "timeout_ms", "memory_mb", "max_attempts", "backoff_base_ms",
     "backoff_max_ms", "max_queued", "rate_per_second", "key_concurrency", "key_rate_per_second",
-    "concurrency_key", "debounce_ms", "debounce_max_ms", "breaker_failures", "breaker_cooldown_ms", "then", "allowed_outbound_hosts"];
+    "concurrency_key", "debounce_ms", "debounce_max_ms", "breaker_failures", "breaker_cooldown_ms", "batch", "then", "allowed_outbound_hosts"];
   document.getElementById("settings").innerHTML = `<dl>
     <dt>version</dt><dd>v${esc(f.version)} (${esc(f.change)}), deployed ${when(f.deployed_at)}</dd>
     <dt>digest</dt><dd class="mono">${esc(f.digest)}</dd>

@@ -1,6 +1,7 @@
 //! Every black-box test in one binary: one link of wasmtime instead of one per file (disk and
 //! build time on CI), and nextest still runs each test in its own process.
 
+mod batches;
 mod binary;
 mod callbacks;
 mod cli_follow;
