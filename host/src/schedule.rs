@@ -120,6 +120,14 @@ impl Schedule {
         out
     }
 
+    /// The latest fire at or before `at`, if any.
+    pub fn latest_until(&self, at: u64) -> Option<u64> {
+        let (cron, zone) = (self.pattern().ok()?, self.zone().ok()?);
+        let at = at_ms(at)?.with_timezone(&zone);
+        let previous = cron.find_previous_occurrence(&at, true).ok()?;
+        Some(previous.timestamp_millis().max(0) as u64)
+    }
+
     /// The next fire after `after`, if any.
     pub fn next_after(&self, after: u64) -> Option<u64> {
         let (cron, zone) = (self.pattern().ok()?, self.zone().ok()?);
@@ -216,7 +224,15 @@ impl Clock {
             .filter(|f| f.identity == identity)
             .map(|f| f.last);
         let (last, due) = match known {
-            Some(last) => (last, schedule.fires_between(last, now, MAX_FIRES_AT_ONCE)),
+            Some(last) => {
+                let mut due = schedule.fires_between(last, now, MAX_FIRES_AT_ONCE);
+                // Several due at once (the store refused fires for a while): the older ones
+                // were missed, and follow the policy too.
+                if due.len() > 1 && schedule.catch_up != CatchUp::All {
+                    due = schedule.latest_until(now).into_iter().collect();
+                }
+                (last, due)
+            }
             None => {
                 let initial = json!({"identity": identity, "last": now});
                 let stored = store
@@ -230,7 +246,11 @@ impl Clock {
                 let missed = schedule.fires_between(last, now, MAX_FIRES_AT_ONCE);
                 let due = match schedule.catch_up {
                     CatchUp::None => Vec::new(),
-                    CatchUp::One => missed.last().copied().into_iter().collect(),
+                    // The latest missed, even past the first thousand.
+                    CatchUp::One if !missed.is_empty() => {
+                        schedule.latest_until(now).into_iter().collect()
+                    }
+                    CatchUp::One => Vec::new(),
                     CatchUp::All => missed,
                 };
                 if !due.is_empty() {
@@ -359,6 +379,8 @@ mod tests {
         assert_eq!(fires.len(), 4, "{fires:?}");
         assert_eq!(fires[0], midnight + 5 * 60_000);
         assert_eq!(every5.next_after(midnight), Some(midnight + 5 * 60_000));
+        assert_eq!(every5.latest_until(midnight + 7 * 60_000 + 500), Some(midnight + 5 * 60_000));
+        assert_eq!(every5.latest_until(midnight + 5 * 60_000), Some(midnight + 5 * 60_000));
         // Fires fall on whole seconds whatever the time asked from.
         assert_eq!(every5.next_after(midnight + 1234), Some(midnight + 5 * 60_000));
         let seconds = schedule("*/2 * * * * *", None);

@@ -50,7 +50,7 @@ pub(super) async fn scenario(
 }
 
 /// Queues `n` jobs of `function` (with concurrency key `key`) in batches of 1000.
-async fn fill(host: &BenchHost, function: &str, key: Option<&str>, n: usize) -> anyhow::Result<()> {
+pub(super) async fn fill(host: &BenchHost, function: &str, key: Option<&str>, n: usize) -> anyhow::Result<()> {
     const BATCH: usize = 1000;
     let batch: Bytes = {
         let items: Vec<Value> = (0..BATCH).map(|i| json!({"i": i})).collect();

@@ -15,6 +15,8 @@
 //! - `fairness` (only when named): one concurrency key with 100,000 jobs queued; another
 //!   key's job latency (p50, p99) while it drains, against a newcomer behind the same backlog
 //!   without keys.
+//! - `batch` (only when named): the same backlog of `echo` jobs drained one per sandbox and in
+//!   batches of 100 (`batch = { max_size = 100, max_wait_ms = 20 }`).
 //! - `--peer bullmq`: runs the BullMQ + Redis script (persistence off, then `FSYNC=always`) and
 //!   prints the throughput ratios.
 //!
@@ -24,6 +26,7 @@
 //! - `outbound`: the outbound HTTP scenario.
 //! - `storage`: the scenarios about the data files: retention, a deep backlog.
 
+mod batches;
 mod fairness;
 mod host;
 pub mod load;
@@ -123,6 +126,8 @@ pub enum Scenario {
     ScaleOut,
     /// One noisy concurrency key with a deep backlog: another key's job latency.
     Fairness,
+    /// The same backlog drained one job per sandbox and in batches of 100.
+    Batch,
 }
 
 /// A peer system to compare with.
@@ -150,6 +155,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Outbound,
         Scenario::ScaleOut,
         Scenario::Fairness,
+        Scenario::Batch,
     ];
     let wants = |s: Scenario| (all && !slow.contains(&s)) || args.scenarios.contains(&s);
     let mut report = Report::default();
@@ -254,6 +260,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.add(
             "fairness",
             fairness::scenario(&base, &wasm, &echo.manifest, args.fairness_jobs).await?,
+        );
+    }
+    if wants(Scenario::Batch) {
+        report.add(
+            "batch",
+            batches::scenario(&base, &wasm, &echo.manifest, args.jobs).await?,
         );
     }
     if wants(Scenario::Outbound) {

@@ -136,8 +136,10 @@ impl Runtime {
 
     /// Runs one attempt of each of `jobs` (`attempts[i]` is job `i`'s attempt number) in one
     /// fresh sandbox, handed to the handler's `handle-batch` at once: one report per job, in
-    /// order. A trap, a timeout or a wrong number of results fails every job of the batch;
-    /// otherwise each job gets its own result. The batch's log and outbound calls go to each.
+    /// order, each with its own result (`Ok`). A trap, a timeout or a wrong number of results
+    /// fails the call as a whole (`Err`: the same failure for every job; the caller may run
+    /// the jobs alone to find which one broke it). The batch's log and outbound calls go to
+    /// each job.
     pub async fn run_batch(
         &self,
         f: &LoadedFunction,
@@ -145,7 +147,7 @@ impl Runtime {
         attempts: &[u32],
         blobs: Arc<dyn BlobSource>,
         state: Arc<dyn kv::KvSource>,
-    ) -> Vec<AttemptReport> {
+    ) -> Result<Vec<AttemptReport>, Vec<AttemptReport>> {
         let started_at = now_ms();
         let settings = f.record.settings;
         let timeout = Duration::from_millis(settings.timeout_ms);
@@ -180,6 +182,7 @@ impl Runtime {
         drop(store);
         let log = log.text();
         let finished_at = now_ms();
+        let whole = results.is_err();
         let outcomes: Vec<Outcome> = match results {
             Ok(results) => results
                 .into_iter()
@@ -197,7 +200,7 @@ impl Runtime {
                 jobs.iter().map(|_| failed.clone()).collect()
             }
         };
-        outcomes
+        let reports = outcomes
             .into_iter()
             .map(|outcome| AttemptReport {
                 outcome,
@@ -210,7 +213,8 @@ impl Runtime {
                 outbound: outbound.clone(),
                 kv: None,
             })
-            .collect()
+            .collect();
+        if whole { Err(reports) } else { Ok(reports) }
     }
 }
 

@@ -34,21 +34,41 @@ impl Inner {
         let attempts: Vec<u32> = jobs.iter().map(|j| j.attempts + 1).collect();
         let started_at = now_ms();
         let timeout = Duration::from_millis(code.record.settings.timeout_ms);
+        let batched = code.takes_batches() && code.record.settings.batch_max_size.is_some();
         // The runtime stops the attempt at its timeout; the lease is the backstop should
         // it not (a host call that never returns): the attempt is dropped, its slot freed,
-        // and the job handed out again as a failed attempt.
-        let lease = timeout + LEASE_GRACE;
+        // and the job handed out again as a failed attempt. A batch that fails as a whole
+        // runs its jobs again one by one: each gets its own timeout.
+        let calls = if batched && jobs.len() > 1 { jobs.len() as u32 + 1 } else { 1 };
+        let lease = timeout * calls + LEASE_GRACE;
         let lease_until = started_at + (START_VISIBLE_AFTER + STORE_LEASE).as_millis() as u64;
         let blobs = self.blobs.clone();
         let state = self.kv.clone();
         let running = async {
-            match jobs {
-                [job] => vec![self.runtime.run(code, job, attempts[0], blobs, state).await],
-                _ => {
-                    let jobs: Vec<&QueuedJob> = jobs.iter().collect();
-                    self.runtime
-                        .run_batch(code, &jobs, &attempts, blobs, state)
-                        .await
+            if !batched {
+                return vec![self.runtime.run(code, &jobs[0], attempts[0], blobs, state).await];
+            }
+            let all: Vec<&QueuedJob> = jobs.iter().collect();
+            match self
+                .runtime
+                .run_batch(code, &all, &attempts, blobs.clone(), state.clone())
+                .await
+            {
+                Ok(reports) => reports,
+                Err(reports) if jobs.len() == 1 => reports,
+                // One event may have broken the whole call (a trap, a timeout): each runs
+                // alone, so only the one that breaks it fails (one tenant's event never costs
+                // another's an attempt).
+                Err(_) => {
+                    let mut reports = Vec::with_capacity(jobs.len());
+                    for (job, attempt) in all.iter().zip(&attempts) {
+                        let alone = self
+                            .runtime
+                            .run_batch(code, &[*job], &[*attempt], blobs.clone(), state.clone())
+                            .await;
+                        reports.extend(alone.unwrap_or_else(|failed| failed));
+                    }
+                    reports
                 }
             }
         };
@@ -114,14 +134,14 @@ impl Inner {
         };
         let reports =
             reports.unwrap_or_else(|_| jobs.iter().map(|_| expired(now_ms())).collect());
+        {
+            let mut state = self.state.lock();
+            judge(&mut state, &jobs[0].function, &reports);
+        }
         for ((job, attempt), report) in jobs.iter().zip(&attempts).zip(reports) {
             // The attempt is over: from here a cancel may win (the finish is then fenced
             // out), but a job whose finish is committed is never shown as held.
-            {
-                let mut state = self.state.lock();
-                release_hold(&mut state.running, job.id);
-                judge(&mut state, job, &report);
-            }
+            release_hold(&mut self.state.lock().running, job.id);
             self.trace_attempt(code, job, *attempt, &report);
             let report = self.store.settle_kv(job.id, *attempt, report).await;
             self.store
@@ -247,26 +267,36 @@ impl Inner {
     }
 }
 
-/// Tells the function's circuit breaker how an attempt ended. A permanent failure (the handler
-/// refusing its input) says nothing about the function's health and is not counted; every
-/// other failure is, and a success closes the breaker.
-fn judge(state: &mut State, job: &QueuedJob, report: &AttemptReport) {
-    let failed = match &report.outcome {
-        Outcome::Succeeded { .. } => false,
-        Outcome::Failed {
-            kind: FailureKind::Permanent,
-            ..
-        } => return,
-        Outcome::Failed { .. } => true,
+/// Tells the function's circuit breaker how an attempt (or a batch's) ended: once per sandbox
+/// call, however many jobs it held. A success closes the breaker; a failure counts, unless it
+/// is permanent (the handler refusing its input says nothing about the function's health). A
+/// batch counts as failed only when every job in it failed so.
+fn judge(state: &mut State, function: &str, reports: &[AttemptReport]) {
+    let succeeded = reports
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Succeeded { .. }));
+    let failed = reports.iter().all(|r| {
+        matches!(&r.outcome, Outcome::Failed { kind, .. } if *kind != FailureKind::Permanent)
+    });
+    let failed = match (succeeded, failed) {
+        (true, _) => false,
+        (false, true) => true,
+        (false, false) => return,
     };
-    let Some(queue) = state.functions.get_mut(&job.function) else {
+    let Some(queue) = state.functions.get_mut(function) else {
         return;
     };
     let now = tokio::time::Instant::now();
+    let was_open = queue.breaker.is_open();
+    // The outcome is recorded: no probe is left to drop.
+    queue.probe = None;
+    if was_open && !failed {
+        queue.respawn = true;
+    }
     if let Some(until) = queue.breaker.record(failed, now) {
         let seconds = until.saturating_duration_since(now).as_secs_f64();
         tracing::warn!(
-            function = %job.function,
+            function = %function,
             seconds,
             "circuit breaker open: attempts failed in a row; nothing starts until a probe after the cool-down"
         );

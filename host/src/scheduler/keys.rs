@@ -41,6 +41,17 @@ impl Ready {
         self.jobs.iter().find(|(_, j)| j.id == id).map(|(k, _)| *k)
     }
 
+    /// The place of the first job of concurrency key `key` (`None`: without a key).
+    pub(super) fn first_of_key(&self, key: Option<&str>) -> Option<ReadyKey> {
+        if self.keyed == 0 {
+            return key.is_none().then(|| self.jobs.first_key_value().map(|(k, _)| *k))?;
+        }
+        self.jobs
+            .iter()
+            .find(|(_, j)| j.concurrency_key.as_deref() == key)
+            .map(|(k, _)| *k)
+    }
+
     /// Drops every job.
     pub(super) fn clear(&mut self) {
         self.jobs.clear();
@@ -66,6 +77,9 @@ pub(super) struct Keys {
     unkeyed: usize,
     /// Weights of keys that have one (others weigh 1).
     weights: std::collections::BTreeMap<String, u32>,
+    /// Starts so far: every so often, keys with nothing running and no start ahead are
+    /// forgotten (a rate keeps a key's entry past its last attempt).
+    starts: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -143,6 +157,16 @@ impl Keys {
             .or(later.map(|(place, at)| (place, Some(at))))
     }
 
+    /// Whether another attempt of `key` may start now (under its limit and its rate).
+    pub(super) fn may_start(&self, key: Option<&str>, now: Instant) -> bool {
+        let Some(key) = key else { return true };
+        let Some(state) = self.active.get(key) else {
+            return true;
+        };
+        let limit = self.limit.map(|l| l * self.weight(Some(key)));
+        limit.is_none_or(|l| state.running < l) && state.next_start <= now
+    }
+
     /// An attempt of `key` (or one without a key) was taken: it counts as running, and the
     /// key's next start moves on.
     pub(super) fn started(&mut self, key: Option<&str>, now: Instant) {
@@ -150,6 +174,11 @@ impl Keys {
             self.unkeyed += 1;
             return;
         };
+        self.starts += 1;
+        if self.starts.is_multiple_of(1024) {
+            self.active
+                .retain(|_, s| s.running > 0 || s.next_start > now);
+        }
         let interval = self.interval;
         let state = self.active.entry(key.to_string()).or_insert(KeyState {
             running: 0,

@@ -104,8 +104,15 @@ struct FunctionQueue {
     keys: keys::Keys,
     /// Its circuit breaker.
     breaker: breaker::Breaker,
+    /// Signalled when its rate changes: workers waiting on a start reserved under the old
+    /// rate start now (a rate lifted or raised takes effect at once).
+    repaced: Arc<Notify>,
     /// A worker waits for the open breaker's cool-down to end (the others retired).
     breaker_waiter: bool,
+    /// The attempt that probes the half-open breaker, while it runs.
+    probe: Option<JobId>,
+    /// The breaker closed: workers retired while it was open are started again.
+    respawn: bool,
     /// Stops the task leasing this function's jobs (deleted).
     leasing: CancellationToken,
 }
@@ -181,9 +188,16 @@ impl Scheduler {
         queue.deployed = true;
         queue.limit = settings.max_concurrency as usize;
         queue.paused = code.record.paused;
-        queue.interval = settings
+        let interval = settings
             .rate_per_second
             .map(|r| Duration::from_secs_f64(1.0 / r as f64));
+        if interval != queue.interval {
+            // Starts reserved under the old rate are taken again under the new one.
+            queue.interval = interval;
+            queue.next_start = tokio::time::Instant::now();
+            queue.last_start = None;
+            queue.repaced.notify_waiters();
+        }
         queue.keys.configure(
             settings.key_concurrency,
             settings.key_rate_per_second,
@@ -307,6 +321,13 @@ impl Scheduler {
     }
 
     fn spawn_workers(&self, state: &mut State, name: &str) {
+        self.inner.spawn_workers(state, name);
+    }
+}
+
+impl Inner {
+    /// Starts workers for `name`'s ready jobs, up to its limit.
+    fn spawn_workers(self: &Arc<Self>, state: &mut State, name: &str) {
         let Some(queue) = state.functions.get_mut(name) else {
             return;
         };
@@ -318,18 +339,15 @@ impl Scheduler {
         while queue.workers < wanted {
             queue.workers += 1;
             spawned += 1;
-            let inner = self.inner.clone();
+            let inner = self.clone();
             let cancel = queue.cancel.clone();
             let name = name.to_string();
-            self.inner
-                .sandboxes
+            self.sandboxes
                 .spawn(async move { inner.work(name, cancel).await });
         }
         state.workers += spawned;
     }
-}
 
-impl Inner {
     /// One worker: runs the function's ready jobs one after another until none is left.
     async fn work(self: Arc<Self>, function: String, mut cancel: CancellationToken) {
         loop {
@@ -363,8 +381,10 @@ impl Inner {
             // Paced by the function's rate limit (the start time was reserved under the lock).
             let mut batch = vec![job];
             if let Some(at) = start_at {
+                let repaced = self.repaced(&function);
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
+                    _ = repaced.notified() => {}
                     _ = cancel.cancelled() => { self.done_all(&batch); continue; }
                     _ = self.stop_starting.cancelled() => { self.done_all(&batch); continue; }
                 }
@@ -398,6 +418,13 @@ impl Inner {
             let held = self.attempt(&code, &batch, &cancel).await;
             for (job, held) in batch.iter().zip(held) {
                 self.done(job, held);
+            }
+            // A breaker that just closed retired every worker but this one: back to full.
+            let mut state = self.state.lock();
+            if let Some(queue) = state.functions.get_mut(&function)
+                && std::mem::take(&mut queue.respawn)
+            {
+                self.spawn_workers(&mut state, &function);
             }
         }
         self.worker_exited.notify_waiters();
@@ -470,7 +497,10 @@ impl Inner {
                 Some(queue) => {
                     queue.running = queue.running.saturating_sub(1);
                     // A probe that never reported lets another probe.
-                    queue.breaker.probe_dropped();
+                    if queue.probe == Some(job.id) {
+                        queue.probe = None;
+                        queue.breaker.probe_dropped();
+                    }
                     queue
                         .keys
                         .ended(job.concurrency_key.as_deref(), tokio::time::Instant::now());
@@ -484,6 +514,15 @@ impl Inner {
         }
     }
 
+    /// What signals a change of `function`'s rate.
+    fn repaced(&self, function: &str) -> Arc<Notify> {
+        self.state
+            .lock()
+            .functions
+            .get(function)
+            .map_or_else(|| Arc::new(Notify::new()), |q| q.repaced.clone())
+    }
+
     /// Jobs taken for an attempt that will not start (cancelled, or the host stops).
     fn done_all(&self, jobs: &[QueuedJob]) {
         for job in jobs {
@@ -492,8 +531,9 @@ impl Inner {
     }
 
     /// For a function that takes batches (`batch.max_size` above 1, a component with
-    /// `handle-batch`): adds its ready jobs to `batch` until it is full or `batch.max_wait_ms`
-    /// passed since the first, each counted as taken like the first.
+    /// `handle-batch`): adds its ready jobs of the first job's concurrency key to `batch` until
+    /// it is full or `batch.max_wait_ms` passed since the first, each counted as taken like
+    /// the first.
     async fn gather(
         &self,
         function: &str,
@@ -532,8 +572,13 @@ impl Inner {
             return;
         };
         let now = tokio::time::Instant::now();
+        // Only jobs of the first one's concurrency key: tenants never share a sandbox call.
+        let key = batch[0].concurrency_key.clone();
         while batch.len() < max && !queue.paused && !self.stopping.load(Ordering::Relaxed) {
-            let Some((place, None)) = queue.keys.pick(&queue.ready, now) else {
+            if !queue.keys.may_start(key.as_deref(), now) {
+                return;
+            }
+            let Some(place) = queue.ready.first_of_key(key.as_deref()) else {
                 return;
             };
             let Some(job) = queue.ready.remove(&place) else {
@@ -570,8 +615,9 @@ impl Inner {
                 && queue.workers <= queue.limit
                 && let Some((place, key_start)) = queue.keys.pick(&queue.ready, now)
             {
-                match queue.breaker.gate(now) {
-                    breaker::Gate::Pass | breaker::Gate::Probe => {}
+                let probe = match queue.breaker.gate(now) {
+                    breaker::Gate::Pass => false,
+                    breaker::Gate::Probe => true,
                     breaker::Gate::Closed(Some(until)) if !queue.breaker_waiter => {
                         queue.breaker_waiter = true;
                         return Next::WaitForBreaker(until);
@@ -581,8 +627,11 @@ impl Inner {
                         state.workers -= 1;
                         return Next::Retire;
                     }
-                }
+                };
                 let job = queue.ready.remove(&place).expect("picked from the window");
+                if probe {
+                    queue.probe = Some(job.id);
+                }
                 *cancel = queue.cancel.clone();
                 queue.running += 1;
                 queue.keys.started(job.concurrency_key.as_deref(), now);
@@ -618,7 +667,10 @@ impl FunctionQueue {
             leasing: CancellationToken::new(),
             keys: keys::Keys::default(),
             breaker: breaker::Breaker::default(),
+            repaced: Arc::new(Notify::new()),
             breaker_waiter: false,
+            probe: None,
+            respawn: false,
         }
     }
 }

@@ -216,7 +216,8 @@ impl Writer {
         }
         // A job id is a fresh, increasing number: it is also the job's place in its key's queue.
         t.join_key(id, &mut job, id.0)?;
-        if delayed.is_none() {
+        // A concurrency key's place is taken once the job may run by its ordering key too.
+        if delayed.is_none() && t.may_run(id, &job)? {
             self.join_concurrency(id, &mut job, t)?;
         }
         t.put_job(id, &job)?;

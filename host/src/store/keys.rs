@@ -122,6 +122,16 @@ impl Writer {
         let Some(key) = &job.concurrency_key else {
             return Ok(true);
         };
+        // A job let in before keeps its turn (a retry, even after the window shrank).
+        let own = t
+            .concurrency
+            .open()?
+            .get((job.function.as_str(), key.as_str(), job.concurrency_seq))
+            .map_err(storage)?
+            .map(|v| v.value());
+        if own == Some((id.0, true)) {
+            return Ok(true);
+        }
         let window = self.shared.deployed.key_window(&job.function, key) as usize;
         let place = t
             .key_window(&job.function, key, window)?

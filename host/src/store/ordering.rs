@@ -105,14 +105,18 @@ impl Writer {
         let Some(mut waiting) = t.job(next)? else {
             return Ok(());
         };
-        if super::machine::next_head_enters_ready(waiting.status)
-            && self.admits(next, &waiting, t)?
-        {
-            waiting.ready_at = now_ms();
-            t.ready_insert(next, &waiting)?;
-            t.put_job(next, &waiting)?;
-            self.note_ready(&waiting.function, next, &waiting);
-            fx.ready.push(QueuedJob::from_job(next, waiting));
+        if super::machine::next_head_enters_ready(waiting.status) {
+            // The new head takes its concurrency key's place now (see `super::keys`).
+            self.join_concurrency(next, &mut waiting, t)?;
+            if self.admits(next, &waiting, t)? {
+                waiting.ready_at = now_ms();
+                t.ready_insert(next, &waiting)?;
+                t.put_job(next, &waiting)?;
+                self.note_ready(&waiting.function, next, &waiting);
+                fx.ready.push(QueuedJob::from_job(next, waiting));
+            } else {
+                t.put_job(next, &waiting)?;
+            }
         }
         Ok(())
     }

@@ -275,7 +275,9 @@ impl Writer {
         let seq = self.ids.generate().0;
         t.join_key(id, &mut job, seq)?;
         job.concurrency_seq = 0;
-        self.join_concurrency(id, &mut job, t)?;
+        if t.may_run(id, &job)? {
+            self.join_concurrency(id, &mut job, t)?;
+        }
         t.put_job(id, &job)?;
         if self.admits(id, &job, t)? {
             t.ready_insert(id, &job)?;
@@ -340,7 +342,9 @@ impl Writer {
             job.not_before = None;
             job.ready_at = now;
             self.forget_debounce(id, &job, t)?;
-            self.join_concurrency(id, &mut job, t)?;
+            if t.may_run(id, &job)? {
+                self.join_concurrency(id, &mut job, t)?;
+            }
             t.put_job(id, &job)?;
             fx.counts.moved(
                 &job.function,

@@ -64,6 +64,40 @@ async fn a_batch_handler_takes_events_together_and_each_job_ends_on_its_own() {
     assert!(largest > 1 && largest <= 50, "batch sizes {sizes:?}");
     assert!(sizes.iter().filter(|s| **s >= 10).count() >= 10, "few real batches: {sizes:?}");
 
+    // One event that brings the whole call down (a panic) fails alone: the host runs the
+    // batch's events one by one, and the others succeed.
+    let items: Vec<Value> = (0..20)
+        .map(|i| match i {
+            5 => json!({"amount": 1, "panic": true}),
+            _ => json!({"amount": i}),
+        })
+        .collect();
+    let r = host
+        .http
+        .post(host.url("/v1/functions/ledger/jobs:batch"))
+        .header("content-type", "application/json")
+        .body(Value::Array(items).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let ids: Vec<String> = r.json::<Value>().await.unwrap()["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let job = host.wait(id).await;
+        if i == 5 {
+            assert_eq!(job["status"], "dead", "{job}");
+            assert!(job["error"].as_str().unwrap().contains("panic"), "{job}");
+        } else {
+            assert_eq!(job["status"], "succeeded", "{job}");
+            assert_eq!(job["attempts"], 1, "another's panic cost this job nothing: {job}");
+        }
+    }
+
     // A handler written with #[handler] answers a batch event by event, in one sandbox.
     host.deploy_manifest(
         "echo",

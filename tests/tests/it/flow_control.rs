@@ -97,6 +97,33 @@ async fn each_key_runs_at_most_key_concurrency_at_once() {
     assert_error(&r.json().await.unwrap(), "invalid_header");
 }
 
+/// A job with both an ordering key and a concurrency key takes its concurrency place only
+/// once it is its ordering key's head: a delayed head does not leave the jobs behind it
+/// holding every place (they would wait for each other forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_and_concurrency_keys_together_never_deadlock() {
+    let host = start_host().await;
+    host.deploy("probe", components::PROBE, "max_concurrency=4&key_concurrency=1")
+        .await;
+    let mut ids = Vec::new();
+    for (n, delay) in [(0, Some("1")), (1, None), (2, None)] {
+        let mut r = host
+            .http
+            .post(host.url("/v1/functions/probe/jobs"))
+            .header("content-type", "application/json")
+            .header("sluice-ordering-key", "o")
+            .header("sluice-concurrency-key", "t");
+        if let Some(delay) = delay {
+            r = r.header("sluice-delay", delay);
+        }
+        let r = r.body(sleep(1).to_string()).send().await.unwrap();
+        assert_eq!(r.status(), 202, "job {n}");
+        ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    let s = spans(&host, &ids).await;
+    assert!(s.windows(2).all(|w| w[0].1 <= w[1].0), "in order, one at a time: {s:?}");
+}
+
 /// One key floods the queue (60 jobs of 100 ms, two workers); another key's job, submitted
 /// after the flood, starts after at most a few of the flood's jobs, not after all of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
