@@ -32,6 +32,8 @@ use crate::store::{Backend, IdempotencyKey, NewJob, StoreError, SubmitError, Sub
 
 /// Most `[[schedule]]` entries one function may have.
 pub const MAX_SCHEDULES: usize = 16;
+/// How late a fire may be and still count as on time (a slow tick), not missed.
+const MISSED_AFTER_MS: u64 = 60_000;
 /// Most fires one entry makes at once (a catch-up of `all` after a long outage).
 const MAX_FIRES_AT_ONCE: usize = 1000;
 
@@ -226,9 +228,10 @@ impl Clock {
         let (last, due) = match known {
             Some(last) => {
                 let mut due = schedule.fires_between(last, now, MAX_FIRES_AT_ONCE);
-                // Several due at once (the store refused fires for a while): the older ones
-                // were missed, and follow the policy too.
-                if due.len() > 1 && schedule.catch_up != CatchUp::All {
+                // Fires over a minute overdue (the store refused them for a while) were
+                // missed, and follow the policy too; a tick a little late fires them all.
+                let overdue = due.first().is_some_and(|first| now - first > MISSED_AFTER_MS);
+                if due.len() > 1 && overdue && schedule.catch_up != CatchUp::All {
                     due = schedule.latest_until(now).into_iter().collect();
                 }
                 (last, due)

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_tests::{TestHost, components, millis, start_host, start_host_with, test_config};
+use sluice_tests::{
+    TestHost, components, millis, sluice_binary, start_host, start_host_with, test_config,
+};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -55,6 +57,22 @@ async fn a_schedule_fires_durable_jobs_on_time() {
     let next = millis(&entry["next_fire_at"]);
     assert!(next > now_ms() - 1000 && next % 1000 == 0, "{entry}");
     assert!(entry["last_fire_at"].is_string(), "{entry}");
+
+    // `sluice schedules` shows the same, through the real binary.
+    let url = host.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(sluice_binary())
+            .arg("schedules")
+            .env("SLUICE_URL", url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ticker") && stdout.contains("* * * * * *"), "{stdout}");
+    assert!(stdout.contains("NEXT FIRE") && stdout.contains("UTC"), "{stdout}");
 
     let at = fires(&host, "ticker").await;
     assert!(at.len() >= 2, "{} fires in 3.5 s: {at:?}", at.len());
