@@ -9,8 +9,21 @@ pub const PLAYWRIGHT: (&str, &str) = ("playwright.sync_api", "playwright==1.65.3
 /// An OpenAPI validator independent of the code that makes the document.
 pub const OPENAPI_SPEC_VALIDATOR: (&str, &str) =
     ("openapi_spec_validator", "openapi-spec-validator==0.9.0");
+/// Builds Python handlers into components (its `componentize-py` command).
+pub const COMPONENTIZE_PY: (&str, &str) = ("componentize_py", "componentize-py==0.25.1");
 /// A fuzzer of HTTP APIs from their OpenAPI description.
 pub const SCHEMATHESIS: (&str, &str) = ("schemathesis", "schemathesis==4.32.5");
+
+/// The `componentize-py` command (installed on demand): on the PATH, or in `~/.local/bin`.
+pub fn componentize_py() -> std::path::PathBuf {
+    ensure(COMPONENTIZE_PY);
+    let local = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+        .join(".local/bin/componentize-py");
+    if local.exists() {
+        return local;
+    }
+    "componentize-py".into()
+}
 
 /// Makes sure `python3` can import `tool.0`, installing package `tool.1` when it cannot.
 pub fn ensure(tool: (&str, &str)) {

@@ -60,14 +60,16 @@ pub fn build(functions: &Path) -> anyhow::Result<Vec<Example>> {
     Ok(examples)
 }
 
-/// Lists the functions in `functions/`: every folder with a `sluice.toml`.
+/// Lists the Rust functions in `functions/`: every folder with a `sluice.toml` and a
+/// `Cargo.toml` (a function in another language, like `py-order-total`, is built by its own
+/// tools: see `guest-sdk/python`).
 pub fn discover(functions: &Path) -> anyhow::Result<Vec<Example>> {
     let out = functions.join("target/wasm32-wasip2/release");
     let mut examples = Vec::new();
     let mut dirs: Vec<_> = std::fs::read_dir(functions)
         .with_context(|| format!("cannot read {}", functions.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("sluice.toml").exists())
+        .filter(|p| p.join("sluice.toml").exists() && p.join("Cargo.toml").exists())
         .collect();
     dirs.sort();
     for dir in dirs {

@@ -26,6 +26,7 @@ mod openapi;
 mod outbound;
 mod outbox;
 mod output_memory;
+mod polyglot;
 mod pool_limits;
 mod readme;
 mod restart;
